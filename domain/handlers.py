@@ -1,0 +1,334 @@
+"""Command handlers: plain functions that authorise a signer and let an aggregate decide.
+
+Each handler returns the one aggregate that now holds exactly one new pending event:
+one accepted transaction, one ledger entry. State is read through ``State`` (the
+sequencer's unit of work); time is passed in. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain import commands as c
+from domain.consent import Consent
+from domain.errors import DomainError
+from domain.identifiers import consent_aggregate_id, principal_aggregate_id
+from domain.principal import Principal
+
+ORGANISATION_ROLES = frozenset({c.Kind.SERVICE_PROVIDER, c.Kind.DATA_PROVIDER, c.Kind.ANALYST_ORG})
+
+#: Which roles may sign which transaction type (the first gate; per-type rules follow).
+#: "self" means any principal acting on itself. Documented in docs/transactions.md.
+MAY_SIGN: dict[str, frozenset[str]] = {
+    "ledger.genesis": frozenset({"genesis"}),
+    "principal.admit": frozenset({c.Kind.OPERATOR, c.Kind.IDENTITY_SERVICE}),
+    "principal.grant_role": frozenset({c.Kind.OPERATOR}),
+    "principal.revoke_role": frozenset({c.Kind.OPERATOR}),
+    "key.add": frozenset({c.Kind.OPERATOR, "self"}),
+    "key.rotate": frozenset({c.Kind.OPERATOR, "self"}),
+    "key.revoke": frozenset({c.Kind.OPERATOR, "self"}),
+    "consent.request": ORGANISATION_ROLES,
+    "consent.give": ORGANISATION_ROLES | {c.Kind.CITIZEN, c.Kind.IDENTITY_SERVICE},
+    "consent.decline": frozenset({c.Kind.CITIZEN, c.Kind.IDENTITY_SERVICE}),
+    "consent.withdraw": ORGANISATION_ROLES | {c.Kind.CITIZEN, c.Kind.IDENTITY_SERVICE},
+    "consent.utilize": ORGANISATION_ROLES,
+}
+
+
+class State(Protocol):
+    """What a handler may read: aggregates as of the entry being decided."""
+
+    def principal(self, principal_id: str) -> Principal | None: ...
+
+    def consent(self, aggregate_id: UUID) -> Consent | None: ...
+
+    def is_empty(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    aggregate: Aggregate
+
+
+C = TypeVar("C", bound=c.Command)
+Handler = Callable[[C, Principal | None, datetime, State], Aggregate]
+
+
+def _require_role(signer: Principal, *roles: str) -> None:
+    if not signer.roles.intersection(roles):
+        raise DomainError(
+            "role_not_allowed",
+            f"{signer.principal} (roles {', '.join(sorted(signer.roles))}) may not do this;"
+            f" needs one of {', '.join(sorted(roles))}",
+        )
+
+
+def _existing_principal(state: State, principal_id: str) -> Principal:
+    principal = state.principal(principal_id)
+    if principal is None:
+        raise DomainError("unknown_principal", f"{principal_id} is not admitted on this ledger")
+    return principal
+
+
+def _signer(signer: Principal | None) -> Principal:
+    if signer is None:  # pragma: no cover - the ledger resolves signers before deciding
+        raise DomainError("unknown_signer", "the signer is not admitted")
+    return signer
+
+
+def genesis(cmd: c.Genesis, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    if not state.is_empty():
+        raise DomainError("genesis_exists", "this ledger already has a genesis entry")
+    return Principal.admit(
+        aggregate_id=principal_aggregate_id(cmd.operator),
+        principal=cmd.operator,
+        kind=c.Kind.OPERATOR,
+        display_name=cmd.display_name,
+        custodian=None,
+        jwk=cmd.jwk,
+        admitted_by=cmd.operator,
+        at=at,
+        ledger=cmd.ledger.model_dump(),
+    )
+
+
+def admit(cmd: c.AdmitPrincipal, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    by = _signer(signer)
+    if c.Kind.OPERATOR not in by.roles:
+        _require_role(by, c.Kind.IDENTITY_SERVICE)
+        if cmd.kind is not c.Kind.CITIZEN:
+            raise DomainError("role_not_allowed", "an identity service admits citizens only")
+    if state.principal(cmd.principal) is not None:
+        raise DomainError("principal_exists", f"{cmd.principal} is already admitted")
+    if cmd.custodian is not None:
+        custodian = _existing_principal(state, cmd.custodian)
+        _require_role(custodian, c.Kind.IDENTITY_SERVICE)
+    return Principal.admit(
+        aggregate_id=principal_aggregate_id(cmd.principal),
+        principal=cmd.principal,
+        kind=cmd.kind,
+        display_name=cmd.display_name,
+        custodian=cmd.custodian,
+        jwk=cmd.jwk,
+        admitted_by=by.principal,
+        at=at,
+    )
+
+
+def grant_role(cmd: c.GrantRole, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    by = _signer(signer)
+    _require_role(by, c.Kind.OPERATOR)
+    target = _existing_principal(state, cmd.principal)
+    target.grant_role(cmd.role, by=by.principal, at=at)
+    return target
+
+
+def revoke_role(
+    cmd: c.RevokeRole, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    by = _signer(signer)
+    _require_role(by, c.Kind.OPERATOR)
+    target = _existing_principal(state, cmd.principal)
+    if target.principal == by.principal and cmd.role == c.Kind.OPERATOR:
+        raise DomainError("role_not_allowed", "an operator cannot remove its own operator role")
+    target.revoke_role(cmd.role, by=by.principal, at=at)
+    return target
+
+
+def _key_target(
+    principal_id: str, signer: Principal | None, state: State
+) -> tuple[Principal, Principal]:
+    by = _signer(signer)
+    if principal_id != by.principal:
+        _require_role(by, c.Kind.OPERATOR)
+    target = by if principal_id == by.principal else _existing_principal(state, principal_id)
+    return by, target
+
+
+def add_key(cmd: c.AddKey, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    by, target = _key_target(cmd.principal, signer, state)
+    target.add_key(cmd.jwk, cmd.not_before, cmd.not_after, by=by.principal, at=at)
+    return target
+
+
+def rotate_key(cmd: c.RotateKey, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    by, target = _key_target(cmd.principal, signer, state)
+    target.rotate_key(cmd.old_kid, cmd.jwk, by=by.principal, at=at)
+    return target
+
+
+def revoke_key(cmd: c.RevokeKey, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    by, target = _key_target(cmd.principal, signer, state)
+    target.revoke_key(cmd.kid, cmd.reason, by=by.principal, at=at)
+    return target
+
+
+def _acting_for_subject(by: Principal, subject: str, state: State) -> bool:
+    """True when ``by`` is the subject, or the subject's custodial wallet."""
+    if by.principal == subject:
+        return True
+    citizen = state.principal(subject)
+    return citizen is not None and citizen.custodian == by.principal
+
+
+def request_consent(
+    cmd: c.RequestConsent, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    by = _signer(signer)
+    _require_role(by, *ORGANISATION_ROLES)
+    aggregate_id = consent_aggregate_id(by.principal, cmd.consent_id)
+    if state.consent(aggregate_id) is not None:
+        raise DomainError("consent_exists", f"consent {cmd.consent_id} already exists")
+    return Consent.request(
+        aggregate_id=aggregate_id,
+        consent_id=cmd.consent_id,
+        controller=by.principal,
+        subject=cmd.subject,
+        terms=cmd.terms,
+        at=at,
+    )
+
+
+def give_consent(
+    cmd: c.GiveConsent, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    by = _signer(signer)
+    aggregate_id = consent_aggregate_id(cmd.controller, cmd.consent_id)
+    existing = state.consent(aggregate_id)
+    if cmd.level == 1:
+        # Level 1: a copy recorded by the controller for someone who is not a platform user.
+        _require_role(by, *ORGANISATION_ROLES)
+        if by.principal != cmd.controller:
+            raise DomainError("not_controller", "a level 1 consent is recorded by its controller")
+        subject = state.principal(cmd.subject)
+        if subject is not None and subject.kind == c.Kind.CITIZEN:
+            raise DomainError(
+                "subject_is_platform_user",
+                f"{cmd.subject} is a platform user and gives consent themselves (level 2)",
+            )
+        if existing is not None:
+            raise DomainError("consent_exists", f"consent {cmd.consent_id} already exists")
+        if cmd.terms is None:
+            raise DomainError("terms_required", "a level 1 consent carries its terms")
+        return Consent.give_new(
+            aggregate_id=aggregate_id,
+            consent_id=cmd.consent_id,
+            controller=cmd.controller,
+            subject=cmd.subject,
+            terms=cmd.terms,
+            level=1,
+            method=cmd.method,
+            by=by.principal,
+            at=at,
+        )
+    if not _acting_for_subject(by, cmd.subject, state):
+        raise DomainError(
+            "not_subject", "a level 2 consent is given by the subject or their custodial wallet"
+        )
+    _existing_principal(state, cmd.controller)
+    if existing is None:
+        if cmd.terms is None:
+            raise DomainError("terms_required", "no request to answer: the consent needs its terms")
+        return Consent.give_new(
+            aggregate_id=aggregate_id,
+            consent_id=cmd.consent_id,
+            controller=cmd.controller,
+            subject=cmd.subject,
+            terms=cmd.terms,
+            level=2,
+            method=cmd.method,
+            by=by.principal,
+            at=at,
+        )
+    if existing.subject != cmd.subject:
+        raise DomainError("not_subject", f"consent {cmd.consent_id} belongs to another subject")
+    existing.accept_request(terms=cmd.terms, method=cmd.method, by=by.principal, at=at)
+    return existing
+
+
+def _consent_of_subject(controller: str, consent_id: UUID, subject: str, state: State) -> Consent:
+    consent = state.consent(consent_aggregate_id(controller, consent_id))
+    if consent is None or consent.subject != subject:
+        raise DomainError(
+            "unknown_consent", f"no consent {consent_id} of {controller} for this subject"
+        )
+    return consent
+
+
+def decline_consent(
+    cmd: c.DeclineConsent, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    by = _signer(signer)
+    if not _acting_for_subject(by, cmd.subject, state):
+        raise DomainError("not_subject", "only the subject or their custodial wallet declines")
+    consent = _consent_of_subject(cmd.controller, cmd.consent_id, cmd.subject, state)
+    consent.decline(by=by.principal, at=at)
+    return consent
+
+
+def withdraw_consent(
+    cmd: c.WithdrawConsent, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    by = _signer(signer)
+    consent = _consent_of_subject(cmd.controller, cmd.consent_id, cmd.subject, state)
+    records_copy = consent.level == 1 and by.principal == consent.controller
+    if not records_copy and not _acting_for_subject(by, cmd.subject, state):
+        raise DomainError(
+            "not_subject",
+            "a consent is withdrawn by its subject (or wallet); a level 1 copy also by its controller",
+        )
+    consent.withdraw(by=by.principal, at=at)
+    return consent
+
+
+def utilize_consent(
+    cmd: c.UtilizeConsent, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    by = _signer(signer)
+    _require_role(by, *ORGANISATION_ROLES)
+    consent = state.consent(consent_aggregate_id(by.principal, cmd.consent_id))
+    if consent is None:
+        raise DomainError("unknown_consent", f"{by.principal} has no consent {cmd.consent_id}")
+    consent.utilize(purpose=cmd.purpose, data_categories=list(cmd.data_categories), at=at)
+    return consent
+
+
+HANDLERS: dict[str, Callable[..., Aggregate]] = {
+    "ledger.genesis": genesis,
+    "principal.admit": admit,
+    "principal.grant_role": grant_role,
+    "principal.revoke_role": revoke_role,
+    "key.add": add_key,
+    "key.rotate": rotate_key,
+    "key.revoke": revoke_key,
+    "consent.request": request_consent,
+    "consent.give": give_consent,
+    "consent.decline": decline_consent,
+    "consent.withdraw": withdraw_consent,
+    "consent.utilize": utilize_consent,
+}
+
+#: Every event type that may appear in an entry, by its wire name.
+EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
+    "Principal.Admitted": Principal.Admitted,
+    "Principal.KeyAdded": Principal.KeyAdded,
+    "Principal.KeyRotated": Principal.KeyRotated,
+    "Principal.KeyRevoked": Principal.KeyRevoked,
+    "Principal.RoleGranted": Principal.RoleGranted,
+    "Principal.RoleRevoked": Principal.RoleRevoked,
+    "Consent.Requested": Consent.Requested,
+    "Consent.Given": Consent.Given,
+    "Consent.RequestAccepted": Consent.RequestAccepted,
+    "Consent.Declined": Consent.Declined,
+    "Consent.Withdrawn": Consent.Withdrawn,
+    "Consent.Utilized": Consent.Utilized,
+}
+
+#: Aggregate classes by the prefix of their event names.
+AGGREGATES: dict[str, type[Aggregate]] = {"Principal": Principal, "Consent": Consent}

@@ -1,0 +1,27 @@
+"""The one textual form of instants on the ledger: RFC 3339, UTC, 'Z', microseconds
+only when non-zero. Canonical entry bytes depend on it, so it is defined once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def format_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("instants on the ledger must be timezone-aware")
+    utc = value.astimezone(UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}"
+    return text + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None or format_time(value) != text:
+        raise ValueError(f"{text!r} is not a canonical ledger time")
+    return value
+
+
+def optional_time(value: datetime | None) -> str | None:
+    return None if value is None else format_time(value)

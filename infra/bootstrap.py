@@ -1,0 +1,92 @@
+"""The composition root: the one place where engines, keys and the ledger are wired."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from joserfc.jwk import OKPKey
+
+from infra.keyfiles import KeyFileError, read_jwk, read_secret, write_jwk, write_secret
+from infra.settings import Settings
+from ledger.entry import Entry
+from ledger.errors import Rejected
+from ledger.note import SignerKey
+from ledger.sequencer import Accepted, CheckpointPolicy, Sequencer
+from ledger.signing import TransactionSigner, public_jwk
+from ledger.store import LedgerStore
+
+ROOT_KEY_FILE = "root.jwk"
+CHECKPOINT_KEY_FILE = "checkpoint.key"
+
+
+def open_store(settings: Settings) -> LedgerStore:
+    if settings.database_url:
+        from infra.storage.postgres import PostgresLedgerStore
+
+        return PostgresLedgerStore(settings.database_url)
+    from infra.storage.sqlite import SQLiteLedgerStore
+
+    return SQLiteLedgerStore(settings.ledger_file)
+
+
+def checkpoint_key(settings: Settings) -> SignerKey | None:
+    path = settings.keys_dir / CHECKPOINT_KEY_FILE
+    return SignerKey.from_string(read_secret(path)) if path.exists() else None
+
+
+def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
+    return Sequencer(
+        store or open_store(settings),
+        checkpoint_key=checkpoint_key(settings),
+        policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_ms),
+    )
+
+
+def root_signer(settings: Settings, chain: str, operator: str) -> TransactionSigner:
+    key = read_jwk(settings.keys_dir / ROOT_KEY_FILE)
+    assert isinstance(key, OKPKey)
+    return TransactionSigner(principal=operator, key=key, chain=chain)
+
+
+def create_ledger(
+    settings: Settings, *, chain: str, origin: str | None, operator: str, display_name: str,
+) -> Entry:
+    """Generate the root and checkpoint keys and append the genesis entry."""
+    store = open_store(settings)
+    try:
+        if store.head()[0] != 0:
+            raise Rejected("genesis_exists", "this ledger already exists; nothing was changed")
+        keys = settings.keys_dir
+        for name in (ROOT_KEY_FILE, CHECKPOINT_KEY_FILE):
+            if (keys / name).exists():
+                raise KeyFileError(f"{keys / name} exists but the ledger is empty; move it away first")
+        origin = origin or f"dfg.local/{chain}"
+        root = OKPKey.generate_key("Ed25519")
+        note_key = SignerKey(origin, Ed25519PrivateKey.generate())
+        write_jwk(keys / ROOT_KEY_FILE, root)
+        write_secret(keys / CHECKPOINT_KEY_FILE, note_key.to_string() + "\n")
+        signer = TransactionSigner(principal=operator, key=root, chain=chain)
+        genesis = signer.sign(
+            "ledger.genesis",
+            {
+                "ledger": {"chain": chain, "origin": origin, "checkpoint_key": note_key.verifier().to_string()},
+                "operator": operator,
+                "display_name": display_name,
+                "jwk": public_jwk(root).as_dict(),
+            },
+            now=time.time(),
+        )
+        sequencer = Sequencer(store, checkpoint_key=note_key)
+        (outcome,) = sequencer.submit([genesis])
+        if not isinstance(outcome, Accepted):
+            raise outcome
+        sequencer.checkpoint_now()
+        return outcome.entry
+    finally:
+        store.close()
+
+
+def data_dir_exists(path: Path) -> bool:
+    return (path / "ledger.sqlite").exists() or (path / "keys" / ROOT_KEY_FILE).exists()

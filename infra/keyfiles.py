@@ -1,0 +1,54 @@
+"""Private keys on disk: one file each, mode 0600, in a 0700 directory.
+
+Keys are written once (O_EXCL, never overwritten) and refused when other users
+could read them, as ssh does. Their contents are never logged or printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from joserfc.jwk import ECKey, OKPKey
+
+
+class KeyFileError(Exception):
+    pass
+
+
+def write_secret(path: Path, content: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_secret(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"no key file at {path}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{path} is readable by other users (mode {oct(mode & 0o777)}); chmod 600 it")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def write_jwk(path: Path, key: OKPKey | ECKey) -> None:
+    write_secret(path, json.dumps(key.as_dict(private=True), sort_keys=True) + "\n")
+
+
+def read_jwk(path: Path) -> OKPKey | ECKey:
+    data = json.loads(read_secret(path))
+    if data.get("kty") == "OKP":
+        return OKPKey.import_key(data)
+    if data.get("kty") == "EC":
+        return ECKey.import_key(data)
+    raise KeyFileError(f"{path} is not an Ed25519 or secp256k1 private JWK")

@@ -1,0 +1,51 @@
+"""What both storage engines share: the event store and repository wiring, and
+turning library notifications into ledger ``StoredEntry`` rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from eventsourcing.application import AggregateNotFoundError, Repository
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import ApplicationRecorder, EventStore
+
+from ledger.entry import EntryMapper
+from ledger.merkle import EMPTY_ROOT
+from ledger.store import StoredEntry
+
+EVENTS_TABLE = "ledger_entries"
+__all__ = ["EMPTY_ROOT", "EVENTS_TABLE", "EntryStoreMixin"]
+
+
+class EntryStoreMixin:
+    """Reads through eventsourcing: aggregates via its Repository, entries via its
+    notification log (notification id == ledger sequence number)."""
+
+    recorder: ApplicationRecorder
+
+    def _wire(self, recorder: ApplicationRecorder) -> None:
+        self.recorder = recorder
+        self.events = EventStore(mapper=EntryMapper(), recorder=recorder)
+        self.repository: Repository[uuid.UUID] = Repository(event_store=self.events)
+
+    def load_aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None:
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(aggregate, Aggregate)
+        return aggregate
+
+    def read_entries(self, start: int, limit: int) -> Sequence[StoredEntry]:
+        notifications = self.recorder.select_notifications(start, limit)
+        return [
+            StoredEntry(
+                seq=n.id,
+                aggregate_id=uuid.UUID(str(n.originator_id)),
+                version=n.originator_version,
+                event_type=n.topic,
+                canonical=bytes(n.state),
+            )
+            for n in notifications
+        ]

@@ -1,0 +1,162 @@
+"""PostgreSQL engine (production): eventsourcing's PostgreSQL recorder plus our tables.
+
+The insert hook runs inside the library's write transaction: a compare-and-set on
+the head row (which also serialises writers), the notification id sequence set to
+the next ledger sequence number (sequences are not transactional, so a rolled-back
+batch would otherwise leave a gap), then the Merkle nodes and nonce rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin
+from ledger.store import AppendBatch, StoreConflict, StoredCheckpoint
+
+
+def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
+    """``postgresql://user[:password]@host[:port]/dbname[?schema=name]``."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise ValueError("the database URL must start with postgresql://")
+    schema = parse_qs(parsed.query).get("schema", ["public"])[0]
+    return PostgresDatastore(
+        dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=unquote(parsed.username or "postgres"),
+        password=unquote(parsed.password or ""),
+        schema=schema,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+    )
+
+
+class PostgresLedgerRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore, events_table_name: str = EVENTS_TABLE) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        s = Identifier(datastore.schema)
+        self.sql_create_statements[:0] = [SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=s)]
+        self.sql_create_statements.extend(
+            SQL(statement).format(s=s)
+            for statement in (
+                "CREATE TABLE IF NOT EXISTS {s}.ledger_head ("
+                " id integer PRIMARY KEY CHECK (id = 1), size bigint NOT NULL, root bytea NOT NULL)",
+                f"INSERT INTO {{s}}.ledger_head VALUES (1, 0, '\\x{EMPTY_ROOT.hex()}'::bytea)"
+                " ON CONFLICT DO NOTHING",
+                "CREATE TABLE IF NOT EXISTS {s}.merkle_nodes ("
+                " level integer NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL,"
+                " PRIMARY KEY (level, idx))",
+                "CREATE TABLE IF NOT EXISTS {s}.ledger_tx ("
+                " signer text NOT NULL, nonce bigint NOT NULL, seq bigint NOT NULL,"
+                " PRIMARY KEY (signer, nonce))",
+                "CREATE TABLE IF NOT EXISTS {s}.checkpoints ("
+                " size bigint PRIMARY KEY, root bytea NOT NULL, note text NOT NULL)",
+            )
+        )
+        self._s = s
+        self._qualified_table = f"{datastore.schema}.{events_table_name}"
+
+    def q(self, statement: str) -> Composed:
+        return SQL(statement).format(s=self._s)  # type: ignore[arg-type]
+
+    def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        batch: AppendBatch | None = kwargs.get("ledger_batch")
+        if batch is None:
+            raise StoreConflict("ledger entries are appended only as a sequenced batch")
+        curs.execute(
+            self.q("UPDATE {s}.ledger_head SET size = %s, root = %s WHERE id = 1 AND size = %s RETURNING size"),
+            (batch.new_size, batch.new_root, batch.old_size),
+        )
+        if curs.fetchone() is None:
+            raise StoreConflict("the ledger head moved: is another sequencer writing here?")
+        curs.execute(
+            "SELECT setval(pg_get_serial_sequence(%s, 'notification_id'), %s, false)",
+            (self._qualified_table, batch.old_size + 1),
+        )
+        curs.executemany(self.q("INSERT INTO {s}.merkle_nodes VALUES (%s, %s, %s)"), batch.nodes)
+        curs.executemany(self.q("INSERT INTO {s}.ledger_tx VALUES (%s, %s, %s)"), batch.tx_rows)
+
+
+class PostgresLedgerStore(EntryStoreMixin):
+    def __init__(self, url: str) -> None:
+        self.datastore = datastore_from_url(url)
+        self._recorder = PostgresLedgerRecorder(self.datastore)
+        self._recorder.create_table()
+        self._wire(self._recorder)
+
+    def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._recorder.q(statement), params)
+            return curs.fetchone()
+
+    def head(self) -> tuple[int, bytes]:
+        row = self._one("SELECT size, root FROM {s}.ledger_head WHERE id = 1")
+        return int(row["size"]), bytes(row["root"])
+
+    def read_nodes(self, coords: Sequence[tuple[int, int]]) -> Sequence[bytes]:
+        if not coords:
+            return []
+        levels = [c[0] for c in coords]
+        indexes = [c[1] for c in coords]
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT n.level, n.idx, n.hash FROM {s}.merkle_nodes n"
+                    " JOIN unnest(%s::integer[], %s::bigint[]) AS w(level, idx)"
+                    " ON n.level = w.level AND n.idx = w.idx"
+                ),
+                (levels, indexes),
+            )
+            found = {(r["level"], r["idx"]): bytes(r["hash"]) for r in curs.fetchall()}
+        missing = [coord for coord in coords if coord not in found]
+        if missing:
+            raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
+        return [found[coord] for coord in coords]
+
+    def append(self, batch: AppendBatch) -> None:
+        ids = self._recorder.insert_events(
+            [self.events.mapper.to_stored_event(e) for e in batch.entries], ledger_batch=batch
+        )
+        if list(ids or []) != [e.seq for e in batch.entries]:  # pragma: no cover - guarded above
+            raise StoreConflict("notification ids do not follow the ledger sequence")
+
+    def last_nonce(self, signer: str) -> int:
+        row = self._one("SELECT MAX(nonce) AS n FROM {s}.ledger_tx WHERE signer = %s", (signer,))
+        return int(row["n"]) if row and row["n"] is not None else 0
+
+    def find_tx(self, signer: str, nonce: int) -> int | None:
+        row = self._one("SELECT seq FROM {s}.ledger_tx WHERE signer = %s AND nonce = %s", (signer, nonce))
+        return int(row["seq"]) if row else None
+
+    def save_checkpoint(self, size: int, root: bytes, note: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                self._recorder.q("INSERT INTO {s}.checkpoints VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"),
+                (size, root, note),
+            )
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        row = self._one("SELECT size, root, note FROM {s}.checkpoints ORDER BY size DESC LIMIT 1")
+        return StoredCheckpoint(int(row["size"]), bytes(row["root"]), row["note"]) if row else None
+
+    def checkpoints(self, after_size: int = 0, limit: int = 1000) -> Sequence[StoredCheckpoint]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT size, root, note FROM {s}.checkpoints WHERE size > %s ORDER BY size LIMIT %s"
+                ),
+                (after_size, limit),
+            )
+            return [StoredCheckpoint(int(r["size"]), bytes(r["root"]), r["note"]) for r in curs.fetchall()]
+
+    def close(self) -> None:
+        self.datastore.close()

@@ -1,0 +1,128 @@
+"""SQLite engine (the embedded default): one file per ledger, no server.
+
+eventsourcing's SQLite recorder stores the entries; its insert hook runs our extra
+statements in the same transaction, so an entry, its Merkle nodes, its nonce row and
+the new head commit together or not at all. WAL mode with synchronous=FULL makes a
+commit durable before the sequencer answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+
+from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin
+from ledger.store import AppendBatch, StoreConflict, StoredCheckpoint
+
+_TABLES = [
+    "CREATE TABLE IF NOT EXISTS ledger_head ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, root BLOB NOT NULL)",
+    f"INSERT OR IGNORE INTO ledger_head VALUES (1, 0, x'{EMPTY_ROOT.hex()}')",
+    "CREATE TABLE IF NOT EXISTS merkle_nodes ("
+    " level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,"
+    " PRIMARY KEY (level, idx)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS ledger_tx ("
+    " signer TEXT NOT NULL, nonce INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    " PRIMARY KEY (signer, nonce)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    " size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL)",
+]
+
+
+class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *_TABLES]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        batch: AppendBatch | None = kwargs.get("ledger_batch")
+        if batch is None:
+            raise StoreConflict("ledger entries are appended only as a sequenced batch")
+        c.execute(
+            "UPDATE ledger_head SET size = ?, root = ? WHERE id = 1 AND size = ?",
+            (batch.new_size, batch.new_root, batch.old_size),
+        )
+        if c.sqlite_cursor.rowcount != 1:
+            raise StoreConflict("the ledger head moved: is another sequencer writing here?")
+        ids = super()._insert_events(c, stored_events)
+        if list(ids or []) != [e.seq for e in batch.entries]:
+            raise StoreConflict("notification ids do not follow the ledger sequence")
+        c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", batch.nodes)
+        c.executemany("INSERT INTO ledger_tx VALUES (?, ?, ?)", batch.tx_rows)
+        return ids
+
+
+class SQLiteLedgerStore(EntryStoreMixin):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.datastore = SQLiteDatastore(str(path), lock_timeout=30)
+        recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
+        recorder.create_table()
+        self._wire(recorder)
+
+    def head(self) -> tuple[int, bytes]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT size, root FROM ledger_head WHERE id = 1")
+            row = c.fetchone()
+            return int(row[0]), bytes(row[1])
+
+    def read_nodes(self, coords: Sequence[tuple[int, int]]) -> Sequence[bytes]:
+        if not coords:
+            return []
+        found: dict[tuple[int, int], bytes] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(coords), 200):
+                chunk = coords[start : start + 200]
+                where = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)
+                c.execute(
+                    f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}",
+                    [v for coord in chunk for v in coord],
+                )
+                for level, idx, value in c.fetchall():
+                    found[(level, idx)] = bytes(value)
+        missing = [coord for coord in coords if coord not in found]
+        if missing:
+            raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
+        return [found[coord] for coord in coords]
+
+    def append(self, batch: AppendBatch) -> None:
+        self.events.put(batch.entries, ledger_batch=batch)
+
+    def last_nonce(self, signer: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT MAX(nonce) FROM ledger_tx WHERE signer = ?", (signer,))
+            row = c.fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+    def find_tx(self, signer: str, nonce: int) -> int | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT seq FROM ledger_tx WHERE signer = ? AND nonce = ?", (signer, nonce))
+            row = c.fetchone()
+            return int(row[0]) if row else None
+
+    def save_checkpoint(self, size: int, root: bytes, note: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (size, root, note))
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+            row = c.fetchone()
+            return StoredCheckpoint(int(row[0]), bytes(row[1]), row[2]) if row else None
+
+    def checkpoints(self, after_size: int = 0, limit: int = 1000) -> Sequence[StoredCheckpoint]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT size, root, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT ?",
+                (after_size, limit),
+            )
+            return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2]) for r in c.fetchall()]
+
+    def close(self) -> None:
+        self.datastore.close()

@@ -1,0 +1,35 @@
+"""Canonical JSON: the one byte form of every hashed or signed ledger object.
+
+RFC 8785 (JCS) restricted to what ledger objects contain: objects, arrays, strings,
+integers, booleans and null (no floating point). Keys are sorted, no white space,
+UTF-8 without escaping non-ASCII. For this value set, Python's ``json`` with sorted
+keys produces exactly the JCS bytes (keys are ASCII, so code-point order is UTF-16
+order).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+
+
+def canonical_json(value: Any) -> bytes:
+    return _encoder.encode(_check(value)).encode()
+
+
+def _check(value: Any) -> Any:
+    if isinstance(value, float):
+        raise TypeError("canonical ledger JSON has no floating-point numbers")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError("canonical ledger JSON has string keys only")
+            _check(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check(item)
+    return value

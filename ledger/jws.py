@@ -1,0 +1,138 @@
+"""Compact JWS (RFC 7515) as the ledger accepts it: parsed strictly, verified with joserfc.
+
+Strictness is a security property here: the exact JWS is stored and hashed, so a
+transaction must have exactly one encoding. Segments must be unpadded base64url
+with zero trailing bits; the header must be a JSON object with exactly ``alg``,
+``kid`` and ``typ`` (plus nothing else); ``none`` and every HMAC algorithm are
+refused before any key is looked up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+from joserfc.jwk import ECKey, OKPKey
+from joserfc.jws import JWSRegistry
+
+from ledger.errors import Rejected
+
+#: Largest accepted compact JWS, in bytes (documented in docs/transactions.md).
+MAX_JWS_BYTES: Final = 16 * 1024
+TYP: Final = "dfg-tx"
+#: ``EdDSA`` (RFC 8037) is the default; ``Ed25519`` (RFC 9864's fully-specified name)
+#: is accepted as the same algorithm; ``ES256K`` (RFC 8812) for secp256k1 wallet keys.
+ALLOWED_ALGS: Final = frozenset({"EdDSA", "Ed25519", "ES256K"})
+_ALG_FOR_KEY: Final = {"EdDSA": "OKP", "Ed25519": "OKP", "ES256K": "EC"}
+
+_B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+_registry = JWSRegistry(algorithms=sorted(ALLOWED_ALGS))
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode_strict(segment: bytes, what: str) -> bytes:
+    """Decode unpadded base64url, refusing any alternative encoding of the same bytes."""
+    if not _B64URL.match(segment) or len(segment) % 4 == 1:
+        raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url")
+    try:
+        data = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - regex already filters
+        raise Rejected("non_canonical_base64", f"the {what} is not base64url") from exc
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment:
+        raise Rejected("non_canonical_base64", f"the {what} has non-zero trailing bits")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class CompactJws:
+    """A parsed, not yet verified, compact JWS."""
+
+    token: str
+    alg: str
+    kid: str
+    payload: bytes
+    signing_input: bytes
+    signature: bytes
+
+
+def parse_compact(token: str | bytes) -> CompactJws:
+    """Envelope checks that need no key: size, shape, encoding and header."""
+    raw = token.encode("ascii", "replace") if isinstance(token, str) else token
+    if len(raw) > MAX_JWS_BYTES:
+        raise Rejected("too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
+    parts = raw.split(b".")
+    if len(parts) != 3 or not all(parts):
+        raise Rejected("malformed_jws", "a transaction is a compact JWS: header.payload.signature")
+    header_bytes = b64url_decode_strict(parts[0], "header")
+    try:
+        header = json.loads(header_bytes)
+    except ValueError as exc:
+        raise Rejected("malformed_jws", "the JWS header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise Rejected("malformed_jws", "the JWS header is not a JSON object")
+    alg = header.get("alg")
+    if alg not in ALLOWED_ALGS:
+        raise Rejected(
+            "alg_not_allowed",
+            f"alg {alg!r} is refused; use one of {', '.join(sorted(ALLOWED_ALGS))}",
+        )
+    if header.get("typ") != TYP:
+        raise Rejected("malformed_jws", f'the JWS header must have "typ": "{TYP}"')
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Rejected("malformed_jws", "the JWS header must name the signing key in kid")
+    extra = set(header) - {"alg", "kid", "typ"}
+    if extra:
+        raise Rejected("malformed_jws", f"unexpected JWS header members: {', '.join(sorted(extra))}")
+    payload = b64url_decode_strict(parts[1], "payload")
+    signature = b64url_decode_strict(parts[2], "signature")
+    text = raw.decode("ascii")
+    return CompactJws(
+        token=text,
+        alg=alg,
+        kid=kid,
+        payload=payload,
+        signing_input=raw[: len(parts[0]) + 1 + len(parts[1])],
+        signature=signature,
+    )
+
+
+@lru_cache(maxsize=65536)
+def public_key(jwk_json: str) -> OKPKey | ECKey:
+    """Import a public JWK once (keys are immutable per kid, so caching is safe)."""
+    data = json.loads(jwk_json)
+    try:
+        if data.get("kty") == "OKP":
+            return OKPKey.import_key(data)
+        return ECKey.import_key(data)
+    except Exception as exc:
+        raise Rejected("invalid_key", f"the key cannot be imported: {exc}") from exc
+
+
+def key_json(jwk: dict[str, Any]) -> str:
+    return json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+
+
+def verify_signature(jws: CompactJws, jwk: dict[str, Any]) -> bool:
+    """True when ``jws`` is signed by ``jwk``; the alg must suit the key type."""
+    if _ALG_FOR_KEY[jws.alg] != jwk.get("kty"):
+        return False
+    key = public_key(key_json(jwk))
+    return bool(_registry.get_alg(jws.alg).verify(jws.signing_input, jws.signature, key))
+
+
+def sign_compact(payload: bytes, kid: str, private_key: OKPKey | ECKey) -> str:
+    """Sign ``payload`` (already canonical JSON) as a dfg transaction."""
+    alg = "EdDSA" if isinstance(private_key, OKPKey) else "ES256K"
+    header = json.dumps({"alg": alg, "kid": kid, "typ": TYP}, separators=(",", ":")).encode()
+    signing_input = f"{b64url_encode(header)}.{b64url_encode(payload)}".encode("ascii")
+    signature = _registry.get_alg(alg).sign(signing_input, private_key)
+    return f"{signing_input.decode('ascii')}.{b64url_encode(signature)}"

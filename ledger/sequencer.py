@@ -1,0 +1,395 @@
+"""The sequencer: the single writer of a ledger.
+
+For each batch of signed transactions it checks every signature in parallel, then,
+in order, authorises each transaction (key valid now, chain, validity, nonce), lets
+the domain decide, and appends exactly one entry per accepted transaction. The whole
+batch is one database transaction (group commit): entries, Merkle nodes, nonce index
+and head. A submitter gets its receipt only after that transaction committed.
+Refused transactions leave no trace; a failed commit rolls the in-memory state back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from domain.commands import Genesis
+from domain.consent import Consent
+from domain.errors import DomainError
+from domain.handlers import HANDLERS
+from domain.identifiers import principal_aggregate_id
+from domain.principal import Principal
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.entry import Entry
+from ledger.errors import Rejected
+from ledger.jws import verify_signature
+from ledger.merkle import Frontier
+from ledger.note import SignerKey
+from ledger.store import AppendBatch, LedgerStore
+from ledger.transaction import Transaction, parse_transaction
+from ledger.verifier import ParallelVerifier
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A durable entry. ``duplicate`` is True when the same JWS was accepted before."""
+
+    entry: Entry
+    duplicate: bool = False
+
+    @property
+    def seq(self) -> int:
+        return self.entry.seq
+
+
+Outcome = Accepted | Rejected
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Sign a checkpoint every ``every`` entries, and no later than ``interval_ms``
+    after the newest entry."""
+
+    every: int = 1000
+    interval_ms: int = 1000
+
+
+class AggregateCache:
+    """Aggregates as of the head, most recently used kept in memory.
+
+    Bounded so that a ledger of millions of consents runs in constant memory.
+    """
+
+    def __init__(self, store: LedgerStore, maxsize: int) -> None:
+        self._store = store
+        self._maxsize = maxsize
+        self._items: OrderedDict[uuid.UUID, Aggregate | None] = OrderedDict()
+
+    def get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
+        try:
+            self._items.move_to_end(aggregate_id)
+            return self._items[aggregate_id]
+        except KeyError:
+            aggregate = self._store.load_aggregate(aggregate_id)
+            self.put(aggregate_id, aggregate)
+            return aggregate
+
+    def put(self, aggregate_id: uuid.UUID, aggregate: Aggregate | None) -> None:
+        self._items[aggregate_id] = aggregate
+        self._items.move_to_end(aggregate_id)
+        while len(self._items) > self._maxsize:
+            self._items.popitem(last=False)
+
+    def forget(self, ids: Sequence[uuid.UUID]) -> None:
+        for aggregate_id in ids:
+            self._items.pop(aggregate_id, None)
+
+
+class _BatchState:
+    """The domain's view of state while one batch is decided (``domain.handlers.State``)."""
+
+    def __init__(self, cache: AggregateCache, size: int) -> None:
+        self._cache = cache
+        self.size = size
+        self.touched: dict[uuid.UUID, Aggregate] = {}
+
+    def principal(self, principal_id: str) -> Principal | None:
+        aggregate = self._get(principal_aggregate_id(principal_id))
+        return aggregate if isinstance(aggregate, Principal) else None
+
+    def consent(self, aggregate_id: uuid.UUID) -> Consent | None:
+        aggregate = self._get(aggregate_id)
+        return aggregate if isinstance(aggregate, Consent) else None
+
+    def is_empty(self) -> bool:
+        return self.size == 0
+
+    def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
+        return self.touched.get(aggregate_id) or self._cache.get(aggregate_id)
+
+
+class Sequencer:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        checkpoint_key: SignerKey | None,
+        clock: Clock = system_clock,
+        policy: CheckpointPolicy | None = None,
+        verifier: ParallelVerifier | None = None,
+        cache_size: int = 50_000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.policy = policy or CheckpointPolicy()
+        self.verifier = verifier or ParallelVerifier()
+        self._checkpoint_key = checkpoint_key
+        self._cache = AggregateCache(store, cache_size)
+        self._nonces: dict[str, int] = {}
+        self._lock = threading.Lock()
+        size, _ = store.head()
+        self._frontier = Frontier.load(size, store.read_nodes)
+        self._last_ts: datetime | None = None
+        latest = store.latest_checkpoint()
+        self._checkpointed = latest.size if latest else 0
+        self._last_append = time.monotonic()
+        self.ledger: dict[str, str] | None = self._read_ledger_parameters()
+        if self.ledger is not None and checkpoint_key is not None:
+            self._check_checkpoint_key(checkpoint_key)
+
+    # --- public API --------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    @property
+    def chain(self) -> str | None:
+        return None if self.ledger is None else self.ledger["chain"]
+
+    def submit(self, tokens: Sequence[str]) -> list[Outcome]:
+        """Sequence a batch of compact JWS; one outcome per token, in order."""
+        with self._lock:
+            outcomes = self._sequence(tokens)
+            self._maybe_checkpoint(force=False)
+            return outcomes
+
+    def checkpoint_now(self) -> bool:
+        """Sign a checkpoint for the current head if it has none yet."""
+        with self._lock:
+            return self._maybe_checkpoint(force=True)
+
+    def tick(self) -> None:
+        """Called periodically: signs the time-based checkpoint when it is due."""
+        with self._lock:
+            self._maybe_checkpoint(force=False)
+
+    # --- sequencing --------------------------------------------------------------
+
+    def _sequence(self, tokens: Sequence[str]) -> list[Outcome]:
+        parsed: list[Transaction | Rejected] = []
+        for token in tokens:
+            try:
+                parsed.append(parse_transaction(token))
+            except Rejected as exc:
+                parsed.append(exc)
+        state = _BatchState(self._cache, self._frontier.size)
+        signatures = self._verify_signatures(parsed, state)
+
+        frontier = self._frontier.copy()
+        nonces: dict[str, int] = {}
+        seen: dict[str, Entry] = {}
+        entries: list[Entry] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        tx_rows: list[tuple[str, int, int]] = []
+        outcomes: list[Outcome] = []
+        ledger = self.ledger
+        for item, signature_ok in zip(parsed, signatures, strict=True):
+            if isinstance(item, Rejected):
+                outcomes.append(item)
+                continue
+            if item.token in seen:
+                outcomes.append(Accepted(seen[item.token], duplicate=True))
+                continue
+            now = self._now()
+            try:
+                self._authorise(item, signature_ok, state, nonces, now, ledger)
+                aggregate = HANDLERS[item.type](item.command, self._signer(item, state), now, state)
+            except Rejected as exc:
+                earlier = self.find_duplicate(item.token) if exc.code == "nonce_reused" else None
+                outcomes.append(Accepted(earlier, duplicate=True) if earlier else exc)
+                continue
+            except DomainError as exc:
+                outcomes.append(Rejected(exc.code, exc.message))
+                continue
+            (event,) = aggregate.collect_events()
+            entry = Entry.from_event(event, seq=frontier.size + 1, tx=item.token)
+            nodes.extend(frontier.append(entry.leaf_hash))
+            state.touched[aggregate.id] = aggregate
+            state.size = frontier.size
+            nonces[item.signer] = item.payload.nonce
+            tx_rows.append((item.signer, item.payload.nonce, entry.seq))
+            entries.append(entry)
+            seen[item.token] = entry
+            self._last_ts = now
+            if ledger is None and item.type == "ledger.genesis":
+                assert isinstance(item.command, Genesis)
+                ledger = item.command.ledger.model_dump()
+            outcomes.append(Accepted(entry))
+
+        if entries:
+            batch = AppendBatch(
+                entries=entries, nodes=nodes, tx_rows=tx_rows, old_size=self._frontier.size,
+                new_size=frontier.size, new_root=frontier.root(),
+            )
+            try:
+                self.store.append(batch)
+            except BaseException:
+                self._cache.forget(list(state.touched))
+                raise
+            self._frontier = frontier
+            self._nonces.update(nonces)
+            for aggregate_id, aggregate in state.touched.items():
+                self._cache.put(aggregate_id, aggregate)
+            self._last_append = time.monotonic()
+            if self.ledger is None and ledger is not None:
+                self.ledger = ledger
+                if self._checkpoint_key is not None:
+                    self._check_checkpoint_key(self._checkpoint_key)
+        return outcomes
+
+    def _verify_signatures(self, parsed: Sequence[Transaction | Rejected], state: _BatchState) -> list[bool]:
+        """Check signatures against the keys known at the start of the batch; a key added
+        later in the same batch is checked inline when its transaction is reached."""
+        work: list[tuple[Any, dict[str, Any] | None]] = []
+        for item in parsed:
+            if isinstance(item, Rejected):
+                work.append((None, None))
+                continue
+            work.append((item.jws, self._known_jwk(item, state)))
+        indexed = [(i, w) for i, w in enumerate(work) if w[0] is not None and w[1] is not None]
+        results = [False] * len(work)
+        verdicts = self.verifier.verify([w for _, w in indexed])
+        for (i, _), ok in zip(indexed, verdicts, strict=True):
+            results[i] = ok
+        return results
+
+    def _known_jwk(self, tx: Transaction, state: _BatchState) -> dict[str, Any] | None:
+        if tx.type == "ledger.genesis" and isinstance(tx.command, Genesis):
+            return tx.command.jwk.as_dict()
+        principal = state.principal(tx.signer)
+        key = principal.keys.get(tx.jws.kid) if principal is not None else None
+        return key.jwk if key is not None else None
+
+    def _authorise(
+        self, tx: Transaction, signature_ok: bool, state: _BatchState, nonces: dict[str, int],
+        now: datetime, ledger: dict[str, str] | None,
+    ) -> None:
+        payload = tx.payload
+        if ledger is None:
+            if tx.type != "ledger.genesis":
+                raise Rejected("no_genesis", "this ledger has no genesis entry yet")
+            self._authorise_genesis(tx, signature_ok)
+        else:
+            if payload.chain != ledger["chain"]:
+                raise Rejected("wrong_chain", f"transaction is for chain {payload.chain!r}, this is {ledger['chain']!r}")
+            self._authorise_key(tx, signature_ok, state, now)
+        if now.timestamp() > payload.valid_until:
+            raise Rejected("expired", f"valid_until {payload.valid_until} has passed")
+        last = nonces.get(tx.signer)
+        if last is None:
+            last = self._last_nonce(tx.signer)
+        if payload.nonce <= last:
+            raise self._replay(tx)
+
+    def _authorise_genesis(self, tx: Transaction, signature_ok: bool) -> None:
+        command = tx.command
+        assert isinstance(command, Genesis)
+        if tx.payload.chain != command.ledger.chain:
+            raise Rejected("wrong_chain", "the genesis payload chain must equal its ledger chain")
+        if tx.signer != command.operator or tx.jws.kid != f"{command.operator}#{command.jwk.thumbprint()}":
+            raise Rejected("unknown_key", "the genesis entry is signed by the key it introduces")
+        if not signature_ok:
+            raise Rejected("bad_signature", "the signature does not verify")
+
+    def _authorise_key(self, tx: Transaction, signature_ok: bool, state: _BatchState, now: datetime) -> None:
+        principal = state.principal(tx.signer)
+        if principal is None:
+            raise Rejected("unknown_signer", f"{tx.signer} is not admitted on this ledger")
+        key = principal.keys.get(tx.jws.kid)
+        if key is None:
+            raise Rejected("unknown_key", f"{tx.jws.kid} is not a registered key")
+        problem = key.usable_at(now)
+        if problem is not None:
+            raise Rejected(problem, f"{tx.jws.kid} may not sign now ({problem.replace('_', ' ')})")
+        if not signature_ok:
+            # The key may have been added earlier in this batch: check it inline.
+            if not verify_signature(tx.jws, key.jwk):
+                raise Rejected("bad_signature", "the signature does not verify")
+
+    def _replay(self, tx: Transaction) -> Rejected:
+        return Rejected(
+            "nonce_reused",
+            f"nonce {tx.payload.nonce} of {tx.signer} is not above the last accepted nonce",
+        )
+
+    def find_duplicate(self, token: str) -> Entry | None:
+        """The entry of an already accepted JWS (resubmission is idempotent)."""
+        try:
+            tx = parse_transaction(token)
+        except Rejected:
+            return None
+        seq = self.store.find_tx(tx.signer, tx.payload.nonce)
+        if seq is None:
+            return None
+        (stored,) = self.store.read_entries(seq, 1)
+        entry = Entry.decode(stored.canonical)
+        return entry if entry.tx == token else None
+
+    def _signer(self, tx: Transaction, state: _BatchState) -> Principal | None:
+        return None if tx.type == "ledger.genesis" else state.principal(tx.signer)
+
+    def _last_nonce(self, signer: str) -> int:
+        last = self._nonces.get(signer)
+        if last is None:
+            last = self.store.last_nonce(signer)
+            self._nonces[signer] = last
+        return last
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        if self._last_ts is not None and now < self._last_ts:
+            return self._last_ts  # the log's time never goes backwards
+        return now
+
+    # --- checkpoints ---------------------------------------------------------------
+
+    def _maybe_checkpoint(self, *, force: bool) -> bool:
+        size = self._frontier.size
+        if self._checkpoint_key is None or self.ledger is None or size <= self._checkpointed:
+            return False
+        due = (
+            force
+            or size - self._checkpointed >= self.policy.every
+            or (time.monotonic() - self._last_append) * 1000 >= self.policy.interval_ms
+        )
+        if not due:
+            return False
+        root = self._frontier.root()
+        checkpoint = Checkpoint(origin=self.ledger["origin"], size=size, root_hash=root)
+        key = self._checkpoint_key
+        note = sign_checkpoint(checkpoint, key.name, key.private_key)
+        self.store.save_checkpoint(size, root, note)
+        self._checkpointed = size
+        return True
+
+    def _check_checkpoint_key(self, key: SignerKey) -> None:
+        assert self.ledger is not None
+        if key.verifier().to_string() != self.ledger["checkpoint_key"]:
+            raise RuntimeError(
+                "the checkpoint key given to the sequencer is not the one named in the genesis entry"
+            )
+
+    def _read_ledger_parameters(self) -> dict[str, str] | None:
+        first = self.store.read_entries(1, 1)
+        if not first:
+            return None
+        entry = Entry.decode(first[0].canonical)
+        ledger = entry.data.get("ledger")
+        if entry.event_type != "Principal.Admitted" or not isinstance(ledger, dict):
+            raise RuntimeError("the first entry of this ledger is not a genesis entry")
+        return ledger

@@ -1,0 +1,73 @@
+"""The ledger's storage port. Engines (SQLite, PostgreSQL) implement it in ``infra``.
+
+One ``append`` is one database transaction holding the entries, the Merkle nodes
+they complete, the (signer, nonce) index rows and the new head; it fails as a whole
+if another writer moved the head (compare-and-set), which keeps one sequencer per
+ledger even if an operator starts two by mistake.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from eventsourcing.domain import Aggregate
+
+from ledger.entry import Entry
+
+
+class StoreConflict(Exception):
+    """The head moved under us: another writer appended to this ledger."""
+
+
+@dataclass(frozen=True)
+class AppendBatch:
+    entries: Sequence[Entry]
+    nodes: Sequence[tuple[int, int, bytes]]
+    tx_rows: Sequence[tuple[str, int, int]]  # (signer, nonce, seq)
+    old_size: int
+    new_size: int
+    new_root: bytes
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str
+    cosignatures: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    seq: int
+    aggregate_id: uuid.UUID
+    version: int
+    event_type: str
+    canonical: bytes
+
+
+class LedgerStore(Protocol):
+    def head(self) -> tuple[int, bytes]: ...
+
+    def read_nodes(self, coords: Sequence[tuple[int, int]]) -> Sequence[bytes]: ...
+
+    def append(self, batch: AppendBatch) -> None: ...
+
+    def load_aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None: ...
+
+    def last_nonce(self, signer: str) -> int: ...
+
+    def find_tx(self, signer: str, nonce: int) -> int | None: ...
+
+    def read_entries(self, start: int, limit: int) -> Sequence[StoredEntry]: ...
+
+    def save_checkpoint(self, size: int, root: bytes, note: str) -> None: ...
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None: ...
+
+    def checkpoints(self, after_size: int = 0, limit: int = 1000) -> Sequence[StoredCheckpoint]: ...
+
+    def close(self) -> None: ...

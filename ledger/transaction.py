@@ -1,0 +1,95 @@
+"""A signed transaction: envelope checks, payload model and command body.
+
+``parse_transaction`` does every check that needs neither a key nor ledger state,
+so it can run anywhere (gateways, the verifier pool, an auditor's machine). What
+depends on state (keys valid now, nonces, domain rules) is the sequencer's job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from domain.commands import COMMANDS, Command, PrincipalId
+from domain.identifiers import split_kid
+from ledger.errors import Rejected
+from ledger.jws import CompactJws, parse_compact
+
+MAX_NONCE: Final = 2**53 - 1  # exact in every JSON implementation
+
+
+class Payload(BaseModel):
+    """The JWS payload of every dfg transaction (docs/transactions.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    chain: Annotated[str, Field(min_length=1, max_length=64)]
+    signer: PrincipalId
+    nonce: Annotated[int, Field(ge=1, le=MAX_NONCE)]
+    valid_until: Annotated[int, Field(ge=0, le=2**40)]
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    jws: CompactJws
+    payload: Payload
+    command: Command
+
+    @property
+    def token(self) -> str:
+        return self.jws.token
+
+    @property
+    def signer(self) -> str:
+        return self.payload.signer
+
+    @property
+    def type(self) -> str:
+        return self.payload.type
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member names")
+    return result
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def parse_transaction(token: str | bytes) -> Transaction:
+    jws = parse_compact(token)
+    try:
+        raw = json.loads(jws.payload, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        raise Rejected("malformed_payload", f"the payload is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise Rejected("malformed_payload", "the payload is not a JSON object")
+    try:
+        payload = Payload.model_validate(raw)
+    except ValidationError as exc:
+        raise Rejected("malformed_payload", _describe(exc)) from exc
+    model = COMMANDS.get(payload.type)
+    if model is None:
+        raise Rejected("unknown_type", f"unknown transaction type {payload.type!r}")
+    try:
+        command = model.model_validate(payload.body)
+    except ValidationError as exc:
+        raise Rejected("invalid_body", f"{payload.type}: {_describe(exc)}") from exc
+    try:
+        key_owner, _ = split_kid(jws.kid)
+    except ValueError as exc:
+        raise Rejected("unknown_key", str(exc)) from exc
+    if key_owner != payload.signer:
+        raise Rejected("signer_mismatch", f"key {jws.kid} does not belong to signer {payload.signer}")
+    return Transaction(jws=jws, payload=payload, command=command)
