@@ -90,3 +90,14 @@ def create_ledger(
 
 def data_dir_exists(path: Path) -> bool:
     return (path / "ledger.sqlite").exists() or (path / "keys" / ROOT_KEY_FILE).exists()
+
+
+def open_views(settings: Settings):  # type: ignore[no-untyped-def]
+    """The read-model database: a SQLite file beside the ledger, or the PostgreSQL schema."""
+    if settings.database_url:
+        from infra.storage.views import PostgresViews
+
+        return PostgresViews(settings.database_url)
+    from infra.storage.views import SQLiteViews
+
+    return SQLiteViews(settings.views_file)

@@ -27,6 +27,7 @@ from domain.errors import DomainError
 from domain.handlers import HANDLERS
 from domain.identifiers import principal_aggregate_id
 from domain.principal import Principal
+from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -206,9 +207,14 @@ class Sequencer:
                 outcomes.append(Accepted(seen[item.token], duplicate=True))
                 continue
             now = self._now()
+            last = nonces.get(item.signer)
             try:
-                self._authorise(item, signature_ok, state, nonces, now, ledger)
-                aggregate = HANDLERS[item.type](item.command, self._signer(item, state), now, state)
+                signer = authorise(
+                    item, state=state, ledger=ledger, now=now,
+                    last_nonce=self._last_nonce(item.signer) if last is None else last,
+                    signature_ok=_checked(item, signature_ok),
+                )
+                aggregate = HANDLERS[item.type](item.command, signer, now, state)
             except Rejected as exc:
                 earlier = self.find_duplicate(item.token) if exc.code == "nonce_reused" else None
                 outcomes.append(Accepted(earlier, duplicate=True) if earlier else exc)
@@ -253,79 +259,18 @@ class Sequencer:
         return outcomes
 
     def _verify_signatures(self, parsed: Sequence[Transaction | Rejected], state: _BatchState) -> list[bool]:
-        """Check signatures against the keys known at the start of the batch; a key added
-        later in the same batch is checked inline when its transaction is reached."""
-        work: list[tuple[Any, dict[str, Any] | None]] = []
-        for item in parsed:
-            if isinstance(item, Rejected):
-                work.append((None, None))
-                continue
-            work.append((item.jws, self._known_jwk(item, state)))
-        indexed = [(i, w) for i, w in enumerate(work) if w[0] is not None and w[1] is not None]
-        results = [False] * len(work)
-        verdicts = self.verifier.verify([w for _, w in indexed])
-        for (i, _), ok in zip(indexed, verdicts, strict=True):
+        """Check signatures in parallel against the keys known at the start of the batch;
+        a key added earlier in the same batch is checked inline when its turn comes."""
+        jobs = [
+            (i, item.jws, jwk)
+            for i, item in enumerate(parsed)
+            if not isinstance(item, Rejected) and (jwk := signing_key(item, state)) is not None
+        ]
+        results = [False] * len(parsed)
+        verdicts = self.verifier.verify([(jws, jwk) for _, jws, jwk in jobs])
+        for (i, _, _), ok in zip(jobs, verdicts, strict=True):
             results[i] = ok
         return results
-
-    def _known_jwk(self, tx: Transaction, state: _BatchState) -> dict[str, Any] | None:
-        if tx.type == "ledger.genesis" and isinstance(tx.command, Genesis):
-            return tx.command.jwk.as_dict()
-        principal = state.principal(tx.signer)
-        key = principal.keys.get(tx.jws.kid) if principal is not None else None
-        return key.jwk if key is not None else None
-
-    def _authorise(
-        self, tx: Transaction, signature_ok: bool, state: _BatchState, nonces: dict[str, int],
-        now: datetime, ledger: dict[str, str] | None,
-    ) -> None:
-        payload = tx.payload
-        if ledger is None:
-            if tx.type != "ledger.genesis":
-                raise Rejected("no_genesis", "this ledger has no genesis entry yet")
-            self._authorise_genesis(tx, signature_ok)
-        else:
-            if payload.chain != ledger["chain"]:
-                raise Rejected("wrong_chain", f"transaction is for chain {payload.chain!r}, this is {ledger['chain']!r}")
-            self._authorise_key(tx, signature_ok, state, now)
-        if now.timestamp() > payload.valid_until:
-            raise Rejected("expired", f"valid_until {payload.valid_until} has passed")
-        last = nonces.get(tx.signer)
-        if last is None:
-            last = self._last_nonce(tx.signer)
-        if payload.nonce <= last:
-            raise self._replay(tx)
-
-    def _authorise_genesis(self, tx: Transaction, signature_ok: bool) -> None:
-        command = tx.command
-        assert isinstance(command, Genesis)
-        if tx.payload.chain != command.ledger.chain:
-            raise Rejected("wrong_chain", "the genesis payload chain must equal its ledger chain")
-        if tx.signer != command.operator or tx.jws.kid != f"{command.operator}#{command.jwk.thumbprint()}":
-            raise Rejected("unknown_key", "the genesis entry is signed by the key it introduces")
-        if not signature_ok:
-            raise Rejected("bad_signature", "the signature does not verify")
-
-    def _authorise_key(self, tx: Transaction, signature_ok: bool, state: _BatchState, now: datetime) -> None:
-        principal = state.principal(tx.signer)
-        if principal is None:
-            raise Rejected("unknown_signer", f"{tx.signer} is not admitted on this ledger")
-        key = principal.keys.get(tx.jws.kid)
-        if key is None:
-            raise Rejected("unknown_key", f"{tx.jws.kid} is not a registered key")
-        problem = key.usable_at(now)
-        if problem is not None:
-            raise Rejected(problem, f"{tx.jws.kid} may not sign now ({problem.replace('_', ' ')})")
-        if not signature_ok:
-            # The key may have been added earlier in this batch: check it inline.
-            if not verify_signature(tx.jws, key.jwk):
-                raise Rejected("bad_signature", "the signature does not verify")
-
-    def _replay(self, tx: Transaction) -> Rejected:
-        return Rejected(
-            "nonce_reused",
-            f"nonce {tx.payload.nonce} of {tx.signer} is not above the last accepted nonce",
-        )
 
     def find_duplicate(self, token: str) -> Entry | None:
         """The entry of an already accepted JWS (resubmission is idempotent)."""
@@ -339,9 +284,6 @@ class Sequencer:
         (stored,) = self.store.read_entries(seq, 1)
         entry = Entry.decode(stored.canonical)
         return entry if entry.tx == token else None
-
-    def _signer(self, tx: Transaction, state: _BatchState) -> Principal | None:
-        return None if tx.type == "ledger.genesis" else state.principal(tx.signer)
 
     def _last_nonce(self, signer: str) -> int:
         last = self._nonces.get(signer)
@@ -393,3 +335,8 @@ class Sequencer:
         if entry.event_type != "Principal.Admitted" or not isinstance(ledger, dict):
             raise RuntimeError("the first entry of this ledger is not a genesis entry")
         return ledger
+
+
+def _checked(tx: Transaction, verified: bool) -> Callable[[dict[str, Any]], bool]:
+    """The parallel verdict, or an inline check when the key was not known before."""
+    return lambda jwk: verified or verify_signature(tx.jws, jwk)

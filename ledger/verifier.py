@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ledger.jws import CompactJws, verify_signature
@@ -30,6 +30,11 @@ class ParallelVerifier:
         for part in self._pool.map(_verify_chunk, chunks):
             results.extend(part)
         return results
+
+    def submit(self, items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[Future[list[bool]]]:
+        """Start checking ``items`` without waiting; results come back chunk by chunk."""
+        size = max(_CHUNK, -(-len(items) // (self.workers * 4)))
+        return [self._pool.submit(_verify_chunk, items[i : i + size]) for i in range(0, len(items), size)]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

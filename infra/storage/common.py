@@ -10,7 +10,7 @@ from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder, EventStore
 
-from ledger.entry import EntryMapper
+from ledger.entry import Entry, EntryMapper
 from ledger.merkle import EMPTY_ROOT
 from ledger.store import StoredEntry
 
@@ -36,6 +36,15 @@ class EntryStoreMixin:
             return None
         assert isinstance(aggregate, Aggregate)
         return aggregate
+
+    def load_aggregate_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:
+        aggregate: Aggregate | None = None
+        for state in self._states_before(aggregate_id, seq):
+            aggregate = Entry.decode(state).to_event().mutate(aggregate)
+        return aggregate
+
+    def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
+        raise NotImplementedError
 
     def read_entries(self, start: int, limit: int) -> Sequence[StoredEntry]:
         notifications = self.recorder.select_notifications(start, limit)

@@ -8,6 +8,7 @@ batch would otherwise leave a gap), then the Merkle nodes and nonce rows.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -44,7 +45,6 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, events_table_name: str = EVENTS_TABLE) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         s = Identifier(datastore.schema)
-        self.sql_create_statements[:0] = [SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=s)]
         self.sql_create_statements.extend(
             SQL(statement).format(s=s)
             for statement in (
@@ -89,6 +89,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 class PostgresLedgerStore(EntryStoreMixin):
     def __init__(self, url: str) -> None:
         self.datastore = datastore_from_url(url)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema)))
         self._recorder = PostgresLedgerRecorder(self.datastore)
         self._recorder.create_table()
         self._wire(self._recorder)
@@ -121,6 +123,17 @@ class PostgresLedgerStore(EntryStoreMixin):
         if missing:
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
+
+    def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT state FROM {s}.{t} WHERE originator_id = %s AND notification_id < %s"
+                    " ORDER BY originator_version"
+                ).format(s=Identifier(self.datastore.schema), t=Identifier(EVENTS_TABLE)),
+                (aggregate_id, seq),
+            )
+            return [bytes(r["state"]) for r in curs.fetchall()]
 
     def append(self, batch: AppendBatch) -> None:
         ids = self._recorder.insert_events(

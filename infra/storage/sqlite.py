@@ -8,6 +8,7 @@ commit durable before the sequencer answers.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,15 @@ class SQLiteLedgerStore(EntryStoreMixin):
         if missing:
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
+
+    def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid < ?"
+                " ORDER BY originator_version",
+                (aggregate_id.hex, seq),
+            )
+            return [bytes(row[0]) for row in c.fetchall()]
 
     def append(self, batch: AppendBatch) -> None:
         self.events.put(batch.entries, ledger_batch=batch)

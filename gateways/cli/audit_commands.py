@@ -1,0 +1,188 @@
+"""``dfg audit``: verify a whole ledger, export it, prove and check single entries."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from gateways.cli.options import fail, ledger_options
+from infra.bootstrap import open_store
+from infra.bundle import BundleError, BundleReader, export_bundle
+from infra.settings import Settings
+from ledger.audit import AuditReport, Auditor, audit as run_audit, batched
+from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
+from ledger.store import LedgerStore
+from ledger.verifier import ParallelVerifier
+from infra.bootstrap import open_views
+from projections.base import catch_up, prepare
+from projections.keys import PrincipalsView, snapshot
+
+
+@click.group("audit")
+def audit() -> None:
+    """Verify the ledger's whole history, export it, and prove entries."""
+
+
+@audit.command("verify")
+@ledger_options
+@click.option("--bundle", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Verify an exported audit bundle instead of a database.")
+@click.option("--checkpoint-key", default=None, help="Checkpoint verifier key you trust (refuse any other).")
+@click.option("--chain", default=None, help="Ledger id you expect.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Signature threads [default: all cores].")
+@click.option("--progress/--no-progress", default=None, help="Show progress [default: on a terminal].")
+def verify(settings: Settings, bundle: Path | None, checkpoint_key: str | None, chain: str | None,
+           workers: int | None, progress: bool | None) -> None:
+    """Replay everything and check every signature, rule, root and checkpoint.
+
+    Exits 0 only when everything checks; otherwise names the first bad entry."""
+    verifier = ParallelVerifier(workers)
+    started = time.perf_counter()
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        if bundle is not None:
+            report = _verify_bundle(bundle, verifier, checkpoint_key, chain, show)
+        else:
+            store = _existing_store(settings)
+            try:
+                size = store.head()[0]
+                auditor = Auditor(
+                    load=store.load_aggregate_before, checkpoints=_checkpoints(store),
+                    read_nodes=store.read_nodes, verifier=verifier,
+                    expected_checkpoint_key=checkpoint_key, expected_chain=chain,
+                )
+                report = _with_progress(show, size, lambda tick: run_audit(
+                    batched(store.read_entries), auditor, head=store.head(), progress=tick))
+            finally:
+                store.close()
+    except BundleError as exc:
+        fail(str(exc))
+    finally:
+        verifier.close()
+    elapsed = time.perf_counter() - started
+    _print_report(report, elapsed)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _verify_bundle(path: Path, verifier: ParallelVerifier, key: str | None, chain: str | None,
+                   show: bool) -> AuditReport:
+    reader = BundleReader(path)
+    try:
+        tail = BundleReader(path)
+        try:
+            tail.read_tail()
+            checkpoints = tail.checkpoints
+        finally:
+            tail.close()
+        auditor = Auditor(load=reader.load_before, checkpoints=checkpoints, read_nodes=None, verifier=verifier,
+                          expected_checkpoint_key=key, expected_chain=chain)
+        size = int(reader.header.get("size", 0))
+        head = (size, bytes.fromhex(reader.header.get("root", "")))
+        return _with_progress(show, size, lambda tick: run_audit(reader.entries(), auditor, head=head, progress=tick))
+    finally:
+        reader.close()
+
+
+def _with_progress(show: bool, total: int, work: Any) -> AuditReport:
+    columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not show, transient=True) as bar:
+        task = bar.add_task("verify", total=total)
+        result: AuditReport = work(lambda done: bar.update(task, completed=done))
+    return result
+
+
+def _print_report(report: AuditReport, elapsed: float) -> None:
+    rate = report.entries / elapsed if elapsed > 0 else 0.0
+    if report.ok:
+        click.echo(f"OK: {report.entries} entries and {report.checkpoints} checkpoints verified"
+                   f" in {elapsed:.1f}s ({rate:,.0f} entries/s)")
+        click.echo(f"chain {report.chain}, root {report.root.hex()}")
+        click.echo(f"checkpoint key {report.checkpoint_key}")
+        click.echo(f"genesis signed by {report.operator_kid}")
+    else:
+        problem = report.first_problem
+        click.secho(f"FAILED: {problem}", fg="red", err=True)
+        click.echo(f"{report.entries} entries verified before the failure", err=True)
+
+
+@audit.command("export")
+@ledger_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write (JSON Lines; see docs/audit-bundle.md).")
+def export(settings: Settings, out_path: Path) -> None:
+    """Write a self-contained audit bundle: entries, checkpoints and public keys."""
+    store = _existing_store(settings)
+    if out_path.exists():
+        fail(f"{out_path} exists; refusing to overwrite it")
+    tmp = out_path.with_suffix(out_path.suffix + ".partial")
+    try:
+        views = open_views(settings)
+        try:
+            prepare(views, PrincipalsView())
+            catch_up(views, PrincipalsView(), store.read_entries)
+            with views.transaction(commit=False) as cursor:
+                principals = snapshot(cursor)
+        finally:
+            views.close()
+        with tmp.open("wb") as handle:
+            size = export_bundle(store, handle, principals)
+        tmp.rename(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        store.close()
+    click.echo(f"exported {size} entries to {out_path}")
+
+
+@audit.command("prove")
+@ledger_options
+@click.option("--seq", type=click.IntRange(1), required=True, help="Sequence number of the entry.")
+def prove(settings: Settings, seq: int) -> None:
+    """Print an entry's receipt: inclusion proof against the latest signed checkpoint."""
+    store = _existing_store(settings)
+    try:
+        checkpoint = store.latest_checkpoint()
+        if checkpoint is None:
+            fail("the ledger has no checkpoint yet")
+        assert checkpoint is not None
+        if seq > checkpoint.size:
+            fail(f"entry {seq} is not covered by the latest checkpoint (size {checkpoint.size}) yet")
+        (stored,) = store.read_entries(seq, 1)
+        receipt = make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
+        click.echo(json.dumps(receipt.to_json(), indent=2))
+    finally:
+        store.close()
+
+
+@audit.command("check-receipt")
+@click.argument("receipt_file", type=click.File("r"))
+@click.option("--checkpoint-key", required=True, help="The ledger's checkpoint verifier key.")
+def check_receipt(receipt_file: Any, checkpoint_key: str) -> None:
+    """Check a receipt offline (no server, no database): exit 0 when it proves its entry."""
+    try:
+        receipt = Receipt.from_json(json.load(receipt_file))
+        seq = verify_receipt(receipt, checkpoint_key)
+    except (ReceiptError, ValueError) as exc:
+        fail(f"receipt does not verify: {exc}")
+    click.echo(f"OK: entry {seq} is in the ledger whose signed checkpoint has {receipt.tree_size} entries")
+
+
+def _existing_store(settings: Settings) -> LedgerStore:
+    if not settings.database_url and not settings.ledger_file.exists():
+        fail(f"no ledger in {settings.data_dir}")
+    return open_store(settings)
+
+
+def _checkpoints(store: LedgerStore) -> list[Any]:
+    out: list[Any] = []
+    after = 0
+    while page := store.checkpoints(after, 1000):
+        out.extend(page)
+        after = page[-1].size
+    return out

@@ -1,0 +1,100 @@
+"""``dfg init`` and ``dfg demo populate``: create a ledger and fill it with activity."""
+
+from __future__ import annotations
+
+import random
+import time
+from itertools import islice
+
+import click
+from rich.progress import Progress
+
+from gateways.cli.options import fail, ledger_options
+from infra.bootstrap import create_ledger, open_sequencer, root_signer
+from infra.demo import DemoFederation
+from infra.keyfiles import KeyFileError
+from infra.settings import Settings
+from ledger.errors import Rejected
+from ledger.sequencer import Accepted
+
+DEFAULT_OPERATOR = "op:federation"
+
+
+@click.command("init")
+@ledger_options
+@click.option("--chain", default="dfg-local", show_default=True, help="Ledger id (no replay across ledgers).")
+@click.option("--origin", default=None, help="Checkpoint origin line [default: dfg.local/<chain>].")
+@click.option("--operator", default=DEFAULT_OPERATOR, show_default=True, help="Principal id of the first operator.")
+@click.option("--name", "display_name", default="DfG federation", show_default=True)
+def init(settings: Settings, chain: str, origin: str | None, operator: str, display_name: str) -> None:
+    """Create a ledger: root key, checkpoint key and the genesis entry."""
+    try:
+        entry = create_ledger(settings, chain=chain, origin=origin, operator=operator, display_name=display_name)
+    except (Rejected, KeyFileError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"ledger {chain!r} created in {settings.data_dir} ({settings.engine})")
+    click.echo(f"genesis entry 1, leaf hash {entry.leaf_hash.hex()}")
+    click.echo(f"keys in {settings.keys_dir} (mode 0600); keep root.jwk offline in production")
+
+
+@click.group("demo")
+def demo() -> None:
+    """Demonstration data and walk-throughs."""
+
+
+@demo.command("populate")
+@ledger_options
+@click.option("--entries", type=click.IntRange(1, 50_000_000), default=2000, show_default=True,
+              help="How many entries to add.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed for the activity's choices.")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
+def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:
+    """Fill a ledger with realistic signed activity."""
+    sequencer = _open(settings)
+    chain, operator = _ledger_identity(sequencer)
+    op = root_signer(settings, chain, operator)
+    op.nonce = sequencer.store.last_nonce(operator)
+    federation = DemoFederation(chain=chain, operator=op, rng=random.Random(seed))
+    if sequencer.store.last_nonce("ids:wallet") > 0:
+        fail("this ledger was populated already; demo populate works on a fresh ledger (dfg init)")
+    stream = _chain_streams(federation)
+    accepted = refused = 0
+    started = time.perf_counter()
+    with Progress(transient=True, disable=not click.get_text_stream("stderr").isatty()) as progress:
+        task = progress.add_task("appending signed transactions", total=entries)
+        while accepted < entries:
+            chunk = list(islice(stream, min(batch, entries - accepted)))
+            outcomes = sequencer.submit(chunk)
+            ok = sum(isinstance(o, Accepted) for o in outcomes)
+            accepted += ok
+            refused += len(outcomes) - ok
+            progress.update(task, advance=ok)
+    sequencer.checkpoint_now()
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"appended {accepted} entries ({refused} refused by the rules) in {elapsed:.1f}s;"
+        f" ledger size {sequencer.size}"
+    )
+
+
+def _chain_streams(federation: DemoFederation):  # type: ignore[no-untyped-def]
+    yield from federation.setup()
+    yield from federation.activity()
+
+
+def _open(settings: Settings):  # type: ignore[no-untyped-def]
+    if not settings.database_url and not settings.ledger_file.exists():
+        fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
+    try:
+        return open_sequencer(settings)
+    except (KeyFileError, RuntimeError) as exc:
+        fail(str(exc))
+
+
+def _ledger_identity(sequencer) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    from ledger.entry import Entry
+
+    if sequencer.ledger is None:
+        fail("this ledger has no genesis entry")
+    genesis = Entry.decode(sequencer.store.read_entries(1, 1)[0].canonical)
+    return sequencer.ledger["chain"], genesis.data["principal"]

@@ -1,0 +1,30 @@
+"""The ``dfg`` command line: one entry point for operators, auditors and developers."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+from gateways.cli.audit_commands import audit
+from gateways.cli.ledger_commands import demo, init
+from gateways.cli.projection_commands import consents, projections
+
+warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+
+
+@click.group()
+@click.version_option(package_name="dfg")
+def cli() -> None:
+    """dfg: consent ledger and privacy-preserving health-data analytics."""
+
+
+cli.add_command(init)
+cli.add_command(demo)
+cli.add_command(audit)
+cli.add_command(projections)
+cli.add_command(consents)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,111 @@
+"""``dfg projections`` and ``dfg consents``: read models, rebuilt and queried."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import click
+
+from gateways.cli.options import fail, ledger_options
+from infra.bootstrap import open_store, open_views
+from infra.settings import Settings
+from projections.base import catch_up, prepare, rebuild as rebuild_view
+from projections.consent_state import ConsentStateView, check as check_consent
+from projections.registry import all_views
+from projections.timeline import TimelineView, history
+
+
+@click.group("projections")
+def projections() -> None:
+    """Read models built from the log."""
+
+
+@projections.command("rebuild")
+@ledger_options
+@click.option("--view", "names", multiple=True, help="Only these views [default: all].")
+def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
+    """Drop read models and build them again from the first entry."""
+    views = [v for v in all_views() if not names or v.name in names]
+    unknown = set(names) - {v.name for v in all_views()}
+    if unknown:
+        fail(f"unknown view(s): {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in all_views())}")
+    store, db = _open(settings)
+    try:
+        for view in views:
+            position = rebuild_view(db, view, store.read_entries)
+            click.echo(f"{view.name}: rebuilt up to entry {position}")
+    finally:
+        db.close()
+        store.close()
+
+
+@projections.command("status")
+@ledger_options
+def status(settings: Settings) -> None:
+    """Each view's position and lag behind the log."""
+    store, db = _open(settings)
+    try:
+        size = store.head()[0]
+        for view in all_views():
+            position = db.position(view.name)
+            click.echo(f"{view.name}: at entry {position} of {size} (lag {size - position})")
+    finally:
+        db.close()
+        store.close()
+
+
+@click.group("consents")
+def consents() -> None:
+    """Consent checks and histories (read from the projections)."""
+
+
+@consents.command("check")
+@ledger_options
+@click.option("--subject", required=True)
+@click.option("--controller", required=True)
+@click.option("--purpose", required=True)
+@click.option("--category", "categories", multiple=True)
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"]), default=None,
+              help="Instant to check at (RFC 3339, UTC) [default: now].")
+def check(settings: Settings, subject: str, controller: str, purpose: str, categories: tuple[str, ...],
+          at: datetime | None) -> None:
+    """Is the subject's consent to the controller valid for this purpose and categories?"""
+    store, db = _open(settings, [ConsentStateView()])
+    when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else datetime.now(UTC)
+    try:
+        with db.transaction(commit=False) as cursor:
+            answer = check_consent(cursor, subject, controller, purpose, categories, when)
+    finally:
+        db.close()
+        store.close()
+    click.echo(json.dumps(answer.as_dict()))
+    if not answer.granted:
+        raise SystemExit(3)
+
+
+@consents.command("history")
+@ledger_options
+@click.option("--subject", required=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50)
+def subject_history(settings: Settings, subject: str, limit: int) -> None:
+    """The subject's consents and every use of them, newest first."""
+    store, db = _open(settings, [TimelineView()])
+    try:
+        with db.transaction(commit=False) as cursor:
+            for item in history(cursor, subject, limit=limit):
+                click.echo(json.dumps(item, sort_keys=True))
+    finally:
+        db.close()
+        store.close()
+
+
+def _open(settings: Settings, views=None):  # type: ignore[no-untyped-def]
+    if not settings.database_url and not settings.ledger_file.exists():
+        fail(f"no ledger in {settings.data_dir}")
+    store = open_store(settings)
+    db = open_views(settings)
+    for view in views if views is not None else all_views():
+        prepare(db, view)
+        catch_up(db, view, store.read_entries)
+    return store, db

@@ -1,0 +1,160 @@
+"""Audit bundles: a whole ledger in one portable JSON Lines file (docs/audit-bundle.md).
+
+Line 1 is a header; then one line per entry, each line being exactly the entry's
+canonical bytes (so ``SHA-256(0x00 || line)`` is its leaf hash); then one line per
+checkpoint; then the principals' public keys as the log left them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from eventsourcing.domain import Aggregate
+
+from ledger.entry import Entry
+from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry
+
+FORMAT = "dfg-audit-bundle/1"
+
+
+class BundleError(Exception):
+    pass
+
+
+def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]) -> int:
+    size, root = store.head()
+    checkpoints = list(_all_checkpoints(store))
+    genesis = store.read_entries(1, 1)
+    ledger = Entry.decode(genesis[0].canonical).data["ledger"] if genesis else {}
+    header = {
+        "format": FORMAT, "chain": ledger.get("chain"), "origin": ledger.get("origin"),
+        "checkpoint_key": ledger.get("checkpoint_key"), "size": size, "root": root.hex(),
+        "checkpoints": len(checkpoints),
+    }
+    out.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+    start = 1
+    while start <= size:
+        page = store.read_entries(start, 5000)
+        if not page:
+            break
+        for stored in page:
+            out.write(stored.canonical + b"\n")
+        start = page[-1].seq + 1
+    for cp in checkpoints:
+        out.write(json.dumps({"checkpoint": cp.note}).encode() + b"\n")
+    out.write(json.dumps({"principals": principals}, sort_keys=True).encode() + b"\n")
+    return size
+
+
+def _all_checkpoints(store: LedgerStore) -> Iterator[StoredCheckpoint]:
+    after = 0
+    while True:
+        page = store.checkpoints(after, 1000)
+        if not page:
+            return
+        yield from page
+        after = page[-1].size
+
+
+@dataclass
+class BundleReader:
+    """Streams a bundle's entries while indexing them in a temporary SQLite file, so the
+    audit can rebuild any aggregate's past without holding the log in memory."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="dfg-audit-")
+        self._db = sqlite3.connect(Path(self._tmp.name) / "index.sqlite", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE e (aggregate BLOB, seq INTEGER, state BLOB, PRIMARY KEY (aggregate, seq))")
+        self.header: dict[str, Any] = {}
+        self.checkpoints: list[StoredCheckpoint] = []
+        self.principals: dict[str, Any] = {}
+        with self.path.open("rb") as handle:
+            first = handle.readline()
+        try:
+            self.header = json.loads(first)
+        except ValueError as exc:
+            raise BundleError(f"{self.path} is not an audit bundle (bad header)") from exc
+        if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
+            raise BundleError(f"{self.path} is not a {FORMAT} file")
+
+    def entries(self) -> Iterator[StoredEntry]:
+        size = int(self.header.get("size", 0))
+        with self.path.open("rb") as handle:
+            handle.readline()
+            pending: list[tuple[bytes, int, bytes]] = []
+            for position in range(1, size + 1):
+                line = handle.readline()
+                if not line.endswith(b"\n"):
+                    raise BundleError(f"the bundle ends after {position - 1} of {size} entries")
+                canonical = line[:-1]
+                aggregate_id, version, event_type = _columns(canonical)
+                pending.append((aggregate_id.bytes, position, canonical))
+                if len(pending) >= 1000:
+                    self._index(pending)
+                yield StoredEntry(position, aggregate_id, version, event_type, canonical)
+            self._index(pending)
+            for line in handle:
+                item = json.loads(line)
+                if "checkpoint" in item:
+                    note = item["checkpoint"]
+                    self.checkpoints.append(StoredCheckpoint(_note_size(note), b"", note))
+                elif "principals" in item:
+                    self.principals = item["principals"]
+
+    def read_tail(self) -> None:
+        """Read checkpoints and keys without streaming entries (they follow the entries)."""
+        for _ in self.entries():
+            pass
+
+    def load_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:
+        rows = self._db.execute(
+            "SELECT state FROM e WHERE aggregate = ? AND seq < ? ORDER BY seq", (aggregate_id.bytes, seq)
+        ).fetchall()
+        aggregate: Aggregate | None = None
+        for (state,) in rows:
+            aggregate = Entry.decode(state).to_event().mutate(aggregate)
+        return aggregate
+
+    def _index(self, pending: list[tuple[bytes, int, bytes]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?, ?)", pending)
+        pending.clear()
+
+    def close(self) -> None:
+        self._db.close()
+        self._tmp.cleanup()
+
+
+def checkpoint_lines(path: Path) -> list[StoredCheckpoint]:
+    """Checkpoints of a bundle (they are at its end)."""
+    reader = BundleReader(path)
+    try:
+        reader.read_tail()
+        return reader.checkpoints
+    finally:
+        reader.close()
+
+
+def _columns(canonical: bytes) -> tuple[uuid.UUID, int, str]:
+    try:
+        doc = json.loads(canonical)
+        return uuid.UUID(doc["aggregate"]), int(doc["version"]), str(doc["event"])
+    except (ValueError, KeyError, TypeError):
+        return uuid.UUID(int=0), 0, "?"
+
+
+def _note_size(note: str) -> int:
+    try:
+        return int(note.split("\n")[1])
+    except (IndexError, ValueError):
+        return -1

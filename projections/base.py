@@ -1,0 +1,81 @@
+"""How projections follow the log: each view applies a page of entries and records its
+position in the same database transaction (eventsourcing's tracking records), so an
+entry is applied exactly once and a restarted projection resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from ledger.entry import Entry
+from ledger.store import StoredEntry
+
+
+class Cursor(Protocol):
+    """The slice of DB-API the views use; SQL is written with ``?`` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class ViewDatabase(Protocol):
+    def transaction(self, *, commit: bool) -> AbstractContextManager[Cursor]: ...
+
+    def position(self, view: str) -> int: ...
+
+    def track(self, cursor: Cursor, view: str, position: int) -> None: ...
+
+    def forget(self, cursor: Cursor, view: str) -> None: ...
+
+
+class View(Protocol):
+    name: str
+    tables: Sequence[str]  # dropped and recreated on rebuild
+
+    def create(self, cursor: Cursor) -> None: ...
+
+    def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None: ...
+
+
+ReadEntries = Callable[[int, int], Sequence[StoredEntry]]
+
+
+def prepare(db: ViewDatabase, view: View) -> None:
+    with db.transaction(commit=True) as cursor:
+        view.create(cursor)
+
+
+def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 2000) -> int:
+    """Apply every entry the view has not seen; returns the view's new position."""
+    position = db.position(view.name)
+    while True:
+        stored = read(position + 1, page)
+        if not stored:
+            return position
+        entries = [Entry.decode(s.canonical) for s in stored]
+        with db.transaction(commit=True) as cursor:
+            view.apply(cursor, entries)
+            db.track(cursor, view.name, entries[-1].seq)
+        position = entries[-1].seq
+
+
+def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
+    """Drop the view and build it again from the first entry."""
+    with db.transaction(commit=True) as cursor:
+        for table in view.tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        db.forget(cursor, view.name)
+        view.create(cursor)
+    return catch_up(db, view, read)
+
+
+def rows(cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+    cursor.execute(sql, params)
+    yield from cursor.fetchall()

@@ -1,0 +1,141 @@
+"""Consent state: is subject S's consent to controller C valid for purpose P and
+category D at time T, and which entry proves it?
+
+One row per consent with the facts the domain's ``Validity`` needs; the decision
+itself is the domain's (``Validity.refusal``), so the check and the ledger's own
+``consent.utilize`` rule can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from domain.consent import Refusal, Status, Validity
+from domain.times import format_time, parse_time
+from ledger.entry import Entry
+from projections.base import Cursor
+
+NAME = "consent_state"
+
+
+@dataclass(frozen=True)
+class ConsentAnswer:
+    granted: bool
+    consent_id: str | None
+    seq: int | None
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"granted": self.granted, "consent_id": self.consent_id, "seq": self.seq, "reason": self.reason}
+
+
+class ConsentStateView:
+    name = NAME
+    tables = ("consent_state",)
+
+    def create(self, cursor: Cursor) -> None:
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS consent_state ("
+            " aggregate_id TEXT PRIMARY KEY, controller TEXT NOT NULL, consent_id TEXT NOT NULL,"
+            " subject TEXT NOT NULL, status TEXT NOT NULL, level INTEGER NOT NULL,"
+            " purposes TEXT NOT NULL, categories TEXT NOT NULL, notice_sha256 TEXT NOT NULL,"
+            " valid_from TEXT, valid_until TEXT, withdrawn_at TEXT,"
+            " decided_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, uses INTEGER NOT NULL DEFAULT 0)"
+        )
+        cursor.execute(
+            "CREATE INDEX IF NOT EXISTS consent_state_subject ON consent_state (subject, controller)"
+        )
+
+    def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            if not entry.event_type.startswith("Consent."):
+                continue
+            handler = getattr(self, "_" + entry.event_type.split(".", 1)[1].lower())
+            handler(cursor, entry, str(entry.aggregate_id), entry.data)
+
+    def _insert(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any], status: str) -> None:
+        terms = data["terms"]
+        cursor.execute(
+            "INSERT INTO consent_state (aggregate_id, controller, consent_id, subject, status, level,"
+            " purposes, categories, notice_sha256, valid_from, valid_until, decided_seq, last_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (aggregate, data["controller"], data["consent_id"], data["subject"], status, data.get("level", 2),
+             json.dumps(terms["purposes"]), json.dumps(terms["data_categories"]), terms["notice"]["sha256"],
+             terms["valid_from"] if status == Status.GIVEN else None, terms["valid_until"], entry.seq, entry.seq),
+        )
+
+    def _requested(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
+        self._insert(cursor, entry, aggregate, data, Status.REQUESTED)
+
+    def _given(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
+        self._insert(cursor, entry, aggregate, data, Status.GIVEN)
+
+    def _requestaccepted(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
+        cursor.execute(
+            "UPDATE consent_state SET status = ?, level = ?, valid_from = ?, decided_seq = ?, last_seq = ?"
+            " WHERE aggregate_id = ?",
+            (Status.GIVEN, data["level"], data["valid_from"], entry.seq, entry.seq, aggregate),
+        )
+
+    def _declined(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
+        cursor.execute(
+            "UPDATE consent_state SET status = ?, decided_seq = ?, last_seq = ? WHERE aggregate_id = ?",
+            (Status.DECLINED, entry.seq, entry.seq, aggregate),
+        )
+
+    def _withdrawn(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
+        cursor.execute(
+            "UPDATE consent_state SET status = ?, withdrawn_at = ?, decided_seq = ?, last_seq = ?"
+            " WHERE aggregate_id = ?",
+            (Status.WITHDRAWN, format_time(entry.ts), entry.seq, entry.seq, aggregate),
+        )
+
+    def _utilized(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
+        cursor.execute(
+            "UPDATE consent_state SET uses = uses + 1, last_seq = ? WHERE aggregate_id = ?",
+            (entry.seq, aggregate),
+        )
+
+
+_REFUSAL_ORDER = {r: i for i, r in enumerate([
+    Refusal.PURPOSE_NOT_COVERED, Refusal.CATEGORY_NOT_COVERED, Refusal.EXPIRED, Refusal.WITHDRAWN,
+    Refusal.NOT_YET_VALID, Refusal.NEVER_GIVEN,
+])}
+
+
+def check(cursor: Cursor, subject: str, controller: str, purpose: str, categories: Sequence[str],
+          at: datetime) -> ConsentAnswer:
+    """Granted when any of the subject's consents to the controller covers the use at ``at``.
+
+    When none does, the reason is the most specific one: a consent that exists but does
+    not cover the purpose or category says more than one that was withdrawn, and so on.
+    """
+    cursor.execute(
+        "SELECT consent_id, status, purposes, categories, valid_from, valid_until, withdrawn_at, decided_seq"
+        " FROM consent_state WHERE subject = ? AND controller = ? ORDER BY decided_seq DESC",
+        (subject, controller),
+    )
+    best: tuple[int, str, int] | None = None
+    for row in cursor.fetchall():
+        validity = Validity(
+            status=Status(row[1]),
+            purposes=frozenset(json.loads(row[2])),
+            data_categories=frozenset(json.loads(row[3])),
+            valid_from=parse_time(row[4]) if row[4] else None,
+            valid_until=parse_time(row[5]) if row[5] else None,
+            withdrawn_at=parse_time(row[6]) if row[6] else None,
+        )
+        refusal = validity.refusal(purpose, categories, at)
+        if refusal is None:
+            return ConsentAnswer(True, row[0], int(row[7]), None)
+        rank = _REFUSAL_ORDER[refusal]
+        if best is None or rank < best[0]:
+            best = (rank, row[0], int(row[7]))
+    if best is None:
+        return ConsentAnswer(False, None, None, Refusal.NEVER_GIVEN.value)
+    reason = next(r for r, i in _REFUSAL_ORDER.items() if i == best[0])
+    return ConsentAnswer(False, best[1], best[2], reason.value)

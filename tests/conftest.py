@@ -1,0 +1,129 @@
+"""Fixtures: a fresh ledger per test on SQLite and, where marked, on PostgreSQL.
+
+PostgreSQL comes from DFG_TEST_DATABASE_URL (default: the local trust-auth server);
+each test gets its own schema, dropped afterwards. When PostgreSQL is unreachable the
+tests skip with the reason on a laptop, and fail in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc.jwk import ECKey, OKPKey
+
+from infra.bootstrap import create_ledger, open_sequencer, root_signer
+from infra.settings import Settings
+from ledger.sequencer import Accepted, Sequencer
+from ledger.signing import TransactionSigner, public_jwk
+
+warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+
+PG_URL = os.environ.get("DFG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CHAIN = "dfg-test"
+OPERATOR = "op:federation"
+TERMS = {
+    "purposes": ["dpv:ServiceProvision", "dpv:ScientificResearch"],
+    "data_categories": ["dpv-pd:HealthRecord", "dpv-pd:HeartRate"],
+    "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
+}
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        return f"PostgreSQL at {PG_URL} is not reachable: {exc}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    problem = postgres_available()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{pg_url}?schema={schema}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@dataclass
+class Ledger:
+    """A ledger with its operator and helpers to admit principals and sign for them."""
+
+    settings: Settings
+    sequencer: Sequencer
+    operator: TransactionSigner
+
+    def now(self) -> float:
+        return time.time()
+
+    def sign(self, signer: TransactionSigner, tx_type: str, body: dict[str, Any], **kw: Any) -> str:
+        return signer.sign(tx_type, body, now=kw.pop("now", self.now()), **kw)
+
+    def submit(self, *tokens: str) -> list[Any]:
+        return self.sequencer.submit(list(tokens))
+
+    def accept(self, *tokens: str) -> list[Accepted]:
+        outcomes = self.submit(*tokens)
+        for outcome in outcomes:
+            assert isinstance(outcome, Accepted), outcome
+        return outcomes
+
+    def admit(self, principal: str, kind: str, *, es256k: bool = False, **extra: Any) -> TransactionSigner:
+        key = ECKey.generate_key("secp256k1") if es256k else OKPKey.generate_key("Ed25519")
+        body: dict[str, Any] = {"principal": principal, "kind": kind, "jwk": public_jwk(key).as_dict(), **extra}
+        if kind != "citizen" and "display_name" not in body:
+            body["display_name"] = principal
+        by = extra.pop("by", None) or self.operator
+        body.pop("by", None)
+        self.accept(self.sign(by, "principal.admit", body))
+        return TransactionSigner(principal, key, CHAIN)
+
+    def head(self) -> tuple[int, bytes]:
+        return self.sequencer.store.head()
+
+
+def make_ledger(settings: Settings) -> Ledger:
+    create_ledger(settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Test federation")
+    sequencer = open_sequencer(settings)
+    operator = root_signer(settings, CHAIN, OPERATOR)
+    operator.nonce = 1
+    return Ledger(settings, sequencer, operator)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    led = make_ledger(Settings(data_dir=tmp_path / "data"))
+    yield led
+    led.sequencer.store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """The same test on both engines."""
+    url = request.getfixturevalue("pg_schema_url") if request.param == "postgres" else None
+    led = make_ledger(Settings(data_dir=tmp_path / "data", database_url=url))
+    yield led
+    led.sequencer.store.close()
