@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from functools import lru_cache
 from typing import Final
 
 PRINCIPAL_ID_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9._~-]{1,96}$"
@@ -26,6 +27,7 @@ def is_principal_id(value: str) -> bool:
     return bool(_PRINCIPAL_RE.match(value))
 
 
+@lru_cache(maxsize=100_000)
 def principal_aggregate_id(principal: str) -> uuid.UUID:
     """Aggregate id of a principal: stable and derivable by anyone."""
     return uuid.uuid5(DFG_NAMESPACE, f"principal\n{principal}")

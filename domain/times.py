@@ -9,11 +9,8 @@ from datetime import UTC, datetime
 def format_time(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("instants on the ledger must be timezone-aware")
-    utc = value.astimezone(UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        text += f".{utc.microsecond:06d}"
-    return text + "Z"
+    # isoformat() omits a zero microsecond part, which is the rule we want.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def parse_time(text: str) -> datetime:

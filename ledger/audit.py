@@ -33,6 +33,7 @@ from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import CheckpointError, open_checkpoint
 from ledger.entry import Entry
 from ledger.errors import Rejected
+from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier, NodeReader, consistency_proof, leaf_hash, verify_consistency
 from ledger.note import Verifier
 from ledger.store import StoredCheckpoint, StoredEntry
@@ -85,22 +86,28 @@ class _ReplayState:
     def __init__(self, load: LoadBefore, maxsize: int) -> None:
         self._load = load
         self._maxsize = maxsize
-        self._items: OrderedDict[uuid.UUID, Aggregate] = OrderedDict()
+        self._items: OrderedDict[uuid.UUID, Aggregate | None] = OrderedDict()
+        self._known = KnownIds()
         self.size = 0
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
-        aggregate = self._items.get(aggregate_id)
-        if aggregate is not None:
+        try:
             self._items.move_to_end(aggregate_id)
-            return aggregate
-        loaded = self._load(aggregate_id, self.size + 1)
-        if loaded is not None:
-            self.put(loaded)
-        return loaded
+            return self._items[aggregate_id]
+        except KeyError:
+            if not self._known.may_exist(aggregate_id):
+                return None  # replay is in order: never created so far means absent
+            loaded = self._load(aggregate_id, self.size + 1)
+            self._remember(aggregate_id, loaded)  # absence is remembered too
+            return loaded
 
     def put(self, aggregate: Aggregate) -> None:
-        self._items[aggregate.id] = aggregate
-        self._items.move_to_end(aggregate.id)
+        self._known.add(aggregate.id)
+        self._remember(aggregate.id, aggregate)
+
+    def _remember(self, aggregate_id: uuid.UUID, aggregate: Aggregate | None) -> None:
+        self._items[aggregate_id] = aggregate
+        self._items.move_to_end(aggregate_id)
         while len(self._items) > self._maxsize:
             self._items.popitem(last=False)
 

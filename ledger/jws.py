@@ -69,7 +69,7 @@ def parse_compact(token: str | bytes) -> CompactJws:
     if len(raw) > MAX_JWS_BYTES:
         raise Rejected("too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
     parts = raw.split(b".")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or not parts[0] or not parts[1]:
         raise Rejected("malformed_jws", "a transaction is a compact JWS: header.payload.signature")
     header_bytes = b64url_decode_strict(parts[0], "header")
     try:
@@ -92,6 +92,8 @@ def parse_compact(token: str | bytes) -> CompactJws:
     extra = set(header) - {"alg", "kid", "typ"}
     if extra:
         raise Rejected("malformed_jws", f"unexpected JWS header members: {', '.join(sorted(extra))}")
+    if not parts[2]:
+        raise Rejected("malformed_jws", "the JWS has no signature")
     payload = b64url_decode_strict(parts[1], "payload")
     signature = b64url_decode_strict(parts[2], "signature")
     text = raw.decode("ascii")
@@ -123,10 +125,24 @@ def key_json(jwk: dict[str, Any]) -> str:
 
 def verify_signature(jws: CompactJws, jwk: dict[str, Any]) -> bool:
     """True when ``jws`` is signed by ``jwk``; the alg must suit the key type."""
-    if _ALG_FOR_KEY[jws.alg] != jwk.get("kty"):
+    return verify_parts(jws.signing_input, jws.signature, jws.alg, key_json(jwk))
+
+
+def verify_parts(signing_input: bytes, signature: bytes, alg: str, jwk_json: str) -> bool:
+    """The picklable core of ``verify_signature`` (worker processes call this)."""
+    key = public_key(jwk_json)
+    if _ALG_FOR_KEY.get(alg) != key.key_type:
         return False
-    key = public_key(key_json(jwk))
-    return bool(_registry.get_alg(jws.alg).verify(jws.signing_input, jws.signature, key))
+    if alg == "ES256K" and not _low_s(signature):
+        return False  # (r, n - s) verifies too: accept one encoding only, as Bitcoin does
+    return bool(_registry.get_alg(alg).verify(signing_input, signature, key))
+
+
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def _low_s(signature: bytes) -> bool:
+    return len(signature) == 64 and int.from_bytes(signature[32:], "big") <= _SECP256K1_N // 2
 
 
 def sign_compact(payload: bytes, kid: str, private_key: OKPKey | ECKey) -> str:
@@ -135,4 +151,7 @@ def sign_compact(payload: bytes, kid: str, private_key: OKPKey | ECKey) -> str:
     header = json.dumps({"alg": alg, "kid": kid, "typ": TYP}, separators=(",", ":")).encode()
     signing_input = f"{b64url_encode(header)}.{b64url_encode(payload)}".encode("ascii")
     signature = _registry.get_alg(alg).sign(signing_input, private_key)
+    if alg == "ES256K" and not _low_s(signature):  # normalise to the one accepted encoding
+        s = _SECP256K1_N - int.from_bytes(signature[32:], "big")
+        signature = signature[:32] + s.to_bytes(32, "big")
     return f"{signing_input.decode('ascii')}.{b64url_encode(signature)}"

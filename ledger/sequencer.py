@@ -208,16 +208,20 @@ class Sequencer:
                 continue
             now = self._now()
             last = nonces.get(item.signer)
+            last = self._last_nonce(item.signer) if last is None else last
+            if item.payload.nonce <= last and (earlier := self.find_duplicate(item.token)):
+                # Resubmitting an accepted transaction is idempotent, even after it
+                # expired or its key was rotated: the answer is the existing entry.
+                outcomes.append(Accepted(earlier, duplicate=True))
+                continue
             try:
                 signer = authorise(
-                    item, state=state, ledger=ledger, now=now,
-                    last_nonce=self._last_nonce(item.signer) if last is None else last,
+                    item, state=state, ledger=ledger, now=now, last_nonce=last,
                     signature_ok=_checked(item, signature_ok),
                 )
                 aggregate = HANDLERS[item.type](item.command, signer, now, state)
             except Rejected as exc:
-                earlier = self.find_duplicate(item.token) if exc.code == "nonce_reused" else None
-                outcomes.append(Accepted(earlier, duplicate=True) if earlier else exc)
+                outcomes.append(exc)
                 continue
             except DomainError as exc:
                 outcomes.append(Rejected(exc.code, exc.message))

@@ -109,3 +109,26 @@ def _open(settings: Settings, views=None):  # type: ignore[no-untyped-def]
         prepare(db, view)
         catch_up(db, view, store.read_entries)
     return store, db
+
+
+@projections.command("follow")
+@ledger_options
+@click.option("--poll", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Longest wait between catch-ups (PostgreSQL wakes on NOTIFY sooner).")
+def follow(settings: Settings, poll: float) -> None:
+    """Keep every read model up to date until interrupted."""
+    import threading
+
+    from projections.follow import Follower
+
+    store, db = _open(settings, [])
+    follower = Follower(db, all_views(), store.read_entries, store.wait_for_append, poll_s=poll)
+    stop = threading.Event()
+    click.echo("following the log; Ctrl-C to stop")
+    try:
+        follower.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        db.close()
+        store.close()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import Cursor
@@ -89,6 +90,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 class PostgresLedgerStore(EntryStoreMixin):
     def __init__(self, url: str) -> None:
         self.datastore = datastore_from_url(url)
+        self._url_without_schema = url.split("?", 1)[0]
+        self._listener: psycopg.Connection[Any] | None = None
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema)))
         self._recorder = PostgresLedgerRecorder(self.datastore)
@@ -171,5 +174,16 @@ class PostgresLedgerStore(EntryStoreMixin):
             )
             return [StoredCheckpoint(int(r["size"]), bytes(r["root"]), r["note"]) for r in curs.fetchall()]
 
+    def wait_for_append(self, timeout: float) -> None:
+        """LISTEN on the channel the library NOTIFYs after each insert; the timeout is the
+        polling fallback if a notification is ever lost."""
+        if self._listener is None or self._listener.closed:
+            self._listener = psycopg.connect(self._url_without_schema, autocommit=True)
+            self._listener.execute(SQL("LISTEN {c}").format(c=Identifier(self._recorder.channel_name)))
+        for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+            break
+
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self.datastore.close()

@@ -8,6 +8,7 @@ commit durable before the sequencer answers.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,6 +134,15 @@ class SQLiteLedgerStore(EntryStoreMixin):
                 (after_size, limit),
             )
             return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2]) for r in c.fetchall()]
+
+    def wait_for_append(self, timeout: float) -> None:
+        # SQLite has no notifications: poll the head, cheaply, a few times a second.
+        size = self.head()[0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self.head()[0] != size:
+                return
 
     def close(self) -> None:
         self.datastore.close()
