@@ -51,15 +51,9 @@ class Validity:
     valid_until: datetime | None
     withdrawn_at: datetime | None
 
-    def refusal(
-        self, purpose: str | None, categories: Iterable[str], at: datetime
-    ) -> Refusal | None:
+    def refusal(self, purpose: str | None, categories: Iterable[str], at: datetime) -> Refusal | None:
         """None when the consent covers ``purpose`` and ``categories`` at ``at``."""
-        if (
-            self.status is Status.WITHDRAWN
-            and self.withdrawn_at is not None
-            and at >= self.withdrawn_at
-        ):
+        if self.status is Status.WITHDRAWN and self.withdrawn_at is not None and at >= self.withdrawn_at:
             return Refusal.WITHDRAWN
         if self.status not in (Status.GIVEN, Status.WITHDRAWN) or self.valid_from is None:
             return Refusal.NEVER_GIVEN
@@ -221,9 +215,7 @@ class Consent(Aggregate):
             given_by=by,
         )
 
-    def accept_request(
-        self, *, terms: ConsentTerms | None, method: str, by: str, at: datetime
-    ) -> None:
+    def accept_request(self, *, terms: ConsentTerms | None, method: str, by: str, at: datetime) -> None:
         self._require(Status.REQUESTED, "consent_not_requested")
         if terms is not None and not self._same_as_requested(terms):
             raise DomainError(
@@ -248,9 +240,7 @@ class Consent(Aggregate):
 
     def withdraw(self, *, by: str, at: datetime) -> None:
         if self.status is Status.WITHDRAWN:
-            raise DomainError(
-                "consent_withdrawn", f"consent {self.consent_id} is already withdrawn"
-            )
+            raise DomainError("consent_withdrawn", f"consent {self.consent_id} is already withdrawn")
         self._require(Status.GIVEN, "consent_not_given")
         self.trigger_event(self.Withdrawn, timestamp=at, withdrawn_by=by)
 

@@ -129,9 +129,7 @@ def grant_role(cmd: c.GrantRole, signer: Principal | None, at: datetime, state: 
     return target
 
 
-def revoke_role(
-    cmd: c.RevokeRole, signer: Principal | None, at: datetime, state: State
-) -> Aggregate:
+def revoke_role(cmd: c.RevokeRole, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
     _require_role(by, c.Kind.OPERATOR)
     target = _existing_principal(state, cmd.principal)
@@ -141,9 +139,7 @@ def revoke_role(
     return target
 
 
-def _key_target(
-    principal_id: str, signer: Principal | None, state: State
-) -> tuple[Principal, Principal]:
+def _key_target(principal_id: str, signer: Principal | None, state: State) -> tuple[Principal, Principal]:
     by = _signer(signer)
     if principal_id != by.principal:
         _require_role(by, c.Kind.OPERATOR)
@@ -177,9 +173,7 @@ def _acting_for_subject(by: Principal, subject: str, state: State) -> bool:
     return citizen is not None and citizen.custodian == by.principal
 
 
-def request_consent(
-    cmd: c.RequestConsent, signer: Principal | None, at: datetime, state: State
-) -> Aggregate:
+def request_consent(cmd: c.RequestConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
     _require_role(by, *ORGANISATION_ROLES)
     aggregate_id = consent_aggregate_id(by.principal, cmd.consent_id)
@@ -195,9 +189,7 @@ def request_consent(
     )
 
 
-def give_consent(
-    cmd: c.GiveConsent, signer: Principal | None, at: datetime, state: State
-) -> Aggregate:
+def give_consent(cmd: c.GiveConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
     aggregate_id = consent_aggregate_id(cmd.controller, cmd.consent_id)
     existing = state.consent(aggregate_id)
@@ -255,15 +247,11 @@ def give_consent(
 def _consent_of_subject(controller: str, consent_id: UUID, subject: str, state: State) -> Consent:
     consent = state.consent(consent_aggregate_id(controller, consent_id))
     if consent is None or consent.subject != subject:
-        raise DomainError(
-            "unknown_consent", f"no consent {consent_id} of {controller} for this subject"
-        )
+        raise DomainError("unknown_consent", f"no consent {consent_id} of {controller} for this subject")
     return consent
 
 
-def decline_consent(
-    cmd: c.DeclineConsent, signer: Principal | None, at: datetime, state: State
-) -> Aggregate:
+def decline_consent(cmd: c.DeclineConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
     if not _acting_for_subject(by, cmd.subject, state):
         raise DomainError("not_subject", "only the subject or their custodial wallet declines")
@@ -287,9 +275,7 @@ def withdraw_consent(
     return consent
 
 
-def utilize_consent(
-    cmd: c.UtilizeConsent, signer: Principal | None, at: datetime, state: State
-) -> Aggregate:
+def utilize_consent(cmd: c.UtilizeConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
     _require_role(by, *ORGANISATION_ROLES)
     consent = state.consent(consent_aggregate_id(by.principal, cmd.consent_id))

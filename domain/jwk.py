@@ -55,9 +55,7 @@ class PublicJwk(BaseModel):
         required: dict[str, str] = {"crv": self.crv, "kty": self.kty, "x": self.x}
         if self.y is not None:
             required["y"] = self.y
-        digest = hashlib.sha256(
-            json.dumps(required, sort_keys=True, separators=(",", ":")).encode()
-        ).digest()
+        digest = hashlib.sha256(json.dumps(required, sort_keys=True, separators=(",", ":")).encode()).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def as_dict(self) -> dict[str, str]:

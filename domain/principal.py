@@ -38,9 +38,7 @@ class KeyState:
         return None
 
 
-def _key_state(
-    kid: str, jwk: dict[str, str], not_before: str | None, not_after: str | None
-) -> KeyState:
+def _key_state(kid: str, jwk: dict[str, str], not_before: str | None, not_after: str | None) -> KeyState:
     return KeyState(
         kid=kid,
         jwk=jwk,
@@ -71,9 +69,7 @@ class Principal(Aggregate):
         added_by: str
 
         def apply(self, aggregate: Principal) -> None:
-            aggregate.keys[self.kid] = _key_state(
-                self.kid, self.jwk, self.not_before, self.not_after
-            )
+            aggregate.keys[self.kid] = _key_state(self.kid, self.jwk, self.not_before, self.not_after)
 
     class KeyRotated(Aggregate.Event):
         old_kid: str
@@ -95,9 +91,7 @@ class Principal(Aggregate):
 
         def apply(self, aggregate: Principal) -> None:
             old = aggregate.keys[self.kid]
-            aggregate.keys[self.kid] = KeyState(
-                old.kid, old.jwk, old.not_before, old.not_after, self.reason
-            )
+            aggregate.keys[self.kid] = KeyState(old.kid, old.jwk, old.not_before, old.not_after, self.reason)
 
     class RoleGranted(Aggregate.Event):
         role: str
@@ -132,8 +126,7 @@ class Principal(Aggregate):
         self.admitted_by = admitted_by
         self.ledger = ledger
         self.keys: dict[str, KeyState] = {
-            k["kid"]: _key_state(k["kid"], k["jwk"], k.get("not_before"), k.get("not_after"))
-            for k in keys
+            k["kid"]: _key_state(k["kid"], k["jwk"], k.get("not_before"), k.get("not_after")) for k in keys
         }
 
     # --- commands ------------------------------------------------------------------

@@ -51,7 +51,12 @@ def root_signer(settings: Settings, chain: str, operator: str) -> TransactionSig
 
 
 def create_ledger(
-    settings: Settings, *, chain: str, origin: str | None, operator: str, display_name: str,
+    settings: Settings,
+    *,
+    chain: str,
+    origin: str | None,
+    operator: str,
+    display_name: str,
 ) -> Entry:
     """Generate the root and checkpoint keys and append the genesis entry."""
     store = open_store(settings)
@@ -71,7 +76,11 @@ def create_ledger(
         genesis = signer.sign(
             "ledger.genesis",
             {
-                "ledger": {"chain": chain, "origin": origin, "checkpoint_key": note_key.verifier().to_string()},
+                "ledger": {
+                    "chain": chain,
+                    "origin": origin,
+                    "checkpoint_key": note_key.verifier().to_string(),
+                },
                 "operator": operator,
                 "display_name": display_name,
                 "jwk": public_jwk(root).as_dict(),

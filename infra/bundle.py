@@ -34,8 +34,12 @@ def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]
     genesis = store.read_entries(1, 1)
     ledger = Entry.decode(genesis[0].canonical).data["ledger"] if genesis else {}
     header = {
-        "format": FORMAT, "chain": ledger.get("chain"), "origin": ledger.get("origin"),
-        "checkpoint_key": ledger.get("checkpoint_key"), "size": size, "root": root.hex(),
+        "format": FORMAT,
+        "chain": ledger.get("chain"),
+        "origin": ledger.get("origin"),
+        "checkpoint_key": ledger.get("checkpoint_key"),
+        "size": size,
+        "root": root.hex(),
         "checkpoints": len(checkpoints),
     }
     out.write(json.dumps(header, sort_keys=True).encode() + b"\n")
@@ -75,7 +79,9 @@ class BundleReader:
         self._db = sqlite3.connect(Path(self._tmp.name) / "index.sqlite", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE e (aggregate BLOB, seq INTEGER, state BLOB, PRIMARY KEY (aggregate, seq))")
+        self._db.execute(
+            "CREATE TABLE e (aggregate BLOB, seq INTEGER, state BLOB, PRIMARY KEY (aggregate, seq))"
+        )
         self.header: dict[str, Any] = {}
         self.checkpoints: list[StoredCheckpoint] = []
         self.principals: dict[str, Any] = {}
@@ -119,7 +125,8 @@ class BundleReader:
 
     def load_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:
         rows = self._db.execute(
-            "SELECT state FROM e WHERE aggregate = ? AND seq < ? ORDER BY seq", (aggregate_id.bytes, seq)
+            "SELECT state FROM e WHERE aggregate = ? AND seq < ? ORDER BY seq",
+            (aggregate_id.bytes, seq),
         ).fetchall()
         aggregate: Aggregate | None = None
         for (state,) in rows:

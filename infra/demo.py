@@ -22,12 +22,20 @@ from joserfc.jwk import ECKey, OKPKey
 from ledger.signing import TransactionSigner, public_jwk
 
 PURPOSES = [
-    "dpv:ServiceProvision", "dpv:ScientificResearch", "dpv:PersonalisedBenefits",
-    "dpv:HealthcareManagement", "dpv:ResearchAndDevelopment",
+    "dpv:ServiceProvision",
+    "dpv:ScientificResearch",
+    "dpv:PersonalisedBenefits",
+    "dpv:HealthcareManagement",
+    "dpv:ResearchAndDevelopment",
 ]
 CATEGORIES = [
-    "dpv-pd:HealthRecord", "dpv-pd:BloodPressure", "dpv-pd:HeartRate", "dpv-pd:PhysicalActivity",
-    "dpv-pd:ECG", "dpv-pd:Sleep", "dpv-pd:Weight",
+    "dpv-pd:HealthRecord",
+    "dpv-pd:BloodPressure",
+    "dpv-pd:HeartRate",
+    "dpv-pd:PhysicalActivity",
+    "dpv-pd:ECG",
+    "dpv-pd:Sleep",
+    "dpv-pd:Weight",
 ]
 NOTICE = {
     "url": "https://wellbeing.example/privacy/v3",
@@ -84,20 +92,32 @@ class DemoFederation:
         for principal, kind, name in ORGANISATIONS:
             key = self._key()
             self.signers[principal] = TransactionSigner(principal, key, self.chain)
-            yield self._sign(self.operator, "principal.admit", {
-                "principal": principal, "kind": kind, "display_name": name, "jwk": public_jwk(key).as_dict(),
-            })
+            yield self._sign(
+                self.operator,
+                "principal.admit",
+                {
+                    "principal": principal,
+                    "kind": kind,
+                    "display_name": name,
+                    "jwk": public_jwk(key).as_dict(),
+                },
+            )
 
     def activity(self) -> Iterator[str]:
         """An endless, plausible stream of transactions."""
         actions: list[tuple[float, Callable[[], str | None]]] = [
-            (30, self._level1_consent), (4, self._admit_citizen), (8, self._request),
-            (7, self._answer_request), (4, self._citizen_consent), (30, self._use),
-            (5, self._withdraw), (0.3, self._rotate_key),
+            (30, self._level1_consent),
+            (4, self._admit_citizen),
+            (8, self._request),
+            (7, self._answer_request),
+            (4, self._citizen_consent),
+            (30, self._use),
+            (5, self._withdraw),
+            (0.3, self._rotate_key),
         ]
         weights = [w for w, _ in actions]
         while True:
-            (_, action), = self.rng.choices(actions, weights)
+            ((_, action),) = self.rng.choices(actions, weights)
             tx = action()
             if tx is not None:
                 yield tx
@@ -114,7 +134,9 @@ class DemoFederation:
         now = self.clock()
         valid_until = now + (self.rng.uniform(1, 5) if short else 365 * 86400)
         terms = {
-            "purposes": purposes, "data_categories": categories, "notice": NOTICE,
+            "purposes": purposes,
+            "data_categories": categories,
+            "notice": NOTICE,
             "valid_until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(valid_until) + 1)),
         }
         return terms, purposes, categories, valid_until + 1
@@ -122,42 +144,80 @@ class DemoFederation:
     def _level1_consent(self) -> str:
         controller = self.rng.choice(CONTROLLERS)
         terms, purposes, categories, until = self._terms(short=self.rng.random() < 0.05)
-        consent = _Consent(controller, str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-                           self._pseudonym(), purposes, categories, 1, until)
+        consent = _Consent(
+            controller,
+            str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            self._pseudonym(),
+            purposes,
+            categories,
+            1,
+            until,
+        )
         self.active.append(consent)
-        return self._sign(self.signers[controller], "consent.give", {
-            "consent_id": consent.consent_id, "controller": controller, "subject": consent.subject,
-            "level": 1, "method": self.rng.choice(["app", "web_form", "paper"]), "terms": terms,
-        })
+        return self._sign(
+            self.signers[controller],
+            "consent.give",
+            {
+                "consent_id": consent.consent_id,
+                "controller": controller,
+                "subject": consent.subject,
+                "level": 1,
+                "method": self.rng.choice(["app", "web_form", "paper"]),
+                "terms": terms,
+            },
+        )
 
     def _admit_citizen(self) -> str:
         citizen = "cit:" + self._pseudonym()
         key = self._key("ec" if self.rng.random() < 0.3 else "ed")
         self.signers[citizen] = TransactionSigner(citizen, key, self.chain)
         self.citizens.append(citizen)
-        return self._sign(self.signers["ids:wallet"], "principal.admit", {
-            "principal": citizen, "kind": "citizen", "custodian": "ids:wallet",
-            "jwk": public_jwk(key).as_dict(),
-        })
+        return self._sign(
+            self.signers["ids:wallet"],
+            "principal.admit",
+            {
+                "principal": citizen,
+                "kind": "citizen",
+                "custodian": "ids:wallet",
+                "jwk": public_jwk(key).as_dict(),
+            },
+        )
 
     def _request(self) -> str | None:
         if not self.citizens:
             return None
         controller = self.rng.choice(CONTROLLERS)
         terms, purposes, categories, until = self._terms(short=False)
-        consent = _Consent(controller, str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-                           self.rng.choice(self.citizens), purposes, categories, 2, until)
+        consent = _Consent(
+            controller,
+            str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            self.rng.choice(self.citizens),
+            purposes,
+            categories,
+            2,
+            until,
+        )
         self.requested.append(consent)
-        return self._sign(self.signers[controller], "consent.request", {
-            "consent_id": consent.consent_id, "subject": consent.subject, "terms": terms,
-        })
+        return self._sign(
+            self.signers[controller],
+            "consent.request",
+            {
+                "consent_id": consent.consent_id,
+                "subject": consent.subject,
+                "terms": terms,
+            },
+        )
 
     def _answer_request(self) -> str | None:
         if not self.requested:
             return None
         consent = self.requested.pop(self.rng.randrange(len(self.requested)))
         by = consent.subject if self.rng.random() < 0.6 else "ids:wallet"
-        body = {"consent_id": consent.consent_id, "controller": consent.controller, "subject": consent.subject}
+        body = {
+            "consent_id": consent.consent_id,
+            "controller": consent.controller,
+            "subject": consent.subject,
+        }
         if self.rng.random() < 0.2:
             return self._sign(self.signers[by], "consent.decline", body)
         self.active.append(consent)
@@ -169,13 +229,28 @@ class DemoFederation:
         citizen = self.rng.choice(self.citizens)
         controller = self.rng.choice(CONTROLLERS)
         terms, purposes, categories, until = self._terms(short=False)
-        consent = _Consent(controller, str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-                           citizen, purposes, categories, 2, until)
+        consent = _Consent(
+            controller,
+            str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            citizen,
+            purposes,
+            categories,
+            2,
+            until,
+        )
         self.active.append(consent)
-        return self._sign(self.signers[citizen], "consent.give", {
-            "consent_id": consent.consent_id, "controller": controller, "subject": citizen,
-            "level": 2, "method": "app", "terms": terms,
-        })
+        return self._sign(
+            self.signers[citizen],
+            "consent.give",
+            {
+                "consent_id": consent.consent_id,
+                "controller": controller,
+                "subject": citizen,
+                "level": 2,
+                "method": "app",
+                "terms": terms,
+            },
+        )
 
     def _pick_active(self) -> _Consent | None:
         now = self.clock()
@@ -193,10 +268,15 @@ class DemoFederation:
         consent = self._pick_active()
         if consent is None:
             return None
-        return self._sign(self.signers[consent.controller], "consent.utilize", {
-            "consent_id": consent.consent_id, "purpose": self.rng.choice(consent.purposes),
-            "data_categories": self.rng.sample(consent.categories, 1),
-        })
+        return self._sign(
+            self.signers[consent.controller],
+            "consent.utilize",
+            {
+                "consent_id": consent.consent_id,
+                "purpose": self.rng.choice(consent.purposes),
+                "data_categories": self.rng.sample(consent.categories, 1),
+            },
+        )
 
     def _withdraw(self) -> str | None:
         consent = self._pick_active()
@@ -204,16 +284,28 @@ class DemoFederation:
             return None
         self.active.remove(consent)
         by = consent.controller if consent.level == 1 else consent.subject
-        return self._sign(self.signers[by], "consent.withdraw", {
-            "consent_id": consent.consent_id, "controller": consent.controller, "subject": consent.subject,
-        })
+        return self._sign(
+            self.signers[by],
+            "consent.withdraw",
+            {
+                "consent_id": consent.consent_id,
+                "controller": consent.controller,
+                "subject": consent.subject,
+            },
+        )
 
     def _rotate_key(self) -> str:
         principal = self.rng.choice(CONTROLLERS)
         signer = self.signers[principal]
         new_key = self._key()
-        tx = self._sign(signer, "key.rotate", {
-            "principal": principal, "old_kid": signer.kid, "jwk": public_jwk(new_key).as_dict(),
-        })
+        tx = self._sign(
+            signer,
+            "key.rotate",
+            {
+                "principal": principal,
+                "old_kid": signer.kid,
+                "jwk": public_jwk(new_key).as_dict(),
+            },
+        )
         self.signers[principal] = TransactionSigner(principal, new_key, self.chain, nonce=signer.nonce)
         return tx

@@ -12,6 +12,7 @@ the stored tree nodes, so the nodes that serve clients' proofs are checked too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from eventsourcing.domain import Aggregate
 
@@ -207,8 +208,12 @@ class Auditor:
         self._state.size = seq - 1
         try:
             signer = authorise(
-                tx, state=self._state, ledger=self._ledger, now=ts,
-                last_nonce=self._nonces.get(tx.signer, 0), signature_ok=lambda _jwk: True,
+                tx,
+                state=self._state,
+                ledger=self._ledger,
+                now=ts,
+                last_nonce=self._nonces.get(tx.signer, 0),
+                signature_ok=lambda _jwk: True,
             )
             aggregate = HANDLERS[tx.type](tx.command, signer, ts, self._state)
         except Rejected as exc:
@@ -219,11 +224,13 @@ class Auditor:
         assert jwk is not None  # authorise() refused unknown keys
         self._pending.append((seq, tx.jws, jwk))
         (event,) = aggregate.collect_events()
-        produced = Entry.from_event(event, seq=seq, tx=token)
+        produced = Entry.from_event(cast(Aggregate.Event, event), seq=seq, tx=token)
         if produced.canonical != stored.canonical:
             self._fail(seq, "the recorded event is not what its transaction produces (altered entry)")
         if (stored.aggregate_id, stored.version, stored.event_type) != (
-            produced.aggregate_id, produced.version, produced.event_type,
+            produced.aggregate_id,
+            produced.version,
+            produced.event_type,
         ):
             self._fail(seq, "the stored event columns do not match the entry")
         self._state.put(aggregate)
@@ -284,6 +291,7 @@ class Auditor:
     def _check_checkpoint(self, stored: StoredCheckpoint) -> None:
         if self._note_verifier is None or self._ledger is None:
             self._fail(stored.size, "a checkpoint exists before the genesis entry")
+            return
         try:
             checkpoint = open_checkpoint(stored.note, self._note_verifier, origin=self._ledger["origin"])
         except CheckpointError as exc:
@@ -295,7 +303,10 @@ class Auditor:
             old_size, old_root = self._previous_checkpoint
             proof = consistency_proof(old_size, stored.size, self._read_nodes)
             if not verify_consistency(old_size, stored.size, old_root, root, proof):
-                self._fail(stored.size, f"the stored tree does not prove consistency with checkpoint {old_size}")
+                self._fail(
+                    stored.size,
+                    f"the stored tree does not prove consistency with checkpoint {old_size}",
+                )
         self._previous_checkpoint = (stored.size, root)
         self.report.checkpoints += 1
 
@@ -324,10 +335,9 @@ def audit(
                 progress(count)
         auditor.finish(head)
     except AuditFailure:
-        try:  # report an earlier bad signature in flight before the problem found later
+        # Report an earlier bad signature still in flight before the problem found later.
+        with contextlib.suppress(AuditFailure):
             auditor._collect_signatures(wait_all=True)
-        except AuditFailure:
-            pass
     return auditor.report
 
 

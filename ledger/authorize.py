@@ -11,6 +11,7 @@ from domain.commands import Genesis
 from domain.handlers import State
 from domain.principal import Principal
 from ledger.errors import Rejected
+from ledger.jws import key_json, public_key
 from ledger.transaction import Transaction
 
 SignatureCheck = Callable[[dict[str, Any]], bool]
@@ -46,7 +47,8 @@ def authorise(
             raise Rejected("genesis_exists", "this ledger already has a genesis entry")
         if tx.payload.chain != ledger["chain"]:
             raise Rejected(
-                "wrong_chain", f"transaction is for chain {tx.payload.chain!r}, this is {ledger['chain']!r}"
+                "wrong_chain",
+                f"transaction is for chain {tx.payload.chain!r}, this is {ledger['chain']!r}",
             )
         signer = _signer_with_usable_key(tx, state, now)
     jwk = signing_key(tx, state)
@@ -56,9 +58,19 @@ def authorise(
         raise Rejected("expired", f"valid_until {tx.payload.valid_until} has passed")
     if tx.payload.nonce <= last_nonce:
         raise Rejected(
-            "nonce_reused", f"nonce {tx.payload.nonce} of {tx.signer} is not above the last accepted nonce"
+            "nonce_reused",
+            f"nonce {tx.payload.nonce} of {tx.signer} is not above the last accepted nonce",
         )
+    _check_new_key(tx)
     return signer
+
+
+def _check_new_key(tx: Transaction) -> None:
+    """A key that cannot be imported (e.g. a point off its curve) could never sign:
+    refuse to record it."""
+    jwk = getattr(tx.command, "jwk", None)
+    if jwk is not None:
+        public_key(key_json(jwk.as_dict()))  # raises Rejected("invalid_key", ...)
 
 
 def _authorise_genesis(tx: Transaction) -> None:

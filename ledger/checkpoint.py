@@ -67,8 +67,7 @@ class Checkpoint:
     def __post_init__(self) -> None:
         if not isinstance(self.origin, str) or not _is_clean_line(self.origin):
             raise CheckpointError(
-                f"checkpoint origin must be a non-empty line without control characters,"
-                f" got {self.origin!r}"
+                f"checkpoint origin must be a non-empty line without control characters, got {self.origin!r}"
             )
         if isinstance(self.size, bool) or not isinstance(self.size, int):
             raise CheckpointError(f"checkpoint size must be an int, got {self.size!r}")
@@ -81,8 +80,7 @@ class Checkpoint:
         for ext in self.extensions:
             if not isinstance(ext, str) or not _is_clean_line(ext):
                 raise CheckpointError(
-                    f"extension lines must be non-empty lines without control characters,"
-                    f" got {ext!r}"
+                    f"extension lines must be non-empty lines without control characters, got {ext!r}"
                 )
 
     def body(self) -> str:
@@ -110,9 +108,7 @@ def parse_checkpoint_body(text: str) -> Checkpoint:
     if not origin:
         raise CheckpointError("checkpoint origin line is empty")
     if not _DECIMAL.fullmatch(size_text):
-        raise CheckpointError(
-            f"checkpoint size {size_text!r} is not a decimal without leading zeros"
-        )
+        raise CheckpointError(f"checkpoint size {size_text!r} is not a decimal without leading zeros")
     size = int(size_text)
     if size > MAX_SIZE:
         raise CheckpointError(f"checkpoint size {size_text} exceeds 2**64-1")

@@ -60,8 +60,15 @@ class Entry:
 
     @classmethod
     def build(
-        cls, *, seq: int, ts: datetime, tx: str, aggregate_id: uuid.UUID, version: int,
-        event_type: str, data: dict[str, Any],
+        cls,
+        *,
+        seq: int,
+        ts: datetime,
+        tx: str,
+        aggregate_id: uuid.UUID,
+        version: int,
+        event_type: str,
+        data: dict[str, Any],
     ) -> Entry:
         document = {
             "v": ENTRY_VERSION,
@@ -79,8 +86,13 @@ class Entry:
     def from_event(cls, event: Aggregate.Event, *, seq: int, tx: str) -> Entry:
         fields = {k: v for k, v in vars(event).items() if k not in _BASE_FIELDS}
         return cls.build(
-            seq=seq, ts=event.timestamp, tx=tx, aggregate_id=event.originator_id,
-            version=event.originator_version, event_type=_NAME_OF[type(event)], data=fields,
+            seq=seq,
+            ts=event.timestamp,
+            tx=tx,
+            aggregate_id=event.originator_id,
+            version=event.originator_version,
+            event_type=_NAME_OF[type(event)],
+            data=fields,
         )
 
     @classmethod
@@ -91,9 +103,13 @@ class Entry:
             if not isinstance(doc, dict) or set(doc) != _KEYS or doc["v"] != ENTRY_VERSION:
                 raise EntryFormatError("not a version 1 entry")
             entry = cls.build(
-                seq=doc["seq"], ts=parse_time(doc["ts"]), tx=doc["tx"],
-                aggregate_id=uuid.UUID(doc["aggregate"]), version=doc["version"],
-                event_type=doc["event"], data=doc["data"],
+                seq=doc["seq"],
+                ts=parse_time(doc["ts"]),
+                tx=doc["tx"],
+                aggregate_id=uuid.UUID(doc["aggregate"]),
+                version=doc["version"],
+                event_type=doc["event"],
+                data=doc["data"],
             )
         except EntryFormatError:
             raise

@@ -74,12 +74,12 @@ def parse_compact(token: str | bytes) -> CompactJws:
     header_bytes = b64url_decode_strict(parts[0], "header")
     try:
         header = json.loads(header_bytes)
-    except ValueError as exc:
-        raise Rejected("malformed_jws", "the JWS header is not JSON") from exc
+    except (ValueError, RecursionError) as exc:
+        raise Rejected("malformed_jws", "the JWS header is not JSON (or is nested too deeply)") from exc
     if not isinstance(header, dict):
         raise Rejected("malformed_jws", "the JWS header is not a JSON object")
     alg = header.get("alg")
-    if alg not in ALLOWED_ALGS:
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:
         raise Rejected(
             "alg_not_allowed",
             f"alg {alg!r} is refused; use one of {', '.join(sorted(ALLOWED_ALGS))}",

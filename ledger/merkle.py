@@ -270,15 +270,11 @@ def consistency_proof(old_size: int, new_size: int, read: NodeReader) -> list[by
 
 def _is_proof(proof: object) -> bool:
     return (
-        isinstance(proof, (list, tuple))
-        and len(proof) <= _MAX_PROOF_LEN
-        and all(_is_hash(p) for p in proof)
+        isinstance(proof, (list, tuple)) and len(proof) <= _MAX_PROOF_LEN and all(_is_hash(p) for p in proof)
     )
 
 
-def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> bool:
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """Check that leaf *hash* ``leaf`` is at ``index`` in the tree of ``size`` with ``root``.
 
     RFC 9162 section 2.1.3.2, step for step.  Never raises: anything malformed
@@ -378,9 +374,7 @@ class Frontier:
         _check_int("size", size)
         hashes = list(hashes)
         if len(hashes) != size.bit_count():
-            raise ValueError(
-                f"a frontier of size {size} has {size.bit_count()} hashes, got {len(hashes)}"
-            )
+            raise ValueError(f"a frontier of size {size} has {size.bit_count()} hashes, got {len(hashes)}")
         if not all(_is_hash(h) for h in hashes):
             raise ValueError("frontier hashes must be 32-byte values")
         self._size = size

@@ -103,9 +103,7 @@ class InvalidSignatureError(NoteError):
     """A signature by a *known* key does not verify: the note must be rejected."""
 
     def __init__(self, signature: Signature) -> None:
-        super().__init__(
-            f"signature by {signature.name!r} (key {signature.key_hash.hex()}) does not verify"
-        )
+        super().__init__(f"signature by {signature.name!r} (key {signature.key_hash.hex()}) does not verify")
         self.signature = signature
 
 
@@ -161,8 +159,7 @@ def _check_text(text: object) -> str:
 def _check_name(name: object) -> str:
     if not is_valid_key_name(name):
         raise InvalidKeyError(
-            f"invalid key name {name!r}: must be non-empty, without spaces, '+' or control"
-            " characters"
+            f"invalid key name {name!r}: must be non-empty, without spaces, '+' or control characters"
         )
     return name
 

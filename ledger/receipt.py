@@ -37,8 +37,11 @@ class Receipt:
             "seq": self.seq,
             "entry": self.entry.decode(),
             "leaf_hash": leaf_hash(self.entry).hex(),
-            "proof": {"leaf_index": self.leaf_index, "tree_size": self.tree_size,
-                      "hashes": [h.hex() for h in self.hashes]},
+            "proof": {
+                "leaf_index": self.leaf_index,
+                "tree_size": self.tree_size,
+                "hashes": [h.hex() for h in self.hashes],
+            },
             "checkpoint": self.checkpoint,
         }
 
@@ -47,9 +50,12 @@ class Receipt:
         try:
             proof = data["proof"]
             return cls(
-                seq=int(data["seq"]), entry=str(data["entry"]).encode(),
-                leaf_index=int(proof["leaf_index"]), tree_size=int(proof["tree_size"]),
-                hashes=tuple(bytes.fromhex(h) for h in proof["hashes"]), checkpoint=str(data["checkpoint"]),
+                seq=int(data["seq"]),
+                entry=str(data["entry"]).encode(),
+                leaf_index=int(proof["leaf_index"]),
+                tree_size=int(proof["tree_size"]),
+                hashes=tuple(bytes.fromhex(h) for h in proof["hashes"]),
+                checkpoint=str(data["checkpoint"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReceiptError(f"not a receipt: {exc}") from exc
@@ -65,7 +71,9 @@ def make_receipt(seq: int, entry: bytes, checkpoint: StoredCheckpoint, read: Nod
 def verify_receipt(receipt: Receipt, checkpoint_key: str | Verifier, *, origin: str | None = None) -> int:
     """Check a receipt offline; returns its sequence number or raises ReceiptError."""
     try:
-        verifier = checkpoint_key if isinstance(checkpoint_key, Verifier) else Verifier.from_string(checkpoint_key)
+        verifier = (
+            checkpoint_key if isinstance(checkpoint_key, Verifier) else Verifier.from_string(checkpoint_key)
+        )
         checkpoint = open_checkpoint(receipt.checkpoint, verifier, origin=origin)
     except (CheckpointError, InvalidKeyError) as exc:
         raise ReceiptError(f"the checkpoint is not signed by the ledger key: {exc}") from exc
@@ -79,7 +87,9 @@ def verify_receipt(receipt: Receipt, checkpoint_key: str | Verifier, *, origin: 
     except ValueError as exc:
         raise ReceiptError("the entry is not JSON") from exc
     leaf = leaf_hash(receipt.entry)
-    if not verify_inclusion(leaf, receipt.leaf_index, receipt.tree_size, list(receipt.hashes), checkpoint.root_hash):
+    if not verify_inclusion(
+        leaf, receipt.leaf_index, receipt.tree_size, list(receipt.hashes), checkpoint.root_hash
+    ):
         raise ReceiptError("the inclusion proof does not lead to the checkpoint's root")
     return receipt.seq
 

@@ -15,9 +15,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from eventsourcing.domain import Aggregate
 
@@ -32,6 +33,7 @@ from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.jws import verify_signature
+from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier
 from ledger.note import SignerKey
 from ledger.store import AppendBatch, LedgerStore
@@ -61,6 +63,13 @@ Outcome = Accepted | Rejected
 
 
 @dataclass(frozen=True)
+class PreparedBatch:
+    parsed: list[Transaction | Rejected]
+    indexes: list[int]  # positions whose signatures are being checked
+    futures: list[Future[list[bool]]]
+
+
+@dataclass(frozen=True)
 class CheckpointPolicy:
     """Sign a checkpoint every ``every`` entries, and no later than ``interval_ms``
     after the newest entry."""
@@ -79,17 +88,22 @@ class AggregateCache:
         self._store = store
         self._maxsize = maxsize
         self._items: OrderedDict[uuid.UUID, Aggregate | None] = OrderedDict()
+        self._known = KnownIds(store.aggregate_ids())
 
     def get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         try:
             self._items.move_to_end(aggregate_id)
             return self._items[aggregate_id]
         except KeyError:
+            if not self._known.may_exist(aggregate_id):
+                return None  # most misses are new consents and pseudonyms: no query
             aggregate = self._store.load_aggregate(aggregate_id)
             self.put(aggregate_id, aggregate)
             return aggregate
 
     def put(self, aggregate_id: uuid.UUID, aggregate: Aggregate | None) -> None:
+        if aggregate is not None:
+            self._known.add(aggregate_id)
         self._items[aggregate_id] = aggregate
         self._items.move_to_end(aggregate_id)
         while len(self._items) > self._maxsize:
@@ -164,8 +178,37 @@ class Sequencer:
 
     def submit(self, tokens: Sequence[str]) -> list[Outcome]:
         """Sequence a batch of compact JWS; one outcome per token, in order."""
+        return self.commit(self.prepare(tokens))
+
+    def prepare(self, tokens: Sequence[str]) -> PreparedBatch:
+        """Parse a batch and start checking its signatures on all cores, without waiting.
+
+        A caller may prepare the next batch while the current one commits; a key that
+        the current batch adds is then checked inline when the next batch commits."""
         with self._lock:
-            outcomes = self._sequence(tokens)
+            parsed: list[Transaction | Rejected] = []
+            for token in tokens:
+                try:
+                    parsed.append(parse_transaction(token))
+                except Rejected as exc:
+                    parsed.append(exc)
+            state = _BatchState(self._cache, self._frontier.size)
+            jobs = [
+                (i, item.jws, jwk)
+                for i, item in enumerate(parsed)
+                if not isinstance(item, Rejected) and (jwk := signing_key(item, state)) is not None
+            ]
+            futures = self.verifier.submit([(jws, jwk) for _, jws, jwk in jobs])
+            return PreparedBatch(parsed, [i for i, _, _ in jobs], futures)
+
+    def commit(self, batch: PreparedBatch) -> list[Outcome]:
+        """Sequence a prepared batch and make it durable; one outcome per token, in order."""
+        signatures = [False] * len(batch.parsed)
+        verdicts = [ok for future in batch.futures for ok in future.result()]
+        for i, ok in zip(batch.indexes, verdicts, strict=True):
+            signatures[i] = ok
+        with self._lock:
+            outcomes = self._sequence(batch.parsed, signatures)
             self._maybe_checkpoint(force=False)
             return outcomes
 
@@ -181,15 +224,10 @@ class Sequencer:
 
     # --- sequencing --------------------------------------------------------------
 
-    def _sequence(self, tokens: Sequence[str]) -> list[Outcome]:
-        parsed: list[Transaction | Rejected] = []
-        for token in tokens:
-            try:
-                parsed.append(parse_transaction(token))
-            except Rejected as exc:
-                parsed.append(exc)
+    def _sequence(
+        self, parsed: Sequence[Transaction | Rejected], signatures: Sequence[bool]
+    ) -> list[Outcome]:
         state = _BatchState(self._cache, self._frontier.size)
-        signatures = self._verify_signatures(parsed, state)
 
         frontier = self._frontier.copy()
         nonces: dict[str, int] = {}
@@ -216,7 +254,11 @@ class Sequencer:
                 continue
             try:
                 signer = authorise(
-                    item, state=state, ledger=ledger, now=now, last_nonce=last,
+                    item,
+                    state=state,
+                    ledger=ledger,
+                    now=now,
+                    last_nonce=last,
                     signature_ok=_checked(item, signature_ok),
                 )
                 aggregate = HANDLERS[item.type](item.command, signer, now, state)
@@ -227,7 +269,7 @@ class Sequencer:
                 outcomes.append(Rejected(exc.code, exc.message))
                 continue
             (event,) = aggregate.collect_events()
-            entry = Entry.from_event(event, seq=frontier.size + 1, tx=item.token)
+            entry = Entry.from_event(cast(Aggregate.Event, event), seq=frontier.size + 1, tx=item.token)
             nodes.extend(frontier.append(entry.leaf_hash))
             state.touched[aggregate.id] = aggregate
             state.size = frontier.size
@@ -243,8 +285,12 @@ class Sequencer:
 
         if entries:
             batch = AppendBatch(
-                entries=entries, nodes=nodes, tx_rows=tx_rows, old_size=self._frontier.size,
-                new_size=frontier.size, new_root=frontier.root(),
+                entries=entries,
+                nodes=nodes,
+                tx_rows=tx_rows,
+                old_size=self._frontier.size,
+                new_size=frontier.size,
+                new_root=frontier.root(),
             )
             try:
                 self.store.append(batch)
@@ -261,20 +307,6 @@ class Sequencer:
                 if self._checkpoint_key is not None:
                     self._check_checkpoint_key(self._checkpoint_key)
         return outcomes
-
-    def _verify_signatures(self, parsed: Sequence[Transaction | Rejected], state: _BatchState) -> list[bool]:
-        """Check signatures in parallel against the keys known at the start of the batch;
-        a key added earlier in the same batch is checked inline when its turn comes."""
-        jobs = [
-            (i, item.jws, jwk)
-            for i, item in enumerate(parsed)
-            if not isinstance(item, Rejected) and (jwk := signing_key(item, state)) is not None
-        ]
-        results = [False] * len(parsed)
-        verdicts = self.verifier.verify([(jws, jwk) for _, jws, jwk in jobs])
-        for (i, _, _), ok in zip(jobs, verdicts, strict=True):
-            results[i] = ok
-        return results
 
     def find_duplicate(self, token: str) -> Entry | None:
         """The entry of an already accepted JWS (resubmission is idempotent)."""

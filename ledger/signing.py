@@ -39,8 +39,15 @@ class TransactionSigner:
     def kid(self) -> str:
         return kid_of(self.principal, self.key)
 
-    def sign(self, tx_type: str, body: dict[str, Any], *, now: float, valid_for: int = DEFAULT_VALIDITY_S,
-             nonce: int | None = None) -> str:
+    def sign(
+        self,
+        tx_type: str,
+        body: dict[str, Any],
+        *,
+        now: float,
+        valid_for: int = DEFAULT_VALIDITY_S,
+        nonce: int | None = None,
+    ) -> str:
         """Sign one transaction; ``now`` is Unix seconds (passed in, never read here)."""
         if nonce is None:
             self.nonce += 1

@@ -9,7 +9,7 @@ ledger even if an operator starts two by mistake.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +57,10 @@ class LedgerStore(Protocol):
     def append(self, batch: AppendBatch) -> None: ...
 
     def load_aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None: ...
+
+    def aggregate_ids(self) -> Iterator[uuid.UUID]:
+        """Every aggregate that has an entry (read once when a sequencer starts)."""
+        ...
 
     def load_aggregate_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:
         """The aggregate as the entries before ``seq`` left it (auditing needs the past)."""

@@ -71,7 +71,7 @@ def parse_transaction(token: str | bytes) -> Transaction:
     jws = parse_compact(token)
     try:
         raw = json.loads(jws.payload, object_pairs_hook=_no_duplicates)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise Rejected("malformed_payload", f"the payload is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise Rejected("malformed_payload", "the payload is not a JSON object")

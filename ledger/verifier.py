@@ -22,9 +22,16 @@ _INLINE_BELOW = 48
 Work = tuple[bytes, bytes, str, str]
 
 
+def default_workers() -> int:
+    """One worker per core beside the caller's own: the sequencer and the audit keep a
+    core busy themselves, and a third process on two cores only adds contention."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class ParallelVerifier:
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
+        """``workers`` processes (0: check everything inline, in the caller)."""
+        self.workers = default_workers() if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -35,14 +42,14 @@ class ParallelVerifier:
 
     def verify(self, items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[bool]:
         """One bool per (jws, jwk); a missing key counts as not verified."""
-        if len(items) < _INLINE_BELOW or self.workers == 1:
+        if len(items) < _INLINE_BELOW or self.workers == 0:
             return verify_chunk(_work(items))
         return [ok for future in self.submit(items) for ok in future.result()]
 
     def submit(self, items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[Future[list[bool]]]:
         """Start checking ``items`` without waiting; one future per chunk, in order."""
         work = _work(items)
-        if len(work) < _INLINE_BELOW or self.workers == 1:
+        if len(work) < _INLINE_BELOW or self.workers == 0:
             done: Future[list[bool]] = Future()
             done.set_result(verify_chunk(work))
             return [done]

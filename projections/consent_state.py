@@ -30,7 +30,12 @@ class ConsentAnswer:
     reason: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"granted": self.granted, "consent_id": self.consent_id, "seq": self.seq, "reason": self.reason}
+        return {
+            "granted": self.granted,
+            "consent_id": self.consent_id,
+            "seq": self.seq,
+            "reason": self.reason,
+        }
 
 
 class ConsentStateView:
@@ -57,15 +62,29 @@ class ConsentStateView:
             handler = getattr(self, "_" + entry.event_type.split(".", 1)[1].lower())
             handler(cursor, entry, str(entry.aggregate_id), entry.data)
 
-    def _insert(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any], status: str) -> None:
+    def _insert(
+        self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any], status: str
+    ) -> None:
         terms = data["terms"]
         cursor.execute(
             "INSERT INTO consent_state (aggregate_id, controller, consent_id, subject, status, level,"
             " purposes, categories, notice_sha256, valid_from, valid_until, decided_seq, last_seq)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (aggregate, data["controller"], data["consent_id"], data["subject"], status, data.get("level", 2),
-             json.dumps(terms["purposes"]), json.dumps(terms["data_categories"]), terms["notice"]["sha256"],
-             terms["valid_from"] if status == Status.GIVEN else None, terms["valid_until"], entry.seq, entry.seq),
+            (
+                aggregate,
+                data["controller"],
+                data["consent_id"],
+                data["subject"],
+                status,
+                data.get("level", 2),
+                json.dumps(terms["purposes"]),
+                json.dumps(terms["data_categories"]),
+                terms["notice"]["sha256"],
+                terms["valid_from"] if status == Status.GIVEN else None,
+                terms["valid_until"],
+                entry.seq,
+                entry.seq,
+            ),
         )
 
     def _requested(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
@@ -101,14 +120,29 @@ class ConsentStateView:
         )
 
 
-_REFUSAL_ORDER = {r: i for i, r in enumerate([
-    Refusal.PURPOSE_NOT_COVERED, Refusal.CATEGORY_NOT_COVERED, Refusal.EXPIRED, Refusal.WITHDRAWN,
-    Refusal.NOT_YET_VALID, Refusal.NEVER_GIVEN,
-])}
+_REFUSAL_ORDER = {
+    r: i
+    for i, r in enumerate(
+        [
+            Refusal.PURPOSE_NOT_COVERED,
+            Refusal.CATEGORY_NOT_COVERED,
+            Refusal.EXPIRED,
+            Refusal.WITHDRAWN,
+            Refusal.NOT_YET_VALID,
+            Refusal.NEVER_GIVEN,
+        ]
+    )
+}
 
 
-def check(cursor: Cursor, subject: str, controller: str, purpose: str, categories: Sequence[str],
-          at: datetime) -> ConsentAnswer:
+def check(
+    cursor: Cursor,
+    subject: str,
+    controller: str,
+    purpose: str,
+    categories: Sequence[str],
+    at: datetime,
+) -> ConsentAnswer:
     """Granted when any of the subject's consents to the controller covers the use at ``at``.
 
     When none does, the reason is the most specific one: a consent that exists but does

@@ -18,8 +18,13 @@ log = logging.getLogger(__name__)
 
 class Follower:
     def __init__(
-        self, db: ViewDatabase, views: Sequence[View], read: ReadEntries,
-        wait_for_append: Callable[[float], None], *, poll_s: float = 1.0,
+        self,
+        db: ViewDatabase,
+        views: Sequence[View],
+        read: ReadEntries,
+        wait_for_append: Callable[[float], None],
+        *,
+        poll_s: float = 1.0,
     ) -> None:
         self.db = db
         self.views = list(views)

@@ -39,17 +39,35 @@ class PrincipalsView:
             if kind == "Admitted":
                 cursor.execute(
                     "INSERT INTO principals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (data["principal"], data["kind"], json.dumps(sorted(data["roles"])), data["display_name"],
-                     data["custodian"], entry.seq, data["admitted_by"], str(entry.aggregate_id)),
+                    (
+                        data["principal"],
+                        data["kind"],
+                        json.dumps(sorted(data["roles"])),
+                        data["display_name"],
+                        data["custodian"],
+                        entry.seq,
+                        data["admitted_by"],
+                        str(entry.aggregate_id),
+                    ),
                 )
                 for key in data["keys"]:
                     self._add_key(cursor, data["principal"], key["kid"], key["jwk"], entry.seq, None, None)
                 continue
-            cursor.execute("SELECT principal FROM principals WHERE aggregate_id = ?", (str(entry.aggregate_id),))
+            cursor.execute(
+                "SELECT principal FROM principals WHERE aggregate_id = ?",
+                (str(entry.aggregate_id),),
+            )
             principal = str(cursor.fetchone()[0])
             if kind == "KeyAdded":
-                self._add_key(cursor, principal, data["kid"], data["jwk"], entry.seq, data["not_before"],
-                              data["not_after"])
+                self._add_key(
+                    cursor,
+                    principal,
+                    data["kid"],
+                    data["jwk"],
+                    entry.seq,
+                    data["not_before"],
+                    data["not_after"],
+                )
             elif kind == "KeyRotated":
                 self._revoke(cursor, data["old_kid"], entry.seq, "superseded")
                 self._add_key(cursor, principal, data["kid"], data["jwk"], entry.seq, None, None)
@@ -59,11 +77,21 @@ class PrincipalsView:
                 cursor.execute("SELECT roles FROM principals WHERE principal = ?", (principal,))
                 roles = set(json.loads(cursor.fetchone()[0]))
                 roles = roles | {data["role"]} if kind == "RoleGranted" else roles - {data["role"]}
-                cursor.execute("UPDATE principals SET roles = ? WHERE principal = ?",
-                               (json.dumps(sorted(roles)), principal))
+                cursor.execute(
+                    "UPDATE principals SET roles = ? WHERE principal = ?",
+                    (json.dumps(sorted(roles)), principal),
+                )
 
-    def _add_key(self, cursor: Cursor, principal: str, kid: str, jwk: dict[str, str], seq: int,
-                 not_before: str | None, not_after: str | None) -> None:
+    def _add_key(
+        self,
+        cursor: Cursor,
+        principal: str,
+        kid: str,
+        jwk: dict[str, str],
+        seq: int,
+        not_before: str | None,
+        not_after: str | None,
+    ) -> None:
         cursor.execute(
             "INSERT INTO principal_keys (kid, principal, jwk, added_seq, not_before, not_after)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -71,29 +99,48 @@ class PrincipalsView:
         )
 
     def _revoke(self, cursor: Cursor, kid: str, seq: int, reason: str) -> None:
-        cursor.execute("UPDATE principal_keys SET revoked_seq = ?, revoked_reason = ? WHERE kid = ?",
-                       (seq, reason, kid))
+        cursor.execute(
+            "UPDATE principal_keys SET revoked_seq = ?, revoked_reason = ? WHERE kid = ?",
+            (seq, reason, kid),
+        )
 
 
 def principal(cursor: Cursor, principal_id: str) -> dict[str, Any] | None:
     cursor.execute(
         "SELECT principal, kind, roles, display_name, custodian, admitted_seq, admitted_by"
-        " FROM principals WHERE principal = ?", (principal_id,),
+        " FROM principals WHERE principal = ?",
+        (principal_id,),
     )
     row = cursor.fetchone()
     if row is None:
         return None
     cursor.execute(
         "SELECT kid, jwk, added_seq, not_before, not_after, revoked_seq, revoked_reason FROM principal_keys"
-        " WHERE principal = ? ORDER BY added_seq", (principal_id,),
+        " WHERE principal = ? ORDER BY added_seq",
+        (principal_id,),
     )
     keys = [
-        {"kid": k[0], "jwk": json.loads(k[1]), "added_seq": k[2], "not_before": k[3], "not_after": k[4],
-         "revoked_seq": k[5], "revoked_reason": k[6]}
+        {
+            "kid": k[0],
+            "jwk": json.loads(k[1]),
+            "added_seq": k[2],
+            "not_before": k[3],
+            "not_after": k[4],
+            "revoked_seq": k[5],
+            "revoked_reason": k[6],
+        }
         for k in cursor.fetchall()
     ]
-    return {"principal": row[0], "kind": row[1], "roles": json.loads(row[2]), "display_name": row[3],
-            "custodian": row[4], "admitted_seq": row[5], "admitted_by": row[6], "keys": keys}
+    return {
+        "principal": row[0],
+        "kind": row[1],
+        "roles": json.loads(row[2]),
+        "display_name": row[3],
+        "custodian": row[4],
+        "admitted_seq": row[5],
+        "admitted_by": row[6],
+        "keys": keys,
+    }
 
 
 def snapshot(cursor: Cursor) -> dict[str, Any]:

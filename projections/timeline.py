@@ -16,8 +16,12 @@ from projections.base import Cursor
 
 NAME = "subject_timeline"
 _KINDS = {
-    "Consent.Requested": "requested", "Consent.Given": "given", "Consent.RequestAccepted": "given",
-    "Consent.Declined": "declined", "Consent.Withdrawn": "withdrawn", "Consent.Utilized": "used",
+    "Consent.Requested": "requested",
+    "Consent.Given": "given",
+    "Consent.RequestAccepted": "given",
+    "Consent.Declined": "declined",
+    "Consent.Withdrawn": "withdrawn",
+    "Consent.Utilized": "used",
 }
 
 
@@ -50,7 +54,11 @@ class TimelineView:
                     "INSERT INTO timeline_consents VALUES (?, ?, ?, ?)",
                     (aggregate, data["subject"], data["controller"], data["consent_id"]),
                 )
-                subject, controller, consent_id = data["subject"], data["controller"], data["consent_id"]
+                subject, controller, consent_id = (
+                    data["subject"],
+                    data["controller"],
+                    data["consent_id"],
+                )
             else:
                 cursor.execute(
                     "SELECT subject, controller, consent_id FROM timeline_consents WHERE aggregate_id = ?",
@@ -60,8 +68,15 @@ class TimelineView:
                 subject, controller, consent_id = row[0], row[1], row[2]
             cursor.execute(
                 "INSERT INTO subject_timeline VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (subject, entry.seq, format_time(entry.ts), kind, controller, consent_id,
-                 json.dumps(_details(entry), sort_keys=True)),
+                (
+                    subject,
+                    entry.seq,
+                    format_time(entry.ts),
+                    kind,
+                    controller,
+                    consent_id,
+                    json.dumps(_details(entry), sort_keys=True),
+                ),
             )
 
 
@@ -71,13 +86,19 @@ def _details(entry: Entry) -> dict[str, Any]:
         return {"purpose": data["purpose"], "data_categories": data["data_categories"]}
     if "terms" in data:
         terms = data["terms"]
-        return {"purposes": terms["purposes"], "data_categories": terms["data_categories"],
-                "valid_until": terms["valid_until"], "notice": terms["notice"],
-                **({"level": data["level"], "method": data["method"]} if "level" in data else {})}
+        return {
+            "purposes": terms["purposes"],
+            "data_categories": terms["data_categories"],
+            "valid_until": terms["valid_until"],
+            "notice": terms["notice"],
+            **({"level": data["level"], "method": data["method"]} if "level" in data else {}),
+        }
     return {k: v for k, v in data.items() if k.endswith("_by") or k in ("level", "method", "valid_from")}
 
 
-def history(cursor: Cursor, subject: str, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def history(
+    cursor: Cursor, subject: str, *, before: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """The subject's events, newest first; page with ``before`` = the last seq seen."""
     cursor.execute(
         "SELECT seq, ts, kind, controller, consent_id, details FROM subject_timeline"
@@ -85,6 +106,13 @@ def history(cursor: Cursor, subject: str, *, before: int | None = None, limit: i
         (subject, before if before is not None else 2**62, limit),
     )
     return [
-        {"seq": r[0], "ts": r[1], "kind": r[2], "controller": r[3], "consent_id": r[4], "details": json.loads(r[5])}
+        {
+            "seq": r[0],
+            "ts": r[1],
+            "kind": r[2],
+            "controller": r[3],
+            "consent_id": r[4],
+            "details": json.loads(r[5]),
+        }
         for r in cursor.fetchall()
     ]

@@ -44,7 +44,7 @@ def postgres_available() -> str | None:
         with psycopg.connect(PG_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         return f"PostgreSQL at {PG_URL} is not reachable: {exc}"
 
 
@@ -93,7 +93,12 @@ class Ledger:
 
     def admit(self, principal: str, kind: str, *, es256k: bool = False, **extra: Any) -> TransactionSigner:
         key = ECKey.generate_key("secp256k1") if es256k else OKPKey.generate_key("Ed25519")
-        body: dict[str, Any] = {"principal": principal, "kind": kind, "jwk": public_jwk(key).as_dict(), **extra}
+        body: dict[str, Any] = {
+            "principal": principal,
+            "kind": kind,
+            "jwk": public_jwk(key).as_dict(),
+            **extra,
+        }
         if kind != "citizen" and "display_name" not in body:
             body["display_name"] = principal
         by = extra.pop("by", None) or self.operator

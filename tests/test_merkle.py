@@ -114,9 +114,7 @@ def ref_verify_inclusion(leaf: bytes, m: int, n: int, proof: Sequence[bytes], ro
     return got is not None and not stack and got == root
 
 
-def ref_verify_consistency(
-    m: int, n: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
-) -> bool:
+def ref_verify_consistency(m: int, n: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
     """Rebuild both roots by walking the SUBPROOF recursion."""
     if not 0 < m < n:
         return False
@@ -255,9 +253,7 @@ def test_hash_prefixes_known_answer() -> None:
     assert leaf_hash(b"") == KAT_ROOTS[1]
     assert node_hash(leaf_hash(b""), leaf_hash(b"\x00")) == KAT_ROOTS[2]
     assert leaf_hash(b"abc") == hashlib.sha256(b"\x00abc").digest()
-    assert (
-        node_hash(b"a" * 32, b"b" * 32) == hashlib.sha256(b"\x01" + b"a" * 32 + b"b" * 32).digest()
-    )
+    assert node_hash(b"a" * 32, b"b" * 32) == hashlib.sha256(b"\x01" + b"a" * 32 + b"b" * 32).digest()
 
 
 def test_rfc6962_roots_known_answer() -> None:
@@ -487,9 +483,7 @@ def test_consistency_proof_large_trees(old: int, new: int) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(old_and_new(), st.data())
-def test_tampered_consistency_proofs_are_rejected(
-    args: tuple[int, int], data: st.DataObject
-) -> None:
+def test_tampered_consistency_proofs_are_rejected(args: tuple[int, int], data: st.DataObject) -> None:
     old, new = args
     if old == new:
         new += 1

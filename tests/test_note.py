@@ -53,8 +53,7 @@ GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iU
 GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 ENOCH_VKEY = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
 GO_TEXT = (
-    "If you think cryptography is the answer to your problem,\n"
-    "then you don't know what your problem is.\n"
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
 )
 PETER_SIG = (
     f"{EM_DASH} PeterNeumann "
@@ -74,15 +73,12 @@ SPEC_NOTE = (
 PLUS_VKEY = "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6"
 COSIGNER_VKEY = "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2"
 COSIG_PAYLOAD = (
-    "ZGhGuQAAAABm/qTPeyKXD+R2rzyQsxPiP8mXum7qq/iF0u4vanlqJyocWODBt97w9uL+8qT7S5gxEHWWOworDcFiEBYJ"
-    "XORmnFBOBA=="
+    "ZGhGuQAAAABm/qTPeyKXD+R2rzyQsxPiP8mXum7qq/iF0u4vanlqJyocWODBt97w9uL+8qT7S5gxEHWWOworDcFiEBYJXORmnFBOBA=="
 )
 NOT_A_COSIG_PAYLOAD = (
     "eQjRQm6eSKzFoiYalgwCPXu2y3ijtg68is9M46JKxuZB+dRfTmeQeDBoXnvxZx2ugnkyV+MUMLXpWs1hPb/W/4xkNQY="
 )
-SPEC_CHECKPOINT_BODY = (
-    "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
-)
+SPEC_CHECKPOINT_BODY = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
 
 LOG_NAME = "dfg.example/consent-log"
 LOG_KEY = Ed25519PrivateKey.from_private_bytes(bytes([0x10]) * 32)
@@ -297,9 +293,7 @@ def test_malformed_notes_are_rejected(note: str, why: str) -> None:
 
 
 def test_too_many_signatures() -> None:
-    keys = [
-        Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(MAX_SIGNATURES + 1)
-    ]
+    keys = [Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(MAX_SIGNATURES + 1)]
     text = "hello\n"
     lines = [signature_line(text, f"k{i}", key) for i, key in enumerate(keys)]
     note = text + "\n" + "".join(lines[:MAX_SIGNATURES])
@@ -410,16 +404,11 @@ def test_cosignature_round_trip() -> None:
     line = cosignature_line(body, WITNESS_NAME, WITNESS_KEY, timestamp)
     sig = parse_signature_line(line)
     assert sig.key_hash == WITNESS_VERIFIER.key_hash
-    assert (
-        sig.key_hash
-        == hashlib.sha256(WITNESS_NAME.encode() + b"\n\x04" + _pub(WITNESS_KEY)).digest()[:4]
-    )
+    assert sig.key_hash == hashlib.sha256(WITNESS_NAME.encode() + b"\n\x04" + _pub(WITNESS_KEY)).digest()[:4]
     assert sig.signature[:8] == timestamp.to_bytes(8, "big")
     assert cosignature_timestamp(sig) == timestamp
     # The Ed25519 signature is over the documented message, checked independently.
-    WITNESS_KEY.public_key().verify(
-        sig.signature[8:], b"cosignature/v1\ntime 1700000000\n" + body.encode()
-    )
+    WITNESS_KEY.public_key().verify(sig.signature[8:], b"cosignature/v1\ntime 1700000000\n" + body.encode())
     assert verify_cosignature_line(body, line, WITNESS_VERIFIER) == timestamp
 
     note = add_signature(sign_checkpoint(cp, LOG_NAME, LOG_KEY), line)
@@ -472,13 +461,9 @@ def test_checkpoint_body_format() -> None:
     root = hashlib.sha256(b"root").digest()
     cp = Checkpoint("example.com/log", 20852163, root, ("ext one", "ext-two"))
     body = cp.body()
-    assert body == (
-        "example.com/log\n20852163\n" + base64.b64encode(root).decode() + "\next one\next-two\n"
-    )
+    assert body == ("example.com/log\n20852163\n" + base64.b64encode(root).decode() + "\next one\next-two\n")
     assert parse_checkpoint_body(body) == cp
-    assert Checkpoint("o", 0, EMPTY_ROOT).body() == (
-        "o\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"
-    )
+    assert Checkpoint("o", 0, EMPTY_ROOT).body() == ("o\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n")
 
 
 def test_spec_checkpoint_body_parses() -> None:
@@ -585,9 +570,7 @@ def test_sign_and_open_checkpoint() -> None:
         max_size=3,
     ),
 )  # fmt: skip
-def test_checkpoint_round_trip_property(
-    origin: str, size: int, root: bytes, extensions: list[str]
-) -> None:
+def test_checkpoint_round_trip_property(origin: str, size: int, root: bytes, extensions: list[str]) -> None:
     cp = Checkpoint(origin, size, root, tuple(extensions))
     assert parse_checkpoint_body(cp.body()) == cp
     note = sign_checkpoint(cp, LOG_NAME, LOG_KEY)

@@ -36,18 +36,65 @@ def _activity(ledger: Ledger) -> dict[str, str]:
     given, withdrawn, requested = (str(uuid.uuid4()) for _ in range(3))
     later = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     ledger.accept(
-        ledger.sign(app, "consent.give", {"consent_id": given, "controller": "sp:app", "subject": "p-1",
-                                          "level": 1, "method": "app", "terms": {**TERMS, "valid_until": later}}),
-        ledger.sign(app, "consent.utilize", {"consent_id": given, "purpose": "dpv:ServiceProvision",
-                                             "data_categories": ["dpv-pd:HeartRate"]}),
-        ledger.sign(app, "consent.give", {"consent_id": withdrawn, "controller": "sp:app", "subject": "p-2",
-                                          "level": 1, "method": "paper", "terms": TERMS}),
-        ledger.sign(app, "consent.withdraw", {"consent_id": withdrawn, "controller": "sp:app", "subject": "p-2"}),
+        ledger.sign(
+            app,
+            "consent.give",
+            {
+                "consent_id": given,
+                "controller": "sp:app",
+                "subject": "p-1",
+                "level": 1,
+                "method": "app",
+                "terms": {**TERMS, "valid_until": later},
+            },
+        ),
+        ledger.sign(
+            app,
+            "consent.utilize",
+            {
+                "consent_id": given,
+                "purpose": "dpv:ServiceProvision",
+                "data_categories": ["dpv-pd:HeartRate"],
+            },
+        ),
+        ledger.sign(
+            app,
+            "consent.give",
+            {
+                "consent_id": withdrawn,
+                "controller": "sp:app",
+                "subject": "p-2",
+                "level": 1,
+                "method": "paper",
+                "terms": TERMS,
+            },
+        ),
+        ledger.sign(
+            app,
+            "consent.withdraw",
+            {"consent_id": withdrawn, "controller": "sp:app", "subject": "p-2"},
+        ),
         ledger.sign(app, "consent.request", {"consent_id": requested, "subject": "cit:anna", "terms": TERMS}),
-        ledger.sign(wallet, "consent.give", {"consent_id": requested, "controller": "sp:app",
-                                             "subject": "cit:anna", "level": 2, "method": "wallet"}),
-        ledger.sign(citizen, "key.rotate", {"principal": "cit:anna", "old_kid": citizen.kid,
-                                            "jwk": OKPKey.generate_key("Ed25519").as_dict(private=False)}),
+        ledger.sign(
+            wallet,
+            "consent.give",
+            {
+                "consent_id": requested,
+                "controller": "sp:app",
+                "subject": "cit:anna",
+                "level": 2,
+                "method": "wallet",
+            },
+        ),
+        ledger.sign(
+            citizen,
+            "key.rotate",
+            {
+                "principal": "cit:anna",
+                "old_kid": citizen.kid,
+                "jwk": OKPKey.generate_key("Ed25519").as_dict(private=False),
+            },
+        ),
     )
     return {"given": given, "withdrawn": withdrawn, "requested": requested, "later": later}
 
@@ -66,12 +113,17 @@ def test_checks_rebuild_and_history(any_ledger: Ledger) -> None:
             assert ok.granted and ok.consent_id == ids["given"] and ok.seq is not None
             assert check(cursor, "p-1", "sp:app", "dpv:Marketing", [], now).reason == "purpose_not_covered"
             assert check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", ["dpv-pd:ECG"], now).reason == (
-                "category_not_covered")
-            after = datetime.strptime(ids["later"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) + timedelta(seconds=1)
+                "category_not_covered"
+            )
+            after = datetime.strptime(ids["later"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) + timedelta(
+                seconds=1
+            )
             assert check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], after).reason == "expired"
             assert check(cursor, "p-2", "sp:app", "dpv:ServiceProvision", [], now).reason == "withdrawn"
             before = now - timedelta(days=1)
-            assert check(cursor, "p-2", "sp:app", "dpv:ServiceProvision", [], before).reason == "not_yet_valid"
+            assert (
+                check(cursor, "p-2", "sp:app", "dpv:ServiceProvision", [], before).reason == "not_yet_valid"
+            )
             assert check(cursor, "p-9", "sp:app", "dpv:ServiceProvision", [], now).reason == "never_given"
             assert check(cursor, "cit:anna", "sp:app", "dpv:ScientificResearch", [], now).granted
             events = history(cursor, "p-1")
@@ -91,16 +143,32 @@ def test_checks_rebuild_and_history(any_ledger: Ledger) -> None:
 def test_follower_applies_new_entries_live(any_ledger: Ledger) -> None:
     store = any_ledger.sequencer.store
     db = open_views(any_ledger.settings)
-    follower = Follower(db, [ConsentStateView(), TimelineView()], store.read_entries, store.wait_for_append,
-                        poll_s=0.2)
+    follower = Follower(
+        db,
+        [ConsentStateView(), TimelineView()],
+        store.read_entries,
+        store.wait_for_append,
+        poll_s=0.2,
+    )
     stop = threading.Event()
     thread = threading.Thread(target=follower.run, args=(stop,), daemon=True)
     thread.start()
     try:
         app = any_ledger.admit("sp:app", "service_provider")
-        (accepted,) = any_ledger.accept(any_ledger.sign(app, "consent.give", {
-            "consent_id": str(uuid.uuid4()), "controller": "sp:app", "subject": "p-live", "level": 1,
-            "method": "app", "terms": TERMS}))
+        (accepted,) = any_ledger.accept(
+            any_ledger.sign(
+                app,
+                "consent.give",
+                {
+                    "consent_id": str(uuid.uuid4()),
+                    "controller": "sp:app",
+                    "subject": "p-live",
+                    "level": 1,
+                    "method": "app",
+                    "terms": TERMS,
+                },
+            )
+        )
         assert follower.wait_until(accepted.seq, timeout=10)
         with db.transaction(commit=False) as cursor:
             assert check(cursor, "p-live", "sp:app", "dpv:ServiceProvision", [], datetime.now(UTC)).granted

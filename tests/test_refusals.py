@@ -86,9 +86,7 @@ def alg_of(key: OKPKey | ECKey) -> str:
     return "EdDSA" if isinstance(key, OKPKey) else "ES256K"
 
 
-def forge(
-    header: dict[str, Any] | bytes, payload: dict[str, Any] | bytes, key: OKPKey | ECKey
-) -> str:
+def forge(header: dict[str, Any] | bytes, payload: dict[str, Any] | bytes, key: OKPKey | ECKey) -> str:
     """A compact JWS with any header and payload bytes, correctly signed by ``key``."""
     header_bytes = header if isinstance(header, bytes) else raw_json(header)
     payload_bytes = payload if isinstance(payload, bytes) else canonical_json(payload)
@@ -184,13 +182,9 @@ class ClockedLedger(Ledger):
 @pytest.fixture
 def clocked(tmp_path: Path) -> Iterator[ClockedLedger]:
     settings = Settings(data_dir=tmp_path / "data")
-    create_ledger(
-        settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Test federation"
-    )
+    create_ledger(settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Test federation")
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
-    sequencer = Sequencer(
-        open_store(settings), checkpoint_key=checkpoint_key(settings), clock=clock
-    )
+    sequencer = Sequencer(open_store(settings), checkpoint_key=checkpoint_key(settings), clock=clock)
     operator = root_signer(settings, CHAIN, OPERATOR)
     operator.nonce = 1
     led = ClockedLedger(settings, sequencer, operator, clock)
@@ -213,12 +207,8 @@ def test_alg_none_unsigned_token_is_alg_not_allowed(ledger: Ledger, app: Transac
     refuse(ledger, f"{header}.{payload}.", "alg_not_allowed", signer="sp:app")
 
 
-def test_alg_none_with_a_signature_segment_is_alg_not_allowed(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
-    token = forge(
-        header_for(app, alg="none"), payload_for(app, "consent.give", give_body("sp:app")), app.key
-    )
+def test_alg_none_with_a_signature_segment_is_alg_not_allowed(ledger: Ledger, app: TransactionSigner) -> None:
+    token = forge(header_for(app, alg="none"), payload_for(app, "consent.give", give_body("sp:app")), app.key)
     refuse(ledger, token, "alg_not_allowed", signer="sp:app")
 
 
@@ -234,19 +224,13 @@ def test_hs256_keyed_with_the_signers_public_key_is_alg_not_allowed(
 
 
 @pytest.mark.parametrize("alg", ["HS512", "RS256", "ES256", "EdDSA ", "eddsa", None, 1])
-def test_other_algorithms_are_alg_not_allowed(
-    ledger: Ledger, app: TransactionSigner, alg: Any
-) -> None:
-    token = forge(
-        header_for(app, alg=alg), payload_for(app, "consent.give", give_body("sp:app")), app.key
-    )
+def test_other_algorithms_are_alg_not_allowed(ledger: Ledger, app: TransactionSigner, alg: Any) -> None:
+    token = forge(header_for(app, alg=alg), payload_for(app, "consent.give", give_body("sp:app")), app.key)
     refuse(ledger, token, "alg_not_allowed", signer="sp:app")
 
 
 def test_missing_alg_is_alg_not_allowed(ledger: Ledger, app: TransactionSigner) -> None:
-    token = forge(
-        header_for(app, alg=...), payload_for(app, "consent.give", give_body("sp:app")), app.key
-    )
+    token = forge(header_for(app, alg=...), payload_for(app, "consent.give", give_body("sp:app")), app.key)
     refuse(ledger, token, "alg_not_allowed", signer="sp:app")
 
 
@@ -298,9 +282,7 @@ def test_non_zero_trailing_bits_in_signature_are_non_canonical(
     accepted(ok)
 
 
-def test_segment_of_impossible_length_is_non_canonical(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_segment_of_impossible_length_is_non_canonical(ledger: Ledger, app: TransactionSigner) -> None:
     token = ledger.sign(app, "consent.give", give_body("sp:app"))
     header, payload, signature = token.split(".")
     cut = signature[: len(signature) - (len(signature) % 4) + 1]  # length = 1 (mod 4)
@@ -345,12 +327,8 @@ def test_not_three_segments_is_malformed_jws(
         pytest.param({"kid": 7}, id="kid-not-a-string"),
     ],
 )
-def test_bad_header_is_malformed_jws(
-    ledger: Ledger, app: TransactionSigner, changes: dict[str, Any]
-) -> None:
-    token = forge(
-        header_for(app, **changes), payload_for(app, "consent.give", give_body("sp:app")), app.key
-    )
+def test_bad_header_is_malformed_jws(ledger: Ledger, app: TransactionSigner, changes: dict[str, Any]) -> None:
+    token = forge(header_for(app, **changes), payload_for(app, "consent.give", give_body("sp:app")), app.key)
     refuse(ledger, token, "malformed_jws", signer="sp:app")
 
 
@@ -363,9 +341,7 @@ def test_header_that_is_not_a_json_object_is_malformed_jws(
 
 
 @pytest.mark.parametrize("alg", [["EdDSA"], {"name": "EdDSA"}])
-def test_unhashable_alg_is_alg_not_allowed(
-    ledger: Ledger, app: TransactionSigner, alg: Any
-) -> None:
+def test_unhashable_alg_is_alg_not_allowed(ledger: Ledger, app: TransactionSigner, alg: Any) -> None:
     bad = forge(
         header_for(app, alg=alg),
         payload_for(app, "consent.give", give_body("sp:app"), nonce=99),
@@ -381,9 +357,7 @@ NESTED = [
 
 
 @pytest.mark.parametrize("nested", NESTED)
-def test_deeply_nested_header_is_malformed_jws(
-    ledger: Ledger, app: TransactionSigner, nested: bytes
-) -> None:
+def test_deeply_nested_header_is_malformed_jws(ledger: Ledger, app: TransactionSigner, nested: bytes) -> None:
     bad = forge(nested, payload_for(app, "consent.give", give_body("sp:app"), nonce=99), app.key)
     refuse_beside(ledger, bad, "malformed_jws", signer=app)
 
@@ -402,13 +376,9 @@ def test_deeply_nested_body_is_malformed_payload(ledger: Ledger, app: Transactio
     refuse_beside(ledger, forge(header_for(app), deep, app.key), "malformed_payload", signer=app)
 
 
-def test_signed_transaction_over_16_kib_is_too_large(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_signed_transaction_over_16_kib_is_too_large(ledger: Ledger, app: TransactionSigner) -> None:
     codes = [f"dpv:Code{i:03d}" + "x" * 110 for i in range(64)]
-    token = ledger.sign(
-        app, "consent.give", give_body("sp:app", purposes=codes, data_categories=codes)
-    )
+    token = ledger.sign(app, "consent.give", give_body("sp:app", purposes=codes, data_categories=codes))
     assert len(token) > MAX_JWS_BYTES
     refuse(ledger, token, "too_large", signer="sp:app")
 
@@ -419,9 +389,7 @@ def test_size_limit_boundary(ledger: Ledger) -> None:
     refuse(ledger, "a.b." + "c" * MAX_JWS_BYTES, "too_large", signer="sp:app")
 
 
-def test_signed_transaction_just_under_16_kib_is_accepted(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_signed_transaction_just_under_16_kib_is_accepted(ledger: Ledger, app: TransactionSigner) -> None:
     codes = [f"dpv:Code{i:03d}" + "x" * 110 for i in range(44)]
     best = None
     for length in range(8, 1980):
@@ -432,9 +400,7 @@ def test_signed_transaction_just_under_16_kib_is_accepted(
             data_categories=codes,
             notice={"url": url, "sha256": "ab" * 32},
         )
-        token = sign_compact(
-            canonical_json(payload_for(app, "consent.give", body)), app.kid, app.key
-        )
+        token = sign_compact(canonical_json(payload_for(app, "consent.give", body)), app.kid, app.key)
         if len(token) > MAX_JWS_BYTES:
             break
         best = token
@@ -506,9 +472,7 @@ def test_bad_payload_is_malformed_payload(
 # --- keys ---------------------------------------------------------------------------------
 
 
-def test_unknown_kid_of_an_admitted_principal_is_unknown_key(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_unknown_kid_of_an_admitted_principal_is_unknown_key(ledger: Ledger, app: TransactionSigner) -> None:
     other = OKPKey.generate_key("Ed25519")
     stranger = TransactionSigner("sp:app", other, CHAIN, nonce=app.nonce)
     assert stranger.kid != app.kid
@@ -528,9 +492,7 @@ def test_kid_without_principal_and_thumbprint_is_unknown_key(
     refuse(ledger, token, "unknown_key", signer="sp:app")
 
 
-def test_kid_of_another_principal_is_signer_mismatch(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_kid_of_another_principal_is_signer_mismatch(ledger: Ledger, app: TransactionSigner) -> None:
     other = ledger.admit("sp:other", "service_provider")
     token = sign_compact(canonical_json(_good_payload(app)), other.kid, other.key)
     refuse(ledger, token, "signer_mismatch", signer="sp:app")
@@ -552,9 +514,7 @@ def test_revoked_key_is_key_revoked(ledger: Ledger, app: TransactionSigner) -> N
     spare = OKPKey.generate_key("Ed25519")
     ledger.accept(
         ledger.sign(app, "key.add", {"principal": "sp:app", "jwk": public_jwk(spare).as_dict()}),
-        ledger.sign(
-            app, "key.revoke", {"principal": "sp:app", "kid": app.kid, "reason": "compromised"}
-        ),
+        ledger.sign(app, "key.revoke", {"principal": "sp:app", "kid": app.kid, "reason": "compromised"}),
     )
     refuse(
         ledger,
@@ -600,9 +560,7 @@ def test_rotated_away_key_is_key_revoked(ledger: Ledger, app: TransactionSigner)
         "key_revoked",
         signer="sp:app",
     )
-    rotated = TransactionSigner(
-        "sp:app", new, CHAIN, nonce=ledger.sequencer.store.last_nonce("sp:app")
-    )
+    rotated = TransactionSigner("sp:app", new, CHAIN, nonce=ledger.sequencer.store.last_nonce("sp:app"))
     ledger.accept(ledger.sign(rotated, "consent.give", give_body("sp:app")))
 
 
@@ -650,9 +608,7 @@ def test_key_past_not_after_is_key_expired(clocked: ClockedLedger) -> None:
     )
 
 
-def test_valid_kid_signed_by_another_key_is_bad_signature(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_valid_kid_signed_by_another_key_is_bad_signature(ledger: Ledger, app: TransactionSigner) -> None:
     impostor = OKPKey.generate_key("Ed25519")
     token = sign_compact(canonical_json(_good_payload(app)), app.kid, impostor)
     refuse(ledger, token, "bad_signature", signer="sp:app")
@@ -667,9 +623,7 @@ def test_bad_signature_on_both_engines(any_ledger: Ledger) -> None:
 
 
 @pytest.mark.parametrize("index", [0, 31, 32, 63])
-def test_flipped_signature_byte_is_bad_signature(
-    ledger: Ledger, app: TransactionSigner, index: int
-) -> None:
+def test_flipped_signature_byte_is_bad_signature(ledger: Ledger, app: TransactionSigner, index: int) -> None:
     token = ledger.sign(app, "consent.give", give_body("sp:app"))
     signature = bytearray(unb64(token.rsplit(".", 1)[1]))
     signature[index] ^= 0x01
@@ -697,9 +651,7 @@ def test_signature_of_wrong_length_is_bad_signature(
         refuse(ledger, with_signature(token, signature), "bad_signature", signer="sp:app")
 
 
-def test_ed25519_signature_with_s_plus_l_is_bad_signature(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_ed25519_signature_with_s_plus_l_is_bad_signature(ledger: Ledger, app: TransactionSigner) -> None:
     """Ed25519 malleability (RFC 8032 5.1.7: S must be below L) is refused."""
     token = ledger.sign(app, "consent.give", give_body("sp:app"))
     signature = unb64(token.rsplit(".", 1)[1])
@@ -724,9 +676,7 @@ def test_es256k_key_signs_and_a_tampered_es256k_signature_is_bad_signature(ledge
     wallet = ledger.admit("sp:k1", "service_provider", es256k=True)
     assert isinstance(wallet.key, ECKey)
     first = accepted(ledger.submit(ledger.sign(wallet, "consent.give", give_body("sp:k1")))[0])
-    assert first.entry.tx.startswith(
-        b64(raw_json({"alg": "ES256K", "kid": wallet.kid, "typ": TYP}))
-    )
+    assert first.entry.tx.startswith(b64(raw_json({"alg": "ES256K", "kid": wallet.kid, "typ": TYP})))
     token = ledger.sign(wallet, "consent.give", give_body("sp:k1"))
     for index in (0, 40):  # in r, in s
         signature = bytearray(unb64(token.rsplit(".", 1)[1]))
@@ -751,9 +701,7 @@ def test_es256k_high_s_twin_of_a_signature_is_bad_signature(ledger: Ledger) -> N
     accepted(ledger.submit(low_token)[0])
 
 
-def test_es256k_alg_with_an_ed25519_key_is_bad_signature(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_es256k_alg_with_an_ed25519_key_is_bad_signature(ledger: Ledger, app: TransactionSigner) -> None:
     header = b64(raw_json({"alg": "ES256K", "kid": app.kid, "typ": TYP}))
     payload = b64(canonical_json(_good_payload(app)))
     k1 = ECKey.generate_key("secp256k1")
@@ -834,9 +782,7 @@ def test_nonce_reused_inside_one_batch(ledger: Ledger, app: TransactionSigner) -
 
 def test_unknown_type_is_unknown_type(ledger: Ledger, app: TransactionSigner) -> None:
     for tx_type in ("consent.frobnicate", "Consent.give", "consent.give "):
-        refuse(
-            ledger, ledger.sign(app, tx_type, give_body("sp:app")), "unknown_type", signer="sp:app"
-        )
+        refuse(ledger, ledger.sign(app, tx_type, give_body("sp:app")), "unknown_type", signer="sp:app")
 
 
 def _give_with(**changes: Any) -> Callable[[], dict[str, Any]]:
@@ -949,9 +895,7 @@ def test_genesis_by_someone_else_is_genesis_exists(ledger: Ledger) -> None:
         "display_name": "Mine",
         "jwk": public_jwk(usurper.key).as_dict(),
     }
-    refuse(
-        ledger, ledger.sign(usurper, "ledger.genesis", body), "genesis_exists", signer="op:usurper"
-    )
+    refuse(ledger, ledger.sign(usurper, "ledger.genesis", body), "genesis_exists", signer="op:usurper")
 
 
 # --- an empty ledger ----------------------------------------------------------------------
@@ -985,9 +929,7 @@ def test_empty_ledger_refuses_anything_but_genesis(tmp_path: Path) -> None:
         now = datetime.now(UTC).timestamp()
         _refuse_on(sequencer, op.sign("consent.give", give_body(OPERATOR), now=now), "no_genesis")
         other = OKPKey.generate_key("Ed25519")
-        _refuse_on(
-            sequencer, op.sign("ledger.genesis", _genesis_body(other), now=now), "unknown_key"
-        )
+        _refuse_on(sequencer, op.sign("ledger.genesis", _genesis_body(other), now=now), "unknown_key")
         _refuse_on(
             sequencer,
             op.sign("ledger.genesis", _genesis_body(op.key, chain="dfg-else"), now=now),
@@ -1059,9 +1001,7 @@ def test_resubmission_after_valid_until_is_still_a_duplicate(clocked: ClockedLed
     assert clocked.head() == head
 
 
-def test_resubmission_after_key_rotation_is_still_a_duplicate(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_resubmission_after_key_rotation_is_still_a_duplicate(ledger: Ledger, app: TransactionSigner) -> None:
     token = ledger.sign(app, "consent.give", give_body("sp:app"))
     (first,) = ledger.accept(token)
     new = OKPKey.generate_key("Ed25519")
@@ -1117,15 +1057,13 @@ def test_level2_by_an_organisation_is_not_subject(ledger: Ledger, app: Transacti
     refuse(ledger, token, "not_subject", signer="sp:app")
 
 
-def test_custodial_wallet_may_give_level2_for_its_citizen(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_custodial_wallet_may_give_level2_for_its_citizen(ledger: Ledger, app: TransactionSigner) -> None:
     wallet = ledger.admit("ids:wallet", "identity_service")
     ledger.admit("ctz:alice", "citizen", custodian="ids:wallet")
     given = accepted(
-        ledger.submit(
-            ledger.sign(wallet, "consent.give", give_body("sp:app", subject="ctz:alice", level=2))
-        )[0]
+        ledger.submit(ledger.sign(wallet, "consent.give", give_body("sp:app", subject="ctz:alice", level=2)))[
+            0
+        ]
     )
     assert given.entry.data["given_by"] == "ids:wallet" and given.entry.data["level"] == 2
     # but not for a citizen it is not the custodian of
@@ -1154,14 +1092,10 @@ def test_utilize_for_a_category_not_covered(ledger: Ledger, app: TransactionSign
     refuse(ledger, token, "category_not_covered", signer="sp:app")
 
 
-def test_utilize_after_withdraw_is_consent_withdrawn(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_utilize_after_withdraw_is_consent_withdrawn(ledger: Ledger, app: TransactionSigner) -> None:
     cid = _given(ledger, app)
     ledger.accept(
-        ledger.sign(
-            app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}
-        )
+        ledger.sign(app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"})
     )
     refuse(
         ledger,
@@ -1209,19 +1143,13 @@ def test_withdraw_twice_is_consent_withdrawn(ledger: Ledger, app: TransactionSig
     cid = _given(ledger, app)
     withdraw = {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}
     ledger.accept(ledger.sign(app, "consent.withdraw", withdraw))
-    refuse(
-        ledger, ledger.sign(app, "consent.withdraw", withdraw), "consent_withdrawn", signer="sp:app"
-    )
+    refuse(ledger, ledger.sign(app, "consent.withdraw", withdraw), "consent_withdrawn", signer="sp:app")
 
 
-def test_service_provider_admitting_is_role_not_allowed(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_service_provider_admitting_is_role_not_allowed(ledger: Ledger, app: TransactionSigner) -> None:
     for kind in ("citizen", "service_provider", "operator"):
         body: dict[str, Any] = {"principal": "x:new", "kind": kind}
-        refuse(
-            ledger, ledger.sign(app, "principal.admit", body), "role_not_allowed", signer="sp:app"
-        )
+        refuse(ledger, ledger.sign(app, "principal.admit", body), "role_not_allowed", signer="sp:app")
 
 
 def test_identity_service_admitting_a_non_citizen_is_role_not_allowed(ledger: Ledger) -> None:
@@ -1250,15 +1178,11 @@ def test_identity_service_admitting_a_non_citizen_is_role_not_allowed(ledger: Le
     )
 
 
-def test_answer_with_different_terms_is_terms_mismatch(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_answer_with_different_terms_is_terms_mismatch(ledger: Ledger, app: TransactionSigner) -> None:
     alice = ledger.admit("ctz:alice", "citizen")
     cid = str(uuid.uuid4())
     ledger.accept(
-        ledger.sign(
-            app, "consent.request", {"consent_id": cid, "subject": "ctz:alice", "terms": TERMS}
-        )
+        ledger.sign(app, "consent.request", {"consent_id": cid, "subject": "ctz:alice", "terms": TERMS})
     )
     changes: list[dict[str, Any]] = [
         {"purposes": ["dpv:ServiceProvision"]},
@@ -1268,9 +1192,7 @@ def test_answer_with_different_terms_is_terms_mismatch(
     ]
     for change in changes:
         body = give_body("sp:app", subject="ctz:alice", consent_id=cid, level=2, **change)
-        refuse(
-            ledger, ledger.sign(alice, "consent.give", body), "terms_mismatch", signer="ctz:alice"
-        )
+        refuse(ledger, ledger.sign(alice, "consent.give", body), "terms_mismatch", signer="ctz:alice")
     # the same terms (here in another order) answer the request
     same = give_body(
         "sp:app",
@@ -1308,14 +1230,10 @@ def test_same_consent_id_for_another_controller_is_independent(
 ) -> None:
     other = ledger.admit("sp:other", "service_provider")
     cid = _given(ledger, app)
-    accepted(
-        ledger.submit(ledger.sign(other, "consent.give", give_body("sp:other", consent_id=cid)))[0]
-    )
+    accepted(ledger.submit(ledger.sign(other, "consent.give", give_body("sp:other", consent_id=cid)))[0])
     # ... and withdrawing one leaves the other usable
     ledger.accept(
-        ledger.sign(
-            app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}
-        )
+        ledger.sign(app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"})
     )
     accepted(ledger.submit(ledger.sign(other, "consent.utilize", use_body(cid)))[0])
     refuse(
@@ -1361,9 +1279,7 @@ def test_batch_mixing_good_and_bad(ledger: Ledger, app: TransactionSigner) -> No
     )
     bad_after = ledger.sign(app, "consent.utilize", use_body(cid))
 
-    outcomes = ledger.submit(
-        good1, bad_sig, bad_domain, good2, bad_envelope, bad_nonce, good3, bad_after
-    )
+    outcomes = ledger.submit(good1, bad_sig, bad_domain, good2, bad_envelope, bad_nonce, good3, bad_after)
     codes = [o.code if isinstance(o, Rejected) else o.seq for o in outcomes]
     n = head[0]
     assert codes == [
@@ -1388,9 +1304,7 @@ def test_batch_mixing_good_and_bad(ledger: Ledger, app: TransactionSigner) -> No
     assert store.last_nonce("sp:other") == other.nonce
 
 
-def test_refused_transaction_does_not_consume_its_nonce(
-    ledger: Ledger, app: TransactionSigner
-) -> None:
+def test_refused_transaction_does_not_consume_its_nonce(ledger: Ledger, app: TransactionSigner) -> None:
     cid = _given(ledger, app)
     nonce = app.nonce + 1
     bad = ledger.sign(app, "consent.utilize", use_body(cid, purpose="dpv:Marketing"), nonce=nonce)

@@ -13,12 +13,25 @@ from ledger.errors import Rejected
 def test_level1_consent_life_and_audit(any_ledger: Ledger) -> None:
     app = any_ledger.admit("sp:app", "service_provider")
     cid = str(uuid.uuid4())
-    body = {"consent_id": cid, "controller": "sp:app", "subject": "p-1", "level": 1, "method": "app", "terms": TERMS}
-    use = {"consent_id": cid, "purpose": "dpv:ServiceProvision", "data_categories": ["dpv-pd:HeartRate"]}
+    body = {
+        "consent_id": cid,
+        "controller": "sp:app",
+        "subject": "p-1",
+        "level": 1,
+        "method": "app",
+        "terms": TERMS,
+    }
+    use = {
+        "consent_id": cid,
+        "purpose": "dpv:ServiceProvision",
+        "data_categories": ["dpv-pd:HeartRate"],
+    }
     given, used, withdrawn = any_ledger.accept(
         any_ledger.sign(app, "consent.give", body),
         any_ledger.sign(app, "consent.utilize", use),
-        any_ledger.sign(app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}),
+        any_ledger.sign(
+            app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}
+        ),
     )
     assert (given.seq, used.seq, withdrawn.seq) == (3, 4, 5)
     (refused,) = any_ledger.submit(any_ledger.sign(app, "consent.utilize", use))
@@ -28,7 +41,11 @@ def test_level1_consent_life_and_audit(any_ledger: Ledger) -> None:
     store = any_ledger.sequencer.store
     report = audit(
         batched(store.read_entries),
-        Auditor(load=store.load_aggregate_before, checkpoints=store.checkpoints(), read_nodes=store.read_nodes),
+        Auditor(
+            load=store.load_aggregate_before,
+            checkpoints=store.checkpoints(),
+            read_nodes=store.read_nodes,
+        ),
         head=store.head(),
     )
     assert report.ok, report.problems

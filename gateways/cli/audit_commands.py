@@ -12,14 +12,14 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gateways.cli.options import fail, ledger_options
-from infra.bootstrap import open_store
+from infra.bootstrap import open_store, open_views
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.settings import Settings
-from ledger.audit import AuditReport, Auditor, audit as run_audit, batched
+from ledger.audit import Auditor, AuditReport, batched
+from ledger.audit import audit as run_audit
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
-from infra.bootstrap import open_views
 from projections.base import catch_up, prepare
 from projections.keys import PrincipalsView, snapshot
 
@@ -31,14 +31,29 @@ def audit() -> None:
 
 @audit.command("verify")
 @ledger_options
-@click.option("--bundle", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Verify an exported audit bundle instead of a database.")
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Verify an exported audit bundle instead of a database.",
+)
 @click.option("--checkpoint-key", default=None, help="Checkpoint verifier key you trust (refuse any other).")
 @click.option("--chain", default=None, help="Ledger id you expect.")
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Signature threads [default: all cores].")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Signature threads [default: all cores].",
+)
 @click.option("--progress/--no-progress", default=None, help="Show progress [default: on a terminal].")
-def verify(settings: Settings, bundle: Path | None, checkpoint_key: str | None, chain: str | None,
-           workers: int | None, progress: bool | None) -> None:
+def verify(
+    settings: Settings,
+    bundle: Path | None,
+    checkpoint_key: str | None,
+    chain: str | None,
+    workers: int | None,
+    progress: bool | None,
+) -> None:
     """Replay everything and check every signature, rule, root and checkpoint.
 
     Exits 0 only when everything checks; otherwise names the first bad entry."""
@@ -53,12 +68,20 @@ def verify(settings: Settings, bundle: Path | None, checkpoint_key: str | None, 
             try:
                 size = store.head()[0]
                 auditor = Auditor(
-                    load=store.load_aggregate_before, checkpoints=_checkpoints(store),
-                    read_nodes=store.read_nodes, verifier=verifier,
-                    expected_checkpoint_key=checkpoint_key, expected_chain=chain,
+                    load=store.load_aggregate_before,
+                    checkpoints=_checkpoints(store),
+                    read_nodes=store.read_nodes,
+                    verifier=verifier,
+                    expected_checkpoint_key=checkpoint_key,
+                    expected_chain=chain,
                 )
-                report = _with_progress(show, size, lambda tick: run_audit(
-                    batched(store.read_entries), auditor, head=store.head(), progress=tick))
+                report = _with_progress(
+                    show,
+                    size,
+                    lambda tick: run_audit(
+                        batched(store.read_entries), auditor, head=store.head(), progress=tick
+                    ),
+                )
             finally:
                 store.close()
     except BundleError as exc:
@@ -71,8 +94,9 @@ def verify(settings: Settings, bundle: Path | None, checkpoint_key: str | None, 
         raise SystemExit(1)
 
 
-def _verify_bundle(path: Path, verifier: ParallelVerifier, key: str | None, chain: str | None,
-                   show: bool) -> AuditReport:
+def _verify_bundle(
+    path: Path, verifier: ParallelVerifier, key: str | None, chain: str | None, show: bool
+) -> AuditReport:
     reader = BundleReader(path)
     try:
         tail = BundleReader(path)
@@ -81,11 +105,19 @@ def _verify_bundle(path: Path, verifier: ParallelVerifier, key: str | None, chai
             checkpoints = tail.checkpoints
         finally:
             tail.close()
-        auditor = Auditor(load=reader.load_before, checkpoints=checkpoints, read_nodes=None, verifier=verifier,
-                          expected_checkpoint_key=key, expected_chain=chain)
+        auditor = Auditor(
+            load=reader.load_before,
+            checkpoints=checkpoints,
+            read_nodes=None,
+            verifier=verifier,
+            expected_checkpoint_key=key,
+            expected_chain=chain,
+        )
         size = int(reader.header.get("size", 0))
         head = (size, bytes.fromhex(reader.header.get("root", "")))
-        return _with_progress(show, size, lambda tick: run_audit(reader.entries(), auditor, head=head, progress=tick))
+        return _with_progress(
+            show, size, lambda tick: run_audit(reader.entries(), auditor, head=head, progress=tick)
+        )
     finally:
         reader.close()
 
@@ -101,8 +133,10 @@ def _with_progress(show: bool, total: int, work: Any) -> AuditReport:
 def _print_report(report: AuditReport, elapsed: float) -> None:
     rate = report.entries / elapsed if elapsed > 0 else 0.0
     if report.ok:
-        click.echo(f"OK: {report.entries} entries and {report.checkpoints} checkpoints verified"
-                   f" in {elapsed:.1f}s ({rate:,.0f} entries/s)")
+        click.echo(
+            f"OK: {report.entries} entries and {report.checkpoints} checkpoints verified"
+            f" in {elapsed:.1f}s ({rate:,.0f} entries/s)"
+        )
         click.echo(f"chain {report.chain}, root {report.root.hex()}")
         click.echo(f"checkpoint key {report.checkpoint_key}")
         click.echo(f"genesis signed by {report.operator_kid}")
@@ -114,8 +148,13 @@ def _print_report(report: AuditReport, elapsed: float) -> None:
 
 @audit.command("export")
 @ledger_options
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="File to write (JSON Lines; see docs/audit-bundle.md).")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write (JSON Lines; see docs/audit-bundle.md).",
+)
 def export(settings: Settings, out_path: Path) -> None:
     """Write a self-contained audit bundle: entries, checkpoints and public keys."""
     store = _existing_store(settings)

@@ -24,12 +24,19 @@ DEFAULT_OPERATOR = "op:federation"
 @ledger_options
 @click.option("--chain", default="dfg-local", show_default=True, help="Ledger id (no replay across ledgers).")
 @click.option("--origin", default=None, help="Checkpoint origin line [default: dfg.local/<chain>].")
-@click.option("--operator", default=DEFAULT_OPERATOR, show_default=True, help="Principal id of the first operator.")
+@click.option(
+    "--operator",
+    default=DEFAULT_OPERATOR,
+    show_default=True,
+    help="Principal id of the first operator.",
+)
 @click.option("--name", "display_name", default="DfG federation", show_default=True)
 def init(settings: Settings, chain: str, origin: str | None, operator: str, display_name: str) -> None:
     """Create a ledger: root key, checkpoint key and the genesis entry."""
     try:
-        entry = create_ledger(settings, chain=chain, origin=origin, operator=operator, display_name=display_name)
+        entry = create_ledger(
+            settings, chain=chain, origin=origin, operator=operator, display_name=display_name
+        )
     except (Rejected, KeyFileError, ValueError) as exc:
         fail(str(exc))
     click.echo(f"ledger {chain!r} created in {settings.data_dir} ({settings.engine})")
@@ -44,8 +51,13 @@ def demo() -> None:
 
 @demo.command("populate")
 @ledger_options
-@click.option("--entries", type=click.IntRange(1, 50_000_000), default=2000, show_default=True,
-              help="How many entries to add.")
+@click.option(
+    "--entries",
+    type=click.IntRange(1, 50_000_000),
+    default=2000,
+    show_default=True,
+    help="How many entries to add.",
+)
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed for the activity's choices.")
 @click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
 def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:

@@ -7,6 +7,7 @@ import warnings
 import click
 
 from gateways.cli.audit_commands import audit
+from gateways.cli.bench_commands import bench
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.projection_commands import consents, projections
 
@@ -24,6 +25,7 @@ cli.add_command(demo)
 cli.add_command(audit)
 cli.add_command(projections)
 cli.add_command(consents)
+cli.add_command(bench)
 
 
 def main() -> None:

@@ -18,12 +18,20 @@ def ledger_options(func: F) -> F:
     """Adds ``--data`` and ``--database-url`` and passes a ``settings`` argument."""
 
     @click.option(
-        "--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
-        default=Path("dfg-data"), envvar="DFG_DATA", show_default=True, show_envvar=True,
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("dfg-data"),
+        envvar="DFG_DATA",
+        show_default=True,
+        show_envvar=True,
         help="Directory of the ledger (SQLite files and keys).",
     )
     @click.option(
-        "--database-url", envvar="DFG_DATABASE_URL", show_envvar=True, default=None,
+        "--database-url",
+        envvar="DFG_DATABASE_URL",
+        show_envvar=True,
+        default=None,
         help="postgresql://user@host:port/db[?schema=name] to use PostgreSQL instead of SQLite.",
     )
     @functools.wraps(func)

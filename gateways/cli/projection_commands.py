@@ -10,8 +10,10 @@ import click
 from gateways.cli.options import fail, ledger_options
 from infra.bootstrap import open_store, open_views
 from infra.settings import Settings
-from projections.base import catch_up, prepare, rebuild as rebuild_view
-from projections.consent_state import ConsentStateView, check as check_consent
+from projections.base import catch_up, prepare
+from projections.base import rebuild as rebuild_view
+from projections.consent_state import ConsentStateView
+from projections.consent_state import check as check_consent
 from projections.registry import all_views
 from projections.timeline import TimelineView, history
 
@@ -29,7 +31,9 @@ def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
     views = [v for v in all_views() if not names or v.name in names]
     unknown = set(names) - {v.name for v in all_views()}
     if unknown:
-        fail(f"unknown view(s): {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in all_views())}")
+        fail(
+            f"unknown view(s): {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in all_views())}"
+        )
     store, db = _open(settings)
     try:
         for view in views:
@@ -66,10 +70,21 @@ def consents() -> None:
 @click.option("--controller", required=True)
 @click.option("--purpose", required=True)
 @click.option("--category", "categories", multiple=True)
-@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"]), default=None,
-              help="Instant to check at (RFC 3339, UTC) [default: now].")
-def check(settings: Settings, subject: str, controller: str, purpose: str, categories: tuple[str, ...],
-          at: datetime | None) -> None:
+@click.option(
+    "--at",
+    "at",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"]),
+    default=None,
+    help="Instant to check at (RFC 3339, UTC) [default: now].",
+)
+def check(
+    settings: Settings,
+    subject: str,
+    controller: str,
+    purpose: str,
+    categories: tuple[str, ...],
+    at: datetime | None,
+) -> None:
     """Is the subject's consent to the controller valid for this purpose and categories?"""
     store, db = _open(settings, [ConsentStateView()])
     when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else datetime.now(UTC)
@@ -113,8 +128,13 @@ def _open(settings: Settings, views=None):  # type: ignore[no-untyped-def]
 
 @projections.command("follow")
 @ledger_options
-@click.option("--poll", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
-              help="Longest wait between catch-ups (PostgreSQL wakes on NOTIFY sooner).")
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.05, 60),
+    default=1.0,
+    show_default=True,
+    help="Longest wait between catch-ups (PostgreSQL wakes on NOTIFY sooner).",
+)
 def follow(settings: Settings, poll: float) -> None:
     """Keep every read model up to date until interrupted."""
     import threading

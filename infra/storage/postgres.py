@@ -9,7 +9,7 @@ batch would otherwise leave a gap), then the Merkle nodes and nonce rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -69,12 +69,16 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
     def q(self, statement: str) -> Composed:
         return SQL(statement).format(s=self._s)  # type: ignore[arg-type]
 
-    def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
         batch: AppendBatch | None = kwargs.get("ledger_batch")
         if batch is None:
             raise StoreConflict("ledger entries are appended only as a sequenced batch")
         curs.execute(
-            self.q("UPDATE {s}.ledger_head SET size = %s, root = %s WHERE id = 1 AND size = %s RETURNING size"),
+            self.q(
+                "UPDATE {s}.ledger_head SET size = %s, root = %s WHERE id = 1 AND size = %s RETURNING size"
+            ),
             (batch.new_size, batch.new_root, batch.old_size),
         )
         if curs.fetchone() is None:
@@ -126,6 +130,16 @@ class PostgresLedgerStore(EntryStoreMixin):
         if missing:
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
+
+    def aggregate_ids(self) -> Iterator[uuid.UUID]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT originator_id FROM {s}.{t} WHERE originator_version = 1").format(
+                    s=Identifier(self.datastore.schema), t=Identifier(EVENTS_TABLE)
+                )
+            )
+            rows = curs.fetchall()
+        return (uuid.UUID(str(r["originator_id"])) for r in rows)
 
     def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
         with self.datastore.transaction(commit=False) as curs:

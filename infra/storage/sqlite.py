@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,12 @@ class SQLiteLedgerStore(EntryStoreMixin):
         if missing:
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
+
+    def aggregate_ids(self) -> Iterator[uuid.UUID]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT originator_id FROM {EVENTS_TABLE} WHERE originator_version = 1")
+            rows = c.fetchall()
+        return (uuid.UUID(hex=row[0]) for row in rows)
 
     def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
         with self.datastore.transaction(commit=False) as c:

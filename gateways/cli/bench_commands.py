@@ -1,0 +1,82 @@
+"""``dfg bench``: measured figures, printed as a table (and one JSON line with --json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+GOALS = {
+    "append_sqlite_per_s": "≥ 0.6 x verify_per_s",
+    "append_postgres_per_s": "≥ 0.4 x verify_per_s",
+    "audit_verify_per_s": "≥ 1.5 x verify_per_s (2 cores)",
+    "peak_rss_mb": "< 500 MB at 1,000,000 entries",
+}
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks: they print figures; nothing asserts on them."""
+
+
+@bench.command("ledger")
+@click.option("--events", type=click.IntRange(1000, 10_000_000), default=100_000, show_default=True)
+@click.option("--signers", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option(
+    "--postgres-url",
+    envvar="DFG_TEST_DATABASE_URL",
+    default=None,
+    show_envvar=True,
+    help="PostgreSQL to measure (a fresh schema is used and dropped).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Also print one JSON object on the last line.")
+def ledger(events: int, signers: int, postgres_url: str | None, as_json: bool) -> None:
+    """Append, audit and proof throughput, and peak memory, of the signed ledger."""
+    from infra.benchmarks.ledger import run
+
+    schema = None
+    if postgres_url:
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        postgres_url = f"{postgres_url.split('?', 1)[0]}?schema={schema}"
+    err = Console(stderr=True)
+    try:
+        figures = run(
+            events,
+            signers=signers,
+            postgres_url=postgres_url,
+            say=lambda m: err.print(m, style="dim"),
+        )
+    finally:
+        if schema and postgres_url:
+            _drop_schema(postgres_url, schema)
+    table = Table(title=f"dfg bench ledger: {events:,} signed transactions, {os.cpu_count()} cores")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("ratio to (a)", justify="right")
+    table.add_column("goal")
+    base = figures.verify_per_s
+    for key, value in figures.as_json().items():
+        if key in ("events", "signers", "notes"):
+            continue
+        ratio = f"{value / base:.2f}x" if key.endswith("per_s") and value and key != "verify_per_s" else ""
+        shown = "not measured" if value is None else f"{value:,.1f}"
+        table.add_row(key, shown, ratio, GOALS.get(key, ""))
+    Console().print(table)
+    for note in figures.notes:
+        click.echo(f"note: {note}")
+    if as_json:
+        click.echo(json.dumps(figures.as_json(), sort_keys=True))
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    except psycopg.Error:
+        pass
