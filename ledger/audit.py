@@ -12,7 +12,6 @@ the stored tree nodes, so the nodes that serve clients' proofs are checked too.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 from collections import OrderedDict
@@ -44,6 +43,7 @@ from ledger.verifier import ParallelVerifier
 #: Loads an aggregate from the entries before a sequence number (None if it has none).
 LoadBefore = Callable[[uuid.UUID, int], Aggregate | None]
 _SIGNATURE_CHUNK = 2048
+_NODE_PAGE = 8192
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class Auditor:
         load: LoadBefore,
         checkpoints: Sequence[StoredCheckpoint],
         read_nodes: NodeReader | None = None,
+        read_node_range: Callable[[int, int, int], Sequence[bytes]] | None = None,
         verifier: ParallelVerifier | None = None,
         expected_checkpoint_key: str | None = None,
         expected_chain: str | None = None,
@@ -143,6 +144,8 @@ class Auditor:
         self._checkpoints = sorted(checkpoints, key=lambda c: c.size)
         self._next_checkpoint = 0
         self._read_nodes = read_nodes
+        self._read_node_range = read_node_range
+        self._new_nodes: list[tuple[int, int, bytes]] = []
         self._verifier = verifier or ParallelVerifier()
         self._expected_key = expected_checkpoint_key
         self._expected_chain = expected_chain
@@ -167,15 +170,35 @@ class Auditor:
             raise
         except Exception as exc:  # anything unexpected still names the entry
             self._fail(stored.seq, f"cannot be replayed: {exc}")
-        self._frontier.append(stored_leaf(stored))
+        self._new_nodes.extend(self._frontier.append(stored_leaf(stored)))
         self.report.entries += 1
         if len(self._pending) >= _SIGNATURE_CHUNK:
             self._launch_signatures()
+        if len(self._new_nodes) >= _NODE_PAGE:
+            self._check_stored_nodes()
         self._check_checkpoints_up_to(self._frontier.size)
 
-    def finish(self, head: tuple[int, bytes] | None = None) -> AuditReport:
+    def settle(self) -> None:
+        """After a failure: finish every signature check still queued or running and
+        record its failures too, so the report names the earliest bad entry."""
+        self._launch_signatures()
+        while self._in_flight:
+            seqs, futures = self._in_flight.pop(0)
+            verdicts = [ok for future in futures for ok in future.result()]
+            self.report.problems.extend(
+                Problem(seq, "its signature does not verify")
+                for seq, ok in zip(seqs, verdicts, strict=True)
+                if not ok
+            )
+
+    def finish(
+        self,
+        head: tuple[int, bytes] | None = None,
+        tx_index: tuple[int, dict[str, int]] | None = None,
+    ) -> AuditReport:
         self._launch_signatures()
         self._collect_signatures(wait_all=True)
+        self._check_stored_nodes()
         self._check_checkpoints_up_to(self._frontier.size)
         size = self._frontier.size
         if self._next_checkpoint < len(self._checkpoints):
@@ -185,6 +208,8 @@ class Auditor:
             self._fail(size + 1, f"is missing: the log ends at {size} but its head says {head[0]}")
         if head is not None and head != (size, self._frontier.root()):
             self._fail(0, f"the stored head (size {head[0]}) does not match the entries (size {size})")
+        if tx_index is not None:
+            self._check_tx_index(*tx_index)
         self.report.root = self._frontier.root()
         return self.report
 
@@ -276,6 +301,40 @@ class Auditor:
                 if not ok:
                     self._fail(seq, "its signature does not verify")
 
+    def _check_tx_index(self, rows: int, last_nonces: dict[str, int]) -> None:
+        """The (signer, nonce) index the sequencer decides replays with must match the log."""
+        if rows != self.report.entries or last_nonces != self._nonces:
+            differing = sorted(
+                s for s in set(last_nonces) | set(self._nonces) if last_nonces.get(s) != self._nonces.get(s)
+            )
+            self._fail(
+                0,
+                f"the stored nonce index does not match the log ({rows} rows for"
+                f" {self.report.entries} entries; signers differing: {differing[:5]})",
+            )
+
+    # --- stored tree ---------------------------------------------------------------
+
+    def _check_stored_nodes(self) -> None:
+        """The tree nodes the ledger serves proofs from must be the recomputed ones."""
+        nodes, self._new_nodes = self._new_nodes, []
+        if self._read_node_range is None or not nodes:
+            return
+        by_level: dict[int, list[tuple[int, bytes]]] = {}
+        for level, index, value in nodes:
+            by_level.setdefault(level, []).append((index, value))
+        for level, items in sorted(by_level.items()):
+            low, high = items[0][0], items[-1][0] + 1
+            stored = self._read_node_range(level, low, high)
+            for (index, value), kept in zip(items, list(stored) + [b""] * len(items), strict=False):
+                if kept != value:
+                    written_by = (index + 1) << level
+                    self._fail(
+                        written_by,
+                        f"the stored Merkle node (level {level}, index {index}) that this"
+                        " entry completed differs from the recomputed tree",
+                    )
+
     # --- checkpoints ---------------------------------------------------------------
 
     def _check_checkpoints_up_to(self, size: int) -> None:
@@ -289,6 +348,9 @@ class Auditor:
             self._check_checkpoint(stored)
 
     def _check_checkpoint(self, stored: StoredCheckpoint) -> None:
+        # Stored leaves first: a changed entry is then named by its own leaf, not by
+        # the next checkpoint whose root it changed.
+        self._check_stored_nodes()
         if self._note_verifier is None or self._ledger is None:
             self._fail(stored.size, "a checkpoint exists before the genesis entry")
             return
@@ -325,6 +387,7 @@ def audit(
     auditor: Auditor,
     *,
     head: tuple[int, bytes] | None = None,
+    tx_index: Callable[[], tuple[int, dict[str, int]]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> AuditReport:
     """Run ``auditor`` over ``entries``; stops at the first problem (named in the report)."""
@@ -333,11 +396,9 @@ def audit(
             auditor.feed(stored)
             if progress is not None and count % 1000 == 0:
                 progress(count)
-        auditor.finish(head)
+        auditor.finish(head, tx_index() if tx_index is not None else None)
     except AuditFailure:
-        # Report an earlier bad signature still in flight before the problem found later.
-        with contextlib.suppress(AuditFailure):
-            auditor._collect_signatures(wait_all=True)
+        auditor.settle()  # an earlier bad signature may still be queued: name the earliest
     return auditor.report
 
 

@@ -222,6 +222,20 @@ class Sequencer:
         with self._lock:
             self._maybe_checkpoint(force=False)
 
+    def start_checkpointer(self) -> threading.Event:
+        """Run ``tick`` in the background so that a checkpoint follows the newest entry
+        within the policy's interval even when no more transactions arrive. Set the
+        returned event to stop it."""
+        stop = threading.Event()
+        period = max(0.01, self.policy.interval_ms / 4000)
+
+        def loop() -> None:
+            while not stop.wait(period):
+                self.tick()
+
+        threading.Thread(target=loop, name="dfg-checkpointer", daemon=True).start()
+        return stop
+
     # --- sequencing --------------------------------------------------------------
 
     def _sequence(
@@ -230,6 +244,7 @@ class Sequencer:
         state = _BatchState(self._cache, self._frontier.size)
 
         frontier = self._frontier.copy()
+        due_at: list[tuple[int, bytes]] = []
         nonces: dict[str, int] = {}
         seen: dict[str, Entry] = {}
         entries: list[Entry] = []
@@ -271,6 +286,8 @@ class Sequencer:
             (event,) = aggregate.collect_events()
             entry = Entry.from_event(cast(Aggregate.Event, event), seq=frontier.size + 1, tx=item.token)
             nodes.extend(frontier.append(entry.leaf_hash))
+            if frontier.size - (due_at[-1][0] if due_at else self._checkpointed) >= self.policy.every:
+                due_at.append((frontier.size, frontier.root()))  # exact, even inside a batch
             state.touched[aggregate.id] = aggregate
             state.size = frontier.size
             nonces[item.signer] = item.payload.nonce
@@ -302,6 +319,8 @@ class Sequencer:
             for aggregate_id, aggregate in state.touched.items():
                 self._cache.put(aggregate_id, aggregate)
             self._last_append = time.monotonic()
+            for size, root in due_at:
+                self._sign_checkpoint(size, root)
             if self.ledger is None and ledger is not None:
                 self.ledger = ledger
                 if self._checkpoint_key is not None:
@@ -347,13 +366,16 @@ class Sequencer:
         )
         if not due:
             return False
-        root = self._frontier.root()
+        self._sign_checkpoint(size, self._frontier.root())
+        return True
+
+    def _sign_checkpoint(self, size: int, root: bytes) -> None:
+        if self._checkpoint_key is None or self.ledger is None:
+            return
         checkpoint = Checkpoint(origin=self.ledger["origin"], size=size, root_hash=root)
         key = self._checkpoint_key
-        note = sign_checkpoint(checkpoint, key.name, key.private_key)
-        self.store.save_checkpoint(size, root, note)
+        self.store.save_checkpoint(size, root, sign_checkpoint(checkpoint, key.name, key.private_key))
         self._checkpointed = size
-        return True
 
     def _check_checkpoint_key(self, key: SignerKey) -> None:
         assert self.ledger is not None

@@ -37,7 +37,7 @@ class ParallelVerifier:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # safe beside threads
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_die_with_parent)
         return self._pool
 
     def verify(self, items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[bool]:
@@ -61,6 +61,17 @@ class ParallelVerifier:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _die_with_parent() -> None:
+    """Workers must not outlive a sequencer that was killed (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _work(items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[Work | None]:

@@ -45,6 +45,7 @@ def test_level1_consent_life_and_audit(any_ledger: Ledger) -> None:
             load=store.load_aggregate_before,
             checkpoints=store.checkpoints(),
             read_nodes=store.read_nodes,
+            read_node_range=store.read_node_range,
         ),
         head=store.head(),
     )

@@ -71,6 +71,7 @@ def verify(
                     load=store.load_aggregate_before,
                     checkpoints=_checkpoints(store),
                     read_nodes=store.read_nodes,
+                    read_node_range=store.read_node_range,
                     verifier=verifier,
                     expected_checkpoint_key=checkpoint_key,
                     expected_chain=chain,
@@ -79,7 +80,11 @@ def verify(
                     show,
                     size,
                     lambda tick: run_audit(
-                        batched(store.read_entries), auditor, head=store.head(), progress=tick
+                        batched(store.read_entries),
+                        auditor,
+                        head=store.head(),
+                        tx_index=store.tx_index_summary,
+                        progress=tick,
                     ),
                 )
             finally:

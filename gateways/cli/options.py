@@ -34,9 +34,38 @@ def ledger_options(func: F) -> F:
         default=None,
         help="postgresql://user@host:port/db[?schema=name] to use PostgreSQL instead of SQLite.",
     )
+    @click.option(
+        "--checkpoint-every",
+        type=click.IntRange(1),
+        default=1000,
+        envvar="DFG_CHECKPOINT_EVERY",
+        show_default=True,
+        help="Sign a checkpoint every N entries ...",
+    )
+    @click.option(
+        "--checkpoint-interval-ms",
+        type=click.IntRange(10),
+        default=1000,
+        envvar="DFG_CHECKPOINT_INTERVAL_MS",
+        show_default=True,
+        help="... and no later than this after the newest entry.",
+    )
     @functools.wraps(func)
-    def wrapper(*args: Any, data_dir: Path, database_url: str | None, **kwargs: Any) -> Any:
-        return func(*args, settings=Settings(data_dir=data_dir, database_url=database_url), **kwargs)
+    def wrapper(
+        *args: Any,
+        data_dir: Path,
+        database_url: str | None,
+        checkpoint_every: int,
+        checkpoint_interval_ms: int,
+        **kwargs: Any,
+    ) -> Any:
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=database_url,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval_ms=checkpoint_interval_ms,
+        )
+        return func(*args, settings=settings, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

@@ -191,6 +191,7 @@ def audit_rate(settings: Settings) -> float:
             load=store.load_aggregate_before,
             checkpoints=list(store.checkpoints(0, 10**6)),
             read_nodes=store.read_nodes,
+            read_node_range=store.read_node_range,
         )
         started = time.perf_counter()
         report = audit(batched(store.read_entries), auditor, head=store.head())

@@ -21,6 +21,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin
+from infra.storage.sqlite import _contiguous
 from ledger.store import AppendBatch, StoreConflict, StoredCheckpoint
 
 
@@ -152,6 +153,18 @@ class PostgresLedgerStore(EntryStoreMixin):
             )
             return [bytes(r["state"]) for r in curs.fetchall()]
 
+    def read_node_range(self, level: int, low: int, high: int) -> Sequence[bytes]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT idx, hash FROM {s}.merkle_nodes WHERE level = %s AND idx >= %s AND idx < %s"
+                    " ORDER BY idx"
+                ),
+                (level, low, high),
+            )
+            rows = [(r["idx"], r["hash"]) for r in curs.fetchall()]
+        return _contiguous(rows, low)
+
     def append(self, batch: AppendBatch) -> None:
         ids = self._recorder.insert_events(
             [self.events.mapper.to_stored_event(e) for e in batch.entries], ledger_batch=batch
@@ -162,6 +175,16 @@ class PostgresLedgerStore(EntryStoreMixin):
     def last_nonce(self, signer: str) -> int:
         row = self._one("SELECT MAX(nonce) AS n FROM {s}.ledger_tx WHERE signer = %s", (signer,))
         return int(row["n"]) if row and row["n"] is not None else 0
+
+    def tx_index_summary(self) -> tuple[int, dict[str, int]]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT signer, COUNT(*) AS n, MAX(nonce) AS m FROM {s}.ledger_tx GROUP BY signer"
+                )
+            )
+            rows = curs.fetchall()
+        return sum(int(r["n"]) for r in rows), {r["signer"]: int(r["m"]) for r in rows}
 
     def find_tx(self, signer: str, nonce: int) -> int | None:
         row = self._one("SELECT seq FROM {s}.ledger_tx WHERE signer = %s AND nonce = %s", (signer, nonce))

@@ -108,6 +108,15 @@ class SQLiteLedgerStore(EntryStoreMixin):
             )
             return [bytes(row[0]) for row in c.fetchall()]
 
+    def read_node_range(self, level: int, low: int, high: int) -> Sequence[bytes]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT idx, hash FROM merkle_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                (level, low, high),
+            )
+            rows = c.fetchall()
+        return _contiguous(rows, low)
+
     def append(self, batch: AppendBatch) -> None:
         self.events.put(batch.entries, ledger_batch=batch)
 
@@ -116,6 +125,12 @@ class SQLiteLedgerStore(EntryStoreMixin):
             c.execute("SELECT MAX(nonce) FROM ledger_tx WHERE signer = ?", (signer,))
             row = c.fetchone()
             return int(row[0]) if row and row[0] is not None else 0
+
+    def tx_index_summary(self) -> tuple[int, dict[str, int]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT signer, COUNT(*), MAX(nonce) FROM ledger_tx GROUP BY signer")
+            rows = c.fetchall()
+        return sum(r[1] for r in rows), {r[0]: int(r[2]) for r in rows}
 
     def find_tx(self, signer: str, nonce: int) -> int | None:
         with self.datastore.transaction(commit=False) as c:
@@ -152,3 +167,12 @@ class SQLiteLedgerStore(EntryStoreMixin):
 
     def close(self) -> None:
         self.datastore.close()
+
+
+def _contiguous(rows: Sequence[Any], low: int) -> list[bytes]:
+    out: list[bytes] = []
+    for index, value in rows:
+        if index != low + len(out):
+            break
+        out.append(bytes(value))
+    return out

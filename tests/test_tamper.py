@@ -1,0 +1,470 @@
+"""Tamper detection through the real CLI.
+
+One demo ledger is built per module (``dfg init`` + ``dfg demo populate --entries 300``:
+301 entries, checkpoints at sizes 1 and 301). Each case works on its own copy of the
+data directory, changes ``ledger.sqlite`` behind the ledger's back with ``sqlite3``, and
+runs ``dfg audit verify``: it must exit non-zero and name the tampered entry. The same for
+an exported audit bundle, and for receipts from ``dfg audit prove`` checked offline by
+``dfg audit check-receipt``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gateways.cli.main import cli
+from infra.demo import PURPOSES
+from ledger.merkle import nodes_for_consistency, nodes_for_inclusion
+
+ROOT = Path(__file__).resolve().parent.parent
+POPULATED = 300
+SIZE = POPULATED + 1  # plus the genesis entry
+MIDDLE = 150
+_FAILED = re.compile(r"FAILED: entry (\d+): (.*)")
+
+
+def dfg(*args: str) -> Result:
+    """Run the real ``dfg`` command in-process; output has stdout and stderr."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def failed_entry(result: Result) -> int:
+    """The entry ``dfg audit verify`` names as the first bad one (it must fail)."""
+    assert result.exit_code != 0, f"tampering went unnoticed:\n{result.output}"
+    match = _FAILED.search(result.output)
+    assert match, f"the failure names no entry:\n{result.output}"
+    return int(match.group(1))
+
+
+def assert_names(result: Result, *expected: int) -> None:
+    """``dfg audit verify`` failed and named one of the ``expected`` entries."""
+    named = failed_entry(result)
+    assert named in expected, f"expected entry {' or '.join(map(str, expected))}, got:\n{result.output}"
+
+
+@dataclass(frozen=True)
+class Base:
+    data: Path
+    bundle: Path
+    checkpoint_key: str
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
+    root = tmp_path_factory.mktemp("tamper")
+    data = root / "data"
+    exe = Path(sys.executable).parent / "dfg"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from gateways.cli.main import main; main()"]
+    for args in (
+        ["init", "--data", str(data)],
+        ["demo", "populate", "--data", str(data), "--entries", str(POPULATED)],
+    ):
+        done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+    result = dfg("audit", "verify", "--data", str(data), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"OK: {SIZE} entries and 2 checkpoints verified" in result.output
+    (key,) = re.findall(r"^checkpoint key (\S+)$", result.output, re.MULTILINE)
+    bundle = root / "bundle.jsonl"
+    result = dfg("audit", "export", "--data", str(data), "--out", str(bundle))
+    assert result.exit_code == 0, result.output
+    return Base(data, bundle, key)
+
+
+@pytest.fixture
+def copy(base: Base, tmp_path: Path) -> Path:
+    """A fresh copy of the ledger's data directory for one case."""
+    target = tmp_path / "data"
+    shutil.copytree(base.data, target)
+    return target
+
+
+def tamper(data: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    db = sqlite3.connect(data / "ledger.sqlite")
+    try:
+        for sql, params in statements:
+            cursor = db.execute(sql, params)
+            assert cursor.rowcount != 0, f"{sql} changed nothing"
+        db.commit()
+    finally:
+        db.close()
+
+
+def query(data: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(data / "ledger.sqlite")
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def state_of(data: Path, seq: int) -> bytes:
+    ((state,),) = query(data, "SELECT state FROM ledger_entries WHERE rowid = ?", (seq,))
+    assert isinstance(state, bytes)
+    return state
+
+
+def verify(data: Path) -> Result:
+    return dfg("audit", "verify", "--data", str(data), "--no-progress")
+
+
+# --- one-byte edits of an entry's canonical JSON ------------------------------------
+
+
+def _replace_at(text: bytes, index: int, new: bytes) -> bytes:
+    assert len(new) == 1 and text[index : index + 1] != new
+    return text[:index] + new + text[index + 1 :]
+
+
+def flip_json_syntax(state: bytes) -> bytes:
+    """The opening brace becomes a bracket: the entry is no longer a JSON object."""
+    assert state.startswith(b"{")
+    return _replace_at(state, 0, b"[")
+
+
+def flip_jws_signature(state: bytes) -> bytes:
+    """One base64url character in the middle of the embedded JWS signature."""
+    token = json.loads(state)["tx"].encode()
+    signature_at = state.index(token) + token.rindex(b".") + 1
+    index = signature_at + 40  # well inside the 86 characters, so still canonical
+    return _replace_at(state, index, b"A" if state[index : index + 1] != b"A" else b"B")
+
+
+def flip_jws_payload(state: bytes) -> bytes:
+    """One character of the JWS payload (what the signer signed)."""
+    token = json.loads(state)["tx"].encode()
+    index = state.index(token) + token.index(b".") + 21
+    return _replace_at(state, index, b"A" if state[index : index + 1] != b"A" else b"B")
+
+
+def flip_data_key(state: bytes) -> bytes:
+    """One bit of the first letter of the first field name in ``data`` (still valid JSON)."""
+    index = state.index(b'"data":{"') + len(b'"data":{"')
+    assert state[index : index + 1].isalpha()
+    return _replace_at(state, index, bytes([state[index] ^ 0x01]))
+
+
+EDITS: dict[str, Callable[[bytes], bytes]] = {
+    "json-syntax": flip_json_syntax,
+    "jws-signature": flip_jws_signature,
+    "jws-payload": flip_jws_payload,
+    "data-field-name": flip_data_key,
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_one_byte_changed_in_an_entry_is_named(copy: Path, edit: str) -> None:
+    changed = EDITS[edit](state_of(copy, MIDDLE))
+    assert len(changed) == len(state_of(copy, MIDDLE))
+    tamper(copy, ("UPDATE ledger_entries SET state = ? WHERE rowid = ?", (changed, MIDDLE)))
+    assert_names(verify(copy), MIDDLE)
+
+
+def test_changed_purpose_keeps_valid_json_and_is_named(copy: Path) -> None:
+    rows = query(
+        copy,
+        "SELECT rowid, state FROM ledger_entries WHERE topic = 'Consent.Utilized'"
+        " AND rowid BETWEEN 100 AND 280 ORDER BY rowid LIMIT 1",
+    )
+    assert rows, "the demo activity has no Consent.Utilized entry in the middle"
+    ((seq, state),) = rows
+    assert isinstance(seq, int) and isinstance(state, bytes)
+    purpose = json.loads(state)["data"]["purpose"]
+    other = next(p for p in PURPOSES if p != purpose)
+    changed = state.replace(f'"purpose":"{purpose}"'.encode(), f'"purpose":"{other}"'.encode())
+    assert changed != state
+    json.loads(changed)  # still a valid (and canonical) entry document
+    tamper(copy, ("UPDATE ledger_entries SET state = ? WHERE rowid = ?", (changed, seq)))
+    assert_names(verify(copy), seq)
+
+
+def test_changed_event_type_column_is_named(copy: Path) -> None:
+    (topic,) = query(copy, "SELECT topic FROM ledger_entries WHERE rowid = ?", (MIDDLE,))[0]
+    other = "Consent.Given" if topic != "Consent.Given" else "Consent.Withdrawn"
+    tamper(copy, ("UPDATE ledger_entries SET topic = ? WHERE rowid = ?", (other, MIDDLE)))
+    assert_names(verify(copy), MIDDLE)
+
+
+def test_changed_timestamp_is_detected(copy: Path) -> None:
+    """The sequencer's timestamp moved to a neighbour's (order kept, JSON valid): the entry
+    stays self-consistent, as the replay takes the recorded time, but its leaf no longer
+    matches the stored tree, which names it."""
+    state = state_of(copy, MIDDLE)
+    ts = json.loads(state)["ts"]
+    neighbours = [json.loads(state_of(copy, seq))["ts"] for seq in (MIDDLE - 1, MIDDLE + 1)]
+    other = next(t for t in neighbours if t != ts and len(t) == len(ts))
+    changed = state.replace(f'"ts":"{ts}"'.encode(), f'"ts":"{other}"'.encode())
+    assert changed != state
+    tamper(copy, ("UPDATE ledger_entries SET state = ? WHERE rowid = ?", (changed, MIDDLE)))
+    assert_names(verify(copy), MIDDLE)
+
+
+def test_deleted_nonce_index_rows_fail(copy: Path) -> None:
+    """The sequencer refuses replays with the (signer, nonce) index: it must match the log."""
+    tamper(copy, ("DELETE FROM ledger_tx WHERE seq = ?", (MIDDLE,)))
+    result = verify(copy)
+    assert result.exit_code != 0
+    assert "nonce index" in result.output
+
+
+# --- entries removed or moved --------------------------------------------------------
+
+
+def test_deleted_entry_in_the_middle_is_named(copy: Path) -> None:
+    tamper(copy, ("DELETE FROM ledger_entries WHERE rowid = ?", (MIDDLE,)))
+    result = verify(copy)
+    assert_names(result, MIDDLE)
+
+
+def test_deleted_last_entry_is_named_missing(copy: Path) -> None:
+    tamper(copy, ("DELETE FROM ledger_entries WHERE rowid = ?", (SIZE,)))
+    result = verify(copy)
+    assert_names(result, SIZE)
+    assert "missing" in result.output
+
+
+def test_deleted_last_entry_and_its_checkpoint_is_named_missing(copy: Path) -> None:
+    tamper(
+        copy,
+        ("DELETE FROM ledger_entries WHERE rowid = ?", (SIZE,)),
+        ("DELETE FROM checkpoints WHERE size = ?", (SIZE,)),
+    )
+    result = verify(copy)
+    assert_names(result, SIZE)
+    assert "missing" in result.output
+
+
+@pytest.mark.parametrize("first", [MIDDLE, SIZE - 1], ids=["middle", "last-two"])
+def test_two_consecutive_entries_swapped_are_named(copy: Path, first: int) -> None:
+    second = first + 1
+    columns = "originator_id, originator_version, topic, state"
+    tamper(
+        copy,
+        (
+            f"CREATE TEMP TABLE swap AS SELECT rowid AS seq, {columns} FROM ledger_entries"
+            " WHERE rowid IN (?, ?)",
+            (first, second),
+        ),
+        # Delete first: (originator_id, originator_version) is the primary key.
+        ("DELETE FROM ledger_entries WHERE rowid IN (?, ?)", (first, second)),
+        (
+            f"INSERT INTO ledger_entries (rowid, {columns})"
+            f" SELECT CASE seq WHEN ? THEN ? ELSE ? END, {columns} FROM swap",
+            (first, second, first),
+        ),
+    )
+    moved = query(copy, "SELECT rowid, state FROM ledger_entries WHERE rowid IN (?, ?)", (first, second))
+    assert {(seq, json.loads(s)["seq"]) for seq, s in moved} == {(first, second), (second, first)}
+    assert_names(verify(copy), first, second)
+
+
+# --- checkpoints and the stored Merkle tree ------------------------------------------
+
+
+def _checkpoint_note(data: Path, size: int) -> str:
+    ((note,),) = query(data, "SELECT note FROM checkpoints WHERE size = ?", (size,))
+    assert isinstance(note, str)
+    return note
+
+
+def _flip_note_signature(note: str) -> str:
+    """One bit of the Ed25519 signature (the key hash in front of it is kept)."""
+    text, _, line = note.rstrip("\n").rpartition("\n")
+    prefix, _, encoded = line.rpartition(" ")
+    raw = bytearray(base64.b64decode(encoded))
+    raw[4 + 10] ^= 0x01
+    return f"{text}\n{prefix} {base64.b64encode(bytes(raw)).decode()}\n"
+
+
+def _borrow_note_signature(note: str, donor: str) -> str:
+    """The signature line of another checkpoint: right key, wrong text."""
+    text, _, _ = note.rstrip("\n").rpartition("\n")
+    _, _, donor_line = donor.rstrip("\n").rpartition("\n")
+    return f"{text}\n{donor_line}\n"
+
+
+@pytest.mark.parametrize("how", ["flipped-bit", "borrowed-from-other-checkpoint"])
+def test_replaced_checkpoint_signature_fails(copy: Path, how: str) -> None:
+    note = _checkpoint_note(copy, SIZE)
+    if how == "flipped-bit":
+        forged = _flip_note_signature(note)
+    else:
+        forged = _borrow_note_signature(note, _checkpoint_note(copy, 1))
+    assert forged != note and forged.count("\n") == note.count("\n")
+    tamper(copy, ("UPDATE checkpoints SET note = ? WHERE size = ?", (forged, SIZE)))
+    result = verify(copy)
+    assert_names(result, SIZE)
+    assert "checkpoint" in result.output and "signed" in result.output
+
+
+@pytest.mark.parametrize("which", [0, -1], ids=["first-node", "last-node"])
+def test_changed_merkle_node_on_a_consistency_path_fails(copy: Path, which: int) -> None:
+    level, idx = nodes_for_consistency(1, SIZE)[which]
+    ((stored,),) = query(copy, "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, idx))
+    assert isinstance(stored, bytes)
+    changed = bytes([stored[0] ^ 0x01]) + stored[1:]
+    tamper(copy, ("UPDATE merkle_nodes SET hash = ? WHERE level = ? AND idx = ?", (changed, level, idx)))
+    result = verify(copy)
+    # Named by the entry that completed the node (the last leaf it covers).
+    assert_names(result, (idx + 1) << level)
+    assert f"Merkle node (level {level}, index {idx})" in result.output
+
+
+def test_changed_merkle_node_serving_inclusion_proofs_fails(base: Base, copy: Path) -> None:
+    """The audit promises that "the nodes that serve clients' proofs are checked too"
+    (ledger/audit.py). A leaf node off every consistency path still serves inclusion
+    proofs: corrupted, ``dfg audit prove`` hands out receipts that do not verify."""
+    seq = MIDDLE - 1
+    consistency = set(nodes_for_consistency(1, SIZE))
+    node = next(n for n in nodes_for_inclusion(seq - 1, SIZE) if n not in consistency)
+    tamper(copy, ("UPDATE merkle_nodes SET hash = zeroblob(32) WHERE level = ? AND idx = ?", node))
+    # The corruption matters: receipts built from the stored tree are now wrong...
+    proof = dfg("audit", "prove", "--data", str(copy), "--seq", str(seq))
+    assert proof.exit_code == 0, proof.output
+    checked = _check_receipt_text(proof.output, base)
+    assert checked.exit_code != 0, checked.output
+    # ...so the audit of the stored tree must not say OK.
+    result = verify(copy)
+    assert result.exit_code != 0, (
+        f"dfg audit verify passed a Merkle tree whose node {node} is corrupt:\n{result.output}"
+    )
+
+
+# --- audit bundles -------------------------------------------------------------------
+
+
+def test_untouched_bundle_verifies(base: Base) -> None:
+    result = dfg(
+        "audit",
+        "verify",
+        "--bundle",
+        str(base.bundle),
+        "--no-progress",
+        "--checkpoint-key",
+        base.checkpoint_key,
+        "--chain",
+        "dfg-local",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"OK: {SIZE} entries and 2 checkpoints verified" in result.output
+
+
+BUNDLE_EDITS: dict[str, Callable[[bytes], bytes]] = {
+    "json-syntax": flip_json_syntax,
+    "data-field-name": flip_data_key,
+    "jws-signature": flip_jws_signature,
+}
+
+
+@pytest.mark.parametrize("edit", list(BUNDLE_EDITS))
+def test_one_byte_changed_in_a_bundle_entry_is_named(base: Base, tmp_path: Path, edit: str) -> None:
+    lines = base.bundle.read_bytes().split(b"\n")
+    assert json.loads(lines[MIDDLE])["seq"] == MIDDLE  # line 0 is the header
+    changed = BUNDLE_EDITS[edit](lines[MIDDLE])
+    assert len(changed) == len(lines[MIDDLE]) and b"\n" not in changed
+    lines[MIDDLE] = changed
+    bundle = tmp_path / "tampered.jsonl"
+    bundle.write_bytes(b"\n".join(lines))
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert_names(result, MIDDLE)
+
+
+# --- receipts --------------------------------------------------------------------------
+
+
+def _check_receipt_text(text: str, base: Base, key: str | None = None) -> Result:
+    return CliRunner().invoke(
+        cli,
+        ["audit", "check-receipt", "-", "--checkpoint-key", key or base.checkpoint_key],
+        input=text,
+        catch_exceptions=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def receipt(base: Base) -> dict[str, object]:
+    result = dfg("audit", "prove", "--data", str(base.data), "--seq", str(MIDDLE))
+    assert result.exit_code == 0, result.output
+    loaded = json.loads(result.output)
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_receipt_checks_offline(base: Base, receipt: dict[str, object], tmp_path: Path) -> None:
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(receipt))
+    result = dfg("audit", "check-receipt", str(path), "--checkpoint-key", base.checkpoint_key)
+    assert result.exit_code == 0, result.output
+    assert f"OK: entry {MIDDLE} is in the ledger whose signed checkpoint has {SIZE} entries" in (
+        result.output
+    )
+
+
+def _alter_hash(r: dict[str, Any]) -> None:
+    first = r["proof"]["hashes"][0]
+    r["proof"]["hashes"][0] = ("0" if first[0] != "0" else "1") + first[1:]
+
+
+def _drop_hash(r: dict[str, Any]) -> None:
+    r["proof"]["hashes"].pop()
+
+
+def _alter_checkpoint_signature(r: dict[str, Any]) -> None:
+    r["checkpoint"] = _flip_note_signature(r["checkpoint"])
+
+
+def _alter_checkpoint_size(r: dict[str, Any]) -> None:
+    r["checkpoint"] = r["checkpoint"].replace(f"\n{SIZE}\n", f"\n{SIZE + 1}\n", 1)
+
+
+def _alter_entry(r: dict[str, Any]) -> None:
+    r["entry"] = flip_data_key(r["entry"].encode()).decode()
+
+
+def _alter_entry_signature(r: dict[str, Any]) -> None:
+    r["entry"] = flip_jws_signature(r["entry"].encode()).decode()
+
+
+RECEIPT_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "proof-hash": _alter_hash,
+    "proof-hash-dropped": _drop_hash,
+    "checkpoint-signature": _alter_checkpoint_signature,
+    "checkpoint-size": _alter_checkpoint_size,
+    "entry-text": _alter_entry,
+    "entry-jws-signature": _alter_entry_signature,
+}
+
+
+@pytest.mark.parametrize("edit", list(RECEIPT_EDITS))
+def test_altered_receipt_fails(base: Base, receipt: dict[str, object], tmp_path: Path, edit: str) -> None:
+    altered = json.loads(json.dumps(receipt))
+    RECEIPT_EDITS[edit](altered)
+    assert altered != receipt
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(altered))
+    result = dfg("audit", "check-receipt", str(path), "--checkpoint-key", base.checkpoint_key)
+    assert result.exit_code != 0, f"altered receipt ({edit}) accepted:\n{result.output}"
+    assert "receipt does not verify" in result.output
+
+
+def test_receipt_fails_against_another_ledgers_key(receipt: dict[str, object], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    assert dfg("init", "--data", str(other), "--chain", "dfg-local").exit_code == 0
+    key = re.findall(r"^checkpoint key (\S+)$", verify(other).output, re.MULTILINE)[0]
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(receipt))
+    result = dfg("audit", "check-receipt", str(path), "--checkpoint-key", key)
+    assert result.exit_code != 0, result.output
