@@ -8,9 +8,8 @@ sequencer's unit of work); time is passed in. Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -49,15 +48,6 @@ class State(Protocol):
     def consent(self, aggregate_id: UUID) -> Consent | None: ...
 
     def is_empty(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Decision:
-    aggregate: Aggregate
-
-
-C = TypeVar("C", bound=c.Command)
-Handler = Callable[[C, Principal | None, datetime, State], Aggregate]
 
 
 def _require_role(signer: Principal, *roles: str) -> None:

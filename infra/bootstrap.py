@@ -16,6 +16,7 @@ from ledger.note import SignerKey
 from ledger.sequencer import Accepted, CheckpointPolicy, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
 from ledger.store import LedgerStore
+from projections.base import ViewDatabase
 
 ROOT_KEY_FILE = "root.jwk"
 CHECKPOINT_KEY_FILE = "checkpoint.key"
@@ -101,7 +102,7 @@ def data_dir_exists(path: Path) -> bool:
     return (path / "ledger.sqlite").exists() or (path / "keys" / ROOT_KEY_FILE).exists()
 
 
-def open_views(settings: Settings):  # type: ignore[no-untyped-def]
+def open_views(settings: Settings) -> ViewDatabase:
     """The read-model database: a SQLite file beside the ledger, or the PostgreSQL schema."""
     if settings.database_url:
         from infra.storage.views import PostgresViews

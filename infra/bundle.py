@@ -19,7 +19,7 @@ from typing import IO, Any
 from eventsourcing.domain import Aggregate
 
 from ledger.entry import Entry
-from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry
+from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
 
 FORMAT = "dfg-audit-bundle/1"
 
@@ -30,7 +30,7 @@ class BundleError(Exception):
 
 def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]) -> int:
     size, root = store.head()
-    checkpoints = list(_all_checkpoints(store))
+    checkpoints = list(all_checkpoints(store))
     genesis = store.read_entries(1, 1)
     ledger = Entry.decode(genesis[0].canonical).data["ledger"] if genesis else {}
     header = {
@@ -55,16 +55,6 @@ def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]
         out.write(json.dumps({"checkpoint": cp.note}).encode() + b"\n")
     out.write(json.dumps({"principals": principals}, sort_keys=True).encode() + b"\n")
     return size
-
-
-def _all_checkpoints(store: LedgerStore) -> Iterator[StoredCheckpoint]:
-    after = 0
-    while True:
-        page = store.checkpoints(after, 1000)
-        if not page:
-            return
-        yield from page
-        after = page[-1].size
 
 
 @dataclass

@@ -9,7 +9,6 @@ signed by the ledger's checkpoint key, must state that size and that root.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +91,3 @@ def verify_receipt(receipt: Receipt, checkpoint_key: str | Verifier, *, origin: 
     ):
         raise ReceiptError("the inclusion proof does not lead to the checkpoint's root")
     return receipt.seq
-
-
-def hashes_hex(hashes: Sequence[bytes]) -> list[str]:
-    return [h.hex() for h in hashes]

@@ -92,3 +92,11 @@ class LedgerStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def all_checkpoints(store: LedgerStore) -> Iterator[StoredCheckpoint]:
+    """Every checkpoint, by increasing size, a page at a time."""
+    after = 0
+    while page := store.checkpoints(after, 1000):
+        yield from page
+        after = page[-1].size

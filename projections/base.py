@@ -5,7 +5,7 @@ entry is applied exactly once and a restarted projection resumes where it stoppe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -34,10 +34,17 @@ class ViewDatabase(Protocol):
 
     def forget(self, cursor: Cursor, view: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class View(Protocol):
-    name: str
-    tables: Sequence[str]  # dropped and recreated on rebuild
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tables(self) -> Sequence[str]:
+        """Dropped and recreated on rebuild."""
+        ...
 
     def create(self, cursor: Cursor) -> None: ...
 
@@ -74,8 +81,3 @@ def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
         db.forget(cursor, view.name)
         view.create(cursor)
     return catch_up(db, view, read)
-
-
-def rows(cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
-    cursor.execute(sql, params)
-    yield from cursor.fetchall()

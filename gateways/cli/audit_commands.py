@@ -18,7 +18,7 @@ from infra.settings import Settings
 from ledger.audit import Auditor, AuditReport, batched
 from ledger.audit import audit as run_audit
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, all_checkpoints
 from ledger.verifier import ParallelVerifier
 from projections.base import catch_up, prepare
 from projections.keys import PrincipalsView, snapshot
@@ -69,7 +69,7 @@ def verify(
                 size = store.head()[0]
                 auditor = Auditor(
                     load=store.load_aggregate_before,
-                    checkpoints=_checkpoints(store),
+                    checkpoints=list(all_checkpoints(store)),
                     read_nodes=store.read_nodes,
                     read_node_range=store.read_node_range,
                     verifier=verifier,
@@ -221,12 +221,3 @@ def _existing_store(settings: Settings) -> LedgerStore:
     if not settings.database_url and not settings.ledger_file.exists():
         fail(f"no ledger in {settings.data_dir}")
     return open_store(settings)
-
-
-def _checkpoints(store: LedgerStore) -> list[Any]:
-    out: list[Any] = []
-    after = 0
-    while page := store.checkpoints(after, 1000):
-        out.extend(page)
-        after = page[-1].size
-    return out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
+from collections.abc import Iterator
 from itertools import islice
 
 import click
@@ -14,8 +16,9 @@ from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.demo import DemoFederation
 from infra.keyfiles import KeyFileError
 from infra.settings import Settings
+from ledger.entry import Entry
 from ledger.errors import Rejected
-from ledger.sequencer import Accepted
+from ledger.sequencer import Accepted, Sequencer
 
 DEFAULT_OPERATOR = "op:federation"
 
@@ -72,7 +75,7 @@ def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:
     stream = _chain_streams(federation)
     accepted = refused = 0
     started = time.perf_counter()
-    with Progress(transient=True, disable=not click.get_text_stream("stderr").isatty()) as progress:
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("appending signed transactions", total=entries)
         while accepted < entries:
             chunk = list(islice(stream, min(batch, entries - accepted)))
@@ -89,12 +92,12 @@ def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:
     )
 
 
-def _chain_streams(federation: DemoFederation):  # type: ignore[no-untyped-def]
+def _chain_streams(federation: DemoFederation) -> Iterator[str]:
     yield from federation.setup()
     yield from federation.activity()
 
 
-def _open(settings: Settings):  # type: ignore[no-untyped-def]
+def _open(settings: Settings) -> Sequencer:
     if not settings.database_url and not settings.ledger_file.exists():
         fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
     try:
@@ -103,9 +106,7 @@ def _open(settings: Settings):  # type: ignore[no-untyped-def]
         fail(str(exc))
 
 
-def _ledger_identity(sequencer) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    from ledger.entry import Entry
-
+def _ledger_identity(sequencer: Sequencer) -> tuple[str, str]:
     if sequencer.ledger is None:
         fail("this ledger has no genesis entry")
     genesis = Entry.decode(sequencer.store.read_entries(1, 1)[0].canonical)

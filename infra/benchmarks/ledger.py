@@ -34,6 +34,7 @@ from ledger.audit import Auditor, audit, batched
 from ledger.merkle import inclusion_proof
 from ledger.sequencer import Accepted, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
+from ledger.store import all_checkpoints
 
 CHAIN = "dfg-bench"
 OPERATOR = "op:bench"
@@ -189,7 +190,7 @@ def audit_rate(settings: Settings) -> float:
     try:
         auditor = Auditor(
             load=store.load_aggregate_before,
-            checkpoints=list(store.checkpoints(0, 10**6)),
+            checkpoints=list(all_checkpoints(store)),
             read_nodes=store.read_nodes,
             read_node_range=store.read_node_range,
         )

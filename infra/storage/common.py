@@ -31,7 +31,7 @@ class EntryStoreMixin:
 
     def load_aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
         assert isinstance(aggregate, Aggregate)
