@@ -242,7 +242,17 @@ class Sequencer:
         self, parsed: Sequence[Transaction | Rejected], signatures: Sequence[bool]
     ) -> list[Outcome]:
         state = _BatchState(self._cache, self._frontier.size)
+        try:
+            return self._decide_and_append(parsed, signatures, state)
+        except BaseException:
+            # Cached aggregates were changed in place by this batch: drop them, so the
+            # next batch reloads what is durable. The batch's submitters get the error.
+            self._cache.forget(list(state.touched))
+            raise
 
+    def _decide_and_append(
+        self, parsed: Sequence[Transaction | Rejected], signatures: Sequence[bool], state: _BatchState
+    ) -> list[Outcome]:
         frontier = self._frontier.copy()
         due_at: list[tuple[int, bytes]] = []
         nonces: dict[str, int] = {}
@@ -300,31 +310,34 @@ class Sequencer:
                 ledger = item.command.ledger.model_dump()
             outcomes.append(Accepted(entry))
 
-        if entries:
-            batch = AppendBatch(
-                entries=entries,
-                nodes=nodes,
-                tx_rows=tx_rows,
-                old_size=self._frontier.size,
-                new_size=frontier.size,
-                new_root=frontier.root(),
-            )
-            try:
-                self.store.append(batch)
-            except BaseException:
-                self._cache.forget(list(state.touched))
+        if not entries:
+            return outcomes
+        batch = AppendBatch(
+            entries=entries,
+            nodes=nodes,
+            tx_rows=tx_rows,
+            old_size=self._frontier.size,
+            new_size=frontier.size,
+            new_root=frontier.root(),
+        )
+        try:
+            self.store.append(batch)
+        except Exception:
+            # A commit whose acknowledgement was lost (the connection dropped after
+            # COMMIT) has still happened: the head says so.
+            if self.store.head() != (batch.new_size, batch.new_root):
                 raise
-            self._frontier = frontier
-            self._nonces.update(nonces)
-            for aggregate_id, aggregate in state.touched.items():
-                self._cache.put(aggregate_id, aggregate)
-            self._last_append = time.monotonic()
-            for size, root in due_at:
-                self._sign_checkpoint(size, root)
-            if self.ledger is None and ledger is not None:
-                self.ledger = ledger
-                if self._checkpoint_key is not None:
-                    self._check_checkpoint_key(self._checkpoint_key)
+        self._frontier = frontier
+        self._nonces.update(nonces)
+        for aggregate_id, aggregate in state.touched.items():
+            self._cache.put(aggregate_id, aggregate)
+        self._last_append = time.monotonic()
+        for size, root in due_at:
+            self._sign_checkpoint(size, root)
+        if self.ledger is None and ledger is not None:
+            self.ledger = ledger
+            if self._checkpoint_key is not None:
+                self._check_checkpoint_key(self._checkpoint_key)
         return outcomes
 
     def find_duplicate(self, token: str) -> Entry | None:

@@ -60,6 +60,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_payload_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -70,8 +73,8 @@ def _describe(error: ValidationError) -> str:
 def parse_transaction(token: str | bytes) -> Transaction:
     jws = parse_compact(token)
     try:
-        raw = json.loads(jws.payload, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
+        raw = _payload_decoder.decode(jws.payload.decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise Rejected("malformed_payload", f"the payload is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise Rejected("malformed_payload", "the payload is not a JSON object")

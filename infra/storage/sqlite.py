@@ -51,9 +51,16 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         )
         if c.sqlite_cursor.rowcount != 1:
             raise StoreConflict("the ledger head moved: is another sequencer writing here?")
-        ids = super()._insert_events(c, stored_events)
-        if list(ids or []) != [e.seq for e in batch.entries]:
+        # One executemany instead of the library's row-by-row inserts: the ids are known
+        # (the head's compare-and-set above serialises writers) and checked right after.
+        c.executemany(
+            self.insert_events_statement,
+            [(s.originator_id.hex, s.originator_version, s.topic, s.state) for s in stored_events],
+        )
+        c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
+        if c.fetchone()[0] != batch.new_size:
             raise StoreConflict("notification ids do not follow the ledger sequence")
+        ids = [e.seq for e in batch.entries]
         c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", batch.nodes)
         c.executemany("INSERT INTO ledger_tx VALUES (?, ?, ?)", batch.tx_rows)
         return ids

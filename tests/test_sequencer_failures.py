@@ -1,0 +1,118 @@
+"""The sequencer when storage fails: nothing half written, nothing half remembered."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from conftest import TERMS, Ledger
+
+from infra.bootstrap import checkpoint_key
+from ledger.audit import Auditor, audit, batched
+from ledger.sequencer import Accepted, Sequencer
+from ledger.store import AppendBatch
+
+
+class FlakyStore:
+    """Delegates to a real store; ``mode`` makes the next append fail before or after
+    it commits (the second case is a lost acknowledgement)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.mode: str | None = None
+
+    def append(self, batch: AppendBatch) -> None:
+        mode, self.mode = self.mode, None
+        if mode == "before":
+            raise ConnectionError("database went away before COMMIT")
+        self._store.append(batch)
+        if mode == "after":
+            raise ConnectionError("database went away after COMMIT")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _consent(ledger: Ledger, app: Any, subject: str, cid: str | None = None) -> str:
+    return ledger.sign(
+        app,
+        "consent.give",
+        {
+            "consent_id": cid or str(uuid.uuid4()),
+            "controller": "sp:app",
+            "subject": subject,
+            "level": 1,
+            "method": "app",
+            "terms": TERMS,
+        },
+    )
+
+
+def _audit_ok(store: Any) -> None:
+    report = audit(
+        batched(store.read_entries),
+        Auditor(
+            load=store.load_aggregate_before,
+            checkpoints=store.checkpoints(),
+            read_nodes=store.read_nodes,
+            read_node_range=store.read_node_range,
+        ),
+        head=store.head(),
+        tx_index=store.tx_index_summary,
+    )
+    assert report.ok, report.problems
+
+
+def _failed_withdrawal(ledger: Ledger) -> tuple[FlakyStore, Sequencer, Any, str, list[str]]:
+    app = ledger.admit("sp:app", "service_provider")
+    cid = str(uuid.uuid4())
+    flaky = FlakyStore(ledger.sequencer.store)
+    sequencer = Sequencer(flaky, checkpoint_key=checkpoint_key(ledger.settings))  # type: ignore[arg-type]
+    (given,) = sequencer.submit([_consent(ledger, app, "p-1", cid)])
+    assert isinstance(given, Accepted)
+    before = flaky.head()
+    batch = [
+        ledger.sign(app, "consent.withdraw", {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}),
+        _consent(ledger, app, "p-2"),
+    ]
+    flaky.mode = "before"
+    with pytest.raises(ConnectionError):
+        sequencer.submit(batch)
+    assert flaky.head() == before  # nothing of the batch was written
+    return flaky, sequencer, app, cid, batch
+
+
+def test_failed_batch_can_be_resubmitted_as_it_was(ledger: Ledger) -> None:
+    flaky, sequencer, _, _, batch = _failed_withdrawal(ledger)
+    outcomes = sequencer.submit(batch)
+    assert all(isinstance(o, Accepted) and not o.duplicate for o in outcomes), outcomes
+    _audit_ok(flaky)
+
+
+def test_failed_batch_leaves_no_stale_state_in_memory(ledger: Ledger) -> None:
+    flaky, sequencer, app, cid, _ = _failed_withdrawal(ledger)
+    # The failed batch withdrew the cached consent in memory; that must have been forgotten.
+    use = ledger.sign(
+        app,
+        "consent.utilize",
+        {"consent_id": cid, "purpose": "dpv:ServiceProvision", "data_categories": ["dpv-pd:HeartRate"]},
+    )
+    (used,) = sequencer.submit([use])
+    assert isinstance(used, Accepted), used
+    _audit_ok(flaky)
+
+
+def test_lost_acknowledgement_is_recognised_as_committed(ledger: Ledger) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    flaky = FlakyStore(ledger.sequencer.store)
+    sequencer = Sequencer(flaky, checkpoint_key=checkpoint_key(ledger.settings))  # type: ignore[arg-type]
+    flaky.mode = "after"
+    token = _consent(ledger, app, "p-1")
+    (outcome,) = sequencer.submit([token])
+    assert isinstance(outcome, Accepted) and outcome.seq == flaky.head()[0]
+    (again,) = sequencer.submit([token])
+    assert isinstance(again, Accepted) and again.duplicate and again.seq == outcome.seq
+    (next_one,) = sequencer.submit([_consent(ledger, app, "p-2")])
+    assert isinstance(next_one, Accepted) and next_one.seq == outcome.seq + 1
+    _audit_ok(flaky)
