@@ -22,8 +22,9 @@ from domain.principal import Principal
 
 ORGANISATION_ROLES = frozenset({c.Kind.SERVICE_PROVIDER, c.Kind.DATA_PROVIDER, c.Kind.ANALYST_ORG})
 
-#: Which roles may sign which transaction type (the first gate; per-type rules follow).
-#: "self" means any principal acting on itself. Documented in docs/transactions.md.
+#: Which roles may sign which transaction type: the first gate (``decide``); the handlers
+#: add the per-type rules. "self": any principal acting on itself (the handler checks
+#: that it is itself, or an operator). Documented in docs/transactions.md.
 MAY_SIGN: dict[str, frozenset[str]] = {
     "ledger.genesis": frozenset({"genesis"}),
     "principal.admit": frozenset({c.Kind.OPERATOR, c.Kind.IDENTITY_SERVICE}),
@@ -113,7 +114,6 @@ def admit(cmd: c.AdmitPrincipal, signer: Principal | None, at: datetime, state: 
 
 def grant_role(cmd: c.GrantRole, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
-    _require_role(by, c.Kind.OPERATOR)
     target = _existing_principal(state, cmd.principal)
     target.grant_role(cmd.role, by=by.principal, at=at)
     return target
@@ -121,7 +121,6 @@ def grant_role(cmd: c.GrantRole, signer: Principal | None, at: datetime, state: 
 
 def revoke_role(cmd: c.RevokeRole, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
-    _require_role(by, c.Kind.OPERATOR)
     target = _existing_principal(state, cmd.principal)
     if target.principal == by.principal and cmd.role == c.Kind.OPERATOR:
         raise DomainError("role_not_allowed", "an operator cannot remove its own operator role")
@@ -165,7 +164,6 @@ def _acting_for_subject(by: Principal, subject: str, state: State) -> bool:
 
 def request_consent(cmd: c.RequestConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
-    _require_role(by, *ORGANISATION_ROLES)
     aggregate_id = consent_aggregate_id(by.principal, cmd.consent_id)
     if state.consent(aggregate_id) is not None:
         raise DomainError("consent_exists", f"consent {cmd.consent_id} already exists")
@@ -267,7 +265,6 @@ def withdraw_consent(
 
 def utilize_consent(cmd: c.UtilizeConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
-    _require_role(by, *ORGANISATION_ROLES)
     consent = state.consent(consent_aggregate_id(by.principal, cmd.consent_id))
     if consent is None:
         raise DomainError("unknown_consent", f"{by.principal} has no consent {cmd.consent_id}")
@@ -305,6 +302,21 @@ EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
     "Consent.Withdrawn": Consent.Withdrawn,
     "Consent.Utilized": Consent.Utilized,
 }
+
+
+def decide(
+    tx_type: str, command: c.Command, signer: Principal | None, at: datetime, state: State
+) -> Aggregate:
+    """The one entry point: the role gate of ``MAY_SIGN``, then the type's handler."""
+    allowed = MAY_SIGN[tx_type]
+    if signer is not None and "self" not in allowed and not signer.roles.intersection(allowed):
+        raise DomainError(
+            "role_not_allowed",
+            f"{signer.principal} (roles {', '.join(sorted(signer.roles))}) may not sign {tx_type};"
+            f" needs one of {', '.join(sorted(allowed))}",
+        )
+    return HANDLERS[tx_type](command, signer, at, state)
+
 
 #: Aggregate classes by the prefix of their event names.
 AGGREGATES: dict[str, type[Aggregate]] = {"Principal": Principal, "Consent": Consent}

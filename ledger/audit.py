@@ -25,7 +25,7 @@ from eventsourcing.domain import Aggregate
 
 from domain.consent import Consent
 from domain.errors import DomainError
-from domain.handlers import HANDLERS
+from domain.handlers import decide
 from domain.identifiers import principal_aggregate_id
 from domain.principal import Principal
 from domain.times import parse_time
@@ -240,7 +240,7 @@ class Auditor:
                 last_nonce=self._nonces.get(tx.signer, 0),
                 signature_ok=lambda _jwk: True,
             )
-            aggregate = HANDLERS[tx.type](tx.command, signer, ts, self._state)
+            aggregate = decide(tx.type, tx.command, signer, ts, self._state)
         except Rejected as exc:
             self._fail(seq, f"the transaction should have been refused: {exc}")
         except DomainError as exc:

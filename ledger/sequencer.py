@@ -25,7 +25,7 @@ from eventsourcing.domain import Aggregate
 from domain.commands import Genesis
 from domain.consent import Consent
 from domain.errors import DomainError
-from domain.handlers import HANDLERS
+from domain.handlers import decide
 from domain.identifiers import principal_aggregate_id
 from domain.principal import Principal
 from ledger.authorize import authorise, signing_key
@@ -286,7 +286,7 @@ class Sequencer:
                     last_nonce=last,
                     signature_ok=_checked(item, signature_ok),
                 )
-                aggregate = HANDLERS[item.type](item.command, signer, now, state)
+                aggregate = decide(item.type, item.command, signer, now, state)
             except Rejected as exc:
                 outcomes.append(exc)
                 continue

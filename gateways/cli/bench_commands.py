@@ -29,16 +29,21 @@ def bench() -> None:
 @click.option(
     "--postgres-url",
     envvar="DFG_TEST_DATABASE_URL",
-    default=None,
+    default="postgresql://postgres@127.0.0.1:5432/test",
     show_envvar=True,
+    show_default=True,
     help="PostgreSQL to measure (a fresh schema is used and dropped).",
 )
+@click.option("--no-postgres", is_flag=True, help="Measure SQLite only.")
 @click.option("--json", "as_json", is_flag=True, help="Also print one JSON object on the last line.")
-def ledger(events: int, signers: int, postgres_url: str | None, as_json: bool) -> None:
+def ledger(events: int, signers: int, postgres_url: str | None, no_postgres: bool, as_json: bool) -> None:
     """Append, audit and proof throughput, and peak memory, of the signed ledger."""
     from infra.benchmarks.ledger import run
 
     schema = None
+    unreachable = None if no_postgres or not postgres_url else _unreachable(postgres_url)
+    if no_postgres or unreachable:
+        postgres_url = None
     if postgres_url:
         schema = f"bench_{uuid.uuid4().hex[:10]}"
         postgres_url = f"{postgres_url.split('?', 1)[0]}?schema={schema}"
@@ -66,10 +71,22 @@ def ledger(events: int, signers: int, postgres_url: str | None, as_json: bool) -
         shown = "not measured" if value is None else f"{value:,.1f}"
         table.add_row(key, shown, ratio, GOALS.get(key, ""))
     Console().print(table)
+    if unreachable:
+        figures.notes.append(unreachable)
     for note in figures.notes:
         click.echo(f"note: {note}")
     if as_json:
         click.echo(json.dumps(figures.as_json(), sort_keys=True))
+
+
+def _unreachable(url: str) -> str | None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url.split("?", 1)[0], connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {url} not measured: {exc}".strip()
 
 
 def _drop_schema(url: str, schema: str) -> None:

@@ -248,8 +248,6 @@ def run(
             figures.append_postgres_per_s, _ = append_rate(
                 Settings(data_dir=root / "pg", database_url=postgres_url), presigned, signers, seed
             )
-        else:
-            figures.notes.append("PostgreSQL not measured (no --postgres-url and DFG_TEST_DATABASE_URL)")
         say("audit verify on SQLite ...")
         figures.audit_verify_per_s = audit_rate(sqlite)
         say("inclusion proofs ...")

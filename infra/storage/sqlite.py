@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteCursor,
+    SQLiteDatastore,
+)
 
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin
 from ledger.store import AppendBatch, StoreConflict, StoredCheckpoint
 
+CACHE_KIB = 64 * 1024
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS ledger_head ("
     " id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, root BLOB NOT NULL)",
@@ -66,11 +73,30 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         return ids
 
 
+class _TunedPool(SQLiteConnectionPool):
+    """The library's pool, with durable commits and a page cache sized for ledgers of
+    millions of entries (entries are keyed by random UUIDs, so their index is written
+    all over; the default 2 MB cache turns that into reads)."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        connection._sqlite_conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        connection._sqlite_conn.execute("PRAGMA synchronous = FULL")
+        return connection
+
+
+def tuned_datastore(path: Path) -> SQLiteDatastore:
+    datastore = SQLiteDatastore(str(path), lock_timeout=30)
+    datastore.pool.close()
+    datastore.pool = _TunedPool(db_name=str(path), lock_timeout=30)
+    return datastore
+
+
 class SQLiteLedgerStore(EntryStoreMixin):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.datastore = SQLiteDatastore(str(path), lock_timeout=30)
+        self.datastore = tuned_datastore(path)
         recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
         recorder.create_table()
         self._wire(recorder)
