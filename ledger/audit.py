@@ -137,7 +137,7 @@ class Auditor:
         verifier: ParallelVerifier | None = None,
         expected_checkpoint_key: str | None = None,
         expected_chain: str | None = None,
-        cache_size: int = 50_000,
+        cache_size: int = 10_000,
     ) -> None:
         self.report = AuditReport()
         self._state = _ReplayState(load, cache_size)

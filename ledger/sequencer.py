@@ -146,7 +146,7 @@ class Sequencer:
         clock: Clock = system_clock,
         policy: CheckpointPolicy | None = None,
         verifier: ParallelVerifier | None = None,
-        cache_size: int = 50_000,
+        cache_size: int = 10_000,
     ) -> None:
         self.store = store
         self.clock = clock

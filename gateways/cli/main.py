@@ -10,6 +10,7 @@ from gateways.cli.audit_commands import audit
 from gateways.cli.bench_commands import bench
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.projection_commands import consents, projections
+from infra.runtime import tune_for_throughput
 
 warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
@@ -29,4 +30,5 @@ cli.add_command(bench)
 
 
 def main() -> None:
+    tune_for_throughput()
     cli()
