@@ -100,13 +100,28 @@ class BundleReader:
                     self._index(pending)
                 yield StoredEntry(position, aggregate_id, version, event_type, canonical)
             self._index(pending)
-            for line in handle:
-                item = json.loads(line)
-                if "checkpoint" in item:
-                    note = item["checkpoint"]
-                    self.checkpoints.append(StoredCheckpoint(_note_size(note), b"", note))
-                elif "principals" in item:
-                    self.principals = item["principals"]
+            for number, line in enumerate(handle, start=size + 2):
+                self._read_tail_line(number, line)
+
+    def _read_tail_line(self, number: int, line: bytes) -> None:
+        """After the entries: checkpoint lines, then the principals line; nothing else."""
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise BundleError(f"line {number} of the bundle is not JSON") from exc
+        if isinstance(item, dict) and isinstance(item.get("checkpoint"), str):
+            note = item["checkpoint"]
+            size = _note_size(note)
+            if size < 0:
+                raise BundleError(f"line {number}: the checkpoint is not a checkpoint note")
+            self.checkpoints.append(StoredCheckpoint(size, b"", note))
+        elif isinstance(item, dict) and isinstance(item.get("principals"), dict):
+            self.principals = item["principals"]
+        else:
+            raise BundleError(
+                f"line {number} is neither a checkpoint nor the principals: more entries than the header's"
+                f" size ({self.header.get('size')})?"
+            )
 
     def read_tail(self) -> None:
         """Read checkpoints and keys without streaming entries (they follow the entries)."""

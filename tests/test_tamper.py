@@ -468,3 +468,13 @@ def test_receipt_fails_against_another_ledgers_key(receipt: dict[str, object], t
     path.write_text(json.dumps(receipt))
     result = dfg("audit", "check-receipt", str(path), "--checkpoint-key", key)
     assert result.exit_code != 0, result.output
+
+
+def test_bundle_with_an_extra_entry_line_is_refused(base: Base, tmp_path: Path) -> None:
+    bundle = tmp_path / "extra.bundle"
+    lines = base.bundle.read_bytes().splitlines(keepends=True)
+    lines.insert(2 + SIZE - 1, lines[2])  # one more entry line than the header says
+    bundle.write_bytes(b"".join(lines))
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert result.exit_code != 0
+    assert "neither a checkpoint nor the principals" in result.output
