@@ -10,6 +10,7 @@ from gateways.cli.audit_commands import audit
 from gateways.cli.bench_commands import bench
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.projection_commands import consents, projections
+from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
 
 warnings.filterwarnings("ignore", message="EdDSA is deprecated")
@@ -27,6 +28,7 @@ cli.add_command(audit)
 cli.add_command(projections)
 cli.add_command(consents)
 cli.add_command(bench)
+cli.add_command(serve)
 
 
 def main() -> None:

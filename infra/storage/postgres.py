@@ -186,6 +186,13 @@ class PostgresLedgerStore(EntryStoreMixin):
             rows = curs.fetchall()
         return sum(int(r["n"]) for r in rows), {r["signer"]: int(r["m"]) for r in rows}
 
+    def signer_activity(self, signer: str) -> tuple[int, int | None, int | None]:
+        row = self._one(
+            "SELECT COUNT(*) AS n, MIN(seq) AS lo, MAX(seq) AS hi FROM {s}.ledger_tx WHERE signer = %s",
+            (signer,),
+        )
+        return int(row["n"]), row["lo"], row["hi"]
+
     def find_tx(self, signer: str, nonce: int) -> int | None:
         row = self._one("SELECT seq FROM {s}.ledger_tx WHERE signer = %s AND nonce = %s", (signer, nonce))
         return int(row["seq"]) if row else None

@@ -62,7 +62,10 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         # (the head's compare-and-set above serialises writers) and checked right after.
         c.executemany(
             self.insert_events_statement,
-            [(s.originator_id.hex, s.originator_version, s.topic, s.state) for s in stored_events],
+            [
+                (uuid.UUID(str(s.originator_id)).hex, s.originator_version, s.topic, s.state)
+                for s in stored_events
+            ],
         )
         c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
         if c.fetchone()[0] != batch.new_size:
@@ -164,6 +167,12 @@ class SQLiteLedgerStore(EntryStoreMixin):
             c.execute("SELECT signer, COUNT(*), MAX(nonce) FROM ledger_tx GROUP BY signer")
             rows = c.fetchall()
         return sum(r[1] for r in rows), {r[0]: int(r[2]) for r in rows}
+
+    def signer_activity(self, signer: str) -> tuple[int, int | None, int | None]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM ledger_tx WHERE signer = ?", (signer,))
+            row = c.fetchone()
+        return int(row[0]), row[1], row[2]
 
     def find_tx(self, signer: str, nonce: int) -> int | None:
         with self.datastore.transaction(commit=False) as c:

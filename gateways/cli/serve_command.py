@@ -1,0 +1,53 @@
+"""``dfg serve``: the consent API over HTTP, in front of the running ledger."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from aiohttp import web
+
+from gateways.cli.options import fail, ledger_options
+from infra.bootstrap import open_sequencer, open_views
+from infra.keyfiles import KeyFileError
+from infra.ledger_service import LedgerService
+from infra.settings import Settings
+from projections.registry import all_views
+
+
+def make_server(settings: Settings) -> web.Application:
+    """The app with its ledger service started and stopped with it."""
+    from gateways.http.app import build_app
+
+    if not settings.database_url and not settings.ledger_file.exists():
+        fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
+    try:
+        sequencer = open_sequencer(settings)
+    except (KeyFileError, RuntimeError) as exc:
+        fail(str(exc))
+    if sequencer.ledger is None:
+        fail("this ledger has no genesis entry")
+    views = open_views(settings)
+    service = LedgerService(sequencer, views, all_views())
+    service.start()
+    app = build_app(service, views)
+
+    async def stop(_: web.Application) -> None:
+        service.stop()
+        views.close()
+        sequencer.store.close()
+
+    app.on_cleanup.append(stop)
+    return app
+
+
+@click.command("serve")
+@ledger_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Serve the consent API (REST, OpenAPI at /openapi.json)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = make_server(settings)
+    click.echo(f"dfg serving {settings.data_dir} ({settings.engine}) on http://{host}:{port}")
+    web.run_app(app, host=host, port=port, print=None, access_log=None)

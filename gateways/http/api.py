@@ -1,0 +1,516 @@
+"""The consent API's handlers. Each route is declared once in ``ROUTES``; the router
+and the OpenAPI document are both built from that table.
+
+Handlers only translate: a transaction goes to the ledger service, a question goes
+to a projection. No handler writes to a store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateways.http import models as m
+from gateways.http.badge import badge_svg
+from gateways.http.problems import Problem, problem_body
+from infra.ledger_service import LedgerService
+from ledger.entry import Entry
+from ledger.errors import Rejected
+from ledger.jws import MAX_JWS_BYTES
+from ledger.merkle import consistency_proof
+from ledger.receipt import ReceiptError, make_receipt
+from ledger.sequencer import Accepted
+from projections import keys, timeline
+from projections.consent_state import check as check_consent
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # "string" | "integer" | "date-time"
+    required: bool = False
+    repeated: bool = False
+    description: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+    enum: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    query: tuple[Param, ...] = ()
+    path_params: tuple[Param, ...] = ()
+    body: dict[str, type[BaseModel] | str] = field(default_factory=dict)  # content type -> model
+    responses: dict[int, tuple[str, type[BaseModel] | str | None]] = field(default_factory=dict)
+    tag: str = "ledger"
+
+
+def service(request: web.Request) -> LedgerService:
+    result: LedgerService = request.app["service"]
+    return result
+
+
+# --- parameters and bodies ----------------------------------------------------------
+
+
+def query_params(request: web.Request, route: Route) -> dict[str, Any]:
+    """Validated query parameters; unknown or malformed ones are a 400 problem."""
+    allowed = {p.name: p for p in route.query}
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        raise Problem(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name, param in allowed.items():
+        values = request.query.getall(name, [])
+        if not values:
+            if param.required:
+                raise Problem(400, "missing_parameter", f"query parameter {name!r} is required")
+            continue
+        if len(values) > 1 and not param.repeated:
+            raise Problem(400, "invalid_parameter", f"query parameter {name!r} may appear once")
+        parsed = [_parse(param, v) for v in values]
+        out[name] = parsed if param.repeated else parsed[0]
+    return out
+
+
+def _parse(param: Param, value: str) -> Any:
+    if param.type == "integer":
+        try:
+            number = int(value)
+        except ValueError:
+            raise Problem(400, "invalid_parameter", f"{param.name} must be an integer") from None
+        if (param.minimum is not None and number < param.minimum) or (
+            param.maximum is not None and number > param.maximum
+        ):
+            raise Problem(400, "invalid_parameter", f"{param.name} is out of range")
+        return number
+    if param.type == "date-time":
+        try:
+            instant = datetime.fromisoformat(value)
+        except ValueError:
+            raise Problem(400, "invalid_parameter", f"{param.name} is not an RFC 3339 date-time") from None
+        if instant.tzinfo is None:
+            raise Problem(400, "invalid_parameter", f"{param.name} needs a time zone (e.g. Z)")
+        return instant
+    if param.enum and value not in param.enum:
+        raise Problem(400, "invalid_parameter", f"{param.name} must be one of {', '.join(param.enum)}")
+    return value
+
+
+def path_int(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise Problem(400, "invalid_parameter", f"{name} must be a positive integer")
+    return int(raw)
+
+
+async def json_body(request: web.Request, model: type[BaseModel]) -> Any:
+    try:
+        raw = await request.read()
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, "malformed_json", "the request body is not JSON") from None
+    except RecursionError:
+        raise Problem(400, "malformed_json", "the request body is nested too deeply") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise Problem(400, "invalid_request", f"{where}: {first['msg']}") from None
+
+
+def _content_type(request: web.Request) -> str:
+    return request.content_type.split(";")[0].strip().lower()
+
+
+# --- transactions -------------------------------------------------------------------
+
+
+#: Refusals of the envelope itself (the request is malformed) are 400; refusals by the
+#: ledger's rules (keys, nonces, consent state) are 422. Either way nothing was recorded.
+MALFORMED = frozenset(
+    {
+        "malformed_jws",
+        "non_canonical_base64",
+        "malformed_payload",
+        "alg_not_allowed",
+        "unknown_type",
+        "invalid_body",
+    }
+)
+
+
+def _rejected_status(code: str) -> int:
+    if code == "too_large":
+        return 413
+    return 400 if code in MALFORMED else 422
+
+
+def _accepted(outcome: Accepted) -> dict[str, Any]:
+    entry = outcome.entry
+    return {
+        "status": "accepted",
+        "seq": entry.seq,
+        "leaf_hash": entry.leaf_hash.hex(),
+        "duplicate": outcome.duplicate,
+        "entry": json.loads(entry.canonical),
+    }
+
+
+def _outcome_json(outcome: Accepted | Rejected) -> dict[str, Any]:
+    if isinstance(outcome, Accepted):
+        return _accepted(outcome)
+    status = _rejected_status(outcome.code)
+    return {"status": "rejected", "problem": problem_body(status, outcome.code, outcome.message)}
+
+
+async def _submit(request: web.Request, tokens: list[str]) -> list[Accepted | Rejected]:
+    try:
+        outcomes = await asyncio.wrap_future(service(request).submit(tokens))
+    except Exception:
+        request.app.logger.exception("the ledger could not commit a batch")
+        raise Problem(
+            503, "ledger_unavailable", "the ledger could not store this now; resubmit the same JWS"
+        ) from None
+    request.app["metrics"].appended(sum(isinstance(o, Accepted) and not o.duplicate for o in outcomes))
+    return outcomes
+
+
+async def post_transactions(request: web.Request) -> web.StreamResponse:
+    kind = _content_type(request)
+    if kind == "application/jose":
+        raw = await request.read()
+        if len(raw) > MAX_JWS_BYTES:
+            raise Problem(413, "too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
+        try:
+            token = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise Problem(400, "malformed_jws", "a compact JWS is ASCII") from None
+        (outcome,) = await _submit(request, [token])
+        if isinstance(outcome, Rejected):
+            raise Problem(_rejected_status(outcome.code), outcome.code, outcome.message)
+        return web.json_response(_accepted(outcome), status=200 if outcome.duplicate else 201)
+    if kind == "application/json":
+        batch = await json_body(request, m.TransactionBatch)
+        outcomes = await _submit(request, batch.transactions)
+        return web.json_response({"results": [_outcome_json(o) for o in outcomes]})
+    raise Problem(
+        415, "unsupported_media_type", "send application/jose (one JWS) or application/json (a batch)"
+    )
+
+
+# --- consent checks -----------------------------------------------------------------
+
+
+def _answer(request: web.Request, question: m.ConsentQuestion, cursor: Any) -> dict[str, Any]:
+    at = question.at or datetime.now(UTC)
+    return check_consent(
+        cursor, question.subject, question.controller, question.purpose, question.categories, at
+    ).as_dict()
+
+
+async def get_check(request: web.Request) -> web.StreamResponse:
+    params = query_params(request, ROUTE_CHECK)
+    try:
+        question = m.ConsentQuestion(
+            subject=params["subject"],
+            controller=params["controller"],
+            purpose=params["purpose"],
+            categories=params.get("category", []),
+            at=params.get("at"),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise Problem(400, "invalid_parameter", f"{first['loc'][0]}: {first['msg']}") from None
+    with request.app["views"].transaction(commit=False) as cursor:
+        return web.json_response(_answer(request, question, cursor))
+
+
+async def post_checks(request: web.Request) -> web.StreamResponse:
+    batch = await json_body(request, m.ConsentQuestions)
+
+    def answer_all() -> list[dict[str, Any]]:
+        with request.app["views"].transaction(commit=False) as cursor:
+            return [_answer(request, q, cursor) for q in batch.questions]
+
+    answers = await asyncio.get_running_loop().run_in_executor(None, answer_all)
+    return web.json_response({"answers": answers})
+
+
+# --- entries, checkpoints and proofs --------------------------------------------------
+
+
+async def get_entry(request: web.Request) -> web.StreamResponse:
+    seq = path_int(request, "seq")
+    ledger = service(request)
+    store = ledger.sequencer.store
+    if seq > ledger.sequencer.size:
+        raise Problem(404, "unknown_entry", f"the ledger has {ledger.sequencer.size} entries")
+    loop = asyncio.get_running_loop()
+    checkpoint = store.latest_checkpoint()
+    if checkpoint is None or checkpoint.size < seq:
+        # Checkpoints follow within a second anyway; a reader asking now gets one now.
+        await loop.run_in_executor(None, ledger.sequencer.checkpoint_now)
+        checkpoint = store.latest_checkpoint()
+    assert checkpoint is not None
+    (stored,) = store.read_entries(seq, 1)
+    try:
+        receipt = make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
+    except ReceiptError as exc:
+        raise Problem(404, "unknown_entry", str(exc)) from None
+    entry = Entry.decode(stored.canonical)
+    body = receipt.to_json()
+    body["jws"] = entry.tx
+    body["event"] = {
+        "aggregate": str(entry.aggregate_id),
+        "version": entry.version,
+        "type": entry.event_type,
+        "ts": json.loads(stored.canonical)["ts"],
+        "data": entry.data,
+    }
+    return web.json_response(body)
+
+
+async def get_checkpoint(request: web.Request) -> web.StreamResponse:
+    checkpoint = service(request).sequencer.store.latest_checkpoint()
+    if checkpoint is None:
+        raise Problem(404, "no_checkpoint", "the ledger has no checkpoint yet")
+    return web.Response(text=checkpoint.note, content_type="text/plain")
+
+
+async def get_consistency(request: web.Request) -> web.StreamResponse:
+    params = query_params(request, ROUTE_CONSISTENCY)
+    first, second = params["first"], params["second"]
+    size = service(request).sequencer.size
+    if not first <= second <= size:
+        raise Problem(400, "invalid_parameter", f"need 1 <= first <= second <= {size} (the ledger's size)")
+    hashes = consistency_proof(first, second, service(request).sequencer.store.read_nodes)
+    return web.json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
+
+
+# --- subjects, principals, badge ------------------------------------------------------
+
+
+async def get_history(request: web.Request) -> web.StreamResponse:
+    params = query_params(request, ROUTE_HISTORY)
+    subject = request.match_info["subject"]
+    try:
+        m.ConsentQuestion(subject=subject, controller="x:x", purpose="x")
+    except ValidationError:
+        raise Problem(400, "invalid_parameter", "subject is not a valid pseudonym") from None
+    limit = params.get("limit", 50)
+    with request.app["views"].transaction(commit=False) as cursor:
+        events = timeline.history(cursor, subject, before=params.get("before"), limit=limit)
+    next_before = events[-1]["seq"] if len(events) == limit else None
+    return web.json_response({"subject": subject, "events": events, "next_before": next_before})
+
+
+async def get_principal(request: web.Request) -> web.StreamResponse:
+    principal_id = request.match_info["principal"]
+    with request.app["views"].transaction(commit=False) as cursor:
+        found = keys.principal(cursor, principal_id)
+    if found is None:
+        raise Problem(404, "unknown_principal", f"{principal_id} is not admitted on this ledger")
+    return web.json_response(found)
+
+
+async def get_badge(request: web.Request) -> web.StreamResponse:
+    params = query_params(request, ROUTE_BADGE)
+    controller = request.match_info["controller"]
+    store = service(request).sequencer.store
+    with request.app["views"].transaction(commit=False) as cursor:
+        found = keys.principal(cursor, controller)
+        if found is None:
+            raise Problem(404, "unknown_principal", f"{controller} is not admitted on this ledger")
+        cursor.execute(
+            "SELECT COUNT(*), COALESCE(SUM(uses), 0) FROM consent_state WHERE controller = ?", (controller,)
+        )
+        consents, uses = cursor.fetchone()
+    entries, first, last = store.signer_activity(controller)
+    checkpoint = store.latest_checkpoint()
+    statement = {
+        "controller": controller,
+        "display_name": found["display_name"],
+        "entries_recorded": entries,
+        "consents_recorded": int(consents),
+        "uses_recorded": int(uses),
+        "first_seq": first,
+        "last_seq": last,
+        "checkpoint": checkpoint.note if checkpoint else None,
+        "checkpoint_size": checkpoint.size if checkpoint else None,
+        "verify": f"/v1/entries/{last}" if last else "/v1/checkpoint",
+    }
+    if params.get("format", "svg") == "json":
+        return web.json_response(statement)
+    return web.Response(text=badge_svg(statement), content_type="image/svg+xml")
+
+
+# --- operations -------------------------------------------------------------------------
+
+
+async def get_health(request: web.Request) -> web.StreamResponse:
+    ledger = service(request)
+    checkpoint = ledger.sequencer.store.latest_checkpoint()
+    return web.json_response(
+        {
+            "status": "ok",
+            "chain": ledger.sequencer.chain,
+            "size": ledger.sequencer.size,
+            "checkpoint_size": checkpoint.size if checkpoint else None,
+            "views_lag": ledger.views_lag,
+        }
+    )
+
+
+async def get_metrics(request: web.Request) -> web.StreamResponse:
+    body, content_type = request.app["metrics"].render(service(request))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def get_openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app["openapi"])
+
+
+# --- the route table ----------------------------------------------------------------------
+
+_problem = ("a problem document (application/problem+json)", m.ProblemDocument)
+ROUTE_CHECK = Route(
+    "GET",
+    "/v1/consents/check",
+    get_check,
+    "Is the subject's consent valid for this use?",
+    query=(
+        Param("subject", "string", True, description="the subject's pseudonym"),
+        Param("controller", "string", True, description="the controller's principal id"),
+        Param("purpose", "string", True, description="purpose code, e.g. dpv:ScientificResearch"),
+        Param("category", "string", repeated=True, description="data category code (repeatable)"),
+        Param("at", "date-time", description="instant to check at (default: now)"),
+    ),
+    responses={200: ("the answer", m.ConsentAnswer), 400: _problem},
+    tag="consents",
+)
+ROUTE_CONSISTENCY = Route(
+    "GET",
+    "/v1/proofs/consistency",
+    get_consistency,
+    "RFC 9162 consistency proof between two tree sizes",
+    query=(Param("first", "integer", True, minimum=1), Param("second", "integer", True, minimum=1)),
+    responses={200: ("the proof", m.ConsistencyProof), 400: _problem},
+)
+ROUTE_HISTORY = Route(
+    "GET",
+    "/v1/subjects/{subject}/history",
+    get_history,
+    "A subject's consents and every use, newest first",
+    path_params=(Param("subject", "string", True),),
+    query=(Param("limit", "integer", minimum=1, maximum=500), Param("before", "integer", minimum=1)),
+    responses={200: ("a page of events", m.SubjectHistory), 400: _problem},
+    tag="consents",
+)
+ROUTE_BADGE = Route(
+    "GET",
+    "/v1/badge/{controller}",
+    get_badge,
+    "DfG compliance badge: what the ledger proves about a controller",
+    path_params=(Param("controller", "string", True),),
+    query=(Param("format", "string", enum=("svg", "json")),),
+    responses={200: ("an SVG badge, or its statement with ?format=json", m.BadgeStatement), 404: _problem},
+    tag="badge",
+)
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/v1/transactions",
+        post_transactions,
+        "Submit one signed transaction or a batch",
+        body={
+            "application/jose": "compact JWS (docs/transactions.md)",
+            "application/json": m.TransactionBatch,
+        },
+        responses={
+            200: ("batch results, or a resubmitted transaction's existing entry", m.BatchResults),
+            201: ("accepted: the new entry", m.AcceptedResult),
+            400: _problem,
+            413: _problem,
+            415: _problem,
+            422: ("refused: nothing was recorded", m.ProblemDocument),
+            503: _problem,
+        },
+        tag="transactions",
+    ),
+    ROUTE_CHECK,
+    Route(
+        "POST",
+        "/v1/consents/check",
+        post_checks,
+        f"Up to {m.MAX_BATCH_CHECKS} consent questions at once",
+        body={"application/json": m.ConsentQuestions},
+        responses={200: ("answers, in order", m.ConsentAnswers), 400: _problem},
+        tag="consents",
+    ),
+    Route(
+        "GET",
+        "/v1/entries/{seq}",
+        get_entry,
+        "An entry with its inclusion proof and signed checkpoint",
+        path_params=(Param("seq", "integer", True, minimum=1),),
+        responses={200: ("the receipt", m.EntryReceipt), 400: _problem, 404: _problem},
+    ),
+    Route(
+        "GET",
+        "/v1/checkpoint",
+        get_checkpoint,
+        "The latest signed checkpoint (C2SP tlog-checkpoint)",
+        responses={200: ("the signed note", "text/plain")},
+    ),
+    ROUTE_CONSISTENCY,
+    ROUTE_HISTORY,
+    Route(
+        "GET",
+        "/v1/principals/{principal}",
+        get_principal,
+        "A principal, its roles and its keys over time",
+        path_params=(Param("principal", "string", True),),
+        responses={200: ("the principal", m.PrincipalView), 404: _problem},
+        tag="principals",
+    ),
+    ROUTE_BADGE,
+    Route(
+        "GET",
+        "/healthz",
+        get_health,
+        "Liveness and ledger size",
+        responses={200: ("ok", m.Health)},
+        tag="operations",
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        get_metrics,
+        "Prometheus metrics",
+        responses={200: ("metrics", "text/plain")},
+        tag="operations",
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        get_openapi,
+        "This document",
+        responses={200: ("OpenAPI 3.1", None)},
+        tag="operations",
+    ),
+)

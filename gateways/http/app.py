@@ -1,0 +1,30 @@
+"""Builds the aiohttp application around a running ledger service."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from aiohttp import web
+
+from gateways.http.api import ROUTES
+from gateways.http.metrics import Metrics, metrics_middleware
+from gateways.http.models import MAX_BATCH_TRANSACTIONS
+from gateways.http.openapi import build_openapi
+from gateways.http.problems import problems_middleware
+from infra.ledger_service import LedgerService
+from ledger.jws import MAX_JWS_BYTES
+from projections.base import ViewDatabase
+
+#: A full batch of the largest transactions, plus JSON overhead.
+MAX_BODY = MAX_BATCH_TRANSACTIONS * (MAX_JWS_BYTES + 8) + 1024
+
+
+def build_app(service: LedgerService, views: ViewDatabase) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics_middleware, problems_middleware])
+    app["service"] = service
+    app["views"] = views
+    app["metrics"] = Metrics()
+    app["openapi"] = build_openapi(version("dfg"))
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

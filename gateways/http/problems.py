@@ -1,0 +1,57 @@
+"""RFC 9457 problem documents: every error the API returns, with a stable ``code``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+class Problem(web.HTTPException):
+    """Raise anywhere in a handler; the middleware renders it."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        self.status_code = status
+        super().__init__(
+            text=json.dumps(problem_body(status, code, detail, **extra)), content_type=PROBLEM_TYPE
+        )
+
+
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": f"urn:dfg:problem:{code}",
+        "title": code.replace("_", " "),
+        "status": status,
+        "code": code,
+        "detail": detail,
+        **extra,
+    }
+
+
+def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(problem_body(status, code, detail, **extra)), content_type=PROBLEM_TYPE
+    )
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error leaves as a problem document: ours, aiohttp's (404, 405, 413) and bugs."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except Problem:
+        raise
+    except web.HTTPException as exc:
+        if exc.content_type == PROBLEM_TYPE:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        return problem_response(exc.status, code, exc.reason or code)
+    except Exception:
+        request.app.logger.exception("unhandled error in %s %s", request.method, request.path)
+        return problem_response(
+            500, "internal_error", "the server failed; nothing was changed by this request"
+        )

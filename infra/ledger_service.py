@@ -1,0 +1,139 @@
+"""The running ledger: one sequencer thread that turns concurrent submissions into
+group commits, and keeps the read models caught up before it answers.
+
+Submitters (HTTP handlers, the CLI) call ``submit`` from any thread and get a future.
+The sequencer thread takes whatever has queued up (up to ``max_batch`` transactions),
+verifies the next batch while the current one commits, applies the new entries to
+the projections, and only then resolves the futures: when a submitter hears
+"accepted", its entry is durable *and* visible to consent checks (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from ledger.sequencer import Outcome, PreparedBatch, Sequencer
+from projections.base import View, ViewDatabase, catch_up, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    tokens: Sequence[str]
+    future: Future[list[Outcome]]
+
+
+_NOTHING = _Request((), Future())
+
+
+class LedgerService:
+    def __init__(
+        self,
+        sequencer: Sequencer,
+        views: ViewDatabase,
+        view_list: Sequence[View],
+        *,
+        max_batch: int = 1000,
+    ) -> None:
+        self.sequencer = sequencer
+        self.views = views
+        self.view_list = list(view_list)
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="dfg-sequencer", daemon=True)
+        self._stop_checkpointer: threading.Event | None = None
+        self.positions: dict[str, int] = {}
+        self._views_lock = threading.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        for view in self.view_list:
+            prepare(self.views, view)
+        self.catch_up_views()
+        self._stop_checkpointer = self.sequencer.start_checkpointer()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        if self._stop_checkpointer is not None:
+            self._stop_checkpointer.set()
+        self.sequencer.checkpoint_now()
+        self.sequencer.verifier.close()
+
+    # --- API -------------------------------------------------------------------------
+
+    def submit(self, tokens: Sequence[str]) -> Future[list[Outcome]]:
+        future: Future[list[Outcome]] = Future()
+        self._queue.put(_Request(list(tokens), future))
+        return future
+
+    def catch_up_views(self) -> None:
+        with self._views_lock:
+            for view in self.view_list:
+                self.positions[view.name] = catch_up(self.views, view, self.sequencer.store.read_entries)
+
+    @property
+    def views_lag(self) -> int:
+        size = self.sequencer.size
+        return max((size - p for p in self.positions.values()), default=size)
+
+    # --- the sequencer thread ------------------------------------------------------
+
+    def _take(self, first: _Request) -> list[_Request]:
+        """The first request plus whatever else is waiting, up to ``max_batch`` tokens."""
+        taken, count = [first], len(first.tokens)
+        while count < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            taken.append(item)
+            count += len(item.tokens)
+        return taken
+
+    def _run(self) -> None:
+        pending: tuple[list[_Request], PreparedBatch] | None = None
+        while True:
+            try:
+                item = self._queue.get() if pending is None else self._queue.get_nowait()
+            except queue.Empty:
+                item = _NOTHING
+            if item is None:  # stop: finish what is pending first
+                if pending is not None:
+                    self._commit(*pending)
+                return
+            nxt = None
+            if item is not _NOTHING:
+                requests = self._take(item)
+                nxt = (requests, self._prepare(requests))  # verified while `pending` commits
+            if pending is not None:
+                self._commit(*pending)
+            pending = nxt
+
+    def _prepare(self, requests: list[_Request]) -> PreparedBatch:
+        return self.sequencer.prepare([t for r in requests for t in r.tokens])
+
+    def _commit(self, requests: list[_Request], batch: PreparedBatch) -> None:
+        try:
+            outcomes = self.sequencer.commit(batch)
+            self.catch_up_views()
+        except Exception as exc:
+            log.exception("a batch failed; its submitters get the error and may resubmit")
+            for request in requests:
+                request.future.set_exception(exc)
+            return
+        start = 0
+        for request in requests:
+            request.future.set_result(outcomes[start : start + len(request.tokens)])
+            start += len(request.tokens)
