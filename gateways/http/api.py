@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateways.http import models as m
 from gateways.http.badge import badge_svg
+from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS
 from gateways.http.problems import Problem, problem_body
 from infra.ledger_service import LedgerService
 from ledger.entry import Entry
@@ -59,8 +60,7 @@ class Route:
 
 
 def service(request: web.Request) -> LedgerService:
-    result: LedgerService = request.app["service"]
-    return result
+    return request.app[SERVICE]
 
 
 # --- parameters and bodies ----------------------------------------------------------
@@ -186,7 +186,7 @@ async def _submit(request: web.Request, tokens: list[str]) -> list[Accepted | Re
         raise Problem(
             503, "ledger_unavailable", "the ledger could not store this now; resubmit the same JWS"
         ) from None
-    request.app["metrics"].appended(sum(isinstance(o, Accepted) and not o.duplicate for o in outcomes))
+    request.app[METRICS].appended(sum(isinstance(o, Accepted) and not o.duplicate for o in outcomes))
     return outcomes
 
 
@@ -236,7 +236,7 @@ async def get_check(request: web.Request) -> web.StreamResponse:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise Problem(400, "invalid_parameter", f"{first['loc'][0]}: {first['msg']}") from None
-    with request.app["views"].transaction(commit=False) as cursor:
+    with request.app[VIEWS].transaction(commit=False) as cursor:
         return web.json_response(_answer(request, question, cursor))
 
 
@@ -244,7 +244,7 @@ async def post_checks(request: web.Request) -> web.StreamResponse:
     batch = await json_body(request, m.ConsentQuestions)
 
     def answer_all() -> list[dict[str, Any]]:
-        with request.app["views"].transaction(commit=False) as cursor:
+        with request.app[VIEWS].transaction(commit=False) as cursor:
             return [_answer(request, q, cursor) for q in batch.questions]
 
     answers = await asyncio.get_running_loop().run_in_executor(None, answer_all)
@@ -313,7 +313,7 @@ async def get_history(request: web.Request) -> web.StreamResponse:
     except ValidationError:
         raise Problem(400, "invalid_parameter", "subject is not a valid pseudonym") from None
     limit = params.get("limit", 50)
-    with request.app["views"].transaction(commit=False) as cursor:
+    with request.app[VIEWS].transaction(commit=False) as cursor:
         events = timeline.history(cursor, subject, before=params.get("before"), limit=limit)
     next_before = events[-1]["seq"] if len(events) == limit else None
     return web.json_response({"subject": subject, "events": events, "next_before": next_before})
@@ -321,7 +321,7 @@ async def get_history(request: web.Request) -> web.StreamResponse:
 
 async def get_principal(request: web.Request) -> web.StreamResponse:
     principal_id = request.match_info["principal"]
-    with request.app["views"].transaction(commit=False) as cursor:
+    with request.app[VIEWS].transaction(commit=False) as cursor:
         found = keys.principal(cursor, principal_id)
     if found is None:
         raise Problem(404, "unknown_principal", f"{principal_id} is not admitted on this ledger")
@@ -332,7 +332,7 @@ async def get_badge(request: web.Request) -> web.StreamResponse:
     params = query_params(request, ROUTE_BADGE)
     controller = request.match_info["controller"]
     store = service(request).sequencer.store
-    with request.app["views"].transaction(commit=False) as cursor:
+    with request.app[VIEWS].transaction(commit=False) as cursor:
         found = keys.principal(cursor, controller)
         if found is None:
             raise Problem(404, "unknown_principal", f"{controller} is not admitted on this ledger")
@@ -377,12 +377,12 @@ async def get_health(request: web.Request) -> web.StreamResponse:
 
 
 async def get_metrics(request: web.Request) -> web.StreamResponse:
-    body, content_type = request.app["metrics"].render(service(request))
+    body, content_type = request.app[METRICS].render(service(request))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def get_openapi(request: web.Request) -> web.StreamResponse:
-    return web.json_response(request.app["openapi"])
+    return web.json_response(request.app[OPENAPI])
 
 
 # --- the route table ----------------------------------------------------------------------

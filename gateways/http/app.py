@@ -7,6 +7,7 @@ from importlib.metadata import version
 from aiohttp import web
 
 from gateways.http.api import ROUTES
+from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS
 from gateways.http.metrics import Metrics, metrics_middleware
 from gateways.http.models import MAX_BATCH_TRANSACTIONS
 from gateways.http.openapi import build_openapi
@@ -21,10 +22,10 @@ MAX_BODY = MAX_BATCH_TRANSACTIONS * (MAX_JWS_BYTES + 8) + 1024
 
 def build_app(service: LedgerService, views: ViewDatabase) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics_middleware, problems_middleware])
-    app["service"] = service
-    app["views"] = views
-    app["metrics"] = Metrics()
-    app["openapi"] = build_openapi(version("dfg"))
+    app[SERVICE] = service
+    app[VIEWS] = views
+    app[METRICS] = Metrics()
+    app[OPENAPI] = build_openapi(version("dfg"))
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     return app

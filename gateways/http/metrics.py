@@ -50,6 +50,9 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     started = time.perf_counter()
@@ -65,6 +68,6 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
         route = (
             request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         )
-        request.app["metrics"].latency.labels(request.method, route, str(status)).observe(
+        request.app[METRICS_KEY].latency.labels(request.method, route, str(status)).observe(
             time.perf_counter() - started
         )

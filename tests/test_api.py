@@ -1,0 +1,282 @@
+"""The consent API against a real server on a loopback port, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import TERMS, Ledger
+from http_server import running_server
+
+from infra.bootstrap import open_store
+from ledger.merkle import root_at, verify_consistency
+from ledger.receipt import Receipt, verify_receipt
+
+
+@dataclass
+class Http:
+    url: str
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
+    ) -> tuple[int, str, Any]:
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, kind, raw = response.status, response.headers.get_content_type(), response.read()
+        except urllib.error.HTTPError as exc:
+            status, kind, raw = exc.code, exc.headers.get_content_type(), exc.read()
+        text = raw.decode()
+        return status, kind, json.loads(text) if "json" in kind else text
+
+    def post_jws(self, token: str) -> tuple[int, str, Any]:
+        return self.call("POST", "/v1/transactions", token.encode(), "application/jose")
+
+    def post_json(self, path: str, data: Any) -> tuple[int, str, Any]:
+        return self.call("POST", path, json.dumps(data).encode())
+
+
+@pytest.fixture
+def api(any_ledger: Ledger) -> Iterator[tuple[Http, Ledger]]:
+    app = any_ledger.admit("sp:app", "service_provider")
+    any_ledger.app = app  # type: ignore[attr-defined]
+    any_ledger.sequencer.store.close()  # the server opens its own sequencer
+    with running_server(any_ledger.settings) as url:
+        yield Http(url), any_ledger
+
+
+def _give(ledger: Ledger, subject: str = "p-1", cid: str | None = None) -> str:
+    return ledger.sign(
+        ledger.app,
+        "consent.give",
+        {  # type: ignore[attr-defined]
+            "consent_id": cid or str(uuid.uuid4()),
+            "controller": "sp:app",
+            "subject": subject,
+            "level": 1,
+            "method": "app",
+            "terms": TERMS,
+        },
+    )
+
+
+def _size(http: Http) -> int:
+    return int(http.call("GET", "/healthz")[2]["size"])
+
+
+def test_submit_check_receipt_and_history(api: tuple[Http, Ledger]) -> None:
+    http, ledger = api
+    token = _give(ledger)
+    status, kind, body = http.post_jws(token)
+    assert (status, kind, body["status"], body["duplicate"]) == (201, "application/json", "accepted", False)
+    seq = body["seq"]
+    # read-your-writes: the check sees the new consent at once
+    status, _, answer = http.call(
+        "GET",
+        "/v1/consents/check?subject=p-1&controller=sp:app&purpose=dpv:ServiceProvision"
+        "&category=dpv-pd:HeartRate",
+    )
+    assert status == 200 and answer == {
+        "granted": True,
+        "consent_id": body["entry"]["data"]["consent_id"],
+        "seq": seq,
+        "reason": None,
+    }
+    # idempotent resubmission
+    status, _, again = http.post_jws(token)
+    assert (status, again["seq"], again["duplicate"]) == (200, seq, True)
+    # receipt, checked offline against the checkpoint key from the genesis entry
+    status, _, receipt = http.call("GET", f"/v1/entries/{seq}")
+    assert status == 200 and receipt["jws"] == token
+    key = ledger.sequencer.ledger["checkpoint_key"]  # type: ignore[index]
+    assert verify_receipt(Receipt.from_json(receipt), key) == seq
+    status, kind, note = http.call("GET", "/v1/checkpoint")
+    assert status == 200 and kind == "text/plain" and note.startswith("dfg.local/")
+    status, _, proof = http.call("GET", f"/v1/proofs/consistency?first=1&second={seq}")
+    assert status == 200
+    # history, newest first, paginated
+    cid = body["entry"]["data"]["consent_id"]
+    for _ in range(2):
+        use = ledger.sign(
+            ledger.app,
+            "consent.utilize",
+            {  # type: ignore[attr-defined]
+                "consent_id": cid,
+                "purpose": "dpv:ServiceProvision",
+                "data_categories": ["dpv-pd:HeartRate"],
+            },
+        )
+        assert http.post_jws(use)[0] == 201
+    status, _, page = http.call("GET", "/v1/subjects/p-1/history?limit=2")
+    assert status == 200 and [e["kind"] for e in page["events"]] == ["used", "used"]
+    status, _, rest = http.call("GET", f"/v1/subjects/p-1/history?limit=2&before={page['next_before']}")
+    assert [e["kind"] for e in rest["events"]] == ["given"] and rest["next_before"] is None
+    assert isinstance(proof["hashes"], list)
+
+
+def test_batches_are_not_all_or_nothing(api: tuple[Http, Ledger]) -> None:
+    http, ledger = api
+    good, bad = _give(ledger, "p-2"), "not.a.jws"
+    status, _, body = http.post_json("/v1/transactions", {"transactions": [good, bad, _give(ledger, "p-3")]})
+    assert status == 200
+    assert [r["status"] for r in body["results"]] == ["accepted", "rejected", "accepted"]
+    assert body["results"][1]["problem"]["code"] == "non_canonical_base64"
+    status, _, answers = http.post_json(
+        "/v1/consents/check",
+        {
+            "questions": [
+                {"subject": "p-2", "controller": "sp:app", "purpose": "dpv:ServiceProvision"},
+                {"subject": "p-9", "controller": "sp:app", "purpose": "dpv:ServiceProvision"},
+                {"subject": "p-3", "controller": "sp:app", "purpose": "dpv:Marketing"},
+            ]
+        },
+    )
+    assert status == 200
+    assert [a["reason"] for a in answers["answers"]] == [None, "never_given", "purpose_not_covered"]
+
+
+BAD_REQUESTS = [
+    ("POST", "/v1/transactions", b"{", "application/json", 400, "malformed_json"),
+    ("POST", "/v1/transactions", b'{"transactions": []}', "application/json", 400, "invalid_request"),
+    (
+        "POST",
+        "/v1/transactions",
+        b'{"transactions": ["a"], "x": 1}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    ("POST", "/v1/transactions", b"hello", "text/plain", 415, "unsupported_media_type"),
+    ("POST", "/v1/transactions", b"a" * 20000, "application/jose", 413, "too_large"),
+    ("POST", "/v1/transactions", "é.b.c".encode(), "application/jose", 400, "malformed_jws"),
+    ("GET", "/v1/consents/check?subject=p&controller=sp:app", None, "", 400, "missing_parameter"),
+    (
+        "GET",
+        "/v1/consents/check?subject=p&controller=sp:app&purpose=x&colour=red",
+        None,
+        "",
+        400,
+        "unknown_parameter",
+    ),
+    (
+        "GET",
+        "/v1/consents/check?subject=p&controller=sp:app&purpose=x&at=2026-02-30T00:00:00Z",
+        None,
+        "",
+        400,
+        "invalid_parameter",
+    ),
+    (
+        "GET",
+        "/v1/consents/check?subject=p&controller=sp:app&purpose=x&at=2026-01-01T00:00:00",
+        None,
+        "",
+        400,
+        "invalid_parameter",
+    ),
+    (
+        "GET",
+        "/v1/consents/check?subject=a%40b.com&controller=sp:app&purpose=x",
+        None,
+        "",
+        400,
+        "invalid_parameter",
+    ),
+    (
+        "POST",
+        "/v1/consents/check",
+        b'{"questions": [{"subject": "p"}]}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    ("GET", "/v1/entries/0", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/entries/abc", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/entries/999999", None, "", 404, "unknown_entry"),
+    ("GET", "/v1/proofs/consistency?first=5&second=2", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/proofs/consistency?first=x&second=2", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/principals/sp:nobody", None, "", 404, "unknown_principal"),
+    ("GET", "/v1/subjects/a%20b/history", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/badge/sp:app?format=png", None, "", 400, "invalid_parameter"),
+    ("DELETE", "/v1/transactions", None, "", 405, "method_not_allowed"),
+    ("GET", "/v2/nothing", None, "", 404, "not_found"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "kind", "status", "code"), BAD_REQUESTS)
+def test_bad_requests_get_a_problem_and_change_nothing(
+    api: tuple[Http, Ledger],
+    method: str,
+    path: str,
+    body: bytes | None,
+    kind: str,
+    status: int,
+    code: str,
+) -> None:
+    http, _ = api
+    before = http.call("GET", "/healthz")[2]["size"]
+    got, content_type, problem = http.call(method, path, body, kind)
+    assert (got, content_type) == (status, "application/problem+json"), problem
+    assert problem["code"] == code and problem["status"] == status and problem["detail"]
+    assert http.call("GET", "/healthz")[2]["size"] == before
+
+
+def test_refused_transaction_is_422_with_its_code(api: tuple[Http, Ledger]) -> None:
+    http, ledger = api
+    cid = str(uuid.uuid4())
+    assert http.post_jws(_give(ledger, "p-4", cid))[0] == 201
+    before = _size(http)
+    status, kind, problem = http.post_jws(_give(ledger, "p-4", cid))
+    assert (status, kind, problem["code"]) == (422, "application/problem+json", "consent_exists")
+    assert _size(http) == before
+
+
+def test_principal_badge_health_metrics_openapi(api: tuple[Http, Ledger]) -> None:
+    http, ledger = api
+    assert http.post_jws(_give(ledger, "p-5"))[0] == 201
+    status, _, principal = http.call("GET", "/v1/principals/sp:app")
+    assert status == 200 and principal["keys"][0]["kid"] == ledger.app.kid  # type: ignore[attr-defined]
+    status, kind, svg = http.call("GET", "/v1/badge/sp:app")
+    assert status == 200 and kind == "image/svg+xml" and svg.startswith("<svg") and "1 consents" in svg
+    status, _, statement = http.call("GET", "/v1/badge/sp:app?format=json")
+    assert statement["entries_recorded"] == 1 and statement["consents_recorded"] == 1
+    status, _, health = http.call("GET", "/healthz")
+    assert health["status"] == "ok" and health["views_lag"] == 0
+    status, _, metrics = http.call("GET", "/metrics")
+    for name in (
+        "dfg_entries_appended_total",
+        "dfg_ledger_size",
+        "dfg_checkpoint_size",
+        "dfg_projection_lag_entries",
+        "dfg_http_request_duration_seconds_bucket",
+    ):
+        assert name in metrics
+    status, _, spec = http.call("GET", "/openapi.json")
+    assert spec["openapi"].startswith("3.1")
+    from gateways.http.api import ROUTES
+
+    documented = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
+    assert documented == {(r.method, r.path) for r in ROUTES}
+
+
+def test_consistency_proof_verifies(api: tuple[Http, Ledger]) -> None:
+    http, ledger = api
+    for i in range(5):
+        assert http.post_jws(_give(ledger, f"p-c{i}"))[0] == 201
+    size = _size(http)
+    status, _, proof = http.call("GET", f"/v1/proofs/consistency?first=2&second={size}")
+    assert status == 200
+    reader = open_store(ledger.settings)
+    try:
+        old, new = root_at(2, reader.read_nodes), root_at(size, reader.read_nodes)
+    finally:
+        reader.close()
+    assert verify_consistency(2, size, old, new, [bytes.fromhex(h) for h in proof["hashes"]])
