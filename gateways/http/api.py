@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from domain.identifiers import CODE_PATTERN, PRINCIPAL_ID_PATTERN, PSEUDONYM_PATTERN
 from gateways.http import models as m
 from gateways.http.badge import badge_svg
 from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS
@@ -44,6 +45,7 @@ class Param:
     minimum: int | None = None
     maximum: int | None = None
     enum: tuple[str, ...] = ()
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,25 +112,24 @@ def _parse(param: Param, value: str) -> Any:
     return value
 
 
+MAX_INT = 2**53 - 1  # exact in every JSON implementation
+
+
 def path_int(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
-        raise Problem(400, "invalid_parameter", f"{name} must be a positive integer")
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_INT:
+        raise Problem(400, "invalid_parameter", f"{name} must be an integer from 1 to {MAX_INT}")
     return int(raw)
 
 
 async def json_body(request: web.Request, model: type[BaseModel]) -> Any:
+    raw = await request.read()
     try:
-        raw = await request.read()
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "malformed_json", "the request body is not JSON") from None
-    except RecursionError:
-        raise Problem(400, "malformed_json", "the request body is nested too deeply") from None
-    try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] in ("json_invalid", "json_type"):
+            raise Problem(400, "malformed_json", f"the request body is not JSON: {first['msg']}") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise Problem(400, "invalid_request", f"{where}: {first['msg']}") from None
 
@@ -296,8 +297,10 @@ async def get_consistency(request: web.Request) -> web.StreamResponse:
     params = query_params(request, ROUTE_CONSISTENCY)
     first, second = params["first"], params["second"]
     size = service(request).sequencer.size
-    if not first <= second <= size:
-        raise Problem(400, "invalid_parameter", f"need 1 <= first <= second <= {size} (the ledger's size)")
+    if second > size:
+        raise Problem(404, "unknown_tree_size", f"the ledger has {size} entries")
+    if first > second:
+        raise Problem(400, "invalid_parameter", "first must not be larger than second")
     hashes = consistency_proof(first, second, service(request).sequencer.store.read_nodes)
     return web.json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
 
@@ -385,6 +388,18 @@ async def get_openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[OPENAPI])
 
 
+@web.middleware
+async def unknown_parameters_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route refuses query parameters it does not declare (a typo must not pass)."""
+    resource = request.match_info.route.resource
+    route = ROUTE_BY_KEY.get((request.method, resource.canonical)) if resource is not None else None
+    if route is not None:
+        unknown = sorted(set(request.query) - {p.name for p in route.query})
+        if unknown:
+            raise Problem(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}")
+    return await handler(request)
+
+
 # --- the route table ----------------------------------------------------------------------
 
 _problem = ("a problem document (application/problem+json)", m.ProblemDocument)
@@ -394,10 +409,28 @@ ROUTE_CHECK = Route(
     get_check,
     "Is the subject's consent valid for this use?",
     query=(
-        Param("subject", "string", True, description="the subject's pseudonym"),
-        Param("controller", "string", True, description="the controller's principal id"),
-        Param("purpose", "string", True, description="purpose code, e.g. dpv:ScientificResearch"),
-        Param("category", "string", repeated=True, description="data category code (repeatable)"),
+        Param("subject", "string", True, description="the subject's pseudonym", pattern=PSEUDONYM_PATTERN),
+        Param(
+            "controller",
+            "string",
+            True,
+            description="the controller's principal id",
+            pattern=PRINCIPAL_ID_PATTERN,
+        ),
+        Param(
+            "purpose",
+            "string",
+            True,
+            description="purpose code, e.g. dpv:ScientificResearch",
+            pattern=CODE_PATTERN,
+        ),
+        Param(
+            "category",
+            "string",
+            repeated=True,
+            description="data category code (repeatable)",
+            pattern=CODE_PATTERN,
+        ),
         Param("at", "date-time", description="instant to check at (default: now)"),
     ),
     responses={200: ("the answer", m.ConsentAnswer), 400: _problem},
@@ -408,16 +441,22 @@ ROUTE_CONSISTENCY = Route(
     "/v1/proofs/consistency",
     get_consistency,
     "RFC 9162 consistency proof between two tree sizes",
-    query=(Param("first", "integer", True, minimum=1), Param("second", "integer", True, minimum=1)),
-    responses={200: ("the proof", m.ConsistencyProof), 400: _problem},
+    query=(
+        Param("first", "integer", True, minimum=1, maximum=MAX_INT),
+        Param("second", "integer", True, minimum=1, maximum=MAX_INT),
+    ),
+    responses={200: ("the proof", m.ConsistencyProof), 400: _problem, 404: _problem},
 )
 ROUTE_HISTORY = Route(
     "GET",
     "/v1/subjects/{subject}/history",
     get_history,
     "A subject's consents and every use, newest first",
-    path_params=(Param("subject", "string", True),),
-    query=(Param("limit", "integer", minimum=1, maximum=500), Param("before", "integer", minimum=1)),
+    path_params=(Param("subject", "string", True, pattern=PSEUDONYM_PATTERN),),
+    query=(
+        Param("limit", "integer", minimum=1, maximum=500),
+        Param("before", "integer", minimum=1, maximum=MAX_INT),
+    ),
     responses={200: ("a page of events", m.SubjectHistory), 400: _problem},
     tag="consents",
 )
@@ -426,7 +465,7 @@ ROUTE_BADGE = Route(
     "/v1/badge/{controller}",
     get_badge,
     "DfG compliance badge: what the ledger proves about a controller",
-    path_params=(Param("controller", "string", True),),
+    path_params=(Param("controller", "string", True, pattern=PRINCIPAL_ID_PATTERN),),
     query=(Param("format", "string", enum=("svg", "json")),),
     responses={200: ("an SVG badge, or its statement with ?format=json", m.BadgeStatement), 404: _problem},
     tag="badge",
@@ -467,7 +506,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/entries/{seq}",
         get_entry,
         "An entry with its inclusion proof and signed checkpoint",
-        path_params=(Param("seq", "integer", True, minimum=1),),
+        path_params=(Param("seq", "integer", True, minimum=1, maximum=MAX_INT),),
         responses={200: ("the receipt", m.EntryReceipt), 400: _problem, 404: _problem},
     ),
     Route(
@@ -484,7 +523,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/principals/{principal}",
         get_principal,
         "A principal, its roles and its keys over time",
-        path_params=(Param("principal", "string", True),),
+        path_params=(Param("principal", "string", True, pattern=PRINCIPAL_ID_PATTERN),),
         responses={200: ("the principal", m.PrincipalView), 404: _problem},
         tag="principals",
     ),
@@ -514,3 +553,5 @@ ROUTES: tuple[Route, ...] = (
         tag="operations",
     ),
 )
+
+ROUTE_BY_KEY = {(route.method, route.path): route for route in ROUTES}

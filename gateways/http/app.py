@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 from aiohttp import web
 
-from gateways.http.api import ROUTES
+from gateways.http.api import ROUTES, unknown_parameters_middleware
 from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS
 from gateways.http.metrics import Metrics, metrics_middleware
 from gateways.http.models import MAX_BATCH_TRANSACTIONS
@@ -21,7 +21,10 @@ MAX_BODY = MAX_BATCH_TRANSACTIONS * (MAX_JWS_BYTES + 8) + 1024
 
 
 def build_app(service: LedgerService, views: ViewDatabase) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics_middleware, problems_middleware])
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[metrics_middleware, problems_middleware, unknown_parameters_middleware],
+    )
     app[SERVICE] = service
     app[VIEWS] = views
     app[METRICS] = Metrics()

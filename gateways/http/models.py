@@ -14,7 +14,10 @@ MAX_BATCH_CHECKS = 10_000
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Requests are validated strictly from their JSON text: no coercion (a number is not
+    a date-time, a string is not a number), no unknown members."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TransactionBatch(Strict):

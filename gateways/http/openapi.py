@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateways.http import models as m
 from gateways.http.api import ROUTES, Param
 
 PROBLEM = "application/problem+json"
@@ -25,6 +26,8 @@ def _param_schema(param: Param) -> dict[str, Any]:
         schema = {"type": "string"}
         if param.enum:
             schema["enum"] = list(param.enum)
+        if param.pattern:
+            schema["pattern"] = param.pattern
     return {"type": "array", "items": schema} if param.repeated else schema
 
 
@@ -71,7 +74,9 @@ def build_openapi(version: str) -> dict[str, Any]:
                     for kind, model in route.body.items()
                 },
             }
-        for status, (description, model) in route.responses.items():
+        responses = dict(route.responses)
+        responses.setdefault(400, ("a problem document: a malformed request", m.ProblemDocument))
+        for status, (description, model) in sorted(responses.items()):
             if model is None:
                 content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
             elif isinstance(model, str):
@@ -95,3 +100,12 @@ def build_openapi(version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components},
     }
+
+
+if __name__ == "__main__":  # python -m gateways.http.openapi > docs/openapi.json
+    import json
+    import sys
+    from importlib.metadata import version
+
+    json.dump(build_openapi(version("dfg")), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
