@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from ledger.sequencer import Outcome, PreparedBatch, Sequencer
-from projections.base import View, ViewDatabase, catch_up, prepare
+from ledger.sequencer import Accepted, Outcome, PreparedBatch, Sequencer
+from projections.base import View, ViewDatabase, apply_new, catch_up, prepare
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,16 @@ class LedgerService:
     def _commit(self, requests: list[_Request], batch: PreparedBatch) -> None:
         try:
             outcomes = self.sequencer.commit(batch)
-            self.catch_up_views()
+            fresh = sorted(
+                {
+                    o.entry.seq: o.entry for o in outcomes if isinstance(o, Accepted) and not o.duplicate
+                }.values(),
+                key=lambda e: e.seq,
+            )
+            with self._views_lock:
+                top = apply_new(self.views, self.view_list, fresh, self.sequencer.store.read_entries)
+                for view in self.view_list:
+                    self.positions[view.name] = max(self.positions.get(view.name, 0), top)
         except Exception as exc:
             log.exception("a batch failed; its submitters get the error and may resubmit")
             for request in requests:

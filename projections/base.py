@@ -73,6 +73,26 @@ def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 200
         position = entries[-1].seq
 
 
+def apply_new(db: ViewDatabase, views: Sequence[View], entries: Sequence[Entry], read: ReadEntries) -> int:
+    """Apply entries just appended (already decoded) to every view in one transaction.
+
+    Each view skips what it already has; a view that is behind the first of them
+    catches up from the log first. Returns the lowest position afterwards."""
+    if not entries:
+        return min((db.position(v.name) for v in views), default=0)
+    for view in views:
+        if db.position(view.name) < entries[0].seq - 1:
+            catch_up(db, view, read)
+    with db.transaction(commit=True) as cursor:
+        for view in views:
+            position = db.position(view.name)
+            fresh = [e for e in entries if e.seq > position]
+            if fresh:
+                view.apply(cursor, fresh)
+                db.track(cursor, view.name, fresh[-1].seq)
+    return entries[-1].seq
+
+
 def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
     """Drop the view and build it again from the first entry."""
     with db.transaction(commit=True) as cursor:

@@ -97,3 +97,48 @@ def _drop_schema(url: str, schema: str) -> None:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     except psycopg.Error:
         pass
+
+
+@bench.command("api")
+@click.option(
+    "--consents",
+    type=click.IntRange(1000, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="Consents recorded through the API before the checks (1,000,000 for server_rss_mb_1m).",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 600),
+    default=10.0,
+    show_default=True,
+    help="Duration of each fixed-rate check run.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Also print one JSON object on the last line.")
+def api(consents: int, seconds: float, as_json: bool) -> None:
+    """The consent API under load from a separate process on loopback."""
+    from infra.benchmarks.api import run
+
+    err = Console(stderr=True)
+    figures = run(consents, seconds=seconds, say=lambda m: err.print(m, style="dim"))
+    table = Table(title=f"dfg bench api: {consents:,} consents, {os.cpu_count()} cores")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    goals = {
+        "submit_batch_per_s": ">= 5,000 /s",
+        "check_p99_ms_at_1000rps": "<= 5 ms",
+        "check_batch_per_s": ">= 50,000 /s",
+        "server_rss_mb_1m": "<= 500 MB with 1,000,000 consents",
+    }
+    for key, value in figures.as_json().items():
+        if key == "check_latency_ms":
+            for rate, stats in value.items():
+                table.add_row(
+                    f"check latency at {rate}/s", f"p50 {stats['p50']} ms, p99 {stats['p99']} ms", ""
+                )
+            continue
+        table.add_row(key, "not measured" if value is None else f"{value:,}", goals.get(key, ""))
+    Console().print(table)
+    if as_json:
+        click.echo(json.dumps(figures.as_json(), sort_keys=True))

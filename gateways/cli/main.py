@@ -34,3 +34,7 @@ cli.add_command(serve)
 def main() -> None:
     tune_for_throughput()
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -26,11 +26,15 @@ class DfgApiError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
-        self.problem: dict[str, Any] = problem if problem is not None else {
-            "status": status,
-            "code": code,
-            "detail": detail,
-        }
+        self.problem: dict[str, Any] = (
+            problem
+            if problem is not None
+            else {
+                "status": status,
+                "code": code,
+                "detail": detail,
+            }
+        )
 
     @property
     def retryable(self) -> bool:

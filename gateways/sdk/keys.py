@@ -73,9 +73,7 @@ def public_jwk(key: PrivateKey | Mapping[str, str]) -> dict[str, str]:
     """The public JWK to hand to the operator for ``principal.admit`` (no private members)."""
     if isinstance(key, OKPKey | ECKey):
         return _public_jwk(key).as_dict()
-    return PublicJwk.model_validate(
-        {k: v for k, v in key.items() if k in {"kty", "crv", "x", "y"}}
-    ).as_dict()
+    return PublicJwk.model_validate({k: v for k, v in key.items() if k in {"kty", "crv", "x", "y"}}).as_dict()
 
 
 def kid_for(principal: str, key: PrivateKey | Mapping[str, str]) -> str:

@@ -77,21 +77,30 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
 
 
 class _TunedPool(SQLiteConnectionPool):
-    """The library's pool, with durable commits and a page cache sized for ledgers of
-    millions of entries (entries are keyed by random UUIDs, so their index is written
-    all over; the default 2 MB cache turns that into reads)."""
+    """The library's pool with a page cache sized for ledgers of millions of entries
+    (entries are keyed by random UUIDs, so their index is written all over; the default
+    2 MB cache turns that into reads), and an explicit synchronous level."""
+
+    synchronous = "FULL"
 
     def _create_connection(self) -> SQLiteConnection:
         connection = super()._create_connection()
         connection._sqlite_conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        connection._sqlite_conn.execute("PRAGMA synchronous = FULL")
+        connection._sqlite_conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return connection
 
 
-def tuned_datastore(path: Path) -> SQLiteDatastore:
+class _ViewsPool(_TunedPool):
+    # Read models are rebuilt from the log, which is durable: they need no fsync of
+    # their own (WAL with NORMAL stays consistent; a crash loses only recent positions).
+    synchronous = "NORMAL"
+
+
+def tuned_datastore(path: Path, *, durable: bool = True) -> SQLiteDatastore:
     datastore = SQLiteDatastore(str(path), lock_timeout=30)
     datastore.pool.close()
-    datastore.pool = _TunedPool(db_name=str(path), lock_timeout=30)
+    pool_class = _TunedPool if durable else _ViewsPool
+    datastore.pool = pool_class(db_name=str(path), lock_timeout=30)
     return datastore
 
 

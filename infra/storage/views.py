@@ -11,16 +11,17 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
 from infra.storage.postgres import datastore_from_url
+from infra.storage.sqlite import tuned_datastore
 
 
 class SQLiteViews:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.datastore = SQLiteDatastore(str(path), lock_timeout=30)
+        self.datastore = tuned_datastore(path, durable=False)
         self.recorder = SQLiteTrackingRecorder(self.datastore)
         self.recorder.create_table()
 

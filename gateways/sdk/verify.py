@@ -1,0 +1,216 @@
+"""Checking a receipt offline, trusting nothing the server says.
+
+A receipt (GET /v1/entries/{seq}) proves that an entry is in the ledger whose signed
+checkpoint you hold; ``ledger.receipt.verify_receipt`` checks that part (checkpoint
+signature, leaf hash, RFC 9162 inclusion proof, numbering). It does not show that
+the transaction inside the entry was really signed by the principal it names: the
+operator holds the checkpoint key and could sequence a forged entry. So this module
+also verifies the JWS inside the entry against a public key *you* supply or pinned
+earlier, and refuses a receipt whose unauthenticated extras (``jws``, ``event``,
+``leaf_hash``) disagree with the proven entry bytes.
+
+What it does not check is whether the ledger applied its rules correctly (that key
+was usable at that instant, the nonce, the consent rules): that is the audit's job
+(``dfg audit verify``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.identifiers import split_kid
+from domain.jwk import PublicJwk
+from ledger.entry import Entry, EntryFormatError
+from ledger.errors import Rejected
+from ledger.jws import parse_compact, verify_signature
+from ledger.merkle import leaf_hash
+from ledger.note import Verifier
+from ledger.receipt import Receipt, ReceiptError
+from ledger.receipt import verify_receipt as verify_inclusion_receipt
+from ledger.transaction import parse_transaction
+
+__all__ = [
+    "KeyRing",
+    "ReceiptError",
+    "VerifiedReceipt",
+    "kid_in_receipt",
+    "principal_to_fetch",
+    "verify_receipt",
+]
+
+
+class KeyRing:
+    """Public keys by kid, each checked against the thumbprint inside its kid.
+
+    A kid is ``<principal>#<RFC 7638 thumbprint>``, so a key fetched from any source
+    (even the server) can only be pinned under the kid it really hashes to: the
+    server cannot substitute another key for a kid you already know. What fetching
+    does trust is that the principal owns that kid; pin your own keys and your
+    partners' keys from your own records when that matters.
+    """
+
+    def __init__(self, keys: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self._keys: dict[str, dict[str, str]] = {}
+        for kid, jwk in (keys or {}).items():
+            self.pin(kid, jwk)
+
+    def pin(self, kid: str, jwk: Mapping[str, str]) -> None:
+        """Remember ``jwk`` as the key of ``kid``; refused unless its thumbprint matches."""
+        public = PublicJwk.model_validate({k: v for k, v in jwk.items() if k in {"kty", "crv", "x", "y"}})
+        try:
+            _, thumbprint = split_kid(kid)
+        except ValueError as exc:
+            raise ReceiptError(str(exc)) from exc
+        if public.thumbprint() != thumbprint:
+            raise ReceiptError(f"the key offered for {kid} has another thumbprint")
+        self._keys[kid] = public.as_dict()
+
+    def add(self, principal: str, jwk: Mapping[str, str]) -> str:
+        """Pin ``jwk`` as a key of ``principal``; returns its kid."""
+        public = PublicJwk.model_validate({k: v for k, v in jwk.items() if k in {"kty", "crv", "x", "y"}})
+        kid = f"{principal}#{public.thumbprint()}"
+        self.pin(kid, public.as_dict())
+        return kid
+
+    def pin_principal(self, view: Mapping[str, Any]) -> list[str]:
+        """Pin every key of a principal document (GET /v1/principals/{id}); returns the kids."""
+        owner = str(view["principal"])
+        kids = []
+        for key in view.get("keys", []):
+            kid = str(key["kid"])
+            if split_kid(kid)[0] != owner:
+                raise ReceiptError(f"key {kid} is listed under {owner}")
+            self.pin(kid, key["jwk"])
+            kids.append(kid)
+        return kids
+
+    def get(self, kid: str) -> dict[str, str] | None:
+        return self._keys.get(kid)
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        """kid -> public JWK: store it, and pass it back to ``KeyRing(...)`` to restore the pins."""
+        return {kid: dict(jwk) for kid, jwk in self._keys.items()}
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """What a receipt proved: entry ``seq`` of a tree of ``tree_size`` entries, made from
+    a transaction of ``tx_type`` signed by ``signer`` with key ``kid``."""
+
+    seq: int
+    tree_size: int
+    ts: str
+    kid: str
+    signer: str
+    tx_type: str
+    event: str
+    payload: dict[str, Any] = field(repr=False)
+    data: dict[str, Any] = field(repr=False)
+
+
+Keys = KeyRing | Mapping[str, Mapping[str, str]] | Mapping[str, str]
+
+
+def kid_in_receipt(receipt_json: Mapping[str, Any]) -> str:
+    """The kid named inside the receipt's entry (unverified: to know which key to pin)."""
+    try:
+        tx = json.loads(str(receipt_json["entry"]))["tx"]
+        return parse_compact(tx).kid
+    except (KeyError, TypeError, ValueError, Rejected) as exc:
+        raise ReceiptError(f"the receipt's entry names no signing key: {exc}") from exc
+
+
+def verify_receipt(
+    receipt_json: Mapping[str, Any],
+    checkpoint_key: str | Verifier,
+    keys: Keys,
+    *,
+    origin: str | None = None,
+    chain: str | None = None,
+) -> VerifiedReceipt:
+    """Verify a receipt with no trust in the server; raises ``ReceiptError``.
+
+    ``checkpoint_key`` is the ledger's note verifier key, obtained out of band.
+    ``keys`` is the signer's public JWK, or a ``KeyRing`` / mapping kid -> JWK.
+    ``chain``, when given, must be the chain named in the signed transaction.
+    """
+    receipt = Receipt.from_json(dict(receipt_json))
+    seq = verify_inclusion_receipt(receipt, checkpoint_key, origin=origin)
+    try:
+        entry = Entry.decode(receipt.entry)
+    except EntryFormatError as exc:
+        raise ReceiptError(f"the proven entry is not a canonical entry: {exc}") from exc
+    try:
+        tx = parse_transaction(entry.tx)
+    except Rejected as exc:
+        raise ReceiptError(f"the entry's transaction does not parse: {exc}") from exc
+    jwk = _key_for(tx.jws.kid, tx.signer, keys)
+    if not verify_signature(tx.jws, jwk):
+        raise ReceiptError(f"the transaction's JWS signature does not verify with key {tx.jws.kid}")
+    if chain is not None and tx.payload.chain != chain:
+        raise ReceiptError(f"the transaction is for chain {tx.payload.chain!r}, not {chain!r}")
+    ts = json.loads(receipt.entry)["ts"]
+    _extras_agree(receipt_json, entry, ts)
+    return VerifiedReceipt(
+        seq=seq,
+        tree_size=receipt.tree_size,
+        ts=ts,
+        kid=tx.jws.kid,
+        signer=tx.signer,
+        tx_type=tx.type,
+        event=entry.event_type,
+        payload=json.loads(tx.jws.payload),
+        data=entry.data,
+    )
+
+
+def _key_for(kid: str, signer: str, keys: Keys) -> dict[str, str]:
+    if isinstance(keys, KeyRing):
+        found = keys.get(kid)
+    elif "kty" in keys:  # one public JWK
+        ring = KeyRing()
+        expected = ring.add(signer, keys)  # type: ignore[arg-type]
+        if expected != kid:
+            raise ReceiptError(f"the transaction was signed with {kid}, not with the key given ({expected})")
+        found = ring.get(kid)
+    else:
+        ring = KeyRing(keys)  # type: ignore[arg-type]
+        found = ring.get(kid)
+    if found is None:
+        raise ReceiptError(f"no pinned public key for {kid}")
+    return found
+
+
+def _extras_agree(receipt_json: Mapping[str, Any], entry: Entry, ts: str) -> None:
+    """The server's convenience fields must say what the proven bytes say."""
+    if "leaf_hash" in receipt_json and receipt_json["leaf_hash"] != leaf_hash(entry.canonical).hex():
+        raise ReceiptError("the receipt's leaf_hash is not the hash of its entry")
+    if "jws" in receipt_json and receipt_json["jws"] != entry.tx:
+        raise ReceiptError("the receipt's jws is not the transaction inside its entry")
+    event = receipt_json.get("event")
+    if event is not None:
+        proven = {
+            "aggregate": str(entry.aggregate_id),
+            "version": entry.version,
+            "type": entry.event_type,
+            "ts": ts,
+            "data": entry.data,
+        }
+        if event != proven:
+            raise ReceiptError("the receipt's event is not the event inside its entry")
+
+
+def principal_to_fetch(receipt_json: Mapping[str, Any], ring: KeyRing) -> str | None:
+    """The principal whose keys must be fetched (once) before ``receipt_json`` can be
+    checked against ``ring``; None when its key is pinned already."""
+    kid = kid_in_receipt(receipt_json)
+    return None if kid in ring else split_kid(kid)[0]
