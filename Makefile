@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## run: the product on the embedded default (SQLite under ./dfg-data): create the demo
-## federation on first run, fill it with signed activity, and verify it end to end.
+## federation on first run, fill it with signed activity, verify it end to end, then
+## serve the consent API on http://127.0.0.1:8080 (Ctrl-C stops it).
 run: $(STAMP)
 	@if [ ! -f $(DATA)/ledger.sqlite ]; then \
 		$(BIN)/dfg init --data $(DATA) && \
@@ -22,6 +23,7 @@ run: $(STAMP)
 	fi
 	$(BIN)/dfg audit verify --data $(DATA)
 	$(BIN)/dfg projections status --data $(DATA)
+	$(BIN)/dfg serve --data $(DATA) --host 127.0.0.1 --port 8080
 
 ## test: the whole suite (PostgreSQL from DFG_TEST_DATABASE_URL; slow tests included).
 test: $(STAMP)
