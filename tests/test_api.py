@@ -7,16 +7,19 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import TERMS, Ledger
+from conftest import CHAIN, TERMS, Ledger
 from http_server import running_server
+from joserfc.jwk import OKPKey
 
 from infra.bootstrap import open_store
 from ledger.merkle import root_at, verify_consistency
 from ledger.receipt import Receipt, verify_receipt
+from ledger.signing import TransactionSigner, public_jwk
 
 
 @dataclass
@@ -281,3 +284,46 @@ def test_consistency_proof_verifies(api: tuple[Http, Ledger]) -> None:
     finally:
         reader.close()
     assert verify_consistency(2, size, old, new, [bytes.fromhex(h) for h in proof["hashes"]])
+
+
+def test_concurrent_submitters_are_grouped_and_all_answered(api: tuple[Http, Ledger]) -> None:
+    """Submissions from many threads at once (one signer each, so every signer's nonces
+    arrive in order): all accepted, each answered with its own entry, no gap."""
+    http, ledger = api
+    signers = []
+    for i in range(8):
+        key = OKPKey.generate_key("Ed25519")
+        admit = ledger.sign(
+            ledger.operator,
+            "principal.admit",
+            {
+                "principal": f"sp:k{i}",
+                "kind": "service_provider",
+                "display_name": f"K{i}",
+                "jwk": public_jwk(key).as_dict(),
+            },
+        )
+        assert http.post_jws(admit)[0] == 201
+        signers.append(TransactionSigner(f"sp:k{i}", key, CHAIN))
+    work = [
+        ledger.sign(
+            s,
+            "consent.give",
+            {
+                "consent_id": str(uuid.uuid4()),
+                "controller": s.principal,
+                "subject": f"p-t{i}",
+                "level": 1,
+                "method": "app",
+                "terms": TERMS,
+            },
+        )
+        for i, s in enumerate(signers)
+    ]
+    before = _size(http)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(http.post_jws, work))
+    assert all(status == 201 for status, _, _ in results), results
+    seqs = sorted(body["seq"] for _, _, body in results)
+    assert seqs == list(range(before + 1, before + 1 + len(work)))
+    assert _size(http) == before + len(work)
