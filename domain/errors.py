@@ -1,7 +1,7 @@
 """The one error type the domain raises: a stable code plus a human message.
 
 Gateways map ``code`` to HTTP problem types and CLI exit messages, so codes are part
-of the public contract (see docs/errors.md) and never change meaning.
+of the public contract (see docs/transactions.md) and never change meaning.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Audit bundles: a whole ledger in one portable JSON Lines file (docs/audit-bundle.md).
+"""Audit bundles: a whole ledger in one portable JSON Lines file (docs/ledger-format.md, Audit bundles).
 
 Line 1 is a header; then one line per entry, each line being exactly the entry's
 canonical bytes (so ``SHA-256(0x00 || line)`` is its leaf hash); then one line per

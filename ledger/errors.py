@@ -1,6 +1,6 @@
 """Why the ledger refused a transaction: a stable code and a message for people.
 
-Codes are the contract shared by the HTTP API, the SDK and the CLI (docs/errors.md).
+Codes are the contract shared by the HTTP API, the SDK and the CLI (docs/transactions.md).
 """
 
 from __future__ import annotations

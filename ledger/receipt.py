@@ -1,6 +1,6 @@
 """Receipts: an entry, its inclusion proof and the signed checkpoint it is proven against.
 
-Anyone can check a receipt without trusting the server (docs/proofs.md):
+Anyone can check a receipt without trusting the server (docs/ledger-format.md, Receipts):
 ``leaf = SHA-256(0x00 || entry)``; the RFC 9162 inclusion proof from ``leaf`` at
 ``leaf_index`` in a tree of ``tree_size`` leaves gives a root; the checkpoint note,
 signed by the ledger's checkpoint key, must state that size and that root.
@@ -81,10 +81,11 @@ def verify_receipt(receipt: Receipt, checkpoint_key: str | Verifier, *, origin: 
     if receipt.leaf_index != receipt.seq - 1:
         raise ReceiptError("the leaf index does not match the sequence number")
     try:
-        if json.loads(receipt.entry).get("seq") != receipt.seq:
-            raise ReceiptError("the entry is numbered differently than the receipt says")
+        document = json.loads(receipt.entry)
     except ValueError as exc:
         raise ReceiptError("the entry is not JSON") from exc
+    if not isinstance(document, dict) or document.get("seq") != receipt.seq:
+        raise ReceiptError("the entry is not an entry numbered as the receipt says")
     leaf = leaf_hash(receipt.entry)
     if not verify_inclusion(
         leaf, receipt.leaf_index, receipt.tree_size, list(receipt.hashes), checkpoint.root_hash

@@ -478,3 +478,13 @@ def test_bundle_with_an_extra_entry_line_is_refused(base: Base, tmp_path: Path) 
     result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
     assert result.exit_code != 0
     assert "neither a checkpoint nor the principals" in result.output
+
+
+def test_receipt_whose_entry_is_not_an_object_is_refused_cleanly(base: Base, tmp_path: Path) -> None:
+    proof = dfg("audit", "prove", "--data", str(base.data), "--seq", "5")
+    receipt = json.loads(proof.output)
+    receipt["entry"] = "[1]"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(receipt))
+    result = dfg("audit", "check-receipt", str(path), "--checkpoint-key", base.checkpoint_key)
+    assert result.exit_code == 1 and "does not verify" in result.output

@@ -158,7 +158,7 @@ def _print_report(report: AuditReport, elapsed: float) -> None:
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="File to write (JSON Lines; see docs/audit-bundle.md).",
+    help="File to write (JSON Lines; see docs/ledger-format.md).",
 )
 def export(settings: Settings, out_path: Path) -> None:
     """Write a self-contained audit bundle: entries, checkpoints and public keys."""

@@ -202,11 +202,11 @@ async def _submit(request: web.Request, tokens: list[str]) -> list[Accepted | Re
 async def post_transactions(request: web.Request) -> web.StreamResponse:
     kind = _content_type(request)
     if kind == "application/jose":
-        raw = await request.read()
+        raw = (await request.read()).strip()  # e.g. curl --data-binary @file adds a newline
         if len(raw) > MAX_JWS_BYTES:
             raise Problem(413, "too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
         try:
-            token = raw.decode("ascii").strip()
+            token = raw.decode("ascii")
         except UnicodeDecodeError:
             raise Problem(400, "malformed_jws", "a compact JWS is ASCII") from None
         (outcome,) = await _submit(request, [token])

@@ -9,6 +9,8 @@ Modules, one job each: ``keys`` (key files and kids), ``nonces``, ``pseudonyms``
 See docs/integration-level-1.md.
 """
 
+import warnings
+
 from gateways.sdk.async_client import AsyncConsentClient
 from gateways.sdk.builders import (
     TransactionBuilder,
@@ -25,6 +27,11 @@ from gateways.sdk.protocol import RetryPolicy
 from gateways.sdk.pseudonyms import pseudonym
 from gateways.sdk.results import Accepted, ConsentAnswer, ConsentQuestion, Refused
 from gateways.sdk.verify import KeyRing, ReceiptError, VerifiedReceipt, verify_receipt
+
+# The wire format names Ed25519 signatures "EdDSA" (docs/transactions.md); joserfc warns
+# on every process start that RFC 9864 deprecates that name. The ledger accepts it on
+# purpose, so the warning would only alarm providers; nothing else is silenced.
+warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
 __all__ = [
     "Accepted",

@@ -13,11 +13,18 @@ from typing import Any
 import aiohttp
 
 from gateways.sdk import protocol
-from gateways.sdk.client import USER_AGENT, _required
+from gateways.sdk.client import USER_AGENT
 from gateways.sdk.errors import DfgConnectionError
 from gateways.sdk.protocol import Call, RetryPolicy
 from gateways.sdk.results import Accepted, ConsentAnswer, ConsentQuestion, Refused
-from gateways.sdk.verify import KeyRing, Keys, VerifiedReceipt, principal_to_fetch, verify_receipt
+from gateways.sdk.verify import (
+    KeyRing,
+    Keys,
+    VerifiedReceipt,
+    principal_to_fetch,
+    required_checkpoint_key,
+    verify_receipt,
+)
 
 
 class AsyncConsentClient:
@@ -25,7 +32,9 @@ class AsyncConsentClient:
 
     Pass ``session`` to share your own ``aiohttp.ClientSession`` (it is then not
     closed by this client); otherwise one is opened on first use and closed by
-    ``close()`` / the ``async with`` block.
+    ``close()`` / the ``async with`` block. Do not ``gather`` one signer's
+    submissions: they may reach the ledger out of nonce order (``nonce_reused``);
+    await them in order or send them as one batch.
     """
 
     def __init__(
@@ -108,7 +117,7 @@ class AsyncConsentClient:
         ring = keys if keys is not None else self.keyring
         if isinstance(ring, KeyRing) and (owner := principal_to_fetch(doc, ring)):
             ring.pin_principal(await self.principal(owner))
-        return verify_receipt(doc, _required(checkpoint_key or self.checkpoint_key), ring)
+        return verify_receipt(doc, required_checkpoint_key(checkpoint_key or self.checkpoint_key), ring)
 
     async def checkpoint(self) -> str:
         note: str = await self._do(protocol.checkpoint())

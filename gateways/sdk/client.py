@@ -15,7 +15,14 @@ from gateways.sdk import protocol
 from gateways.sdk.errors import DfgConnectionError
 from gateways.sdk.protocol import Call, RetryPolicy
 from gateways.sdk.results import Accepted, ConsentAnswer, ConsentQuestion, Refused
-from gateways.sdk.verify import KeyRing, Keys, VerifiedReceipt, principal_to_fetch, verify_receipt
+from gateways.sdk.verify import (
+    KeyRing,
+    Keys,
+    VerifiedReceipt,
+    principal_to_fetch,
+    required_checkpoint_key,
+    verify_receipt,
+)
 
 USER_AGENT = "dfg-sdk-python/1"
 
@@ -29,7 +36,10 @@ class ConsentClient:
     ``DfgApiError`` (``DfgConnectionError`` when no answer came back at all).
 
     ``checkpoint_key`` (the ledger's verifier key, obtained out of band) and
-    ``keyring`` (pinned signer keys) are used by ``receipt``. Thread-safe.
+    ``keyring`` (pinned signer keys) are used by ``receipt``. Thread-safe, but
+    submit one signer's transactions in nonce order (one after the other, or in one
+    batch): concurrent requests may reach the ledger in any order, and a lower nonce
+    arriving after a higher one is refused as ``nonce_reused``.
     """
 
     def __init__(
@@ -105,7 +115,7 @@ class ConsentClient:
         ring = keys if keys is not None else self.keyring
         if isinstance(ring, KeyRing) and (owner := principal_to_fetch(doc, ring)):
             ring.pin_principal(self.principal(owner))
-        return verify_receipt(doc, _required(checkpoint_key or self.checkpoint_key), ring)
+        return verify_receipt(doc, required_checkpoint_key(checkpoint_key or self.checkpoint_key), ring)
 
     def checkpoint(self) -> str:
         """The latest signed checkpoint note (C2SP tlog-checkpoint)."""
@@ -157,9 +167,3 @@ class ConsentClient:
         except urllib.error.HTTPError as exc:
             with exc:
                 return exc.code, exc.headers.get_content_type(), exc.read()
-
-
-def _required(checkpoint_key: str | None) -> str:
-    if not checkpoint_key:
-        raise ValueError("pass checkpoint_key (the ledger's verifier key, obtained out of band)")
-    return checkpoint_key

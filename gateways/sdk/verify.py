@@ -38,6 +38,7 @@ __all__ = [
     "VerifiedReceipt",
     "kid_in_receipt",
     "principal_to_fetch",
+    "required_checkpoint_key",
     "verify_receipt",
 ]
 
@@ -144,6 +145,12 @@ def verify_receipt(
     ``chain``, when given, must be the chain named in the signed transaction.
     """
     receipt = Receipt.from_json(dict(receipt_json))
+    try:
+        is_object = isinstance(json.loads(receipt.entry), dict)
+    except ValueError:
+        is_object = False
+    if not is_object:  # ledger.receipt would raise AttributeError on e.g. "[1]"
+        raise ReceiptError("the entry is not a JSON object")
     seq = verify_inclusion_receipt(receipt, checkpoint_key, origin=origin)
     try:
         entry = Entry.decode(receipt.entry)
@@ -214,3 +221,11 @@ def principal_to_fetch(receipt_json: Mapping[str, Any], ring: KeyRing) -> str | 
     checked against ``ring``; None when its key is pinned already."""
     kid = kid_in_receipt(receipt_json)
     return None if kid in ring else split_kid(kid)[0]
+
+
+def required_checkpoint_key(checkpoint_key: str | None) -> str:
+    """Receipts are checked against a key the caller obtained out of band, never one
+    fetched from the server being checked."""
+    if not checkpoint_key:
+        raise ValueError("pass checkpoint_key (the ledger's verifier key, obtained out of band)")
+    return checkpoint_key
