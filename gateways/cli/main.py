@@ -8,6 +8,7 @@ import click
 
 from gateways.cli.audit_commands import audit
 from gateways.cli.bench_commands import bench
+from gateways.cli.demo_level1 import level1
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.projection_commands import consents, projections
 from gateways.cli.serve_command import serve
@@ -23,6 +24,7 @@ def cli() -> None:
 
 
 cli.add_command(init)
+demo.add_command(level1)
 cli.add_command(demo)
 cli.add_command(audit)
 cli.add_command(projections)
