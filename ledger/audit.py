@@ -23,11 +23,8 @@ from typing import Any, cast
 
 from eventsourcing.domain import Aggregate
 
-from domain.consent import Consent
 from domain.errors import DomainError
 from domain.handlers import decide
-from domain.identifiers import principal_aggregate_id
-from domain.principal import Principal
 from domain.times import parse_time
 from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import CheckpointError, open_checkpoint
@@ -36,7 +33,8 @@ from ledger.errors import Rejected
 from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier, NodeReader, consistency_proof, leaf_hash, verify_consistency
 from ledger.note import Verifier
-from ledger.store import StoredCheckpoint, StoredEntry
+from ledger.state_view import AggregateLookups
+from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
 from ledger.transaction import parse_transaction
 from ledger.verifier import ParallelVerifier
 
@@ -81,7 +79,7 @@ class AuditFailure(Exception):
         self.problem = problem
 
 
-class _ReplayState:
+class _ReplayState(AggregateLookups):
     """Aggregates as of the entry being replayed; bounded so memory stays flat."""
 
     def __init__(self, load: LoadBefore, maxsize: int) -> None:
@@ -111,17 +109,6 @@ class _ReplayState:
         self._items.move_to_end(aggregate_id)
         while len(self._items) > self._maxsize:
             self._items.popitem(last=False)
-
-    def principal(self, principal_id: str) -> Principal | None:
-        aggregate = self._get(principal_aggregate_id(principal_id))
-        return aggregate if isinstance(aggregate, Principal) else None
-
-    def consent(self, aggregate_id: uuid.UUID) -> Consent | None:
-        aggregate = self._get(aggregate_id)
-        return aggregate if isinstance(aggregate, Consent) else None
-
-    def is_empty(self) -> bool:
-        return self.size == 0
 
 
 class Auditor:
@@ -411,3 +398,30 @@ def batched(read: Callable[[int, int], Sequence[StoredEntry]], size: int = 5000)
             return
         yield from page
         start = page[-1].seq + 1
+
+
+def audit_store(
+    store: LedgerStore,
+    *,
+    verifier: ParallelVerifier | None = None,
+    expected_checkpoint_key: str | None = None,
+    expected_chain: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AuditReport:
+    """Audit a ledger in its database: entries, stored tree, checkpoints, head, nonce index."""
+    auditor = Auditor(
+        load=store.load_aggregate_before,
+        checkpoints=list(all_checkpoints(store)),
+        read_nodes=store.read_nodes,
+        read_node_range=store.read_node_range,
+        verifier=verifier,
+        expected_checkpoint_key=expected_checkpoint_key,
+        expected_chain=expected_chain,
+    )
+    return audit(
+        batched(store.read_entries),
+        auditor,
+        head=store.head(),
+        tx_index=store.tx_index_summary,
+        progress=progress,
+    )

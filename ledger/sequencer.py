@@ -23,11 +23,8 @@ from typing import Any, cast
 from eventsourcing.domain import Aggregate
 
 from domain.commands import Genesis
-from domain.consent import Consent
 from domain.errors import DomainError
 from domain.handlers import decide
-from domain.identifiers import principal_aggregate_id
-from domain.principal import Principal
 from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.entry import Entry
@@ -36,6 +33,7 @@ from ledger.jws import verify_signature
 from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier
 from ledger.note import SignerKey
+from ledger.state_view import AggregateLookups
 from ledger.store import AppendBatch, LedgerStore
 from ledger.transaction import Transaction, parse_transaction
 from ledger.verifier import ParallelVerifier
@@ -114,24 +112,13 @@ class AggregateCache:
             self._items.pop(aggregate_id, None)
 
 
-class _BatchState:
+class _BatchState(AggregateLookups):
     """The domain's view of state while one batch is decided (``domain.handlers.State``)."""
 
     def __init__(self, cache: AggregateCache, size: int) -> None:
         self._cache = cache
         self.size = size
         self.touched: dict[uuid.UUID, Aggregate] = {}
-
-    def principal(self, principal_id: str) -> Principal | None:
-        aggregate = self._get(principal_aggregate_id(principal_id))
-        return aggregate if isinstance(aggregate, Principal) else None
-
-    def consent(self, aggregate_id: uuid.UUID) -> Consent | None:
-        aggregate = self._get(aggregate_id)
-        return aggregate if isinstance(aggregate, Consent) else None
-
-    def is_empty(self) -> bool:
-        return self.size == 0
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         return self.touched.get(aggregate_id) or self._cache.get(aggregate_id)

@@ -9,7 +9,7 @@ import pytest
 from conftest import TERMS, Ledger
 
 from infra.bootstrap import checkpoint_key
-from ledger.audit import Auditor, audit, batched
+from ledger.audit import audit_store
 from ledger.sequencer import Accepted, Sequencer
 from ledger.store import AppendBatch
 
@@ -50,17 +50,7 @@ def _consent(ledger: Ledger, app: Any, subject: str, cid: str | None = None) -> 
 
 
 def _audit_ok(store: Any) -> None:
-    report = audit(
-        batched(store.read_entries),
-        Auditor(
-            load=store.load_aggregate_before,
-            checkpoints=store.checkpoints(),
-            read_nodes=store.read_nodes,
-            read_node_range=store.read_node_range,
-        ),
-        head=store.head(),
-        tx_index=store.tx_index_summary,
-    )
+    report = audit_store(store)
     assert report.ok, report.problems
 
 

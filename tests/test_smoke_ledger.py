@@ -6,7 +6,7 @@ import uuid
 
 from conftest import TERMS, Ledger
 
-from ledger.audit import Auditor, audit, batched
+from ledger.audit import audit_store
 from ledger.errors import Rejected
 
 
@@ -39,15 +39,6 @@ def test_level1_consent_life_and_audit(any_ledger: Ledger) -> None:
     assert any_ledger.head()[0] == 5
     any_ledger.sequencer.checkpoint_now()
     store = any_ledger.sequencer.store
-    report = audit(
-        batched(store.read_entries),
-        Auditor(
-            load=store.load_aggregate_before,
-            checkpoints=store.checkpoints(),
-            read_nodes=store.read_nodes,
-            read_node_range=store.read_node_range,
-        ),
-        head=store.head(),
-    )
+    report = audit_store(store)
     assert report.ok, report.problems
     assert (report.entries, report.checkpoints) == (5, 2)

@@ -15,10 +15,10 @@ from gateways.cli.options import fail, ledger_options
 from infra.bootstrap import open_store, open_views
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.settings import Settings
-from ledger.audit import Auditor, AuditReport, batched
+from ledger.audit import Auditor, AuditReport, audit_store
 from ledger.audit import audit as run_audit
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
-from ledger.store import LedgerStore, all_checkpoints
+from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
 from projections.base import catch_up, prepare
 from projections.keys import PrincipalsView, snapshot
@@ -67,23 +67,14 @@ def verify(
             store = _existing_store(settings)
             try:
                 size = store.head()[0]
-                auditor = Auditor(
-                    load=store.load_aggregate_before,
-                    checkpoints=list(all_checkpoints(store)),
-                    read_nodes=store.read_nodes,
-                    read_node_range=store.read_node_range,
-                    verifier=verifier,
-                    expected_checkpoint_key=checkpoint_key,
-                    expected_chain=chain,
-                )
                 report = _with_progress(
                     show,
                     size,
-                    lambda tick: run_audit(
-                        batched(store.read_entries),
-                        auditor,
-                        head=store.head(),
-                        tx_index=store.tx_index_summary,
+                    lambda tick: audit_store(
+                        store,
+                        verifier=verifier,
+                        expected_checkpoint_key=checkpoint_key,
+                        expected_chain=chain,
                         progress=tick,
                     ),
                 )

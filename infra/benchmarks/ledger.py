@@ -30,11 +30,10 @@ from joserfc.jwk import OKPKey
 
 from infra.bootstrap import create_ledger, open_sequencer, open_store, root_signer
 from infra.settings import Settings
-from ledger.audit import Auditor, audit, batched
+from ledger.audit import audit_store
 from ledger.merkle import inclusion_proof
 from ledger.sequencer import Accepted, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
-from ledger.store import all_checkpoints
 
 CHAIN = "dfg-bench"
 OPERATOR = "op:bench"
@@ -188,14 +187,8 @@ def _count(outcomes: list[Any]) -> int:
 def audit_rate(settings: Settings) -> float:
     store = open_store(settings)
     try:
-        auditor = Auditor(
-            load=store.load_aggregate_before,
-            checkpoints=list(all_checkpoints(store)),
-            read_nodes=store.read_nodes,
-            read_node_range=store.read_node_range,
-        )
         started = time.perf_counter()
-        report = audit(batched(store.read_entries), auditor, head=store.head())
+        report = audit_store(store)
         elapsed = time.perf_counter() - started
         if not report.ok:
             raise RuntimeError(f"the benchmark ledger does not verify: {report.first_problem}")

@@ -1,0 +1,32 @@
+"""The typed look-ups the domain's handlers read state through (``domain.handlers.State``),
+shared by the sequencer's batch state and the audit's replay state."""
+
+from __future__ import annotations
+
+import uuid
+
+from eventsourcing.domain import Aggregate
+
+from domain.consent import Consent
+from domain.identifiers import principal_aggregate_id
+from domain.principal import Principal
+
+
+class AggregateLookups:
+    """Subclasses provide ``_get`` (an aggregate by id, or None) and ``size``."""
+
+    size: int
+
+    def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
+        raise NotImplementedError
+
+    def principal(self, principal_id: str) -> Principal | None:
+        aggregate = self._get(principal_aggregate_id(principal_id))
+        return aggregate if isinstance(aggregate, Principal) else None
+
+    def consent(self, aggregate_id: uuid.UUID) -> Consent | None:
+        aggregate = self._get(aggregate_id)
+        return aggregate if isinstance(aggregate, Consent) else None
+
+    def is_empty(self) -> bool:
+        return self.size == 0
