@@ -194,42 +194,38 @@ def give_consent(cmd: c.GiveConsent, signer: Principal | None, at: datetime, sta
             )
         if existing is not None:
             raise DomainError("consent_exists", f"consent {cmd.consent_id} already exists")
-        if cmd.terms is None:
-            raise DomainError("terms_required", "a level 1 consent carries its terms")
-        return Consent.give_new(
-            aggregate_id=aggregate_id,
-            consent_id=cmd.consent_id,
-            controller=cmd.controller,
-            subject=cmd.subject,
-            terms=cmd.terms,
-            level=1,
-            method=cmd.method,
-            by=by.principal,
-            at=at,
-        )
+        return _new_given_consent(cmd, aggregate_id, by, at, "a level 1 consent carries its terms")
     if not _acting_for_subject(by, cmd.subject, state):
         raise DomainError(
             "not_subject", "a level 2 consent is given by the subject or their custodial wallet"
         )
     _existing_principal(state, cmd.controller)
     if existing is None:
-        if cmd.terms is None:
-            raise DomainError("terms_required", "no request to answer: the consent needs its terms")
-        return Consent.give_new(
-            aggregate_id=aggregate_id,
-            consent_id=cmd.consent_id,
-            controller=cmd.controller,
-            subject=cmd.subject,
-            terms=cmd.terms,
-            level=2,
-            method=cmd.method,
-            by=by.principal,
-            at=at,
+        return _new_given_consent(
+            cmd, aggregate_id, by, at, "no request to answer: the consent needs its terms"
         )
     if existing.subject != cmd.subject:
         raise DomainError("not_subject", f"consent {cmd.consent_id} belongs to another subject")
     existing.accept_request(terms=cmd.terms, method=cmd.method, by=by.principal, at=at)
     return existing
+
+
+def _new_given_consent(
+    cmd: c.GiveConsent, aggregate_id: UUID, by: Principal, at: datetime, terms_required: str
+) -> Consent:
+    if cmd.terms is None:
+        raise DomainError("terms_required", terms_required)
+    return Consent.give_new(
+        aggregate_id=aggregate_id,
+        consent_id=cmd.consent_id,
+        controller=cmd.controller,
+        subject=cmd.subject,
+        terms=cmd.terms,
+        level=cmd.level,
+        method=cmd.method,
+        by=by.principal,
+        at=at,
+    )
 
 
 def _consent_of_subject(controller: str, consent_id: UUID, subject: str, state: State) -> Consent:
