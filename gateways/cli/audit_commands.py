@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gateways.cli.options import fail, ledger_options
+from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.settings import Settings
@@ -209,6 +209,5 @@ def check_receipt(receipt_file: Any, checkpoint_key: str) -> None:
 
 
 def _existing_store(settings: Settings) -> LedgerStore:
-    if not settings.database_url and not settings.ledger_file.exists():
-        fail(f"no ledger in {settings.data_dir}")
+    require_ledger(settings)
     return open_store(settings)

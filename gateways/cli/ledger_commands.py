@@ -11,7 +11,7 @@ from itertools import islice
 import click
 from rich.progress import Progress
 
-from gateways.cli.options import fail, ledger_options
+from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.demo import DemoFederation
 from infra.keyfiles import KeyFileError
@@ -98,8 +98,7 @@ def _chain_streams(federation: DemoFederation) -> Iterator[str]:
 
 
 def _open(settings: Settings) -> Sequencer:
-    if not settings.database_url and not settings.ledger_file.exists():
-        fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
+    require_ledger(settings)
     try:
         return open_sequencer(settings)
     except (KeyFileError, RuntimeError) as exc:

@@ -73,3 +73,9 @@ def ledger_options(func: F) -> F:
 def fail(message: str, code: int = 1) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     raise SystemExit(code)
+
+
+def require_ledger(settings: Settings) -> None:
+    """Every command but ``init`` needs an existing ledger: say how to make one."""
+    if not settings.database_url and not settings.ledger_file.exists():
+        fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")

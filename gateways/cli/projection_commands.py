@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import click
 
-from gateways.cli.options import fail, ledger_options
+from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views
 from infra.settings import Settings
-from projections.base import catch_up, prepare
+from ledger.store import LedgerStore
+from projections.base import View, ViewDatabase, catch_up, prepare
 from projections.base import rebuild as rebuild_view
 from projections.consent_state import ConsentStateView
 from projections.consent_state import check as check_consent
@@ -115,9 +117,8 @@ def subject_history(settings: Settings, subject: str, limit: int) -> None:
         store.close()
 
 
-def _open(settings: Settings, views=None):  # type: ignore[no-untyped-def]
-    if not settings.database_url and not settings.ledger_file.exists():
-        fail(f"no ledger in {settings.data_dir}")
+def _open(settings: Settings, views: Sequence[View] | None = None) -> tuple[LedgerStore, ViewDatabase]:
+    require_ledger(settings)
     store = open_store(settings)
     db = open_views(settings)
     for view in views if views is not None else all_views():

@@ -7,7 +7,7 @@ import logging
 import click
 from aiohttp import web
 
-from gateways.cli.options import fail, ledger_options
+from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_sequencer, open_views
 from infra.keyfiles import KeyFileError
 from infra.ledger_service import LedgerService
@@ -19,8 +19,7 @@ def make_server(settings: Settings) -> web.Application:
     """The app with its ledger service started and stopped with it."""
     from gateways.http.app import build_app
 
-    if not settings.database_url and not settings.ledger_file.exists():
-        fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
+    require_ledger(settings)
     try:
         sequencer = open_sequencer(settings)
     except (KeyFileError, RuntimeError) as exc:
