@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 
 
 def format_time(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError("instants on the ledger must be timezone-aware")
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("instants on the ledger must be timezone-aware")
+        value = value.astimezone(UTC)
     # isoformat() omits a zero microsecond part, which is the rule we want.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    return value.replace(tzinfo=None).isoformat() + "Z"
 
 
 def parse_time(text: str) -> datetime:

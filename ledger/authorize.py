@@ -38,10 +38,12 @@ def authorise(
     """Refuse ``tx`` unless its key may sign now, it is for this chain, still valid and
     its nonce is fresh. Returns the signer (None for the genesis entry)."""
     signer: Principal | None = None
+    jwk: dict[str, Any] | None
     if ledger is None:
         if tx.type != "ledger.genesis":
             raise Rejected("no_genesis", "this ledger has no genesis entry yet")
         _authorise_genesis(tx)
+        jwk = signing_key(tx, state)
     else:
         if tx.type == "ledger.genesis":
             raise Rejected("genesis_exists", "this ledger already has a genesis entry")
@@ -51,7 +53,7 @@ def authorise(
                 f"transaction is for chain {tx.payload.chain!r}, this is {ledger['chain']!r}",
             )
         signer = _signer_with_usable_key(tx, state, now)
-    jwk = signing_key(tx, state)
+        jwk = signer.keys[tx.jws.kid].jwk
     if jwk is None or not signature_ok(jwk):
         raise Rejected("bad_signature", "the signature does not verify")
     if now.timestamp() > tx.payload.valid_until:

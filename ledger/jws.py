@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey
 from joserfc.jws import JWSRegistry
 
@@ -30,8 +31,18 @@ TYP: Final = "dfg-tx"
 ALLOWED_ALGS: Final = frozenset({"EdDSA", "Ed25519", "ES256K"})
 _ALG_FOR_KEY: Final = {"EdDSA": "OKP", "Ed25519": "OKP", "ES256K": "EC"}
 
-_B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+#: base64url -> standard alphabet, for binascii's strict decoder; '+', '/' and '='
+#: are refused before translating, so the mapping cannot hide a non-canonical input.
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_NOT_BASE64URL = (b"+", b"/", b"=")
 _registry = JWSRegistry(algorithms=sorted(ALLOWED_ALGS))
+# RFC 9864 deprecates the polymorphic "EdDSA" in favour of "Ed25519" and joserfc warns
+# on every use. The ambiguity it addresses cannot arise here: each alg is pinned to
+# one key type and curve (``_ALG_FOR_KEY``, OKP keys are Ed25519 only), and both names
+# are accepted. Resolve the algorithms once, so the warning is not printed per call.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", SecurityWarning)
+    _ALGS: Final = {name: _registry.get_alg(name) for name in ALLOWED_ALGS}
 
 
 def b64url_encode(data: bytes) -> str:
@@ -40,13 +51,14 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode_strict(segment: bytes, what: str) -> bytes:
     """Decode unpadded base64url, refusing any alternative encoding of the same bytes."""
-    if not _B64URL.match(segment) or len(segment) % 4 == 1:
+    if len(segment) % 4 == 1 or any(c in segment for c in _NOT_BASE64URL):
         raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url")
+    standard = segment.translate(_TO_STANDARD) + b"=" * (-len(segment) % 4)
     try:
-        data = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - regex already filters
-        raise Rejected("non_canonical_base64", f"the {what} is not base64url") from exc
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment:
+        data = binascii.a2b_base64(standard, strict_mode=True)
+    except binascii.Error as exc:
+        raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url") from exc
+    if binascii.b2a_base64(data, newline=False) != standard:
         raise Rejected("non_canonical_base64", f"the {what} has non-zero trailing bits")
     return data
 
@@ -63,19 +75,26 @@ class CompactJws:
     signature: bytes
 
 
-def parse_compact(token: str | bytes) -> CompactJws:
-    """Envelope checks that need no key: size, shape, encoding and header."""
-    raw = token.encode("ascii", "replace") if isinstance(token, str) else token
-    if len(raw) > MAX_JWS_BYTES:
-        raise Rejected("too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
-    parts = raw.split(b".")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise Rejected("malformed_jws", "a transaction is a compact JWS: header.payload.signature")
-    header_bytes = b64url_decode_strict(parts[0], "header")
+def unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a repeated member name are refused: parsers disagree on which
+    one wins, and an auditor in another language must read the same header."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member names")
+    return result
+
+
+@lru_cache(maxsize=4096)
+def _checked_header(segment: bytes) -> tuple[str, str]:
+    """(alg, kid) of an encoded header. Each key signs with one header, so the check
+    is cached by its exact bytes (refusals are not cached: they raise)."""
+    header_bytes = b64url_decode_strict(segment, "header")
     try:
-        header = json.loads(header_bytes)
+        header = json.loads(header_bytes, object_pairs_hook=unique_members)
     except (ValueError, RecursionError) as exc:
-        raise Rejected("malformed_jws", "the JWS header is not JSON (or is nested too deeply)") from exc
+        raise Rejected(
+            "malformed_jws", "the JWS header is not JSON (or repeats a member, or is nested too deeply)"
+        ) from exc
     if not isinstance(header, dict):
         raise Rejected("malformed_jws", "the JWS header is not a JSON object")
     alg = header.get("alg")
@@ -92,6 +111,18 @@ def parse_compact(token: str | bytes) -> CompactJws:
     extra = set(header) - {"alg", "kid", "typ"}
     if extra:
         raise Rejected("malformed_jws", f"unexpected JWS header members: {', '.join(sorted(extra))}")
+    return alg, kid
+
+
+def parse_compact(token: str | bytes) -> CompactJws:
+    """Envelope checks that need no key: size, shape, encoding and header."""
+    raw = token.encode("ascii", "replace") if isinstance(token, str) else token
+    if len(raw) > MAX_JWS_BYTES:
+        raise Rejected("too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
+    parts = raw.split(b".")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise Rejected("malformed_jws", "a transaction is a compact JWS: header.payload.signature")
+    alg, kid = _checked_header(parts[0])
     if not parts[2]:
         raise Rejected("malformed_jws", "the JWS has no signature")
     payload = b64url_decode_strict(parts[1], "payload")
@@ -135,7 +166,7 @@ def verify_parts(signing_input: bytes, signature: bytes, alg: str, jwk_json: str
         return False
     if alg == "ES256K" and not _low_s(signature):
         return False  # (r, n - s) verifies too: accept one encoding only, as Bitcoin does
-    return bool(_registry.get_alg(alg).verify(signing_input, signature, key))
+    return bool(_ALGS[alg].verify(signing_input, signature, key))
 
 
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -150,7 +181,7 @@ def sign_compact(payload: bytes, kid: str, private_key: OKPKey | ECKey) -> str:
     alg = "EdDSA" if isinstance(private_key, OKPKey) else "ES256K"
     header = json.dumps({"alg": alg, "kid": kid, "typ": TYP}, separators=(",", ":")).encode()
     signing_input = f"{b64url_encode(header)}.{b64url_encode(payload)}".encode("ascii")
-    signature = _registry.get_alg(alg).sign(signing_input, private_key)
+    signature = _ALGS[alg].sign(signing_input, private_key)
     if alg == "ES256K" and not _low_s(signature):  # normalise to the one accepted encoding
         s = _SECP256K1_N - int.from_bytes(signature[32:], "big")
         signature = signature[:32] + s.to_bytes(32, "big")

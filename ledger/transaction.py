@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from domain.commands import COMMANDS, Command, PrincipalId
 from domain.identifiers import split_kid
 from ledger.errors import Rejected
-from ledger.jws import CompactJws, parse_compact
+from ledger.jws import CompactJws, parse_compact, unique_members
 
 MAX_NONCE: Final = 2**53 - 1  # exact in every JSON implementation
 
@@ -53,14 +53,7 @@ class Transaction:
         return self.payload.type
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member names")
-    return result
-
-
-_payload_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+_payload_decoder = json.JSONDecoder(object_pairs_hook=unique_members)
 
 
 def _describe(error: ValidationError) -> str:

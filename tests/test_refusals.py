@@ -234,6 +234,26 @@ def test_missing_alg_is_alg_not_allowed(ledger: Ledger, app: TransactionSigner) 
     refuse(ledger, token, "alg_not_allowed", signer="sp:app")
 
 
+def test_header_repeating_alg_is_malformed(ledger: Ledger, app: TransactionSigner) -> None:
+    """{"alg":"none",...,"alg":"EdDSA"}: parsers disagree on which member wins, so an
+    auditor in another language could read another algorithm; refuse it outright."""
+    header = b'{"alg":"none",' + raw_json(header_for(app))[1:]
+    token = forge(header, payload_for(app, "consent.give", give_body("sp:app")), app.key)
+    refuse(ledger, token, "malformed_jws", signer="sp:app")
+
+
+@pytest.mark.parametrize("segment", ["header", "payload", "signature"])
+@pytest.mark.parametrize("bad", ["+", "/", "=", "\n", " "])
+def test_characters_outside_base64url_are_non_canonical(
+    ledger: Ledger, app: TransactionSigner, segment: str, bad: str
+) -> None:
+    token = ledger.sign(app, "consent.give", give_body("sp:app"))
+    parts = token.split(".")
+    index = ["header", "payload", "signature"].index(segment)
+    parts[index] = parts[index][:8] + bad + parts[index][9:]
+    refuse(ledger, ".".join(parts), "non_canonical_base64", signer="sp:app")
+
+
 def test_padded_signature_is_non_canonical(ledger: Ledger, app: TransactionSigner) -> None:
     token = ledger.sign(app, "consent.give", give_body("sp:app"))
     assert len(token.rsplit(".", 1)[1]) % 4 == 2  # a 64-byte signature needs "=="

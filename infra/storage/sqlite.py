@@ -42,6 +42,10 @@ _TABLES = [
 ]
 
 
+def _hex(originator_id: uuid.UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, uuid.UUID) else uuid.UUID(originator_id).hex
+
+
 class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_TABLES]
@@ -62,10 +66,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         # (the head's compare-and-set above serialises writers) and checked right after.
         c.executemany(
             self.insert_events_statement,
-            [
-                (uuid.UUID(str(s.originator_id)).hex, s.originator_version, s.topic, s.state)
-                for s in stored_events
-            ],
+            [(_hex(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events],
         )
         c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
         if c.fetchone()[0] != batch.new_size:
@@ -163,7 +164,11 @@ class SQLiteLedgerStore(EntryStoreMixin):
         return _contiguous(rows, low)
 
     def append(self, batch: AppendBatch) -> None:
-        self.events.put(batch.entries, ledger_batch=batch)
+        # Straight to the recorder: the event store's put would also build a Recording
+        # per entry, which nothing here reads.
+        self.recorder.insert_events(
+            [self.events.mapper.to_stored_event(e) for e in batch.entries], ledger_batch=batch
+        )
 
     def last_nonce(self, signer: str) -> int:
         with self.datastore.transaction(commit=False) as c:
