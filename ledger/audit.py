@@ -100,6 +100,10 @@ class _ReplayState(AggregateLookups):
             self._remember(aggregate_id, loaded)  # absence is remembered too
             return loaded
 
+    def know(self, ids: Iterable[uuid.UUID]) -> None:
+        for aggregate_id in ids:
+            self._known.add(aggregate_id)
+
     def put(self, aggregate: Aggregate) -> None:
         self._known.add(aggregate.id)
         self._remember(aggregate.id, aggregate)
@@ -125,8 +129,16 @@ class Auditor:
         expected_checkpoint_key: str | None = None,
         expected_chain: str | None = None,
         cache_size: int = 10_000,
+        signature_chunk: int = _SIGNATURE_CHUNK,
+        keep_accepted: bool = False,
     ) -> None:
         self.report = AuditReport()
+        self._signature_chunk = signature_chunk
+        self._keep = keep_accepted
+        #: With ``keep_accepted``: what the replayed entries add to a replica's store.
+        self.accepted: list[Entry] = []
+        self.tx_rows: list[tuple[str, int, int]] = []
+        self._last_nonce: Callable[[str], int] = lambda _signer: 0
         self._state = _ReplayState(load, cache_size)
         self._checkpoints = sorted(checkpoints, key=lambda c: c.size)
         self._next_checkpoint = 0
@@ -145,6 +157,53 @@ class Auditor:
         self._pending: list[tuple[int, Any, dict[str, Any]]] = []
         self._in_flight: list[tuple[list[int], list[Future[list[bool]]]]] = []
 
+    @classmethod
+    def resume(cls, store: LedgerStore, **options: Any) -> Auditor:
+        """An auditor that continues after the entries ``store`` already holds (a
+        replica's own, verified copy), as if it had replayed them itself."""
+        auditor = cls(load=store.load_aggregate_before, checkpoints=(), **options)
+        size, root = store.head()
+        auditor._frontier = Frontier.load(size, store.read_nodes)
+        if auditor._frontier.root() != root:
+            raise ValueError("the replica's stored tree does not match its head")
+        auditor._state.size = size
+        auditor._state.know(store.aggregate_ids())
+        auditor._last_nonce = store.last_nonce
+        auditor.report.entries = size
+        if size:
+            (genesis,) = store.read_entries(1, 1)
+            auditor._adopt_genesis(Entry.decode(genesis.canonical))
+            (last,) = store.read_entries(size, 1)
+            auditor._last_ts = Entry.decode(last.canonical).ts
+        return auditor
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    @property
+    def ledger(self) -> dict[str, str] | None:
+        return self._ledger
+
+    @property
+    def checkpoint_verifier(self) -> Verifier | None:
+        return self._note_verifier
+
+    def root(self) -> bytes:
+        return self._frontier.root()
+
+    def verify_signatures(self) -> None:
+        """Wait for every signature check of the entries fed so far (a replica calls
+        this before it stores them); raises ``AuditFailure`` for the first bad one."""
+        self._launch_signatures()
+        self._collect_signatures(wait_all=True)
+
+    def take_accepted(self) -> tuple[list[Entry], list[tuple[int, int, bytes]], list[tuple[str, int, int]]]:
+        """Entries, tree nodes and nonce rows replayed since the last call."""
+        taken = (self.accepted, self._new_nodes, self.tx_rows)
+        self.accepted, self._new_nodes, self.tx_rows = [], [], []
+        return taken
+
     # --- feeding -------------------------------------------------------------------
 
     def feed(self, stored: StoredEntry) -> None:
@@ -159,9 +218,9 @@ class Auditor:
             self._fail(stored.seq, f"cannot be replayed: {exc}")
         self._new_nodes.extend(self._frontier.append(stored_leaf(stored)))
         self.report.entries += 1
-        if len(self._pending) >= _SIGNATURE_CHUNK:
+        if len(self._pending) >= self._signature_chunk:
             self._launch_signatures()
-        if len(self._new_nodes) >= _NODE_PAGE:
+        if len(self._new_nodes) >= _NODE_PAGE and not self._keep:
             self._check_stored_nodes()
         self._check_checkpoints_up_to(self._frontier.size)
 
@@ -224,7 +283,7 @@ class Auditor:
                 state=self._state,
                 ledger=self._ledger,
                 now=ts,
-                last_nonce=self._nonces.get(tx.signer, 0),
+                last_nonce=self._nonce_of(tx.signer),
                 signature_ok=lambda _jwk: True,
             )
             aggregate = decide(tx.type, tx.command, signer, ts, self._state)
@@ -248,8 +307,17 @@ class Auditor:
         self._state.put(aggregate)
         self._nonces[tx.signer] = tx.payload.nonce
         self._last_ts = ts
+        if self._keep:
+            self.accepted.append(produced)
+            self.tx_rows.append((tx.signer, tx.payload.nonce, seq))
         if self._ledger is None:
             self._adopt_genesis(produced)
+
+    def _nonce_of(self, signer: str) -> int:
+        last = self._nonces.get(signer)
+        if last is None:
+            last = self._nonces[signer] = self._last_nonce(signer)
+        return last
 
     def _adopt_genesis(self, entry: Entry) -> None:
         ledger = entry.data.get("ledger")
@@ -304,6 +372,8 @@ class Auditor:
 
     def _check_stored_nodes(self) -> None:
         """The tree nodes the ledger serves proofs from must be the recomputed ones."""
+        if self._keep:
+            return  # a replica writes these nodes; there is nothing stored to compare yet
         nodes, self._new_nodes = self._new_nodes, []
         if self._read_node_range is None or not nodes:
             return

@@ -41,6 +41,17 @@ class StoredCheckpoint:
 
 
 @dataclass(frozen=True)
+class RecordedViolation:
+    """Evidence a replica kept when it stopped accepting: what, where, and the bytes."""
+
+    recorded_at: str
+    kind: str
+    seq: int
+    message: str
+    evidence: str
+
+
+@dataclass(frozen=True)
 class StoredEntry:
     seq: int
     aggregate_id: uuid.UUID
@@ -94,6 +105,25 @@ class LedgerStore(Protocol):
     def wait_for_append(self, timeout: float) -> None:
         """Return when entries may have been appended, or after ``timeout`` seconds."""
         ...
+
+    # --- replication bookkeeping (relay, witnesses, replicas) ------------------------
+
+    def save_cosignature(self, size: int, witness: str, line: str) -> bool:
+        """Keep a witness's cosignature of the checkpoint at ``size`` (verified by the
+        caller); False if that witness's cosignature was already kept."""
+        ...
+
+    def cosignatures(self, size: int) -> tuple[str, ...]: ...
+
+    def marker(self, name: str) -> int:
+        """A named progress counter (e.g. what the relay has published); 0 if unset."""
+        ...
+
+    def set_marker(self, name: str, value: int) -> None: ...
+
+    def record_violation(self, kind: str, seq: int, message: str, evidence: str) -> None: ...
+
+    def violations(self) -> Sequence[RecordedViolation]: ...
 
     def close(self) -> None: ...
 

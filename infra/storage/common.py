@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder, EventStore
 
+from domain.times import format_time
 from ledger.entry import Entry, EntryMapper
 from ledger.merkle import EMPTY_ROOT
 from ledger.store import StoredEntry
 
 EVENTS_TABLE = "ledger_entries"
-__all__ = ["EMPTY_ROOT", "EVENTS_TABLE", "EntryStoreMixin"]
+__all__ = ["EMPTY_ROOT", "EVENTS_TABLE", "EntryStoreMixin", "utc_now_text"]
 
 
 class EntryStoreMixin:
@@ -58,3 +60,8 @@ class EntryStoreMixin:
             )
             for n in notifications
         ]
+
+
+def utc_now_text() -> str:
+    """When a violation was recorded (operational metadata, not ledger time)."""
+    return format_time(datetime.now(UTC))

@@ -20,9 +20,9 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin
+from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite import _contiguous
-from ledger.store import AppendBatch, StoreConflict, StoredCheckpoint
+from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
 
 
 def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
@@ -62,6 +62,13 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 " PRIMARY KEY (signer, nonce))",
                 "CREATE TABLE IF NOT EXISTS {s}.checkpoints ("
                 " size bigint PRIMARY KEY, root bytea NOT NULL, note text NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {s}.checkpoint_cosignatures ("
+                " size bigint NOT NULL, witness text NOT NULL, line text NOT NULL,"
+                " PRIMARY KEY (size, witness))",
+                "CREATE TABLE IF NOT EXISTS {s}.markers (name text PRIMARY KEY, value bigint NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {s}.violations ("
+                " id bigserial PRIMARY KEY, recorded_at text NOT NULL, kind text NOT NULL,"
+                " seq bigint NOT NULL, message text NOT NULL, evidence text NOT NULL)",
             )
         )
         self._s = s
@@ -205,8 +212,12 @@ class PostgresLedgerStore(EntryStoreMixin):
             )
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
-        row = self._one("SELECT size, root, note FROM {s}.checkpoints ORDER BY size DESC LIMIT 1")
-        return StoredCheckpoint(int(row["size"]), bytes(row["root"]), row["note"]) if row else None
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q("SELECT size, root, note FROM {s}.checkpoints ORDER BY size DESC LIMIT 1")
+            )
+            rows = curs.fetchall()
+            return self._with_cosignatures(curs, rows)[0] if rows else None
 
     def checkpoints(self, after_size: int = 0, limit: int = 1000) -> Sequence[StoredCheckpoint]:
         with self.datastore.transaction(commit=False) as curs:
@@ -216,7 +227,83 @@ class PostgresLedgerStore(EntryStoreMixin):
                 ),
                 (after_size, limit),
             )
-            return [StoredCheckpoint(int(r["size"]), bytes(r["root"]), r["note"]) for r in curs.fetchall()]
+            return self._with_cosignatures(curs, curs.fetchall())
+
+    def _with_cosignatures(self, curs: Cursor[DictRow], rows: Sequence[DictRow]) -> list[StoredCheckpoint]:
+        if not rows:
+            return []
+        curs.execute(
+            self._recorder.q(
+                "SELECT size, line FROM {s}.checkpoint_cosignatures WHERE size BETWEEN %s AND %s"
+                " ORDER BY size, witness"
+            ),
+            (min(r["size"] for r in rows), max(r["size"] for r in rows)),
+        )
+        lines: dict[int, list[str]] = {}
+        for r in curs.fetchall():
+            lines.setdefault(int(r["size"]), []).append(r["line"])
+        return [
+            StoredCheckpoint(
+                int(r["size"]), bytes(r["root"]), r["note"], tuple(lines.get(int(r["size"]), ()))
+            )
+            for r in rows
+        ]
+
+    def save_cosignature(self, size: int, witness: str, line: str) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "INSERT INTO {s}.checkpoint_cosignatures VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+                ),
+                (size, witness, line),
+            )
+            return curs.rowcount == 1
+
+    def cosignatures(self, size: int) -> tuple[str, ...]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT line FROM {s}.checkpoint_cosignatures WHERE size = %s ORDER BY witness"
+                ),
+                (size,),
+            )
+            return tuple(r["line"] for r in curs.fetchall())
+
+    def marker(self, name: str) -> int:
+        row = self._one("SELECT value FROM {s}.markers WHERE name = %s", (name,))
+        return int(row["value"]) if row else 0
+
+    def set_marker(self, name: str, value: int) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "INSERT INTO {s}.markers VALUES (%s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                ),
+                (name, value),
+            )
+
+    def record_violation(self, kind: str, seq: int, message: str, evidence: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "INSERT INTO {s}.violations (recorded_at, kind, seq, message, evidence)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                ),
+                (utc_now_text(), kind, seq, message, evidence),
+            )
+
+    def violations(self) -> Sequence[RecordedViolation]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT recorded_at, kind, seq, message, evidence FROM {s}.violations ORDER BY id"
+                )
+            )
+            return [
+                RecordedViolation(r["recorded_at"], r["kind"], int(r["seq"]), r["message"], r["evidence"])
+                for r in curs.fetchall()
+            ]
 
     def wait_for_append(self, timeout: float) -> None:
         """LISTEN on the channel the library NOTIFYs after each insert; the timeout is the

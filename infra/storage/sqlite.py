@@ -23,8 +23,8 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
-from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin
-from ledger.store import AppendBatch, StoreConflict, StoredCheckpoint
+from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin, utc_now_text
+from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
 
 CACHE_KIB = 64 * 1024
 _TABLES = [
@@ -39,6 +39,13 @@ _TABLES = [
     " PRIMARY KEY (signer, nonce)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS checkpoints ("
     " size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checkpoint_cosignatures ("
+    " size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,"
+    " PRIMARY KEY (size, witness)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS markers (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS violations ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, recorded_at TEXT NOT NULL, kind TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, message TEXT NOT NULL, evidence TEXT NOT NULL)",
 ]
 
 
@@ -201,8 +208,8 @@ class SQLiteLedgerStore(EntryStoreMixin):
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
-            row = c.fetchone()
-            return StoredCheckpoint(int(row[0]), bytes(row[1]), row[2]) if row else None
+            rows = c.fetchall()
+            return self._with_cosignatures(c, rows)[0] if rows else None
 
     def checkpoints(self, after_size: int = 0, limit: int = 1000) -> Sequence[StoredCheckpoint]:
         with self.datastore.transaction(commit=False) as c:
@@ -210,7 +217,56 @@ class SQLiteLedgerStore(EntryStoreMixin):
                 "SELECT size, root, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT ?",
                 (after_size, limit),
             )
-            return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2]) for r in c.fetchall()]
+            return self._with_cosignatures(c, c.fetchall())
+
+    @staticmethod
+    def _with_cosignatures(c: SQLiteCursor, rows: Sequence[Any]) -> list[StoredCheckpoint]:
+        if not rows:
+            return []
+        c.execute(
+            "SELECT size, line FROM checkpoint_cosignatures"
+            " WHERE size BETWEEN ? AND ? ORDER BY size, witness",
+            (min(r[0] for r in rows), max(r[0] for r in rows)),
+        )
+        lines: dict[int, list[str]] = {}
+        for size, line in c.fetchall():
+            lines.setdefault(int(size), []).append(line)
+        return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2], tuple(lines.get(int(r[0]), ()))) for r in rows]
+
+    def save_cosignature(self, size: int, witness: str, line: str) -> bool:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("INSERT OR IGNORE INTO checkpoint_cosignatures VALUES (?, ?, ?)", (size, witness, line))
+            return bool(c.sqlite_cursor.rowcount == 1)
+
+    def cosignatures(self, size: int) -> tuple[str, ...]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT line FROM checkpoint_cosignatures WHERE size = ? ORDER BY witness", (size,))
+            return tuple(r[0] for r in c.fetchall())
+
+    def marker(self, name: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT value FROM markers WHERE name = ?", (name,))
+            row = c.fetchone()
+            return int(row[0]) if row else 0
+
+    def set_marker(self, name: str, value: int) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO markers VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    def record_violation(self, kind: str, seq: int, message: str, evidence: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO violations (recorded_at, kind, seq, message, evidence) VALUES (?, ?, ?, ?, ?)",
+                (utc_now_text(), kind, seq, message, evidence),
+            )
+
+    def violations(self) -> Sequence[RecordedViolation]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT recorded_at, kind, seq, message, evidence FROM violations ORDER BY id")
+            return [RecordedViolation(r[0], r[1], int(r[2]), r[3], r[4]) for r in c.fetchall()]
 
     def wait_for_append(self, timeout: float) -> None:
         # SQLite has no notifications: poll the head, cheaply, a few times a second.

@@ -1,0 +1,264 @@
+"""A node operator's replica accepts only what it verified itself (no broker involved).
+
+Entries and checkpoints are read from a real sequencer's store and handed to a
+replica with its own store; attacks change them on the way, as a relay or a broker
+could.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CHAIN, Ledger
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from infra.bootstrap import open_store
+from infra.settings import Settings
+from ledger.audit import audit_store
+from ledger.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
+from ledger.note import parse_note
+from ledger.replica import OutOfOrder, Replica, ReplicaHalted, ViolationKind
+from ledger.store import LedgerStore, StoredEntry
+
+TERMS = {
+    "purposes": ["dpv:ServiceProvision"],
+    "data_categories": ["dpv-pd:HealthRecord"],
+    "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
+}
+
+
+def give(ledger: Ledger, app: Any, subject: str) -> str:
+    body = {
+        "consent_id": str(uuid.uuid4()),
+        "controller": "sp:app",
+        "subject": subject,
+        "level": 1,
+        "method": "app",
+        "terms": TERMS,
+    }
+    return ledger.sign(app, "consent.give", body)
+
+
+@pytest.fixture
+def source(ledger: Ledger) -> Ledger:
+    """A ledger with 60 entries and checkpoints (every 20 entries)."""
+    ledger.sequencer.policy = replace(ledger.sequencer.policy, every=20)
+    app = ledger.admit("sp:app", "service_provider")
+    for start in range(0, 58, 19):
+        ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(start, min(start + 19, 58))])
+    ledger.sequencer.checkpoint_now()
+    assert ledger.head()[0] == 60
+    return ledger
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def replica_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerStore]:
+    url = request.getfixturevalue("pg_schema_url") if request.param == "postgres" else None
+    store = open_store(Settings(data_dir=tmp_path / "node", database_url=url))
+    yield store
+    store.close()
+
+
+def entries_of(ledger: Ledger) -> list[StoredEntry]:
+    return list(ledger.sequencer.store.read_entries(1, 10_000))
+
+
+def notes_of(ledger: Ledger) -> list[str]:
+    return [c.note for c in ledger.sequencer.store.checkpoints(0, 1000)]
+
+
+def test_replica_equals_the_sequencers_log_and_verifies_as_a_ledger(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    replica = Replica(replica_store)
+    entries = entries_of(source)
+    for start in range(0, len(entries), 7):  # batches of any size
+        replica.accept_entries(entries[start : start + 7])
+    accepted = [replica.accept_checkpoint(note) for note in notes_of(source)]
+    assert all(a is not None and a.new for a in accepted)
+    assert replica_store.head() == source.head()
+    assert [e.canonical for e in replica_store.read_entries(1, 100)] == [e.canonical for e in entries]
+    assert [c.note for c in replica_store.checkpoints(0, 100)] == notes_of(source)
+    report = audit_store(replica_store)  # a replica is a ledger an auditor can check as is
+    assert report.ok, report.first_problem
+    assert report.checkpoints == len(notes_of(source))
+
+
+def test_replica_resumes_after_restart_and_skips_what_it_holds(source: Ledger, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "node")
+    entries = entries_of(source)
+    store = open_store(settings)
+    Replica(store).accept_entries(entries[:25])
+    store.close()
+    store = open_store(settings)
+    replica = Replica(store)
+    assert replica.size == 25
+    assert [e.seq for e in replica.accept_entries(entries)] == list(range(26, 61))  # 1..25 skipped
+    assert replica.accept_entries(entries) == []
+    assert store.head() == source.head()
+    store.close()
+
+
+def test_a_gap_is_a_transport_problem_not_a_violation(source: Ledger, replica_store: LedgerStore) -> None:
+    replica = Replica(replica_store)
+    entries = entries_of(source)
+    replica.accept_entries(entries[:10])
+    with pytest.raises(OutOfOrder):
+        replica.accept_entries(entries[11:20])
+    with pytest.raises(OutOfOrder):
+        replica.accept_entries([entries[10], entries[12]])
+    assert replica.halted is None
+    assert [e.seq for e in replica.accept_entries(entries[10:20])] == list(range(11, 21))
+
+
+def test_checkpoint_ahead_of_the_replica_is_checked_when_it_gets_there(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    replica = Replica(replica_store)
+    notes = notes_of(source)
+    entries = entries_of(source)
+    replica.accept_entries(entries[:1])
+    sizes = [parse_checkpoint_body(parse_note(n)[0]).size for n in notes]
+    assert sizes == [1, 21, 41, 60]
+    assert all(replica.accept_checkpoint(n) is None for n in notes[1:])  # they are ahead
+    replica.accept_entries(entries[1:45])
+    assert [c.size for c in replica_store.checkpoints(0, 100)] == [21, 41]
+    replica.accept_entries(entries[45:])
+    assert [c.note for c in replica_store.checkpoints(0, 100)] == notes[1:]
+    assert replica.waiting_checkpoints() == []
+
+
+# --- attacks ---------------------------------------------------------------------------
+
+
+def _altered(stored: StoredEntry, change: Any) -> StoredEntry:
+    document = json.loads(stored.canonical)
+    change(document)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return replace(stored, canonical=canonical)
+
+
+def _assert_halted_at(replica: Replica, store: LedgerStore, kind: ViolationKind, seq: int) -> None:
+    violation = replica.halted
+    assert violation is not None and violation.kind == kind.value and violation.seq == seq, violation
+    assert store.head()[0] == seq - 1 if kind is ViolationKind.BAD_ENTRY else True
+    with pytest.raises(ReplicaHalted):  # nothing more is accepted, even valid entries
+        replica.accept_entries([])
+
+
+def test_entry_with_a_bad_signature_is_named_and_nothing_after_it_is_accepted(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    entries = entries_of(source)
+
+    def flip_signature(doc: dict[str, Any]) -> None:
+        head, payload, sig = doc["tx"].split(".")
+        raw = bytearray(base64.urlsafe_b64decode(sig + "=="))
+        raw[5] ^= 1
+        doc["tx"] = f"{head}.{payload}.{base64.urlsafe_b64encode(bytes(raw)).rstrip(b'=').decode()}"
+
+    entries[30] = _altered(entries[30], flip_signature)
+    replica = Replica(replica_store)
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_entries(entries)
+    assert raised.value.violation.seq == 31
+    assert "signature" in raised.value.violation.message
+    _assert_halted_at(replica, replica_store, ViolationKind.BAD_ENTRY, 31)
+    assert replica_store.head()[0] == 30  # the good prefix was kept
+    evidence = json.loads(raised.value.violation.evidence)
+    assert evidence["entry"] == entries[30].canonical.decode()
+    # a restarted replica still refuses
+    with pytest.raises(ReplicaHalted):
+        Replica(replica_store).accept_entries(entries[30:])
+
+
+def test_entry_altered_in_flight_is_named(source: Ledger, replica_store: LedgerStore) -> None:
+    entries = entries_of(source)
+
+    def change_subject(doc: dict[str, Any]) -> None:
+        doc["data"]["subject"] = "p-someone-else"
+
+    entries[40] = _altered(entries[40], change_subject)
+    replica = Replica(replica_store)
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_entries(entries)
+    assert "altered" in raised.value.violation.message
+    _assert_halted_at(replica, replica_store, ViolationKind.BAD_ENTRY, 41)
+
+
+def test_replayed_transaction_is_named(source: Ledger, replica_store: LedgerStore) -> None:
+    """An entry that repeats an earlier transaction (same nonce) breaks the nonce rule."""
+    entries = entries_of(source)
+    earlier = json.loads(entries[10].canonical)["tx"]
+
+    def reuse_tx(doc: dict[str, Any]) -> None:
+        doc["tx"] = earlier
+
+    entries[20] = _altered(entries[20], reuse_tx)
+    replica = Replica(replica_store)
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_entries(entries)
+    assert raised.value.violation.seq == 21
+
+
+def _forged_checkpoint(ledger: Ledger, size: int, root: bytes) -> str:
+    """A checkpoint signed with the ledger's real checkpoint key (a forked sequencer)."""
+    key = ledger.sequencer._checkpoint_key
+    assert key is not None
+    origin = parse_checkpoint_body(parse_note(notes_of(ledger)[0])[0]).origin
+    return sign_checkpoint(Checkpoint(origin, size, root), key.name, key.private_key)
+
+
+def test_checkpoint_whose_root_does_not_match_is_named(source: Ledger, replica_store: LedgerStore) -> None:
+    replica = Replica(replica_store)
+    replica.accept_entries(entries_of(source))
+    forged = _forged_checkpoint(source, 50, b"\x07" * 32)
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_checkpoint(forged)
+    assert raised.value.violation.kind == ViolationKind.CHECKPOINT_MISMATCH
+    assert raised.value.violation.seq == 50
+    assert json.loads(raised.value.violation.evidence)["checkpoint"] == forged
+
+
+def test_two_conflicting_checkpoints_for_one_size_are_equivocation(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    replica = Replica(replica_store)
+    replica.accept_entries(entries_of(source))
+    genuine = notes_of(source)[1]
+    assert replica.accept_checkpoint(genuine) is not None
+    size = parse_checkpoint_body(parse_note(genuine)[0]).size
+    forged = _forged_checkpoint(source, size, b"\x09" * 32)
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_checkpoint(forged)
+    violation = raised.value.violation
+    assert violation.kind == ViolationKind.EQUIVOCATION and violation.seq == size
+    evidence = json.loads(violation.evidence)
+    assert {evidence["checkpoint"], evidence["conflicting_checkpoint"]} == {forged, genuine}
+
+
+def test_checkpoint_signed_by_another_key_is_named(source: Ledger, replica_store: LedgerStore) -> None:
+    replica = Replica(replica_store)
+    replica.accept_entries(entries_of(source))
+    genuine = notes_of(source)[1]
+    checkpoint = parse_checkpoint_body(parse_note(genuine)[0])
+    forged = sign_checkpoint(checkpoint, checkpoint.origin, Ed25519PrivateKey.generate())
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_checkpoint(forged)
+    assert raised.value.violation.kind == ViolationKind.BAD_CHECKPOINT
+
+
+def test_replica_of_another_chain_is_refused(source: Ledger, tmp_path: Path) -> None:
+    store = open_store(Settings(data_dir=tmp_path / "node"))
+    replica = Replica(store, expected_chain="some-other-chain")
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_entries(entries_of(source)[:5])
+    assert raised.value.violation.seq == 1 and CHAIN in raised.value.violation.message
+    store.close()
