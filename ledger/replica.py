@@ -75,11 +75,15 @@ class Replica:
         self._expected_key = expected_checkpoint_key
         self._expected_chain = expected_chain
         self._auditor = self._resume()
+        self._stored_size = self._auditor.size
         self._waiting: dict[int, str] = {}  # checkpoints beyond our size, by size
+        self._verified: list[AcceptedCheckpoint] = []
 
     @property
     def size(self) -> int:
-        return self._auditor.size
+        """Entries verified *and* stored (other threads may read this while a batch is
+        being verified)."""
+        return self._stored_size
 
     @property
     def halted(self) -> RecordedViolation | None:
@@ -93,6 +97,19 @@ class Replica:
 
     def waiting_checkpoints(self) -> list[int]:
         return sorted(self._waiting)
+
+    def take_verified_checkpoints(self) -> list[AcceptedCheckpoint]:
+        """Checkpoints newly kept since the last call, including those that waited for
+        entries (a witness cosigns each of them once)."""
+        taken, self._verified = self._verified, []
+        return taken
+
+    def report_violation(
+        self, kind: ViolationKind, seq: int, message: str, evidence: dict[str, str]
+    ) -> NoReturn:
+        """Record a violation found outside the replay (e.g. a record that is not an
+        entry at all) and stop, as for any other."""
+        self._halt(kind, seq, message, evidence)
 
     # --- entries -------------------------------------------------------------------
 
@@ -136,6 +153,7 @@ class Replica:
         except BaseException:
             self._auditor = self._resume()  # the store is the truth: replay from it again
             raise
+        self._stored_size = auditor.size
         for size in [s for s in sorted(self._waiting) if s <= self.size]:
             self.accept_checkpoint(self._waiting.pop(size))
         return entries
@@ -190,7 +208,9 @@ class Replica:
                     {"checkpoint": note, "previous_checkpoint": previous.note},
                 )
         self.store.save_checkpoint(size, checkpoint.root_hash, note)
-        return AcceptedCheckpoint(checkpoint, note, new=True)
+        accepted = AcceptedCheckpoint(checkpoint, note, new=True)
+        self._verified.append(accepted)
+        return accepted
 
     # --- internals -----------------------------------------------------------------
 

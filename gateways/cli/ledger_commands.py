@@ -44,6 +44,7 @@ def init(settings: Settings, chain: str, origin: str | None, operator: str, disp
         fail(str(exc))
     click.echo(f"ledger {chain!r} created in {settings.data_dir} ({settings.engine})")
     click.echo(f"genesis entry 1, leaf hash {entry.leaf_hash.hex()}")
+    click.echo(f"checkpoint key (give it to nodes and auditors): {entry.data['ledger']['checkpoint_key']}")
     click.echo(f"keys in {settings.keys_dir} (mode 0600); keep root.jwk offline in production")
 
 

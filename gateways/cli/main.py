@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
-
 import click
 
 from gateways.cli.audit_commands import audit
 from gateways.cli.bench_commands import bench
 from gateways.cli.demo_level1 import level1
 from gateways.cli.ledger_commands import demo, init
+from gateways.cli.node_commands import node, relay
 from gateways.cli.projection_commands import consents, projections
 from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
-
-warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
 
 @click.group()
@@ -31,6 +28,8 @@ cli.add_command(projections)
 cli.add_command(consents)
 cli.add_command(bench)
 cli.add_command(serve)
+cli.add_command(relay)
+cli.add_command(node)
 
 
 def main() -> None:

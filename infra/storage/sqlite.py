@@ -118,8 +118,17 @@ class SQLiteLedgerStore(EntryStoreMixin):
         self.path = path
         self.datastore = tuned_datastore(path)
         recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
-        recorder.create_table()
+        if not self._schema_ready():
+            recorder.create_table()
         self._wire(recorder)
+
+    def _schema_ready(self) -> bool:
+        """Creating tables takes the write lock even when they exist; a second process
+        (``dfg node status`` next to a running follower) only needs to read."""
+        wanted = {EVENTS_TABLE, *(t.split()[5] for t in _TABLES if t.startswith("CREATE TABLE"))}
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return wanted <= {row[0] for row in c.fetchall()}
 
     def head(self) -> tuple[int, bytes]:
         with self.datastore.transaction(commit=False) as c:

@@ -1,0 +1,251 @@
+"""``dfg relay`` and ``dfg node ...``: replication to node operators over Kafka."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from joserfc.jwk import OKPKey
+
+from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.kafka.client import KafkaSettings
+from gateways.kafka.follower import TOPIC_END_MARKER, Follower, Witness
+from gateways.kafka.relay import Relay, RelayError
+from gateways.kafka.topics import Topics
+from infra.bootstrap import open_store, open_views
+from infra.keyfiles import KeyFileError, read_jwk, write_jwk
+from infra.settings import Settings
+from ledger.entry import Entry
+from ledger.note import NoteError, Verifier
+from ledger.replica import Replica
+from ledger.signing import public_jwk
+from ledger.witness import witness_verifier
+from projections.base import prepare
+from projections.registry import all_views
+
+kafka_option = click.option(
+    "--kafka",
+    "bootstrap",
+    envvar="DFG_KAFKA",
+    show_envvar=True,
+    required=True,
+    help="Kafka bootstrap servers, host:port[,host:port...].",
+)
+prefix_option = click.option(
+    "--topic-prefix", default="dfg", show_default=True, help="Topics are <prefix>.<chain>.entries etc."
+)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@click.command("relay")
+@ledger_options
+@kafka_option
+@prefix_option
+@click.option(
+    "--replication-factor",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="For topics the relay creates (use 3 on a production cluster).",
+)
+def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_factor: int) -> None:
+    """Publish every entry and checkpoint of the ledger to Kafka, in order, once; keep
+    the witnesses' cosignatures that come back."""
+    _logging()
+    require_ledger(settings)
+    store = open_store(settings)
+    chain = _chain_of(store)
+    topics = Topics.for_ledger(chain, topic_prefix)
+    kafka = KafkaSettings(bootstrap, client_id=f"dfg-relay-{chain}", replication_factor=replication_factor)
+    publisher = Relay(store, kafka, topics)
+    click.echo(f"dfg relay: {chain} -> {topics.entries}, {topics.checkpoints} on {bootstrap}")
+    try:
+        publisher.run(_stop_on_signals())
+    except RelayError as exc:
+        fail(str(exc), code=2)
+    finally:
+        store.close()
+
+
+@click.group("node")
+def node() -> None:
+    """Run a node operator's verifying, witnessing replica."""
+
+
+@node.command("keygen")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the node's private key (JWK, mode 0600).",
+)
+@click.option("--name", required=True, help="The node operator's principal id, e.g. node:alpha.")
+def keygen(out: Path, name: str) -> None:
+    """Create a node key; prints the public JWK to admit on the ledger and the
+    witness key (vkey) auditors pin in their witness policy."""
+    if out.exists():
+        fail(f"{out} exists; refusing to overwrite a key")
+    key = OKPKey.generate_key("Ed25519")
+    write_jwk(out, key)
+    jwk = public_jwk(key).as_dict()
+    verifier = witness_verifier(name, jwk)
+    if verifier is None:  # pragma: no cover - an Ed25519 key always makes a verifier
+        fail("could not derive a witness key")
+    click.echo(json.dumps({"principal": name, "jwk": jwk, "witness_key": verifier.to_string()}, indent=2))
+
+
+@node.command("follow")
+@ledger_options
+@kafka_option
+@prefix_option
+@click.option("--chain", required=True, help="The ledger's chain id (names its topics).")
+@click.option(
+    "--ledger-key",
+    required=True,
+    envvar="DFG_LEDGER_KEY",
+    help="The ledger's checkpoint verifier key (name+hash+key), as `dfg init` printed it.",
+)
+@click.option(
+    "--witness-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="This node's key (from `dfg node keygen`): cosign verified checkpoints.",
+)
+@click.option("--witness-name", help="This node's principal id on the ledger (with --witness-key).")
+@click.option(
+    "--status-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve GET /status (JSON) and /metrics on 127.0.0.1:PORT.",
+)
+@click.option("--exit-on-violation", is_flag=True, help="Exit with status 3 when a violation is found.")
+def follow(
+    settings: Settings,
+    bootstrap: str,
+    topic_prefix: str,
+    chain: str,
+    ledger_key: str,
+    witness_key: Path | None,
+    witness_name: str | None,
+    status_port: int | None,
+    exit_on_violation: bool,
+) -> None:
+    """Consume the ledger's topics into this node's own verified replica and views."""
+    _logging()
+    try:
+        Verifier.from_string(ledger_key)
+    except NoteError as exc:
+        fail(f"--ledger-key: {exc}")
+    witness = _witness(witness_key, witness_name)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    views = open_views(settings)
+    view_list = all_views()
+    for view in view_list:
+        prepare(views, view)
+    replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
+    kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
+    follower = Follower(
+        replica, views, view_list, kafka, Topics.for_ledger(chain, topic_prefix), witness=witness
+    )
+    stop = _stop_on_signals()
+    if status_port is not None:
+        from gateways.http.node_status import serve_status
+
+        serve_status(follower, "127.0.0.1", status_port)
+    click.echo(f"dfg node following {chain} on {bootstrap} into {settings.data_dir} (size {replica.size})")
+    try:
+        code = follower.run(stop, exit_on_violation=exit_on_violation)
+    finally:
+        views.close()
+        store.close()
+    if code:
+        halted = follower.status.halted or {}
+        click.secho(
+            f"VIOLATION: entry {halted.get('seq')}: {halted.get('kind')}: {halted.get('message')}",
+            fg="red",
+            err=True,
+        )
+    sys.exit(code)
+
+
+@node.command("status")
+@ledger_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(settings: Settings, as_json: bool) -> None:
+    """Replica size, lag, last verified checkpoint and violations of a node."""
+    require_ledger(settings)
+    store = open_store(settings)
+    try:
+        size = store.head()[0]
+        topic_end = max(store.marker(TOPIC_END_MARKER), size)
+        latest = store.latest_checkpoint()
+        last_ts = Entry.decode(store.read_entries(size, 1)[0].canonical).ts.timestamp() if size else None
+        violations = [v.__dict__ for v in store.violations()]
+        report: dict[str, Any] = {
+            "size": size,
+            "topic_end": topic_end,
+            "lag_entries": topic_end - size,
+            "newest_entry_age_s": None if last_ts is None else round(time.time() - last_ts, 3),
+            "last_checkpoint": latest.size if latest else None,
+            "cosignatures_on_last_checkpoint": len(latest.cosignatures) if latest else 0,
+            "violations": violations,
+        }
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(f"replica size       {size:,}")
+        click.echo(
+            f"behind the topic   {report['lag_entries']:,} entries (topic end last seen {topic_end:,})"
+        )
+        click.echo(f"last checkpoint    {report['last_checkpoint']}")
+        for v in violations:
+            click.secho(
+                f"VIOLATION {v['kind']} at entry {v['seq']}: {v['message']} ({v['recorded_at']})", fg="red"
+            )
+        if not violations:
+            click.echo("violations         none")
+    sys.exit(3 if violations else 0)
+
+
+def _witness(path: Path | None, name: str | None) -> Witness | None:
+    if path is None and name is None:
+        return None
+    if path is None or name is None:
+        fail("--witness-key and --witness-name go together")
+    try:
+        key = read_jwk(path)
+    except KeyFileError as exc:
+        fail(str(exc))
+    if not isinstance(key, OKPKey):
+        fail("a witness key is an Ed25519 (OKP) key")
+    private = key.private_key
+    if private is None:
+        fail(f"{path} holds no private key")
+    return Witness(name, private)  # type: ignore[arg-type]
+
+
+def _chain_of(store: Any) -> str:
+    if store.head()[0] == 0:
+        fail("this ledger has no genesis entry")
+    genesis = Entry.decode(store.read_entries(1, 1)[0].canonical)
+    chain: str = genesis.data["ledger"]["chain"]
+    return chain

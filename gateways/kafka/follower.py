@@ -1,0 +1,256 @@
+"""A node operator's follower: consumes a ledger's topics into a verified replica.
+
+Entries are handed to the ``Replica`` (which verifies and stores them), then applied
+to the node's own read models; checkpoints are verified against the replica's tree and,
+when the node is a witness, cosigned and sent back on the cosignatures topic. The
+follower keeps no offsets of its own: the record at offset ``o`` is entry ``o + 1``,
+so the replica's size is its position, and a restart or a broker that lost data costs
+at most skipping records it already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
+from gateways.kafka.client import KafkaSettings, partition
+from gateways.kafka.topics import (
+    PARTITION,
+    CosignatureMessage,
+    MessageError,
+    Topics,
+    checkpoint_from_record,
+    entry_from_record,
+)
+from ledger.entry import Entry
+from ledger.replica import AcceptedCheckpoint, OutOfOrder, Replica, ReplicaHalted, ViolationKind
+from ledger.store import LedgerStore
+from ledger.witness import cosign
+from projections.base import View, ViewDatabase, apply_new
+
+log = logging.getLogger("dfg.follower")
+
+CHECKPOINTS_MARKER = "follower.checkpoints"
+TOPIC_END_MARKER = "follower.topic_end"
+SEEN_AT_MARKER = "follower.seen_at_ms"
+
+
+@dataclass(frozen=True)
+class Witness:
+    """This node's cosigning identity: its principal id and Ed25519 key."""
+
+    name: str
+    key: Ed25519PrivateKey
+
+
+@dataclass
+class FollowerStatus:
+    size: int = 0
+    topic_end: int = 0
+    lag_entries: int = 0
+    lag_seconds: float = 0.0
+    last_checkpoint: int | None = None
+    cosigned: int = 0
+    halted: dict[str, Any] | None = None
+    updated_at: float = 0.0
+    #: Seconds from append (the entry's timestamp) to verified here, of recent entries.
+    recent_lags: list[float] = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("recent_lags")
+        return data
+
+
+class Follower:
+    def __init__(
+        self,
+        replica: Replica,
+        views: ViewDatabase,
+        view_list: Sequence[View],
+        kafka: KafkaSettings,
+        topics: Topics,
+        *,
+        witness: Witness | None = None,
+        clock: Callable[[], float] = time.time,
+        max_records: int = 2000,
+    ) -> None:
+        self.replica = replica
+        self.store: LedgerStore = replica.store
+        self.views = views
+        self.view_list = view_list
+        self.kafka = kafka
+        self.topics = topics
+        self.witness = witness
+        self.clock = clock
+        self.max_records = max_records
+        self.status = FollowerStatus(size=replica.size)
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, exit_on_violation: bool = False) -> int:
+        """Follow until ``stop`` is set. Returns 0, or 3 when it stopped on a violation
+        and ``exit_on_violation`` (otherwise it keeps serving its status, idle)."""
+        self._refresh_status()
+        backoff = 0.2
+        while not stop.is_set():
+            if self.status.halted is not None:
+                if exit_on_violation:
+                    return 3
+                stop.wait(1.0)
+                continue
+            try:
+                if self._consumer is None:
+                    self.connect()
+                self.step()
+                backoff = 0.2
+            except ReplicaHalted as halted:
+                log.error("stopped accepting: %s", halted)
+                self._refresh_status()
+            except KafkaError as exc:
+                log.warning("broker unavailable (%s); reconnecting in %.1fs", exc, backoff)
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.close()
+        return 0
+
+    def connect(self) -> None:
+        consumer = self.kafka.consumer()
+        entries, checkpoints = partition(self.topics.entries), partition(self.topics.checkpoints)
+        consumer.assign([entries, checkpoints])
+        consumer.seek(entries, self.replica.size)
+        consumer.seek(checkpoints, self.store.marker(CHECKPOINTS_MARKER))
+        self._consumer = consumer
+        if self.witness is not None:
+            self._producer = self.kafka.producer()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=2)
+            except Exception:
+                log.debug("error while closing the producer", exc_info=True)
+        self._consumer = self._producer = None
+
+    # --- one round -----------------------------------------------------------------
+
+    def step(self, timeout_ms: int = 500) -> int:
+        """Poll once and apply what came; returns the number of entries appended."""
+        assert self._consumer is not None
+        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        entries_tp, checkpoints_tp = partition(self.topics.entries), partition(self.topics.checkpoints)
+        appended = self._entries(polled.get(entries_tp, []))
+        for record in polled.get(checkpoints_tp, []):
+            self._checkpoint(record)
+            self.store.set_marker(CHECKPOINTS_MARKER, record.offset + 1)
+        self._cosign(self.replica.take_verified_checkpoints())
+        self._refresh_status()
+        return len(appended)
+
+    def _entries(self, records: Sequence[Any]) -> list[Entry]:
+        if not records:
+            return []
+        incoming = []
+        for record in records:
+            try:
+                incoming.append(entry_from_record(record.key, record.value, record.headers))
+            except MessageError as exc:
+                if record.offset < self.replica.size:
+                    continue  # already held (verified) entry; a damaged copy changes nothing
+                self.replica.report_violation(
+                    ViolationKind.BAD_ENTRY,
+                    record.offset + 1,
+                    f"the record at offset {record.offset} is not an entry: {exc}",
+                    {"record": (record.value or b"").decode("utf-8", "replace")},
+                )
+        try:
+            appended = self.replica.accept_entries(incoming)
+        except OutOfOrder as exc:
+            log.info("%s; reading again from entry %d", exc, self.replica.size + 1)
+            assert self._consumer is not None
+            self._consumer.seek(partition(self.topics.entries), self.replica.size)
+            return []
+        if appended:
+            apply_new(self.views, self.view_list, appended, self.store.read_entries)
+            now = self.clock()
+            self.status.recent_lags.extend(now - e.ts.timestamp() for e in appended)
+            del self.status.recent_lags[:-100_000]
+        return appended
+
+    def _checkpoint(self, record: Any) -> None:
+        try:
+            note = checkpoint_from_record(record.value)
+        except MessageError as exc:
+            self.replica.report_violation(
+                ViolationKind.BAD_CHECKPOINT, 0, str(exc), {"record": repr(record.value)[:2000]}
+            )
+        self.replica.accept_checkpoint(note)
+
+    def _cosign(self, verified: Sequence[AcceptedCheckpoint]) -> None:
+        if self.witness is None or not verified:
+            return
+        assert self._producer is not None
+        for accepted in verified:
+            size = accepted.checkpoint.size
+            line = cosign(accepted.note, self.witness.name, self.witness.key, int(self.clock()))
+            self.store.save_cosignature(size, self.witness.name, line)
+            key, value, headers = CosignatureMessage(self.witness.name, size, line).record()
+            self._producer.send(
+                self.topics.cosignatures, key=key, value=value, headers=headers, partition=PARTITION
+            )
+            self.status.cosigned += 1
+        self._producer.flush()
+
+    # --- status --------------------------------------------------------------------
+
+    def _refresh_status(self) -> None:
+        status = self.status
+        status.size = self.replica.size
+        if self._consumer is not None:
+            high = self._consumer.highwater(partition(self.topics.entries))
+            if high is not None:
+                status.topic_end = max(high, status.size)
+                self.store.set_marker(TOPIC_END_MARKER, status.topic_end)
+        status.lag_entries = max(0, status.topic_end - status.size)
+        latest = self.store.latest_checkpoint()
+        status.last_checkpoint = latest.size if latest else None
+        halted = self.replica.halted
+        status.halted = (
+            {
+                "kind": halted.kind,
+                "seq": halted.seq,
+                "message": halted.message,
+                "recorded_at": halted.recorded_at,
+            }
+            if halted
+            else None
+        )
+        status.lag_seconds = self._lag_seconds() if status.lag_entries else 0.0
+        status.updated_at = self.clock()
+
+    def _lag_seconds(self) -> float:
+        """How old the newest verified entry is while newer ones wait: an upper bound on
+        how far this replica is behind in time."""
+        size = self.replica.size
+        if not size:
+            return 0.0
+        (last,) = self.store.read_entries(size, 1)
+        return max(0.0, self.clock() - Entry.decode(last.canonical).ts.timestamp())
+
+    def status_json(self) -> str:
+        return json.dumps(self.status.as_json(), sort_keys=True)

@@ -1,0 +1,274 @@
+"""The relay: publishes a ledger's entries and checkpoints to Kafka, in order, once.
+
+Invariant: on the entries topic, the record at offset ``o`` is entry ``o + 1`` (one
+partition, idempotent producer, one relay per ledger). What has been published is
+kept as a marker in the ledger's own database; the topic is the other half of the
+truth. At start and after every broker error the relay reads where the topic really
+ends and checks its last record: if the topic holds *less* than was published (a
+broker that lost data, an unclean leader election) it publishes again from there; if
+it holds more (the relay died after sending, before noting it) it adopts the topic's
+end. Checkpoints follow the same rule with their own marker. Witnesses' cosignatures
+come back on a third topic; the relay verifies each against the witness's key on the
+ledger and keeps the valid ones with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
+from domain.identifiers import principal_aggregate_id
+from domain.principal import Principal
+from gateways.kafka.client import KafkaSettings, partition, topic_end
+from gateways.kafka.topics import (
+    PARTITION,
+    CosignatureMessage,
+    MessageError,
+    Topics,
+    checkpoint_record,
+    entry_record,
+    record_seq,
+)
+from ledger.note import verify_cosignature_line
+from ledger.store import LedgerStore, StoredCheckpoint
+from ledger.witness import WITNESS_KIND, checkpoint_body, witness_verifier
+
+log = logging.getLogger("dfg.relay")
+
+ENTRIES_MARKER = "relay.entries"
+CHECKPOINTS_MARKER = "relay.checkpoints"
+CHECKPOINT_SIZE_MARKER = "relay.checkpoints.size"
+COSIGNATURES_MARKER = "relay.cosignatures"
+
+
+class RelayError(RuntimeError):
+    """The topic does not hold what this ledger published: refuse to go on blindly."""
+
+
+@dataclass
+class RelayStats:
+    entries_published: int = 0
+    checkpoints_published: int = 0
+    cosignatures_kept: int = 0
+    cosignatures_refused: int = 0
+    republished_from: list[int] = field(default_factory=list)
+
+
+class Relay:
+    def __init__(
+        self,
+        store: LedgerStore,
+        kafka: KafkaSettings,
+        topics: Topics,
+        *,
+        batch: int = 2000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.kafka = kafka
+        self.topics = topics
+        self.batch = batch
+        self.clock = clock
+        self.stats = RelayStats()
+        self._producer: KafkaProducer | None = None
+        self._reader: KafkaConsumer | None = None
+        self._cosignatures: KafkaConsumer | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
+        """Publish until ``stop`` is set; survive broker outages by reconnecting."""
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                if self._producer is None:
+                    self.connect()
+                busy = self.step()
+                backoff = 0.2
+                if not busy:
+                    self.store.wait_for_append(idle_wait)
+            except KafkaError as exc:
+                log.warning("broker unavailable (%s); reconnecting in %.1fs", exc, backoff)
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.close()
+
+    def connect(self) -> None:
+        self.kafka.ensure_topics(self.topics.all())
+        self._reader = self.kafka.consumer()
+        self._producer = self.kafka.producer()
+        self.reconcile()
+        self._cosignatures = self.kafka.consumer()
+        tp = partition(self.topics.cosignatures)
+        self._cosignatures.assign([tp])
+        self._cosignatures.seek(tp, self.store.marker(COSIGNATURES_MARKER))
+
+    def close(self) -> None:
+        for client in (self._producer, self._reader, self._cosignatures):
+            if client is not None:
+                try:
+                    client.close(timeout=2) if isinstance(client, KafkaProducer) else client.close()
+                except Exception:
+                    log.debug("error while closing a Kafka client", exc_info=True)
+        self._producer = self._reader = self._cosignatures = None
+
+    def step(self) -> bool:
+        """One round: entries, then checkpoints, then cosignatures. True if it did work."""
+        published = self.publish_entries()
+        published += self.publish_checkpoints()
+        kept = self.collect_cosignatures()
+        return bool(published or kept)
+
+    # --- where the topics stand ----------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Align the markers with what the topics really hold (see the module docstring)."""
+        assert self._reader is not None
+        end, last = topic_end(self._reader, self.topics.entries)
+        if last is not None and record_seq(last.headers) != end:
+            raise RelayError(
+                f"{self.topics.entries} does not hold this ledger's entries in order: offset"
+                f" {end - 1} holds entry {record_seq(last.headers)}, expected {end}"
+            )
+        head = self.store.head()[0]
+        if end > head:
+            raise RelayError(f"{self.topics.entries} holds {end} entries but this ledger has only {head}")
+        self._adopt(ENTRIES_MARKER, end, self.topics.entries)
+        end, last = topic_end(self._reader, self.topics.checkpoints)
+        self._adopt(CHECKPOINTS_MARKER, end, self.topics.checkpoints)
+        self.store.set_marker(CHECKPOINT_SIZE_MARKER, int(last.key) if last is not None else 0)
+
+    def _adopt(self, marker: str, end: int, topic: str) -> None:
+        published = self.store.marker(marker)
+        if end < published:
+            log.warning(
+                "%s holds %d records but %d were published: it lost data; publishing again from there",
+                topic,
+                end,
+                published,
+            )
+            self.stats.republished_from.append(end)
+        if end != published:
+            self.store.set_marker(marker, end)
+
+    # --- publishing ----------------------------------------------------------------
+
+    def publish_entries(self) -> int:
+        assert self._producer is not None
+        published = self.store.marker(ENTRIES_MARKER)
+        head = self.store.head()[0]
+        sent = 0
+        while published < head:
+            page = self.store.read_entries(published + 1, min(self.batch, head - published))
+            futures = []
+            for stored in page:
+                key, value, headers = entry_record(stored)
+                futures.append(
+                    self._producer.send(
+                        self.topics.entries, key=key, value=value, headers=headers, partition=PARTITION
+                    )
+                )
+            self._producer.flush()
+            for stored, future in zip(page, futures, strict=True):
+                metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)
+                if metadata.offset != stored.seq - 1:
+                    raise RelayError(
+                        f"entry {stored.seq} landed at offset {metadata.offset} of {self.topics.entries}:"
+                        " another producer writes to this topic"
+                    )
+            published = page[-1].seq
+            self.store.set_marker(ENTRIES_MARKER, published)
+            sent += len(page)
+        self.stats.entries_published += sent
+        return sent
+
+    def publish_checkpoints(self) -> int:
+        assert self._producer is not None
+        published = self.store.marker(CHECKPOINTS_MARKER)
+        after = self.store.marker(CHECKPOINT_SIZE_MARKER)
+        entries = self.store.marker(ENTRIES_MARKER)
+        # A checkpoint goes out after the entries it covers.
+        pending = [c for c in self.store.checkpoints(after, 1000) if c.size <= entries]
+        if not pending:
+            return 0
+        futures = [self._send_checkpoint(c) for c in pending]
+        self._producer.flush()
+        for index, future in enumerate(futures):
+            metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)
+            if metadata.offset != published + index:
+                raise RelayError(f"{self.topics.checkpoints}: another producer writes to this topic")
+        self.store.set_marker(CHECKPOINTS_MARKER, published + len(pending))
+        self.store.set_marker(CHECKPOINT_SIZE_MARKER, pending[-1].size)
+        self.stats.checkpoints_published += len(pending)
+        return len(pending)
+
+    def _send_checkpoint(self, checkpoint: StoredCheckpoint) -> Any:
+        assert self._producer is not None
+        key, value, headers = checkpoint_record(checkpoint.size, checkpoint.note)
+        return self._producer.send(
+            self.topics.checkpoints, key=key, value=value, headers=headers, partition=PARTITION
+        )
+
+    # --- cosignatures --------------------------------------------------------------
+
+    def collect_cosignatures(self) -> int:
+        """Keep the valid cosignatures witnesses sent back; count the rest as refused."""
+        if self._cosignatures is None:
+            return 0
+        tp = partition(self.topics.cosignatures)
+        records = self._cosignatures.poll(timeout_ms=0, max_records=1000).get(tp, [])
+        kept = 0
+        for record in records:
+            if self.keep_cosignature(record.value):
+                kept += 1
+        if records:
+            self.store.set_marker(COSIGNATURES_MARKER, records[-1].offset + 1)
+        return kept
+
+    def keep_cosignature(self, value: bytes | None) -> bool:
+        try:
+            message = CosignatureMessage.from_record(value)
+        except MessageError as exc:
+            log.warning("ignoring a cosignature record: %s", exc)
+            self.stats.cosignatures_refused += 1
+            return False
+        checkpoint = next(iter(self.store.checkpoints(message.size - 1, 1)), None)
+        if checkpoint is None or checkpoint.size != message.size:
+            log.warning("%s cosigned size %d, which has no checkpoint here", message.witness, message.size)
+            self.stats.cosignatures_refused += 1
+            return False
+        if not cosignature_is_valid(self.store, message, checkpoint.note):
+            log.warning(
+                "refusing a cosignature of size %d by %s: not a valid witness signature",
+                message.size,
+                message.witness,
+            )
+            self.stats.cosignatures_refused += 1
+            return False
+        if self.store.save_cosignature(message.size, message.witness, message.cosignature):
+            self.stats.cosignatures_kept += 1
+        return True
+
+
+def cosignature_is_valid(store: LedgerStore, message: CosignatureMessage, note: str) -> bool:
+    """A cosignature counts if its key is a current Ed25519 key of a principal that is a
+    node operator on this ledger."""
+    aggregate = store.load_aggregate(principal_aggregate_id(message.witness))
+    if not isinstance(aggregate, Principal) or WITNESS_KIND not in aggregate.roles:
+        return False
+    body = checkpoint_body(note)
+    for key in aggregate.keys.values():
+        if key.revoked is not None:
+            continue
+        verifier = witness_verifier(message.witness, key.jwk)
+        if verifier is not None and verify_cosignature_line(body, message.cosignature, verifier) is not None:
+            return True
+    return False

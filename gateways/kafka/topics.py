@@ -1,0 +1,140 @@
+"""The Kafka topics of a ledger and their message formats (a contract: see README).
+
+``dfg.<ledger>.entries`` -- one partition, so that order is total; the record at
+offset ``o`` is entry ``o + 1``. Key: the aggregate id (16 bytes, raw UUID). Value:
+the entry's canonical bytes, exactly as stored and hashed. Headers: ``seq``,
+``leaf`` (hex RFC 9162 leaf hash), ``aggregate``, ``version``, ``event``.
+
+``dfg.<ledger>.checkpoints`` -- one partition, checkpoints in increasing size. Key:
+the size (decimal ASCII). Value: the C2SP checkpoint note (UTF-8). Header: ``size``.
+
+``dfg.<ledger>.cosignatures`` -- witnesses' cosignatures, any order. Key: the
+witness name. Value: JSON ``{"witness", "size", "cosignature"}`` (the C2SP line).
+
+Headers are conveniences for routing and monitoring: a follower checks every one of
+them against the value, which is the only thing it trusts after verifying it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ledger.merkle import leaf_hash
+from ledger.store import StoredEntry
+
+_LEDGER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
+PARTITION: Final = 0
+
+
+class MessageError(ValueError):
+    """A record on a ledger topic is not in the documented format."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    entries: str
+    checkpoints: str
+    cosignatures: str
+
+    @classmethod
+    def for_ledger(cls, name: str, prefix: str = "dfg") -> Topics:
+        """Default names ``<prefix>.<ledger>.entries`` etc.; ``name`` is the chain id."""
+        if not _LEDGER_NAME.match(name):
+            raise ValueError(f"{name!r} cannot name Kafka topics (lowercase letters, digits, . _ -)")
+        return cls(
+            f"{prefix}.{name}.entries", f"{prefix}.{name}.checkpoints", f"{prefix}.{name}.cosignatures"
+        )
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.entries, self.checkpoints, self.cosignatures)
+
+
+Headers = list[tuple[str, bytes]]
+
+
+def entry_record(stored: StoredEntry) -> tuple[bytes, bytes, Headers]:
+    """(key, value, headers) of an entry on the entries topic."""
+    headers = [
+        ("seq", str(stored.seq).encode()),
+        ("leaf", leaf_hash(stored.canonical).hex().encode()),
+        ("aggregate", str(stored.aggregate_id).encode()),
+        ("version", str(stored.version).encode()),
+        ("event", stored.event_type.encode()),
+    ]
+    return stored.aggregate_id.bytes, stored.canonical, headers
+
+
+def _headers(raw: Any) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for name, value in raw or ():
+        if name in found:
+            raise MessageError(f"header {name!r} appears twice")
+        found[name] = bytes(value or b"")
+    return found
+
+
+def entry_from_record(key: bytes | None, value: bytes | None, headers: Any) -> StoredEntry:
+    """The entry a record carries, with the columns its headers claim (unverified: the
+    replica checks them against what the entry's transaction produces)."""
+    h = _headers(headers)
+    try:
+        seq = int(h["seq"])
+        aggregate = uuid.UUID(h["aggregate"].decode())
+        version = int(h["version"])
+        event = h["event"].decode()
+    except (KeyError, ValueError) as exc:
+        raise MessageError(f"an entry record lacks a valid header: {exc}") from exc
+    if value is None or key != aggregate.bytes:
+        raise MessageError(f"entry record {seq}: its key is not its aggregate id, or it has no value")
+    return StoredEntry(seq=seq, aggregate_id=aggregate, version=version, event_type=event, canonical=value)
+
+
+def record_seq(headers: Any) -> int:
+    """The ``seq`` header of an entry record (the relay checks the topic with it)."""
+    try:
+        return int(_headers(headers)["seq"])
+    except (KeyError, ValueError) as exc:
+        raise MessageError(f"an entry record has no valid seq header: {exc}") from exc
+
+
+def checkpoint_record(size: int, note: str) -> tuple[bytes, bytes, Headers]:
+    return str(size).encode(), note.encode(), [("size", str(size).encode())]
+
+
+def checkpoint_from_record(value: bytes | None) -> str:
+    if value is None:
+        raise MessageError("a checkpoint record has no value")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError("a checkpoint record is not UTF-8") from exc
+
+
+@dataclass(frozen=True)
+class CosignatureMessage:
+    witness: str
+    size: int
+    cosignature: str
+
+    def record(self) -> tuple[bytes, bytes, Headers]:
+        value = json.dumps(
+            {"witness": self.witness, "size": self.size, "cosignature": self.cosignature},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return self.witness.encode(), value.encode(), []
+
+    @classmethod
+    def from_record(cls, value: bytes | None) -> CosignatureMessage:
+        try:
+            doc = json.loads(value or b"")
+            message = cls(str(doc["witness"]), int(doc["size"]), str(doc["cosignature"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MessageError(f"a cosignature record is not in the documented format: {exc}") from exc
+        if message.size < 1:
+            raise MessageError("a cosignature record names no checkpoint size")
+        return message

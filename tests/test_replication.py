@@ -1,0 +1,253 @@
+"""Replication through a real Kafka-protocol broker (Tansu): relay, followers, witnesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CHAIN, Ledger
+from replication import nodes, start_relay, wait_for
+
+from gateways.kafka.client import KafkaSettings
+from gateways.kafka.topics import Topics
+from infra.tansu import TansuBroker
+
+pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parent.parent
+
+TERMS = {
+    "purposes": ["dpv:ServiceProvision"],
+    "data_categories": ["dpv-pd:HealthRecord"],
+    "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
+}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    with TansuBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
+        yield running
+
+
+@pytest.fixture
+def kafka(broker: TansuBroker) -> KafkaSettings:
+    return KafkaSettings(bootstrap=broker.bootstrap, request_timeout_ms=5000)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh topic prefix per test: the broker is shared by the module."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def topics(prefix: str) -> Topics:
+    return Topics.for_ledger(CHAIN, prefix)
+
+
+def give(ledger: Ledger, app: Any, subject: str) -> str:
+    body = {
+        "consent_id": str(uuid.uuid4()),
+        "controller": "sp:app",
+        "subject": subject,
+        "level": 1,
+        "method": "app",
+        "terms": TERMS,
+    }
+    return ledger.sign(app, "consent.give", body)
+
+
+def consent_rows(node_dir: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(node_dir / "views.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM consent_state").fetchone()[0])
+
+
+def test_entries_reach_three_followers_verified_with_their_projections(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(40)])
+    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 3) as started:
+            ledger.accept(*[give(ledger, app, f"q-{i}") for i in range(60)])
+            ledger.sequencer.checkpoint_now()
+            size = ledger.head()[0]
+            wait_for(lambda: all(n.size == size for n in started), what="followers to catch up")
+            source = [e.canonical for e in ledger.sequencer.store.read_entries(1, 1000)]
+            for node in started:
+                assert node.follower is not None
+                store = node.follower.replica.store
+                assert store.head() == ledger.head()
+                assert [e.canonical for e in store.read_entries(1, 1000)] == source
+                wait_for(lambda n=node: consent_rows(n.directory) == 100, what="the node's consent view")
+                wait_for(lambda n=node: n.follower.status.last_checkpoint == size, what="checkpoint")
+                assert node.follower.status.halted is None
+    finally:
+        relay_running.halt()
+    assert relay.stats.entries_published == ledger.head()[0]
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def _converged(ledger: Ledger, started: list[Any]) -> None:
+    size = ledger.head()[0]
+    wait_for(lambda: all(n.size == size for n in started), timeout=60, what=f"replicas to reach {size}")
+    source = [e.canonical for e in ledger.sequencer.store.read_entries(1, 100_000)]
+    for node in started:
+        store = node.follower.replica.store
+        assert [e.canonical for e in store.read_entries(1, 100_000)] == source  # no gap, no duplicate
+        assert store.head() == ledger.head()
+        assert node.follower.status.halted is None
+
+
+def _topic_is_exact(kafka: KafkaSettings, topic: str, size: int) -> None:
+    """Offset o holds entry o + 1, for every record: nothing duplicated or skipped."""
+    from gateways.kafka.client import partition
+    from gateways.kafka.topics import record_seq
+
+    consumer = kafka.consumer()
+    tp = partition(topic)
+    consumer.assign([tp])
+    consumer.seek(tp, 0)
+    seen: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(seen) < size and time.monotonic() < deadline:
+        for record in consumer.poll(timeout_ms=200).get(tp, []):
+            assert record_seq(record.headers) == record.offset + 1
+            seen.append(record.offset)
+    consumer.close()
+    assert seen == list(range(size))
+
+
+@pytest.mark.slow
+def test_broker_lost_everything_mid_stream_and_replicas_still_equal_the_log(
+    ledger: Ledger, broker: TansuBroker, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 2) as started:
+            for batch in range(6):
+                ledger.accept(*[give(ledger, app, f"b{batch}-{i}") for i in range(50)])
+                if batch == 2:
+                    wait_for(lambda: started[0].size > 50, what="replication to start")
+                    broker.restart(kill=True)  # memory storage: every topic is gone
+            _converged(ledger, started)
+        _topic_is_exact(kafka, topics.entries, ledger.head()[0])
+    finally:
+        relay_running.halt()
+    assert relay.stats.republished_from, "the relay never noticed the broker lost its topic"
+
+
+def _dfg(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli.main", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+def test_relay_killed_mid_batch_resumes_without_gap_or_duplicate(
+    ledger: Ledger, kafka: KafkaSettings, prefix: str, tmp_path: Path
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    for batch in range(8):
+        ledger.accept(*[give(ledger, app, f"k{batch}-{i}") for i in range(500)])
+    data = str(ledger.settings.data_dir)
+    chain_topics = Topics.for_ledger(CHAIN, prefix)
+    relay = _dfg("relay", "--data", data, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+    try:
+        store = ledger.sequencer.store
+        wait_for(lambda: 0 < store.marker("relay.entries") < ledger.head()[0] - 500, what="relay mid-way")
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(10)
+        killed_at = store.marker("relay.entries")
+        relay = _dfg("relay", "--data", data, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+        with nodes(tmp_path, kafka, chain_topics, 1) as started:
+            _converged(ledger, started)
+        assert killed_at < ledger.head()[0]
+        _topic_is_exact(kafka, chain_topics.entries, ledger.head()[0])
+    finally:
+        relay.send_signal(signal.SIGINT)
+        relay.wait(20)
+
+
+@pytest.mark.slow
+def test_follower_killed_and_restarted_resumes_to_an_equal_replica(
+    ledger: Ledger, kafka: KafkaSettings, prefix: str, tmp_path: Path
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    for batch in range(6):
+        ledger.accept(*[give(ledger, app, f"f{batch}-{i}") for i in range(500)])
+    chain_topics = Topics.for_ledger(CHAIN, prefix)
+    _, relay_running = start_relay(ledger.sequencer.store, kafka, chain_topics)
+    node_dir = tmp_path / "node"
+    assert ledger.sequencer.ledger is not None
+    follow = (
+        "node",
+        "follow",
+        "--data",
+        str(node_dir),
+        "--kafka",
+        kafka.bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--chain",
+        CHAIN,
+        "--ledger-key",
+        ledger.sequencer.ledger["checkpoint_key"],
+    )
+    follower = _dfg(*follow)
+    try:
+        from infra.bootstrap import open_store
+        from infra.settings import Settings
+
+        def replica_size() -> int:
+            if not (node_dir / "ledger.sqlite").exists():
+                return 0
+            store = open_store(Settings(data_dir=node_dir))
+            try:
+                return store.head()[0]
+            finally:
+                store.close()
+
+        wait_for(lambda: replica_size() > 200, timeout=60, what="the follower to start")
+        follower.send_signal(signal.SIGKILL)
+        follower.wait(10)
+        assert replica_size() < ledger.head()[0]
+        follower = _dfg(*follow)
+        wait_for(lambda: replica_size() == ledger.head()[0], timeout=90, what="the restarted follower")
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(20) == 0
+        store = open_store(Settings(data_dir=node_dir))
+        try:
+            source = [e.canonical for e in ledger.sequencer.store.read_entries(1, 100_000)]
+            assert [e.canonical for e in store.read_entries(1, 100_000)] == source
+        finally:
+            store.close()
+        status = subprocess.run(
+            [sys.executable, "-m", "gateways.cli.main", "node", "status", "--data", str(node_dir), "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["size"] == ledger.head()[0]
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        relay_running.halt()
