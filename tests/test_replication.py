@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -17,8 +18,10 @@ from conftest import CHAIN, Ledger
 from replication import nodes, start_relay, wait_for
 
 from gateways.kafka.client import KafkaSettings
-from gateways.kafka.topics import Topics
+from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.tansu import TansuBroker
+from ledger.canonical import canonical_json
+from ledger.checkpoint import Checkpoint, sign_checkpoint
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,3 +254,84 @@ def test_follower_killed_and_restarted_resumes_to_an_equal_replica(
         if follower.poll() is None:
             follower.kill()
         relay_running.halt()
+
+
+# --- attacks on the topics ---------------------------------------------------------------
+
+
+def _send(
+    kafka: KafkaSettings, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    producer = kafka.producer()
+    producer.send(topic, key=key, value=value, headers=headers, partition=0).get(timeout=10)
+    producer.close()
+
+
+def _flip_signature(canonical: bytes) -> bytes:
+    doc = json.loads(canonical)
+    head, payload, sig = doc["tx"].split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=="))
+    raw[3] ^= 0x40
+    doc["tx"] = f"{head}.{payload}.{base64.urlsafe_b64encode(bytes(raw)).rstrip(b'=').decode()}"
+    return canonical_json(doc)
+
+
+def _change_subject(canonical: bytes) -> bytes:
+    doc = json.loads(canonical)
+    doc["data"]["subject"] = "p-mallory"
+    return canonical_json(doc)
+
+
+def _signed_checkpoint(ledger: Ledger, size: int, root: bytes) -> str:
+    key = ledger.sequencer._checkpoint_key
+    assert key is not None and ledger.sequencer.ledger is not None
+    return sign_checkpoint(
+        Checkpoint(ledger.sequencer.ledger["origin"], size, root), key.name, key.private_key
+    )
+
+
+@pytest.mark.parametrize("attack", ["bad-signature", "altered-in-flight", "checkpoint-root", "fork"])
+def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
+    attack: str, ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"a-{i}") for i in range(30)])
+    ledger.sequencer.checkpoint_now()
+    _, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    size = ledger.head()[0]
+    try:
+        with nodes(tmp_path, kafka, topics, 1) as started:
+            wait_for(lambda: started[0].size == size, what="the honest history")
+            relay_running.halt()  # the attacker now writes to the topics instead
+            follower = started[0].follower
+            assert follower is not None
+            nxt = ledger.accept(give(ledger, app, "a-next"))[0].entry
+            stored = ledger.sequencer.store.read_entries(nxt.seq, 1)[0]
+            key, value, headers = entry_record(stored)
+            if attack == "bad-signature":
+                _send(kafka, topics.entries, key, _flip_signature(value), headers)
+                expected = ("bad_entry", nxt.seq, "signature")
+            elif attack == "altered-in-flight":
+                _send(kafka, topics.entries, key, _change_subject(value), headers)
+                expected = ("bad_entry", nxt.seq, "altered")
+            elif attack == "checkpoint-root":
+                note = _signed_checkpoint(ledger, size - 5, b"\x01" * 32)
+                _send(kafka, topics.checkpoints, *checkpoint_record(size - 5, note))
+                expected = ("checkpoint_root_mismatch", size - 5, "root")
+            else:
+                note = _signed_checkpoint(ledger, size, b"\x02" * 32)  # a second root for a size
+                _send(kafka, topics.checkpoints, *checkpoint_record(size, note))
+                expected = ("equivocation", size, "disagree")
+            wait_for(lambda: follower.status.halted is not None, what="the violation to be found")
+            halted = follower.status.halted
+            assert (halted["kind"], halted["seq"]) == expected[:2], halted
+            assert expected[2] in halted["message"]
+            # the genuine next entry is not accepted after a violation
+            _send(kafka, topics.entries, *entry_record(stored))
+            time.sleep(1.0)
+            assert started[0].size == size
+            evidence = json.loads(follower.replica.store.violations()[0].evidence)
+            assert evidence
+    finally:
+        if relay_running.thread.is_alive():
+            relay_running.halt()
