@@ -52,7 +52,10 @@ def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]
             out.write(stored.canonical + b"\n")
         start = page[-1].seq + 1
     for cp in checkpoints:
-        out.write(json.dumps({"checkpoint": cp.note}).encode() + b"\n")
+        line: dict[str, Any] = {"checkpoint": cp.note}
+        if cp.cosignatures:
+            line["cosignatures"] = list(cp.cosignatures)
+        out.write(json.dumps(line).encode() + b"\n")
     out.write(json.dumps({"principals": principals}, sort_keys=True).encode() + b"\n")
     return size
 
@@ -114,7 +117,10 @@ class BundleReader:
             size = _note_size(note)
             if size < 0:
                 raise BundleError(f"line {number}: the checkpoint is not a checkpoint note")
-            self.checkpoints.append(StoredCheckpoint(size, b"", note))
+            cosignatures = item.get("cosignatures", [])
+            if not isinstance(cosignatures, list) or not all(isinstance(c, str) for c in cosignatures):
+                raise BundleError(f"line {number}: cosignatures are a list of signature lines")
+            self.checkpoints.append(StoredCheckpoint(size, b"", note, tuple(cosignatures)))
         elif isinstance(item, dict) and isinstance(item.get("principals"), dict):
             self.principals = item["principals"]
         else:

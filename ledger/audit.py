@@ -37,6 +37,7 @@ from ledger.state_view import AggregateLookups
 from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
 from ledger.transaction import parse_transaction
 from ledger.verifier import ParallelVerifier
+from ledger.witness import WitnessPolicy
 
 #: Loads an aggregate from the entries before a sequence number (None if it has none).
 LoadBefore = Callable[[uuid.UUID, int], Aggregate | None]
@@ -62,6 +63,9 @@ class AuditReport:
     origin: str | None = None
     checkpoint_key: str | None = None
     operator_kid: str | None = None
+    #: With a witness policy: the newest checkpoint cosigned by a quorum (0: none).
+    final_size: int = 0
+    final_checkpoints: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -131,8 +135,10 @@ class Auditor:
         cache_size: int = 10_000,
         signature_chunk: int = _SIGNATURE_CHUNK,
         keep_accepted: bool = False,
+        witnesses: WitnessPolicy | None = None,
     ) -> None:
         self.report = AuditReport()
+        self._witnesses = witnesses
         self._signature_chunk = signature_chunk
         self._keep = keep_accepted
         #: With ``keep_accepted``: what the replayed entries add to a replica's store.
@@ -256,6 +262,11 @@ class Auditor:
             self._fail(0, f"the stored head (size {head[0]}) does not match the entries (size {size})")
         if tx_index is not None:
             self._check_tx_index(*tx_index)
+        if self._witnesses is not None and self.report.final_size == 0 and size:
+            self._fail(
+                0,
+                f"no checkpoint carries cosignatures of {self._witnesses.quorum} of the trusted witnesses",
+            )
         self.report.root = self._frontier.root()
         return self.report
 
@@ -428,6 +439,9 @@ class Auditor:
                 )
         self._previous_checkpoint = (stored.size, root)
         self.report.checkpoints += 1
+        if self._witnesses is not None and self._witnesses.is_final(stored.note, stored.cosignatures):
+            self.report.final_size = stored.size
+            self.report.final_checkpoints += 1
 
     def _fail(self, seq: int, message: str) -> Any:
         problem = Problem(seq, message)
@@ -477,6 +491,7 @@ def audit_store(
     expected_checkpoint_key: str | None = None,
     expected_chain: str | None = None,
     progress: Callable[[int], None] | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> AuditReport:
     """Audit a ledger in its database: entries, stored tree, checkpoints, head, nonce index."""
     auditor = Auditor(
@@ -487,6 +502,7 @@ def audit_store(
         verifier=verifier,
         expected_checkpoint_key=expected_checkpoint_key,
         expected_chain=expected_chain,
+        witnesses=witnesses,
     )
     return audit(
         batched(store.read_entries),

@@ -16,6 +16,7 @@ from ledger.checkpoint import CheckpointError, open_checkpoint
 from ledger.merkle import NodeReader, inclusion_proof, leaf_hash, verify_inclusion
 from ledger.note import InvalidKeyError, Verifier
 from ledger.store import StoredCheckpoint
+from ledger.witness import WitnessPolicy, with_cosignatures
 
 
 class ReceiptError(Exception):
@@ -64,11 +65,21 @@ def make_receipt(seq: int, entry: bytes, checkpoint: StoredCheckpoint, read: Nod
     if not 1 <= seq <= checkpoint.size:
         raise ReceiptError(f"entry {seq} is not covered by the checkpoint of size {checkpoint.size}")
     hashes = inclusion_proof(seq - 1, checkpoint.size, read)
-    return Receipt(seq, entry, seq - 1, checkpoint.size, tuple(hashes), checkpoint.note)
+    note = with_cosignatures(checkpoint.note, checkpoint.cosignatures)
+    return Receipt(seq, entry, seq - 1, checkpoint.size, tuple(hashes), note)
 
 
-def verify_receipt(receipt: Receipt, checkpoint_key: str | Verifier, *, origin: str | None = None) -> int:
-    """Check a receipt offline; returns its sequence number or raises ReceiptError."""
+def verify_receipt(
+    receipt: Receipt,
+    checkpoint_key: str | Verifier,
+    *,
+    origin: str | None = None,
+    witnesses: WitnessPolicy | None = None,
+) -> int:
+    """Check a receipt offline; returns its sequence number or raises ReceiptError.
+
+    With ``witnesses``, the checkpoint must also carry cosignatures of at least the
+    policy's quorum of them (a receipt fetched again later carries the newer ones)."""
     try:
         verifier = (
             checkpoint_key if isinstance(checkpoint_key, Verifier) else Verifier.from_string(checkpoint_key)
@@ -91,4 +102,11 @@ def verify_receipt(receipt: Receipt, checkpoint_key: str | Verifier, *, origin: 
         leaf, receipt.leaf_index, receipt.tree_size, list(receipt.hashes), checkpoint.root_hash
     ):
         raise ReceiptError("the inclusion proof does not lead to the checkpoint's root")
+    if witnesses is not None:
+        cosigners = witnesses.cosigners(receipt.checkpoint)
+        if len(cosigners) < witnesses.quorum:
+            raise ReceiptError(
+                f"the checkpoint has {len(cosigners)} of the {witnesses.quorum} witness cosignatures"
+                " the policy requires (not final yet: fetch the receipt again later)"
+            )
     return receipt.seq

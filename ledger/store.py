@@ -115,6 +115,10 @@ class LedgerStore(Protocol):
 
     def cosignatures(self, size: int) -> tuple[str, ...]: ...
 
+    def cosigned_checkpoints(self, at_least: int, limit: int = 20) -> Sequence[StoredCheckpoint]:
+        """The newest checkpoints with at least ``at_least`` cosignatures, newest first."""
+        ...
+
     def marker(self, name: str) -> int:
         """A named progress counter (e.g. what the relay has published); 0 if unset."""
         ...

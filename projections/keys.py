@@ -152,3 +152,17 @@ def snapshot(cursor: Cursor) -> dict[str, Any]:
         if found is not None:
             out[pid] = found
     return out
+
+
+def witness_keys(cursor: Cursor, role: str = "node_operator") -> dict[str, list[dict[str, str]]]:
+    """Unrevoked public keys of every principal holding ``role`` (witnesses are node
+    operators), by principal id."""
+    cursor.execute(
+        "SELECT p.principal, p.roles, k.jwk FROM principals p JOIN principal_keys k"
+        " ON k.principal = p.principal WHERE k.revoked_seq IS NULL ORDER BY p.principal, k.added_seq"
+    )
+    found: dict[str, list[dict[str, str]]] = {}
+    for principal_id, roles, jwk in cursor.fetchall():
+        if role in json.loads(roles):
+            found.setdefault(principal_id, []).append(json.loads(jwk))
+    return found

@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import Follower, Witness
 from gateways.kafka.relay import Relay
@@ -103,12 +101,13 @@ class Node:
 
 @contextmanager
 def nodes(
-    base: Path, kafka: KafkaSettings, topics: Topics, count: int, *, witnesses: bool = False
+    base: Path, kafka: KafkaSettings, topics: Topics, count: int, *, witnesses: list[Witness] | None = None
 ) -> Iterator[list[Node]]:
+    """``count`` followers; with ``witnesses``, one per witness identity instead."""
     started = []
+    identities: list[Witness | None] = list(witnesses) if witnesses else [None] * count
     try:
-        for index in range(count):
-            witness = Witness(f"node:n{index}", Ed25519PrivateKey.generate()) if witnesses else None
+        for index, witness in enumerate(identities):
             node = Node(base / f"node{index}", kafka, topics, witness)
             node.start()
             started.append(node)

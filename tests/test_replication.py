@@ -15,13 +15,17 @@ from typing import Any
 
 import pytest
 from conftest import CHAIN, Ledger
+from joserfc.jwk import OKPKey
 from replication import nodes, start_relay, wait_for
 
 from gateways.kafka.client import KafkaSettings
+from gateways.kafka.follower import Witness
 from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.tansu import TansuBroker
 from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.signing import public_jwk
+from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_verifier
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,3 +339,70 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
     finally:
         if relay_running.thread.is_alive():
             relay_running.halt()
+
+
+# --- witnesses ---------------------------------------------------------------------------
+
+
+def _witness_identity(ledger: Ledger, name: str, *, register: bool) -> tuple[Witness, str]:
+    """A node key; admitted on the ledger as a node operator when ``register``."""
+    key = OKPKey.generate_key("Ed25519")
+    jwk = public_jwk(key).as_dict()
+    if register:
+        ledger.accept(
+            ledger.sign(
+                ledger.operator,
+                "principal.admit",
+                {"principal": name, "kind": "node_operator", "display_name": name, "jwk": jwk},
+            )
+        )
+    verifier = witness_verifier(name, jwk)
+    assert verifier is not None
+    return Witness(name, key.private_key), verifier.to_string()
+
+
+def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_count(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    registered = [_witness_identity(ledger, f"node:w{i}", register=True) for i in range(3)]
+    rogue, rogue_vkey = _witness_identity(ledger, "node:rogue", register=False)
+    app = ledger.admit("sp:app", "service_provider")
+    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    store = ledger.sequencer.store
+    try:
+        with nodes(tmp_path, kafka, topics, 0, witnesses=[w for w, _ in registered] + [rogue]):
+            ledger.accept(*[give(ledger, app, f"w-{i}") for i in range(20)])
+            ledger.sequencer.checkpoint_now()
+            size = ledger.head()[0]
+            wait_for(lambda: len(store.cosignatures(size)) == 3, what="three cosignatures")
+            wait_for(lambda: relay.stats.cosignatures_refused >= 1, what="the rogue cosignature refused")
+    finally:
+        relay_running.halt()
+    checkpoint = store.latest_checkpoint()
+    assert checkpoint is not None and checkpoint.size == size
+    assert {line.split()[1] for line in checkpoint.cosignatures} == {"node:w0", "node:w1", "node:w2"}
+    vkeys = [vkey for _, vkey in registered]
+    note = with_cosignatures(checkpoint.note, checkpoint.cosignatures)
+    assert WitnessPolicy.from_keys(vkeys, 3).is_final(note)
+    one = with_cosignatures(checkpoint.note, checkpoint.cosignatures[:1])
+    assert not WitnessPolicy.from_keys(vkeys, 2).is_final(one)
+    assert WitnessPolicy.from_keys(vkeys, 1).is_final(one)
+    # a cosignature by a key nobody registered counts for nothing, even appended by hand
+    rogue_line = cosign(checkpoint.note, rogue.name, rogue.key, int(time.time()))
+    assert not WitnessPolicy.from_keys(vkeys, 2).is_final(with_cosignatures(one, [rogue_line]))
+    # ... unless a reader chose to trust it: the policy is the reader's
+    assert WitnessPolicy.from_keys([*vkeys, rogue_vkey], 2).is_final(with_cosignatures(one, [rogue_line]))
+
+    # the auditor's view: dfg audit verify with the witnesses' keys
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+
+    witness_args = [a for vkey in vkeys for a in ("--witness", vkey)]
+    data = ["--data", str(ledger.settings.data_dir)]
+    result = CliRunner().invoke(cli, ["audit", "verify", *data, *witness_args, "--witness-quorum", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"newest final size {size}" in result.output
+    strict = [*witness_args[:2], "--witness", rogue_vkey, "--witness-quorum", "2"]
+    result = CliRunner().invoke(cli, ["audit", "verify", *data, *strict])
+    assert result.exit_code == 1 and "no checkpoint carries cosignatures of 2" in result.output

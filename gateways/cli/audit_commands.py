@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.cli.options import fail, ledger_options, require_ledger, witness_options
 from infra.bootstrap import open_store, open_views
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.settings import Settings
@@ -20,6 +20,7 @@ from ledger.audit import audit as run_audit
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
+from ledger.witness import WitnessPolicy
 from projections.base import catch_up, prepare
 from projections.keys import PrincipalsView, snapshot
 
@@ -46,6 +47,7 @@ def audit() -> None:
     help="Signature threads [default: all cores].",
 )
 @click.option("--progress/--no-progress", default=None, help="Show progress [default: on a terminal].")
+@witness_options
 def verify(
     settings: Settings,
     bundle: Path | None,
@@ -53,16 +55,19 @@ def verify(
     chain: str | None,
     workers: int | None,
     progress: bool | None,
+    witnesses: WitnessPolicy | None,
 ) -> None:
     """Replay everything and check every signature, rule, root and checkpoint.
 
-    Exits 0 only when everything checks; otherwise names the first bad entry."""
+    Exits 0 only when everything checks; otherwise names the first bad entry. With a
+    witness policy it also reports the newest checkpoint a quorum of witnesses cosigned
+    (and fails if none is)."""
     verifier = ParallelVerifier(workers)
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     try:
         if bundle is not None:
-            report = _verify_bundle(bundle, verifier, checkpoint_key, chain, show)
+            report = _verify_bundle(bundle, verifier, checkpoint_key, chain, show, witnesses)
         else:
             store = _existing_store(settings)
             try:
@@ -76,6 +81,7 @@ def verify(
                         expected_checkpoint_key=checkpoint_key,
                         expected_chain=chain,
                         progress=tick,
+                        witnesses=witnesses,
                     ),
                 )
             finally:
@@ -85,13 +91,18 @@ def verify(
     finally:
         verifier.close()
     elapsed = time.perf_counter() - started
-    _print_report(report, elapsed)
+    _print_report(report, elapsed, witnesses)
     if not report.ok:
         raise SystemExit(1)
 
 
 def _verify_bundle(
-    path: Path, verifier: ParallelVerifier, key: str | None, chain: str | None, show: bool
+    path: Path,
+    verifier: ParallelVerifier,
+    key: str | None,
+    chain: str | None,
+    show: bool,
+    witnesses: WitnessPolicy | None,
 ) -> AuditReport:
     reader = BundleReader(path)
     try:
@@ -108,6 +119,7 @@ def _verify_bundle(
             verifier=verifier,
             expected_checkpoint_key=key,
             expected_chain=chain,
+            witnesses=witnesses,
         )
         size = int(reader.header.get("size", 0))
         head = (size, bytes.fromhex(reader.header.get("root", "")))
@@ -126,7 +138,7 @@ def _with_progress(show: bool, total: int, work: Any) -> AuditReport:
     return result
 
 
-def _print_report(report: AuditReport, elapsed: float) -> None:
+def _print_report(report: AuditReport, elapsed: float, witnesses: WitnessPolicy | None) -> None:
     rate = report.entries / elapsed if elapsed > 0 else 0.0
     if report.ok:
         click.echo(
@@ -136,6 +148,12 @@ def _print_report(report: AuditReport, elapsed: float) -> None:
         click.echo(f"chain {report.chain}, root {report.root.hex()}")
         click.echo(f"checkpoint key {report.checkpoint_key}")
         click.echo(f"genesis signed by {report.operator_kid}")
+        if witnesses is not None:
+            click.echo(
+                f"witnessed: {report.final_checkpoints} checkpoints cosigned by {witnesses.quorum} of"
+                f" {len(witnesses.witnesses)} witnesses; newest final size {report.final_size}"
+                f" ({report.entries - report.final_size} newer entries not yet witnessed)"
+            )
     else:
         problem = report.first_problem
         click.secho(f"FAILED: {problem}", fg="red", err=True)
@@ -198,14 +216,19 @@ def prove(settings: Settings, seq: int) -> None:
 @audit.command("check-receipt")
 @click.argument("receipt_file", type=click.File("r"))
 @click.option("--checkpoint-key", required=True, help="The ledger's checkpoint verifier key.")
-def check_receipt(receipt_file: Any, checkpoint_key: str) -> None:
-    """Check a receipt offline (no server, no database): exit 0 when it proves its entry."""
+@witness_options
+def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPolicy | None) -> None:
+    """Check a receipt offline (no server, no database): exit 0 when it proves its entry
+    (and, with a witness policy, when enough witnesses cosigned its checkpoint)."""
     try:
         receipt = Receipt.from_json(json.load(receipt_file))
-        seq = verify_receipt(receipt, checkpoint_key)
+        seq = verify_receipt(receipt, checkpoint_key, witnesses=witnesses)
     except (ReceiptError, ValueError) as exc:
         fail(f"receipt does not verify: {exc}")
     click.echo(f"OK: entry {seq} is in the ledger whose signed checkpoint has {receipt.tree_size} entries")
+    if witnesses is not None:
+        cosigners = sorted(witnesses.cosigners(receipt.checkpoint))
+        click.echo(f"witnessed by {', '.join(cosigners)} ({len(cosigners)} of {witnesses.quorum} required)")
 
 
 def _existing_store(settings: Settings) -> LedgerStore:

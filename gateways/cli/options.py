@@ -70,6 +70,41 @@ def ledger_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def witness_options(func: F) -> F:
+    """Adds ``--witness VKEY`` (repeatable) and ``--witness-quorum K``; passes a
+    ``witnesses`` argument (a ``WitnessPolicy``, or None without witnesses)."""
+
+    @click.option(
+        "--witness",
+        "witness_keys",
+        multiple=True,
+        help="A witness's cosignature key (name+hash+key, from `dfg node keygen`); repeat for each.",
+    )
+    @click.option(
+        "--witness-quorum",
+        type=click.IntRange(1),
+        default=None,
+        help="How many of the --witness keys must have cosigned [default: a majority].",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, witness_keys: tuple[str, ...], witness_quorum: int | None, **kwargs: Any) -> Any:
+        from ledger.witness import WitnessPolicy, WitnessPolicyError
+
+        witnesses = None
+        if witness_keys:
+            names = {key.split("+", 1)[0] for key in witness_keys}
+            quorum = witness_quorum if witness_quorum is not None else len(names) // 2 + 1
+            try:
+                witnesses = WitnessPolicy.from_keys(witness_keys, quorum)
+            except WitnessPolicyError as exc:
+                fail(str(exc))
+        elif witness_quorum is not None:
+            fail("--witness-quorum needs the witnesses' keys (--witness)")
+        return func(*args, witnesses=witnesses, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     raise SystemExit(code)

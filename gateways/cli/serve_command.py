@@ -15,7 +15,7 @@ from infra.settings import Settings
 from projections.registry import all_views
 
 
-def make_server(settings: Settings) -> web.Application:
+def make_server(settings: Settings, *, witness_quorum: int | None = None) -> web.Application:
     """The app with its ledger service started and stopped with it."""
     from gateways.http.app import build_app
 
@@ -29,7 +29,7 @@ def make_server(settings: Settings) -> web.Application:
     views = open_views(settings)
     service = LedgerService(sequencer, views, all_views())
     service.start()
-    app = build_app(service, views)
+    app = build_app(service, views, witness_quorum=witness_quorum)
 
     async def stop(_: web.Application) -> None:
         service.stop()
@@ -44,9 +44,16 @@ def make_server(settings: Settings) -> web.Application:
 @ledger_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-def serve(settings: Settings, host: str, port: int) -> None:
+@click.option(
+    "--witness-quorum",
+    type=click.IntRange(1),
+    default=None,
+    envvar="DFG_WITNESS_QUORUM",
+    help="Cosignatures of registered node operators that make a checkpoint final [default: a majority].",
+)
+def serve(settings: Settings, host: str, port: int, witness_quorum: int | None) -> None:
     """Serve the consent API (REST, OpenAPI at /openapi.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = make_server(settings)
+    app = make_server(settings, witness_quorum=witness_quorum)
     click.echo(f"dfg serving {settings.data_dir} ({settings.engine}) on http://{host}:{port}")
     web.run_app(app, host=host, port=port, print=None, access_log=None)

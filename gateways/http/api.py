@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from domain.identifiers import CODE_PATTERN, PRINCIPAL_ID_PATTERN, PSEUDONYM_PATTERN
 from gateways.http import models as m
 from gateways.http.badge import badge_svg
-from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS
+from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUORUM
 from gateways.http.problems import Problem, problem_body
 from infra.ledger_service import LedgerService
 from ledger.entry import Entry
@@ -29,6 +29,8 @@ from ledger.jws import MAX_JWS_BYTES
 from ledger.merkle import consistency_proof
 from ledger.receipt import ReceiptError, make_receipt
 from ledger.sequencer import Accepted
+from ledger.store import StoredCheckpoint
+from ledger.witness import WitnessPolicy, with_cosignatures, witness_verifier
 from projections import keys, timeline
 from projections.consent_state import check as check_consent
 
@@ -298,7 +300,52 @@ async def get_checkpoint(request: web.Request) -> web.StreamResponse:
     checkpoint = service(request).sequencer.store.latest_checkpoint()
     if checkpoint is None:
         raise Problem(404, "no_checkpoint", "the ledger has no checkpoint yet")
-    return web.Response(text=checkpoint.note, content_type="text/plain")
+    note = with_cosignatures(checkpoint.note, checkpoint.cosignatures)
+    return web.Response(text=note, content_type="text/plain")
+
+
+def _witness_policy(request: web.Request) -> WitnessPolicy | None:
+    with request.app[VIEWS].transaction(commit=False) as cursor:
+        registered = keys.witness_keys(cursor)
+    witnesses = {
+        name: [v for jwk in jwks if (v := witness_verifier(name, jwk)) is not None]
+        for name, jwks in registered.items()
+    }
+    witnesses = {name: found for name, found in witnesses.items() if found}
+    if not witnesses:
+        return None
+    quorum = request.app[WITNESS_QUORUM] or len(witnesses) // 2 + 1
+    return WitnessPolicy(witnesses, min(quorum, len(witnesses)))
+
+
+def _witnessed(checkpoint: StoredCheckpoint, policy: WitnessPolicy | None) -> dict[str, Any]:
+    note = with_cosignatures(checkpoint.note, checkpoint.cosignatures)
+    return {
+        "size": checkpoint.size,
+        "root": checkpoint.root.hex(),
+        "note": note,
+        "cosigned_by": sorted(policy.cosigners(note)) if policy else [],
+    }
+
+
+async def get_witnessed_checkpoint(request: web.Request) -> web.StreamResponse:
+    store = service(request).sequencer.store
+    policy = _witness_policy(request)
+    latest = store.latest_checkpoint()
+    final = None
+    if policy is not None:
+        for candidate in store.cosigned_checkpoints(policy.quorum):
+            if policy.is_final(candidate.note, candidate.cosignatures):
+                final = _witnessed(candidate, policy)
+                break
+    return web.json_response(
+        {
+            "witnesses": sorted(policy.witnesses) if policy else [],
+            "quorum": policy.quorum if policy else 0,
+            "latest": _witnessed(latest, policy) if latest else None,
+            "final": final,
+        }
+    )
 
 
 async def get_consistency(request: web.Request) -> web.StreamResponse:
@@ -522,7 +569,14 @@ ROUTES: tuple[Route, ...] = (
         "/v1/checkpoint",
         get_checkpoint,
         "The latest signed checkpoint (C2SP tlog-checkpoint)",
-        responses={200: ("the signed note", "text/plain")},
+        responses={200: ("the signed note with witnesses' cosignature lines", "text/plain")},
+    ),
+    Route(
+        "GET",
+        "/v1/checkpoint/witnessed",
+        get_witnessed_checkpoint,
+        "Which checkpoint is final: k of the n registered witnesses (node operators) cosigned it",
+        responses={200: ("the witness status", m.WitnessStatus)},
     ),
     ROUTE_CONSISTENCY,
     ROUTE_HISTORY,

@@ -7,7 +7,7 @@ from importlib.metadata import version
 from aiohttp import web
 
 from gateways.http.api import ROUTES, unknown_parameters_middleware
-from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS
+from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUORUM
 from gateways.http.metrics import Metrics, metrics_middleware
 from gateways.http.models import MAX_BATCH_TRANSACTIONS
 from gateways.http.openapi import build_openapi
@@ -20,7 +20,9 @@ from projections.base import ViewDatabase
 MAX_BODY = MAX_BATCH_TRANSACTIONS * (MAX_JWS_BYTES + 8) + 1024
 
 
-def build_app(service: LedgerService, views: ViewDatabase) -> web.Application:
+def build_app(
+    service: LedgerService, views: ViewDatabase, *, witness_quorum: int | None = None
+) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
         middlewares=[metrics_middleware, problems_middleware, unknown_parameters_middleware],
@@ -29,6 +31,7 @@ def build_app(service: LedgerService, views: ViewDatabase) -> web.Application:
     app[VIEWS] = views
     app[METRICS] = Metrics()
     app[OPENAPI] = build_openapi(version("dfg"))
+    app[WITNESS_QUORUM] = witness_quorum or 0
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     return app

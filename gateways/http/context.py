@@ -14,3 +14,5 @@ SERVICE = web.AppKey("service", LedgerService)
 VIEWS = web.AppKey("views", ViewDatabase)
 METRICS = METRICS_KEY
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+#: How many registered witnesses must cosign a checkpoint for it to be final (0: a majority).
+WITNESS_QUORUM = web.AppKey("witness_quorum", int)

@@ -98,6 +98,20 @@ class EntryReceipt(Strict):
     event: dict[str, Any]
 
 
+class WitnessedCheckpoint(Strict):
+    size: int
+    root: str = Field(description="Hex RFC 9162 root hash.")
+    note: str = Field(description="The signed checkpoint note with its cosignature lines (C2SP).")
+    cosigned_by: list[str] = Field(description="Registered witnesses whose cosignature verifies.")
+
+
+class WitnessStatus(Strict):
+    witnesses: list[str] = Field(description="Node operators registered on the ledger (n).")
+    quorum: int = Field(description="Cosignatures that make a checkpoint final (k).")
+    latest: WitnessedCheckpoint | None = Field(description="The newest checkpoint, final or not.")
+    final: WitnessedCheckpoint | None = Field(description="The newest checkpoint k witnesses cosigned.")
+
+
 class ConsistencyProof(Strict):
     first: int
     second: int

@@ -27,6 +27,7 @@ from gateways.sdk.protocol import RetryPolicy
 from gateways.sdk.pseudonyms import pseudonym
 from gateways.sdk.results import Accepted, ConsentAnswer, ConsentQuestion, Refused
 from gateways.sdk.verify import KeyRing, ReceiptError, VerifiedReceipt, verify_receipt
+from ledger.witness import WitnessPolicy
 
 # The wire format names Ed25519 signatures "EdDSA" (docs/transactions.md); joserfc warns
 # on every process start that RFC 9864 deprecates that name. The ledger accepts it on
@@ -48,6 +49,7 @@ __all__ = [
     "RetryPolicy",
     "TransactionBuilder",
     "VerifiedReceipt",
+    "WitnessPolicy",
     "consent_terms",
     "decode_payload",
     "generate_key",

@@ -31,6 +31,7 @@ from ledger.note import Verifier
 from ledger.receipt import Receipt, ReceiptError
 from ledger.receipt import verify_receipt as verify_inclusion_receipt
 from ledger.transaction import parse_transaction
+from ledger.witness import WitnessPolicy
 
 __all__ = [
     "KeyRing",
@@ -137,12 +138,15 @@ def verify_receipt(
     *,
     origin: str | None = None,
     chain: str | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> VerifiedReceipt:
     """Verify a receipt with no trust in the server; raises ``ReceiptError``.
 
     ``checkpoint_key`` is the ledger's note verifier key, obtained out of band.
     ``keys`` is the signer's public JWK, or a ``KeyRing`` / mapping kid -> JWK.
     ``chain``, when given, must be the chain named in the signed transaction.
+    ``witnesses`` (``WitnessPolicy.from_keys(vkeys, quorum)``), when given, requires
+    that many of those node operators to have cosigned the checkpoint.
     """
     receipt = Receipt.from_json(dict(receipt_json))
     try:
@@ -151,7 +155,7 @@ def verify_receipt(
         is_object = False
     if not is_object:  # ledger.receipt would raise AttributeError on e.g. "[1]"
         raise ReceiptError("the entry is not a JSON object")
-    seq = verify_inclusion_receipt(receipt, checkpoint_key, origin=origin)
+    seq = verify_inclusion_receipt(receipt, checkpoint_key, origin=origin, witnesses=witnesses)
     try:
         entry = Entry.decode(receipt.entry)
     except EntryFormatError as exc:

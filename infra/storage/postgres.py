@@ -259,6 +259,18 @@ class PostgresLedgerStore(EntryStoreMixin):
             )
             return curs.rowcount == 1
 
+    def cosigned_checkpoints(self, at_least: int, limit: int = 20) -> Sequence[StoredCheckpoint]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._recorder.q(
+                    "SELECT size, root, note FROM {s}.checkpoints WHERE size IN (SELECT size FROM"
+                    " {s}.checkpoint_cosignatures GROUP BY size HAVING COUNT(*) >= %s)"
+                    " ORDER BY size DESC LIMIT %s"
+                ),
+                (at_least, limit),
+            )
+            return self._with_cosignatures(curs, curs.fetchall())
+
     def cosignatures(self, size: int) -> tuple[str, ...]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(

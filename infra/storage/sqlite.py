@@ -247,6 +247,15 @@ class SQLiteLedgerStore(EntryStoreMixin):
             c.execute("INSERT OR IGNORE INTO checkpoint_cosignatures VALUES (?, ?, ?)", (size, witness, line))
             return bool(c.sqlite_cursor.rowcount == 1)
 
+    def cosigned_checkpoints(self, at_least: int, limit: int = 20) -> Sequence[StoredCheckpoint]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT size, root, note FROM checkpoints WHERE size IN (SELECT size FROM"
+                " checkpoint_cosignatures GROUP BY size HAVING COUNT(*) >= ?) ORDER BY size DESC LIMIT ?",
+                (at_least, limit),
+            )
+            return self._with_cosignatures(c, c.fetchall())
+
     def cosignatures(self, size: int) -> tuple[str, ...]:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT line FROM checkpoint_cosignatures WHERE size = ? ORDER BY witness", (size,))
