@@ -142,3 +142,45 @@ def api(consents: int, seconds: float, as_json: bool) -> None:
     Console().print(table)
     if as_json:
         click.echo(json.dumps(figures.as_json(), sort_keys=True))
+
+
+@bench.command("replication")
+@click.option(
+    "--rates",
+    default="500,1000,2000,3000,4000",
+    show_default=True,
+    help="Offered transactions/s, in rising steps (stops at the first one not kept up with).",
+)
+@click.option(
+    "--seconds", type=click.FloatRange(1, 600), default=10.0, show_default=True, help="Duration of each step."
+)
+@click.option("--followers", type=click.IntRange(1, 16), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Also print one JSON object on the last line.")
+def replication(rates: str, seconds: float, followers: int, as_json: bool) -> None:
+    """Sequencer, relay, a real broker and followers on this machine: the rate the
+    followers keep up with, replication lag, and catch-up verification from offset 0."""
+    from infra.benchmarks.replication import run
+
+    try:
+        steps = tuple(int(r) for r in rates.split(","))
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers", param_hint="--rates") from None
+    err = Console(stderr=True)
+    figures = run(rates=steps, seconds=seconds, followers=followers, say=lambda m: err.print(m, style="dim"))
+    table = Table(title=f"dfg bench replication: {followers} followers, {os.cpu_count()} cores")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    goals = {
+        "keeps_up_per_s": ">= 3,000 /s",
+        "lag_p99_s": "<= 2 s",
+        "catchup_verify_per_s": ">= 1.5 x verify_per_s",
+    }
+    for key in ("verify_per_s", "keeps_up_per_s", "lag_p50_s", "lag_p99_s", "catchup_verify_per_s"):
+        value = getattr(figures, key)
+        table.add_row(key, "not reached" if value is None else f"{value:,.3f}", goals.get(key, ""))
+    Console().print(table)
+    for step in figures.steps:
+        click.echo(f"step {step}")
+    if as_json:
+        click.echo(json.dumps(figures.as_json(), sort_keys=True))

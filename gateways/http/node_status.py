@@ -38,8 +38,21 @@ def status_app(follower: Follower) -> web.Application:
         violations.set(0 if status.halted is None else 1)
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def get_lags(_: web.Request) -> web.Response:
+        """Append-to-verified seconds of the entries verified since the last call."""
+        lags = follower.take_lags()
+        ordered = sorted(lags)
+
+        def pct(q: float) -> float | None:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+        return web.json_response(
+            {"count": len(ordered), "p50_s": pct(0.50), "p99_s": pct(0.99), "max_s": pct(1.0)}
+        )
+
     app = web.Application()
     app.router.add_get("/status", get_status)
+    app.router.add_get("/lags", get_lags)
     app.router.add_get("/metrics", get_metrics)
     return app
 

@@ -188,8 +188,9 @@ class Follower:
         if appended:
             apply_new(self.views, self.view_list, appended, self.store.read_entries)
             now = self.clock()
-            self.status.recent_lags.extend(now - e.ts.timestamp() for e in appended)
-            del self.status.recent_lags[:-100_000]
+            with self._lock:
+                self.status.recent_lags.extend(now - e.ts.timestamp() for e in appended)
+                del self.status.recent_lags[:-200_000]
         return appended
 
     def _checkpoint(self, record: Any) -> None:
@@ -251,6 +252,12 @@ class Follower:
             return 0.0
         (last,) = self.store.read_entries(size, 1)
         return max(0.0, self.clock() - Entry.decode(last.canonical).ts.timestamp())
+
+    def take_lags(self) -> list[float]:
+        """Append-to-verified seconds of entries verified since the last call."""
+        with self._lock:
+            taken, self.status.recent_lags = self.status.recent_lags, []
+        return taken
 
     def status_json(self) -> str:
         return json.dumps(self.status.as_json(), sort_keys=True)
