@@ -262,3 +262,65 @@ def test_replica_of_another_chain_is_refused(source: Ledger, tmp_path: Path) -> 
         replica.accept_entries(entries_of(source)[:5])
     assert raised.value.violation.seq == 1 and CHAIN in raised.value.violation.message
     store.close()
+
+
+# --- starting from a bundle or from the API ------------------------------------------------
+
+
+def test_replica_starts_from_an_audit_bundle(source: Ledger, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+    from gateways.seed import seed_from_bundle
+
+    bundle = tmp_path / "ledger.bundle"
+    result = CliRunner().invoke(
+        cli, ["audit", "export", "--data", str(source.settings.data_dir), "--out", str(bundle)]
+    )
+    assert result.exit_code == 0, result.output
+    store = open_store(Settings(data_dir=tmp_path / "node"))
+    replica = Replica(store)
+    assert seed_from_bundle(replica, bundle) == 60
+    assert store.head() == source.head()
+    assert [c.note for c in store.checkpoints(0, 100)] == notes_of(source)
+    store.close()
+
+
+def test_replica_starts_from_the_ledger_api_and_refuses_a_lying_server(
+    source: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from http_server import running_server
+
+    import gateways.seed
+
+    source.sequencer.store.close()  # the server opens the ledger itself
+    with running_server(source.settings) as url:
+        store = open_store(Settings(data_dir=tmp_path / "node"))
+        replica = Replica(store)
+        assert gateways.seed.seed_from_api(replica, url) >= 60
+        assert replica.halted is None
+        assert replica_checkpoints(store)
+        store.close()
+
+        honest = gateways.seed._get
+
+        def lying(address: str) -> bytes:
+            lines = honest(address).split(b"\n")
+            for i, line in enumerate(lines):
+                if line and json.loads(line)["seq"] == 30:
+                    doc = json.loads(line)
+                    doc["data"]["subject"] = "p-mallory"
+                    lines[i] = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+            return b"\n".join(lines)
+
+        monkeypatch.setattr(gateways.seed, "_get", lying)
+        store = open_store(Settings(data_dir=tmp_path / "node2"))
+        replica = Replica(store)
+        with pytest.raises(ReplicaHalted) as raised:
+            gateways.seed.seed_from_api(replica, url)
+        assert raised.value.violation.seq == 30 and store.head()[0] == 29
+        store.close()
+
+
+def replica_checkpoints(store: LedgerStore) -> list[int]:
+    return [c.size for c in store.checkpoints(0, 100)]

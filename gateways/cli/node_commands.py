@@ -24,7 +24,7 @@ from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.settings import Settings
 from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
-from ledger.replica import Replica
+from ledger.replica import Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.witness import witness_verifier
 from projections.base import prepare
@@ -135,6 +135,14 @@ def keygen(out: Path, name: str) -> None:
     help="Serve GET /status (JSON) and /metrics on 127.0.0.1:PORT.",
 )
 @click.option("--exit-on-violation", is_flag=True, help="Exit with status 3 when a violation is found.")
+@click.option(
+    "--from-bundle",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="First verify and keep an audit bundle's entries (`dfg audit export`), then follow.",
+)
+@click.option(
+    "--from-url", help="First copy (and verify) the log from a ledger's API, e.g. http://ledger:8080."
+)
 def follow(
     settings: Settings,
     bootstrap: str,
@@ -145,6 +153,8 @@ def follow(
     witness_name: str | None,
     status_port: int | None,
     exit_on_violation: bool,
+    from_bundle: Path | None,
+    from_url: str | None,
 ) -> None:
     """Consume the ledger's topics into this node's own verified replica and views."""
     _logging()
@@ -160,6 +170,8 @@ def follow(
     for view in view_list:
         prepare(views, view)
     replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
+    if from_bundle is not None or from_url is not None:
+        _seed(replica, from_bundle, from_url)
     kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
     follower = Follower(
         replica, views, view_list, kafka, Topics.for_ledger(chain, topic_prefix), witness=witness
@@ -224,6 +236,24 @@ def status(settings: Settings, as_json: bool) -> None:
         if not violations:
             click.echo("violations         none")
     sys.exit(3 if violations else 0)
+
+
+def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:
+    """Verify a bundle's or an API's log into the replica before following the topic."""
+    from gateways.seed import SeedError, seed_from_api, seed_from_bundle
+    from infra.bundle import BundleError
+
+    before = replica.size
+    try:
+        if bundle is not None:
+            seed_from_bundle(replica, bundle)
+        if url is not None:
+            seed_from_api(replica, url)
+    except ReplicaHalted as exc:
+        fail(f"VIOLATION while seeding: {exc}", code=3)
+    except (SeedError, BundleError) as exc:
+        fail(f"{exc} (the replica keeps the {replica.size} entries it verified)")
+    click.echo(f"seeded: verified entries {before + 1}..{replica.size}")
 
 
 def _witness(path: Path | None, name: str | None) -> Witness | None:

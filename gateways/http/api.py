@@ -360,6 +360,18 @@ async def get_consistency(request: web.Request) -> web.StreamResponse:
     return web.json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
 
 
+async def get_log(request: web.Request) -> web.StreamResponse:
+    """Entries as stored (one canonical entry per line): how a node or an auditor copies
+    the log over HTTP. Each entry is then verified by its reader, not trusted."""
+    params = query_params(request, ROUTE_LOG)
+    start, limit = params["start"], params.get("limit", 1000)
+    store = service(request).sequencer.store
+    loop = asyncio.get_running_loop()
+    page = await loop.run_in_executor(None, store.read_entries, start, limit)
+    body = b"".join(stored.canonical + b"\n" for stored in page)
+    return web.Response(body=body, content_type="application/x-ndjson")
+
+
 # --- subjects, principals, badge ------------------------------------------------------
 
 
@@ -502,6 +514,17 @@ ROUTE_CONSISTENCY = Route(
     ),
     responses={200: ("the proof", m.ConsistencyProof), 400: _problem, 404: _problem},
 )
+ROUTE_LOG = Route(
+    "GET",
+    "/v1/log",
+    get_log,
+    "The log itself: up to `limit` canonical entries from `start`, one per line",
+    query=(
+        Param("start", "integer", True, minimum=1, maximum=MAX_INT),
+        Param("limit", "integer", minimum=1, maximum=5000),
+    ),
+    responses={200: ("entries, one JSON object per line", "application/x-ndjson"), 400: _problem},
+)
 ROUTE_HISTORY = Route(
     "GET",
     "/v1/subjects/{subject}/history",
@@ -579,6 +602,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: ("the witness status", m.WitnessStatus)},
     ),
     ROUTE_CONSISTENCY,
+    ROUTE_LOG,
     ROUTE_HISTORY,
     Route(
         "GET",
