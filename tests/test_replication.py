@@ -14,14 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import CHAIN, Ledger
 from joserfc.jwk import OKPKey
 from replication import nodes, start_relay, wait_for
 
+from gateways.cli.main import cli
+from gateways.http.node_status import serve_status
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import Witness
 from gateways.kafka.topics import Topics, checkpoint_record, entry_record
-from infra.tansu import TansuBroker
+from infra.tansu import TansuBroker, free_port
 from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.signing import public_jwk
@@ -271,6 +274,17 @@ def _send(
     producer.close()
 
 
+def _http(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def _flip_signature(canonical: bytes) -> bytes:
     doc = json.loads(canonical)
     head, payload, sig = doc["tx"].split(".")
@@ -309,6 +323,9 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
             relay_running.halt()  # the attacker now writes to the topics instead
             follower = started[0].follower
             assert follower is not None
+            port = free_port()
+            serve_status(follower, "127.0.0.1", port)
+            assert _http(port, "/status")[0] == 200
             nxt = ledger.accept(give(ledger, app, "a-next"))[0].entry
             stored = ledger.sequencer.store.read_entries(nxt.seq, 1)[0]
             key, value, headers = entry_record(stored)
@@ -336,6 +353,11 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
             assert started[0].size == size
             evidence = json.loads(follower.replica.store.violations()[0].evidence)
             assert evidence
+            code, body = _http(port, "/status")
+            assert code == 409 and json.loads(body)["halted"]["kind"] == expected[0]
+            assert "dfg_replica_violations 1.0" in _http(port, "/metrics")[1]
+            status = CliRunner().invoke(cli, ["node", "status", "--data", str(started[0].directory)])
+            assert status.exit_code == 3 and f"VIOLATION {expected[0]}" in status.output
     finally:
         if relay_running.thread.is_alive():
             relay_running.halt()
@@ -394,10 +416,6 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     assert WitnessPolicy.from_keys([*vkeys, rogue_vkey], 2).is_final(with_cosignatures(one, [rogue_line]))
 
     # the auditor's view: dfg audit verify with the witnesses' keys
-    from click.testing import CliRunner
-
-    from gateways.cli.main import cli
-
     witness_args = [a for vkey in vkeys for a in ("--witness", vkey)]
     data = ["--data", str(ledger.settings.data_dir)]
     result = CliRunner().invoke(cli, ["audit", "verify", *data, *witness_args, "--witness-quorum", "3"])
@@ -406,3 +424,16 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     strict = [*witness_args[:2], "--witness", rogue_vkey, "--witness-quorum", "2"]
     result = CliRunner().invoke(cli, ["audit", "verify", *data, *strict])
     assert result.exit_code == 1 and "no checkpoint carries cosignatures of 2" in result.output
+
+
+def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "node.jwk"
+    result = CliRunner().invoke(cli, ["node", "keygen", "--out", str(out), "--name", "node:alpha"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["jwk"]["kty"] == "OKP" and "d" not in printed["jwk"]
+    assert printed["witness_key"].startswith("node:alpha+")
+    assert WitnessPolicy.from_keys([printed["witness_key"]], 1).quorum == 1
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    again = CliRunner().invoke(cli, ["node", "keygen", "--out", str(out), "--name", "node:alpha"])
+    assert again.exit_code != 0 and "refusing to overwrite" in again.output
