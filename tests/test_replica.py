@@ -324,3 +324,35 @@ def test_replica_starts_from_the_ledger_api_and_refuses_a_lying_server(
 
 def replica_checkpoints(store: LedgerStore) -> list[int]:
     return [c.size for c in store.checkpoints(0, 100)]
+
+
+def test_follower_finishes_applying_its_views_after_a_crash_between_replica_and_views(
+    source: Ledger, tmp_path: Path
+) -> None:
+    import sqlite3
+    import threading
+
+    from gateways.kafka.client import KafkaSettings
+    from gateways.kafka.follower import Follower
+    from gateways.kafka.topics import Topics
+    from infra.bootstrap import open_views
+    from projections.base import prepare
+    from projections.registry import all_views
+
+    settings = Settings(data_dir=tmp_path / "node")
+    store = open_store(settings)
+    Replica(store).accept_entries(entries_of(source))  # stored, but the views never saw them
+    views = open_views(settings)
+    view_list = all_views()
+    for view in view_list:
+        prepare(views, view)
+    stop = threading.Event()
+    stop.set()
+    follower = Follower(
+        Replica(store), views, view_list, KafkaSettings("127.0.0.1:9"), Topics.for_ledger(CHAIN)
+    )
+    assert follower.run(stop) == 0
+    with sqlite3.connect(settings.views_file) as db:
+        assert db.execute("SELECT COUNT(*) FROM consent_state").fetchone()[0] == 58
+    views.close()
+    store.close()

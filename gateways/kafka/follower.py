@@ -35,7 +35,7 @@ from ledger.entry import Entry
 from ledger.replica import AcceptedCheckpoint, OutOfOrder, Replica, ReplicaHalted, ViolationKind
 from ledger.store import LedgerStore
 from ledger.witness import cosign
-from projections.base import View, ViewDatabase, apply_new
+from projections.base import View, ViewDatabase, apply_new, catch_up
 
 log = logging.getLogger("dfg.follower")
 
@@ -103,6 +103,8 @@ class Follower:
     def run(self, stop: threading.Event, *, exit_on_violation: bool = False) -> int:
         """Follow until ``stop`` is set. Returns 0, or 3 when it stopped on a violation
         and ``exit_on_violation`` (otherwise it keeps serving its status, idle)."""
+        for view in self.view_list:  # a crash between replica and views: finish applying
+            catch_up(self.views, view, self.store.read_entries)
         self._refresh_status()
         backoff = 0.2
         while not stop.is_set():
