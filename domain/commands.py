@@ -194,8 +194,9 @@ class UtilizeConsent(Command):
     data_categories: Codes
 
 
-#: Transaction type -> body model. The wire names are the contract.
-COMMANDS: dict[str, type[Command]] = {
+#: Transaction type -> body model for principals, keys and consents (the analysis
+#: platform's are in ``domain.analysis_commands``; ``domain.handlers.COMMANDS`` has all).
+LEDGER_COMMANDS: dict[str, type[Command]] = {
     "ledger.genesis": Genesis,
     "principal.admit": AdmitPrincipal,
     "principal.grant_role": GrantRole,

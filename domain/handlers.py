@@ -14,7 +14,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain import analysis_handlers
 from domain import commands as c
+from domain.analysis_commands import ANALYSIS_COMMANDS
 from domain.consent import Consent
 from domain.errors import DomainError
 from domain.identifiers import consent_aggregate_id, principal_aggregate_id
@@ -38,7 +40,11 @@ MAY_SIGN: dict[str, frozenset[str]] = {
     "consent.decline": frozenset({c.Kind.CITIZEN, c.Kind.IDENTITY_SERVICE}),
     "consent.withdraw": ORGANISATION_ROLES | {c.Kind.CITIZEN, c.Kind.IDENTITY_SERVICE},
     "consent.utilize": ORGANISATION_ROLES,
+    **analysis_handlers.MAY_SIGN,
 }
+
+#: Transaction type -> body model, every type. The wire names are the contract.
+COMMANDS: dict[str, type[c.Command]] = {**c.LEDGER_COMMANDS, **ANALYSIS_COMMANDS}
 
 
 class State(Protocol):
@@ -47,6 +53,8 @@ class State(Protocol):
     def principal(self, principal_id: str) -> Principal | None: ...
 
     def consent(self, aggregate_id: UUID) -> Consent | None: ...
+
+    def aggregate(self, aggregate_id: UUID) -> Aggregate | None: ...
 
     def is_empty(self) -> bool: ...
 
@@ -281,6 +289,7 @@ HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "consent.decline": decline_consent,
     "consent.withdraw": withdraw_consent,
     "consent.utilize": utilize_consent,
+    **analysis_handlers.HANDLERS,
 }
 
 #: Every event type that may appear in an entry, by its wire name.
@@ -297,6 +306,7 @@ EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
     "Consent.Declined": Consent.Declined,
     "Consent.Withdrawn": Consent.Withdrawn,
     "Consent.Utilized": Consent.Utilized,
+    **analysis_handlers.EVENT_TYPES,
 }
 
 
@@ -315,4 +325,11 @@ def decide(
 
 
 #: Aggregate classes by the prefix of their event names.
-AGGREGATES: dict[str, type[Aggregate]] = {"Principal": Principal, "Consent": Consent}
+AGGREGATES: dict[str, type[Aggregate]] = {
+    "Principal": Principal,
+    "Consent": Consent,
+    **analysis_handlers.AGGREGATES,
+}
+
+if not set(COMMANDS) == set(HANDLERS) == set(MAY_SIGN):  # pragma: no cover - a programming error
+    raise RuntimeError("every transaction type needs a body model, a handler and a MAY_SIGN entry")

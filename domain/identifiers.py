@@ -39,6 +39,12 @@ def consent_aggregate_id(controller: str, consent_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(DFG_NAMESPACE, f"consent\n{controller}\n{consent_id}")
 
 
+def entity_aggregate_id(kind: str, entity_id: uuid.UUID) -> uuid.UUID:
+    """Aggregate id of a catalog, datasource, data view or analysis: its client-chosen
+    id, scoped by kind so that ids of different kinds never collide."""
+    return uuid.uuid5(DFG_NAMESPACE, f"{kind}\n{entity_id}")
+
+
 def split_kid(kid: str) -> tuple[str, str]:
     """``<principal>#<thumbprint>`` -> (principal, thumbprint)."""
     principal, sep, thumbprint = kid.rpartition("#")

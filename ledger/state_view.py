@@ -28,5 +28,8 @@ class AggregateLookups:
         aggregate = self._get(aggregate_id)
         return aggregate if isinstance(aggregate, Consent) else None
 
+    def aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None:
+        return self._get(aggregate_id)
+
     def is_empty(self) -> bool:
         return self.size == 0

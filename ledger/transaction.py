@@ -13,7 +13,8 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domain.commands import COMMANDS, Command, PrincipalId
+from domain.commands import Command, PrincipalId
+from domain.handlers import COMMANDS
 from domain.identifiers import split_kid
 from ledger.errors import Rejected
 from ledger.jws import CompactJws, parse_compact, unique_members

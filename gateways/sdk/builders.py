@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from domain.commands import COMMANDS, ConsentTerms
+from domain.commands import ConsentTerms
+from domain.handlers import COMMANDS
 from gateways.sdk.keys import PrivateKey, load_key, public_jwk
 from gateways.sdk.nonces import NonceSource
 from ledger.jws import parse_compact

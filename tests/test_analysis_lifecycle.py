@@ -1,0 +1,334 @@
+"""The analysis lifecycle on the ledger: every move a signed transaction, every forbidden
+move refused with its code, and the result audits like any other ledger."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import Ledger
+
+from ledger.audit import audit_store
+from ledger.errors import Rejected
+from ledger.sequencer import Accepted
+from ledger.signing import TransactionSigner
+
+HEART = "dpv-pd:HeartRate"
+HEALTH = "dpv-pd:HealthRecord"
+
+
+def ids() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Federation:
+    ledger: Ledger
+    provider_a: TransactionSigner
+    provider_b: TransactionSigner
+    analyst: TransactionSigner
+    nodes: list[TransactionSigner]
+    outsider_node: TransactionSigner
+    datasource_a: str
+    datasource_b: str
+    catalog_a: str
+    data_view: str
+
+    def do(self, signer: TransactionSigner, tx_type: str, body: dict[str, Any]) -> Accepted:
+        (outcome,) = self.ledger.submit(self.ledger.sign(signer, tx_type, body))
+        assert isinstance(outcome, Accepted), outcome
+        return outcome
+
+    def refused(self, signer: TransactionSigner, tx_type: str, body: dict[str, Any], code: str) -> Rejected:
+        before = self.ledger.head()
+        (outcome,) = self.ledger.submit(self.ledger.sign(signer, tx_type, body))
+        assert isinstance(outcome, Rejected), f"{tx_type} was accepted"
+        assert outcome.code == code, outcome
+        assert self.ledger.head() == before  # no trace in the log
+        return outcome
+
+
+def _datasource(
+    fed_do: Any, provider: TransactionSigner, catalog: str, keys: list[str], variables: list[dict[str, Any]]
+) -> str:
+    datasource = ids()
+    fed_do(
+        provider,
+        "datasource.create",
+        {
+            "datasource_id": datasource,
+            "catalog_id": catalog,
+            "name": f"{provider.principal} measurements",
+            "origin": {"kind": "fhir", "resource": "Observation"},
+            "keys": keys,
+            "data_categories": [HEART, HEALTH],
+        },
+    )
+    for variable in variables:
+        fed_do(provider, "variable.create", {"datasource_id": datasource, **variable})
+    return datasource
+
+
+@pytest.fixture
+def fed(ledger: Ledger) -> Federation:
+    provider_a = ledger.admit("dp:meteda", "data_provider")
+    provider_b = ledger.admit("dp:cardiolyse", "data_provider")
+    analyst = ledger.admit("ao:lab", "analyst_org")
+    nodes = [ledger.admit(f"node:n{i}", "node_operator") for i in range(3)]
+    outsider = ledger.admit("node:other", "node_operator")
+    f = Federation(ledger, provider_a, provider_b, analyst, nodes, outsider, "", "", "", "")
+    catalog_a, catalog_b = ids(), ids()
+    f.do(provider_a, "catalog.create", {"catalog_id": catalog_a, "name": "Meteda diabetes"})
+    f.do(provider_b, "catalog.create", {"catalog_id": catalog_b, "name": "Cardiolyse ECG"})
+    f.catalog_a = catalog_a
+    f.datasource_a = _datasource(
+        f.do,
+        provider_a,
+        catalog_a,
+        ["subject", "household"],
+        [
+            {"name": "age", "type": "integer", "unit": "a", "min": "0", "max": "120"},
+            {"name": "hba1c", "type": "decimal", "unit": "mmol/mol", "min": "10", "max": "200"},
+        ],
+    )
+    f.datasource_b = _datasource(
+        f.do,
+        provider_b,
+        catalog_b,
+        ["subject"],
+        [{"name": "hrv", "type": "decimal", "unit": "ms", "min": "0", "max": "500"}],
+    )
+    f.data_view = ids()
+    f.do(
+        analyst,
+        "data_view.create",
+        {
+            "data_view_id": f.data_view,
+            "name": "Diabetes and HRV",
+            "variables": [
+                {"alias": "age", "datasource_id": f.datasource_a, "variable": "age"},
+                {"alias": "hba1c", "datasource_id": f.datasource_a, "variable": "hba1c"},
+                {"alias": "hrv", "datasource_id": f.datasource_b, "variable": "hrv"},
+            ],
+        },
+    )
+    return f
+
+
+def _draft(f: Federation) -> str:
+    analysis = ids()
+    f.do(
+        f.analyst,
+        "analysis.create",
+        {
+            "analysis_id": analysis,
+            "name": "HbA1c and heart rate variability",
+            "data_view_id": f.data_view,
+            "consent": {"purpose": "dpv:ScientificResearch", "data_categories": [HEART, HEALTH]},
+        },
+    )
+    f.do(f.analyst, "analysis.set_merge", {"analysis_id": analysis, "merge": {"key": "subject"}})
+    for name, flt, functions in [
+        ("adults", "age >= 18", ["count()", "mean(hba1c)"]),
+        ("hrv", "hba1c > 48 & !(age < 30)", ["histogram(hrv, 10)", "stddev(hrv)"]),
+        ("model", "", ["linear_regression(hrv ~ hba1c + age)", "correlation(hrv, hba1c)"]),
+    ]:
+        f.do(
+            f.analyst,
+            "calculation.create",
+            {
+                "analysis_id": analysis,
+                "calculation_id": ids(),
+                "name": name,
+                "filter": flt,
+                "functions": functions,
+            },
+        )
+    return analysis
+
+
+def _send(f: Federation, analysis: str) -> None:
+    f.do(f.analyst, "data_view.send", {"data_view_id": f.data_view})
+    f.do(f.analyst, "analysis.send", {"analysis_id": analysis, "nodes": [n.principal for n in f.nodes]})
+
+
+def test_the_whole_lifecycle_and_it_audits(fed: Federation) -> None:
+    f = fed
+    f.do(
+        f.provider_a,
+        "datasource.commit_shares",
+        {"datasource_id": f.datasource_a, "commitment": "ab" * 32, "records": 1200},
+    )
+    analysis = _draft(f)
+    f.do(f.analyst, "analysis.add_catalog", {"analysis_id": analysis, "catalog_id": f.catalog_a})
+    f.do(f.analyst, "analysis.add_datasource", {"analysis_id": analysis, "datasource_id": f.datasource_a})
+    f.do(f.analyst, "analysis.update", {"analysis_id": analysis, "note": "pilot"})
+    _send(f, analysis)
+    for node in f.nodes:
+        f.do(node, "analysis.approve", {"analysis_id": analysis})
+    queued = f.do(f.analyst, "analysis.queue", {"analysis_id": analysis})
+    tasks = queued.entry.data["tasks"]
+    assert [t["task_id"] for t in tasks] == [1, 2, 3, 4]
+    assert tasks[0]["stage"] == "merge" and {t["stage"] for t in tasks[1:]} == {"compute"}
+    for node in f.nodes:
+        for task in tasks:
+            f.do(node, "task.claim", {"analysis_id": analysis, "task_id": task["task_id"]})
+            f.do(
+                node,
+                "task.finish",
+                {"analysis_id": analysis, "task_id": task["task_id"], "commitment": "cd" * 32},
+            )
+    for node in f.nodes:
+        last = f.do(node, "results.approve", {"analysis_id": analysis})
+    assert last.entry.event_type == "Analysis.ResultsApproved"
+    released = f.do(
+        f.analyst,
+        "results.request_access",
+        {"analysis_id": analysis, "recipient_jwk": {"kty": "OKP", "crv": "X25519", "x": "A" * 43}},
+    )
+    assert released.entry.event_type == "Analysis.AccessRequested"
+    report = audit_store(f.ledger.sequencer.store)
+    assert report.ok, report.first_problem
+
+
+def test_duplicates_start_as_editable_drafts(fed: Federation) -> None:
+    f = fed
+    analysis = _draft(f)
+    _send(f, analysis)
+    copy = ids()
+    created = f.do(f.analyst, "analysis.duplicate", {"analysis_id": analysis, "new_analysis_id": copy})
+    assert created.entry.data["duplicated_from"] == analysis
+    assert len(created.entry.data["calculations"]) == 3
+    f.do(f.analyst, "analysis.update", {"analysis_id": copy, "name": "second try"})
+    view = ids()
+    f.do(f.analyst, "data_view.duplicate", {"data_view_id": f.data_view, "new_data_view_id": view})
+
+
+# --- forbidden moves ---------------------------------------------------------------------
+
+
+def test_editing_a_sent_analysis_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    _send(fed, analysis)
+    fed.refused(fed.analyst, "analysis.update", {"analysis_id": analysis, "name": "x"}, "analysis_locked")
+    calc = {"analysis_id": analysis, "calculation_id": ids(), "name": "n", "functions": ["count()"]}
+    fed.refused(fed.analyst, "calculation.create", calc, "analysis_locked")
+    merge = {"analysis_id": analysis, "merge": {"key": "subject"}}
+    fed.refused(fed.analyst, "analysis.set_merge", merge, "analysis_locked")
+    fed.refused(fed.analyst, "analysis.delete", {"analysis_id": analysis}, "analysis_locked")
+
+
+def test_approving_twice_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    _send(fed, analysis)
+    fed.do(fed.nodes[0], "analysis.approve", {"analysis_id": analysis})
+    fed.refused(fed.nodes[0], "analysis.approve", {"analysis_id": analysis}, "already_approved")
+
+
+def test_approving_as_a_non_node_organisation_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    _send(fed, analysis)
+    fed.refused(fed.analyst, "analysis.approve", {"analysis_id": analysis}, "role_not_allowed")
+    fed.refused(fed.provider_a, "analysis.approve", {"analysis_id": analysis}, "role_not_allowed")
+    fed.refused(
+        fed.outsider_node, "analysis.approve", {"analysis_id": analysis}, "not_a_node_of_this_analysis"
+    )
+
+
+def test_queueing_before_all_approvals_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    fed.refused(fed.analyst, "analysis.queue", {"analysis_id": analysis}, "not_approved")
+    _send(fed, analysis)
+    fed.do(fed.nodes[0], "analysis.approve", {"analysis_id": analysis})
+    refusal = fed.refused(fed.analyst, "analysis.queue", {"analysis_id": analysis}, "approvals_missing")
+    assert "node:n1" in refusal.message and "node:n2" in refusal.message
+
+
+def test_releasing_results_before_results_approval_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    _send(fed, analysis)
+    for node in fed.nodes:
+        fed.do(node, "analysis.approve", {"analysis_id": analysis})
+    fed.do(fed.analyst, "analysis.queue", {"analysis_id": analysis})
+    jwk = {"kty": "OKP", "crv": "X25519", "x": "A" * 43}
+    access = {"analysis_id": analysis, "recipient_jwk": jwk}
+    fed.refused(fed.analyst, "results.request_access", access, "results_not_approved")
+    fed.refused(fed.nodes[0], "results.approve", {"analysis_id": analysis}, "results_not_ready")
+    fed.refused(fed.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 2}, "merge_first")
+    fed.refused(
+        fed.nodes[0],
+        "task.finish",
+        {"analysis_id": analysis, "task_id": 1, "commitment": "00" * 32},
+        "task_not_claimed",
+    )
+    fed.refused(fed.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 9}, "unknown_task")
+
+
+def test_a_filter_that_does_not_parse_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    calc = {
+        "analysis_id": analysis,
+        "calculation_id": ids(),
+        "name": "bad",
+        "filter": "age >",
+        "functions": ["count()"],
+    }
+    refusal = fed.refused(fed.analyst, "calculation.create", calc, "filter_syntax")
+    assert "column 6" in refusal.message
+
+
+def test_a_calculation_over_a_variable_the_data_view_lacks_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    calc = {"analysis_id": analysis, "calculation_id": ids(), "name": "bad", "functions": ["mean(weight)"]}
+    refusal = fed.refused(fed.analyst, "calculation.create", calc, "unknown_variable")
+    assert "'weight'" in refusal.message
+
+
+def test_a_merge_on_a_key_one_datasource_lacks_is_refused(fed: Federation) -> None:
+    analysis = _draft(fed)
+    merge = {"analysis_id": analysis, "merge": {"key": "household"}}
+    refusal = fed.refused(fed.analyst, "analysis.set_merge", merge, "merge_key_missing")
+    assert "household" in refusal.message
+
+
+def test_sending_needs_a_sent_data_view_and_real_nodes(fed: Federation) -> None:
+    analysis = _draft(fed)
+    nodes = [n.principal for n in fed.nodes]
+    fed.refused(fed.analyst, "analysis.send", {"analysis_id": analysis, "nodes": nodes}, "data_view_not_sent")
+    fed.do(fed.analyst, "data_view.send", {"data_view_id": fed.data_view})
+    bad = [*nodes[:2], fed.analyst.principal]
+    fed.refused(fed.analyst, "analysis.send", {"analysis_id": analysis, "nodes": bad}, "not_a_node")
+
+
+def test_only_owners_change_what_they_own(fed: Federation) -> None:
+    fed.refused(
+        fed.provider_b,
+        "variable.create",
+        {"datasource_id": fed.datasource_a, "name": "x", "type": "boolean"},
+        "not_owner",
+    )
+    other_analyst = fed.ledger.admit("ao:other", "analyst_org")
+    analysis = _draft(fed)
+    fed.refused(other_analyst, "analysis.update", {"analysis_id": analysis, "name": "mine"}, "not_owner")
+    fed.refused(fed.analyst, "catalog.create", {"catalog_id": ids(), "name": "x"}, "role_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ({"name": "x", "type": "integer"}, "allowed range"),
+        ({"name": "x", "type": "decimal", "min": "5", "max": "1"}, "min must be below max"),
+        ({"name": "x", "type": "category"}, "lists its categories"),
+        ({"name": "x", "type": "integer", "min": "0", "max": "1e400x"}, "not a decimal"),
+        ({"name": "1x", "type": "boolean"}, "name"),
+    ],
+)
+def test_variable_specifications_are_validated(
+    fed: Federation, variable: dict[str, Any], message: str
+) -> None:
+    refusal = fed.refused(
+        fed.provider_a, "variable.create", {"datasource_id": fed.datasource_a, **variable}, "invalid_body"
+    )
+    assert message in refusal.message
