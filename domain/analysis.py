@@ -10,6 +10,9 @@
     computed ──every node approves the results──▶ results_approved ──access──▶ released
                  └──a node declines them──▶ results_rejected
 
+Every event that moves the analysis carries the status it moves to, so read models
+and auditors read the state machine's decisions instead of re-deriving them.
+
 Only a draft can be edited (name, calculations, merge, catalogs, datasources); sending
 locks it. The analyst organisation that created it moves it (send, queue, request
 access); each computation node's organisation approves it, runs its tasks and approves
@@ -118,66 +121,66 @@ class Analysis(Aggregate):
         node: str
         approve: bool
         reason: str
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
             aggregate.approvals = {**aggregate.approvals, self.node: self.approve}
-            if not self.approve:
-                aggregate.status = AnalysisStatus.REJECTED
-            elif all(aggregate.approvals.get(n) for n in aggregate.nodes):
-                aggregate.status = AnalysisStatus.APPROVED
+            aggregate.status = AnalysisStatus(self.status)
 
     class Queued(Aggregate.Event):
         tasks: list[dict[str, Any]]
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
             aggregate.tasks = {t["task_id"]: t for t in self.tasks}
-            aggregate.status = AnalysisStatus.QUEUED
+            aggregate.status = AnalysisStatus(self.status)
 
     class TaskClaimed(Aggregate.Event):
         node: str
         task_id: int
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
             aggregate.claims = {**aggregate.claims, (self.node, self.task_id): self.timestamp}
-            aggregate.status = AnalysisStatus.COMPUTING
+            aggregate.status = AnalysisStatus(self.status)
 
     class TaskFinished(Aggregate.Event):
         node: str
         task_id: int
         commitment: str
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
             aggregate.finished = {**aggregate.finished, (self.node, self.task_id): self.commitment}
-            if all((n, t) in aggregate.finished for n in aggregate.nodes for t in aggregate.tasks):
-                aggregate.status = AnalysisStatus.COMPUTED
+            aggregate.status = AnalysisStatus(self.status)
 
     class TaskFailed(Aggregate.Event):
         node: str
         task_id: int
         reason: str
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
-            aggregate.status = AnalysisStatus.FAILED
+            aggregate.status = AnalysisStatus(self.status)
 
     class ResultsApproved(Aggregate.Event):
         node: str
         approve: bool
         reason: str
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
             aggregate.results_approvals = {**aggregate.results_approvals, self.node: self.approve}
-            if not self.approve:
-                aggregate.status = AnalysisStatus.RESULTS_REJECTED
-            elif all(aggregate.results_approvals.get(n) for n in aggregate.nodes):
-                aggregate.status = AnalysisStatus.RESULTS_APPROVED
+            aggregate.status = AnalysisStatus(self.status)
 
     class AccessRequested(Aggregate.Event):
         by: str
         recipient_jwk: dict[str, str]
+        status: str
 
         def apply(self, aggregate: Analysis) -> None:
             aggregate.binders = (*aggregate.binders, {"by": self.by, "recipient_jwk": self.recipient_jwk})
-            aggregate.status = AnalysisStatus.RELEASED
+            aggregate.status = AnalysisStatus(self.status)
 
     def __init__(
         self,
@@ -355,14 +358,20 @@ class Analysis(Aggregate):
         tasks: list[dict[str, Any]] = [{"task_id": MERGE_TASK, "stage": "merge", "calculation_id": None}]
         for number, calculation_id in enumerate(sorted(self.calculations), start=MERGE_TASK + 1):
             tasks.append({"task_id": number, "stage": "compute", "calculation_id": calculation_id})
-        self.trigger_event(self.Queued, timestamp=at, tasks=tasks)
+        self.trigger_event(self.Queued, timestamp=at, tasks=tasks, status=AnalysisStatus.QUEUED.value)
 
     def request_access(self, *, by: str, recipient_jwk: dict[str, str], at: datetime) -> None:
         self._require_analyst(by)
         self._require_status(
             AnalysisStatus.RESULTS_APPROVED, AnalysisStatus.RELEASED, code="results_not_approved"
         )
-        self.trigger_event(self.AccessRequested, timestamp=at, by=by, recipient_jwk=recipient_jwk)
+        self.trigger_event(
+            self.AccessRequested,
+            timestamp=at,
+            by=by,
+            recipient_jwk=recipient_jwk,
+            status=AnalysisStatus.RELEASED.value,
+        )
 
     # --- the nodes' moves ----------------------------------------------------------
 
@@ -371,7 +380,13 @@ class Analysis(Aggregate):
         self._require_status(AnalysisStatus.SENT, code="not_awaiting_approval")
         if node in self.approvals:
             raise DomainError("already_approved", f"{node} already answered for this analysis")
-        self.trigger_event(self.Approved, timestamp=at, node=node, approve=approve, reason=reason)
+        answered = {**self.approvals, node: approve}
+        status = AnalysisStatus.REJECTED if not approve else AnalysisStatus.SENT
+        if approve and all(answered.get(n) for n in self.nodes):
+            status = AnalysisStatus.APPROVED
+        self.trigger_event(
+            self.Approved, timestamp=at, node=node, approve=approve, reason=reason, status=status.value
+        )
 
     def _require_task(self, node: str, task_id: int) -> None:
         self._require_node(node)
@@ -385,7 +400,9 @@ class Analysis(Aggregate):
             raise DomainError("task_already_claimed", f"{node} already claimed task {task_id}")
         if task_id != MERGE_TASK and (node, MERGE_TASK) not in self.finished:
             raise DomainError("merge_first", "a node finishes the merge task before computing")
-        self.trigger_event(self.TaskClaimed, timestamp=at, node=node, task_id=task_id)
+        self.trigger_event(
+            self.TaskClaimed, timestamp=at, node=node, task_id=task_id, status=AnalysisStatus.COMPUTING.value
+        )
 
     def finish_task(self, *, node: str, task_id: int, commitment: str, at: datetime) -> None:
         self._require_task(node, task_id)
@@ -393,17 +410,40 @@ class Analysis(Aggregate):
             raise DomainError("task_not_claimed", f"{node} has not claimed task {task_id}")
         if (node, task_id) in self.finished:
             raise DomainError("task_already_finished", f"{node} already finished task {task_id}")
-        self.trigger_event(self.TaskFinished, timestamp=at, node=node, task_id=task_id, commitment=commitment)
+        finished = {*self.finished, (node, task_id)}
+        done = all((n, t) in finished for n in self.nodes for t in self.tasks)
+        status = AnalysisStatus.COMPUTED if done else AnalysisStatus.COMPUTING
+        self.trigger_event(
+            self.TaskFinished,
+            timestamp=at,
+            node=node,
+            task_id=task_id,
+            commitment=commitment,
+            status=status.value,
+        )
 
     def fail_task(self, *, node: str, task_id: int, reason: str, at: datetime) -> None:
         self._require_task(node, task_id)
         if (node, task_id) in self.finished:
             raise DomainError("task_already_finished", f"{node} already finished task {task_id}")
-        self.trigger_event(self.TaskFailed, timestamp=at, node=node, task_id=task_id, reason=reason)
+        self.trigger_event(
+            self.TaskFailed,
+            timestamp=at,
+            node=node,
+            task_id=task_id,
+            reason=reason,
+            status=AnalysisStatus.FAILED.value,
+        )
 
     def approve_results(self, *, node: str, approve: bool, reason: str, at: datetime) -> None:
         self._require_node(node)
         self._require_status(AnalysisStatus.COMPUTED, code="results_not_ready")
         if node in self.results_approvals:
             raise DomainError("already_approved", f"{node} already answered for these results")
-        self.trigger_event(self.ResultsApproved, timestamp=at, node=node, approve=approve, reason=reason)
+        answered = {**self.results_approvals, node: approve}
+        status = AnalysisStatus.RESULTS_REJECTED if not approve else AnalysisStatus.COMPUTED
+        if approve and all(answered.get(n) for n in self.nodes):
+            status = AnalysisStatus.RESULTS_APPROVED
+        self.trigger_event(
+            self.ResultsApproved, timestamp=at, node=node, approve=approve, reason=reason, status=status.value
+        )
