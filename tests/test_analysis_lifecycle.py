@@ -166,29 +166,31 @@ def test_the_whole_lifecycle_and_it_audits(fed: Federation) -> None:
     f.do(f.analyst, "analysis.add_datasource", {"analysis_id": analysis, "datasource_id": f.datasource_a})
     f.do(f.analyst, "analysis.update", {"analysis_id": analysis, "note": "pilot"})
     _send(f, analysis)
-    for node in f.nodes:
-        f.do(node, "analysis.approve", {"analysis_id": analysis})
+    statuses = [
+        f.do(node, "analysis.approve", {"analysis_id": analysis}).entry.data["status"] for node in f.nodes
+    ]
+    assert statuses == ["sent", "sent", "approved"]
     queued = f.do(f.analyst, "analysis.queue", {"analysis_id": analysis})
+    assert queued.entry.data["status"] == "queued"
     tasks = queued.entry.data["tasks"]
     assert [t["task_id"] for t in tasks] == [1, 2, 3, 4]
     assert tasks[0]["stage"] == "merge" and {t["stage"] for t in tasks[1:]} == {"compute"}
+    moves = []
     for node in f.nodes:
         for task in tasks:
-            f.do(node, "task.claim", {"analysis_id": analysis, "task_id": task["task_id"]})
-            f.do(
-                node,
-                "task.finish",
-                {"analysis_id": analysis, "task_id": task["task_id"], "commitment": "cd" * 32},
-            )
-    for node in f.nodes:
-        last = f.do(node, "results.approve", {"analysis_id": analysis})
-    assert last.entry.event_type == "Analysis.ResultsApproved"
+            moves.append(f.do(node, "task.claim", {"analysis_id": analysis, "task_id": task["task_id"]}))
+            finish = {"analysis_id": analysis, "task_id": task["task_id"], "commitment": "cd" * 32}
+            moves.append(f.do(node, "task.finish", finish))
+    assert [m.entry.data["status"] for m in moves] == ["computing"] * (len(moves) - 1) + ["computed"]
+    results = [f.do(node, "results.approve", {"analysis_id": analysis}).entry for node in f.nodes]
+    assert [e.data["status"] for e in results] == ["computed", "computed", "results_approved"]
     released = f.do(
         f.analyst,
         "results.request_access",
         {"analysis_id": analysis, "recipient_jwk": {"kty": "OKP", "crv": "X25519", "x": "A" * 43}},
     )
     assert released.entry.event_type == "Analysis.AccessRequested"
+    assert released.entry.data["status"] == "released"
     report = audit_store(f.ledger.sequencer.store)
     assert report.ok, report.first_problem
 
