@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from projections.analyses import AnalysesView
 from projections.base import View
 from projections.consent_state import ConsentStateView
 from projections.keys import PrincipalsView
@@ -9,4 +10,4 @@ from projections.timeline import TimelineView
 
 
 def all_views() -> list[View]:
-    return [ConsentStateView(), TimelineView(), PrincipalsView()]
+    return [ConsentStateView(), TimelineView(), PrincipalsView(), AnalysesView()]
