@@ -6,6 +6,7 @@ from importlib.metadata import version
 
 from aiohttp import web
 
+from gateways.graphql.view import mount as mount_graphql
 from gateways.http.api import ROUTES, unknown_parameters_middleware
 from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUORUM
 from gateways.http.metrics import Metrics, metrics_middleware
@@ -34,4 +35,5 @@ def build_app(
     app[WITNESS_QUORUM] = witness_quorum or 0
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    mount_graphql(app, service, views)
     return app

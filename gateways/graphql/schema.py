@@ -1,0 +1,620 @@
+"""The GraphQL API of seed §4.1: its Query and Mutation fields with the seed's names,
+arguments and types, over the analysis read models and the ledger.
+
+Every mutation argument named ``signedTransaction`` or ``signedAccess`` is a compact
+JWS (docs/transactions.md): the mutation submits it to the ledger and answers with the
+object as the read models show it once they have applied the new entry. Refusals come
+as GraphQL errors whose ``extensions.code`` is the ledger's refusal code. Mutations
+the seed marks "CC Nodes" belong to computation nodes; the coordinator refuses them
+with ``wrong_role``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import Info
+
+from gateways.graphql import types as t
+from infra.ledger_service import LedgerService
+from ledger.errors import Rejected
+from ledger.sequencer import Accepted
+from ledger.transaction import parse_transaction
+from projections import analyses as views
+from projections import keys
+from projections.base import ViewDatabase
+
+COORDINATOR = "coordinator"
+NODE = "node"
+
+
+@dataclass
+class Context:
+    service: LedgerService
+    views: ViewDatabase
+    role: str = COORDINATOR
+
+
+def fail(code: str, message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": code})
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _field(description: str) -> Callable[[F], F]:
+    """``strawberry.field`` with a description, typed for mypy."""
+    return cast(Callable[[F], F], strawberry.field(description=description))
+
+
+def _mutation(description: str) -> Callable[[F], F]:
+    return cast(Callable[[F], F], strawberry.mutation(description=description))
+
+
+def _ctx(info: Info[Context, None]) -> Context:
+    return info.context
+
+
+# --- reading the read models ------------------------------------------------------------
+
+
+def _doc(ctx: Context, kind: str, entity_id: str) -> dict[str, Any]:
+    with ctx.views.transaction(commit=False) as cursor:
+        found = views.document(cursor, kind, entity_id)
+    if found is None:
+        raise fail("not_found", f"there is no {kind} {entity_id}")
+    return found
+
+
+def _datasources(ctx: Context, ids: list[str]) -> list[dict[str, Any]]:
+    return [_doc(ctx, "Datasource", i) for i in ids]
+
+
+def _catalog(ctx: Context, catalog_id: str) -> t.Catalog:
+    doc = _doc(ctx, "Catalog", catalog_id)
+    with ctx.views.transaction(commit=False) as cursor:
+        sources = [
+            d for d in views.documents(cursor, "Datasource", limit=10_000) if d["catalog_id"] == catalog_id
+        ]
+    return t.Catalog.of(doc, sources)
+
+
+def _org_ids(ctx: Context, principals: list[str]) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    with ctx.views.transaction(commit=False) as cursor:
+        for principal in principals:
+            found = keys.principal(cursor, principal)
+            out[principal] = found["admitted_seq"] if found else None
+    return out
+
+
+def _approval_state(doc: dict[str, Any]) -> t.ApprovalState:
+    if not doc["nodes"]:
+        return t.ApprovalState.NOT_SENT
+    answers = [doc["approvals"].get(n, {}).get("state") for n in doc["nodes"]]
+    if "declined" in answers:
+        return t.ApprovalState.DECLINED
+    return t.ApprovalState.APPROVED if all(a == "approved" for a in answers) else t.ApprovalState.PENDING
+
+
+def _results_state(doc: dict[str, Any]) -> t.ResultsApprovalState:
+    answers = [doc["results_approvals"].get(n, {}).get("state") for n in doc["nodes"]]
+    if "declined" in answers:
+        return t.ResultsApprovalState.DECLINED
+    if doc["nodes"] and all(a == "approved" for a in answers):
+        return t.ResultsApprovalState.APPROVED
+    return t.ResultsApprovalState.PENDING if doc["status"] == "computed" else t.ResultsApprovalState.NOT_READY
+
+
+_STATE_STATUS = {
+    "draft": t.AnalysisStateStatus.EDITING,
+    "sent": t.AnalysisStateStatus.AWAITING_APPROVAL,
+    "approved": t.AnalysisStateStatus.READY_TO_QUEUE,
+    "queued": t.AnalysisStateStatus.QUEUED,
+    "computing": t.AnalysisStateStatus.RUNNING,
+    "computed": t.AnalysisStateStatus.DONE,
+    "results_approved": t.AnalysisStateStatus.DONE,
+    "released": t.AnalysisStateStatus.DONE,
+}
+
+
+def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
+    doc = _doc(ctx, "Analysis", analysis_id)
+    view = _doc(ctx, "DataView", doc["data_view_id"])
+    with ctx.views.transaction(commit=False) as cursor:
+        tasks = views.analysis_tasks(cursor, analysis_id)
+        finished = views.finished_tasks(cursor, analysis_id)
+        owner = keys.principal(cursor, doc["owner"])
+    org_ids = _org_ids(ctx, doc["nodes"])
+    approvals = [
+        t.OrganizationApproval(
+            organization=node,
+            org_id=org_ids[node],
+            state=t.ApprovalState(doc["approvals"].get(node, {}).get("state", "pending")),
+            reason=doc["approvals"].get(node, {}).get("reason"),
+            results_state=t.ResultsApprovalState(
+                doc["results_approvals"].get(node, {}).get("state", "pending")
+            ),
+        )
+        for node in doc["nodes"]
+    ]
+    results = [
+        t.ResultsDto(
+            task_id=task["task_id"],
+            calculation_id=task["calculation_id"],
+            stage=task["stage"],
+            commitments=[
+                x["commitment"] for x in tasks if x["task_id"] == task["task_id"] and x["commitment"]
+            ],
+        )
+        for task in doc["tasks"]
+        if task["task_id"] in finished
+    ]
+    by_source: dict[str, list[str]] = {}
+    for variable in view["variables"]:
+        by_source.setdefault(variable["datasource_id"], []).append(variable["alias"])
+    definitions = [
+        t.DatasetDefinition(
+            datasource_id=source["datasource_id"],
+            name=source["name"],
+            key=(doc["merge"] or {}).get("key"),
+            variables=by_source[source["datasource_id"]],
+        )
+        for source in _datasources(ctx, sorted(by_source))
+    ]
+    return t.Analysis(
+        id=t.global_id("Analysis", analysis_id),
+        analysis_id=analysis_id,
+        owner=doc["owner"],
+        name=doc["name"],
+        note=doc["note"],
+        analysts=[doc["owner"], *doc["analysts"]],
+        calculations=[
+            t.Calculation.of(analysis_id, c) for c in sorted(doc["calculations"], key=lambda c: c["id"])
+        ],
+        catalogs=[_catalog(ctx, c) for c in doc["catalogs"]],
+        datasources=[t.Datasource.of(d) for d in _datasources(ctx, doc["datasources"])],
+        approvals=approvals or None,
+        status=t.AnalysisStatus(doc["status"]),
+        locked=doc["status"] != "draft",
+        results=results or None,
+        modulus=doc["modulus"],
+        fixed_point_precision=doc["fixed_point_precision"],
+        data_view_id=view["created_seq"],
+        create_ts=doc["created_ts"],
+        modify_ts=doc["modified_ts"],
+        analyst_name=(owner or {}).get("display_name"),
+        analyst_email="",
+        approval_state=_approval_state(doc),
+        results_approval_state=_results_state(doc),
+        state_status=_STATE_STATUS.get(doc["status"], t.AnalysisStateStatus.STOPPED),
+        own_data_ts=None,
+        other_data_ts=None,
+        processed=doc["status"] in ("computed", "results_approved", "results_rejected", "released"),
+        confidential_dataset=None,
+        finished_tasks=finished or None,
+        off_chain_authorities=doc["nodes"] or None,
+        dataset_definitions=definitions,
+        trusted=_approval_state(doc) is t.ApprovalState.APPROVED if doc["nodes"] else None,
+        merge_spec=t.merge_text(doc["merge"]),
+        nodes=doc["nodes"],
+        consent_purpose=doc["consent"]["purpose"],
+        consent_data_categories=doc["consent"]["data_categories"],
+    )
+
+
+def _binder(ctx: Context, analysis_id: str) -> t.Binder | None:
+    doc = _doc(ctx, "Analysis", analysis_id)
+    if not doc["binders"]:
+        return None
+    return t.Binder(
+        analysis_id=t.global_id("Analysis", analysis_id),
+        recipients=[
+            t.BinderRecipient(
+                requested_by=b["by"], recipient_jwk=json.dumps(b["recipient_jwk"], sort_keys=True)
+            )
+            for b in doc["binders"]
+        ],
+    )
+
+
+def _id_of(value: str, type_name: str) -> str:
+    try:
+        return t.parse_global_id(value, type_name)[1]
+    except ValueError as exc:
+        raise fail("invalid_id", str(exc)) from None
+
+
+# --- submitting -------------------------------------------------------------------------------
+
+
+async def _submit(ctx: Context, token: str, tx_types: tuple[str, ...], role: str = COORDINATOR) -> Accepted:
+    """Submit one signed transaction of one of ``tx_types``; the read models have
+    applied it when this returns (read-your-writes)."""
+    if ctx.role != role:
+        where = "computation nodes (dfg node serve)" if role == NODE else "the coordinator (dfg serve)"
+        raise fail("wrong_role", f"this mutation is served by {where}; this server is a {ctx.role}")
+    try:
+        tx = parse_transaction(token)
+    except Rejected as exc:
+        raise fail(exc.code, exc.message) from None
+    if tx.type not in tx_types:
+        raise fail("wrong_transaction_type", f"this mutation takes a {' or '.join(tx_types)}, not {tx.type}")
+    (outcome,) = await asyncio.wrap_future(ctx.service.submit([token]))
+    if isinstance(outcome, Rejected):
+        raise fail(outcome.code, outcome.message)
+    return outcome
+
+
+def _payload_body(token: str) -> dict[str, Any]:
+    """The body of a transaction before it is submitted (to check an id argument)."""
+    try:
+        body: dict[str, Any] = parse_transaction(token).payload.body
+    except Rejected as exc:
+        raise fail(exc.code, exc.message) from None
+    return body
+
+
+def _body(accepted: Accepted) -> dict[str, Any]:
+    body: dict[str, Any] = parse_transaction(accepted.entry.tx).payload.body
+    return body
+
+
+def _require_same(given: str, type_name: str, actual: str) -> None:
+    if _id_of(given, type_name) != actual:
+        raise fail("id_mismatch", f"the id argument names another {type_name} than the signed transaction")
+
+
+# --- the schema ----------------------------------------------------------------------------------
+
+
+@strawberry.type
+class Query:
+    @_field("(Shared coordinator and node)")
+    def analysis(self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None) -> t.Analysis:
+        return _analysis(_ctx(info), _id_of(id, "Analysis"))
+
+    @_field("(Shared coordinator and node)")
+    def analyses(self, info: Info[Context, None], analysis_filter: t.AnalysisFilter) -> t.AnalysesConnection:
+        ctx = _ctx(info)
+        if not 1 <= analysis_filter.first <= 100:
+            raise fail("invalid_argument", "first is between 1 and 100")
+        after = 0
+        if analysis_filter.after:
+            try:
+                after = int(analysis_filter.after)
+            except ValueError:
+                raise fail("invalid_argument", "after is a cursor from a previous page") from None
+        statuses = [s.value for s in analysis_filter.statuses or []]
+        with ctx.views.transaction(commit=False) as cursor:
+            docs = views.documents(
+                cursor,
+                "Analysis",
+                owner=analysis_filter.owner,
+                statuses=statuses,
+                after_seq=after,
+                limit=100_000 if analysis_filter.node else analysis_filter.first + 1,
+            )
+        if analysis_filter.node:
+            docs = [d for d in docs if analysis_filter.node in d["nodes"]][: analysis_filter.first + 1]
+        more = len(docs) > analysis_filter.first
+        docs = docs[: analysis_filter.first]
+        edges = [
+            t.AnalysisEdge(node=_analysis(ctx, d["analysis_id"]), cursor=str(d["created_seq"])) for d in docs
+        ]
+        return t.AnalysesConnection(
+            edges=edges,
+            page_info=t.PageInfo(
+                has_next_page=more,
+                has_previous_page=after > 0,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+            total_count=len(edges),
+        )
+
+    @strawberry.field
+    def data_view(
+        self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None
+    ) -> t.DataView:
+        return t.DataView.of(_doc(_ctx(info), "DataView", _id_of(id, "DataView")))
+
+    @strawberry.field
+    def datasource(self, info: Info[Context, None], id: strawberry.ID) -> t.Datasource:
+        return t.Datasource.of(_doc(_ctx(info), "Datasource", _id_of(id, "Datasource")))
+
+    @strawberry.field
+    def catalog(self, info: Info[Context, None], id: strawberry.ID) -> t.Catalog:
+        return _catalog(_ctx(info), _id_of(id, "Catalog"))
+
+    @strawberry.field
+    def datasources(
+        self, info: Info[Context, None], input: t.CatalogsAndDatasourcesQueryInput | None = None
+    ) -> list[t.Datasource]:
+        ctx = _ctx(info)
+        with ctx.views.transaction(commit=False) as cursor:
+            docs = views.documents(cursor, "Datasource", owner=input.owner if input else None, limit=10_000)
+        if input and input.catalog_id:
+            catalog_id = _id_of(input.catalog_id, "Catalog")
+            docs = [d for d in docs if d["catalog_id"] == catalog_id]
+        if input and input.search:
+            docs = [d for d in docs if input.search.lower() in d["name"].lower()]
+        return [t.Datasource.of(d) for d in docs]
+
+    @strawberry.field
+    def catalogs(
+        self, info: Info[Context, None], input: t.CatalogsAndDatasourcesQueryInput | None = None
+    ) -> list[t.Catalog]:
+        ctx = _ctx(info)
+        with ctx.views.transaction(commit=False) as cursor:
+            docs = views.documents(cursor, "Catalog", owner=input.owner if input else None, limit=10_000)
+        if input and input.search:
+            docs = [d for d in docs if input.search.lower() in d["name"].lower()]
+        return [_catalog(ctx, d["catalog_id"]) for d in docs]
+
+    @strawberry.field
+    def binder(self, info: Info[Context, None], analysis_id: strawberry.ID) -> t.Binder | None:
+        doc = _doc(_ctx(info), "Analysis", _id_of(analysis_id, "Analysis"))
+        if not doc["binders"]:
+            return None
+        return t.Binder(
+            analysis_id=analysis_id,
+            recipients=[
+                t.BinderRecipient(
+                    requested_by=b["by"], recipient_jwk=json.dumps(b["recipient_jwk"], sort_keys=True)
+                )
+                for b in doc["binders"]
+            ],
+        )
+
+    @_field("Results for analysts who were granted access (their signed requests).")
+    def result(
+        self,
+        info: Info[Context, None],
+        analysis_id: strawberry.ID,
+        signed_requests: list[list[str]],
+        task_ids: list[int],
+        org_id: int | None = None,
+    ) -> t.Analysis:
+        ctx = _ctx(info)
+        analysis = _analysis(ctx, _id_of(analysis_id, "Analysis"))
+        if analysis.status not in (t.AnalysisStatus.RESULTS_APPROVED, t.AnalysisStatus.RELEASED):
+            raise fail(
+                "results_not_approved",
+                f"the analysis is {analysis.status.value}; results come after approval",
+            )
+        requests = [token for per_node in signed_requests for token in per_node]
+        if not requests:
+            raise fail("access_required", "send the signed result-access requests recorded on the ledger")
+        for token in requests:
+            if ctx.service.sequencer.find_duplicate(token) is None:
+                raise fail(
+                    "access_not_recorded", "a signed request is not a results.request_access on this ledger"
+                )
+        unknown = set(task_ids) - {r.task_id for r in analysis.results or []}
+        if unknown:
+            raise fail("unknown_task", f"no finished tasks {sorted(unknown)}")
+        return analysis
+
+    @_field("(Shared in coordinator and node) Any object by its global id.")
+    def node(self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None) -> t.Node | None:
+        ctx = _ctx(info)
+        type_name, entity_id = t.parse_global_id(id)
+        readers: dict[str, Callable[[], t.Node]] = {
+            "Analysis": lambda: _analysis(ctx, entity_id),
+            "Catalog": lambda: _catalog(ctx, entity_id),
+            "Datasource": lambda: t.Datasource.of(_doc(ctx, "Datasource", entity_id)),
+            "DataView": lambda: t.DataView.of(_doc(ctx, "DataView", entity_id)),
+        }
+        if type_name == "Calculation":
+            analysis_id, calculation_id = entity_id.split("/", 1)
+            found = [
+                c for c in _analysis(ctx, analysis_id).calculations if c.calculation_id == calculation_id
+            ]
+            return found[0] if found else None
+        reader = readers.get(type_name)
+        return reader() if reader else None
+
+
+@strawberry.type
+class Mutation:
+    # --- coordinator ---------------------------------------------------------------------
+
+    @strawberry.mutation
+    async def create_catalog(self, info: Info[Context, None], signed_transaction: str) -> t.Catalog:
+        done = await _submit(_ctx(info), signed_transaction, ("catalog.create",))
+        return _catalog(_ctx(info), _body(done)["catalog_id"])
+
+    @strawberry.mutation
+    async def create_datasource(self, info: Info[Context, None], signed_transaction: str) -> t.Datasource:
+        done = await _submit(_ctx(info), signed_transaction, ("datasource.create",))
+        return t.Datasource.of(_doc(_ctx(info), "Datasource", _body(done)["datasource_id"]))
+
+    @strawberry.mutation
+    async def create_variable(self, info: Info[Context, None], signed_transaction: str) -> t.Variable:
+        return await _variable(_ctx(info), signed_transaction, "variable.create")
+
+    @strawberry.mutation
+    async def update_catalog(self, info: Info[Context, None], signed_transaction: str) -> t.Catalog:
+        done = await _submit(_ctx(info), signed_transaction, ("catalog.update",))
+        return _catalog(_ctx(info), _body(done)["catalog_id"])
+
+    @strawberry.mutation
+    async def update_datasource(self, info: Info[Context, None], signed_transaction: str) -> t.Datasource:
+        done = await _submit(
+            _ctx(info), signed_transaction, ("datasource.update", "datasource.commit_shares")
+        )
+        return t.Datasource.of(_doc(_ctx(info), "Datasource", _body(done)["datasource_id"]))
+
+    @strawberry.mutation
+    async def update_variable(self, info: Info[Context, None], signed_transaction: str) -> t.Variable:
+        return await _variable(_ctx(info), signed_transaction, "variable.update")
+
+    @strawberry.mutation
+    async def create_data_view(self, info: Info[Context, None], signed_transaction: str) -> t.DataView:
+        done = await _submit(_ctx(info), signed_transaction, ("data_view.create",))
+        return t.DataView.of(_doc(_ctx(info), "DataView", _body(done)["data_view_id"]))
+
+    @strawberry.mutation
+    async def create_analysis(self, info: Info[Context, None], signed_transaction: str) -> t.Analysis:
+        done = await _submit(_ctx(info), signed_transaction, ("analysis.create",))
+        return _analysis(_ctx(info), _body(done)["analysis_id"])
+
+    @strawberry.mutation
+    async def update_analysis(
+        self, info: Info[Context, None], id: strawberry.ID, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.update",), id)
+
+    @strawberry.mutation
+    async def delete_analysis(self, info: Info[Context, None], signed_transaction: str) -> bool:
+        await _submit(_ctx(info), signed_transaction, ("analysis.delete",))
+        return True
+
+    @strawberry.mutation
+    async def update_merge_specification(
+        self, info: Info[Context, None], id: strawberry.ID, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.set_merge",), id)
+
+    @strawberry.mutation
+    async def create_calculation(self, info: Info[Context, None], signed_transaction: str) -> t.Calculation:
+        return await _calculation(_ctx(info), signed_transaction, "calculation.create", None)
+
+    @strawberry.mutation
+    async def update_calculation(
+        self, info: Info[Context, None], id: strawberry.ID, signed_transaction: str
+    ) -> t.Calculation:
+        return await _calculation(_ctx(info), signed_transaction, "calculation.update", id)
+
+    @strawberry.mutation
+    async def duplicate_calculation(
+        self, info: Info[Context, None], id: strawberry.ID, signed_transaction: str
+    ) -> t.Calculation:
+        return await _calculation(_ctx(info), signed_transaction, "calculation.duplicate", id)
+
+    @strawberry.mutation
+    async def delete_calculation(self, info: Info[Context, None], signed_transaction: str) -> bool:
+        await _submit(_ctx(info), signed_transaction, ("calculation.delete",))
+        return True
+
+    @strawberry.mutation
+    async def add_catalog(
+        self, info: Info[Context, None], analysis_id: strawberry.ID, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.add_catalog",), analysis_id)
+
+    @strawberry.mutation
+    async def remove_catalog(
+        self, info: Info[Context, None], analysis_id: strawberry.ID, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.remove_catalog",), analysis_id)
+
+    @strawberry.mutation
+    async def add_datasource(
+        self, info: Info[Context, None], analysis_id: strawberry.ID, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.add_datasource",), analysis_id)
+
+    @strawberry.mutation
+    async def remove_datasource(
+        self, info: Info[Context, None], analysis_id: strawberry.ID, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(
+            _ctx(info), signed_transaction, ("analysis.remove_datasource",), analysis_id
+        )
+
+    @strawberry.mutation
+    async def send_data_view(self, info: Info[Context, None], signed_transaction: str) -> t.DataView:
+        done = await _submit(_ctx(info), signed_transaction, ("data_view.send",))
+        return t.DataView.of(_doc(_ctx(info), "DataView", _body(done)["data_view_id"]))
+
+    @strawberry.mutation
+    async def send_analysis(self, info: Info[Context, None], signed_transaction: str) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.send",), None)
+
+    @strawberry.mutation
+    async def duplicate_data_view(self, info: Info[Context, None], signed_transaction: str) -> t.DataView:
+        done = await _submit(_ctx(info), signed_transaction, ("data_view.duplicate",))
+        return t.DataView.of(_doc(_ctx(info), "DataView", _body(done)["new_data_view_id"]))
+
+    @strawberry.mutation
+    async def duplicate_analysis(self, info: Info[Context, None], signed_transaction: str) -> t.Analysis:
+        done = await _submit(_ctx(info), signed_transaction, ("analysis.duplicate",))
+        return _analysis(_ctx(info), _body(done)["new_analysis_id"])
+
+    @strawberry.mutation
+    async def queue_analysis_for_computation(
+        self, info: Info[Context, None], signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.queue",), None)
+
+    # --- CC Nodes ------------------------------------------------------------------------
+
+    @_mutation("CC Nodes")
+    async def approve_analysis(
+        self, info: Info[Context, None], org_id: int, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("analysis.approve",), None, role=NODE)
+
+    @_mutation("CC Nodes")
+    async def approve_results(
+        self, info: Info[Context, None], org_id: int, signed_transaction: str
+    ) -> t.Analysis:
+        return await _analysis_move(_ctx(info), signed_transaction, ("results.approve",), None, role=NODE)
+
+    @_mutation("CC Nodes")
+    async def request_result_access(self, info: Info[Context, None], signed_access: str) -> t.Binder:
+        ctx = _ctx(info)
+        done = await _submit(ctx, signed_access, ("results.request_access",), role=NODE)
+        binder = _binder(ctx, _body(done)["analysis_id"])
+        assert binder is not None
+        return binder
+
+
+async def _variable(ctx: Context, token: str, tx_type: str) -> t.Variable:
+    done = await _submit(ctx, token, (tx_type,))
+    body = _body(done)
+    source = _doc(ctx, "Datasource", body["datasource_id"])
+    (variable,) = [v for v in source["variables"] if v["name"] == body["name"]]
+    return t.Variable.of(variable)
+
+
+async def _analysis_move(
+    ctx: Context, token: str, tx_types: tuple[str, ...], given_id: str | None, role: str = COORDINATOR
+) -> t.Analysis:
+    if given_id is not None:
+        _id_of(given_id, "Analysis")  # a malformed id is refused before anything is submitted
+        analysis_id = str(_payload_body(token).get("analysis_id", ""))
+        _require_same(given_id, "Analysis", analysis_id)
+    done = await _submit(ctx, token, tx_types, role)
+    return _analysis(ctx, _body(done)["analysis_id"])
+
+
+async def _calculation(ctx: Context, token: str, tx_type: str, given_id: str | None) -> t.Calculation:
+    if given_id is not None:
+        body = _payload_body(token)
+        expected = f"{body.get('analysis_id')}/{body.get('calculation_id')}"
+        _require_same(given_id, "Calculation", expected)
+    done = await _submit(ctx, token, (tx_type,))
+    body = _body(done)
+    calculation_id = body.get("new_calculation_id", body["calculation_id"])
+    (found,) = [
+        c for c in _analysis(ctx, body["analysis_id"]).calculations if c.calculation_id == calculation_id
+    ]
+    return found
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    types=[t.Calculation],
+    config=StrawberryConfig(scalar_map={t.TIME: t.TIME_SCALAR}),
+)

@@ -1,0 +1,363 @@
+"""GraphQL types of the Confidential Computing platform (seed §4.1) and the ones the seed
+leaves out, built from the analysis read models' documents.
+
+Ids are Relay global ids: base64 of ``<Type>:<uuid>``. ``orgId`` and ``dataViewId``
+are integers in the seed; here an organisation's number is the ledger sequence number
+that admitted it, and a data view's the one that created it -- stable, public, and
+checkable against the log.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, NewType
+
+import strawberry
+from strawberry.relay import from_base64, to_base64
+
+TIME = NewType("TIME", str)
+#: The schema's scalar for ``TIME`` (registered in the schema's ``scalar_map``).
+TIME_SCALAR = strawberry.scalar(
+    name="TIME",
+    description="An instant, RFC 3339 in UTC ('Z'), as the ledger records it.",
+    serialize=lambda value: value,
+    parse_value=lambda value: str(value),
+)
+
+
+def global_id(type_name: str, entity_id: str) -> strawberry.ID:
+    return strawberry.ID(to_base64(type_name, entity_id))
+
+
+def parse_global_id(value: str, expected: str | None = None) -> tuple[str, str]:
+    """(type name, entity id) of a global id; raises ValueError with a clear message."""
+    try:
+        type_name, entity_id = from_base64(value)
+    except Exception as exc:
+        raise ValueError(f"{value!r} is not a global id") from exc
+    if expected is not None and type_name != expected:
+        raise ValueError(f"{value!r} is the id of a {type_name}, not of a {expected}")
+    return type_name, entity_id
+
+
+@strawberry.enum
+class AnalysisStatus(Enum):
+    DRAFT = "draft"
+    SENT = "sent"
+    REJECTED = "rejected"
+    APPROVED = "approved"
+    QUEUED = "queued"
+    COMPUTING = "computing"
+    FAILED = "failed"
+    COMPUTED = "computed"
+    RESULTS_APPROVED = "results_approved"
+    RESULTS_REJECTED = "results_rejected"
+    RELEASED = "released"
+    DELETED = "deleted"
+
+
+@strawberry.enum(description="The node organisations' answer to an analysis, as a whole or per node.")
+class ApprovalState(Enum):
+    NOT_SENT = "not_sent"
+    PENDING = "pending"
+    APPROVED = "approved"
+    DECLINED = "declined"
+
+
+@strawberry.enum(description="The node organisations' answer to the results.")
+class ResultsApprovalState(Enum):
+    NOT_READY = "not_ready"
+    PENDING = "pending"
+    APPROVED = "approved"
+    DECLINED = "declined"
+
+
+@strawberry.enum(description="Where the analysis stands in the computation pipeline.")
+class AnalysisStateStatus(Enum):
+    EDITING = "editing"
+    AWAITING_APPROVAL = "awaiting_approval"
+    READY_TO_QUEUE = "ready_to_queue"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    STOPPED = "stopped"
+
+
+@strawberry.interface(description="Relay's Node: anything with a global id.")
+class Node:
+    id: strawberry.ID
+
+
+@strawberry.type
+class Variable:
+    name: str
+    type: str
+    unit: str
+    min: str | None
+    max: str | None
+    categories: list[str] | None
+    description: str
+
+    @classmethod
+    def of(cls, v: dict[str, Any]) -> Variable:
+        return cls(
+            name=v["name"],
+            type=v["type"],
+            unit=v.get("unit", ""),
+            min=v.get("min"),
+            max=v.get("max"),
+            categories=v.get("categories"),
+            description=v.get("description", ""),
+        )
+
+
+@strawberry.type
+class Datasource(Node):
+    datasource_id: str
+    catalog_id: str
+    owner: str
+    name: str
+    description: str
+    origin: str = strawberry.field(description="'fhir:<resource type>' or 'tabular:<format>'.")
+    keys: list[str]
+    data_categories: list[str]
+    variables: list[Variable]
+    commitment: str | None = strawberry.field(description="SHA-256 of the uploaded shares, once uploaded.")
+    records: int | None
+    create_ts: TIME
+    modify_ts: TIME
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Datasource:
+        origin = d["origin"]
+        return cls(
+            id=global_id("Datasource", d["datasource_id"]),
+            datasource_id=d["datasource_id"],
+            catalog_id=d["catalog_id"],
+            owner=d["owner"],
+            name=d["name"],
+            description=d["description"],
+            origin=f"{origin['kind']}:{origin.get('resource') or origin.get('format')}",
+            keys=d["keys"],
+            data_categories=d["data_categories"],
+            variables=[Variable.of(v) for v in d["variables"]],
+            commitment=d.get("commitment"),
+            records=d.get("records"),
+            create_ts=d["created_ts"],
+            modify_ts=d["modified_ts"],
+        )
+
+
+@strawberry.type
+class Catalog(Node):
+    catalog_id: str
+    owner: str
+    name: str
+    description: str
+    datasources: list[Datasource]
+    create_ts: TIME
+    modify_ts: TIME
+
+    @classmethod
+    def of(cls, d: dict[str, Any], datasources: list[dict[str, Any]]) -> Catalog:
+        return cls(
+            id=global_id("Catalog", d["catalog_id"]),
+            catalog_id=d["catalog_id"],
+            owner=d["owner"],
+            name=d["name"],
+            description=d["description"],
+            datasources=[Datasource.of(s) for s in datasources],
+            create_ts=d["created_ts"],
+            modify_ts=d["modified_ts"],
+        )
+
+
+@strawberry.type
+class DataViewVariable:
+    alias: str
+    datasource_id: str
+    variable: str
+    type: str
+    unit: str
+    min: str | None
+    max: str | None
+
+
+@strawberry.type
+class DataView(Node):
+    data_view_id: str
+    number: int = strawberry.field(description="The integer id analyses refer to (dataViewId).")
+    owner: str
+    name: str
+    variables: list[DataViewVariable]
+    sent: bool
+    duplicated_from: str | None
+    create_ts: TIME
+    modify_ts: TIME
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> DataView:
+        return cls(
+            id=global_id("DataView", d["data_view_id"]),
+            data_view_id=d["data_view_id"],
+            number=d["created_seq"],
+            owner=d["owner"],
+            name=d["name"],
+            variables=[
+                DataViewVariable(
+                    alias=v["alias"],
+                    datasource_id=v["datasource_id"],
+                    variable=v["name"],
+                    type=v["type"],
+                    unit=v.get("unit", ""),
+                    min=v.get("min"),
+                    max=v.get("max"),
+                )
+                for v in d["variables"]
+            ],
+            sent=d["sent"],
+            duplicated_from=d.get("duplicated_from"),
+            create_ts=d["created_ts"],
+            modify_ts=d["modified_ts"],
+        )
+
+
+@strawberry.type
+class Calculation(Node):
+    calculation_id: str
+    analysis_id: str
+    name: str
+    filter: str
+    functions: list[str]
+
+    @classmethod
+    def of(cls, analysis_id: str, c: dict[str, Any]) -> Calculation:
+        return cls(
+            id=global_id("Calculation", f"{analysis_id}/{c['id']}"),
+            calculation_id=c["id"],
+            analysis_id=analysis_id,
+            name=c["name"],
+            filter=c["filter"],
+            functions=c["functions"],
+        )
+
+
+@strawberry.type
+class OrganizationApproval:
+    organization: str
+    org_id: int | None
+    state: ApprovalState
+    reason: str | None
+    results_state: ResultsApprovalState
+
+
+@strawberry.type(description="What the ledger knows of one computed calculation: each node's commitment.")
+class ResultsDto:
+    task_id: int
+    calculation_id: str | None
+    stage: str
+    commitments: list[str]
+
+
+@strawberry.type
+class DatasetDefinition:
+    datasource_id: str
+    name: str
+    key: str | None
+    variables: list[str]
+
+
+@strawberry.type
+class BinderRecipient:
+    requested_by: str
+    recipient_jwk: str = strawberry.field(description="The public key result shares are encrypted to (JSON).")
+
+
+@strawberry.type(description="Who may receive an analysis' results, and to which keys.")
+class Binder:
+    analysis_id: strawberry.ID
+    recipients: list[BinderRecipient]
+
+
+@strawberry.type
+class Analysis(Node):
+    name: str | None
+    note: str | None
+    analysts: list[str]
+    calculations: list[Calculation]
+    catalogs: list[Catalog]
+    datasources: list[Datasource]
+    approvals: list[OrganizationApproval] | None
+    status: AnalysisStatus
+    locked: bool
+    results: list[ResultsDto] | None
+    modulus: str
+    fixed_point_precision: int
+    data_view_id: int
+    create_ts: TIME
+    modify_ts: TIME
+    analyst_name: str | None
+    analyst_email: str = strawberry.field(
+        description="Always empty: the ledger holds no personal data; contact the analyst organisation."
+    )
+    approval_state: ApprovalState
+    results_approval_state: ResultsApprovalState
+    state_status: AnalysisStateStatus
+    own_data_ts: TIME | None
+    other_data_ts: TIME | None
+    processed: bool
+    confidential_dataset: str | None
+    finished_tasks: list[int] | None
+    off_chain_authorities: list[str] | None
+    dataset_definitions: list[DatasetDefinition]
+    trusted: bool | None
+    merge_spec: str
+    analysis_id: str
+    owner: str
+    nodes: list[str]
+    consent_purpose: str
+    consent_data_categories: list[str]
+
+
+def merge_text(merge: dict[str, Any] | None) -> str:
+    return "" if merge is None else json.dumps(merge, sort_keys=True, separators=(",", ":"))
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class AnalysisEdge:
+    node: Analysis
+    cursor: str
+
+
+@strawberry.type(description="A Relay connection over analyses, in creation order.")
+class AnalysesConnection:
+    edges: list[AnalysisEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.input
+class AnalysisFilter:
+    first: int = 20
+    after: str | None = None
+    statuses: list[AnalysisStatus] | None = None
+    owner: str | None = None
+    node: str | None = strawberry.field(
+        default=None, description="Only analyses this node organisation computes."
+    )
+
+
+@strawberry.input
+class CatalogsAndDatasourcesQueryInput:
+    owner: str | None = None
+    catalog_id: strawberry.ID | None = None
+    search: str | None = strawberry.field(default=None, description="Case-insensitive part of the name.")

@@ -1,0 +1,382 @@
+"""The GraphQL API over HTTP with a real GraphQL client (gql): the seed's schema, the
+lifecycle with signed transactions from several principals, coded errors, and the
+same answers after rebuilding the read models from zero."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Ledger
+from gql import Client, GraphQLRequest, gql
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.requests import RequestsHTTPTransport
+from http_server import running_server
+
+from gateways.graphql.schema import schema
+from ledger.signing import TransactionSigner
+
+ROOT = Path(__file__).resolve().parent.parent
+HEART, HEALTH = "dpv-pd:HeartRate", "dpv-pd:HealthRecord"
+
+SEED_QUERY = {
+    "analysis": ("Analysis!", {"id": "ID!", "orgId": "Int"}),
+    "analyses": ("AnalysesConnection!", {"analysisFilter": "AnalysisFilter!"}),
+    "dataView": ("DataView!", {"id": "ID!", "orgId": "Int"}),
+    "datasource": ("Datasource!", {"id": "ID!"}),
+    "catalog": ("Catalog!", {"id": "ID!"}),
+    "datasources": ("[Datasource!]!", {"input": "CatalogsAndDatasourcesQueryInput"}),
+    "catalogs": ("[Catalog!]!", {"input": "CatalogsAndDatasourcesQueryInput"}),
+    "binder": ("Binder", {"analysisId": "ID!"}),
+    "result": (
+        "Analysis!",
+        {"analysisId": "ID!", "orgId": "Int", "signedRequests": "[[String!]!]!", "taskIds": "[Int!]!"},
+    ),
+    "node": ("Node", {"id": "ID!", "orgId": "Int"}),
+}
+_TX = {"signedTransaction": "String!"}
+SEED_MUTATION = {
+    **{
+        name: (result, _TX)
+        for name, result in {
+            "createCatalog": "Catalog!",
+            "createDatasource": "Datasource!",
+            "createVariable": "Variable!",
+            "updateCatalog": "Catalog!",
+            "updateDatasource": "Datasource!",
+            "updateVariable": "Variable!",
+            "createDataView": "DataView!",
+            "createAnalysis": "Analysis!",
+            "deleteAnalysis": "Boolean!",
+            "createCalculation": "Calculation!",
+            "deleteCalculation": "Boolean!",
+            "sendDataView": "DataView!",
+            "sendAnalysis": "Analysis!",
+            "duplicateDataView": "DataView!",
+            "duplicateAnalysis": "Analysis!",
+            "queueAnalysisForComputation": "Analysis!",
+        }.items()
+    },
+    "updateAnalysis": ("Analysis!", {"id": "ID!", **_TX}),
+    "updateMergeSpecification": ("Analysis!", {"id": "ID!", **_TX}),
+    "updateCalculation": ("Calculation!", {"id": "ID!", **_TX}),
+    "duplicateCalculation": ("Calculation!", {"id": "ID!", **_TX}),
+    "addCatalog": ("Analysis!", {"analysisId": "ID!", **_TX}),
+    "removeCatalog": ("Analysis!", {"analysisId": "ID!", **_TX}),
+    "addDatasource": ("Analysis!", {"analysisId": "ID!", **_TX}),
+    "removeDatasource": ("Analysis!", {"analysisId": "ID!", **_TX}),
+    "approveAnalysis": ("Analysis!", {"orgId": "Int!", **_TX}),
+    "approveResults": ("Analysis!", {"orgId": "Int!", **_TX}),
+    "requestResultAccess": ("Binder!", {"signedAccess": "String!"}),
+}
+SEED_ANALYSIS = {
+    "id": "ID!", "name": "String", "note": "String", "analysts": "[String!]!",
+    "calculations": "[Calculation!]!", "catalogs": "[Catalog!]!", "datasources": "[Datasource!]!",
+    "approvals": "[OrganizationApproval!]", "status": "AnalysisStatus!", "locked": "Boolean!",
+    "results": "[ResultsDto!]", "modulus": "String!", "fixedPointPrecision": "Int!", "dataViewId": "Int!",
+    "createTs": "TIME!", "modifyTs": "TIME!", "analystName": "String", "analystEmail": "String!",
+    "approvalState": "ApprovalState!", "resultsApprovalState": "ResultsApprovalState!",
+    "stateStatus": "AnalysisStateStatus!", "ownDataTs": "TIME", "otherDataTs": "TIME",
+    "processed": "Boolean!",
+    "confidentialDataset": "String", "finishedTasks": "[Int!]", "offChainAuthorities": "[String!]",
+    "datasetDefinitions": "[DatasetDefinition!]!", "trusted": "Boolean", "mergeSpec": "String!",
+}  # fmt: skip
+
+_TYPE_REF = "{ kind name" + " ofType { kind name" * 6 + " }" * 6 + " }"  # deep enough for [[String!]!]!
+INTROSPECTION = gql(
+    f"""{{ __schema {{ types {{ name interfaces {{ name }}
+        fields {{ name type {_TYPE_REF} args {{ name type {_TYPE_REF} }} }} }} }} }}"""
+)
+
+
+def _render(ref: dict[str, Any]) -> str:
+    if ref["kind"] == "NON_NULL":
+        return _render(ref["ofType"]) + "!"
+    if ref["kind"] == "LIST":
+        return "[" + _render(ref["ofType"]) + "]"
+    return str(ref["name"])
+
+
+def test_the_committed_schema_is_the_served_one() -> None:
+    assert (ROOT / "docs" / "schema.graphql").read_text() == schema.as_str() + "\n"
+
+
+@pytest.fixture
+def platform(ledger: Ledger) -> Iterator[tuple[Ledger, Client, str, dict[str, TransactionSigner]]]:
+    people = {
+        "provider": ledger.admit("dp:meteda", "data_provider"),
+        "provider_b": ledger.admit("dp:cardiolyse", "data_provider"),
+        "analyst": ledger.admit("ao:lab", "analyst_org"),
+        **{f"node{i}": ledger.admit(f"node:n{i}", "node_operator") for i in range(3)},
+    }
+    ledger.sequencer.store.close()  # the server opens the ledger itself
+    with running_server(ledger.settings) as url:
+        transport = RequestsHTTPTransport(url=f"{url}/graphql", timeout=30)
+        with Client(transport=transport, fetch_schema_from_transport=False) as session:
+            yield ledger, session, url, people
+
+
+def test_introspection_has_every_seed_field_with_its_arguments_and_types(platform: Any) -> None:
+    _, session, _, _ = platform
+    types = {t["name"]: t for t in session.execute(INTROSPECTION)["__schema"]["types"]}
+
+    def fields(type_name: str) -> dict[str, tuple[str, dict[str, str]]]:
+        return {
+            f["name"]: (_render(f["type"]), {a["name"]: _render(a["type"]) for a in f["args"]})
+            for f in types[type_name]["fields"]
+        }
+
+    served_query, served_mutation = fields("Query"), fields("Mutation")
+    for name, expected in SEED_QUERY.items():
+        assert served_query[name] == expected, name
+    for name, expected in SEED_MUTATION.items():
+        assert served_mutation[name] == expected, name
+    analysis = {name: kind for name, (kind, _) in fields("Analysis").items()}
+    for name, kind in SEED_ANALYSIS.items():
+        assert analysis[name] == kind, name
+    assert [i["name"] for i in types["Analysis"]["interfaces"]] == ["Node"]
+    assert {"edges", "pageInfo"} <= set(fields("AnalysesConnection"))
+
+
+def _run(session: Client, document: str, **variables: Any) -> dict[str, Any]:
+    result: dict[str, Any] = session.execute(GraphQLRequest(document, variable_values=variables))
+    return result
+
+
+def _error_code(session: Client, document: str, **variables: Any) -> str:
+    with pytest.raises(TransportQueryError) as raised:
+        session.execute(GraphQLRequest(document, variable_values=variables))
+    errors = raised.value.errors or []
+    return str(errors[0]["extensions"]["code"])
+
+
+def _rest_submit(url: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{url}/v1/transactions",
+        data=token.encode(),
+        headers={"Content-Type": "application/jose"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
+ANALYSIS_FIELDS = """
+  id name status locked approvalState resultsApprovalState stateStatus dataViewId mergeSpec modulus
+  fixedPointPrecision analysts analystName analystEmail processed finishedTasks offChainAuthorities trusted
+  calculations { id name filter functions } catalogs { name } datasources { name }
+  approvals { organization orgId state }
+  datasetDefinitions { name key variables } results { taskId stage commitments }
+"""
+
+
+def test_the_lifecycle_through_graphql_with_signed_transactions(platform: Any) -> None:
+    ledger, session, url, p = platform
+    ids = {
+        k: str(uuid.uuid4()) for k in ("cat", "ds_a", "ds_b", "view", "analysis", "calc1", "calc2", "copy")
+    }
+    sign = ledger.sign
+
+    catalog = _run(
+        session,
+        "mutation($t: String!) { createCatalog(signedTransaction: $t) { id name owner } }",
+        t=sign(p["provider"], "catalog.create", {"catalog_id": ids["cat"], "name": "Meteda diabetes"}),
+    )["createCatalog"]
+    assert catalog["owner"] == "dp:meteda"
+    cat_b = str(uuid.uuid4())
+    _run(
+        session,
+        "mutation($t: String!) { createCatalog(signedTransaction: $t) { id } }",
+        t=sign(p["provider_b"], "catalog.create", {"catalog_id": cat_b, "name": "Cardiolyse"}),
+    )
+    for key, owner, catalog_id, keys, variable in [
+        (
+            "ds_a",
+            "provider",
+            ids["cat"],
+            ["subject"],
+            {"name": "hba1c", "type": "decimal", "min": "10", "max": "200"},
+        ),
+        (
+            "ds_b",
+            "provider_b",
+            cat_b,
+            ["subject"],
+            {"name": "hrv", "type": "decimal", "min": "0", "max": "500"},
+        ),
+    ]:
+        body = {
+            "datasource_id": ids[key],
+            "catalog_id": catalog_id,
+            "name": f"{key} readings",
+            "origin": {"kind": "tabular", "format": "csv"},
+            "keys": keys,
+            "data_categories": [HEART, HEALTH],
+        }
+        _run(
+            session,
+            "mutation($t: String!) { createDatasource(signedTransaction: $t) { id } }",
+            t=sign(p[owner], "datasource.create", body),
+        )
+        made = _run(
+            session,
+            "mutation($t: String!) { createVariable(signedTransaction: $t) { name type min max } }",
+            t=sign(p[owner], "variable.create", {"datasource_id": ids[key], **variable}),
+        )["createVariable"]
+        assert made["name"] == variable["name"]
+
+    view_body = {
+        "data_view_id": ids["view"],
+        "name": "HbA1c and HRV",
+        "variables": [
+            {"alias": "hba1c", "datasource_id": ids["ds_a"], "variable": "hba1c"},
+            {"alias": "hrv", "datasource_id": ids["ds_b"], "variable": "hrv"},
+        ],
+    }
+    view = _run(
+        session,
+        "mutation($t: String!) { createDataView(signedTransaction: $t)"
+        " { id number sent variables { alias } } }",
+        t=sign(p["analyst"], "data_view.create", view_body),
+    )["createDataView"]
+    assert [v["alias"] for v in view["variables"]] == ["hba1c", "hrv"] and not view["sent"]
+
+    consent = {"purpose": "dpv:ScientificResearch", "data_categories": [HEART]}
+    created = _run(
+        session,
+        f"mutation($t: String!) {{ createAnalysis(signedTransaction: $t) {{ {ANALYSIS_FIELDS} }} }}",
+        t=sign(
+            p["analyst"],
+            "analysis.create",
+            {
+                "analysis_id": ids["analysis"],
+                "name": "Pilot",
+                "data_view_id": ids["view"],
+                "consent": consent,
+            },
+        ),
+    )["createAnalysis"]
+    gid = created["id"]
+    assert created["status"] == "DRAFT" and not created["locked"] and created["dataViewId"] == view["number"]
+    assert created["analystEmail"] == "" and created["approvalState"] == "NOT_SENT"
+
+    merged = _run(
+        session,
+        "mutation($id: ID!, $t: String!)"
+        " { updateMergeSpecification(id: $id, signedTransaction: $t) { mergeSpec } }",
+        id=gid,
+        t=sign(
+            p["analyst"], "analysis.set_merge", {"analysis_id": ids["analysis"], "merge": {"key": "subject"}}
+        ),
+    )["updateMergeSpecification"]
+    assert json.loads(merged["mergeSpec"]) == {"join": "inner", "key": "subject"}
+    calc_doc = "mutation($t: String!) { createCalculation(signedTransaction: $t) { id name functions } }"
+    for calc, functions in (("calc1", ["count()", "mean(hba1c)"]), ("calc2", ["correlation(hrv, hba1c)"])):
+        body = {
+            "analysis_id": ids["analysis"],
+            "calculation_id": ids[calc],
+            "name": calc,
+            "functions": functions,
+        }
+        made = _run(session, calc_doc, t=sign(p["analyst"], "calculation.create", body))["createCalculation"]
+        assert made["functions"] == functions
+    added = _run(
+        session,
+        "mutation($a: ID!, $t: String!)"
+        " { addCatalog(analysisId: $a, signedTransaction: $t) { catalogs { name } } }",
+        a=gid,
+        t=sign(
+            p["analyst"], "analysis.add_catalog", {"analysis_id": ids["analysis"], "catalog_id": ids["cat"]}
+        ),
+    )["addCatalog"]
+    assert added["catalogs"] == [{"name": "Meteda diabetes"}]
+
+    # coded errors: a filter that does not parse; an id that names another analysis
+    bad = {
+        "analysis_id": ids["analysis"],
+        "calculation_id": str(uuid.uuid4()),
+        "name": "x",
+        "filter": "hrv >",
+    }
+    bad["functions"] = ["count()"]
+    assert _error_code(session, calc_doc, t=sign(p["analyst"], "calculation.create", bad)) == "filter_syntax"
+    other = "QW5hbHlzaXM6MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAw"  # Analysis:0000...
+    update = "mutation($id: ID!, $t: String!) { updateAnalysis(id: $id, signedTransaction: $t) { name } }"
+    token = sign(p["analyst"], "analysis.update", {"analysis_id": ids["analysis"], "name": "New"})
+    assert _error_code(session, update, id=other, t=token) == "id_mismatch"
+
+    _run(
+        session,
+        "mutation($t: String!) { sendDataView(signedTransaction: $t) { sent } }",
+        t=sign(p["analyst"], "data_view.send", {"data_view_id": ids["view"]}),
+    )
+    nodes = ["node:n0", "node:n1", "node:n2"]
+    sent = _run(
+        session,
+        f"mutation($t: String!) {{ sendAnalysis(signedTransaction: $t) {{ {ANALYSIS_FIELDS} }} }}",
+        t=sign(p["analyst"], "analysis.send", {"analysis_id": ids["analysis"], "nodes": nodes}),
+    )["sendAnalysis"]
+    assert sent["status"] == "SENT" and sent["locked"] and sent["approvalState"] == "PENDING"
+    assert sent["stateStatus"] == "AWAITING_APPROVAL" and sent["offChainAuthorities"] == nodes
+
+    # a sent analysis is locked; node mutations are served by the nodes, not the coordinator
+    token = sign(p["analyst"], "analysis.update", {"analysis_id": ids["analysis"], "name": "Too late"})
+    assert _error_code(session, update, id=gid, t=token) == "analysis_locked"
+    approve = (
+        "mutation($o: Int!, $t: String!) { approveAnalysis(orgId: $o, signedTransaction: $t) { status } }"
+    )
+    token = sign(p["node0"], "analysis.approve", {"analysis_id": ids["analysis"]})
+    assert _error_code(session, approve, o=1, t=token) == "wrong_role"
+    for node in ("node0", "node1", "node2"):  # the nodes' own servers submit these (dfg node serve)
+        assert _rest_submit(url, sign(p[node], "analysis.approve", {"analysis_id": ids["analysis"]}))["seq"]
+
+    queued = _run(
+        session,
+        "mutation($t: String!)"
+        f" {{ queueAnalysisForComputation(signedTransaction: $t) {{ {ANALYSIS_FIELDS} }} }}",
+        t=sign(p["analyst"], "analysis.queue", {"analysis_id": ids["analysis"]}),
+    )["queueAnalysisForComputation"]
+    assert queued["status"] == "QUEUED" and queued["approvalState"] == "APPROVED" and queued["trusted"]
+    assert {a["state"] for a in queued["approvals"]} == {"APPROVED"}
+    assert all(isinstance(a["orgId"], int) for a in queued["approvals"])
+
+    page = _run(
+        session,
+        "query($f: AnalysisFilter!) { analyses(analysisFilter: $f) { edges { cursor node { name status } }"
+        " pageInfo { hasNextPage endCursor } } }",
+        f={"first": 5, "owner": "ao:lab", "statuses": ["QUEUED"]},
+    )["analyses"]
+    assert [e["node"]["status"] for e in page["edges"]] == ["QUEUED"] and not page["pageInfo"]["hasNextPage"]
+    by_node = _run(session, "query($id: ID!) { node(id: $id) { id ... on Analysis { name } } }", id=gid)[
+        "node"
+    ]
+    assert by_node == {"id": gid, "name": "Pilot"}
+    listed = _run(
+        session, '{ catalogs(input: {search: "meteda"}) { name datasources { name variables { name } } } }'
+    )
+    assert listed["catalogs"] == [
+        {
+            "name": "Meteda diabetes",
+            "datasources": [{"name": "ds_a readings", "variables": [{"name": "hba1c"}]}],
+        }
+    ]
+
+    # rebuilding every read model from zero gives identical answers
+    everything = (
+        f"query($id: ID!) {{ analysis(id: $id) {{ {ANALYSIS_FIELDS} }}"
+        " catalogs { name } datasources { name } }"
+    )
+    before = _run(session, everything, id=gid)
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+
+    rebuilt = CliRunner().invoke(cli, ["projections", "rebuild", "--data", str(ledger.settings.data_dir)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert _run(session, everything, id=gid) == before
