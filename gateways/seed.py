@@ -8,6 +8,8 @@ the follower then continues from the replica's size.
 
 from __future__ import annotations
 
+import logging
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +22,7 @@ from ledger.replica import Replica
 from ledger.store import StoredEntry
 
 PAGE = 2000
+log = logging.getLogger("dfg.seed")
 
 
 class SeedError(RuntimeError):
@@ -86,3 +89,25 @@ def seed_from_api(replica: Replica, base_url: str, progress: Callable[[int], Non
         return replica.size  # no checkpoint yet: the topic brings them
     replica.accept_checkpoint(note)
     return replica.size
+
+
+def follow_api(
+    replica: Replica,
+    apply_views: Callable[[], None],
+    base_url: str,
+    stop: threading.Event,
+    *,
+    interval: float = 0.2,
+) -> None:
+    """Keep a replica (and its views) up to date by pulling from a ledger's API: the
+    same verification as from Kafka, for a node that reaches the coordinator over
+    HTTP only. Stops on ``stop``; a violation stops it for good (ReplicaHalted)."""
+    while not stop.is_set():
+        try:
+            seed_from_api(replica, base_url)
+            apply_views()
+        except SeedError as exc:
+            log.warning("cannot reach the ledger's API (%s); retrying", exc)
+            stop.wait(min(5.0, interval * 10))
+            continue
+        stop.wait(interval)

@@ -34,7 +34,7 @@ from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier
 from ledger.note import SignerKey
 from ledger.state_view import AggregateLookups
-from ledger.store import AppendBatch, LedgerStore
+from ledger.store import AppendBatch, LedgerStore, find_transaction
 from ledger.transaction import Transaction, parse_transaction
 from ledger.verifier import ParallelVerifier
 
@@ -329,16 +329,7 @@ class Sequencer:
 
     def find_duplicate(self, token: str) -> Entry | None:
         """The entry of an already accepted JWS (resubmission is idempotent)."""
-        try:
-            tx = parse_transaction(token)
-        except Rejected:
-            return None
-        seq = self.store.find_tx(tx.signer, tx.payload.nonce)
-        if seq is None:
-            return None
-        (stored,) = self.store.read_entries(seq, 1)
-        entry = Entry.decode(stored.canonical)
-        return entry if entry.tx == token else None
+        return find_transaction(self.store, token)
 
     def _last_nonce(self, signer: str) -> int:
         last = self._nonces.get(signer)

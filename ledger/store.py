@@ -16,6 +16,8 @@ from typing import Protocol
 from eventsourcing.domain import Aggregate
 
 from ledger.entry import Entry
+from ledger.errors import Rejected
+from ledger.transaction import parse_transaction
 
 
 class StoreConflict(Exception):
@@ -130,6 +132,20 @@ class LedgerStore(Protocol):
     def violations(self) -> Sequence[RecordedViolation]: ...
 
     def close(self) -> None: ...
+
+
+def find_transaction(store: LedgerStore, token: str) -> Entry | None:
+    """The entry that recorded exactly this JWS, if any (by its signer and nonce)."""
+    try:
+        tx = parse_transaction(token)
+    except Rejected:
+        return None
+    seq = store.find_tx(tx.signer, tx.payload.nonce)
+    if seq is None:
+        return None
+    (stored,) = store.read_entries(seq, 1)
+    entry = Entry.decode(stored.canonical)
+    return entry if entry.tx == token else None
 
 
 def all_checkpoints(store: LedgerStore) -> Iterator[StoredCheckpoint]:

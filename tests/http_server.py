@@ -50,3 +50,58 @@ def running_server(settings: Settings) -> Iterator[str]:
         asyncio.run_coroutine_threadsafe(runner_box["runner"].cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@contextmanager
+def running_node_server(settings: Settings, coordinator: str, chain: str, ledger_key: str) -> Iterator[str]:
+    """A computation node's server (what ``dfg node serve`` runs): its own replica kept
+    up to date from the coordinator's API in a thread, GraphQL on a free port."""
+    from gateways.http.node_app import build_node_app
+    from gateways.seed import follow_api
+    from infra.bootstrap import open_store, open_views
+    from ledger.replica import Replica
+    from projections.base import catch_up, prepare
+    from projections.registry import all_views
+
+    store = open_store(settings)
+    views = open_views(settings)
+    view_list = all_views()
+    for view in view_list:
+        prepare(views, view)
+    replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
+
+    def apply_views() -> None:
+        for view in view_list:
+            catch_up(views, view, store.read_entries)
+
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=follow_api, args=(replica, apply_views, coordinator, stop), daemon=True
+    )
+    follower.start()
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner = web.AppRunner(build_node_app(store, views, view_list, coordinator), access_log=None)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the node server did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        stop.set()
+        follower.join(10)
+        views.close()
+        store.close()

@@ -8,6 +8,7 @@ import json
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ from conftest import Ledger
 from gql import Client, GraphQLRequest, gql
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
-from http_server import running_server
+from http_server import running_node_server, running_server
 
 from gateways.graphql.schema import schema
+from infra.settings import Settings
 from ledger.signing import TransactionSigner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +123,24 @@ def platform(ledger: Ledger) -> Iterator[tuple[Ledger, Client, str, dict[str, Tr
             yield ledger, session, url, people
 
 
+@pytest.fixture
+def node_sessions(platform: Any) -> Iterator[list[Client]]:
+    """Three computation nodes' servers (dfg node serve), each verifying the log itself."""
+    ledger, _, url, _ = platform
+    assert ledger.sequencer.ledger is not None
+    key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
+    with ExitStack() as stack:
+        sessions = []
+        for index in range(3):
+            settings = Settings(data_dir=ledger.settings.data_dir.parent / f"node{index}")
+            node_url = stack.enter_context(running_node_server(settings, url, chain, key))
+            transport = RequestsHTTPTransport(url=f"{node_url}/graphql", timeout=30)
+            sessions.append(
+                stack.enter_context(Client(transport=transport, fetch_schema_from_transport=False))
+            )
+        yield sessions
+
+
 def test_introspection_has_every_seed_field_with_its_arguments_and_types(platform: Any) -> None:
     _, session, _, _ = platform
     types = {t["name"]: t for t in session.execute(INTROSPECTION)["__schema"]["types"]}
@@ -176,7 +196,9 @@ ANALYSIS_FIELDS = """
 """
 
 
-def test_the_lifecycle_through_graphql_with_signed_transactions(platform: Any) -> None:
+def test_the_lifecycle_through_graphql_with_signed_transactions(
+    platform: Any, node_sessions: list[Client]
+) -> None:
     ledger, session, url, p = platform
     ids = {
         k: str(uuid.uuid4()) for k in ("cat", "ds_a", "ds_b", "view", "analysis", "calc1", "calc2", "copy")
@@ -333,8 +355,14 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(platform: Any) -
     )
     token = sign(p["node0"], "analysis.approve", {"analysis_id": ids["analysis"]})
     assert _error_code(session, approve, o=1, t=token) == "wrong_role"
-    for node in ("node0", "node1", "node2"):  # the nodes' own servers submit these (dfg node serve)
-        assert _rest_submit(url, sign(p[node], "analysis.approve", {"analysis_id": ids["analysis"]}))["seq"]
+    statuses = []
+    for index, node_session in enumerate(node_sessions):  # each on its own node's server
+        token = sign(p[f"node{index}"], "analysis.approve", {"analysis_id": ids["analysis"]})
+        statuses.append(_run(node_session, approve, o=index + 1, t=token)["approveAnalysis"]["status"])
+    assert statuses == ["SENT", "SENT", "APPROVED"]
+    queue_doc = "mutation($t: String!) { queueAnalysisForComputation(signedTransaction: $t) { status } }"
+    token = sign(p["analyst"], "analysis.queue", {"analysis_id": ids["analysis"]})
+    assert _error_code(node_sessions[0], queue_doc, t=token) == "wrong_role"
 
     queued = _run(
         session,
@@ -346,13 +374,60 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(platform: Any) -
     assert {a["state"] for a in queued["approvals"]} == {"APPROVED"}
     assert all(isinstance(a["orgId"], int) for a in queued["approvals"])
 
+    # the nodes compute (their engine signs these task moves), then approve the results
+    for index in range(3):
+        for task in (1, 2, 3):
+            move = {"analysis_id": ids["analysis"], "task_id": task}
+            _rest_submit(url, sign(p[f"node{index}"], "task.claim", move))
+            _rest_submit(url, sign(p[f"node{index}"], "task.finish", {**move, "commitment": "ab" * 32}))
+    access = sign(
+        p["analyst"],
+        "results.request_access",
+        {"analysis_id": ids["analysis"], "recipient_jwk": {"kty": "OKP", "crv": "X25519", "x": "B" * 43}},
+    )
+    access_doc = (
+        "mutation($a: String!) { requestResultAccess(signedAccess: $a) { recipients { requestedBy } } }"
+    )
+    assert _error_code(node_sessions[0], access_doc, a=access) == "results_not_approved"
+    results_doc = (
+        "mutation($o: Int!, $t: String!) { approveResults(orgId: $o, signedTransaction: $t) { status } }"
+    )
+    for index, node_session in enumerate(node_sessions):
+        token = sign(p[f"node{index}"], "results.approve", {"analysis_id": ids["analysis"]})
+        last = _run(node_session, results_doc, o=index + 1, t=token)["approveResults"]["status"]
+    assert last == "RESULTS_APPROVED"
+    binder = _run(node_sessions[1], access_doc, a=access)["requestResultAccess"]
+    assert binder == {"recipients": [{"requestedBy": "ao:lab"}]}
+    result_doc = (
+        "query($a: ID!, $r: [[String!]!]!, $k: [Int!]!)"
+        " { result(analysisId: $a, signedRequests: $r, taskIds: $k) { status finishedTasks"
+        " results { taskId commitments } } }"
+    )
+    result = _run(session, result_doc, a=gid, r=[[access]], k=[2, 3])["result"]
+    assert result["status"] == "RELEASED" and result["finishedTasks"] == [1, 2, 3]
+    assert all(len(r["commitments"]) == 3 for r in result["results"])
+    forged = sign(
+        p["analyst"],
+        "results.request_access",
+        {"analysis_id": ids["analysis"], "recipient_jwk": {"kty": "OKP", "crv": "X25519", "x": "C" * 43}},
+    )
+    assert _error_code(session, result_doc, a=gid, r=[[forged]], k=[2]) == "access_not_recorded"
+
     page = _run(
         session,
         "query($f: AnalysisFilter!) { analyses(analysisFilter: $f) { edges { cursor node { name status } }"
         " pageInfo { hasNextPage endCursor } } }",
-        f={"first": 5, "owner": "ao:lab", "statuses": ["QUEUED"]},
+        f={"first": 5, "owner": "ao:lab", "statuses": ["RELEASED"]},
     )["analyses"]
-    assert [e["node"]["status"] for e in page["edges"]] == ["QUEUED"] and not page["pageInfo"]["hasNextPage"]
+    assert [e["node"]["status"] for e in page["edges"]] == ["RELEASED"] and not page["pageInfo"][
+        "hasNextPage"
+    ]
+    none = _run(
+        session,
+        "query($f: AnalysisFilter!) { analyses(analysisFilter: $f) { edges { cursor } } }",
+        f={"first": 5, "statuses": ["DRAFT"], "node": "node:n0"},
+    )["analyses"]
+    assert none["edges"] == []
     by_node = _run(session, "query($id: ID!) { node(id: $id) { id ... on Analysis { name } } }", id=gid)[
         "node"
     ]

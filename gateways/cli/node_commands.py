@@ -197,6 +197,61 @@ def follow(
     sys.exit(code)
 
 
+@node.command("serve")
+@ledger_options
+@click.option(
+    "--coordinator", required=True, help="The coordinator's URL (dfg serve), e.g. http://ledger:8080."
+)
+@click.option("--chain", required=True, help="The ledger's chain id.")
+@click.option(
+    "--ledger-key", required=True, envvar="DFG_LEDGER_KEY", help="The ledger's checkpoint verifier key."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True)
+def node_serve(
+    settings: Settings, coordinator: str, chain: str, ledger_key: str, host: str, port: int
+) -> None:
+    """Serve the GraphQL API as a computation node: answers from this node's own
+    verified replica (kept up to date from the coordinator's API), and forwards the
+    node organisation's signed approvals to the coordinator."""
+    from aiohttp import web
+
+    from gateways.http.node_app import build_node_app
+    from gateways.seed import follow_api
+    from projections.base import catch_up
+
+    _logging()
+    try:
+        Verifier.from_string(ledger_key)
+    except NoteError as exc:
+        fail(f"--ledger-key: {exc}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    views = open_views(settings)
+    view_list = all_views()
+    for view in view_list:
+        prepare(views, view)
+    replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
+
+    def apply_views() -> None:
+        for view in view_list:
+            catch_up(views, view, store.read_entries)
+
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=follow_api, args=(replica, apply_views, coordinator, stop), name="dfg-node-follow", daemon=True
+    )
+    follower.start()
+    click.echo(f"dfg node serving {chain} on http://{host}:{port}/graphql, following {coordinator}")
+    try:
+        web.run_app(build_node_app(store, views, view_list, coordinator), host=host, port=port, print=None)
+    finally:
+        stop.set()
+        follower.join(10)
+        views.close()
+        store.close()
+
+
 @node.command("status")
 @ledger_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

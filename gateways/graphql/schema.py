@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -26,6 +26,7 @@ from gateways.graphql import types as t
 from infra.ledger_service import LedgerService
 from ledger.errors import Rejected
 from ledger.sequencer import Accepted
+from ledger.store import LedgerStore, find_transaction
 from ledger.transaction import parse_transaction
 from projections import analyses as views
 from projections import keys
@@ -35,11 +36,28 @@ COORDINATOR = "coordinator"
 NODE = "node"
 
 
+Submit = Callable[[str], Awaitable[Accepted | Rejected]]
+
+
 @dataclass
 class Context:
-    service: LedgerService
+    """What resolvers use: the read models, the (local) ledger store, how to submit a
+    signed transaction and wait until the read models show it, and this server's role."""
+
     views: ViewDatabase
+    store: LedgerStore
+    submit: Submit
     role: str = COORDINATOR
+
+
+def coordinator_context(service: LedgerService, views: ViewDatabase) -> Context:
+    """The coordinator submits to its own sequencer (read-your-writes built in)."""
+
+    async def submit(token: str) -> Accepted | Rejected:
+        (outcome,) = await asyncio.wrap_future(service.submit([token]))
+        return outcome
+
+    return Context(views=views, store=service.sequencer.store, submit=submit, role=COORDINATOR)
 
 
 def fail(code: str, message: str) -> GraphQLError:
@@ -247,7 +265,7 @@ async def _submit(ctx: Context, token: str, tx_types: tuple[str, ...], role: str
         raise fail(exc.code, exc.message) from None
     if tx.type not in tx_types:
         raise fail("wrong_transaction_type", f"this mutation takes a {' or '.join(tx_types)}, not {tx.type}")
-    (outcome,) = await asyncio.wrap_future(ctx.service.submit([token]))
+    outcome = await ctx.submit(token)
     if isinstance(outcome, Rejected):
         raise fail(outcome.code, outcome.message)
     return outcome
@@ -394,7 +412,7 @@ class Query:
         if not requests:
             raise fail("access_required", "send the signed result-access requests recorded on the ledger")
         for token in requests:
-            if ctx.service.sequencer.find_duplicate(token) is None:
+            if find_transaction(ctx.store, token) is None:
                 raise fail(
                     "access_not_recorded", "a signed request is not a results.request_access on this ledger"
                 )

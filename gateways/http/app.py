@@ -6,6 +6,7 @@ from importlib.metadata import version
 
 from aiohttp import web
 
+from gateways.graphql.schema import coordinator_context
 from gateways.graphql.view import mount as mount_graphql
 from gateways.http.api import ROUTES, unknown_parameters_middleware
 from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUORUM
@@ -35,5 +36,5 @@ def build_app(
     app[WITNESS_QUORUM] = witness_quorum or 0
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
-    mount_graphql(app, service, views)
+    mount_graphql(app, coordinator_context(service, views))
     return app
