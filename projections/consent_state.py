@@ -135,6 +135,31 @@ _REFUSAL_ORDER = {
 }
 
 
+def consenting_subjects(
+    cursor: Cursor, controller: str, purpose: str, categories: Sequence[str], at: datetime
+) -> int:
+    """How many distinct subjects have a consent to ``controller`` covering this use at
+    ``at`` (an analysis' consent request: how many have said yes so far)."""
+    cursor.execute(
+        "SELECT subject, status, purposes, categories, valid_from, valid_until, withdrawn_at"
+        " FROM consent_state WHERE controller = ? AND status IN ('given', 'withdrawn')",
+        (controller,),
+    )
+    covered = set()
+    for row in cursor.fetchall():
+        validity = Validity(
+            status=Status(row[1]),
+            purposes=frozenset(json.loads(row[2])),
+            data_categories=frozenset(json.loads(row[3])),
+            valid_from=parse_time(row[4]) if row[4] else None,
+            valid_until=parse_time(row[5]) if row[5] else None,
+            withdrawn_at=parse_time(row[6]) if row[6] else None,
+        )
+        if validity.refusal(purpose, categories, at) is None:
+            covered.add(row[0])
+    return len(covered)
+
+
 def check(
     cursor: Cursor,
     subject: str,

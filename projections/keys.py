@@ -166,3 +166,10 @@ def witness_keys(cursor: Cursor, role: str = "node_operator") -> dict[str, list[
         if role in json.loads(roles):
             found.setdefault(principal_id, []).append(json.loads(jwk))
     return found
+
+
+def principal_by_seq(cursor: Cursor, admitted_seq: int) -> str | None:
+    """The principal admitted by entry ``admitted_seq`` (an organisation's number)."""
+    cursor.execute("SELECT principal FROM principals WHERE admitted_seq = ?", (admitted_seq,))
+    row = cursor.fetchone()
+    return None if row is None else str(row[0])

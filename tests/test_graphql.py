@@ -175,6 +175,16 @@ def _error_code(session: Client, document: str, **variables: Any) -> str:
     return str(errors[0]["extensions"]["code"])
 
 
+def _wait_until(condition: Any, timeout: float = 20.0) -> None:
+    """Node servers follow the coordinator a fraction of a second behind."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the node servers did not catch up"
+        time.sleep(0.05)
+
+
 def _rest_submit(url: str, token: str) -> dict[str, Any]:
     request = urllib.request.Request(
         f"{url}/v1/transactions",
@@ -193,6 +203,7 @@ ANALYSIS_FIELDS = """
   calculations { id name filter functions } catalogs { name } datasources { name }
   approvals { organization orgId state }
   datasetDefinitions { name key variables } results { taskId stage commitments }
+  missingApprovals consentingSubjects
 """
 
 
@@ -346,6 +357,29 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
     )["sendAnalysis"]
     assert sent["status"] == "SENT" and sent["locked"] and sent["approvalState"] == "PENDING"
     assert sent["stateStatus"] == "AWAITING_APPROVAL" and sent["offChainAuthorities"] == nodes
+    assert sent["missingApprovals"] == nodes and sent["consentingSubjects"] == 0
+    org_ids = [a["orgId"] for a in sent["approvals"]]
+
+    # consents arrive: the analyst organisation records copies of consents it collected
+    for number in range(4):
+        body = {
+            "consent_id": str(uuid.uuid4()),
+            "controller": "ao:lab",
+            "subject": f"p-study-{number}",
+            "level": 1,
+            "method": "web_form",
+            "terms": {
+                "purposes": ["dpv:ScientificResearch"] if number else ["dpv:Marketing"],
+                "data_categories": [HEART],
+                "notice": {"url": "https://lab.example/study", "sha256": "ab" * 32},
+            },
+        }
+        _rest_submit(url, sign(p["analyst"], "consent.give", body))
+    dashboard = "query($id: ID!) { analysis(id: $id) { consentingSubjects missingApprovals } }"
+    assert _run(session, dashboard, id=gid)["analysis"] == {
+        "consentingSubjects": 3,
+        "missingApprovals": nodes,
+    }
 
     # a sent analysis is locked; node mutations are served by the nodes, not the coordinator
     token = sign(p["analyst"], "analysis.update", {"analysis_id": ids["analysis"], "name": "Too late"})
@@ -355,11 +389,14 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
     )
     token = sign(p["node0"], "analysis.approve", {"analysis_id": ids["analysis"]})
     assert _error_code(session, approve, o=1, t=token) == "wrong_role"
+    inbox = "query($o: Int!) { approvalInbox(orgId: $o) { id } }"
+    _wait_until(lambda: _run(node_sessions[0], inbox, o=org_ids[0])["approvalInbox"] == [{"id": gid}])
     statuses = []
     for index, node_session in enumerate(node_sessions):  # each on its own node's server
         token = sign(p[f"node{index}"], "analysis.approve", {"analysis_id": ids["analysis"]})
-        statuses.append(_run(node_session, approve, o=index + 1, t=token)["approveAnalysis"]["status"])
+        statuses.append(_run(node_session, approve, o=org_ids[index], t=token)["approveAnalysis"]["status"])
     assert statuses == ["SENT", "SENT", "APPROVED"]
+    assert _run(node_sessions[0], inbox, o=org_ids[0])["approvalInbox"] == []
     queue_doc = "mutation($t: String!) { queueAnalysisForComputation(signedTransaction: $t) { status } }"
     token = sign(p["analyst"], "analysis.queue", {"analysis_id": ids["analysis"]})
     assert _error_code(node_sessions[0], queue_doc, t=token) == "wrong_role"
@@ -374,6 +411,17 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
     assert {a["state"] for a in queued["approvals"]} == {"APPROVED"}
     assert all(isinstance(a["orgId"], int) for a in queued["approvals"])
 
+    # each node's queue shows the analysis' tasks: the merge, then one per calculation
+    queue_query = "query($o: Int!) { taskQueue(orgId: $o) { analysis taskId stage state stale } }"
+    for index, node_session in enumerate(node_sessions):
+        _wait_until(lambda s=node_session, o=org_ids[index]: len(_run(s, queue_query, o=o)["taskQueue"]) == 3)
+        tasks = _run(node_session, queue_query, o=org_ids[index])["taskQueue"]
+        assert [(q["taskId"], q["stage"], q["state"]) for q in tasks] == [
+            (1, "merge", "queued"),
+            (2, "compute", "queued"),
+            (3, "compute", "queued"),
+        ]
+        assert {q["analysis"] for q in tasks} == {gid}
     # the nodes compute (their engine signs these task moves), then approve the results
     for index in range(3):
         for task in (1, 2, 3):
@@ -394,7 +442,7 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
     )
     for index, node_session in enumerate(node_sessions):
         token = sign(p[f"node{index}"], "results.approve", {"analysis_id": ids["analysis"]})
-        last = _run(node_session, results_doc, o=index + 1, t=token)["approveResults"]["status"]
+        last = _run(node_session, results_doc, o=org_ids[index], t=token)["approveResults"]["status"]
     assert last == "RESULTS_APPROVED"
     binder = _run(node_sessions[1], access_doc, a=access)["requestResultAccess"]
     assert binder == {"recipients": [{"requestedBy": "ao:lab"}]}

@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import strawberry
@@ -29,7 +30,7 @@ from ledger.sequencer import Accepted
 from ledger.store import LedgerStore, find_transaction
 from ledger.transaction import parse_transaction
 from projections import analyses as views
-from projections import keys
+from projections import consent_state, keys
 from projections.base import ViewDatabase
 
 COORDINATOR = "coordinator"
@@ -150,6 +151,10 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         tasks = views.analysis_tasks(cursor, analysis_id)
         finished = views.finished_tasks(cursor, analysis_id)
         owner = keys.principal(cursor, doc["owner"])
+        consent = doc["consent"]
+        consenting = consent_state.consenting_subjects(
+            cursor, doc["owner"], consent["purpose"], consent["data_categories"], datetime.now(UTC)
+        )
     org_ids = _org_ids(ctx, doc["nodes"])
     approvals = [
         t.OrganizationApproval(
@@ -225,6 +230,10 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         nodes=doc["nodes"],
         consent_purpose=doc["consent"]["purpose"],
         consent_data_categories=doc["consent"]["data_categories"],
+        missing_approvals=[n for n in doc["nodes"] if n not in doc["approvals"]]
+        if doc["status"] == "sent"
+        else [],
+        consenting_subjects=consenting,
     )
 
 
@@ -439,6 +448,55 @@ class Query:
             return found[0] if found else None
         reader = readers.get(type_name)
         return reader() if reader else None
+
+    # --- dashboards (beyond the seed) -----------------------------------------------------
+
+    @_field("Analyses waiting for this node organisation's approval, oldest first.")
+    def approval_inbox(self, info: Info[Context, None], org_id: int) -> list[t.Analysis]:
+        ctx = _ctx(info)
+        node = _organisation(ctx, org_id)
+        with ctx.views.transaction(commit=False) as cursor:
+            waiting = views.approval_inbox(cursor, node)
+        return [_analysis(ctx, a) for a in waiting]
+
+    @_field("Computed analyses whose results wait for this node organisation's approval.")
+    def results_inbox(self, info: Info[Context, None], org_id: int) -> list[t.Analysis]:
+        ctx = _ctx(info)
+        node = _organisation(ctx, org_id)
+        with ctx.views.transaction(commit=False) as cursor:
+            waiting = views.results_inbox(cursor, node)
+        return [_analysis(ctx, a) for a in waiting]
+
+    @_field("This node organisation's MPC tasks still to do, in queue order.")
+    def task_queue(
+        self, info: Info[Context, None], org_id: int, stale_after_seconds: int = 600
+    ) -> list[t.MpcTask]:
+        ctx = _ctx(info)
+        node = _organisation(ctx, org_id)
+        with ctx.views.transaction(commit=False) as cursor:
+            queue = views.node_queue(
+                cursor, node, now=datetime.now(UTC), stale_after=timedelta(seconds=stale_after_seconds)
+            )
+        return [
+            t.MpcTask(
+                analysis=t.global_id("Analysis", task.analysis_id),
+                task_id=task.task_id,
+                stage=task.stage,
+                calculation_id=task.calculation_id,
+                state=task.state,
+                claimed_ts=t.TIME(task.claimed_ts) if task.claimed_ts else None,
+                stale=task.stale,
+            )
+            for task in queue
+        ]
+
+
+def _organisation(ctx: Context, org_id: int) -> str:
+    with ctx.views.transaction(commit=False) as cursor:
+        principal = keys.principal_by_seq(cursor, org_id)
+    if principal is None:
+        raise fail("unknown_organisation", f"no organisation has number {org_id}")
+    return principal
 
 
 @strawberry.type

@@ -318,6 +318,21 @@ class Analysis(Node):
     nodes: list[str]
     consent_purpose: str
     consent_data_categories: list[str]
+    missing_approvals: list[str] = strawberry.field(description="Nodes that have not answered yet.")
+    consenting_subjects: int = strawberry.field(
+        description="Subjects whose consent to the analyst organisation covers this analysis now."
+    )
+
+
+@strawberry.type(description="One task of an analysis in one node's queue.")
+class MpcTask:
+    analysis: strawberry.ID
+    task_id: int
+    stage: str
+    calculation_id: str | None
+    state: str
+    claimed_ts: TIME | None
+    stale: bool = strawberry.field(description="Claimed long ago and not finished: the node went silent.")
 
 
 def merge_text(merge: dict[str, Any] | None) -> str:
