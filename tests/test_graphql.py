@@ -108,6 +108,23 @@ def test_the_committed_schema_is_the_served_one() -> None:
     assert (ROOT / "docs" / "schema.graphql").read_text() == schema.as_str() + "\n"
 
 
+def test_the_schema_served_over_http_is_the_committed_one(platform: Any) -> None:
+    from graphql import (
+        build_client_schema,
+        build_schema,
+        get_introspection_query,
+        lexicographic_sort_schema,
+        print_schema,
+    )
+
+    _, session, _, _ = platform
+    served = build_client_schema(session.execute(gql(get_introspection_query(descriptions=True))))
+    committed = build_schema((ROOT / "docs" / "schema.graphql").read_text())
+    assert print_schema(lexicographic_sort_schema(served)) == print_schema(
+        lexicographic_sort_schema(committed)
+    )
+
+
 @pytest.fixture
 def platform(ledger: Ledger) -> Iterator[tuple[Ledger, Client, str, dict[str, TransactionSigner]]]:
     people = {
