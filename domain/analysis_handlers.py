@@ -17,6 +17,7 @@ from domain.catalog import Catalog, Datasource
 from domain.commands import Kind
 from domain.data_view import DataView
 from domain.errors import DomainError
+from domain.field_capacity import DEFAULT_MAX_ROWS, check_capacity, variable_magnitude
 from domain.identifiers import entity_aggregate_id
 from domain.principal import Principal
 
@@ -248,6 +249,7 @@ def create_analysis(
     for analyst in cmd.analysts:
         if state.principal(analyst) is None:
             raise DomainError("unknown_principal", f"{analyst} is not admitted on this ledger")
+    _check_capacity(state, view, cmd.modulus, cmd.fixed_point_precision)
     return Analysis.create(
         aggregate_id=_absent(state, Analysis, cmd.analysis_id),
         at=at,
@@ -263,6 +265,18 @@ def create_analysis(
     )
 
 
+def _check_capacity(state: AnalysisState, view: DataView, modulus: str, precision: int) -> None:
+    """Refuse an analysis whose field could wrap around (``modulus_too_small``)."""
+    rows = [_find(state, Datasource, source_id).records or 0 for source_id in view.datasource_ids]
+    known = max(rows, default=0)
+    check_capacity(
+        int(modulus),
+        [variable_magnitude(spec) for spec in view.variables.values()],
+        precision,
+        known or DEFAULT_MAX_ROWS,
+    )
+
+
 def _analysis(state: AnalysisState, analysis_id: UUID) -> Analysis:
     return _find(state, Analysis, analysis_id)
 
@@ -271,6 +285,11 @@ def update_analysis(
     cmd: a.UpdateAnalysis, signer: Principal | None, at: datetime, state: AnalysisState
 ) -> Aggregate:
     analysis = _analysis(state, cmd.analysis_id)
+    if cmd.modulus is not None or cmd.fixed_point_precision is not None:
+        precision = (
+            analysis.fixed_point_precision if cmd.fixed_point_precision is None else cmd.fixed_point_precision
+        )
+        _check_capacity(state, _view_of(state, analysis), cmd.modulus or analysis.modulus, precision)
     analysis.update(by=_by(signer), changes=_changes(cmd, "analysis_id"), at=at)
     return analysis
 
@@ -395,8 +414,11 @@ def send_analysis(
         principal = state.principal(node)
         if principal is None or Kind.NODE_OPERATOR not in principal.roles:
             raise DomainError("not_a_node", f"{node} is not a computation node's organisation on this ledger")
-    if analysis.status.value == "draft" and not _view_of(state, analysis).sent:
+    view = _view_of(state, analysis)
+    if analysis.status.value == "draft" and not view.sent:
         raise DomainError("data_view_not_sent", f"send data view {analysis.data_view_id} first")
+    if analysis.status.value == "draft":  # the uploads known by now give the row count
+        _check_capacity(state, view, analysis.modulus, analysis.fixed_point_precision)
     analysis.send(by=_by(signer), nodes=list(cmd.nodes), at=at)
     return analysis
 

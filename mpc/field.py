@@ -7,24 +7,24 @@ numbers are fixed-point: v is encoded as round(v * 2^f) with f =
 ``fixedPointPrecision`` fractional bits.
 
 Nothing in a field warns about wrap-around: a sum that leaves (-p/2, p/2) silently
-becomes another number. ``FieldCapacity`` therefore checks, when an analysis is
-defined, that the largest intermediate value its calculations can produce fits,
-and refuses it otherwise with the bound in the message.
+becomes another number; ``FieldCapacity`` applies the domain's capacity rule
+(``domain.field_capacity``) before anything is computed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from typing import Final
 
 import gmpy2
 
+from domain.errors import DomainError
+from domain.field_capacity import check_capacity
+
 MERSENNE_127: Final = 2**127 - 1
-#: Statistical security of probabilistic truncation: the masks hide values to 2^-40.
-TRUNCATION_SECURITY_BITS: Final = 40
 
 
 class FieldError(ValueError):
@@ -131,26 +131,15 @@ class Range:
 @dataclass(frozen=True)
 class FieldCapacity:
     """Whether a field, a precision, value ranges and a row count leave room for the
-    largest value a calculation builds: a sum over all rows of a product of two values,
-    each with ``precision`` fractional bits (before truncation), plus the masking
-    headroom that probabilistic truncation needs."""
+    largest value a calculation builds (the rule is the domain's, applied when an
+    analysis is defined; the engine checks it again before computing)."""
 
     field: PrimeField
     fixed: FixedPoint
 
-    def largest_intermediate(self, ranges: Iterable[Range], rows: int) -> int:
-        magnitude = max((r.magnitude for r in ranges), default=Decimal(1))
-        one = int((magnitude * self.fixed.scale).to_integral_value(rounding=ROUND_CEILING)) + 1
-        return rows * one * one
-
     def check(self, ranges: Iterable[Range], rows: int) -> None:
         """Raise FieldError, naming the bound, if wrap-around is possible."""
-        largest = self.largest_intermediate(list(ranges), rows)
-        needed = largest.bit_length() + TRUNCATION_SECURITY_BITS + 1
-        if needed > self.field.bits - 1:
-            raise FieldError(
-                f"the modulus ({self.field.bits} bits) is too small: sums of products over {rows:,} rows"
-                f" reach 2^{largest.bit_length()} with {self.fixed.precision} fractional bits, and"
-                f" truncation needs {TRUNCATION_SECURITY_BITS} more bits; use a modulus of at least"
-                f" {needed + 1} bits, a lower precision or narrower ranges"
-            )
+        try:
+            check_capacity(self.field.modulus, [r.magnitude for r in ranges], self.fixed.precision, rows)
+        except DomainError as exc:
+            raise FieldError(exc.message) from exc

@@ -334,3 +334,20 @@ def test_variable_specifications_are_validated(
         fed.provider_a, "variable.create", {"datasource_id": fed.datasource_a, **variable}, "invalid_body"
     )
     assert message in refusal.message
+
+
+def test_an_analysis_whose_modulus_is_too_small_is_refused_when_defined(fed: Federation) -> None:
+    body = {
+        "analysis_id": ids(),
+        "name": "too small",
+        "data_view_id": fed.data_view,
+        "consent": {"purpose": "dpv:ScientificResearch", "data_categories": [HEART]},
+        "modulus": str(2**61 - 1),
+    }
+    refusal = fed.refused(fed.analyst, "analysis.create", body, "modulus_too_small")
+    assert "61 bits" in refusal.message and "at least" in refusal.message
+    body["fixed_point_precision"] = 0  # or fewer fractional bits: then it fits
+    body["modulus"] = str(2**89 - 1)
+    fed.do(fed.analyst, "analysis.create", body)
+    raise_precision = {"analysis_id": body["analysis_id"], "fixed_point_precision": 32}
+    fed.refused(fed.analyst, "analysis.update", raise_precision, "modulus_too_small")
