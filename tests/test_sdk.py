@@ -457,6 +457,11 @@ def _alter_entry(receipt: dict[str, Any]) -> None:
     receipt["entry"] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
+def _other_ending(jws: str) -> str:
+    """The same JWS with other (canonical) last characters -- never the same ones."""
+    return jws[:-2] + ("QA" if jws.endswith("AA") else "AA")
+
+
 TAMPERINGS: dict[str, Callable[[dict[str, Any]], None]] = {
     "proof hash": lambda r: r["proof"]["hashes"].__setitem__(0, _flip_hex(r["proof"]["hashes"][0])),
     "checkpoint signature": lambda r: r.__setitem__("checkpoint", _alter_note_signature(r["checkpoint"])),
@@ -464,7 +469,7 @@ TAMPERINGS: dict[str, Callable[[dict[str, Any]], None]] = {
     "proof tree size": lambda r: r["proof"].__setitem__("tree_size", r["proof"]["tree_size"] + 1),
     "entry text": _alter_entry,
     "entry not an object": lambda r: r.__setitem__("entry", "[1]"),
-    "jws beside the entry": lambda r: r.__setitem__("jws", r["jws"][:-2] + "AA"),
+    "jws beside the entry": lambda r: r.__setitem__("jws", _other_ending(r["jws"])),
     "event beside the entry": lambda r: r["event"]["data"].__setitem__("subject", "p-someone-else"),
     "leaf hash beside the entry": lambda r: r.__setitem__("leaf_hash", _flip_hex(r["leaf_hash"])),
 }
