@@ -135,6 +135,19 @@ _REFUSAL_ORDER = {
 }
 
 
+def _validity(columns: Sequence[Any]) -> Validity:
+    """(status, purposes, categories, valid_from, valid_until, withdrawn_at) of a row."""
+    status, purposes, categories, valid_from, valid_until, withdrawn_at = columns
+    return Validity(
+        status=Status(status),
+        purposes=frozenset(json.loads(purposes)),
+        data_categories=frozenset(json.loads(categories)),
+        valid_from=parse_time(valid_from) if valid_from else None,
+        valid_until=parse_time(valid_until) if valid_until else None,
+        withdrawn_at=parse_time(withdrawn_at) if withdrawn_at else None,
+    )
+
+
 def consenting_subjects(
     cursor: Cursor, controller: str, purpose: str, categories: Sequence[str], at: datetime
 ) -> int:
@@ -147,15 +160,7 @@ def consenting_subjects(
     )
     covered = set()
     for row in cursor.fetchall():
-        validity = Validity(
-            status=Status(row[1]),
-            purposes=frozenset(json.loads(row[2])),
-            data_categories=frozenset(json.loads(row[3])),
-            valid_from=parse_time(row[4]) if row[4] else None,
-            valid_until=parse_time(row[5]) if row[5] else None,
-            withdrawn_at=parse_time(row[6]) if row[6] else None,
-        )
-        if validity.refusal(purpose, categories, at) is None:
+        if _validity(row[1:7]).refusal(purpose, categories, at) is None:
             covered.add(row[0])
     return len(covered)
 
@@ -180,15 +185,7 @@ def check(
     )
     best: tuple[int, str, int] | None = None
     for row in cursor.fetchall():
-        validity = Validity(
-            status=Status(row[1]),
-            purposes=frozenset(json.loads(row[2])),
-            data_categories=frozenset(json.loads(row[3])),
-            valid_from=parse_time(row[4]) if row[4] else None,
-            valid_until=parse_time(row[5]) if row[5] else None,
-            withdrawn_at=parse_time(row[6]) if row[6] else None,
-        )
-        refusal = validity.refusal(purpose, categories, at)
+        refusal = _validity(row[1:7]).refusal(purpose, categories, at)
         if refusal is None:
             return ConsentAnswer(True, row[0], int(row[7]), None)
         rank = _REFUSAL_ORDER[refusal]

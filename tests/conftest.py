@@ -132,3 +132,23 @@ def any_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledge
     led = make_ledger(Settings(data_dir=tmp_path / "data", database_url=url))
     yield led
     led.sequencer.store.close()
+
+
+LEVEL1_TERMS = {
+    "purposes": ["dpv:ServiceProvision"],
+    "data_categories": ["dpv-pd:HealthRecord"],
+    "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
+}
+
+
+def give_level1(ledger: Ledger, app: TransactionSigner, subject: str, controller: str = "sp:app") -> str:
+    """A signed level 1 consent copy by ``app`` for ``subject`` (a fresh consent id)."""
+    body = {
+        "consent_id": str(uuid.uuid4()),
+        "controller": controller,
+        "subject": subject,
+        "level": 1,
+        "method": "app",
+        "terms": LEVEL1_TERMS,
+    }
+    return ledger.sign(app, "consent.give", body)

@@ -58,31 +58,20 @@ def running_node_server(settings: Settings, coordinator: str, chain: str, ledger
     up to date from the coordinator's API in a thread, GraphQL on a free port."""
     from gateways.http.node_app import build_node_app
     from gateways.seed import follow_api
-    from infra.bootstrap import open_store, open_views
-    from ledger.replica import Replica
-    from projections.base import catch_up, prepare
-    from projections.registry import all_views
+    from infra.node import open_node
 
-    store = open_store(settings)
-    views = open_views(settings)
-    view_list = all_views()
-    for view in view_list:
-        prepare(views, view)
-    replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
-
-    def apply_views() -> None:
-        for view in view_list:
-            catch_up(views, view, store.read_entries)
-
+    node = open_node(settings, ledger_key=ledger_key, chain=chain)
     stop = threading.Event()
     follower = threading.Thread(
-        target=follow_api, args=(replica, apply_views, coordinator, stop), daemon=True
+        target=follow_api, args=(node.replica, node.apply_views, coordinator, stop), daemon=True
     )
     follower.start()
     port = free_port()
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    runner = web.AppRunner(build_node_app(store, views, view_list, coordinator), access_log=None)
+    runner = web.AppRunner(
+        build_node_app(node.store, node.views, node.view_list, coordinator), access_log=None
+    )
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -103,5 +92,4 @@ def running_node_server(settings: Settings, coordinator: str, chain: str, ledger
         thread.join(10)
         stop.set()
         follower.join(10)
-        views.close()
-        store.close()
+        node.close()

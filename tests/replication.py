@@ -18,13 +18,10 @@ from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import Follower, Witness
 from gateways.kafka.relay import Relay
 from gateways.kafka.topics import Topics
-from infra.bootstrap import open_store, open_views
+from infra.node import open_node
 from infra.settings import Settings
-from ledger.replica import Replica
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
-from projections.base import prepare
-from projections.registry import all_views
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -69,14 +66,15 @@ class Node:
     running: Running | None = None
 
     def start(self, *, exit_on_violation: bool = False) -> Follower:
-        settings = Settings(data_dir=self.directory)
-        store = open_store(settings)
-        views = open_views(settings)
-        view_list = all_views()
-        for view in view_list:
-            prepare(views, view)
-        replica = Replica(store, verifier=ParallelVerifier(workers=0))
-        follower = Follower(replica, views, view_list, self.kafka, self.topics, witness=self.witness)
+        node = open_node(
+            Settings(data_dir=self.directory),
+            ledger_key=None,
+            chain=None,
+            verifier=ParallelVerifier(workers=0),
+        )
+        follower = Follower(
+            node.replica, node.views, node.view_list, self.kafka, self.topics, witness=self.witness
+        )
         stop = threading.Event()
         running = Running(stop, threading.Thread(daemon=True, target=lambda: None))
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHAIN, Ledger
+from conftest import CHAIN, Ledger, give_level1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.bootstrap import open_store
@@ -27,23 +26,9 @@ from ledger.note import parse_note
 from ledger.replica import OutOfOrder, Replica, ReplicaHalted, ViolationKind
 from ledger.store import LedgerStore, StoredEntry
 
-TERMS = {
-    "purposes": ["dpv:ServiceProvision"],
-    "data_categories": ["dpv-pd:HealthRecord"],
-    "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
-}
-
 
 def give(ledger: Ledger, app: Any, subject: str) -> str:
-    body = {
-        "consent_id": str(uuid.uuid4()),
-        "controller": "sp:app",
-        "subject": subject,
-        "level": 1,
-        "method": "app",
-        "terms": TERMS,
-    }
-    return ledger.sign(app, "consent.give", body)
+    return give_level1(ledger, app, subject)
 
 
 @pytest.fixture

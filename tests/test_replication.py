@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import CHAIN, Ledger
+from conftest import CHAIN, Ledger, give_level1
 from joserfc.jwk import OKPKey
 from replication import nodes, start_relay, wait_for
 
@@ -32,13 +32,6 @@ from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_ver
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
-
-TERMS = {
-    "purposes": ["dpv:ServiceProvision"],
-    "data_categories": ["dpv-pd:HealthRecord"],
-    "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
-}
-
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
@@ -63,15 +56,7 @@ def topics(prefix: str) -> Topics:
 
 
 def give(ledger: Ledger, app: Any, subject: str) -> str:
-    body = {
-        "consent_id": str(uuid.uuid4()),
-        "controller": "sp:app",
-        "subject": subject,
-        "level": 1,
-        "method": "app",
-        "terms": TERMS,
-    }
-    return ledger.sign(app, "consent.give", body)
+    return give_level1(ledger, app, subject)
 
 
 def consent_rows(node_dir: Path) -> int:

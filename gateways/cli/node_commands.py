@@ -19,16 +19,15 @@ from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics
-from infra.bootstrap import open_store, open_views
+from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
+from infra.node import open_node
 from infra.settings import Settings
 from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
 from ledger.replica import Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.witness import witness_verifier
-from projections.base import prepare
-from projections.registry import all_views
 
 kafka_option = click.option(
     "--kafka",
@@ -163,13 +162,8 @@ def follow(
     except NoteError as exc:
         fail(f"--ledger-key: {exc}")
     witness = _witness(witness_key, witness_name)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
-    views = open_views(settings)
-    view_list = all_views()
-    for view in view_list:
-        prepare(views, view)
-    replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
+    node = open_node(settings, ledger_key=ledger_key, chain=chain)
+    store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
         _seed(replica, from_bundle, from_url)
     kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
@@ -218,38 +212,33 @@ def node_serve(
 
     from gateways.http.node_app import build_node_app
     from gateways.seed import follow_api
-    from projections.base import catch_up
 
     _logging()
     try:
         Verifier.from_string(ledger_key)
     except NoteError as exc:
         fail(f"--ledger-key: {exc}")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
-    views = open_views(settings)
-    view_list = all_views()
-    for view in view_list:
-        prepare(views, view)
-    replica = Replica(store, expected_checkpoint_key=ledger_key, expected_chain=chain)
-
-    def apply_views() -> None:
-        for view in view_list:
-            catch_up(views, view, store.read_entries)
-
+    node = open_node(settings, ledger_key=ledger_key, chain=chain)
     stop = threading.Event()
     follower = threading.Thread(
-        target=follow_api, args=(replica, apply_views, coordinator, stop), name="dfg-node-follow", daemon=True
+        target=follow_api,
+        args=(node.replica, node.apply_views, coordinator, stop),
+        name="dfg-node-follow",
+        daemon=True,
     )
     follower.start()
     click.echo(f"dfg node serving {chain} on http://{host}:{port}/graphql, following {coordinator}")
     try:
-        web.run_app(build_node_app(store, views, view_list, coordinator), host=host, port=port, print=None)
+        web.run_app(
+            build_node_app(node.store, node.views, node.view_list, coordinator),
+            host=host,
+            port=port,
+            print=None,
+        )
     finally:
         stop.set()
         follower.join(10)
-        views.close()
-        store.close()
+        node.close()
 
 
 @node.command("status")

@@ -1,0 +1,48 @@
+"""Opening a computation node's replica and read models: one place for `dfg node
+follow`, `dfg node serve`, the benchmark and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infra.bootstrap import open_store, open_views
+from infra.settings import Settings
+from ledger.replica import Replica
+from ledger.store import LedgerStore
+from ledger.verifier import ParallelVerifier
+from projections.base import View, ViewDatabase, catch_up, prepare
+from projections.registry import all_views
+
+
+@dataclass
+class NodeReplica:
+    store: LedgerStore
+    views: ViewDatabase
+    view_list: list[View]
+    replica: Replica
+
+    def apply_views(self) -> None:
+        """Bring every read model up to the replica (after a restart, or a pull)."""
+        for view in self.view_list:
+            catch_up(self.views, view, self.store.read_entries)
+
+    def close(self) -> None:
+        self.views.close()
+        self.store.close()
+
+
+def open_node(
+    settings: Settings,
+    *,
+    ledger_key: str | None,
+    chain: str | None,
+    verifier: ParallelVerifier | None = None,
+) -> NodeReplica:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    views = open_views(settings)
+    view_list = all_views()
+    for view in view_list:
+        prepare(views, view)
+    replica = Replica(store, verifier=verifier, expected_checkpoint_key=ledger_key, expected_chain=chain)
+    return NodeReplica(store, views, view_list, replica)
