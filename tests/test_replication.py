@@ -33,6 +33,7 @@ from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_ver
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
 
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
     with TansuBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:

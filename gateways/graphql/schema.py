@@ -23,6 +23,7 @@ from graphql import GraphQLError
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
+from domain.analysis import AnalysisStatus
 from gateways.graphql import types as t
 from infra.ledger_service import LedgerService
 from ledger.errors import Rejected
@@ -205,7 +206,7 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         catalogs=[_catalog(ctx, c) for c in doc["catalogs"]],
         datasources=[t.Datasource.of(d) for d in _datasources(ctx, doc["datasources"])],
         approvals=approvals or None,
-        status=t.AnalysisStatus(doc["status"]),
+        status=AnalysisStatus(doc["status"]),
         locked=doc["status"] != "draft",
         results=results or None,
         modulus=doc["modulus"],
@@ -412,7 +413,7 @@ class Query:
     ) -> t.Analysis:
         ctx = _ctx(info)
         analysis = _analysis(ctx, _id_of(analysis_id, "Analysis"))
-        if analysis.status not in (t.AnalysisStatus.RESULTS_APPROVED, t.AnalysisStatus.RELEASED):
+        if analysis.status not in (AnalysisStatus.RESULTS_APPROVED, AnalysisStatus.RELEASED):
             raise fail(
                 "results_not_approved",
                 f"the analysis is {analysis.status.value}; results come after approval",

@@ -16,6 +16,8 @@ from typing import Any, NewType
 import strawberry
 from strawberry.relay import from_base64, to_base64
 
+from domain.analysis import AnalysisStatus
+
 TIME = NewType("TIME", str)
 #: The schema's scalar for ``TIME`` (registered in the schema's ``scalar_map``).
 TIME_SCALAR = strawberry.scalar(
@@ -41,20 +43,8 @@ def parse_global_id(value: str, expected: str | None = None) -> tuple[str, str]:
     return type_name, entity_id
 
 
-@strawberry.enum
-class AnalysisStatus(Enum):
-    DRAFT = "draft"
-    SENT = "sent"
-    REJECTED = "rejected"
-    APPROVED = "approved"
-    QUEUED = "queued"
-    COMPUTING = "computing"
-    FAILED = "failed"
-    COMPUTED = "computed"
-    RESULTS_APPROVED = "results_approved"
-    RESULTS_REJECTED = "results_rejected"
-    RELEASED = "released"
-    DELETED = "deleted"
+# The domain's state machine, as it is: one list of statuses for the ledger and the API.
+strawberry.enum(AnalysisStatus)
 
 
 @strawberry.enum(description="The node organisations' answer to an analysis, as a whole or per node.")
