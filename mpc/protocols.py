@@ -1,0 +1,128 @@
+"""Protocols from one party's point of view, written as the papers write them.
+
+Every function takes the calling ``Party`` and its shares, and returns its shares of
+the result; all parties call the same function with the same public arguments.
+Rounds: ``input_values`` 1, ``open_values`` 1, ``multiply``/``inner`` 1 (one
+resharing for a whole inner product), ``random_values`` 1, ``random_bits`` 2,
+``truncate`` 3 (random bits, then one opening).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mpc.runtime import Party
+from mpc.shamir import SharingError, lagrange_at_zero
+
+
+class ProtocolError(RuntimeError):
+    """A protocol could not complete correctly (e.g. an opening was inconsistent)."""
+
+
+def input_values(party: Party, owner: int, values: Sequence[int] | None = None) -> list[int]:
+    """``owner`` secret-shares its ``values`` (field elements); everyone gets its shares."""
+    outgoing: dict[int, list[int]] = {}
+    if party.index == owner:
+        if values is None:
+            raise ValueError("the owner must give its values")
+        per_party = party.scheme.share_many(list(values), party.random_below)
+        outgoing = {j: per_party[j - 1] for j in party.parties}
+    return party.exchange(outgoing)[owner]
+
+
+def open_values(party: Party, shares: Sequence[int]) -> list[int]:
+    """Reveal shared values to every party, checking every share (n >= 2t + 1 gives
+    redundant shares: a wrong one is detected, never silently used)."""
+    received = party.broadcast(list(shares))
+    opened = []
+    for k in range(len(shares)):
+        try:
+            opened.append(party.scheme.open_checked({j: received[j][k] for j in party.parties}))
+        except SharingError as exc:
+            raise ProtocolError(f"opening value {k}: {exc}") from exc
+    return opened
+
+
+def _reshare(party: Party, local: Sequence[int]) -> list[int]:
+    """Degree reduction: share each local degree-2t value, combine with Lagrange weights."""
+    p = party.scheme.field.modulus
+    per_party = party.scheme.share_many(list(local), party.random_below)
+    received = party.exchange({j: per_party[j - 1] for j in party.parties})
+    weights = lagrange_at_zero(tuple(party.parties), p)
+    return [sum(weights[i] * received[i][k] for i in party.parties) % p for k in range(len(local))]
+
+
+def multiply(party: Party, a: Sequence[int], b: Sequence[int]) -> list[int]:
+    """Element-wise products, one round."""
+    p = party.scheme.field.modulus
+    return _reshare(party, [x * y % p for x, y in zip(a, b, strict=True)])
+
+
+def inner(party: Party, xs: Sequence[Sequence[int]], ys: Sequence[Sequence[int]]) -> list[int]:
+    """sum_k x[i][k] * y[i][k] for each i: one resharing per output, not per product."""
+    field = party.scheme.field
+    return _reshare(party, [field.inner(x, y) for x, y in zip(xs, ys, strict=True)])
+
+
+def random_values(party: Party, count: int) -> list[int]:
+    """Shares of uniformly random elements no coalition of t parties knows: everyone
+    shares randomness, and the shares are summed."""
+    p = party.scheme.field.modulus
+    mine = [party.random_below(p) for _ in range(count)]
+    per_party = party.scheme.share_many(mine, party.random_below)
+    received = party.exchange({j: per_party[j - 1] for j in party.parties})
+    return [sum(received[j][k] for j in party.parties) % p for k in range(count)]
+
+
+def random_bits(party: Party, count: int) -> list[int]:
+    """Shares of uniformly random bits: square a random r, open r^2, and map
+    r / sqrt(r^2) = +-1 to a bit (needs p = 3 mod 4 for the square root)."""
+    field = party.scheme.field
+    p = field.modulus
+    if p % 4 != 3:
+        raise ProtocolError("random bits need a prime p with p = 3 mod 4")
+    bits: list[int] = []
+    half = field.inverse(2)
+    while len(bits) < count:
+        r = random_values(party, count - len(bits))
+        squares = open_values(party, multiply(party, r, r))
+        for share, square in zip(r, squares, strict=True):
+            if square == 0:
+                continue  # r was 0 (probability 1/p): draw again
+            root = pow(square, (p + 1) // 4, p)
+            bits.append((share * field.inverse(root) + 1) * half % p)
+    return bits
+
+
+def truncate(
+    party: Party, shares: Sequence[int], fraction_bits: int, value_bits: int, security_bits: int = 40
+) -> list[int]:
+    """Shares of x / 2^f rounded down or up at random (probabilistic truncation,
+    Catrina and Saxena): for x of at most ``value_bits`` bits (sign included), mask
+    x with random bits, open, and remove the low bits the mask knows.
+
+    The opened value hides x statistically (``security_bits``), which needs
+    value_bits + security_bits + 1 < bits(p)."""
+    field = party.scheme.field
+    p = field.modulus
+    k, f, kappa = value_bits, fraction_bits, security_bits
+    if k + kappa + 1 >= field.bits:
+        raise ProtocolError(f"truncating {k}-bit values needs a field of more than {k + kappa + 1} bits")
+    count = len(shares)
+    low_bits = random_bits(party, count * f)
+    high_bits = random_bits(party, count * (k + kappa - f))
+    result = []
+    masked = []
+    lows = []
+    for i, x in enumerate(shares):
+        low = sum(b << j for j, b in enumerate(low_bits[i * f : (i + 1) * f])) % p
+        span = k + kappa - f
+        high = sum(b << j for j, b in enumerate(high_bits[i * span : (i + 1) * span])) % p
+        lows.append(low)
+        masked.append((x + (1 << (k - 1)) + (high << f) + low) % p)
+    opened = open_values(party, masked)
+    inverse = field.inverse(1 << f)
+    for x, low, c in zip(shares, lows, opened, strict=True):
+        c_low = c % (1 << f)
+        result.append((x - c_low + low) * inverse % p)
+    return result
