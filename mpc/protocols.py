@@ -126,3 +126,69 @@ def truncate(
         c_low = c % (1 << f)
         result.append((x - c_low + low) * inverse % p)
     return result
+
+
+def _bit_less_than(party: Party, public: Sequence[int], bits: Sequence[Sequence[int]]) -> list[int]:
+    """Shares of [a < b] for public integers a and shared bits of b (least significant
+    first): find the most significant differing bit with a prefix-OR from the top (one
+    multiplication round per bit), and read b's bit there."""
+    p = party.scheme.field.modulus
+    width = len(bits[0]) if bits else 0
+    count = len(public)
+    a_bits = [[(a >> i) & 1 for i in range(width)] for a in public]
+    # d_i = a_i XOR b_i, linear because a_i is public
+    diff = [
+        [(b_i + a_i - 2 * a_i * b_i) % p for a_i, b_i in zip(a_bits[v], bits[v], strict=True)]
+        for v in range(count)
+    ]
+    prefix = [[0] * (width + 1) for _ in range(count)]  # prefix[v][i] = OR of diff[v][i:]
+    for i in reversed(range(width)):
+        above = [prefix[v][i + 1] for v in range(count)]
+        here = [diff[v][i] for v in range(count)]
+        both = multiply(party, above, here)
+        for v in range(count):
+            prefix[v][i] = (above[v] + here[v] - both[v]) % p
+    firsts = [[(prefix[v][i] - prefix[v][i + 1]) % p for i in range(width)] for v in range(count)]
+    return inner(party, firsts, [list(b) for b in bits])
+
+
+def modulo_power_of_two(
+    party: Party, shares: Sequence[int], value_bits: int, m: int, security_bits: int = 40
+) -> list[int]:
+    """Shares of x mod 2^m (exactly), for x of at most ``value_bits`` bits."""
+    field = party.scheme.field
+    p = field.modulus
+    k, kappa = value_bits, security_bits
+    if k + kappa + 1 >= field.bits:
+        raise ProtocolError(f"comparing {k}-bit values needs a field of more than {k + kappa + 1} bits")
+    count = len(shares)
+    low_bits = random_bits(party, count * m)
+    span = k + kappa - m
+    high_bits = random_bits(party, count * span)
+    lows = [low_bits[i * m : (i + 1) * m] for i in range(count)]
+    low_values = [sum(b << j for j, b in enumerate(bits)) % p for bits in lows]
+    masked = []
+    for i, x in enumerate(shares):
+        high = sum(b << j for j, b in enumerate(high_bits[i * span : (i + 1) * span])) % p
+        masked.append((x + (1 << (k - 1)) + (high << m) + low_values[i]) % p)
+    opened = open_values(party, masked)
+    public_low = [c % (1 << m) for c in opened]
+    borrow = _bit_less_than(party, public_low, lows)
+    return [(c - r + (u << m)) % p for c, r, u in zip(public_low, low_values, borrow, strict=True)]
+
+
+def less_than_zero(party: Party, shares: Sequence[int], value_bits: int) -> list[int]:
+    """Shares of [x < 0] for signed x with |x| < 2^(value_bits - 1): x < 0 exactly when
+    floor(x / 2^(k-1)) = -1."""
+    field = party.scheme.field
+    p = field.modulus
+    k = value_bits
+    low = modulo_power_of_two(party, shares, k, k - 1)
+    inverse = field.inverse(1 << (k - 1))
+    return [(-(x - r) * inverse) % p for x, r in zip(shares, low, strict=True)]
+
+
+def less_than(party: Party, a: Sequence[int], b: Sequence[int], value_bits: int) -> list[int]:
+    """Shares of [a < b] for signed values whose difference fits ``value_bits`` bits."""
+    p = party.scheme.field.modulus
+    return less_than_zero(party, [(x - y) % p for x, y in zip(a, b, strict=True)], value_bits)

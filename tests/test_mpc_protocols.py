@@ -14,6 +14,7 @@ from mpc.protocols import (
     ProtocolError,
     inner,
     input_values,
+    less_than,
     multiply,
     open_values,
     random_bits,
@@ -109,3 +110,21 @@ def test_truncation_refuses_a_field_too_small_for_its_statistical_mask() -> None
 
     with pytest.raises(ProtocolError, match="more than 73 bits"):
         run_local(small, program)
+
+
+@given(
+    st.lists(st.tuples(st.integers(-(2**30), 2**30), st.integers(-(2**30), 2**30)), min_size=1, max_size=6)
+)
+@settings(max_examples=6, deadline=None)
+def test_secure_comparison_matches_plaintext(pairs: list[tuple[int, int]]) -> None:
+    extremes = [(0, 0), (-1, 0), (0, -1), (2**30, -(2**30)), (-(2**30), 2**30)]
+    pairs = pairs + extremes
+
+    def program(party: Party) -> list[int]:
+        a = input_values(party, 1, [FIELD.element(x) for x, _ in pairs] if party.index == 1 else None)
+        b = input_values(party, 2, [FIELD.element(y) for _, y in pairs] if party.index == 2 else None)
+        return open_values(party, less_than(party, a, b, value_bits=33))
+
+    opened = run_local(SCHEME, program)
+    assert opened[0] == opened[1] == opened[2]
+    assert opened[0] == [int(x < y) for x, y in pairs]
