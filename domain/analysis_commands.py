@@ -172,12 +172,30 @@ class UpdateVariable(VariableSpec):
 
 
 class CommitShares(Command):
-    """A data provider uploaded its records' shares to the nodes: the ledger keeps only
-    a commitment (hash) to them and their count, never shares or values."""
+    """A data provider delivered its records' shares to the nodes: the ledger keeps a
+    commitment (SHA-256) to each node's sealed bundle, the row count and the
+    fixed-point precision the values were encoded with -- never shares or values."""
 
     datasource_id: uuid.UUID
-    commitment: Sha256Hex
+    commitments: Annotated[dict[PrincipalId, Sha256Hex], Field(min_length=2, max_length=16)]
     records: Annotated[int, Field(ge=0, le=10**9)]
+    fixed_point_precision: Annotated[int, Field(ge=0, le=64)] = 16
+
+
+class SetEncryptionKey(Command):
+    """A node operator's X25519 key: data providers seal each node's shares to it."""
+
+    jwk: dict[str, str]
+
+    @field_validator("jwk")
+    @classmethod
+    def _x25519(cls, jwk: dict[str, str]) -> dict[str, str]:
+        if set(jwk) - {"kty", "crv", "x", "use"} or jwk.get("kty") != "OKP" or jwk.get("crv") != "X25519":
+            raise ValueError("an X25519 public key: {kty: OKP, crv: X25519, x}, nothing private")
+        x = jwk.get("x", "")
+        if len(x) != 43 or not x.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("x is 32 bytes, unpadded base64url")
+        return jwk
 
 
 # --- data views ---------------------------------------------------------------------------
@@ -362,6 +380,7 @@ ANALYSIS_COMMANDS: dict[str, type[Command]] = {
     "datasource.create": CreateDatasource,
     "datasource.update": UpdateDatasource,
     "datasource.commit_shares": CommitShares,
+    "node.set_encryption_key": SetEncryptionKey,
     "variable.create": CreateVariable,
     "variable.update": UpdateVariable,
     "data_view.create": CreateDataView,

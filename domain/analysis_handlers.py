@@ -71,7 +71,17 @@ MAY_SIGN: dict[str, frozenset[str]] = {
         ],
         ANALYST,
     ),
-    **dict.fromkeys(["analysis.approve", "task.claim", "task.finish", "task.fail", "results.approve"], NODE),
+    **dict.fromkeys(
+        [
+            "analysis.approve",
+            "task.claim",
+            "task.finish",
+            "task.fail",
+            "results.approve",
+            "node.set_encryption_key",
+        ],
+        NODE,
+    ),
 }
 
 _KIND_OF: dict[type[Aggregate], str] = {
@@ -181,7 +191,17 @@ def commit_shares(
     cmd: a.CommitShares, signer: Principal | None, at: datetime, state: AnalysisState
 ) -> Aggregate:
     datasource = _find(state, Datasource, cmd.datasource_id)
-    datasource.commit_shares(by=_by(signer), commitment=cmd.commitment, records=cmd.records, at=at)
+    for node in cmd.commitments:
+        principal = state.principal(node)
+        if principal is None or Kind.NODE_OPERATOR not in principal.roles:
+            raise DomainError("not_a_node", f"{node} is not a computation node's organisation on this ledger")
+    datasource.commit_shares(
+        by=_by(signer),
+        commitments=dict(cmd.commitments),
+        records=cmd.records,
+        precision=cmd.fixed_point_precision,
+        at=at,
+    )
     return datasource
 
 
@@ -473,6 +493,15 @@ def request_access(
     return analysis
 
 
+def set_encryption_key(
+    cmd: a.SetEncryptionKey, signer: Principal | None, at: datetime, state: AnalysisState
+) -> Aggregate:
+    if signer is None:  # pragma: no cover - the ledger resolves signers before deciding
+        raise DomainError("unknown_signer", "the signer is not admitted")
+    signer.set_encryption_key(dict(cmd.jwk), at=at)
+    return signer
+
+
 HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "catalog.create": create_catalog,
     "catalog.update": update_catalog,
@@ -505,6 +534,7 @@ HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "task.fail": fail_task,
     "results.approve": approve_results,
     "results.request_access": request_access,
+    "node.set_encryption_key": set_encryption_key,
 }
 
 EVENT_TYPES: dict[str, type[Aggregate.Event]] = {

@@ -95,12 +95,14 @@ class Datasource(Aggregate):
             aggregate.variables = {**aggregate.variables, self.variable["name"]: self.variable}
 
     class SharesCommitted(Aggregate.Event):
-        commitment: str
+        commitments: dict[str, str]
         records: int
+        fixed_point_precision: int
 
         def apply(self, aggregate: Datasource) -> None:
-            aggregate.commitment = self.commitment
+            aggregate.commitments = self.commitments
             aggregate.records = self.records
+            aggregate.fixed_point_precision = self.fixed_point_precision
 
     def __init__(
         self,
@@ -122,8 +124,9 @@ class Datasource(Aggregate):
         self.keys = tuple(keys)
         self.data_categories = tuple(data_categories)
         self.variables: dict[str, dict[str, Any]] = {}
-        self.commitment: str | None = None
+        self.commitments: dict[str, str] = {}
         self.records: int | None = None
+        self.fixed_point_precision: int | None = None
 
     @classmethod
     def create(cls, *, aggregate_id: uuid.UUID, at: datetime, **fields: Any) -> Datasource:
@@ -148,8 +151,16 @@ class Datasource(Aggregate):
             raise DomainError("unknown_variable", f"datasource {self.datasource_id} has no variable {name}")
         self.trigger_event(self.VariableSet, timestamp=at, variable=variable)
 
-    def commit_shares(self, *, by: str, commitment: str, records: int, at: datetime) -> None:
+    def commit_shares(
+        self, *, by: str, commitments: dict[str, str], records: int, precision: int, at: datetime
+    ) -> None:
         _require_owner(self.owner, by, f"datasource {self.datasource_id}")
         if not self.variables:
             raise DomainError("no_variables", "describe the datasource's variables before uploading shares")
-        self.trigger_event(self.SharesCommitted, timestamp=at, commitment=commitment, records=records)
+        self.trigger_event(
+            self.SharesCommitted,
+            timestamp=at,
+            commitments=commitments,
+            records=records,
+            fixed_point_precision=precision,
+        )

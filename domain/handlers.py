@@ -300,6 +300,7 @@ EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
     "Principal.KeyRevoked": Principal.KeyRevoked,
     "Principal.RoleGranted": Principal.RoleGranted,
     "Principal.RoleRevoked": Principal.RoleRevoked,
+    "Principal.EncryptionKeySet": Principal.EncryptionKeySet,
     "Consent.Requested": Consent.Requested,
     "Consent.Given": Consent.Given,
     "Consent.RequestAccepted": Consent.RequestAccepted,

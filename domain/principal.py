@@ -107,6 +107,19 @@ class Principal(Aggregate):
         def apply(self, aggregate: Principal) -> None:
             aggregate.roles = aggregate.roles - {self.role}
 
+    class EncryptionKeySet(Aggregate.Event):
+        """The X25519 key data providers seal a node's share bundles to."""
+
+        jwk: dict[str, str]
+
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.encryption_key = self.jwk
+
+    def set_encryption_key(self, jwk: dict[str, str], *, at: datetime) -> None:
+        if self.encryption_key == jwk:
+            raise DomainError("nothing_to_change", "this encryption key is already set")
+        self.trigger_event(self.EncryptionKeySet, timestamp=at, jwk=jwk)
+
     def __init__(
         self,
         principal: str,
@@ -124,6 +137,7 @@ class Principal(Aggregate):
         self.display_name = display_name
         self.custodian = custodian
         self.admitted_by = admitted_by
+        self.encryption_key: dict[str, str] | None = None
         self.ledger = ledger
         self.keys: dict[str, KeyState] = {
             k["kid"]: _key_state(k["kid"], k["jwk"], k.get("not_before"), k.get("not_after")) for k in keys

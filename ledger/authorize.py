@@ -9,6 +9,7 @@ from typing import Any
 
 from domain.commands import Genesis
 from domain.handlers import State
+from domain.jwk import PublicJwk
 from domain.principal import Principal
 from ledger.errors import Rejected
 from ledger.jws import key_json, public_key
@@ -71,7 +72,7 @@ def _check_new_key(tx: Transaction) -> None:
     """A key that cannot be imported (e.g. a point off its curve) could never sign:
     refuse to record it."""
     jwk = getattr(tx.command, "jwk", None)
-    if jwk is not None:
+    if isinstance(jwk, PublicJwk):  # a signing key (a node's X25519 encryption key is not one)
         public_key(key_json(jwk.as_dict()))  # raises Rejected("invalid_key", ...)
 
 

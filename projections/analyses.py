@@ -90,7 +90,7 @@ class AnalysesView:
 
     def _datasource(self, cursor: Cursor, entry: Entry, event: str, data: dict[str, Any]) -> None:
         if event == "Created":
-            doc = {**data, "variables": [], "commitment": None, "records": None}
+            doc = {**data, "variables": [], "commitments": {}, "records": None, "fixed_point_precision": None}
             self._insert(cursor, entry, "Datasource", data["datasource_id"], doc)
             return
         doc = self._doc_by_aggregate(cursor, "Datasource", entry)
@@ -100,7 +100,11 @@ class AnalysesView:
             others = [v for v in doc["variables"] if v["name"] != data["variable"]["name"]]
             doc["variables"] = [*others, data["variable"]]
         elif event == "SharesCommitted":
-            doc.update(commitment=data["commitment"], records=data["records"])
+            doc.update(
+                commitments=data["commitments"],
+                records=data["records"],
+                fixed_point_precision=data["fixed_point_precision"],
+            )
         self._save(cursor, entry, "Datasource", doc["datasource_id"], doc)
 
     def _dataview(self, cursor: Cursor, entry: Entry, event: str, data: dict[str, Any]) -> None:

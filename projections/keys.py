@@ -15,7 +15,7 @@ NAME = "principals"
 
 class PrincipalsView:
     name = NAME
-    tables = ("principals", "principal_keys")
+    tables = ("principals", "principal_keys", "principal_encryption_keys")
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -28,6 +28,16 @@ class PrincipalsView:
             "CREATE TABLE IF NOT EXISTS principal_keys ("
             " kid TEXT PRIMARY KEY, principal TEXT NOT NULL, jwk TEXT NOT NULL, added_seq INTEGER NOT NULL,"
             " not_before TEXT, not_after TEXT, revoked_seq INTEGER, revoked_reason TEXT)"
+        )
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS principal_encryption_keys ("
+            " principal TEXT PRIMARY KEY, jwk TEXT NOT NULL, set_seq INTEGER NOT NULL)"
+        )
+
+    def _encryption_key(self, cursor: Cursor, principal: str, jwk: dict[str, str], seq: int) -> None:
+        cursor.execute("DELETE FROM principal_encryption_keys WHERE principal = ?", (principal,))
+        cursor.execute(
+            "INSERT INTO principal_encryption_keys VALUES (?, ?, ?)", (principal, json.dumps(jwk), seq)
         )
 
     def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None:
@@ -81,6 +91,8 @@ class PrincipalsView:
                     "UPDATE principals SET roles = ? WHERE principal = ?",
                     (json.dumps(sorted(roles)), principal),
                 )
+            elif kind == "EncryptionKeySet":
+                self._encryption_key(cursor, principal, data["jwk"], entry.seq)
 
     def _add_key(
         self,
@@ -131,6 +143,8 @@ def principal(cursor: Cursor, principal_id: str) -> dict[str, Any] | None:
         }
         for k in cursor.fetchall()
     ]
+    cursor.execute("SELECT jwk FROM principal_encryption_keys WHERE principal = ?", (principal_id,))
+    encryption = cursor.fetchone()
     return {
         "principal": row[0],
         "kind": row[1],
@@ -140,6 +154,7 @@ def principal(cursor: Cursor, principal_id: str) -> dict[str, Any] | None:
         "admitted_seq": row[5],
         "admitted_by": row[6],
         "keys": keys,
+        "encryption_key": json.loads(encryption[0]) if encryption else None,
     }
 
 

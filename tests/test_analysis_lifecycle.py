@@ -3,6 +3,7 @@ move refused with its code, and the result audits like any other ledger."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -156,11 +157,11 @@ def _send(f: Federation, analysis: str) -> None:
 
 def test_the_whole_lifecycle_and_it_audits(fed: Federation) -> None:
     f = fed
-    f.do(
-        f.provider_a,
-        "datasource.commit_shares",
-        {"datasource_id": f.datasource_a, "commitment": "ab" * 32, "records": 1200},
-    )
+    commitments = {node.principal: f"{i:02x}" * 32 for i, node in enumerate(f.nodes)}
+    body = {"datasource_id": f.datasource_a, "commitments": commitments, "records": 1200}
+    f.do(f.provider_a, "datasource.commit_shares", body)
+    bad = {**body, "commitments": {**commitments, f.analyst.principal: "ff" * 32}}
+    f.refused(f.provider_a, "datasource.commit_shares", bad, "not_a_node")
     analysis = _draft(f)
     f.do(f.analyst, "analysis.add_catalog", {"analysis_id": analysis, "catalog_id": f.catalog_a})
     f.do(f.analyst, "analysis.add_datasource", {"analysis_id": analysis, "datasource_id": f.datasource_a})
@@ -351,3 +352,19 @@ def test_an_analysis_whose_modulus_is_too_small_is_refused_when_defined(fed: Fed
     fed.do(fed.analyst, "analysis.create", body)
     raise_precision = {"analysis_id": body["analysis_id"], "fixed_point_precision": 32}
     fed.refused(fed.analyst, "analysis.update", raise_precision, "modulus_too_small")
+
+
+def test_nodes_register_an_encryption_key_for_their_share_bundles(fed: Federation) -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "X25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+    done = fed.do(fed.nodes[0], "node.set_encryption_key", {"jwk": jwk})
+    assert done.entry.event_type == "Principal.EncryptionKeySet"
+    fed.refused(fed.nodes[0], "node.set_encryption_key", {"jwk": jwk}, "nothing_to_change")
+    fed.refused(fed.analyst, "node.set_encryption_key", {"jwk": jwk}, "role_not_allowed")
+    signing = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
+    fed.refused(fed.nodes[1], "node.set_encryption_key", {"jwk": signing}, "invalid_body")
+    private = {**jwk, "d": jwk["x"]}
+    fed.refused(fed.nodes[1], "node.set_encryption_key", {"jwk": private}, "invalid_body")

@@ -103,6 +103,12 @@ class Variable:
 
 
 @strawberry.type
+class ShareCommitment:
+    node: str
+    sha256: str
+
+
+@strawberry.type
 class Datasource(Node):
     datasource_id: str
     catalog_id: str
@@ -113,8 +119,11 @@ class Datasource(Node):
     keys: list[str]
     data_categories: list[str]
     variables: list[Variable]
-    commitment: str | None = strawberry.field(description="SHA-256 of the uploaded shares, once uploaded.")
+    commitments: list[ShareCommitment] = strawberry.field(
+        description="Per node: SHA-256 of the sealed share bundle it received (once uploaded)."
+    )
     records: int | None
+    fixed_point_precision: int | None
     create_ts: TIME
     modify_ts: TIME
 
@@ -132,8 +141,9 @@ class Datasource(Node):
             keys=d["keys"],
             data_categories=d["data_categories"],
             variables=[Variable.of(v) for v in d["variables"]],
-            commitment=d.get("commitment"),
+            commitments=[ShareCommitment(node=n, sha256=h) for n, h in sorted(d["commitments"].items())],
             records=d.get("records"),
+            fixed_point_precision=d.get("fixed_point_precision"),
             create_ts=d["created_ts"],
             modify_ts=d["modified_ts"],
         )

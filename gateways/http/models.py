@@ -152,6 +152,9 @@ class PrincipalView(Strict):
     admitted_seq: int
     admitted_by: str
     keys: list[PrincipalKey]
+    encryption_key: dict[str, str] | None = Field(
+        description="A node's X25519 key: data providers seal its share bundles to it."
+    )
 
 
 class BadgeStatement(Strict):
