@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -95,6 +95,19 @@ def seal(bundle: ShareBundle, node_public: X25519PublicKey) -> bytes:
 def commitment(sealed: bytes) -> str:
     """What the provider records on the ledger for this node's bundle."""
     return hashlib.sha256(sealed).hexdigest()
+
+
+def bundle_header(sealed: bytes) -> dict[str, Any]:
+    """The clear header of a sealed bundle (datasource, node, rows), unauthenticated
+    until the bundle is opened with the node's key."""
+    try:
+        size = int.from_bytes(sealed[:4], "big")
+        header: dict[str, Any] = json.loads(sealed[4 : 4 + size])
+    except ValueError as exc:
+        raise BundleError(f"not a sealed share bundle: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT or len(sealed) < 4 + size + 44 + 16:
+        raise BundleError(f"not a {FORMAT}")
+    return header
 
 
 def open_sealed(sealed: bytes, node_private: X25519PrivateKey, *, expected_commitment: str) -> ShareBundle:

@@ -53,7 +53,9 @@ def running_server(settings: Settings) -> Iterator[str]:
 
 
 @contextmanager
-def running_node_server(settings: Settings, coordinator: str, chain: str, ledger_key: str) -> Iterator[str]:
+def running_node_server(
+    settings: Settings, coordinator: str, chain: str, ledger_key: str, name: str | None = None
+) -> Iterator[str]:
     """A computation node's server (what ``dfg node serve`` runs): its own replica kept
     up to date from the coordinator's API in a thread, GraphQL on a free port."""
     from gateways.http.node_app import build_node_app
@@ -70,7 +72,15 @@ def running_node_server(settings: Settings, coordinator: str, chain: str, ledger
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     runner = web.AppRunner(
-        build_node_app(node.store, node.views, node.view_list, coordinator), access_log=None
+        build_node_app(
+            node.store,
+            node.views,
+            node.view_list,
+            coordinator,
+            bundles=settings.data_dir / "bundles",
+            name=name,
+        ),
+        access_log=None,
     )
 
     def run() -> None:

@@ -11,6 +11,7 @@ from gateways.cli.demo_level1 import level1
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.node_commands import node, relay
 from gateways.cli.projection_commands import consents, projections
+from gateways.cli.provider_commands import provider
 from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
 
@@ -32,6 +33,7 @@ cli.add_command(bench)
 cli.add_command(serve)
 cli.add_command(relay)
 cli.add_command(node)
+cli.add_command(provider)
 
 
 def main() -> None:

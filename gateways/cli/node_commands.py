@@ -202,8 +202,11 @@ def follow(
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True)
+@click.option(
+    "--name", default=None, help="This node's principal id (refuse bundles sealed for another node)."
+)
 def node_serve(
-    settings: Settings, coordinator: str, chain: str, ledger_key: str, host: str, port: int
+    settings: Settings, coordinator: str, chain: str, ledger_key: str, host: str, port: int, name: str | None
 ) -> None:
     """Serve the GraphQL API as a computation node: answers from this node's own
     verified replica (kept up to date from the coordinator's API), and forwards the

@@ -10,17 +10,24 @@ Coordinator mutations sent here are refused with ``wrong_role``.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
+import uuid
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
+from gateways.http.problems import PROBLEM_TYPE, problem_body
 from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.sequencer import Accepted
 from ledger.store import LedgerStore
+from mpc.bundles import BundleError, bundle_header, commitment
 from projections.base import View, ViewDatabase
 
 #: How long a mutation waits for the node's replica to show what the coordinator accepted.
@@ -54,9 +61,57 @@ def node_context(store: LedgerStore, views: ViewDatabase, view_list: list[View],
     return Context(views=views, store=store, submit=submit, role=NODE)
 
 
+#: Largest share bundle a node accepts in one request.
+MAX_BUNDLE_BYTES = 512 * 1024 * 1024
+
+
 def build_node_app(
-    store: LedgerStore, views: ViewDatabase, view_list: list[View], coordinator: str
+    store: LedgerStore,
+    views: ViewDatabase,
+    view_list: list[View],
+    coordinator: str,
+    *,
+    bundles: Path | None = None,
+    name: str | None = None,
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BUNDLE_BYTES)
     mount(app, node_context(store, views, view_list, coordinator))
+    if bundles is not None:
+        app.router.add_post("/v1/bundles/{datasource_id}", _bundle_inbox(bundles, name))
     return app
+
+
+def _bundle_inbox(directory: Path, name: str | None) -> Any:
+    """Providers deliver each datasource's sealed bundle for this node here. It is kept
+    as delivered; the node opens it only when computing, after checking it against the
+    commitment the provider signed on the ledger."""
+
+    async def receive(request: web.Request) -> web.Response:
+        datasource_id = request.match_info["datasource_id"]
+        try:
+            uuid.UUID(datasource_id)
+        except ValueError:
+            return _problem(400, "invalid_parameter", "the path names a datasource by its UUID")
+        sealed = await request.read()
+        try:
+            header = bundle_header(sealed)
+        except BundleError as exc:
+            return _problem(400, "invalid_bundle", str(exc))
+        if header["datasource"] != datasource_id:
+            return _problem(400, "invalid_bundle", "the bundle is for another datasource")
+        if name is not None and header["node"] != name:
+            return _problem(400, "invalid_bundle", f"the bundle is sealed for {header['node']}, not {name}")
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{datasource_id}.sealed"
+        temporary = target.with_suffix(".partial")
+        temporary.write_bytes(sealed)
+        os.replace(temporary, target)  # a crash leaves the old bundle or the new, never half
+        return web.json_response({"sha256": commitment(sealed), "rows": header["rows"]}, status=201)
+
+    return receive
+
+
+def _problem(status: int, code: str, detail: str) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(problem_body(status, code, detail)), content_type=PROBLEM_TYPE
+    )

@@ -1,0 +1,88 @@
+"""``dfg provider upload``: a data provider secret-shares a datasource's records to the
+computation nodes (see gateways/provider_upload.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gateways.cli.options import fail
+from gateways.provider_upload import UploadError, fetch_datasource, parse_nodes, read_csv, upload
+from gateways.sdk import ConsentClient, DfgApiError, DfgConnectionError, TransactionBuilder
+from infra.keyfiles import KeyFileError, read_jwk
+
+
+@click.group("provider")
+def provider() -> None:
+    """What a data provider does: upload its records' shares."""
+
+
+@provider.command("upload")
+@click.argument("records", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The coordinator.")
+@click.option("--datasource", "datasource_id", required=True, help="The datasource's UUID.")
+@click.option("--principal", required=True, help="The data provider's principal id.")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The provider's signing key (JWK).",
+)
+@click.option(
+    "--join-secret",
+    "join_secret_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="File with the federation's join secret (shared by providers, never by nodes).",
+)
+@click.option(
+    "--node", "nodes", multiple=True, required=True, help="node:name=http://host:port, one per node."
+)
+@click.option(
+    "--precision",
+    type=click.IntRange(0, 64),
+    default=16,
+    show_default=True,
+    help="Fractional bits of the fixed-point encoding.",
+)
+@click.option(
+    "--key-column", default=None, help="The subject key column [default: the datasource's first key]."
+)
+def upload_command(
+    records: Path,
+    url: str,
+    datasource_id: str,
+    principal: str,
+    key_file: Path,
+    join_secret_file: Path,
+    nodes: tuple[str, ...],
+    precision: int,
+    key_column: str | None,
+) -> None:
+    """Check a CSV file against the datasource's variables, secret-share it, seal each
+    node's shares to that node's key, deliver them and sign the commitments."""
+    client = ConsentClient(url)
+    try:
+        chain = client.health()["chain"]
+        builder = TransactionBuilder(principal, read_jwk(key_file), chain)
+        commitments = upload(
+            client=client,
+            provider=builder,
+            datasource=fetch_datasource(url, datasource_id),
+            rows=read_csv(records),
+            join_secret=join_secret_file.read_bytes().strip(),
+            nodes=parse_nodes(nodes),
+            precision=precision,
+            key_column=key_column,
+        )
+    except (UploadError, KeyFileError) as exc:
+        fail(str(exc))
+    except DfgConnectionError:
+        fail(f"no dfg server at {url}")
+    except DfgApiError as exc:
+        fail(f"the ledger refused the commitment: {exc}")
+    for node, digest in commitments.items():
+        click.echo(f"{node}: bundle sha256 {digest}")
+    click.echo("commitments recorded on the ledger (datasource.commit_shares)")

@@ -1,0 +1,142 @@
+"""A provider uploads a CSV: checked against the variables, shared on its machine,
+sealed to each node, delivered, and committed on the ledger -- nothing in clear."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from conftest import Ledger
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from http_server import running_node_server, running_server
+
+from gateways.cli.main import cli
+from infra.keyfiles import write_jwk
+from infra.settings import Settings
+from mpc.bundles import open_sealed
+from mpc.field import MERSENNE_127, FixedPoint, PrimeField
+from mpc.shamir import Scheme
+
+SECRET = b"federation join secret"
+CSV = "subject,sbp,smoker\np-1,120,true\np-2,135.5,false\np-3,,1\n"
+
+
+@pytest.fixture
+def federation(ledger: Ledger, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    provider = ledger.admit("dp:clinic", "data_provider")
+    nodes = [ledger.admit(f"node:n{i}", "node_operator") for i in range(3)]
+    private = {}
+    for node in nodes:
+        key = X25519PrivateKey.generate()
+        raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        jwk = {"kty": "OKP", "crv": "X25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+        ledger.accept(ledger.sign(node, "node.set_encryption_key", {"jwk": jwk}))
+        private[node.principal] = key
+    catalog, datasource = str(uuid.uuid4()), str(uuid.uuid4())
+    ledger.accept(ledger.sign(provider, "catalog.create", {"catalog_id": catalog, "name": "Clinic"}))
+    body = {
+        "datasource_id": datasource,
+        "catalog_id": catalog,
+        "name": "Blood pressure",
+        "origin": {"kind": "tabular", "format": "csv"},
+        "keys": ["subject"],
+        "data_categories": ["dpv-pd:HealthRecord"],
+    }
+    ledger.accept(ledger.sign(provider, "datasource.create", body))
+    for variable in (
+        {"name": "sbp", "type": "decimal", "unit": "mm[Hg]", "min": "60", "max": "260"},
+        {"name": "smoker", "type": "boolean"},
+    ):
+        ledger.accept(ledger.sign(provider, "variable.create", {"datasource_id": datasource, **variable}))
+    key_file = tmp_path / "provider.jwk"
+    write_jwk(key_file, provider.key)
+    secret_file = tmp_path / "join.secret"
+    secret_file.write_bytes(SECRET)
+    assert ledger.sequencer.ledger is not None
+    key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
+    ledger.sequencer.store.close()
+    with running_server(ledger.settings) as url, ExitStack() as stack:
+        node_urls = {}
+        for index, node in enumerate(nodes):
+            settings = Settings(data_dir=tmp_path / f"node{index}")
+            node_urls[node.principal] = stack.enter_context(
+                running_node_server(settings, url, chain, key, name=node.principal)
+            )
+        yield {
+            "url": url,
+            "datasource": datasource,
+            "nodes": node_urls,
+            "private": private,
+            "args": ["--url", url, "--datasource", datasource, "--principal", "dp:clinic",
+                     "--key", str(key_file), "--join-secret", str(secret_file),
+                     *[a for n, u in node_urls.items() for a in ("--node", f"{n}={u}")]],
+            "dirs": {node.principal: tmp_path / f"node{i}" for i, node in enumerate(nodes)},
+        }  # fmt: skip
+
+
+def _upload(federation: dict[str, Any], tmp_path: Path, text: str) -> Any:
+    records = tmp_path / "records.csv"
+    records.write_text(text)
+    return CliRunner().invoke(cli, ["provider", "upload", str(records), *federation["args"]])
+
+
+def test_upload_seals_shares_to_each_node_and_commits_them(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    result = _upload(federation, tmp_path, CSV)
+    assert result.exit_code == 0, result.output
+
+    from gateways.graphql.schema import schema  # noqa: F401 - the GraphQL API reads the commitments
+
+    query = json.dumps(
+        {"query": "{ datasources { records fixedPointPrecision commitments { node sha256 } } }"}
+    )
+    request = urllib.request.Request(f"{federation['url']}/graphql", data=query.encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request) as response:
+        (source,) = json.loads(response.read())["data"]["datasources"]
+    assert source["records"] == 3 and source["fixedPointPrecision"] == 16
+    recorded = {c["node"]: c["sha256"] for c in source["commitments"]}
+    opened = {}
+    for node, directory in federation["dirs"].items():
+        sealed = (directory / "bundles" / f"{federation['datasource']}.sealed").read_bytes()
+        assert b"p-1" not in sealed and b"135" not in sealed  # nothing in clear
+        opened[node] = open_sealed(sealed, federation["private"][node], expected_commitment=recorded[node])
+    scheme = Scheme(PrimeField(MERSENNE_127), parties=3, threshold=1)
+    fixed = FixedPoint(16)
+    n0, n2 = opened["node:n0"], opened["node:n2"]
+    sbp = [
+        scheme.reconstruct({1: a, 3: b}) for a, b in zip(n0.columns["sbp"], n2.columns["sbp"], strict=True)
+    ]
+    present = [
+        scheme.reconstruct({1: a, 3: b})
+        for a, b in zip(n0.columns["sbp__present"], n2.columns["sbp__present"], strict=True)
+    ]
+    assert [fixed.decode(v) for v in sbp[:2]] == [120, 135.5] and present == [1, 1, 0]
+    assert n0.keys == n2.keys and len(set(n0.keys)) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("subject,sbp,smoker\np-1,300,true\n", "line 2: sbp = 300 is outside its allowed range [60, 260]"),
+        ("subject,sbp,smoker\np-1,120,maybe\n", "line 2: smoker is a boolean"),
+        ("subject,sbp\np-1,120\n", "lacks the column(s) smoker"),
+        ("subject,sbp,smoker\np-1,120,1\np-1,130,0\n", "a subject appears twice"),
+    ],
+)
+def test_bad_records_stop_the_upload_before_anything_is_sent(
+    federation: dict[str, Any], tmp_path: Path, text: str, message: str
+) -> None:
+    result = _upload(federation, tmp_path, text)
+    assert result.exit_code == 1 and message in result.output
+    assert not any((d / "bundles").exists() for d in federation["dirs"].values())
