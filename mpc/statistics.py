@@ -116,17 +116,37 @@ def evaluate(
     *,
     fixed: FixedPoint,
     ranges: Ranges,
+    min_cell: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every function of the calculation, as revealed aggregates (same for all parties)."""
+    """Every function of the calculation, as revealed aggregates (same for all parties).
+
+    A function over fewer than ``min_cell`` rows (a histogram bin, for histograms) is
+    suppressed: only the bit "at least min_cell" is opened, never the count."""
     bits = ranges.bits(fixed)
     keep = (
         mask(party, calculation.filter, table, fixed, bits)
         if calculation.filter is not None
         else _ones(party, table.rows)
     )
-    return [
-        _function(party, function, keep, table, fixed, ranges, bits) for function in calculation.functions
-    ]
+    results = []
+    for function in calculation.functions:
+        rows = _rows_with(party, keep, table, function.variables)
+        large = function.name == "histogram" or _large_enough(party, [rows], min_cell, table.rows)[0]
+        if min_cell > 1 and not large:
+            results.append({"function": function.text, "suppressed": f"fewer than {min_cell} records"})
+            continue
+        results.append(_function(party, function, rows, table, fixed, ranges, bits, min_cell))
+    return results
+
+
+def _large_enough(party: Party, masks: Sequence[Sequence[int]], min_cell: int, rows: int) -> list[bool]:
+    """Opens only [sum(mask) >= min_cell] for each mask (the count stays shared)."""
+    if min_cell <= 1:
+        return [True] * len(masks)
+    p = party.scheme.field.modulus
+    counts = inner(party, [list(m) for m in masks], [[1] * rows] * len(masks))
+    below = less_than_zero(party, [(c - min_cell) % p for c in counts], rows.bit_length() + 3)
+    return [bit == 0 for bit in open_values(party, below)]
 
 
 def _rows_with(party: Party, keep: Sequence[int], table: SharedTable, names: Sequence[str]) -> list[int]:
@@ -139,19 +159,22 @@ def _rows_with(party: Party, keep: Sequence[int], table: SharedTable, names: Seq
 def _function(
     party: Party,
     function: Function,
-    keep: Sequence[int],
+    rows: Sequence[int],
     table: SharedTable,
     fixed: FixedPoint,
     ranges: Ranges,
     bits: int,
+    min_cell: int,
 ) -> dict[str, Any]:
     name, names = function.name, function.variables
-    rows = _rows_with(party, keep, table, names)
     if name == "count":
         (count,) = _reveal(party, inner(party, [rows], [[1] * table.rows]))
         return {"function": function.text, "count": count}
     if name == "histogram":
-        return {"function": function.text, **_histogram(party, function, rows, table, fixed, ranges, bits)}
+        return {
+            "function": function.text,
+            **_histogram(party, function, rows, table, fixed, ranges, bits, min_cell),
+        }
     if name in ("min", "max"):
         return {
             "function": function.text,
@@ -215,6 +238,7 @@ def _histogram(
     fixed: FixedPoint,
     ranges: Ranges,
     bits: int,
+    min_cell: int,
 ) -> dict[str, Any]:
     p = party.scheme.field.modulus
     name = function.variables[0]
@@ -229,7 +253,15 @@ def _histogram(
         at_least.append(multiply(party, rows, _not(party, below)))
     at_least.append([0] * table.rows)
     per_bin = [[(a - b) % p for a, b in zip(at_least[i], at_least[i + 1], strict=True)] for i in range(bins)]
-    counts = _reveal(party, inner(party, per_bin, [[1] * table.rows] * bins))
+    if min_cell > 1:  # small bins are suppressed: their counts are never opened
+        allowed = _large_enough(party, per_bin, min_cell, table.rows)
+        shown = [b for b, ok in zip(per_bin, allowed, strict=True) if ok]
+        opened = (
+            iter(_reveal(party, inner(party, shown, [[1] * table.rows] * len(shown)))) if shown else iter([])
+        )
+        counts: list[int | None] = [next(opened) if ok else None for ok in allowed]
+    else:
+        counts = list(_reveal(party, inner(party, per_bin, [[1] * table.rows] * bins)))
     return {"edges": [str(e) for e in edges], "counts": counts}
 
 

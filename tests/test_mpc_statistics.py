@@ -119,3 +119,36 @@ def test_means_match_plaintext_on_generated_data_at_the_range_extremes(
     results = run(rows, None, ["mean(sbp)", "mean(age)"])
     assert float(results[0]["value"]) == pytest.approx(np.mean([r["sbp"] for r in rows]), abs=TOLERANCE)
     assert float(results[1]["value"]) == pytest.approx(np.mean([r["age"] for r in rows]), abs=TOLERANCE)
+
+
+def _run_with_min_cell(filter_text: str | None, functions: list[str], min_cell: int) -> list[dict[str, Any]]:
+    calculation = check_calculation(filter_text, functions, VIEW)
+    columns: dict[str, list[int]] = {}
+    for name in VIEW:
+        columns[name] = [
+            FIELD.element(FIXED.encode(Decimal(str(r[name])))) if r[name] is not None else 0 for r in ROWS
+        ]
+        columns[name + PRESENT] = [1 if r[name] is not None else 0 for r in ROWS]
+
+    def program(party: Party) -> list[dict[str, Any]]:
+        shared = {n: input_values(party, 1, v if party.index == 1 else None) for n, v in columns.items()}
+        table = SharedTable(shared, len(ROWS))
+        return evaluate(party, calculation, table, fixed=FIXED, ranges=RANGES, min_cell=min_cell)
+
+    return run_local(SCHEME, program)[0]
+
+
+def test_statistics_over_fewer_than_k_records_are_suppressed_without_revealing_the_count() -> None:
+    results = _run_with_min_cell("age >= 70", ["count()", "mean(sbp)"], min_cell=3)
+    assert results == [
+        {"function": "count()", "suppressed": "fewer than 3 records"},
+        {"function": "mean(sbp)", "suppressed": "fewer than 3 records"},
+    ]
+    allowed = _run_with_min_cell("age >= 18", ["count()"], min_cell=3)
+    assert allowed == [{"function": "count()", "count": 7}]
+
+
+def test_histogram_bins_below_k_are_suppressed_one_by_one() -> None:
+    (histogram,) = _run_with_min_cell(None, ["histogram(age, 4)"], min_cell=3)
+    plain, _ = np.histogram([r["age"] for r in ROWS], bins=4, range=(0, 120))
+    assert histogram["counts"] == [int(c) if c >= 3 else None for c in plain]
