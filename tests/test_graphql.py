@@ -193,11 +193,17 @@ def _error_code(session: Client, document: str, **variables: Any) -> str:
 
 
 def _wait_until(condition: Any, timeout: float = 20.0) -> None:
-    """Node servers follow the coordinator a fraction of a second behind."""
+    """Node servers follow the coordinator a fraction of a second behind; until they
+    have caught up, a query may fail (e.g. an organisation they do not know yet)."""
     import time
 
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        try:
+            if condition():
+                return
+        except TransportQueryError:
+            pass
         assert time.monotonic() < deadline, "the node servers did not catch up"
         time.sleep(0.05)
 

@@ -118,6 +118,16 @@ def _wait_for_server(url: str, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.2)
 
 
+def _poll(client: Client, document: str, **variables: Any) -> dict[str, Any] | None:
+    """A query while a node catches up: an error (say, an organisation its replica does
+    not know yet) means "not yet", not a failure."""
+    try:
+        result: dict[str, Any] = client.execute(GraphQLRequest(document, variable_values=variables))
+    except TransportQueryError:
+        return None
+    return result
+
+
 def _wait(check: Any, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -327,7 +337,8 @@ def _demo(settings: Settings, url: str) -> None:
         inbox = "query($o: Int!) { approvalInbox(orgId: $o) { id name } }"
         for node, session, org_id, node_url in zip(nodes, sessions, org_ids, node_urls, strict=True):
             _wait(
-                lambda s=session, o=org_id: bool(_run(s, inbox, o=o)["approvalInbox"]), "the node to catch up"
+                lambda s=session, o=org_id: bool((_poll(s, inbox, o=o) or {}).get("approvalInbox")),
+                "the node to catch up",
             )
             waiting = _run(session, inbox, o=org_id)["approvalInbox"]
             approved = _run(
@@ -354,7 +365,10 @@ def _demo(settings: Settings, url: str) -> None:
         _step("Its tasks are in every node's queue")
         tasks = "query($o: Int!) { taskQueue(orgId: $o) { taskId stage calculationId state } }"
         for node, session, org_id in zip(nodes, sessions, org_ids, strict=True):
-            _wait(lambda s=session, o=org_id: len(_run(s, tasks, o=o)["taskQueue"]) >= 4, "the node's queue")
+            _wait(
+                lambda s=session, o=org_id: len((_poll(s, tasks, o=o) or {}).get("taskQueue") or []) >= 4,
+                "the node's queue",
+            )
             queue = _run(session, tasks, o=org_id)["taskQueue"]
             shown = ", ".join(f"#{q['taskId']} {q['stage']} ({q['state']})" for q in queue)
             click.echo(f"  {node.principal}: {shown}")
