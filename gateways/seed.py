@@ -18,7 +18,7 @@ from pathlib import Path
 
 from infra.bundle import BundleReader
 from ledger.entry import Entry, EntryFormatError
-from ledger.replica import Replica
+from ledger.replica import Replica, ReplicaHalted
 from ledger.store import StoredEntry
 
 PAGE = 2000
@@ -106,6 +106,9 @@ def follow_api(
         try:
             seed_from_api(replica, base_url)
             apply_views()
+        except ReplicaHalted as halted:
+            log.error("stopped following %s: %s (evidence kept; dfg node status shows it)", base_url, halted)
+            return
         except SeedError as exc:
             log.warning("cannot reach the ledger's API (%s); retrying", exc)
             stop.wait(min(5.0, interval * 10))

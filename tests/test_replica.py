@@ -341,3 +341,37 @@ def test_follower_finishes_applying_its_views_after_a_crash_between_replica_and_
         assert db.execute("SELECT COUNT(*) FROM consent_state").fetchone()[0] == 58
     views.close()
     store.close()
+
+
+def test_a_node_following_a_lying_api_stops_and_keeps_the_evidence(
+    source: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from http_server import running_server
+
+    import gateways.seed
+
+    source.sequencer.store.close()
+    with running_server(source.settings) as url:
+        honest = gateways.seed._get
+
+        def lying(address: str) -> bytes:
+            body = honest(address)
+            return body.replace(b'"subject":"p-40"', b'"subject":"p-mallory"')
+
+        monkeypatch.setattr(gateways.seed, "_get", lying)
+        store = open_store(Settings(data_dir=tmp_path / "node"))
+        replica = Replica(store)
+        stop = threading.Event()
+        follower = threading.Thread(
+            target=gateways.seed.follow_api,
+            args=(replica, lambda: None, url, stop),
+            kwargs={"interval": 0.01},
+        )
+        follower.start()
+        follower.join(20)
+        assert not follower.is_alive()  # it stopped by itself, on the violation, and said why
+        assert replica.halted is not None and replica.halted.kind == "bad_entry"
+        assert any("stopped following" in r.getMessage() for r in caplog.records)
+        store.close()
