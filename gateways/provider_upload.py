@@ -2,9 +2,10 @@
 variables, secret-share them on the provider's machine, seal each node's shares to
 that node's key, deliver them, and record the commitments on the ledger.
 
-Nothing leaves the provider's machine in clear: nodes get sealed shares and keyed
-hashes of the subject keys; the ledger gets one SHA-256 per node's bundle, the row
-count and the encoding precision. A value that does not fit its variable stops the
+No value leaves the provider's machine in clear: nodes get sealed shares and the
+subjects' pseudonyms (which consents already name on the ledger: each node checks
+consent in its own replica, and joins datasets, by them); the ledger gets one SHA-256
+per node's bundle, the row count and the encoding precision. A value that does not fit its variable stops the
 upload before anything is sent, naming the row and the column.
 
 Missing values are shared too: each variable ``v`` comes with ``v__present`` (1 or
@@ -28,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from gateways.sdk import ConsentClient, TransactionBuilder
-from mpc.bundles import ShareBundle, commitment, join_key, seal
+from mpc.bundles import ShareBundle, commitment, seal
 from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
 
@@ -154,7 +155,6 @@ def upload(
     provider: TransactionBuilder,
     datasource: Mapping[str, Any],
     rows: Sequence[Mapping[str, str]],
-    join_secret: bytes,
     nodes: Mapping[str, str],
     precision: int = 16,
     modulus: int = MERSENNE_127,
@@ -171,14 +171,13 @@ def upload(
     keys = {node: node_key(client, node) for node in names}  # before anything is sent
     field = scheme.field
     shared = {name: scheme.share_many([field.element(v) for v in values]) for name, values in columns.items()}
-    hashed = tuple(join_key(join_secret, p) for p in pseudonyms)
     commitments: dict[str, str] = {}
     sealed_for: dict[str, bytes] = {}
     for index, node in enumerate(names):
         bundle = ShareBundle(
             datasource_id=datasource["datasource_id"],
             node=node,
-            keys=hashed,
+            keys=tuple(pseudonyms),
             columns={name: per_party[index] for name, per_party in shared.items()},
         )
         sealed_for[node] = seal(bundle, keys[node])

@@ -1,7 +1,8 @@
 """Share bundles: what a data provider sends one computation node for one datasource.
 
-A bundle holds, for every row, the row's join key in keyed-hash form (never the
-pseudonym itself) and the node's Shamir share of each variable's fixed-point value.
+A bundle holds, for every row, the subject's pseudonym (the one consents name on the
+ledger, so the node can check consent in its own replica and join datasets; never a
+real identifier) and the node's Shamir share of each variable's fixed-point value.
 It is encrypted to that node alone -- X25519 with a fresh ephemeral key, HKDF-SHA256,
 ChaCha20-Poly1305 -- with the datasource, the node and the row count as associated
 data, so a bundle cannot be replayed for another datasource or node. The SHA-256 of
@@ -33,12 +34,6 @@ _INFO: Final = b"dfg share bundle v1"
 
 class BundleError(ValueError):
     """A bundle that cannot be opened, or that is not what the ledger committed to."""
-
-
-def join_key(secret: bytes, pseudonym: str) -> str:
-    """The keyed hash rows are joined on: providers of a federation share ``secret``;
-    nodes never get it, so they match rows without learning the pseudonyms."""
-    return hmac.new(secret, pseudonym.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from mpc.bundles import open_sealed
 from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
 
-SECRET = b"federation join secret"
 CSV = "subject,sbp,smoker\np-1,120,true\np-2,135.5,false\np-3,,1\n"
 
 
@@ -59,8 +58,6 @@ def federation(ledger: Ledger, tmp_path: Path) -> Iterator[dict[str, Any]]:
         ledger.accept(ledger.sign(provider, "variable.create", {"datasource_id": datasource, **variable}))
     key_file = tmp_path / "provider.jwk"
     write_jwk(key_file, provider.key)
-    secret_file = tmp_path / "join.secret"
-    secret_file.write_bytes(SECRET)
     assert ledger.sequencer.ledger is not None
     key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
     ledger.sequencer.store.close()
@@ -77,7 +74,7 @@ def federation(ledger: Ledger, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "nodes": node_urls,
             "private": private,
             "args": ["--url", url, "--datasource", datasource, "--principal", "dp:clinic",
-                     "--key", str(key_file), "--join-secret", str(secret_file),
+                     "--key", str(key_file),
                      *[a for n, u in node_urls.items() for a in ("--node", f"{n}={u}")]],
             "dirs": {node.principal: tmp_path / f"node{i}" for i, node in enumerate(nodes)},
         }  # fmt: skip
@@ -122,7 +119,7 @@ def test_upload_seals_shares_to_each_node_and_commits_them(
         for a, b in zip(n0.columns["sbp__present"], n2.columns["sbp__present"], strict=True)
     ]
     assert [fixed.decode(v) for v in sbp[:2]] == [120, 135.5] and present == [1, 1, 0]
-    assert n0.keys == n2.keys and len(set(n0.keys)) == 3
+    assert n0.keys == n2.keys == ("p-1", "p-2", "p-3")
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,6 @@ def provider() -> None:
     help="The provider's signing key (JWK).",
 )
 @click.option(
-    "--join-secret",
-    "join_secret_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="File with the federation's join secret (shared by providers, never by nodes).",
-)
-@click.option(
     "--node", "nodes", multiple=True, required=True, help="node:name=http://host:port, one per node."
 )
 @click.option(
@@ -56,7 +49,6 @@ def upload_command(
     datasource_id: str,
     principal: str,
     key_file: Path,
-    join_secret_file: Path,
     nodes: tuple[str, ...],
     precision: int,
     key_column: str | None,
@@ -72,7 +64,6 @@ def upload_command(
             provider=builder,
             datasource=fetch_datasource(url, datasource_id),
             rows=read_csv(records),
-            join_secret=join_secret_file.read_bytes().strip(),
             nodes=parse_nodes(nodes),
             precision=precision,
             key_column=key_column,
