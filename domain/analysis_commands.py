@@ -374,6 +374,16 @@ class RequestResultAccess(Command):
         return jwk
 
 
+class NodePolicy(Command):
+    """A node organisation's output policy: it approves results only if every released
+    statistic aggregates at least ``min_cell`` records (checked inside the MPC), ``min``
+    and ``max`` only if ``release_extremes``, automatically or after a person approves."""
+
+    min_cell: Annotated[int, Field(ge=1, le=10_000)] = 10
+    release_extremes: bool = False
+    approval: Literal["automatic", "manual"] = "manual"
+
+
 ANALYSIS_COMMANDS: dict[str, type[Command]] = {
     "catalog.create": CreateCatalog,
     "catalog.update": UpdateCatalog,
@@ -381,6 +391,7 @@ ANALYSIS_COMMANDS: dict[str, type[Command]] = {
     "datasource.update": UpdateDatasource,
     "datasource.commit_shares": CommitShares,
     "node.set_encryption_key": SetEncryptionKey,
+    "node.set_policy": NodePolicy,
     "variable.create": CreateVariable,
     "variable.update": UpdateVariable,
     "data_view.create": CreateDataView,

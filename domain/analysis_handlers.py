@@ -79,6 +79,7 @@ MAY_SIGN: dict[str, frozenset[str]] = {
             "task.fail",
             "results.approve",
             "node.set_encryption_key",
+            "node.set_policy",
         ],
         NODE,
     ),
@@ -502,6 +503,13 @@ def set_encryption_key(
     return signer
 
 
+def set_policy(cmd: a.NodePolicy, signer: Principal | None, at: datetime, state: AnalysisState) -> Aggregate:
+    if signer is None:  # pragma: no cover - the ledger resolves signers before deciding
+        raise DomainError("unknown_signer", "the signer is not admitted")
+    signer.set_policy(cmd.model_dump(mode="json"), at=at)
+    return signer
+
+
 HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "catalog.create": create_catalog,
     "catalog.update": update_catalog,
@@ -535,6 +543,7 @@ HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "results.approve": approve_results,
     "results.request_access": request_access,
     "node.set_encryption_key": set_encryption_key,
+    "node.set_policy": set_policy,
 }
 
 EVENT_TYPES: dict[str, type[Aggregate.Event]] = {

@@ -301,6 +301,7 @@ EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
     "Principal.RoleGranted": Principal.RoleGranted,
     "Principal.RoleRevoked": Principal.RoleRevoked,
     "Principal.EncryptionKeySet": Principal.EncryptionKeySet,
+    "Principal.PolicySet": Principal.PolicySet,
     "Consent.Requested": Consent.Requested,
     "Consent.Given": Consent.Given,
     "Consent.RequestAccepted": Consent.RequestAccepted,

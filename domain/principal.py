@@ -115,6 +115,19 @@ class Principal(Aggregate):
         def apply(self, aggregate: Principal) -> None:
             aggregate.encryption_key = self.jwk
 
+    class PolicySet(Aggregate.Event):
+        """A node organisation's output policy (min cell size, extremes, approval)."""
+
+        policy: dict[str, Any]
+
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.policy = self.policy
+
+    def set_policy(self, policy: dict[str, Any], *, at: datetime) -> None:
+        if self.policy == policy:
+            raise DomainError("nothing_to_change", "this policy is already set")
+        self.trigger_event(self.PolicySet, timestamp=at, policy=policy)
+
     def set_encryption_key(self, jwk: dict[str, str], *, at: datetime) -> None:
         if self.encryption_key == jwk:
             raise DomainError("nothing_to_change", "this encryption key is already set")
@@ -138,6 +151,7 @@ class Principal(Aggregate):
         self.custodian = custodian
         self.admitted_by = admitted_by
         self.encryption_key: dict[str, str] | None = None
+        self.policy: dict[str, Any] | None = None
         self.ledger = ledger
         self.keys: dict[str, KeyState] = {
             k["kid"]: _key_state(k["kid"], k["jwk"], k.get("not_before"), k.get("not_after")) for k in keys

@@ -15,7 +15,7 @@ NAME = "principals"
 
 class PrincipalsView:
     name = NAME
-    tables = ("principals", "principal_keys", "principal_encryption_keys")
+    tables = ("principals", "principal_keys", "principal_encryption_keys", "principal_policies")
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -32,6 +32,10 @@ class PrincipalsView:
         cursor.execute(
             "CREATE TABLE IF NOT EXISTS principal_encryption_keys ("
             " principal TEXT PRIMARY KEY, jwk TEXT NOT NULL, set_seq INTEGER NOT NULL)"
+        )
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS principal_policies ("
+            " principal TEXT PRIMARY KEY, policy TEXT NOT NULL, set_seq INTEGER NOT NULL)"
         )
 
     def _encryption_key(self, cursor: Cursor, principal: str, jwk: dict[str, str], seq: int) -> None:
@@ -93,6 +97,12 @@ class PrincipalsView:
                 )
             elif kind == "EncryptionKeySet":
                 self._encryption_key(cursor, principal, data["jwk"], entry.seq)
+            elif kind == "PolicySet":
+                cursor.execute("DELETE FROM principal_policies WHERE principal = ?", (principal,))
+                cursor.execute(
+                    "INSERT INTO principal_policies VALUES (?, ?, ?)",
+                    (principal, json.dumps(data["policy"]), entry.seq),
+                )
 
     def _add_key(
         self,
@@ -145,6 +155,8 @@ def principal(cursor: Cursor, principal_id: str) -> dict[str, Any] | None:
     ]
     cursor.execute("SELECT jwk FROM principal_encryption_keys WHERE principal = ?", (principal_id,))
     encryption = cursor.fetchone()
+    cursor.execute("SELECT policy FROM principal_policies WHERE principal = ?", (principal_id,))
+    policy = cursor.fetchone()
     return {
         "principal": row[0],
         "kind": row[1],
@@ -155,6 +167,7 @@ def principal(cursor: Cursor, principal_id: str) -> dict[str, Any] | None:
         "admitted_by": row[6],
         "keys": keys,
         "encryption_key": json.loads(encryption[0]) if encryption else None,
+        "policy": json.loads(policy[0]) if policy else None,
     }
 
 

@@ -368,3 +368,13 @@ def test_nodes_register_an_encryption_key_for_their_share_bundles(fed: Federatio
     fed.refused(fed.nodes[1], "node.set_encryption_key", {"jwk": signing}, "invalid_body")
     private = {**jwk, "d": jwk["x"]}
     fed.refused(fed.nodes[1], "node.set_encryption_key", {"jwk": private}, "invalid_body")
+
+
+def test_node_organisations_record_their_output_policy(fed: Federation) -> None:
+    policy = {"min_cell": 20, "release_extremes": False, "approval": "automatic"}
+    done = fed.do(fed.nodes[0], "node.set_policy", policy)
+    assert done.entry.event_type == "Principal.PolicySet" and done.entry.data["policy"] == policy
+    fed.refused(fed.nodes[0], "node.set_policy", policy, "nothing_to_change")
+    fed.refused(fed.analyst, "node.set_policy", policy, "role_not_allowed")
+    fed.refused(fed.nodes[1], "node.set_policy", {"min_cell": 0}, "invalid_body")
+    fed.refused(fed.nodes[1], "node.set_policy", {"approval": "sometimes"}, "invalid_body")

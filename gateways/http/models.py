@@ -155,6 +155,9 @@ class PrincipalView(Strict):
     encryption_key: dict[str, str] | None = Field(
         description="A node's X25519 key: data providers seal its share bundles to it."
     )
+    policy: dict[str, Any] | None = Field(
+        description="A node organisation's output policy: min_cell, release_extremes, approval."
+    )
 
 
 class BadgeStatement(Strict):
