@@ -304,27 +304,18 @@ class Analysis(Aggregate):
         self._require_draft(by)
         self.trigger_event(self.MergeSet, timestamp=at, merge=merge)
 
-    def change_catalogs(self, *, by: str, catalog_id: str, add: bool, at: datetime) -> None:
+    def change_members(self, *, kind: str, member_id: str, add: bool, by: str, at: datetime) -> None:
+        """Add or remove a catalog (``kind="catalog"``) or datasource of a draft."""
         self._require_draft(by)
-        present = catalog_id in self.catalogs
-        if add == present:
-            code = "catalog_already_added" if add else "unknown_catalog"
-            raise DomainError(code, f"catalog {catalog_id} is {'already' if add else 'not'} in this analysis")
-        catalogs = [*self.catalogs, catalog_id] if add else [c for c in self.catalogs if c != catalog_id]
-        self.trigger_event(self.CatalogsChanged, timestamp=at, catalogs=catalogs)
-
-    def change_datasources(self, *, by: str, datasource_id: str, add: bool, at: datetime) -> None:
-        self._require_draft(by)
-        present = datasource_id in self.datasources
-        if add == present:
-            code = "datasource_already_added" if add else "unknown_datasource"
-            raise DomainError(
-                code, f"datasource {datasource_id} is {'already' if add else 'not'} in this analysis"
-            )
-        datasources = (
-            [*self.datasources, datasource_id] if add else [d for d in self.datasources if d != datasource_id]
-        )
-        self.trigger_event(self.DatasourcesChanged, timestamp=at, datasources=datasources)
+        members: tuple[str, ...] = self.catalogs if kind == "catalog" else self.datasources
+        if add == (member_id in members):
+            code = f"{kind}_already_added" if add else f"unknown_{kind}"
+            raise DomainError(code, f"{kind} {member_id} is {'already' if add else 'not'} in this analysis")
+        changed = [*members, member_id] if add else [m for m in members if m != member_id]
+        if kind == "catalog":
+            self.trigger_event(self.CatalogsChanged, timestamp=at, catalogs=changed)
+        else:
+            self.trigger_event(self.DatasourcesChanged, timestamp=at, datasources=changed)
 
     def set_calculation(self, *, by: str, calculation: dict[str, Any], create: bool, at: datetime) -> None:
         self._require_draft(by)

@@ -362,27 +362,21 @@ def set_merge(cmd: a.SetMerge, signer: Principal | None, at: datetime, state: An
     return analysis
 
 
-def _catalog_move(add: bool) -> Callable[..., Aggregate]:
+def _member_move(cls: type[Catalog] | type[Datasource], add: bool) -> Callable[..., Aggregate]:
+    """analysis.add_/remove_ catalog or datasource: one rule for both."""
+    kind = _KIND_OF[cls]
+
     def handler(
-        cmd: a.AnalysisCatalog, signer: Principal | None, at: datetime, state: AnalysisState
+        cmd: a.AnalysisCatalog | a.AnalysisDatasource,
+        signer: Principal | None,
+        at: datetime,
+        state: AnalysisState,
     ) -> Aggregate:
         analysis = _analysis(state, cmd.analysis_id)
+        member_id = getattr(cmd, f"{kind}_id")
         if add:
-            _find(state, Catalog, cmd.catalog_id)
-        analysis.change_catalogs(by=_by(signer), catalog_id=str(cmd.catalog_id), add=add, at=at)
-        return analysis
-
-    return handler
-
-
-def _datasource_move(add: bool) -> Callable[..., Aggregate]:
-    def handler(
-        cmd: a.AnalysisDatasource, signer: Principal | None, at: datetime, state: AnalysisState
-    ) -> Aggregate:
-        analysis = _analysis(state, cmd.analysis_id)
-        if add:
-            _find(state, Datasource, cmd.datasource_id)
-        analysis.change_datasources(by=_by(signer), datasource_id=str(cmd.datasource_id), add=add, at=at)
+            _find(state, cls, member_id)
+        analysis.change_members(kind=kind, member_id=str(member_id), add=add, by=_by(signer), at=at)
         return analysis
 
     return handler
@@ -526,10 +520,10 @@ HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "analysis.delete": delete_analysis,
     "analysis.duplicate": duplicate_analysis,
     "analysis.set_merge": set_merge,
-    "analysis.add_catalog": _catalog_move(add=True),
-    "analysis.remove_catalog": _catalog_move(add=False),
-    "analysis.add_datasource": _datasource_move(add=True),
-    "analysis.remove_datasource": _datasource_move(add=False),
+    "analysis.add_catalog": _member_move(Catalog, add=True),
+    "analysis.remove_catalog": _member_move(Catalog, add=False),
+    "analysis.add_datasource": _member_move(Datasource, add=True),
+    "analysis.remove_datasource": _member_move(Datasource, add=False),
     "calculation.create": _set_calculation(create=True),
     "calculation.update": _set_calculation(create=False),
     "calculation.duplicate": duplicate_calculation,

@@ -378,3 +378,14 @@ def test_node_organisations_record_their_output_policy(fed: Federation) -> None:
     fed.refused(fed.analyst, "node.set_policy", policy, "role_not_allowed")
     fed.refused(fed.nodes[1], "node.set_policy", {"min_cell": 0}, "invalid_body")
     fed.refused(fed.nodes[1], "node.set_policy", {"approval": "sometimes"}, "invalid_body")
+
+
+def test_catalogs_and_datasources_are_added_once_and_removed_only_if_present(fed: Federation) -> None:
+    analysis = _draft(fed)
+    for kind, member in (("catalog", fed.catalog_a), ("datasource", fed.datasource_a)):
+        body = {"analysis_id": analysis, f"{kind}_id": member}
+        fed.do(fed.analyst, f"analysis.add_{kind}", body)
+        fed.refused(fed.analyst, f"analysis.add_{kind}", body, f"{kind}_already_added")
+        fed.do(fed.analyst, f"analysis.remove_{kind}", body)
+        fed.refused(fed.analyst, f"analysis.remove_{kind}", body, f"unknown_{kind}")
+        fed.refused(fed.analyst, f"analysis.add_{kind}", {**body, f"{kind}_id": ids()}, f"unknown_{kind}")
