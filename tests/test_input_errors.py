@@ -1,0 +1,126 @@
+"""Bad input on the paths added for replication, witnesses, nodes and the analysis
+platform: each gets a clear error, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from conftest import Ledger
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.requests import RequestsHTTPTransport
+from http_server import running_node_server, running_server
+
+from gateways.cli.main import cli
+from gateways.kafka.topics import CosignatureMessage, MessageError, entry_from_record
+from infra.settings import Settings
+
+
+def test_records_that_are_not_entries_are_named() -> None:
+    with pytest.raises(MessageError, match="valid header"):
+        entry_from_record(b"k", b"{}", [("seq", b"1")])
+    aggregate = uuid.uuid4()
+    headers = [("seq", b"1"), ("aggregate", str(aggregate).encode()), ("version", b"1"), ("event", b"X")]
+    with pytest.raises(MessageError, match="its key is not its aggregate id"):
+        entry_from_record(b"other", b"{}", headers)
+    with pytest.raises(MessageError, match="appears twice"):
+        entry_from_record(aggregate.bytes, b"{}", [*headers, ("seq", b"2")])
+    with pytest.raises(MessageError, match="documented format"):
+        CosignatureMessage.from_record(b"not json")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--witness-quorum", "2"], "--witness-quorum needs the witnesses' keys"),
+        (["--witness", "not-a-key"], "witness key 'not-a-key'"),
+    ],
+)
+def test_bad_witness_policies_are_refused(ledger: Ledger, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["audit", "verify", "--data", str(ledger.settings.data_dir), *args])
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_a_follower_refuses_a_bad_ledger_key_before_creating_anything(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "dfg-test"]
+    result = CliRunner().invoke(cli, [*args, "--ledger-key", "garbage"])
+    assert result.exit_code == 1 and "--ledger-key" in result.output
+    assert not node.exists()
+
+
+def test_a_node_refuses_to_start_from_a_bundle_that_is_not_one(tmp_path: Path, ledger: Ledger) -> None:
+    assert ledger.sequencer.ledger is not None
+    bogus = tmp_path / "bogus.bundle"
+    bogus.write_text("this is not a bundle\n")
+    node = tmp_path / "node"
+    result = CliRunner().invoke(
+        cli,
+        ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "dfg-test",
+         "--ledger-key", ledger.sequencer.ledger["checkpoint_key"], "--from-bundle", str(bogus)],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "not an audit bundle" in result.output
+    from infra.bootstrap import open_store
+
+    store = open_store(Settings(data_dir=node))
+    assert store.head()[0] == 0  # nothing kept
+    store.close()
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_graphql_and_the_bundle_inbox_refuse_bad_input_with_codes(ledger: Ledger, tmp_path: Path) -> None:
+    assert ledger.sequencer.ledger is not None
+    key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
+    genesis_jws = json.loads(ledger.sequencer.store.read_entries(1, 1)[0].canonical)["tx"]
+    ledger.sequencer.store.close()
+    with running_server(ledger.settings) as url:
+        session = Client(transport=RequestsHTTPTransport(url=f"{url}/graphql", timeout=30))
+
+        def code(document: str, **variables: Any) -> str:
+            with pytest.raises(TransportQueryError) as raised:
+                session.execute(GraphQLRequest(document, variable_values=variables))
+            return str((raised.value.errors or [{}])[0]["extensions"]["code"])
+
+        create = "mutation($t: String!) { createCatalog(signedTransaction: $t) { id } }"
+        assert code(create, t="not a jws") == "malformed_jws"
+        assert code(create, t=genesis_jws) == "wrong_transaction_type"  # a valid JWS, another type
+        assert code("query($id: ID!) { analysis(id: $id) { id } }", id="bm90LWFuLWlk") == "invalid_id"
+        assert code("query { approvalInbox(orgId: 999) { id } }") == "unknown_organisation"
+        health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=10).read())
+        assert health["size"] == 1  # nothing was written
+
+        settings = Settings(data_dir=tmp_path / "node")
+        with running_node_server(settings, url, chain, key, name="node:a") as node_url:
+            status, body = _post(f"{node_url}/v1/bundles/not-a-uuid", b"x")
+            assert status == 400 and body["code"] == "invalid_parameter"
+            status, body = _post(f"{node_url}/v1/bundles/{uuid.uuid4()}", b"garbage")
+            assert status == 400 and body["code"] == "invalid_bundle"
+        assert not (tmp_path / "node" / "bundles").exists()
+
+
+def test_provider_upload_refuses_a_malformed_node_argument(tmp_path: Path) -> None:
+    records = tmp_path / "r.csv"
+    records.write_text("subject,x\np-1,1\n")
+    key = tmp_path / "k.jwk"
+    key.write_text("{}")
+    result = CliRunner().invoke(
+        cli,
+        ["provider", "upload", str(records), "--url", "http://127.0.0.1:9", "--datasource", str(uuid.uuid4()),
+         "--principal", "dp:x", "--key", str(key), "--node", "node:a"],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "error:" in result.output
