@@ -3,8 +3,8 @@
 Every function takes the calling ``Party`` and its shares, and returns its shares of
 the result; all parties call the same function with the same public arguments.
 Rounds: ``input_values`` 1, ``open_values`` 1, ``multiply``/``inner`` 1 (one
-resharing for a whole inner product), ``random_values`` 1, ``random_bits`` 2,
-``truncate`` 3 (random bits, then one opening).
+resharing for a whole inner product), ``random_values`` 1, ``random_bits`` t + 1,
+``truncate`` t + 3 (random bits, a bounded mask, then one opening).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def input_values(party: Party, owner: int, values: Sequence[int] | None = None) 
     if party.index == owner:
         if values is None:
             raise ValueError("the owner must give its values")
-        per_party = party.scheme.share_many(list(values), party.random_below)
+        per_party = party.scheme.share_many(list(values), party.random)
         outgoing = {j: per_party[j - 1] for j in party.parties}
     return party.exchange(outgoing)[owner]
 
@@ -46,7 +46,7 @@ def open_values(party: Party, shares: Sequence[int]) -> list[int]:
 def _reshare(party: Party, local: Sequence[int]) -> list[int]:
     """Degree reduction: share each local degree-2t value, combine with Lagrange weights."""
     p = party.scheme.field.modulus
-    per_party = party.scheme.share_many(list(local), party.random_below)
+    per_party = party.scheme.share_many(list(local), party.random)
     received = party.exchange({j: per_party[j - 1] for j in party.parties})
     weights = lagrange_at_zero(tuple(party.parties), p)
     return [sum(weights[i] * received[i][k] for i in party.parties) % p for k in range(len(local))]
@@ -68,30 +68,53 @@ def random_values(party: Party, count: int) -> list[int]:
     """Shares of uniformly random elements no coalition of t parties knows: everyone
     shares randomness, and the shares are summed."""
     p = party.scheme.field.modulus
-    mine = [party.random_below(p) for _ in range(count)]
-    per_party = party.scheme.share_many(mine, party.random_below)
+    per_party = party.scheme.share_many(party.random(p, count), party.random)
     received = party.exchange({j: per_party[j - 1] for j in party.parties})
     return [sum(received[j][k] for j in party.parties) % p for k in range(count)]
 
 
+def _contributions(party: Party, count: int, bound: int) -> list[list[int]]:
+    """Parties 1..t+1 each secret-share ``count`` values of their own drawing, in one
+    round (uniform below ``bound``); returns every contributor's shares. Any t parties miss at least one
+    contribution, so combining all of them gives values no coalition of t knows."""
+    contributors = range(1, party.scheme.threshold + 2)
+    outgoing: dict[int, list[int]] = {}
+    if party.index in contributors:
+        per_party = party.scheme.share_many(party.random(bound, count), party.random)
+        outgoing = {j: per_party[j - 1] for j in party.parties}
+    received = party.exchange(outgoing)
+    return [received[c] for c in contributors]
+
+
 def random_bits(party: Party, count: int) -> list[int]:
-    """Shares of uniformly random bits: square a random r, open r^2, and map
-    r / sqrt(r^2) = +-1 to a bit (needs p = 3 mod 4 for the square root)."""
-    field = party.scheme.field
-    p = field.modulus
-    if p % 4 != 3:
-        raise ProtocolError("random bits need a prime p with p = 3 mod 4")
-    bits: list[int] = []
-    half = field.inverse(2)
-    while len(bits) < count:
-        r = random_values(party, count - len(bits))
-        squares = open_values(party, multiply(party, r, r))
-        for share, square in zip(r, squares, strict=True):
-            if square == 0:
-                continue  # r was 0 (probability 1/p): draw again
-            root = pow(square, (p + 1) // 4, p)
-            bits.append((share * field.inverse(root) + 1) * half % p)
+    """Shares of uniformly random bits: the XOR of one random bit from each of t + 1
+    parties (x XOR y = x + y - 2xy), so one input round and t multiplication rounds.
+    Semi-honest: a contributor must give a bit (an actively cheating one could not be
+    detected here; see docs/mpc.md)."""
+    p = party.scheme.field.modulus
+    parts = _contributions(party, count, 2)
+    bits = parts[0]
+    for other in parts[1:]:
+        both = multiply(party, bits, other)
+        bits = [(x + y - 2 * z) % p for x, y, z in zip(bits, other, both, strict=True)]
     return bits
+
+
+def random_below_power(party: Party, count: int, bits: int) -> list[int]:
+    """Shares of random integers below (t + 1) * 2^bits that no t parties know: the sum
+    of one ``bits``-bit random integer from each of t + 1 parties (a statistical mask,
+    not uniform in the field)."""
+    p = party.scheme.field.modulus
+    parts = _contributions(party, count, 1 << bits)
+    return [sum(column) % p for column in zip(*parts, strict=True)]
+
+
+def _mask_margin(party: Party, value_bits: int, security_bits: int) -> None:
+    """The masked value x + 2^(k-1) + r must not wrap around p."""
+    field = party.scheme.field
+    needed = value_bits + security_bits + (party.scheme.threshold + 1).bit_length() + 1
+    if needed >= field.bits:
+        raise ProtocolError(f"masking {value_bits}-bit values needs a field of more than {needed} bits")
 
 
 def truncate(
@@ -106,20 +129,17 @@ def truncate(
     field = party.scheme.field
     p = field.modulus
     k, f, kappa = value_bits, fraction_bits, security_bits
-    if k + kappa + 1 >= field.bits:
-        raise ProtocolError(f"truncating {k}-bit values needs a field of more than {k + kappa + 1} bits")
+    _mask_margin(party, k, kappa)
     count = len(shares)
     low_bits = random_bits(party, count * f)
-    high_bits = random_bits(party, count * (k + kappa - f))
+    highs = random_below_power(party, count, k + kappa - f)
     result = []
     masked = []
     lows = []
     for i, x in enumerate(shares):
         low = sum(b << j for j, b in enumerate(low_bits[i * f : (i + 1) * f])) % p
-        span = k + kappa - f
-        high = sum(b << j for j, b in enumerate(high_bits[i * span : (i + 1) * span])) % p
         lows.append(low)
-        masked.append((x + (1 << (k - 1)) + (high << f) + low) % p)
+        masked.append((x + (1 << (k - 1)) + (highs[i] << f) + low) % p)
     opened = open_values(party, masked)
     inverse = field.inverse(1 << f)
     for x, low, c in zip(shares, lows, opened, strict=True):
@@ -156,21 +176,15 @@ def modulo_power_of_two(
     party: Party, shares: Sequence[int], value_bits: int, m: int, security_bits: int = 40
 ) -> list[int]:
     """Shares of x mod 2^m (exactly), for x of at most ``value_bits`` bits."""
-    field = party.scheme.field
-    p = field.modulus
+    p = party.scheme.field.modulus
     k, kappa = value_bits, security_bits
-    if k + kappa + 1 >= field.bits:
-        raise ProtocolError(f"comparing {k}-bit values needs a field of more than {k + kappa + 1} bits")
+    _mask_margin(party, k, kappa)
     count = len(shares)
     low_bits = random_bits(party, count * m)
-    span = k + kappa - m
-    high_bits = random_bits(party, count * span)
+    highs = random_below_power(party, count, k + kappa - m)
     lows = [low_bits[i * m : (i + 1) * m] for i in range(count)]
     low_values = [sum(b << j for j, b in enumerate(bits)) % p for bits in lows]
-    masked = []
-    for i, x in enumerate(shares):
-        high = sum(b << j for j, b in enumerate(high_bits[i * span : (i + 1) * span])) % p
-        masked.append((x + (1 << (k - 1)) + (high << m) + low_values[i]) % p)
+    masked = [(x + (1 << (k - 1)) + (highs[i] << m) + low_values[i]) % p for i, x in enumerate(shares)]
     opened = open_values(party, masked)
     public_low = [c % (1 << m) for c in opened]
     borrow = _bit_less_than(party, public_low, lows)

@@ -10,12 +10,12 @@ engine connects them over authenticated network connections with the same interf
 from __future__ import annotations
 
 import queue
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from mpc.randomness import RandomMany, uniform_below
 from mpc.shamir import Scheme
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ class Party:
     index: int
     scheme: Scheme
     endpoint: Endpoint
-    random_below: Callable[[int], int] = field(default=secrets.randbelow)
+    random: RandomMany = field(default=uniform_below)
 
     @property
     def parties(self) -> range:

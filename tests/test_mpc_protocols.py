@@ -108,7 +108,7 @@ def test_truncation_refuses_a_field_too_small_for_its_statistical_mask() -> None
     def program(party: Party) -> list[int]:
         return truncate(party, [0], fraction_bits=16, value_bits=32)
 
-    with pytest.raises(ProtocolError, match="more than 73 bits"):
+    with pytest.raises(ProtocolError, match="more than 75 bits"):
         run_local(small, program)
 
 
