@@ -104,9 +104,31 @@ def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits
     return combined
 
 
-def _reveal(party: Party, shares: Sequence[int]) -> list[int]:
-    field = party.scheme.field
-    return [field.signed(v) for v in open_values(party, list(shares))]
+@dataclass(frozen=True)
+class Output:
+    """One function's result as this party holds it: shares of its aggregates (nobody
+    has seen them), and the public layout that says how to finish them.
+
+    ``kind`` is ``moments`` (count, sums, upper triangle of cross-products),
+    ``histogram`` (a count per shown bin) or ``extreme`` (one value); a suppressed
+    function has no quantities."""
+
+    function: str
+    name: str
+    kind: str
+    quantities: list[int]
+    layout: dict[str, Any]
+    suppressed: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the shares: what the analyst needs to finish the result."""
+        return {
+            "function": self.function,
+            "name": self.name,
+            "kind": self.kind,
+            "layout": self.layout,
+            "suppressed": self.suppressed,
+        }
 
 
 def evaluate(
@@ -117,26 +139,76 @@ def evaluate(
     fixed: FixedPoint,
     ranges: Ranges,
     min_cell: int = 1,
+    release_extremes: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every function of the calculation, as revealed aggregates (same for all parties).
+    """Every function of the calculation, opened to all parties and finished (tests and
+    in-process use; the node engine keeps the aggregates shared, see ``aggregate``)."""
+    outputs = aggregate(
+        party, calculation, table, fixed=fixed, ranges=ranges, min_cell=min_cell,
+        release_extremes=release_extremes,
+    )  # fmt: skip
+    flat = [q for o in outputs for q in o.quantities]
+    field = party.scheme.field
+    opened = iter([field.signed(v) for v in open_values(party, flat)] if flat else [])
+    return [finish(o.public(), [next(opened) for _ in o.quantities], fixed) for o in outputs]
 
-    A function over fewer than ``min_cell`` rows (a histogram bin, for histograms) is
-    suppressed: only the bit "at least min_cell" is opened, never the count."""
+
+def aggregate(
+    party: Party,
+    calculation: Calculation,
+    table: SharedTable,
+    *,
+    fixed: FixedPoint,
+    ranges: Ranges,
+    min_cell: int = 1,
+    release_extremes: bool = True,
+) -> list[Output]:
+    """Shares of every function's aggregates. A function over fewer than ``min_cell``
+    rows (a histogram bin, for histograms) is suppressed: only the bit "at least
+    min_cell" is opened, never the count. ``min``/``max`` are suppressed unless the
+    nodes' policies release extremes."""
     bits = ranges.bits(fixed)
     keep = (
         mask(party, calculation.filter, table, fixed, bits)
         if calculation.filter is not None
         else _ones(party, table.rows)
     )
-    results = []
+    outputs = []
     for function in calculation.functions:
+        if function.name in ("min", "max") and not release_extremes:
+            refused = "the nodes' policies do not release min/max"
+            outputs.append(Output(function.text, function.name, "extreme", [], {}, refused))
+            continue
         rows = _rows_with(party, keep, table, function.variables)
         large = function.name == "histogram" or _large_enough(party, [rows], min_cell, table.rows)[0]
         if min_cell > 1 and not large:
-            results.append({"function": function.text, "suppressed": f"fewer than {min_cell} records"})
+            small = f"fewer than {min_cell} records"
+            outputs.append(Output(function.text, function.name, "moments", [], {}, small))
             continue
-        results.append(_function(party, function, rows, table, fixed, ranges, bits, min_cell))
-    return results
+        outputs.append(_function(party, function, rows, table, fixed, ranges, bits, min_cell))
+    return outputs
+
+
+def finish(output: Mapping[str, Any], values: Sequence[int], fixed: FixedPoint) -> dict[str, Any]:
+    """A function's result from its opened aggregates (signed integers) and its public
+    layout: divisions, square roots and regression happen here, on aggregates only."""
+    function, name, layout = output["function"], output["name"], output["layout"]
+    if output.get("suppressed"):
+        return {"function": function, "suppressed": output["suppressed"]}
+    if output["kind"] == "histogram":
+        shown = iter(values)
+        counts = [next(shown) if ok else None for ok in layout["shown"]]
+        return {"function": function, "edges": layout["edges"], "counts": counts}
+    if output["kind"] == "extreme":
+        value = fixed.decode(values[0])
+        low, high = Fraction(layout["low"]), Fraction(layout["high"])
+        return {"function": function, "value": value if low <= value <= high else None}
+    if name == "count":
+        return {"function": function, "count": values[0]}
+    k = layout["variables"]
+    count, totals = values[0], [fixed.decode(v) for v in values[1 : 1 + k]]
+    cross = [fixed.decode(v, extra_bits=fixed.precision) for v in values[1 + k :]]
+    return {"function": function, **_from_moments(name, count, totals, cross, k)}
 
 
 def _large_enough(party: Party, masks: Sequence[Sequence[int]], min_cell: int, rows: int) -> list[bool]:
@@ -165,21 +237,15 @@ def _function(
     ranges: Ranges,
     bits: int,
     min_cell: int,
-) -> dict[str, Any]:
+) -> Output:
     name, names = function.name, function.variables
     if name == "count":
-        (count,) = _reveal(party, inner(party, [rows], [[1] * table.rows]))
-        return {"function": function.text, "count": count}
+        (count,) = inner(party, [list(rows)], [[1] * table.rows])
+        return Output(function.text, name, "moments", [count], {"variables": 0})
     if name == "histogram":
-        return {
-            "function": function.text,
-            **_histogram(party, function, rows, table, fixed, ranges, bits, min_cell),
-        }
+        return _histogram(party, function, rows, table, fixed, ranges, bits, min_cell)
     if name in ("min", "max"):
-        return {
-            "function": function.text,
-            "value": _extreme(party, name, rows, table, names[0], fixed, ranges, bits),
-        }
+        return _extreme(party, function, rows, table, fixed, ranges, bits)
     columns = [table.columns[n] for n in names]
     masked = [multiply(party, rows, column) for column in columns]  # m * x, per variable
     ones = [1] * table.rows
@@ -189,10 +255,7 @@ def _function(
         [masked[i] for i in range(len(columns)) for _ in range(i, len(columns))],
         [columns[j] for i in range(len(columns)) for j in range(i, len(columns))],
     )
-    revealed = _reveal(party, [*sums, *squares])
-    count, totals = revealed[0], [fixed.decode(v) for v in revealed[1 : 1 + len(columns)]]
-    cross = [fixed.decode(v, extra_bits=fixed.precision) for v in revealed[1 + len(columns) :]]
-    return {"function": function.text, **_from_moments(name, count, totals, cross, len(columns))}
+    return Output(function.text, name, "moments", [*sums, *squares], {"variables": len(columns)})
 
 
 def _from_moments(name: str, n: int, sums: list[Fraction], cross: list[Fraction], k: int) -> dict[str, Any]:
@@ -239,55 +302,48 @@ def _histogram(
     ranges: Ranges,
     bits: int,
     min_cell: int,
-) -> dict[str, Any]:
+) -> Output:
+    """Counts per bin, from one batch of comparisons against every inner edge. Bins
+    under ``min_cell`` are suppressed: their counts are never opened."""
     p = party.scheme.field.modulus
     name = function.variables[0]
     bins = function.bins or 1
     low, high = ranges.low[name], ranges.high[name]
     edges = [low + (high - low) * i / bins for i in range(bins + 1)]
-    column = table.columns[name]
+    column, n = table.columns[name], table.rows
     at_least = [list(rows)]  # x >= edge 0: every kept row (values lie in their range)
-    for edge in edges[1:-1]:
-        encoded = party.scheme.field.element(fixed.encode(edge))
-        below = less_than_zero(party, [(x - encoded) % p for x in column], bits)
-        at_least.append(multiply(party, rows, _not(party, below)))
-    at_least.append([0] * table.rows)
+    inner_edges = [party.scheme.field.element(fixed.encode(edge)) for edge in edges[1:-1]]
+    if inner_edges:
+        below = less_than_zero(party, [(x - e) % p for e in inner_edges for x in column], bits)
+        above = multiply(party, list(rows) * len(inner_edges), _not(party, below))
+        at_least.extend(above[i * n : (i + 1) * n] for i in range(len(inner_edges)))
+    at_least.append([0] * n)
     per_bin = [[(a - b) % p for a, b in zip(at_least[i], at_least[i + 1], strict=True)] for i in range(bins)]
-    if min_cell > 1:  # small bins are suppressed: their counts are never opened
-        allowed = _large_enough(party, per_bin, min_cell, table.rows)
-        shown = [b for b, ok in zip(per_bin, allowed, strict=True) if ok]
-        opened = (
-            iter(_reveal(party, inner(party, shown, [[1] * table.rows] * len(shown)))) if shown else iter([])
-        )
-        counts: list[int | None] = [next(opened) if ok else None for ok in allowed]
-    else:
-        counts = list(_reveal(party, inner(party, per_bin, [[1] * table.rows] * bins)))
-    return {"edges": [str(e) for e in edges], "counts": counts}
+    allowed = _large_enough(party, per_bin, min_cell, n)
+    shown = [b for b, ok in zip(per_bin, allowed, strict=True) if ok]
+    counts = inner(party, shown, [[1] * n] * len(shown)) if shown else []
+    layout = {"edges": [str(e) for e in edges], "shown": allowed}
+    return Output(function.text, "histogram", "histogram", counts, layout)
 
 
 def _extreme(
     party: Party,
-    name: str,
+    function: Function,
     rows: Sequence[int],
     table: SharedTable,
-    variable: str,
     fixed: FixedPoint,
     ranges: Ranges,
     bits: int,
-) -> Fraction | None:
-    """min or max over kept rows: others are replaced by a value beyond the range."""
+) -> Output:
+    """min or max over kept rows: the others are replaced by a value beyond the range,
+    so an empty selection finishes as "no value" without a count being opened."""
     p = party.scheme.field.modulus
     field = party.scheme.field
-    beyond = field.element(
-        fixed.encode(ranges.high[variable] + 1 if name == "min" else ranges.low[variable] - 1)
-    )
-    column = table.columns[variable]
-    kept = multiply(party, rows, column)
-    others = [(beyond * (1 - m)) % p for m in rows]
-    values = [(a + b) % p for a, b in zip(kept, others, strict=True)]
-    (any_kept,) = _reveal(party, inner(party, [list(rows)], [[1] * table.rows]))
-    if not any_kept:
-        return None
+    name, variable = function.name, function.variables[0]
+    low, high = ranges.low[variable], ranges.high[variable]
+    beyond = field.element(fixed.encode(high + 1 if name == "min" else low - 1))
+    kept = multiply(party, rows, table.columns[variable])
+    values = [(a + beyond * (1 - m)) % p for a, m in zip(kept, rows, strict=True)]
     while len(values) > 1:
         pairs = len(values) // 2
         a, b = values[0 : 2 * pairs : 2], values[1 : 2 * pairs : 2]
@@ -295,7 +351,5 @@ def _extreme(
         a_smaller = less_than_zero(party, a_minus_b, bits + 1)
         choose_a = a_smaller if name == "min" else _not(party, a_smaller)
         picked = multiply(party, choose_a, a_minus_b)
-        winners = [(y + d) % p for y, d in zip(b, picked, strict=True)]
-        values = winners + values[2 * pairs :]
-    (extreme,) = _reveal(party, values)
-    return fixed.decode(extreme)
+        values = [(y + d) % p for y, d in zip(b, picked, strict=True)] + values[2 * pairs :]
+    return Output(function.text, name, "extreme", values[:1], {"low": str(low), "high": str(high)})
