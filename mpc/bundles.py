@@ -16,17 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from mpc import sealing
 
 FORMAT: Final = "dfg-share-bundle/1"
 _INFO: Final = b"dfg share bundle v1"
@@ -56,13 +52,9 @@ class ShareBundle:
     def rows(self) -> int:
         return len(self.keys)
 
-    def header(self) -> bytes:
+    def header_document(self) -> dict[str, Any]:
         """Associated data: binds the ciphertext to its datasource, node and size."""
-        return json.dumps(
-            {"format": FORMAT, "datasource": self.datasource_id, "node": self.node, "rows": self.rows},
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+        return {"format": FORMAT, "datasource": self.datasource_id, "node": self.node, "rows": self.rows}
 
     def plaintext(self) -> bytes:
         body = {
@@ -72,19 +64,9 @@ class ShareBundle:
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _key(shared: bytes, header: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO + header).derive(shared)
-
-
 def seal(bundle: ShareBundle, node_public: X25519PublicKey) -> bytes:
-    """The bytes delivered to the node: header, ephemeral public key, nonce, ciphertext."""
-    ephemeral = X25519PrivateKey.generate()
-    header = bundle.header()
-    key = _key(ephemeral.exchange(node_public), header)
-    nonce = os.urandom(12)
-    ciphertext = ChaCha20Poly1305(key).encrypt(nonce, bundle.plaintext(), header)
-    ephemeral_public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return len(header).to_bytes(4, "big") + header + ephemeral_public + nonce + ciphertext
+    """The bytes delivered to the node (see ``mpc.sealing`` for the layout)."""
+    return sealing.seal(bundle.plaintext(), bundle.header_document(), node_public, label=_INFO)
 
 
 def commitment(sealed: bytes) -> str:
@@ -96,13 +78,9 @@ def bundle_header(sealed: bytes) -> dict[str, Any]:
     """The clear header of a sealed bundle (datasource, node, rows), unauthenticated
     until the bundle is opened with the node's key."""
     try:
-        size = int.from_bytes(sealed[:4], "big")
-        header: dict[str, Any] = json.loads(sealed[4 : 4 + size])
-    except ValueError as exc:
-        raise BundleError(f"not a sealed share bundle: {exc}") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT or len(sealed) < 4 + size + 44 + 16:
-        raise BundleError(f"not a {FORMAT}")
-    return header
+        return sealing.read_header(sealed, FORMAT)
+    except sealing.SealError as exc:
+        raise BundleError(str(exc)) from exc
 
 
 def open_sealed(sealed: bytes, node_private: X25519PrivateKey, *, expected_commitment: str) -> ShareBundle:
@@ -112,23 +90,16 @@ def open_sealed(sealed: bytes, node_private: X25519PrivateKey, *, expected_commi
             "the bundle does not match the commitment on the ledger (tampered with or truncated)"
         )
     try:
-        size = int.from_bytes(sealed[:4], "big")
-        header = sealed[4 : 4 + size]
-        rest = sealed[4 + size :]
-        ephemeral, nonce, ciphertext = rest[:32], rest[32:44], rest[44:]
-        described = json.loads(header)
-        key = _key(node_private.exchange(X25519PublicKey.from_public_bytes(ephemeral)), header)
-        body = json.loads(ChaCha20Poly1305(key).decrypt(nonce, ciphertext, header))
-    except (InvalidTag, ValueError, KeyError) as exc:
+        described, plaintext = sealing.open_box(sealed, node_private, label=_INFO, expected_format=FORMAT)
+        body = json.loads(plaintext)
+        bundle = ShareBundle(
+            datasource_id=described["datasource"],
+            node=described["node"],
+            keys=tuple(body["keys"]),
+            columns={k: [int(v) for v in vs] for k, vs in body["columns"].items()},
+        )
+    except (sealing.SealError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"the bundle cannot be opened by this node: {exc}") from exc
-    if described.get("format") != FORMAT:
-        raise BundleError(f"not a {FORMAT}")
-    bundle = ShareBundle(
-        datasource_id=described["datasource"],
-        node=described["node"],
-        keys=tuple(body["keys"]),
-        columns={k: [int(v) for v in vs] for k, vs in body["columns"].items()},
-    )
     if bundle.rows != described["rows"]:
         raise BundleError("the bundle's rows differ from its header")
     return bundle
