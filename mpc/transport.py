@@ -1,0 +1,395 @@
+"""Mutually authenticated, encrypted connections between computation nodes.
+
+Every node listens on one TCP port and dials the others. A connection starts with a
+three-message handshake in the SIGMA style (sign-and-MAC, as in IKE and TLS 1.3):
+
+1. initiator -> responder: ``dfg-mpc/1``, the ledger's chain id, the initiator's
+   principal id and a fresh X25519 public key;
+2. responder -> initiator: its principal id, its fresh X25519 key, and an Ed25519
+   signature over both messages so far;
+3. initiator -> responder: an Ed25519 signature over the whole transcript.
+
+Each side checks the other's signature against the node's keys registered on the
+ledger *in its own replica* (``keys_of``), so only node operators the ledger admits can
+connect, and each knows whom it talks to. The X25519 secret, salted with the
+transcript hash, gives one ChaCha20-Poly1305 key per direction; frames carry a counter
+nonce, so a reordered, replayed or altered frame ends the connection.
+
+On top, ``Mesh.endpoint`` gives a protocol session (one task of one analysis) the
+``Endpoint`` interface of ``mpc.runtime``: one vector of field elements to and from
+every party per round, with a time-out instead of a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from mpc.runtime import ProtocolTimeout
+
+MAGIC: Final = b"dfg-mpc/1"
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+MAX_FRAME: Final = 256 * 1024 * 1024
+_MAX_WAITING_SESSIONS: Final = 256
+
+log = logging.getLogger("dfg.mpc.transport")
+
+#: The Ed25519 keys the ledger currently registers for a node principal (empty: unknown).
+KeysOf = Callable[[str], Sequence[Ed25519PublicKey]]
+
+
+class TransportError(RuntimeError):
+    """A connection could not be made or authenticated, or broke a rule of the protocol."""
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """This node's principal id on the ledger and its Ed25519 signing key."""
+
+    name: str
+    key: Ed25519PrivateKey
+
+
+# --- framing -----------------------------------------------------------------------------
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, missing = [], size
+    while missing:
+        chunk = sock.recv(min(missing, 1 << 20))
+        if not chunk:
+            raise TransportError("the connection closed")
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive_block(sock: socket.socket, limit: int = MAX_FRAME) -> bytes:
+    size = int.from_bytes(_receive_exactly(sock, 4), "big")
+    if size > limit:
+        raise TransportError(f"a frame of {size} bytes is over the limit of {limit}")
+    return _receive_exactly(sock, size)
+
+
+def _fields(block: bytes, count: int) -> list[bytes]:
+    """Split a block of ``count`` length-prefixed fields."""
+    parts, at = [], 0
+    for _ in range(count):
+        size = int.from_bytes(block[at : at + 4], "big")
+        parts.append(block[at + 4 : at + 4 + size])
+        at += 4 + size
+    if at != len(block):
+        raise TransportError("a malformed handshake message")
+    return parts
+
+
+def _raw(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# --- the secure channel ------------------------------------------------------------------------
+
+
+class SecureChannel:
+    """One authenticated connection: encrypted frames, one key and counter per direction."""
+
+    def __init__(self, sock: socket.socket, peer: str, send_key: bytes, receive_key: bytes) -> None:
+        self.sock = sock
+        self.peer = peer
+        self._send = ChaCha20Poly1305(send_key)
+        self._receive = ChaCha20Poly1305(receive_key)
+        self._sent = 0
+        self._received = 0
+        self._lock = threading.Lock()
+
+    def send(self, plaintext: bytes) -> None:
+        with self._lock:
+            nonce = self._sent.to_bytes(12, "big")
+            self._sent += 1
+            self.sock.sendall(_length_prefixed(self._send.encrypt(nonce, plaintext, None)))
+
+    def receive(self) -> bytes:
+        ciphertext = _receive_block(self.sock, MAX_FRAME + 16)
+        nonce = self._received.to_bytes(12, "big")
+        self._received += 1
+        try:
+            return self._receive.decrypt(nonce, ciphertext, None)
+        except InvalidTag:
+            raise TransportError(f"a frame from {self.peer} failed authentication") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def _verify(keys_of: KeysOf, principal: str, signature: bytes, message: bytes) -> None:
+    keys = keys_of(principal)
+    if not keys:
+        raise TransportError(f"{principal} has no node key on the ledger")
+    for key in keys:
+        try:
+            key.verify(signature, message)
+            return
+        except InvalidSignature:
+            continue
+    raise TransportError(f"{principal}'s handshake signature does not verify with its ledger keys")
+
+
+def _channel_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """(initiator -> responder, responder -> initiator)."""
+    material = HKDF(
+        algorithm=hashes.SHA256(), length=64, salt=hashlib.sha256(transcript).digest(), info=MAGIC + b" keys"
+    ).derive(shared)
+    return material[:32], material[32:]
+
+
+def connect(
+    sock: socket.socket, me: NodeIdentity, expected_peer: str, keys_of: KeysOf, context: bytes
+) -> SecureChannel:
+    """The initiator's side of the handshake on a connected socket."""
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    ephemeral = X25519PrivateKey.generate()
+    identity = _length_prefixed(context) + _length_prefixed(me.name.encode())
+    hello = MAGIC + identity + _raw(ephemeral.public_key())
+    sock.sendall(_length_prefixed(hello))
+    reply = _receive_block(sock, 4096)
+    name, their_ephemeral, their_signature = _fields(reply, 3)
+    peer = name.decode()
+    if len(their_ephemeral) != 32:
+        raise TransportError("a malformed handshake message")
+    if peer != expected_peer:
+        raise TransportError(f"dialled {expected_peer} but {peer} answered")
+    signed_part = _length_prefixed(name) + _length_prefixed(their_ephemeral)
+    _verify(keys_of, peer, their_signature, b"responder" + hello + signed_part)
+    transcript = hello + reply
+    sock.sendall(_length_prefixed(me.key.sign(b"initiator" + transcript)))
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(their_ephemeral))
+    outgoing, incoming = _channel_keys(shared, transcript)
+    sock.settimeout(None)
+    return SecureChannel(sock, peer, outgoing, incoming)
+
+
+def accept(sock: socket.socket, me: NodeIdentity, keys_of: KeysOf, context: bytes) -> SecureChannel:
+    """The responder's side of the handshake on an accepted socket."""
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    hello = _receive_block(sock, 4096)
+    if not hello.startswith(MAGIC):
+        raise TransportError("not a dfg MPC connection")
+    their_context, name = _fields(hello[len(MAGIC) : -32], 2)
+    if their_context != context:
+        raise TransportError("the peer is on another ledger")
+    peer, their_ephemeral = name.decode(), hello[-32:]
+    if not keys_of(peer):
+        raise TransportError(f"{peer} is not a node with a key on the ledger")
+    ephemeral = X25519PrivateKey.generate()
+    mine = _length_prefixed(me.name.encode()) + _length_prefixed(_raw(ephemeral.public_key()))
+    signature = me.key.sign(b"responder" + hello + mine)
+    reply = mine + _length_prefixed(signature)
+    sock.sendall(_length_prefixed(reply))
+    transcript = hello + reply
+    _verify(keys_of, peer, _receive_block(sock, 4096), b"initiator" + transcript)
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(their_ephemeral))
+    incoming, outgoing = _channel_keys(shared, transcript)
+    sock.settimeout(None)
+    return SecureChannel(sock, peer, outgoing, incoming)
+
+
+# --- sessions over a mesh of channels ------------------------------------------------------------
+
+
+def encode_vector(values: Sequence[int], width: int) -> bytes:
+    return b"".join([v.to_bytes(width, "little") for v in values])
+
+
+def decode_vector(data: bytes, width: int) -> list[int]:
+    if len(data) % width:
+        raise TransportError("a vector whose length is not a multiple of its element width")
+    from_bytes = int.from_bytes
+    return [from_bytes(data[i : i + width], "little") for i in range(0, len(data), width)]
+
+
+class Mesh:
+    """This node's connections to the other computation nodes.
+
+    It accepts authenticated connections from peers (frames they send arrive here) and
+    dials each peer to send (one outgoing channel per peer). Frames carry a session id
+    and a round number; a session's rounds from one peer arrive in order (TCP)."""
+
+    def __init__(
+        self,
+        me: NodeIdentity,
+        keys_of: KeysOf,
+        context: bytes,
+        *,
+        listen: tuple[str, int],
+        peers: Mapping[str, tuple[str, int]],
+        timeout: float = 60.0,
+    ) -> None:
+        self.me = me
+        self.keys_of = keys_of
+        self.context = context
+        self.peers = dict(peers)
+        self.timeout = timeout
+        self._server = socket.create_server(listen, reuse_port=False)
+        self._outgoing: dict[str, SecureChannel] = {}
+        self._incoming: list[SecureChannel] = []
+        self._dial_lock = threading.Lock()
+        self._inbox_lock = threading.Lock()
+        self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, bytes] | None]] = {}
+        self._closed = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept_loop, name="dfg-mpc-accept", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> Mesh:
+        self._acceptor.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+        for channel in [*self._outgoing.values(), *self._incoming]:
+            channel.close()
+
+    # incoming
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), name="dfg-mpc-peer", daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            channel = accept(sock, self.me, self.keys_of, self.context)
+        except (TransportError, OSError, ValueError) as exc:
+            log.warning("refused an MPC connection: %s", exc)
+            sock.close()
+            return
+        self._incoming.append(channel)
+        try:
+            while True:
+                frame = channel.receive()
+                size = int.from_bytes(frame[:2], "big")
+                session = frame[2 : 2 + size].decode()
+                number = int.from_bytes(frame[2 + size : 6 + size], "big")
+                self._inbox(session, channel.peer).put((number, frame[6 + size :]))
+        except (TransportError, OSError, ValueError) as exc:
+            if not self._closed.is_set():
+                log.info("MPC connection from %s ended: %s", channel.peer, exc)
+        finally:
+            channel.close()
+
+    def _inbox(self, session: str, peer: str) -> queue.Queue[tuple[int, bytes] | None]:
+        with self._inbox_lock:
+            inbox = self._inboxes.get((session, peer))
+            if inbox is None:
+                if len(self._inboxes) >= _MAX_WAITING_SESSIONS * max(1, len(self.peers)):
+                    raise TransportError("too many open sessions")
+                inbox = self._inboxes[(session, peer)] = queue.Queue()
+            return inbox
+
+    def forget(self, session: str) -> None:
+        with self._inbox_lock:
+            for key in [k for k in self._inboxes if k[0] == session]:
+                del self._inboxes[key]
+
+    # outgoing
+
+    def _channel(self, peer: str) -> SecureChannel:
+        with self._dial_lock:
+            channel = self._outgoing.get(peer)
+            if channel is None:
+                if peer not in self.peers:
+                    raise TransportError(f"no address for {peer} (give it with --peer)")
+                sock = socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                channel = self._outgoing[peer] = connect(sock, self.me, peer, self.keys_of, self.context)
+            return channel
+
+    def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
+        name = session.encode()
+        frame = len(name).to_bytes(2, "big") + name + number.to_bytes(4, "big") + payload
+        for attempt in (1, 2):  # a peer that restarted gets one fresh connection
+            try:
+                self._channel(peer).send(frame)
+                return
+            except (OSError, TransportError) as exc:
+                with self._dial_lock:
+                    broken = self._outgoing.pop(peer, None)
+                if broken is not None:
+                    broken.close()
+                if attempt == 2:
+                    raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
+
+    def receive(self, peer: str, session: str, number: int, timeout: float) -> bytes:
+        try:
+            item = self._inbox(session, peer).get(timeout=timeout)
+        except queue.Empty:
+            raise ProtocolTimeout(
+                f"{peer} did not answer round {number} of {session} in {timeout:g} s"
+            ) from None
+        if item is None or item[0] != number:
+            got = item and item[0]
+            raise TransportError(f"{peer} is out of step in {session} (round {got}, not {number})")
+        return item[1]
+
+    def endpoint(self, session: str, members: Sequence[str], width: int) -> SessionEndpoint:
+        if self.me.name not in members:
+            raise TransportError(f"{self.me.name} is not a party of {session}")
+        return SessionEndpoint(self, session, list(members), width)
+
+
+class SessionEndpoint:
+    """One protocol session: party j is ``members[j - 1]``."""
+
+    def __init__(self, mesh: Mesh, session: str, members: list[str], width: int) -> None:
+        self.mesh = mesh
+        self.session = session
+        self.members = members
+        self.width = width
+        self.index = members.index(mesh.me.name) + 1
+        self.rounds = 0
+
+    def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+        self.rounds += 1
+        received: dict[int, list[int]] = {}
+        for j, member in enumerate(self.members, start=1):
+            values = outgoing.get(j, ())
+            if j == self.index:
+                received[j] = list(values)
+            else:
+                self.mesh.send(member, self.session, self.rounds, encode_vector(values, self.width))
+        for j, member in enumerate(self.members, start=1):
+            if j != self.index:
+                payload = self.mesh.receive(member, self.session, self.rounds, self.mesh.timeout)
+                received[j] = decode_vector(payload, self.width)
+        return received
+
+    def close(self) -> None:
+        self.mesh.forget(self.session)

@@ -1,0 +1,151 @@
+"""Node-to-node connections: mutually authenticated against the ledger's node keys,
+encrypted, and carrying protocol rounds -- with time-outs instead of hangs."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from mpc.field import MERSENNE_127, PrimeField
+from mpc.protocols import input_values, multiply, open_values
+from mpc.runtime import Party, ProtocolTimeout
+from mpc.shamir import Scheme
+from mpc.transport import Mesh, NodeIdentity, SecureChannel, TransportError, accept, connect
+
+NAMES = ["node:a", "node:b", "node:c"]
+CONTEXT = b"chain-test"
+SCHEME = Scheme(PrimeField(MERSENNE_127), 3, 1)
+
+
+@contextmanager
+def meshes(timeout: float = 10.0) -> Iterator[list[Mesh]]:
+    keys = {name: Ed25519PrivateKey.generate() for name in NAMES}
+    registry: dict[str, list[Ed25519PublicKey]] = {n: [k.public_key()] for n, k in keys.items()}
+    with ExitStack() as stack:
+        made = [
+            Mesh(NodeIdentity(n, keys[n]), lambda p: registry.get(p, []), CONTEXT,
+                 listen=("127.0.0.1", 0), peers={}, timeout=timeout)
+            for n in NAMES
+        ]  # fmt: skip
+        for mesh in made:
+            stack.callback(mesh.close)
+        for mesh in made:
+            mesh.peers.update({other.me.name: other.address for other in made if other is not mesh})
+            mesh.start()
+        yield made
+
+
+def _run_all(made: list[Mesh], program, session: str = "s1"):  # type: ignore[no-untyped-def]
+    results: dict[int, object] = {}
+
+    def one(index: int) -> None:
+        endpoint = made[index].endpoint(session, NAMES, 16)
+        try:
+            results[index] = program(Party(index + 1, SCHEME, endpoint))
+        except Exception as exc:  # the test inspects it
+            results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(made))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return [results[i] for i in range(len(made))]
+
+
+def test_three_nodes_multiply_over_authenticated_connections() -> None:
+    def program(party: Party) -> list[int]:
+        a = input_values(party, 1, [6, 7] if party.index == 1 else None)
+        b = input_values(party, 2, [5, 9] if party.index == 2 else None)
+        return open_values(party, multiply(party, a, b))
+
+    with meshes() as made:
+        assert _run_all(made, program) == [[30, 63]] * 3
+
+
+def test_a_silent_party_makes_the_others_time_out() -> None:
+    def program(party: Party) -> object:
+        if party.index == 3:
+            return "silent"
+        return open_values(party, [party.index])
+
+    with meshes(timeout=0.5) as made:
+        outcomes = _run_all(made, program)
+    assert outcomes[2] == "silent"
+    assert all(isinstance(o, ProtocolTimeout) and "node:c" in str(o) for o in outcomes[:2])
+
+
+def _handshake(
+    initiator: NodeIdentity,
+    responder: NodeIdentity,
+    registry: dict[str, list[Ed25519PublicKey]],
+    *,
+    dial: str | None = None,
+    context: bytes = CONTEXT,
+) -> tuple[SecureChannel | Exception, SecureChannel | Exception]:
+    """Both sides of one handshake over a socket pair: each side's channel or error."""
+    left, right = socket.socketpair()
+    answer: list[SecureChannel | Exception] = []
+
+    def respond() -> None:
+        try:
+            answer.append(accept(right, responder, lambda p: registry.get(p, []), CONTEXT))
+        except (TransportError, OSError) as exc:
+            answer.append(exc)
+            right.close()
+
+    thread = threading.Thread(target=respond)
+    thread.start()
+    try:
+        mine: SecureChannel | Exception = connect(
+            left, initiator, dial or responder.name, lambda p: registry.get(p, []), context
+        )
+    except (TransportError, OSError) as exc:
+        mine = exc
+        left.close()
+    thread.join(5)
+    return mine, answer[0]
+
+
+A, B = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+
+def test_a_peer_whose_key_is_not_on_the_ledger_is_refused() -> None:
+    registry = {"node:a": [A.public_key()], "node:b": [Ed25519PrivateKey.generate().public_key()]}
+    _, answer = _handshake(NodeIdentity("node:b", B), NodeIdentity("node:a", A), registry)
+    assert isinstance(answer, TransportError) and "does not verify" in str(answer)
+
+
+def test_an_unknown_node_and_another_ledger_are_refused() -> None:
+    registry = {"node:a": [A.public_key()], "node:b": [B.public_key()]}
+    _, unknown = _handshake(NodeIdentity("node:x", B), NodeIdentity("node:a", A), registry)
+    assert isinstance(unknown, TransportError) and "not a node" in str(unknown)
+    _, other = _handshake(NodeIdentity("node:b", B), NodeIdentity("node:a", A), registry, context=b"other")
+    assert isinstance(other, TransportError) and "another ledger" in str(other)
+
+
+def test_the_initiator_refuses_a_responder_it_cannot_verify_or_did_not_dial() -> None:
+    registry = {"node:a": [Ed25519PrivateKey.generate().public_key()], "node:b": [B.public_key()]}
+    mine, _ = _handshake(NodeIdentity("node:b", B), NodeIdentity("node:a", A), registry)
+    assert isinstance(mine, TransportError) and "does not verify" in str(mine)
+    registry["node:a"] = [A.public_key()]
+    mine, _ = _handshake(NodeIdentity("node:b", B), NodeIdentity("node:a", A), registry, dial="node:c")
+    assert isinstance(mine, TransportError) and "but node:a answered" in str(mine)
+
+
+def test_an_altered_frame_ends_the_connection() -> None:
+    registry = {"node:a": [A.public_key()], "node:b": [B.public_key()]}
+    channel, server = _handshake(NodeIdentity("node:b", B), NodeIdentity("node:a", A), registry)
+    assert isinstance(channel, SecureChannel) and isinstance(server, SecureChannel)
+    channel.send(b"hello")
+    assert server.receive() == b"hello"
+    ciphertext = channel._send.encrypt((1).to_bytes(12, "big"), b"evil", None)
+    tampered = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
+    channel.sock.sendall(len(tampered).to_bytes(4, "big") + tampered)
+    with pytest.raises(TransportError, match="failed authentication"):
+        server.receive()
