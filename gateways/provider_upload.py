@@ -160,8 +160,9 @@ def upload(
     modulus: int = MERSENNE_127,
     key_column: str | None = None,
 ) -> dict[str, str]:
-    """Share, seal, deliver and commit; returns the commitment per node."""
-    names = list(nodes)
+    """Share, seal, deliver and commit; returns the commitment per node. Node i of the
+    nodes sorted by principal id gets the shares at point i (what every node assumes)."""
+    names = sorted(nodes)
     if len(names) < 3:
         raise UploadError("shares go to at least three nodes (an honest majority needs n >= 2t + 1)")
     scheme = Scheme(PrimeField(modulus), parties=len(names), threshold=(len(names) - 1) // 2)
@@ -179,6 +180,9 @@ def upload(
             node=node,
             keys=tuple(pseudonyms),
             columns={name: per_party[index] for name, per_party in shared.items()},
+            party=index + 1,
+            modulus=modulus,
+            precision=precision,
         )
         sealed_for[node] = seal(bundle, keys[node])
         commitments[node] = commitment(sealed_for[node])
@@ -195,7 +199,7 @@ def upload(
 
 
 def parse_nodes(values: Iterable[str]) -> dict[str, str]:
-    """``node:a=http://host:port`` pairs, in order (that order is the share order)."""
+    """``node:a=http://host:port`` pairs."""
     nodes: dict[str, str] = {}
     for value in values:
         name, sep, url = value.partition("=")

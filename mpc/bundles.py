@@ -23,6 +23,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from mpc import sealing
+from mpc.field import MERSENNE_127
 
 FORMAT: Final = "dfg-share-bundle/1"
 _INFO: Final = b"dfg share bundle v1"
@@ -38,6 +39,9 @@ class ShareBundle:
     node: str
     keys: tuple[str, ...]
     columns: Mapping[str, Sequence[int]]  # variable -> this node's share of each row's value
+    party: int = 1  # the node's Shamir point: its place among the nodes sorted by principal id
+    modulus: int = MERSENNE_127  # the field the values were shared in
+    precision: int = 16  # fractional bits of the fixed-point encoding
 
     def __post_init__(self) -> None:
         for name, shares in self.columns.items():
@@ -54,7 +58,15 @@ class ShareBundle:
 
     def header_document(self) -> dict[str, Any]:
         """Associated data: binds the ciphertext to its datasource, node and size."""
-        return {"format": FORMAT, "datasource": self.datasource_id, "node": self.node, "rows": self.rows}
+        return {
+            "format": FORMAT,
+            "datasource": self.datasource_id,
+            "node": self.node,
+            "rows": self.rows,
+            "party": self.party,
+            "modulus": str(self.modulus),
+            "precision": self.precision,
+        }
 
     def plaintext(self) -> bytes:
         body = {
@@ -97,6 +109,9 @@ def open_sealed(sealed: bytes, node_private: X25519PrivateKey, *, expected_commi
             node=described["node"],
             keys=tuple(body["keys"]),
             columns={k: [int(v) for v in vs] for k, vs in body["columns"].items()},
+            party=int(described["party"]),
+            modulus=int(described["modulus"]),
+            precision=int(described["precision"]),
         )
     except (sealing.SealError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"the bundle cannot be opened by this node: {exc}") from exc

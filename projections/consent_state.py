@@ -153,16 +153,22 @@ def consenting_subjects(
 ) -> int:
     """How many distinct subjects have a consent to ``controller`` covering this use at
     ``at`` (an analysis' consent request: how many have said yes so far)."""
+    return len(consenting_subject_set(cursor, controller, purpose, categories, at))
+
+
+def consenting_subject_set(
+    cursor: Cursor, controller: str, purpose: str, categories: Sequence[str], at: datetime
+) -> set[str]:
+    """The subjects with a consent to ``controller`` covering this use at ``at``: whose
+    records a computation node may compute on."""
     cursor.execute(
         "SELECT subject, status, purposes, categories, valid_from, valid_until, withdrawn_at"
         " FROM consent_state WHERE controller = ? AND status IN ('given', 'withdrawn')",
         (controller,),
     )
-    covered = set()
-    for row in cursor.fetchall():
-        if _validity(row[1:7]).refusal(purpose, categories, at) is None:
-            covered.add(row[0])
-    return len(covered)
+    return {
+        row[0] for row in cursor.fetchall() if _validity(row[1:7]).refusal(purpose, categories, at) is None
+    }
 
 
 def check(

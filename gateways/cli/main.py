@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gateways.cli.analyst_commands import analyst
 from gateways.cli.audit_commands import audit
 from gateways.cli.bench_commands import bench
 from gateways.cli.demo_analysis import analysis
@@ -34,6 +35,7 @@ cli.add_command(serve)
 cli.add_command(relay)
 cli.add_command(node)
 cli.add_command(provider)
+cli.add_command(analyst)
 
 
 def main() -> None:

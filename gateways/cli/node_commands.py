@@ -96,18 +96,30 @@ def node() -> None:
     help="Where to write the node's private key (JWK, mode 0600).",
 )
 @click.option("--name", required=True, help="The node operator's principal id, e.g. node:alpha.")
-def keygen(out: Path, name: str) -> None:
-    """Create a node key; prints the public JWK to admit on the ledger and the
-    witness key (vkey) auditors pin in their witness policy."""
-    if out.exists():
-        fail(f"{out} exists; refusing to overwrite a key")
+@click.option(
+    "--encryption-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the node's X25519 key here (providers seal share bundles to it).",
+)
+def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
+    """Create a node key; prints the public JWK to admit on the ledger, the witness key
+    (vkey) auditors pin in their witness policy, and with --encryption-out the X25519
+    public key to register with node.set_encryption_key."""
+    for path in (out, encryption_out):
+        if path is not None and path.exists():
+            fail(f"{path} exists; refusing to overwrite a key")
     key = OKPKey.generate_key("Ed25519")
     write_jwk(out, key)
     jwk = public_jwk(key).as_dict()
     verifier = witness_verifier(name, jwk)
     if verifier is None:  # pragma: no cover - an Ed25519 key always makes a verifier
         fail("could not derive a witness key")
-    click.echo(json.dumps({"principal": name, "jwk": jwk, "witness_key": verifier.to_string()}, indent=2))
+    printed: dict[str, Any] = {"principal": name, "jwk": jwk, "witness_key": verifier.to_string()}
+    if encryption_out is not None:
+        sealing = OKPKey.generate_key("X25519")
+        write_jwk(encryption_out, sealing)
+        printed["encryption_jwk"] = sealing.as_dict(private=False)
+    click.echo(json.dumps(printed, indent=2))
 
 
 @node.command("follow")
@@ -205,15 +217,50 @@ def follow(
 @click.option(
     "--name", default=None, help="This node's principal id (refuse bundles sealed for another node)."
 )
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The node organisation's Ed25519 key (JWK): run the MPC engine, signing its task moves.",
+)
+@click.option(
+    "--encryption-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The node's X25519 key (JWK) that providers seal share bundles to (with --key).",
+)
+@click.option("--mpc-host", default="127.0.0.1", show_default=True, help="Listen for the other nodes here.")
+@click.option("--mpc-port", type=click.IntRange(0, 65535), default=9100, show_default=True)
+@click.option("--peer", "peers", multiple=True, help="Another node: node:name=host:port (repeat).")
+@click.option(
+    "--task-timeout",
+    type=click.FloatRange(1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for another node in a protocol round before failing the task.",
+)
 def node_serve(
-    settings: Settings, coordinator: str, chain: str, ledger_key: str, host: str, port: int, name: str | None
+    settings: Settings,
+    coordinator: str,
+    chain: str,
+    ledger_key: str,
+    host: str,
+    port: int,
+    name: str | None,
+    key: Path | None,
+    encryption_key: Path | None,
+    mpc_host: str,
+    mpc_port: int,
+    peers: tuple[str, ...],
+    task_timeout: float,
 ) -> None:
     """Serve the GraphQL API as a computation node: answers from this node's own
-    verified replica (kept up to date from the coordinator's API), and forwards the
-    node organisation's signed approvals to the coordinator."""
+    verified replica (kept up to date from the coordinator's API), forwards the node
+    organisation's signed approvals to the coordinator, receives share bundles, and
+    -- with --key -- runs the MPC engine on the node's task queue with its --peer nodes."""
     from aiohttp import web
 
+    from gateways.cli.node_engine_wiring import EngineOptions, start_engine
     from gateways.http.node_app import build_node_app
+    from gateways.node_engine import result_sealer
     from gateways.seed import follow_api
 
     _logging()
@@ -221,6 +268,8 @@ def node_serve(
         Verifier.from_string(ledger_key)
     except NoteError as exc:
         fail(f"--ledger-key: {exc}")
+    if key is not None and (name is None or encryption_key is None):
+        fail("the MPC engine (--key) needs --name and --encryption-key")
     node = open_node(settings, ledger_key=ledger_key, chain=chain)
     stop = threading.Event()
     follower = threading.Thread(
@@ -230,16 +279,27 @@ def node_serve(
         daemon=True,
     )
     follower.start()
+    mesh = None
+    if key is not None and name is not None and encryption_key is not None:
+        options = EngineOptions(name, key, encryption_key, mpc_host, mpc_port, peers, task_timeout)
+        mesh, _ = start_engine(options, node, coordinator, chain, settings.data_dir, stop)
+        click.echo(f"dfg node {name}: MPC engine listening for peers on {mpc_host}:{mesh.address[1]}")
     click.echo(f"dfg node serving {chain} on http://{host}:{port}/graphql, following {coordinator}")
+    app = build_node_app(
+        node.store,
+        node.views,
+        node.view_list,
+        coordinator,
+        bundles=settings.data_dir / "bundles",
+        name=name,
+        sealed_results=result_sealer(settings.data_dir / "work"),
+    )
     try:
-        web.run_app(
-            build_node_app(node.store, node.views, node.view_list, coordinator),
-            host=host,
-            port=port,
-            print=None,
-        )
+        web.run_app(app, host=host, port=port, print=None)
     finally:
         stop.set()
+        if mesh is not None:
+            mesh.close()
         follower.join(10)
         node.close()
 

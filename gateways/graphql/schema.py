@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -50,6 +50,9 @@ class Context:
     store: LedgerStore
     submit: Submit
     role: str = COORDINATOR
+    #: On a computation node: (analysis id, task id, analyst's X25519 JWK) -> this node's
+    #: result shares for the task sealed to that key (base64), or None.
+    sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None
 
 
 def coordinator_context(service: LedgerService, views: ViewDatabase) -> Context:
@@ -177,6 +180,7 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
             commitments=[
                 x["commitment"] for x in tasks if x["task_id"] == task["task_id"] and x["commitment"]
             ],
+            nodes=[x["node"] for x in tasks if x["task_id"] == task["task_id"] and x["commitment"]],
         )
         for task in doc["tasks"]
         if task["task_id"] in finished
@@ -235,6 +239,11 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         if doc["status"] == "sent"
         else [],
         consenting_subjects=consenting,
+        failure=t.TaskFailure(
+            node=doc["failure"]["node"], task_id=doc["failure"]["task_id"], reason=doc["failure"]["reason"]
+        )
+        if doc.get("failure")
+        else None,
     )
 
 
@@ -421,14 +430,33 @@ class Query:
         requests = [token for per_node in signed_requests for token in per_node]
         if not requests:
             raise fail("access_required", "send the signed result-access requests recorded on the ledger")
+        recipients = []
         for token in requests:
-            if find_transaction(ctx.store, token) is None:
+            entry = find_transaction(ctx.store, token)
+            body = parse_transaction(token).payload.body if entry is not None else {}
+            if (
+                entry is None
+                or entry.data.get("recipient_jwk") is None
+                or body.get("analysis_id") != analysis.analysis_id
+            ):
                 raise fail(
-                    "access_not_recorded", "a signed request is not a results.request_access on this ledger"
+                    "access_not_recorded",
+                    "a signed request is not a results.request_access for this analysis on this ledger",
                 )
-        unknown = set(task_ids) - {r.task_id for r in analysis.results or []}
+            recipients.append(dict(entry.data["recipient_jwk"]))
+        known = {r.task_id for r in analysis.results or []}
+        unknown = set(task_ids) - known
         if unknown:
             raise fail("unknown_task", f"no finished tasks {sorted(unknown)}")
+        if ctx.sealed_results is not None and analysis.results:
+            reader, recipient = ctx.sealed_results, recipients[-1]
+            wanted = set(task_ids) or known
+            analysis.results = [
+                replace(r, sealed_shares=reader(analysis.analysis_id, r.task_id, recipient))
+                if r.task_id in wanted
+                else r
+                for r in analysis.results
+            ]
         return analysis
 
     @_field("(Shared in coordinator and node) Any object by its global id.")

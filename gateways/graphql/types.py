@@ -258,6 +258,14 @@ class ResultsDto:
     calculation_id: str | None
     stage: str
     commitments: list[str]
+    nodes: list[str] = strawberry.field(
+        default_factory=list, description="The node that signed each commitment, in the same order."
+    )
+    sealed_shares: str | None = strawberry.field(
+        default=None,
+        description="From a computation node, to an analyst with recorded access: this node's result"
+        " shares for the task, sealed to the analyst's X25519 key (base64; see docs/mpc.md).",
+    )
 
 
 @strawberry.type
@@ -322,6 +330,16 @@ class Analysis(Node):
     consenting_subjects: int = strawberry.field(
         description="Subjects whose consent to the analyst organisation covers this analysis now."
     )
+    failure: TaskFailure | None = strawberry.field(
+        default=None, description="Why the analysis failed: the node's signed task.fail (beyond the seed)."
+    )
+
+
+@strawberry.type(description="A task a node failed, with the reason it signed.")
+class TaskFailure:
+    node: str
+    task_id: int
+    reason: str
 
 
 @strawberry.type(description="One task of an analysis in one node's queue.")

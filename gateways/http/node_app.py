@@ -14,6 +14,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,13 @@ from projections.base import View, ViewDatabase
 REPLICA_WAIT_S = 15.0
 
 
-def node_context(store: LedgerStore, views: ViewDatabase, view_list: list[View], coordinator: str) -> Context:
+def node_context(
+    store: LedgerStore,
+    views: ViewDatabase,
+    view_list: list[View],
+    coordinator: str,
+    sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None,
+) -> Context:
     base = coordinator.rstrip("/")
 
     async def submit(token: str) -> Accepted | Rejected:
@@ -58,7 +65,7 @@ def node_context(store: LedgerStore, views: ViewDatabase, view_list: list[View],
         (stored,) = store.read_entries(seq, 1)
         return Accepted(Entry.decode(stored.canonical), duplicate=bool(body.get("duplicate")))
 
-    return Context(views=views, store=store, submit=submit, role=NODE)
+    return Context(views=views, store=store, submit=submit, role=NODE, sealed_results=sealed_results)
 
 
 #: Largest share bundle a node accepts in one request.
@@ -73,9 +80,15 @@ def build_node_app(
     *,
     bundles: Path | None = None,
     name: str | None = None,
+    sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BUNDLE_BYTES)
-    mount(app, node_context(store, views, view_list, coordinator))
+    mount(app, node_context(store, views, view_list, coordinator, sealed_results))
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "role": "node", "size": store.head()[0]})
+
+    app.router.add_get("/healthz", healthz)
     if bundles is not None:
         app.router.add_post("/v1/bundles/{datasource_id}", _bundle_inbox(bundles, name))
     return app

@@ -1,0 +1,113 @@
+"""Wiring the MPC engine into ``dfg node serve``: keys from files, the mesh of peer
+connections authenticated against the node keys in the replica, and the engine thread."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from joserfc.jwk import OKPKey
+
+from gateways.cli.options import fail
+from gateways.node_engine import EngineSettings, NodeEngine
+from gateways.sdk import ConsentClient, TransactionBuilder
+from infra.keyfiles import KeyFileError, read_jwk
+from infra.node import NodeReplica
+from mpc.transport import KeysOf, Mesh, NodeIdentity
+from projections import keys
+from projections.base import ViewDatabase
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    name: str
+    key: Path
+    encryption_key: Path
+    mpc_host: str
+    mpc_port: int
+    peers: tuple[str, ...]
+    task_timeout: float
+
+
+def parse_peers(values: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+    """``node:b=host:port`` pairs."""
+    peers = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not sep or not name or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"--peer takes node:name=host:port, not {value!r}")
+        peers[name] = (host, int(port))
+    return peers
+
+
+def _okp(path: Path, curve: str, option: str) -> OKPKey:
+    try:
+        key = read_jwk(path)
+    except KeyFileError as exc:
+        fail(f"{option}: {exc}")
+    if (
+        not isinstance(key, OKPKey)
+        or key.as_dict(private=False).get("crv") != curve
+        or key.private_key is None
+    ):
+        fail(f"{option}: {path} is not a private {curve} key (JWK)")
+    return key
+
+
+def ledger_node_keys(views: ViewDatabase) -> KeysOf:
+    """A node principal's unrevoked Ed25519 keys, as this node's replica knows them."""
+
+    def keys_of(principal_id: str) -> list[Ed25519PublicKey]:
+        with views.transaction(commit=False) as cursor:
+            found = keys.principal(cursor, principal_id)
+        if found is None or "node_operator" not in found["roles"]:
+            return []
+        return [
+            Ed25519PublicKey.from_public_bytes(
+                base64.urlsafe_b64decode(k["jwk"]["x"] + "=" * (-len(k["jwk"]["x"]) % 4))
+            )
+            for k in found["keys"]
+            if k["revoked_seq"] is None and k["jwk"].get("crv") == "Ed25519"
+        ]
+
+    return keys_of
+
+
+def start_engine(
+    options: EngineOptions,
+    node: NodeReplica,
+    coordinator: str,
+    chain: str,
+    data_dir: Path,
+    stop: threading.Event,
+) -> tuple[Mesh, threading.Thread]:
+    signing = _okp(options.key, "Ed25519", "--key")
+    sealing = _okp(options.encryption_key, "X25519", "--encryption-key")
+    signing_private, sealing_private = signing.private_key, sealing.private_key
+    assert isinstance(signing_private, Ed25519PrivateKey) and isinstance(sealing_private, X25519PrivateKey)
+    try:
+        mesh = Mesh(
+            NodeIdentity(options.name, signing_private),
+            ledger_node_keys(node.views),
+            chain.encode(),
+            listen=(options.mpc_host, options.mpc_port),
+            peers=parse_peers(options.peers),
+            timeout=options.task_timeout,
+        ).start()
+    except OSError as exc:
+        fail(f"cannot listen for MPC peers on {options.mpc_host}:{options.mpc_port}: {exc}")
+    settings = EngineSettings(
+        name=options.name,
+        signer=TransactionBuilder(options.name, signing, chain),
+        encryption_key=sealing_private,
+        data_dir=data_dir,
+    )
+    engine = NodeEngine(settings, node, mesh, ConsentClient(coordinator))
+    thread = threading.Thread(target=engine.run, args=(stop,), name="dfg-node-engine", daemon=True)
+    thread.start()
+    return mesh, thread
