@@ -86,22 +86,18 @@ class Federation:
 
     # --- the analysis platform ----------------------------------------------------------------
 
-    def gql(self, builder: TransactionBuilder, mutation: str, tx_type: str, body: dict[str, Any]) -> Any:
-        return graphql(
-            self.url,
-            f"mutation($t: String!) {{ {mutation}(signedTransaction: $t) {{ __typename }} }}",
-            t=builder.sign(tx_type, body),
-        )
+    def sign(self, builder: TransactionBuilder, tx_type: str, body: dict[str, Any]) -> None:
+        """Sign and submit one transaction (refusals raise DfgApiError)."""
+        self.client.submit(builder.sign(tx_type, body))
 
     def datasource(
         self, provider: TransactionBuilder, name: str, variables: Sequence[tuple[str, str, str, str]]
     ) -> str:
         """A catalog and a datasource keyed by ``subject`` with these (name, type, min, max)."""
         catalog_id, datasource_id = str(uuid.uuid4()), str(uuid.uuid4())
-        self.gql(provider, "createCatalog", "catalog.create", {"catalog_id": catalog_id, "name": name})
-        self.gql(
+        self.sign(provider, "catalog.create", {"catalog_id": catalog_id, "name": name})
+        self.sign(
             provider,
-            "createDatasource",
             "datasource.create",
             {
                 "datasource_id": datasource_id,
@@ -114,7 +110,7 @@ class Federation:
         )
         for variable, kind, low, high in variables:
             spec = {"datasource_id": datasource_id, "name": variable, "type": kind, "min": low, "max": high}
-            self.gql(provider, "createVariable", "variable.create", spec)
+            self.sign(provider, "variable.create", spec)
         return datasource_id
 
     def upload(
@@ -133,7 +129,11 @@ class Federation:
     def consent(self, analyst: TransactionBuilder, subjects: Sequence[str]) -> dict[str, str]:
         """Level-1 consents the analyst organisation collected for these pseudonymous
         subjects, covering the study's purpose: subject -> consent id."""
-        terms = {"purposes": [PURPOSE], "data_categories": CATEGORIES}
+        terms = {
+            "purposes": [PURPOSE],
+            "data_categories": CATEGORIES,
+            "notice": {"url": "https://study.example/consent", "sha256": "ab" * 32},
+        }
         ids = {s: str(uuid.uuid4()) for s in subjects}
         self.submit_all(
             [analyst.give_consent_copy(consent_id=ids[s], subject=s, terms=terms) for s in subjects]
@@ -151,22 +151,21 @@ class Federation:
         of (alias, datasource id, variable); returns its id."""
         view_id, analysis_id = str(uuid.uuid4()), str(uuid.uuid4())
         variables = [{"alias": a, "datasource_id": d, "variable": v} for a, d, v in view]
-        self.gql(
+        self.sign(
             analyst,
-            "createDataView",
             "data_view.create",
             {"data_view_id": view_id, "name": name, "variables": variables},
         )
-        self.gql(analyst, "sendDataView", "data_view.send", {"data_view_id": view_id})
+        self.sign(analyst, "data_view.send", {"data_view_id": view_id})
         body = {
             "analysis_id": analysis_id,
             "name": name,
             "data_view_id": view_id,
             "consent": {"purpose": PURPOSE, "data_categories": CATEGORIES},
         }
-        self.gql(analyst, "createAnalysis", "analysis.create", body)
+        self.sign(analyst, "analysis.create", body)
         merge = {"analysis_id": analysis_id, "merge": {"key": "subject"}}
-        self.gql(analyst, "updateMergeSpecification", "analysis.set_merge", merge)
+        self.sign(analyst, "analysis.set_merge", merge)
         for title, filter_text, functions in calculations:
             calc = {
                 "analysis_id": analysis_id,
@@ -175,7 +174,7 @@ class Federation:
                 "filter": filter_text or "",
                 "functions": list(functions),
             }
-            self.gql(analyst, "createCalculation", "calculation.create", calc)
+            self.sign(analyst, "calculation.create", calc)
         self.client.submit(
             analyst.sign("analysis.send", {"analysis_id": analysis_id, "nodes": sorted(self.nodes)})
         )
@@ -190,7 +189,7 @@ class Federation:
         found: dict[str, Any] = graphql(
             self.url,
             "query($id: ID!) { analysis(id: $id) { status failure { node taskId reason }"
-            " approvals { organization resultsState reason } } }",
+            " approvals { organization resultsState resultsReason } } }",
             id=to_base64("Analysis", analysis_id),
         )["analysis"]
         return found
@@ -199,7 +198,7 @@ class Federation:
         deadline = time.monotonic() + timeout
         while True:
             found = self.status(analysis_id)
-            if found["status"] in statuses:
+            if found["status"].lower() in statuses:
                 return found
             if time.monotonic() > deadline:
                 raise FederationError(
@@ -221,7 +220,7 @@ class Federation:
 
     # --- processes ------------------------------------------------------------------------------
 
-    def start_node(self, node: NodeProcess) -> None:
+    def start_node(self, node: NodeProcess, environment: Mapping[str, str] | None = None) -> None:
         peers = [f"--peer={o.name}=127.0.0.1:{o.mpc_port}" for o in self.nodes.values() if o is not node]
         command = [
             *DFG, "node", "serve",
@@ -231,7 +230,9 @@ class Federation:
             "--mpc-port", str(node.mpc_port), "--task-timeout", str(self.task_timeout), *peers,
         ]  # fmt: skip
         with node.log.open("ab") as log:
-            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            node.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(environment or {})}
+            )
         _wait_until_up(node.url + "/healthz", node.process, f"node {node.name}", node.log)
 
     def kill_node(self, name: str) -> None:

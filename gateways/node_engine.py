@@ -145,6 +145,7 @@ class NodeEngine:
             self._fail(analysis_id, task_id, "the claim was refused")
             return
         log.info("%s: task %d (%s) of analysis %s claimed", self.name, task_id, stage, analysis_id)
+        plan: Plan | None = None
         try:
             plan = self._plan(analysis_id)
             if stage == "merge":
@@ -152,7 +153,11 @@ class NodeEngine:
             else:
                 commitment = self._compute(plan, task_id, calculation_id or "")
         except _FAILURES as exc:
-            self._fail(analysis_id, task_id, str(exc))
+            self._fail(analysis_id, task_id, _name_parties(str(exc), plan.nodes if plan else []))
+            return
+        except Exception as exc:  # a bug must fail the task cleanly, not leave it claimed
+            log.exception("%s: task %d of analysis %s crashed", self.name, task_id, analysis_id)
+            self._fail(analysis_id, task_id, f"internal error: {type(exc).__name__}")
             return
         finally:
             self.mesh.forget(f"{analysis_id}/{task_id}")
@@ -295,7 +300,7 @@ class NodeEngine:
                 o["function"]
                 for r in results
                 for o in r.outputs
-                if o.get("suppressed", "").startswith("fewer")
+                if (o.get("suppressed") or "").startswith("fewer")
             ]
             approve = not small
             reason = (
@@ -309,6 +314,13 @@ class NodeEngine:
         log.info(
             "%s: results of analysis %s %s", self.name, analysis_id, "approved" if approve else "declined"
         )
+
+
+def _name_parties(reason: str, nodes: list[str]) -> str:
+    """Protocol errors number parties; a task.fail names the node organisations."""
+    for number, node in enumerate(nodes, start=1):
+        reason = reason.replace(f"party {number}'s", f"{node}'s").replace(f"party {number} ", f"{node} ")
+    return reason
 
 
 def stored_results(work: Path, analysis_id: str) -> list[ResultShares]:
@@ -360,17 +372,15 @@ class Plan:
         if me not in nodes:
             raise EngineError(f"{me} does not compute analysis {doc['analysis_id']}")
         field_ = PrimeField(int(doc["modulus"]))
-        columns = [Column(v["alias"], v["datasource_id"], v["variable"]) for v in view.get("variables", [])]
+        columns = []
         low: dict[str, Fraction] = {}
         high: dict[str, Fraction] = {}
-        for column in columns:
-            declared = sources[column.datasource_id].get("variables", [])
-            spec = next((v for v in declared if v["name"] == column.variable), None)
-            if spec is None:
-                raise EngineError(f"datasource {column.datasource_id} has no variable {column.variable}")
-            if spec.get("min") is None or spec.get("max") is None:
-                raise EngineError(f"variable {column.variable} has no declared range (min and max)")
-            low[column.alias], high[column.alias] = Fraction(spec["min"]), Fraction(spec["max"])
+        for variable in view.get("variables", []):  # each as the view copied it from its datasource
+            alias = variable["alias"]
+            if variable.get("min") is None or variable.get("max") is None:
+                raise EngineError(f"variable {alias} has no declared range (min and max)")
+            columns.append(Column(alias, variable["datasource_id"], variable["name"]))
+            low[alias], high[alias] = Fraction(variable["min"]), Fraction(variable["max"])
         return cls(
             analysis_id=doc["analysis_id"],
             nodes=nodes,

@@ -232,8 +232,8 @@ class Mesh:
     """This node's connections to the other computation nodes.
 
     It accepts authenticated connections from peers (frames they send arrive here) and
-    dials each peer to send (one outgoing channel per peer). Frames carry a session id
-    and a round number; a session's rounds from one peer arrive in order (TCP)."""
+    dials each peer to send, once per session. Frames carry a session id and a round
+    number; a session's rounds from one peer arrive in order (TCP)."""
 
     def __init__(
         self,
@@ -251,7 +251,7 @@ class Mesh:
         self.peers = dict(peers)
         self.timeout = timeout
         self._server = socket.create_server(listen, reuse_port=False)
-        self._outgoing: dict[str, SecureChannel] = {}
+        self._outgoing: dict[tuple[str, str], SecureChannel] = {}  # (peer, session)
         self._incoming: list[SecureChannel] = []
         self._dial_lock = threading.Lock()
         self._inbox_lock = threading.Lock()
@@ -291,7 +291,8 @@ class Mesh:
             log.warning("refused an MPC connection: %s", exc)
             sock.close()
             return
-        self._incoming.append(channel)
+        with self._inbox_lock:
+            self._incoming.append(channel)
         try:
             while True:
                 frame = channel.receive()
@@ -304,6 +305,8 @@ class Mesh:
                 log.info("MPC connection from %s ended: %s", channel.peer, exc)
         finally:
             channel.close()
+            with self._inbox_lock:
+                self._incoming.remove(channel)
 
     def _inbox(self, session: str, peer: str) -> queue.Queue[tuple[int, bytes] | None]:
         with self._inbox_lock:
@@ -315,37 +318,38 @@ class Mesh:
             return inbox
 
     def forget(self, session: str) -> None:
+        """The session is over: drop its queued frames and close its connections."""
         with self._inbox_lock:
             for key in [k for k in self._inboxes if k[0] == session]:
                 del self._inboxes[key]
-
-    # outgoing
-
-    def _channel(self, peer: str) -> SecureChannel:
         with self._dial_lock:
-            channel = self._outgoing.get(peer)
+            channels = [self._outgoing.pop(k) for k in [k for k in self._outgoing if k[1] == session]]
+        for channel in channels:
+            channel.close()
+
+    # outgoing: one fresh connection per peer and session, so that a peer that restarted
+    # between sessions is never sent frames over a connection it no longer reads, and a
+    # connection that breaks inside a session fails the session instead of losing a frame
+
+    def _channel(self, peer: str, session: str) -> SecureChannel:
+        with self._dial_lock:
+            channel = self._outgoing.get((peer, session))
             if channel is None:
                 if peer not in self.peers:
                     raise TransportError(f"no address for {peer} (give it with --peer)")
                 sock = socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                channel = self._outgoing[peer] = connect(sock, self.me, peer, self.keys_of, self.context)
+                channel = connect(sock, self.me, peer, self.keys_of, self.context)
+                self._outgoing[(peer, session)] = channel
             return channel
 
     def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
         name = session.encode()
         frame = len(name).to_bytes(2, "big") + name + number.to_bytes(4, "big") + payload
-        for attempt in (1, 2):  # a peer that restarted gets one fresh connection
-            try:
-                self._channel(peer).send(frame)
-                return
-            except (OSError, TransportError) as exc:
-                with self._dial_lock:
-                    broken = self._outgoing.pop(peer, None)
-                if broken is not None:
-                    broken.close()
-                if attempt == 2:
-                    raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
+        try:
+            self._channel(peer, session).send(frame)
+        except (OSError, TransportError) as exc:
+            raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
 
     def receive(self, peer: str, session: str, number: int, timeout: float) -> bytes:
         try:

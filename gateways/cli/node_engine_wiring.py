@@ -4,7 +4,9 @@ connections authenticated against the node keys in the replica, and the engine t
 from __future__ import annotations
 
 import base64
+import os
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, TransactionBuilder
 from infra.keyfiles import KeyFileError, read_jwk
 from infra.node import NodeReplica
-from mpc.transport import KeysOf, Mesh, NodeIdentity
+from mpc.transport import KeysOf, Mesh, NodeIdentity, SessionEndpoint
 from projections import keys
 from projections.base import ViewDatabase
 
@@ -90,8 +92,9 @@ def start_engine(
     sealing = _okp(options.encryption_key, "X25519", "--encryption-key")
     signing_private, sealing_private = signing.private_key, sealing.private_key
     assert isinstance(signing_private, Ed25519PrivateKey) and isinstance(sealing_private, X25519PrivateKey)
+    mesh_type = CorruptingMesh if os.environ.get(FAULT_VARIABLE) == "corrupt-opening" else Mesh
     try:
-        mesh = Mesh(
+        mesh = mesh_type(
             NodeIdentity(options.name, signing_private),
             ledger_node_keys(node.views),
             chain.encode(),
@@ -111,3 +114,26 @@ def start_engine(
     thread = threading.Thread(target=engine.run, args=(stop,), name="dfg-node-engine", daemon=True)
     thread.start()
     return mesh, thread
+
+
+#: Fault drills: ``DFG_MPC_FAULT=corrupt-opening`` makes this node send a wrong share
+#: in every opening of a computation task, so operators (and the tests) can see the
+#: other nodes detect it and fail the task instead of releasing a wrong result.
+FAULT_VARIABLE = "DFG_MPC_FAULT"
+
+
+class CorruptingMesh(Mesh):
+    def endpoint(self, session: str, members: Sequence[str], width: int) -> SessionEndpoint:
+        honest = super().endpoint(session, members, width)
+        if session.endswith("/1"):  # leave the merge alone: corrupt computation openings
+            return honest
+        return _Corrupting(self, session, list(members), width)
+
+
+class _Corrupting(SessionEndpoint):
+    def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+        vectors = [list(outgoing.get(j, ())) for j in range(1, len(self.members) + 1)]
+        if vectors[0] and all(v == vectors[0] for v in vectors):  # a broadcast: an opening
+            wrong = [(vectors[0][0] + 1) % (1 << (8 * self.width - 1)), *vectors[0][1:]]
+            outgoing = {j: wrong for j in range(1, len(self.members) + 1)}
+        return super().exchange(outgoing)

@@ -169,6 +169,7 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
             results_state=t.ResultsApprovalState(
                 doc["results_approvals"].get(node, {}).get("state", "pending")
             ),
+            results_reason=doc["results_approvals"].get(node, {}).get("reason"),
         )
         for node in doc["nodes"]
     ]

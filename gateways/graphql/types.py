@@ -250,6 +250,9 @@ class OrganizationApproval:
     state: ApprovalState
     reason: str | None
     results_state: ResultsApprovalState
+    results_reason: str | None = strawberry.field(
+        default=None, description="Why the node approved or declined the results (beyond the seed)."
+    )
 
 
 @strawberry.type(description="What the ledger knows of one computed calculation: each node's commitment.")
