@@ -9,6 +9,7 @@ from gateways.cli.audit_commands import audit
 from gateways.cli.bench_commands import bench
 from gateways.cli.demo_analysis import analysis
 from gateways.cli.demo_level1 import level1
+from gateways.cli.demo_mpc import mpc
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.node_commands import node, relay
 from gateways.cli.projection_commands import consents, projections
@@ -26,6 +27,7 @@ def cli() -> None:
 cli.add_command(init)
 demo.add_command(level1)
 demo.add_command(analysis)
+demo.add_command(mpc)
 cli.add_command(demo)
 cli.add_command(audit)
 cli.add_command(projections)
