@@ -47,6 +47,7 @@ class Variable:
     low: Decimal | None
     high: Decimal | None
     categories: tuple[str, ...]
+    unit: str = ""
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> Variable:
@@ -57,6 +58,7 @@ class Variable:
             Decimal(low) if low is not None else None,
             Decimal(high) if high is not None else None,
             tuple(spec.get("categories") or ()),
+            spec.get("unit") or "",
         )
 
     def value(self, text: str, where: str) -> Decimal | None:
@@ -211,7 +213,7 @@ def parse_nodes(values: Iterable[str]) -> dict[str, str]:
 
 DATASOURCE_QUERY = """
 query($id: ID!) { datasource(id: $id) { datasourceId keys
-  variables { name type min max categories } } }
+  variables { name type unit min max categories } } }
 """
 
 

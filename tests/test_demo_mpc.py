@@ -12,6 +12,9 @@ from gateways.cli.main import cli
 
 pytestmark = pytest.mark.slow
 
+#: function, MPC result, plaintext result
+ROW = re.compile(r"\s+(mean|variance|correlation|count)\([^)]*\)\s+(-?[\d.]+).*?\s{2,}(-?[\d.]+)")
+
 
 def test_the_mpc_demo_prints_results_equal_to_plaintext() -> None:
     result = CliRunner().invoke(cli, ["demo", "mpc", "--patients", "400"], catch_exceptions=False)
@@ -19,7 +22,7 @@ def test_the_mpc_demo_prints_results_equal_to_plaintext() -> None:
     assert "results_approved" in result.output
     compared = 0
     for line in result.output.splitlines():
-        found = re.match(r"\s+(mean|variance|correlation|count)\([^)]*\)\s+(-?[\d.]+).*?\s{2,}(-?[\d.]+)", line)
+        found = ROW.match(line)
         if found:
             assert found.group(2) == found.group(3), line
             compared += 1

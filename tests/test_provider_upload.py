@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -136,4 +137,103 @@ def test_bad_records_stop_the_upload_before_anything_is_sent(
 ) -> None:
     result = _upload(federation, tmp_path, text)
     assert result.exit_code == 1 and message in result.output
+    assert not any((d / "bundles").exists() for d in federation["dirs"].values())
+
+
+def _observation(subject: str, when: str, **parts: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": parts.pop("status", "final"),
+        "subject": {"reference": f"Patient/{subject}"},
+        "effectiveDateTime": when,
+        **parts,
+    }
+    return {"resource": resource}
+
+
+def _pressure(value: float, unit: str = "mm[Hg]") -> dict[str, Any]:
+    """A blood-pressure panel whose systolic component carries the value."""
+    return {
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": unit},
+            }
+        ],
+    }
+
+
+SMOKER = {"code": {"coding": [{"system": "urn:x-dfg", "code": "smoker"}]}}
+
+
+def _bundle(tmp_path: Path, entries: list[dict[str, Any]]) -> Path:
+    path = tmp_path / "observations.json"
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
+    return path
+
+
+def test_a_fhir_bundle_of_observations_is_uploaded_latest_value_per_subject(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    path = _bundle(
+        tmp_path,
+        [
+            _observation("p-1", "2026-01-01T08:00:00Z", **_pressure(150)),
+            _observation("p-1", "2026-03-01T08:00:00Z", **_pressure(121.5)),  # the latest counts
+            _observation("p-1", "2026-03-01T08:00:00Z", **SMOKER, valueBoolean=True),
+            _observation("p-2", "2026-02-01T08:00:00Z", **_pressure(133)),
+            _observation("p-2", "2026-04-01T08:00:00Z", **_pressure(259), status="entered-in-error"),
+        ],
+    )
+    result = CliRunner().invoke(
+        cli, ["provider", "upload", str(path), *federation["args"], "--code", "sbp=http://loinc.org|8480-6",
+              "--code", "smoker=urn:x-dfg|smoker"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    node = "node:n0"
+    sealed = (federation["dirs"][node] / "bundles" / f"{federation['datasource']}.sealed").read_bytes()
+    from mpc.bundles import bundle_header, commitment
+
+    assert bundle_header(sealed)["rows"] == 2
+    shares = {}
+    for name in ("node:n0", "node:n2"):
+        sealed = (federation["dirs"][name] / "bundles" / f"{federation['datasource']}.sealed").read_bytes()
+        shares[name] = open_sealed(
+            sealed, federation["private"][name], expected_commitment=commitment(sealed)
+        )
+    assert shares["node:n0"].keys == ("p-1", "p-2")
+    scheme, fixed = Scheme(PrimeField(MERSENNE_127), parties=3, threshold=1), FixedPoint(16)
+
+    def column(name: str) -> list[int]:
+        pairs = zip(shares["node:n0"].columns[name], shares["node:n2"].columns[name], strict=True)
+        return [scheme.field.signed(scheme.reconstruct({1: a, 3: b})) for a, b in pairs]
+
+    assert [fixed.decode(v) for v in column("sbp")] == [Decimal("121.5"), 133]
+    assert column("smoker__present") == [1, 0] and column("smoker")[0] == fixed.encode(1)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            [_observation("p-1", "2026-01-01T08:00:00Z", **_pressure(120, "kPa"))],
+            "sbp is in 'mm[Hg]', not 'kPa'",
+        ),
+        ([_observation("p-1", "2026-01-01T08:00:00Z", **_pressure(400))], "sbp = 400 is outside"),
+        (
+            [{"resource": {**_observation("p-1", "x", **_pressure(120))["resource"], "subject": None}}],
+            "valid FHIR",
+        ),
+        ([], "no Observation of the datasource's variables"),
+    ],
+)
+def test_a_bad_fhir_bundle_stops_the_upload_before_anything_is_sent(
+    federation: dict[str, Any], tmp_path: Path, entries: list[dict[str, Any]], message: str
+) -> None:
+    path = _bundle(tmp_path, entries)
+    result = CliRunner().invoke(
+        cli, ["provider", "upload", str(path), *federation["args"], "--code", "sbp=http://loinc.org|8480-6"]
+    )
+    assert result.exit_code == 1 and message in result.output, result.output
     assert not any((d / "bundles").exists() for d in federation["dirs"].values())

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from gateways.cli.options import fail
-from gateways.provider_upload import UploadError, fetch_datasource, parse_nodes, read_csv, upload
+from gateways.fhir_observations import parse_codes, read_bundle
+from gateways.provider_upload import UploadError, Variable, fetch_datasource, parse_nodes, read_csv, upload
 from gateways.sdk import ConsentClient, DfgApiError, DfgConnectionError, TransactionBuilder
 from infra.keyfiles import KeyFileError, read_jwk
 
@@ -43,6 +44,12 @@ def provider() -> None:
 @click.option(
     "--key-column", default=None, help="The subject key column [default: the datasource's first key]."
 )
+@click.option(
+    "--code",
+    "codes",
+    multiple=True,
+    help="FHIR input: the coding of a variable, VARIABLE=SYSTEM|CODE (repeat) [default: code = name].",
+)
 def upload_command(
     records: Path,
     url: str,
@@ -52,21 +59,30 @@ def upload_command(
     nodes: tuple[str, ...],
     precision: int,
     key_column: str | None,
+    codes: tuple[str, ...],
 ) -> None:
-    """Check a CSV file against the datasource's variables, secret-share it, seal each
-    node's shares to that node's key, deliver them and sign the commitments."""
+    """Check records -- a CSV file, or a FHIR Bundle of Observations (.json) -- against
+    the datasource's variables (type, unit, range), secret-share them, seal each node's
+    shares to that node's key, deliver them and sign the commitments."""
     client = ConsentClient(url)
     try:
         chain = client.health()["chain"]
         builder = TransactionBuilder(principal, read_jwk(key_file), chain)
+        datasource = fetch_datasource(url, datasource_id)
+        key = key_column or datasource["keys"][0]
+        if _is_fhir(records):
+            variables = [Variable.of(v) for v in datasource["variables"]]
+            rows = read_bundle(records, key, variables, parse_codes(codes))
+        else:
+            rows = read_csv(records)
         commitments = upload(
             client=client,
             provider=builder,
-            datasource=fetch_datasource(url, datasource_id),
-            rows=read_csv(records),
+            datasource=datasource,
+            rows=rows,
             nodes=parse_nodes(nodes),
             precision=precision,
-            key_column=key_column,
+            key_column=key,
         )
     except (UploadError, KeyFileError) as exc:
         fail(str(exc))
@@ -77,3 +93,11 @@ def upload_command(
     for node, digest in commitments.items():
         click.echo(f"{node}: bundle sha256 {digest}")
     click.echo("commitments recorded on the ledger (datasource.commit_shares)")
+
+
+def _is_fhir(path: Path) -> bool:
+    """A FHIR Bundle in JSON (by its extension, or its first bytes)."""
+    if path.suffix.lower() == ".json":
+        return True
+    with path.open("rb") as handle:
+        return handle.read(1).strip() == b"{"
