@@ -53,6 +53,7 @@ from mpc.runtime import Party, ProtocolTimeout
 from mpc.shamir import Scheme
 from mpc.statistics import Ranges, SharedTable, aggregate
 from mpc.transport import Mesh, TransportError
+from mpc.vectors import VectorOps
 from projections import analyses as views
 from projections import consent_state, keys
 
@@ -227,12 +228,12 @@ class NodeEngine:
 
     def _merge(self, plan: Plan, task_id: int) -> str:
         bundles = self._bundles(plan)
-        party = self._party(plan, task_id, width=16)
+        party = self._party(plan, task_id)
         rows = agree_on_rows(party, eligible_rows(list(bundles.values()), plan.consenting))
         table = shared_table(bundles, plan.columns, rows, precision=plan.fixed.precision)
         self._tables[plan.analysis_id] = table
         self._write(plan.analysis_id, "rows.json", json.dumps(rows).encode())
-        return _table_commitment(table)
+        return _table_commitment(table, plan.field.vectors)
 
     def _table(self, plan: Plan) -> SharedTable:
         table = self._tables.get(plan.analysis_id)
@@ -253,7 +254,7 @@ class NodeEngine:
             raise EngineError(f"the analysis has no calculation {calculation_id}")
         calculation = check_calculation(spec.get("filter") or None, spec["functions"], plan.ranges.low)
         table = self._table(plan)
-        party = self._party(plan, task_id, width=(plan.field.bits + 7) // 8)
+        party = self._party(plan, task_id)
         outputs = aggregate(
             party, calculation, table, fixed=plan.fixed, ranges=plan.ranges,
             min_cell=plan.min_cell, release_extremes=plan.release_extremes,
@@ -266,8 +267,8 @@ class NodeEngine:
         self._write(plan.analysis_id, f"result-{task_id}.json", result.plaintext())
         return result.commitment()
 
-    def _party(self, plan: Plan, task_id: int, *, width: int) -> Party:
-        endpoint = self.mesh.endpoint(f"{plan.analysis_id}/{task_id}", plan.nodes, width)
+    def _party(self, plan: Plan, task_id: int) -> Party:
+        endpoint = self.mesh.endpoint(f"{plan.analysis_id}/{task_id}", plan.nodes)
         return Party(plan.party, plan.scheme, endpoint)
 
     def _write(self, analysis_id: str, name: str, data: bytes) -> None:
@@ -330,10 +331,10 @@ def stored_results(work: Path, analysis_id: str) -> list[ResultShares]:
     return [ResultShares.from_plaintext(p.read_bytes()) for p in sorted(directory.glob("result-*.json"))]
 
 
-def _table_commitment(table: SharedTable) -> str:
+def _table_commitment(table: SharedTable, ops: VectorOps) -> str:
     digest = hashlib.sha256()
     for name in sorted(table.columns):
-        digest.update(name.encode() + b"\0" + ",".join(map(str, table.columns[name])).encode() + b"\n")
+        digest.update(name.encode() + b"\0" + ops.dumps(table.columns[name]) + b"\n")
     return digest.hexdigest()
 
 

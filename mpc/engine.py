@@ -24,17 +24,18 @@ from dataclasses import dataclass
 from mpc.bundles import ShareBundle
 from mpc.runtime import Party
 from mpc.statistics import PRESENT, SharedTable
+from mpc.vectors import Vec, ops_for
 
-#: Bytes of a pseudonym's digest in the merge round (fits a 16-byte element width).
-DIGEST_BYTES = 15
+#: Bytes of a pseudonym's digest in the merge round.
+DIGEST_BYTES = 16
 
 
 class EngineError(RuntimeError):
     """A task cannot be computed correctly; the reason goes into ``task.fail``."""
 
 
-def digest(pseudonym: str) -> int:
-    return int.from_bytes(hashlib.sha256(pseudonym.encode()).digest()[:DIGEST_BYTES], "big")
+def _digest(pseudonym: str) -> bytes:
+    return hashlib.sha256(pseudonym.encode()).digest()[:DIGEST_BYTES]
 
 
 def eligible_rows(bundles: Sequence[ShareBundle], consenting: Iterable[str]) -> set[str]:
@@ -50,14 +51,17 @@ def eligible_rows(bundles: Sequence[ShareBundle], consenting: Iterable[str]) -> 
 def agree_on_rows(party: Party, eligible: Iterable[str]) -> list[str]:
     """The rows every node finds eligible, in pseudonym order; two rounds."""
     mine = sorted(eligible)
-    received = party.broadcast([digest(k) for k in mine])
-    common = set(received[party.index])
-    for vector in received.values():
-        common &= set(vector)
-    rows = [k for k in mine if digest(k) in common]
-    summary = int.from_bytes(hashlib.sha256("\n".join(rows).encode()).digest()[:DIGEST_BYTES], "big")
-    summaries = party.broadcast([summary])
-    disagreeing = sorted(j for j, vector in summaries.items() if vector != [summary])
+    received = party.broadcast_bytes(b"".join(_digest(k) for k in mine))
+    common: set[bytes] | None = None
+    for data in received.values():
+        if len(data) % DIGEST_BYTES:
+            raise EngineError("a node sent a malformed list of digests")
+        digests = {data[i : i + DIGEST_BYTES] for i in range(0, len(data), DIGEST_BYTES)}
+        common = digests if common is None else common & digests
+    rows = [k for k in mine if _digest(k) in (common or set())]
+    summary = hashlib.sha256("\n".join(rows).encode()).digest()
+    summaries = party.broadcast_bytes(summary)
+    disagreeing = sorted(j for j, data in summaries.items() if data != summary)
     if disagreeing:
         raise EngineError(f"the nodes disagree on the merged rows (parties {disagreeing})")
     return rows
@@ -78,7 +82,7 @@ def shared_table(
     """This node's shares of the merged table: a column and a presence flag per alias,
     rows in the agreed order. Values shared at a lower precision are scaled up (exact);
     a higher one would need a truncation and is refused."""
-    table: dict[str, list[int]] = {}
+    table: dict[str, Vec] = {}
     for column in columns:
         bundle = bundles.get(column.datasource_id)
         if bundle is None:
@@ -97,9 +101,10 @@ def shared_table(
         except KeyError as exc:
             raise EngineError(f"datasource {column.datasource_id} has no row for an agreed subject") from exc
         values, present = bundle.columns[column.variable], bundle.columns[column.variable + PRESENT]
-        p = bundle.modulus
-        table[column.alias] = [values[i] * scale % p for i in at]
-        table[column.alias + PRESENT] = [present[i] for i in at]
+        ops = ops_for(bundle.modulus)
+        column_values = ops.of([values[i] for i in at])
+        table[column.alias] = column_values if scale == 1 else ops.scale(column_values, scale)
+        table[column.alias + PRESENT] = ops.of([present[i] for i in at])
     return SharedTable(table, len(rows))
 
 

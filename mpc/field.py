@@ -23,6 +23,7 @@ import gmpy2
 
 from domain.errors import DomainError
 from domain.field_capacity import check_capacity
+from mpc.vectors import VectorOps, ops_for
 
 MERSENNE_127: Final = 2**127 - 1
 
@@ -38,6 +39,11 @@ class PrimeField:
     def __post_init__(self) -> None:
         if self.modulus < 3 or not gmpy2.is_prime(self.modulus, 50):
             raise FieldError(f"{self.modulus} is not an odd prime")
+
+    @property
+    def vectors(self) -> VectorOps:
+        """Vector arithmetic in this field (numpy limbs for the Mersenne primes)."""
+        return ops_for(self.modulus)
 
     @property
     def bits(self) -> int:

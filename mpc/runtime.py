@@ -2,21 +2,22 @@
 
 Protocols are written from one party's point of view, as straight-line code (as in
 MPyC): a party computes locally and calls ``exchange`` to send one vector of field
-elements to every party and receive one from each. ``LocalNetwork`` connects parties
-that run as threads of one process (tests, benchmarks of the arithmetic); the node
-engine connects them over authenticated network connections with the same interface.
+elements to every party and receive one from each. Vectors travel as their raw bytes
+(``mpc.vectors``). ``LocalNetwork`` connects parties that run as threads of one process
+(tests, benchmarks of the arithmetic); the node engine connects them over
+authenticated network connections (``mpc.transport``) with the same interface.
 """
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from mpc.randomness import RandomMany, uniform_below
 from mpc.shamir import Scheme
+from mpc.vectors import Vec, VectorOps
 
 T = TypeVar("T")
 
@@ -25,10 +26,15 @@ class ProtocolTimeout(RuntimeError):
     """Another party did not answer in time (it stopped, or the network did)."""
 
 
+class ProtocolError(RuntimeError):
+    """A protocol could not complete correctly (an inconsistent opening, a malformed
+    message)."""
+
+
 class Endpoint(Protocol):
-    def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
-        """Send ``outgoing[j]`` to each party j (itself included) and return what each
-        party j sent to this one, in one round."""
+    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+        """Send ``outgoing[j]`` to each party j (itself included; nothing is an empty
+        message) and return what each party j sent to this one, in one round."""
         ...
 
 
@@ -39,18 +45,29 @@ class Party:
     index: int
     scheme: Scheme
     endpoint: Endpoint
-    random: RandomMany = field(default=uniform_below)
 
     @property
     def parties(self) -> range:
         return self.scheme.points
 
-    def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
-        return self.endpoint.exchange(outgoing)
+    @property
+    def ops(self) -> VectorOps:
+        return self.scheme.field.vectors
 
-    def broadcast(self, values: Sequence[int]) -> dict[int, list[int]]:
+    def exchange(self, outgoing: Mapping[int, Vec]) -> dict[int, Vec]:
+        ops = self.ops
+        received = self.endpoint.exchange({j: ops.dumps(v) for j, v in outgoing.items()})
+        try:
+            return {j: ops.loads(data) for j, data in received.items()}
+        except ValueError as exc:
+            raise ProtocolError(f"a party sent a malformed vector: {exc}") from exc
+
+    def broadcast(self, values: Vec) -> dict[int, Vec]:
         """Send the same vector to everyone; receive everyone's."""
         return self.exchange({j: values for j in self.parties})
+
+    def broadcast_bytes(self, data: bytes) -> dict[int, bytes]:
+        return self.endpoint.exchange({j: data for j in self.parties})
 
 
 class LocalNetwork:
@@ -60,16 +77,16 @@ class LocalNetwork:
         self.parties = parties
         self.timeout = timeout
         self._queues = {
-            (i, j): queue.Queue[list[int]]() for i in range(1, parties + 1) for j in range(1, parties + 1)
+            (i, j): queue.Queue[bytes]() for i in range(1, parties + 1) for j in range(1, parties + 1)
         }
 
     def endpoint(self, index: int) -> Endpoint:
         network = self
 
         class _Local:
-            def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+            def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
                 for j in range(1, network.parties + 1):
-                    network._queues[(index, j)].put(list(outgoing.get(j, ())))
+                    network._queues[(index, j)].put(outgoing.get(j, b""))
                 received = {}
                 for j in range(1, network.parties + 1):
                     try:

@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from mpc.field import PrimeField
 from mpc.randomness import RandomMany, uniform_below
+from mpc.vectors import Vec
 
 RandomBelow = Callable[[int], int]
 
@@ -86,6 +89,52 @@ class Scheme:
                 )
         return value
 
+    # --- whole vectors (mpc.vectors) -------------------------------------------------------
+
+    def share_vector(self, values: Vec) -> list[Vec]:
+        """Shares of every element, one vector per party (x = 1..n): Horner's rule with
+        the small public points as additions."""
+        ops = self.field.vectors
+        n = ops.length(values)
+        coefficients = [ops.random(n) for _ in range(self.threshold)]
+        shares = []
+        for x in self.points:
+            acc = coefficients[-1]
+            for coefficient in reversed(coefficients[:-1]):
+                acc = ops.add(coefficient, ops.scale(acc, x))
+            shares.append(ops.add(values, ops.scale(acc, x)))
+        return shares
+
+    def combine(self, vectors: Mapping[int, Vec], at: int = 0) -> Vec:
+        """The degree-(len - 1) interpolation of the parties' vectors, evaluated at ``at``."""
+        ops = self.field.vectors
+        weights = lagrange_at(tuple(sorted(vectors)), at, self.field.modulus)
+        total: Vec | None = None
+        for x, weight in weights.items():
+            term = ops.scale(vectors[x], weight)
+            total = term if total is None else ops.add(total, term)
+        assert total is not None
+        return total
+
+    def open_checked_vector(self, vectors: Mapping[int, Vec]) -> Vec:
+        """Reconstruct every element from t + 1 parties' vectors and check each other
+        party's against the same polynomials; a wrong share raises, naming the party
+        and the first element it got wrong."""
+        chosen = sorted(vectors)
+        base = {x: vectors[x] for x in chosen[: self.threshold + 1]}
+        value = self.combine(base)
+        for extra in chosen[self.threshold + 1 :]:
+            expected = self.combine(base, at=extra)
+            unequal = np.asarray(expected != vectors[extra])
+            differs = unequal.any(axis=0) if unequal.ndim == 2 else unequal
+            if differs.any():
+                index = int(np.argmax(differs))
+                raise SharingError(
+                    f"party {extra}'s share of value {index} is inconsistent with the others:"
+                    " an opening was tampered with"
+                )
+        return value
+
 
 def _evaluate(coefficients: Sequence[int], x: int, p: int) -> int:
     result = 0
@@ -95,17 +144,21 @@ def _evaluate(coefficients: Sequence[int], x: int, p: int) -> int:
 
 
 @lru_cache(maxsize=1024)
-def lagrange_at_zero(points: tuple[int, ...], p: int) -> dict[int, int]:
-    """Weights w_i with f(0) = sum w_i f(x_i) for any polynomial of degree < len(points)."""
+def lagrange_at(points: tuple[int, ...], at: int, p: int) -> dict[int, int]:
+    """Weights w_i with f(at) = sum w_i f(x_i) for any polynomial of degree < len(points)."""
     weights = {}
     for i in points:
         numerator, denominator = 1, 1
         for j in points:
             if j != i:
-                numerator = numerator * (-j) % p
+                numerator = numerator * (at - j) % p
                 denominator = denominator * (i - j) % p
         weights[i] = numerator * pow(denominator, -1, p) % p
     return weights
+
+
+def lagrange_at_zero(points: tuple[int, ...], p: int) -> dict[int, int]:
+    return lagrange_at(points, 0, p)
 
 
 def _interpolate(shares: Mapping[int, int], at: int, p: int) -> int:

@@ -1,14 +1,17 @@
 """Evaluating a calculation over secret-shared columns, from one party's point of view.
 
 The filter becomes a shared 0/1 mask (comparisons, and products for ``&``); every
-function then needs only sums of masked values and products, revealed as aggregates:
-counts, sums, sums of squares and cross-products, and counts per histogram bin.
-Division, square roots and solving the normal equations of a regression happen on
-those revealed aggregates, never per row. ``min``/``max`` take a tournament of
-secure comparisons and reveal only the extreme.
+function then needs only sums of masked values and products, kept shared as
+aggregates: counts, sums, sums of squares and cross-products, and counts per
+histogram bin. Whoever opens them (the analyst) finishes the statistics: division,
+square roots and the normal equations of a regression happen on aggregates, never
+per row. ``min``/``max`` take a tournament of secure comparisons.
 
-Values are fixed-point with ``precision`` fractional bits; a missing value has its
-presence flag at 0 and makes any comparison on it false.
+Values are fixed-point with ``precision`` fractional bits. A missing value is shared
+as 0 with its presence flag at 0: it makes any comparison on it false, and it adds
+nothing to a sum -- so a sum over the rows where its own variable is present needs
+no multiplication. A mask that is the public all-ones vector (no filter) is ``None``
+here, and multiplying by it is free.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from typing import Any
 
 from domain.calculations import AllOf, AnyOf, Calculation, Compare, Constant, Filter, Function, Not, Variable
 from mpc.field import FixedPoint
-from mpc.protocols import inner, less_than_zero, multiply, open_values
+from mpc.protocols import inner, less_than_zero, multiply, open_values, total
 from mpc.runtime import Party
+from mpc.vectors import Vec
 
 PRESENT = "__present"
+
+#: A 0/1 row mask; None is the public all-ones mask (every row).
+Mask = Vec | None
 
 
 @dataclass(frozen=True)
@@ -43,36 +50,48 @@ class Ranges:
 class SharedTable:
     """One party's shares of a merged dataset: value columns and presence flags."""
 
-    columns: Mapping[str, Sequence[int]]
+    columns: Mapping[str, Vec]
     rows: int
 
 
-def _ones(party: Party, n: int) -> list[int]:
-    return [1] * n  # a public constant is its own share under Shamir (f(x) = c)
+def _not(party: Party, bits: Vec) -> Vec:
+    ops = party.ops
+    return ops.sub(ops.const(1, ops.length(bits)), bits)
 
 
-def _not(party: Party, bits: Sequence[int]) -> list[int]:
-    p = party.scheme.field.modulus
-    return [(1 - b) % p for b in bits]
+def _and(party: Party, a: Mask, b: Mask) -> Mask:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return multiply(party, a, b)
 
 
-def _operand(party: Party, table: SharedTable, operand: Variable | Constant, fixed: FixedPoint) -> list[int]:
+def _apply(party: Party, mask: Mask, values: Vec) -> Vec:
+    return values if mask is None else multiply(party, mask, values)
+
+
+def _count(party: Party, mask: Mask, rows: int) -> Vec:
+    """Shares of the number of rows in the mask (local: a sum of shares)."""
+    return party.ops.of([rows]) if mask is None else total(party, mask)
+
+
+def _operand(party: Party, table: SharedTable, operand: Variable | Constant, fixed: FixedPoint) -> Vec:
     if isinstance(operand, Variable):
-        return list(table.columns[operand.name])
-    return [party.scheme.field.element(fixed.encode(operand.value))] * table.rows
+        return table.columns[operand.name]
+    return party.ops.const(party.scheme.field.element(fixed.encode(operand.value)), table.rows)
 
 
-def _presence(table: SharedTable, compare: Compare) -> list[Sequence[int]]:
+def _presence(table: SharedTable, compare: Compare) -> list[Vec]:
     return [table.columns[o.name + PRESENT] for o in (compare.left, compare.right) if isinstance(o, Variable)]
 
 
-def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits: int) -> list[int]:
+def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits: int) -> Vec:
     """Shares of 1 for rows the filter keeps, 0 for the others."""
-    p = party.scheme.field.modulus
+    ops = party.ops
     if isinstance(tree, Compare):
         a, b = _operand(party, table, tree.left, fixed), _operand(party, table, tree.right, fixed)
-        a_minus_b = [(x - y) % p for x, y in zip(a, b, strict=True)]
-        b_minus_a = [(y - x) % p for x, y in zip(a, b, strict=True)]
+        a_minus_b, b_minus_a = ops.sub(a, b), ops.sub(b, a)
         if tree.op == "<":
             result = less_than_zero(party, a_minus_b, bits)
         elif tree.op == ">":
@@ -81,9 +100,10 @@ def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits
             result = _not(party, less_than_zero(party, b_minus_a, bits))
         elif tree.op == ">=":
             result = _not(party, less_than_zero(party, a_minus_b, bits))
-        else:
-            below = less_than_zero(party, a_minus_b, bits)
-            above = less_than_zero(party, b_minus_a, bits)
+        else:  # both comparisons in one batch
+            n = table.rows
+            both = less_than_zero(party, ops.concat([a_minus_b, b_minus_a]), bits)
+            below, above = ops.take(both, 0, n), ops.take(both, n, 2 * n)
             equal = multiply(party, _not(party, below), _not(party, above))
             result = equal if tree.op == "==" else _not(party, equal)
         for present in _presence(table, tree):
@@ -95,11 +115,7 @@ def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits
     combined = parts[0]
     for part in parts[1:]:
         both = multiply(party, combined, part)
-        combined = (
-            both
-            if isinstance(tree, AllOf)
-            else [(x + y - z) % p for x, y, z in zip(combined, part, both, strict=True)]
-        )
+        combined = both if isinstance(tree, AllOf) else ops.sub(ops.add(combined, part), both)
     assert isinstance(tree, AllOf | AnyOf)
     return combined
 
@@ -168,11 +184,7 @@ def aggregate(
     min_cell" is opened, never the count. ``min``/``max`` are suppressed unless the
     nodes' policies release extremes."""
     bits = ranges.bits(fixed)
-    keep = (
-        mask(party, calculation.filter, table, fixed, bits)
-        if calculation.filter is not None
-        else _ones(party, table.rows)
-    )
+    keep: Mask = None if calculation.filter is None else mask(party, calculation.filter, table, fixed, bits)
     outputs = []
     for function in calculation.functions:
         if function.name in ("min", "max") and not release_extremes:
@@ -185,7 +197,7 @@ def aggregate(
             small = f"fewer than {min_cell} records"
             outputs.append(Output(function.text, function.name, "moments", [], {}, small))
             continue
-        outputs.append(_function(party, function, rows, table, fixed, ranges, bits, min_cell))
+        outputs.append(_function(party, function, keep, rows, table, fixed, ranges, bits, min_cell))
     return outputs
 
 
@@ -211,51 +223,60 @@ def finish(output: Mapping[str, Any], values: Sequence[int], fixed: FixedPoint) 
     return {"function": function, **_from_moments(name, count, totals, cross, k)}
 
 
-def _large_enough(party: Party, masks: Sequence[Sequence[int]], min_cell: int, rows: int) -> list[bool]:
-    """Opens only [sum(mask) >= min_cell] for each mask (the count stays shared)."""
+def _large_enough(party: Party, masks: Sequence[Mask], min_cell: int, rows: int) -> list[bool]:
+    """Opens only [count(mask) >= min_cell] for each mask (the count stays shared)."""
     if min_cell <= 1:
         return [True] * len(masks)
-    p = party.scheme.field.modulus
-    counts = inner(party, [list(m) for m in masks], [[1] * rows] * len(masks))
-    below = less_than_zero(party, [(c - min_cell) % p for c in counts], rows.bit_length() + 3)
+    ops = party.ops
+    counts = ops.concat([_count(party, m, rows) for m in masks])
+    below = less_than_zero(party, ops.add_const(counts, -min_cell), rows.bit_length() + 3)
     return [bit == 0 for bit in open_values(party, below)]
 
 
-def _rows_with(party: Party, keep: Sequence[int], table: SharedTable, names: Sequence[str]) -> list[int]:
-    result = list(keep)
+def _rows_with(party: Party, keep: Mask, table: SharedTable, names: Sequence[str]) -> Mask:
+    """The kept rows where every one of ``names`` is present."""
+    result = keep
     for name in names:
-        result = multiply(party, result, table.columns[name + PRESENT])
+        result = _and(party, result, table.columns[name + PRESENT])
     return result
 
 
 def _function(
     party: Party,
     function: Function,
-    rows: Sequence[int],
+    keep: Mask,
+    rows: Mask,
     table: SharedTable,
     fixed: FixedPoint,
     ranges: Ranges,
     bits: int,
     min_cell: int,
 ) -> Output:
+    ops = party.ops
     name, names = function.name, function.variables
     if name == "count":
-        (count,) = inner(party, [list(rows)], [[1] * table.rows])
-        return Output(function.text, name, "moments", [count], {"variables": 0})
+        return Output(
+            function.text, name, "moments", ops.ints(_count(party, rows, table.rows)), {"variables": 0}
+        )
     if name == "histogram":
         return _histogram(party, function, rows, table, fixed, ranges, bits, min_cell)
     if name in ("min", "max"):
         return _extreme(party, function, rows, table, fixed, ranges, bits)
     columns = [table.columns[n] for n in names]
-    masked = [multiply(party, rows, column) for column in columns]  # m * x, per variable
-    ones = [1] * table.rows
-    sums = inner(party, [rows, *masked], [ones] * (1 + len(columns)))
+    # w * x_i, where w = keep * (every presence): x_i is 0 where it is missing, so only
+    # the other variables' presence (and the filter) need multiplying in
+    masked = []
+    for i, column in enumerate(columns):
+        others = _rows_with(party, keep, table, [n for j, n in enumerate(names) if j != i])
+        masked.append(_apply(party, others, column))
+    sums = ops.concat([_count(party, rows, table.rows), *[total(party, m) for m in masked]])
     squares = inner(
         party,
         [masked[i] for i in range(len(columns)) for _ in range(i, len(columns))],
         [columns[j] for i in range(len(columns)) for j in range(i, len(columns))],
     )
-    return Output(function.text, name, "moments", [*sums, *squares], {"variables": len(columns)})
+    quantities = ops.ints(ops.concat([sums, squares]))
+    return Output(function.text, name, "moments", quantities, {"variables": len(columns)})
 
 
 def _from_moments(name: str, n: int, sums: list[Fraction], cross: list[Fraction], k: int) -> dict[str, Any]:
@@ -296,7 +317,7 @@ def _from_moments(name: str, n: int, sums: list[Fraction], cross: list[Fraction]
 def _histogram(
     party: Party,
     function: Function,
-    rows: Sequence[int],
+    rows: Mask,
     table: SharedTable,
     fixed: FixedPoint,
     ranges: Ranges,
@@ -305,23 +326,24 @@ def _histogram(
 ) -> Output:
     """Counts per bin, from one batch of comparisons against every inner edge. Bins
     under ``min_cell`` are suppressed: their counts are never opened."""
-    p = party.scheme.field.modulus
+    ops = party.ops
     name = function.variables[0]
     bins = function.bins or 1
     low, high = ranges.low[name], ranges.high[name]
     edges = [low + (high - low) * i / bins for i in range(bins + 1)]
     column, n = table.columns[name], table.rows
-    at_least = [list(rows)]  # x >= edge 0: every kept row (values lie in their range)
+    everything = rows if rows is not None else ops.const(1, n)
+    at_least = [everything]  # x >= edge 0: every kept row (values lie in their range)
     inner_edges = [party.scheme.field.element(fixed.encode(edge)) for edge in edges[1:-1]]
     if inner_edges:
-        below = less_than_zero(party, [(x - e) % p for e in inner_edges for x in column], bits)
-        above = multiply(party, list(rows) * len(inner_edges), _not(party, below))
-        at_least.extend(above[i * n : (i + 1) * n] for i in range(len(inner_edges)))
-    at_least.append([0] * n)
-    per_bin = [[(a - b) % p for a, b in zip(at_least[i], at_least[i + 1], strict=True)] for i in range(bins)]
+        below = less_than_zero(party, ops.concat([ops.add_const(column, -e) for e in inner_edges]), bits)
+        above = _apply(party, None if rows is None else ops.tile(rows, len(inner_edges)), _not(party, below))
+        at_least.extend(ops.take(above, i * n, (i + 1) * n) for i in range(len(inner_edges)))
+    at_least.append(ops.zeros(n))
+    per_bin: list[Mask] = [ops.sub(at_least[i], at_least[i + 1]) for i in range(bins)]
     allowed = _large_enough(party, per_bin, min_cell, n)
     shown = [b for b, ok in zip(per_bin, allowed, strict=True) if ok]
-    counts = inner(party, shown, [[1] * n] * len(shown)) if shown else []
+    counts = ops.ints(ops.concat([_count(party, b, n) for b in shown])) if shown else []
     layout = {"edges": [str(e) for e in edges], "shown": allowed}
     return Output(function.text, "histogram", "histogram", counts, layout)
 
@@ -329,7 +351,7 @@ def _histogram(
 def _extreme(
     party: Party,
     function: Function,
-    rows: Sequence[int],
+    rows: Mask,
     table: SharedTable,
     fixed: FixedPoint,
     ranges: Ranges,
@@ -337,19 +359,23 @@ def _extreme(
 ) -> Output:
     """min or max over kept rows: the others are replaced by a value beyond the range,
     so an empty selection finishes as "no value" without a count being opened."""
-    p = party.scheme.field.modulus
+    ops = party.ops
     field = party.scheme.field
     name, variable = function.name, function.variables[0]
     low, high = ranges.low[variable], ranges.high[variable]
     beyond = field.element(fixed.encode(high + 1 if name == "min" else low - 1))
-    kept = multiply(party, rows, table.columns[variable])
-    values = [(a + beyond * (1 - m)) % p for a, m in zip(kept, rows, strict=True)]
-    while len(values) > 1:
-        pairs = len(values) // 2
-        a, b = values[0 : 2 * pairs : 2], values[1 : 2 * pairs : 2]
-        a_minus_b = [(x - y) % p for x, y in zip(a, b, strict=True)]
+    column = table.columns[variable]
+    if rows is None:
+        values = column
+    else:  # m * x + beyond * (1 - m)
+        values = ops.add(multiply(party, rows, column), ops.scale(_not(party, rows), beyond))
+    while ops.length(values) > 1:
+        size = ops.length(values)
+        pairs = size // 2
+        a, b = ops.take(values, 0, pairs), ops.take(values, pairs, 2 * pairs)
+        a_minus_b = ops.sub(a, b)
         a_smaller = less_than_zero(party, a_minus_b, bits + 1)
         choose_a = a_smaller if name == "min" else _not(party, a_smaller)
-        picked = multiply(party, choose_a, a_minus_b)
-        values = [(y + d) % p for y, d in zip(b, picked, strict=True)] + values[2 * pairs :]
-    return Output(function.text, name, "extreme", values[:1], {"low": str(low), "high": str(high)})
+        winners = ops.add(b, multiply(party, choose_a, a_minus_b))
+        values = ops.concat([winners, ops.take(values, 2 * pairs, size)])
+    return Output(function.text, name, "extreme", ops.ints(values), {"low": str(low), "high": str(high)})

@@ -217,17 +217,6 @@ def accept(sock: socket.socket, me: NodeIdentity, keys_of: KeysOf, context: byte
 # --- sessions over a mesh of channels ------------------------------------------------------------
 
 
-def encode_vector(values: Sequence[int], width: int) -> bytes:
-    return b"".join([v.to_bytes(width, "little") for v in values])
-
-
-def decode_vector(data: bytes, width: int) -> list[int]:
-    if len(data) % width:
-        raise TransportError("a vector whose length is not a multiple of its element width")
-    from_bytes = int.from_bytes
-    return [from_bytes(data[i : i + width], "little") for i in range(0, len(data), width)]
-
-
 class Mesh:
     """This node's connections to the other computation nodes.
 
@@ -363,36 +352,34 @@ class Mesh:
             raise TransportError(f"{peer} is out of step in {session} (round {got}, not {number})")
         return item[1]
 
-    def endpoint(self, session: str, members: Sequence[str], width: int) -> SessionEndpoint:
+    def endpoint(self, session: str, members: Sequence[str]) -> SessionEndpoint:
         if self.me.name not in members:
             raise TransportError(f"{self.me.name} is not a party of {session}")
-        return SessionEndpoint(self, session, list(members), width)
+        return SessionEndpoint(self, session, list(members))
 
 
 class SessionEndpoint:
     """One protocol session: party j is ``members[j - 1]``."""
 
-    def __init__(self, mesh: Mesh, session: str, members: list[str], width: int) -> None:
+    def __init__(self, mesh: Mesh, session: str, members: list[str]) -> None:
         self.mesh = mesh
         self.session = session
         self.members = members
-        self.width = width
         self.index = members.index(mesh.me.name) + 1
         self.rounds = 0
 
-    def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
         self.rounds += 1
-        received: dict[int, list[int]] = {}
+        received: dict[int, bytes] = {}
         for j, member in enumerate(self.members, start=1):
-            values = outgoing.get(j, ())
+            payload = outgoing.get(j, b"")
             if j == self.index:
-                received[j] = list(values)
+                received[j] = payload
             else:
-                self.mesh.send(member, self.session, self.rounds, encode_vector(values, self.width))
+                self.mesh.send(member, self.session, self.rounds, payload)
         for j, member in enumerate(self.members, start=1):
             if j != self.index:
-                payload = self.mesh.receive(member, self.session, self.rounds, self.mesh.timeout)
-                received[j] = decode_vector(payload, self.width)
+                received[j] = self.mesh.receive(member, self.session, self.rounds, self.mesh.timeout)
         return received
 
     def close(self) -> None:

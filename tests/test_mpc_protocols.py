@@ -76,7 +76,7 @@ def test_a_wrong_share_at_an_opening_is_detected_by_every_party() -> None:
     def program(party: Party) -> str:
         shares = input_values(party, 1, [FIELD.element(7)] if party.index == 1 else None)
         if party.index == 2:
-            shares = [(shares[0] + 1) % FIELD.modulus]  # a cheating or faulty node
+            shares = party.ops.add_const(shares, 1)  # a cheating or faulty node
         try:
             open_values(party, shares)
         except ProtocolError as exc:

@@ -44,7 +44,7 @@ def _run_all(made: list[Mesh], program, session: str = "s1"):  # type: ignore[no
     results: dict[int, object] = {}
 
     def one(index: int) -> None:
-        endpoint = made[index].endpoint(session, NAMES, 16)
+        endpoint = made[index].endpoint(session, NAMES)
         try:
             results[index] = program(Party(index + 1, SCHEME, endpoint))
         except Exception as exc:  # the test inspects it

@@ -123,17 +123,17 @@ FAULT_VARIABLE = "DFG_MPC_FAULT"
 
 
 class CorruptingMesh(Mesh):
-    def endpoint(self, session: str, members: Sequence[str], width: int) -> SessionEndpoint:
-        honest = super().endpoint(session, members, width)
+    def endpoint(self, session: str, members: Sequence[str]) -> SessionEndpoint:
+        honest = super().endpoint(session, members)
         if session.endswith("/1"):  # leave the merge alone: corrupt computation openings
             return honest
-        return _Corrupting(self, session, list(members), width)
+        return _Corrupting(self, session, list(members))
 
 
 class _Corrupting(SessionEndpoint):
-    def exchange(self, outgoing: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
-        vectors = [list(outgoing.get(j, ())) for j in range(1, len(self.members) + 1)]
-        if vectors[0] and all(v == vectors[0] for v in vectors):  # a broadcast: an opening
-            wrong = [(vectors[0][0] + 1) % (1 << (8 * self.width - 1)), *vectors[0][1:]]
+    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+        messages = [outgoing.get(j, b"") for j in range(1, len(self.members) + 1)]
+        if messages[0] and all(m == messages[0] for m in messages):  # a broadcast: an opening
+            wrong = bytes([messages[0][0] ^ 1]) + messages[0][1:]  # flip the lowest bit of a share
             outgoing = {j: wrong for j in range(1, len(self.members) + 1)}
         return super().exchange(outgoing)
