@@ -173,7 +173,11 @@ def upload(
     pseudonyms, columns = columns_of(rows, key_column or datasource["keys"][0], variables, fixed)
     keys = {node: node_key(client, node) for node in names}  # before anything is sent
     field = scheme.field
-    shared = {name: scheme.share_many([field.element(v) for v in values]) for name, values in columns.items()}
+    ops = field.vectors
+    shared = {
+        name: scheme.share_vector(ops.of([field.element(v) for v in values]))
+        for name, values in columns.items()
+    }
     commitments: dict[str, str] = {}
     sealed_for: dict[str, bytes] = {}
     for index, node in enumerate(names):

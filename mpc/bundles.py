@@ -13,17 +13,21 @@ anything is computed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from mpc import sealing
 from mpc.field import MERSENNE_127
+from mpc.vectors import Vec, ops_for
 
 FORMAT: Final = "dfg-share-bundle/1"
 _INFO: Final = b"dfg share bundle v1"
@@ -38,15 +42,18 @@ class ShareBundle:
     datasource_id: str
     node: str
     keys: tuple[str, ...]
-    columns: Mapping[str, Sequence[int]]  # variable -> this node's share of each row's value
+    columns: Mapping[str, Vec]  # variable -> this node's share of each row's value
     party: int = 1  # the node's Shamir point: its place among the nodes sorted by principal id
     modulus: int = MERSENNE_127  # the field the values were shared in
     precision: int = 16  # fractional bits of the fixed-point encoding
 
     def __post_init__(self) -> None:
-        for name, shares in self.columns.items():
-            if len(shares) != len(self.keys):
-                raise BundleError(f"column {name} has {len(shares)} values for {len(self.keys)} rows")
+        ops = ops_for(self.modulus)
+        vectors = {k: v if isinstance(v, np.ndarray) else ops.of(list(v)) for k, v in self.columns.items()}
+        object.__setattr__(self, "columns", vectors)
+        for name, shares in vectors.items():
+            if ops.length(shares) != len(self.keys):
+                raise BundleError(f"column {name} has {ops.length(shares)} values for {len(self.keys)} rows")
         if len(set(self.keys)) != len(self.keys):
             raise BundleError(
                 "duplicate join keys: the merge rules refuse a datasource with repeated subjects"
@@ -68,10 +75,16 @@ class ShareBundle:
             "precision": self.precision,
         }
 
+    def ints(self, name: str) -> list[int]:
+        """A column's shares as integers."""
+        return ops_for(self.modulus).ints(self.columns[name])
+
     def plaintext(self) -> bytes:
+        """JSON: the pseudonyms, and each column as the base64 of its vector's bytes."""
+        ops = ops_for(self.modulus)
         body = {
             "keys": list(self.keys),
-            "columns": {k: [str(v) for v in vs] for k, vs in self.columns.items()},
+            "columns": {k: base64.b64encode(ops.dumps(v)).decode() for k, v in self.columns.items()},
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -104,16 +117,18 @@ def open_sealed(sealed: bytes, node_private: X25519PrivateKey, *, expected_commi
     try:
         described, plaintext = sealing.open_box(sealed, node_private, label=_INFO, expected_format=FORMAT)
         body = json.loads(plaintext)
+        modulus = int(described["modulus"])
+        ops = ops_for(modulus)
         bundle = ShareBundle(
             datasource_id=described["datasource"],
             node=described["node"],
             keys=tuple(body["keys"]),
-            columns={k: [int(v) for v in vs] for k, vs in body["columns"].items()},
+            columns={k: ops.loads(base64.b64decode(v, validate=True)) for k, v in body["columns"].items()},
             party=int(described["party"]),
-            modulus=int(described["modulus"]),
+            modulus=modulus,
             precision=int(described["precision"]),
         )
-    except (sealing.SealError, ValueError, KeyError, TypeError) as exc:
+    except (sealing.SealError, ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise BundleError(f"the bundle cannot be opened by this node: {exc}") from exc
     if bundle.rows != described["rows"]:
         raise BundleError("the bundle's rows differ from its header")

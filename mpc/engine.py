@@ -21,6 +21,8 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from mpc.bundles import ShareBundle
 from mpc.runtime import Party
 from mpc.statistics import PRESENT, SharedTable
@@ -102,9 +104,10 @@ def shared_table(
             raise EngineError(f"datasource {column.datasource_id} has no row for an agreed subject") from exc
         values, present = bundle.columns[column.variable], bundle.columns[column.variable + PRESENT]
         ops = ops_for(bundle.modulus)
-        column_values = ops.of([values[i] for i in at])
+        index = np.array(at, dtype=np.int64)
+        column_values = values[..., index]
         table[column.alias] = column_values if scale == 1 else ops.scale(column_values, scale)
-        table[column.alias + PRESENT] = ops.of([present[i] for i in at])
+        table[column.alias + PRESENT] = present[..., index]
     return SharedTable(table, len(rows))
 
 

@@ -28,7 +28,7 @@ def test_each_node_opens_its_own_bundle_and_the_shares_reconstruct() -> None:
         sealed = seal(bundle, keys[bundle.node].public_key())
         assert b"p-0" not in sealed and b"120" not in sealed  # sealed: nobody else reads it
         opened.append(open_sealed(sealed, keys[bundle.node], expected_commitment=commitment(sealed)))
-    columns = [b.columns["sbp"] for b in opened]
+    columns = [b.ints("sbp") for b in opened]
     assert [SCHEME.reconstruct({1: a, 2: b}) for a, b, _ in zip(*columns, strict=True)] == values
     assert opened[0].keys == opened[1].keys == ("p-0", "p-1", "p-2", "p-3")
 

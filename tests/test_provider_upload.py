@@ -112,12 +112,10 @@ def test_upload_seals_shares_to_each_node_and_commits_them(
     scheme = Scheme(PrimeField(MERSENNE_127), parties=3, threshold=1)
     fixed = FixedPoint(16)
     n0, n2 = opened["node:n0"], opened["node:n2"]
-    sbp = [
-        scheme.reconstruct({1: a, 3: b}) for a, b in zip(n0.columns["sbp"], n2.columns["sbp"], strict=True)
-    ]
+    sbp = [scheme.reconstruct({1: a, 3: b}) for a, b in zip(n0.ints("sbp"), n2.ints("sbp"), strict=True)]
     present = [
         scheme.reconstruct({1: a, 3: b})
-        for a, b in zip(n0.columns["sbp__present"], n2.columns["sbp__present"], strict=True)
+        for a, b in zip(n0.ints("sbp__present"), n2.ints("sbp__present"), strict=True)
     ]
     assert [fixed.decode(v) for v in sbp[:2]] == [120, 135.5] and present == [1, 1, 0]
     assert n0.keys == n2.keys == ("p-1", "p-2", "p-3")
@@ -206,7 +204,7 @@ def test_a_fhir_bundle_of_observations_is_uploaded_latest_value_per_subject(
     scheme, fixed = Scheme(PrimeField(MERSENNE_127), parties=3, threshold=1), FixedPoint(16)
 
     def column(name: str) -> list[int]:
-        pairs = zip(shares["node:n0"].columns[name], shares["node:n2"].columns[name], strict=True)
+        pairs = zip(shares["node:n0"].ints(name), shares["node:n2"].ints(name), strict=True)
         return [scheme.field.signed(scheme.reconstruct({1: a, 3: b})) for a, b in pairs]
 
     assert [fixed.decode(v) for v in column("sbp")] == [Decimal("121.5"), 133]

@@ -240,6 +240,18 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         if doc["status"] == "sent"
         else [],
         consenting_subjects=consenting,
+        task_states=[
+            t.TaskState(
+                task_id=x["task_id"],
+                node=x["node"],
+                stage=x["stage"],
+                state=x["state"],
+                claimed_ts=t.TIME(x["claimed_ts"]) if x["claimed_ts"] else None,
+                finished_ts=t.TIME(x["finished_ts"]) if x["finished_ts"] else None,
+                reason=x["reason"],
+            )
+            for x in tasks
+        ],
         failure=t.TaskFailure(
             node=doc["failure"]["node"], task_id=doc["failure"]["task_id"], reason=doc["failure"]["reason"]
         )

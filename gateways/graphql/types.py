@@ -336,6 +336,21 @@ class Analysis(Node):
     failure: TaskFailure | None = strawberry.field(
         default=None, description="Why the analysis failed: the node's signed task.fail (beyond the seed)."
     )
+    task_states: list[TaskState] = strawberry.field(
+        default_factory=list,
+        description="Every node's progress on every task, from its signed moves (beyond the seed).",
+    )
+
+
+@strawberry.type(description="One node's progress on one task, as its signed transactions record it.")
+class TaskState:
+    task_id: int
+    node: str
+    stage: str
+    state: str
+    claimed_ts: TIME | None
+    finished_ts: TIME | None
+    reason: str | None
 
 
 @strawberry.type(description="A task a node failed, with the reason it signed.")
