@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from gateways.analyst_results import CalculationResult, fetch_results, graphql
-from gateways.provider_upload import upload
+from gateways.provider_upload import UploadTimings, upload
 from gateways.sdk import ConsentClient, DfgApiError, DfgConnectionError, TransactionBuilder, public_jwk
 from infra.keyfiles import read_jwk, write_jwk
 from infra.tansu import free_port
@@ -114,7 +114,11 @@ class Federation:
         return datasource_id
 
     def upload(
-        self, provider: TransactionBuilder, datasource_id: str, rows: Sequence[Mapping[str, str]]
+        self,
+        provider: TransactionBuilder,
+        datasource_id: str,
+        rows: Sequence[Mapping[str, str]],
+        timings: UploadTimings | None = None,
     ) -> None:
         from gateways.provider_upload import fetch_datasource
 
@@ -124,6 +128,7 @@ class Federation:
             datasource=fetch_datasource(self.url, datasource_id),
             rows=rows,
             nodes={n.name: n.url for n in self.nodes.values()},
+            timings=timings,
         )
 
     def consent(self, analyst: TransactionBuilder, subjects: Sequence[str]) -> dict[str, str]:
@@ -192,6 +197,18 @@ class Federation:
             " approvals { organization resultsState resultsReason } } }",
             id=to_base64("Analysis", analysis_id),
         )["analysis"]
+        return found
+
+    def task_states(self, analysis_id: str) -> list[dict[str, Any]]:
+        from strawberry.relay import to_base64
+
+        query = (
+            "query($id: ID!) { analysis(id: $id) { taskStates { taskId node stage state claimedTs"
+            " finishedTs reason } } }"
+        )
+        found: list[dict[str, Any]] = graphql(self.url, query, id=to_base64("Analysis", analysis_id))[
+            "analysis"
+        ]["taskStates"]
         return found
 
     def wait_for(self, analysis_id: str, statuses: Sequence[str], timeout: float = 300.0) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +39,15 @@ PRESENT = "__present"
 
 class UploadError(ValueError):
     """The records or the federation's setup do not allow an upload; nothing was sent."""
+
+
+@dataclass
+class UploadTimings:
+    """Seconds spent sharing (on the provider's machine) and sealing + delivering +
+    committing, summed over uploads (for ``dfg bench mpc``)."""
+
+    sharing_s: float = 0.0
+    upload_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,7 @@ def upload(
     precision: int = 16,
     modulus: int = MERSENNE_127,
     key_column: str | None = None,
+    timings: UploadTimings | None = None,
 ) -> dict[str, str]:
     """Share, seal, deliver and commit; returns the commitment per node. Node i of the
     nodes sorted by principal id gets the shares at point i (what every node assumes)."""
@@ -172,12 +183,14 @@ def upload(
     variables = [Variable.of(v) for v in datasource["variables"]]
     pseudonyms, columns = columns_of(rows, key_column or datasource["keys"][0], variables, fixed)
     keys = {node: node_key(client, node) for node in names}  # before anything is sent
+    started = time.perf_counter()
     field = scheme.field
     ops = field.vectors
     shared = {
         name: scheme.share_vector(ops.of([field.element(v) for v in values]))
         for name, values in columns.items()
     }
+    shared_at = time.perf_counter()
     commitments: dict[str, str] = {}
     sealed_for: dict[str, bytes] = {}
     for index, node in enumerate(names):
@@ -201,6 +214,9 @@ def upload(
         "fixed_point_precision": precision,
     }
     client.submit(provider.sign("datasource.commit_shares", body))
+    if timings is not None:
+        timings.sharing_s += shared_at - started
+        timings.upload_s += time.perf_counter() - shared_at
     return commitments
 
 

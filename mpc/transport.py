@@ -28,6 +28,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -326,11 +327,25 @@ class Mesh:
             if channel is None:
                 if peer not in self.peers:
                     raise TransportError(f"no address for {peer} (give it with --peer)")
-                sock = socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
+                sock = self._dial(peer)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 channel = connect(sock, self.me, peer, self.keys_of, self.context)
                 self._outgoing[(peer, session)] = channel
             return channel
+
+    def _dial(self, peer: str) -> socket.socket:
+        """Connect, retrying while the peer is not listening yet (it may be starting or
+        restarting) for up to the session time-out."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                return socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
+            except ConnectionRefusedError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
         name = session.encode()

@@ -184,3 +184,69 @@ def replication(rates: str, seconds: float, followers: int, as_json: bool) -> No
         click.echo(f"step {step}")
     if as_json:
         click.echo(json.dumps(figures.as_json(), sort_keys=True))
+
+
+@bench.command("mpc")
+@click.option(
+    "--rows",
+    type=click.IntRange(100, 10_000_000),
+    default=10_000,
+    show_default=True,
+    help="Rows of the benchmark analysis (computed by dfg and by MPyC).",
+)
+@click.option(
+    "--million",
+    type=click.IntRange(10_000, 10_000_000),
+    default=1_000_000,
+    show_default=True,
+    help="Rows of the 1m figures (smaller runs extrapolate linearly, and say so).",
+)
+@click.option(
+    "--pipeline-rows",
+    type=click.IntRange(0, 10_000_000),
+    default=50_000,
+    show_default=True,
+    help="Rows two providers upload for the pipeline phases (0: skip the pipeline).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Also print one JSON object on the last line.")
+def mpc_bench(rows: int, million: int, pipeline_rows: int, as_json: bool) -> None:
+    """Three node processes on loopback: secure multiplications and comparisons per
+    second, count/sum/mean and correlation over a million rows, the benchmark analysis
+    against MPyC, and the pipeline's phases (sharing, upload, join, compute, reveal)."""
+    from gateways.bench_pipeline import pipeline
+    from infra.benchmarks.mpc import run
+
+    err = Console(stderr=True)
+
+    def say(message: str) -> None:
+        err.print(message, style="dim")
+
+    figures = run(rows=rows, million=million, say=say)
+    if pipeline_rows:
+        figures.pipeline = pipeline(pipeline_rows, say)
+    table = Table(title=f"dfg bench mpc: 3 node processes, {os.cpu_count()} cores")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    goals = {
+        "mults_per_s": ">= 1,000,000 /s (127 bits)",
+        "mults_per_s_fast": ">= 10,000,000 /s",
+        "comparisons_per_s": ">= 10,000 /s",
+        "mean_1m_s": "<= 1 s after input",
+        "correlation_1m_s": "<= 3 s after input",
+        "speedup_vs_mpyc": ">= 10 x",
+    }
+    report = figures.as_json()
+    for key in (
+        "mults_per_s", "mults_per_s_fast", "comparisons_per_s", "mean_1m_s", "correlation_1m_s",
+        "analysis_s", "mpyc_analysis_s", "speedup_vs_mpyc",
+    ):  # fmt: skip
+        value = report[key]
+        table.add_row(key, "n/a" if value is None else f"{value:,.3f}", goals.get(key, ""))
+    for key, value in report["pipeline"].items():
+        table.add_row(f"pipeline {key}", f"{value:,.3f}", "")
+    Console().print(table)
+    for note in figures.notes:
+        click.echo(f"note: {note}")
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
