@@ -21,6 +21,9 @@ from mpc.vectors import Vec, VectorOps
 
 T = TypeVar("T")
 
+#: A received message: bytes, or a view of a received frame (large vectors are not copied).
+Message = bytes | memoryview
+
 
 class ProtocolTimeout(RuntimeError):
     """Another party did not answer in time (it stopped, or the network did)."""
@@ -32,7 +35,7 @@ class ProtocolError(RuntimeError):
 
 
 class Endpoint(Protocol):
-    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+    def exchange(self, outgoing: Mapping[int, bytes]) -> Mapping[int, Message]:
         """Send ``outgoing[j]`` to each party j (itself included; nothing is an empty
         message) and return what each party j sent to this one, in one round."""
         ...
@@ -67,7 +70,7 @@ class Party:
         return self.exchange({j: values for j in self.parties})
 
     def broadcast_bytes(self, data: bytes) -> dict[int, bytes]:
-        return self.endpoint.exchange({j: data for j in self.parties})
+        return {j: bytes(m) for j, m in self.endpoint.exchange({j: data for j in self.parties}).items()}
 
 
 class LocalNetwork:
@@ -84,10 +87,10 @@ class LocalNetwork:
         network = self
 
         class _Local:
-            def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+            def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, Message]:
                 for j in range(1, network.parties + 1):
                     network._queues[(index, j)].put(outgoing.get(j, b""))
-                received = {}
+                received: dict[int, Message] = {}
                 for j in range(1, network.parties + 1):
                     try:
                         received[j] = network._queues[(j, index)].get(timeout=network.timeout)

@@ -97,6 +97,12 @@ class Scheme:
         ops = self.field.vectors
         n = ops.length(values)
         coefficients = [ops.random(n) for _ in range(self.threshold)]
+        if self.threshold == 1:  # f(x) = v + r x: each next point is one addition away
+            (slope,) = coefficients
+            linear = [ops.add(values, slope)]
+            for _ in self.points[1:]:
+                linear.append(ops.add(linear[-1], slope))
+            return linear
         shares = []
         for x in self.points:
             acc = coefficients[-1]

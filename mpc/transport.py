@@ -41,11 +41,13 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mpc.runtime import ProtocolTimeout
+from mpc.runtime import Message, ProtocolTimeout
 
 MAGIC: Final = b"dfg-mpc/1"
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 MAX_FRAME: Final = 256 * 1024 * 1024
+#: A round's message is sent in frames of this many bytes (streamed, not buffered whole).
+PIECE: Final = 1 << 20
 _MAX_WAITING_SESSIONS: Final = 256
 
 log = logging.getLogger("dfg.mpc.transport")
@@ -73,22 +75,28 @@ def _length_prefixed(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
-def _receive_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks, missing = [], size
-    while missing:
-        chunk = sock.recv(min(missing, 1 << 20))
-        if not chunk:
+def _receive_exactly(sock: socket.socket, size: int) -> bytearray:
+    """Exactly ``size`` bytes, received in place (large frames are not copied again)."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = sock.recv_into(view[got:], size - got)
+        if not count:
             raise TransportError("the connection closed")
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
+        got += count
+    return buffer
 
 
-def _receive_block(sock: socket.socket, limit: int = MAX_FRAME) -> bytes:
+def _receive_block(sock: socket.socket, limit: int = MAX_FRAME) -> bytearray:
     size = int.from_bytes(_receive_exactly(sock, 4), "big")
     if size > limit:
         raise TransportError(f"a frame of {size} bytes is over the limit of {limit}")
     return _receive_exactly(sock, size)
+
+
+def _receive_message(sock: socket.socket) -> bytes:
+    """A (small) handshake message."""
+    return bytes(_receive_block(sock, 4096))
 
 
 def _fields(block: bytes, count: int) -> list[bytes]:
@@ -126,7 +134,9 @@ class SecureChannel:
         with self._lock:
             nonce = self._sent.to_bytes(12, "big")
             self._sent += 1
-            self.sock.sendall(_length_prefixed(self._send.encrypt(nonce, plaintext, None)))
+            ciphertext = self._send.encrypt(nonce, plaintext, None)
+            self.sock.sendall(len(ciphertext).to_bytes(4, "big"))
+            self.sock.sendall(ciphertext)
 
     def receive(self) -> bytes:
         ciphertext = _receive_block(self.sock, MAX_FRAME + 16)
@@ -173,7 +183,7 @@ def connect(
     identity = _length_prefixed(context) + _length_prefixed(me.name.encode())
     hello = MAGIC + identity + _raw(ephemeral.public_key())
     sock.sendall(_length_prefixed(hello))
-    reply = _receive_block(sock, 4096)
+    reply = _receive_message(sock)
     name, their_ephemeral, their_signature = _fields(reply, 3)
     peer = name.decode()
     if len(their_ephemeral) != 32:
@@ -193,7 +203,7 @@ def connect(
 def accept(sock: socket.socket, me: NodeIdentity, keys_of: KeysOf, context: bytes) -> SecureChannel:
     """The responder's side of the handshake on an accepted socket."""
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
-    hello = _receive_block(sock, 4096)
+    hello = _receive_message(sock)
     if not hello.startswith(MAGIC):
         raise TransportError("not a dfg MPC connection")
     their_context, name = _fields(hello[len(MAGIC) : -32], 2)
@@ -208,7 +218,7 @@ def accept(sock: socket.socket, me: NodeIdentity, keys_of: KeysOf, context: byte
     reply = mine + _length_prefixed(signature)
     sock.sendall(_length_prefixed(reply))
     transcript = hello + reply
-    _verify(keys_of, peer, _receive_block(sock, 4096), b"initiator" + transcript)
+    _verify(keys_of, peer, _receive_message(sock), b"initiator" + transcript)
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(their_ephemeral))
     incoming, outgoing = _channel_keys(shared, transcript)
     sock.settimeout(None)
@@ -245,7 +255,7 @@ class Mesh:
         self._incoming: list[SecureChannel] = []
         self._dial_lock = threading.Lock()
         self._inbox_lock = threading.Lock()
-        self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, bytes] | None]] = {}
+        self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, Message] | None]] = {}
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept_loop, name="dfg-mpc-accept", daemon=True)
 
@@ -283,13 +293,18 @@ class Mesh:
             return
         with self._inbox_lock:
             self._incoming.append(channel)
+        pieces: list[memoryview] = []
         try:
             while True:
-                frame = channel.receive()
+                frame = memoryview(channel.receive())
                 size = int.from_bytes(frame[:2], "big")
-                session = frame[2 : 2 + size].decode()
+                session = bytes(frame[2 : 2 + size]).decode()
                 number = int.from_bytes(frame[2 + size : 6 + size], "big")
-                self._inbox(session, channel.peer).put((number, frame[6 + size :]))
+                pieces.append(frame[7 + size :])
+                if frame[6 + size]:  # the round's last piece
+                    message: Message = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    self._inbox(session, channel.peer).put((number, message))
+                    pieces = []
         except (TransportError, OSError, ValueError) as exc:
             if not self._closed.is_set():
                 log.info("MPC connection from %s ended: %s", channel.peer, exc)
@@ -298,7 +313,7 @@ class Mesh:
             with self._inbox_lock:
                 self._incoming.remove(channel)
 
-    def _inbox(self, session: str, peer: str) -> queue.Queue[tuple[int, bytes] | None]:
+    def _inbox(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
         with self._inbox_lock:
             inbox = self._inboxes.get((session, peer))
             if inbox is None:
@@ -348,14 +363,20 @@ class Mesh:
                 delay = min(delay * 2, 1.0)
 
     def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
+        """One round's message, in frames of at most ``PIECE`` bytes: the receiver
+        decrypts one while the next is encrypted and sent."""
         name = session.encode()
-        frame = len(name).to_bytes(2, "big") + name + number.to_bytes(4, "big") + payload
+        header = len(name).to_bytes(2, "big") + name + number.to_bytes(4, "big")
+        view = memoryview(payload)
         try:
-            self._channel(peer, session).send(frame)
+            channel = self._channel(peer, session)
+            for start in range(0, max(len(payload), 1), PIECE):
+                last = start + PIECE >= len(payload)
+                channel.send(header + (b"\x01" if last else b"\x00") + view[start : start + PIECE])
         except (OSError, TransportError) as exc:
             raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
 
-    def receive(self, peer: str, session: str, number: int, timeout: float) -> bytes:
+    def receive(self, peer: str, session: str, number: int, timeout: float) -> Message:
         try:
             item = self._inbox(session, peer).get(timeout=timeout)
         except queue.Empty:
@@ -383,9 +404,9 @@ class SessionEndpoint:
         self.index = members.index(mesh.me.name) + 1
         self.rounds = 0
 
-    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, Message]:
         self.rounds += 1
-        received: dict[int, bytes] = {}
+        received: dict[int, Message] = {}
         for j, member in enumerate(self.members, start=1):
             payload = outgoing.get(j, b"")
             if j == self.index:

@@ -17,12 +17,13 @@ All three give identical results on the same inputs (tested against Python integ
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 Vec = npt.NDArray[Any]
 
@@ -32,6 +33,33 @@ M64: Final = np.uint64((1 << 64) - 1)
 P61: Final = (1 << 61) - 1
 P127: Final = (1 << 127) - 1
 _SMALL: Final = 8  # constants up to this (or down to p - this) scale by additions
+
+
+#: Elements per piece of an element-wise operation: the temporaries of a piece stay in
+#: the CPU's cache (measured: products 5.5 M/s on whole 1M-element vectors, 38 M/s in
+#: pieces of 16,384).
+CHUNK: Final = 16_384
+
+
+def random_bytes(size: int) -> bytes:
+    """Cryptographically random bytes: a ChaCha20 keystream under a fresh key from the
+    operating system (several times faster than reading that much from the OS)."""
+    if size <= 4096:
+        return os.urandom(size)
+    key, nonce = os.urandom(32), os.urandom(16)
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+    return encryptor.update(bytes(size))
+
+
+def _chunked(operation: Callable[..., Vec], *operands: Vec) -> Vec:
+    """Apply an element-wise operation piece by piece (the last axis is the elements)."""
+    n = operands[0].shape[-1]
+    if n <= CHUNK:
+        return operation(*operands)
+    out = np.empty(operands[0].shape, dtype=operands[0].dtype)
+    for start in range(0, n, CHUNK):
+        out[..., start : start + CHUNK] = operation(*(o[..., start : start + CHUNK] for o in operands))
+    return out
 
 
 class VectorOps:
@@ -86,7 +114,7 @@ class VectorOps:
     def dumps(self, v: Vec) -> bytes:
         raise NotImplementedError
 
-    def loads(self, data: bytes) -> Vec:
+    def loads(self, data: bytes | memoryview) -> Vec:
         raise NotImplementedError
 
     # --- arithmetic -----------------------------------------------------------------------
@@ -157,13 +185,13 @@ class Mersenne127(VectorOps):
         return out
 
     def random(self, n: int) -> Vec:
-        raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint64).reshape(2, n)
-        return self._canon(raw[0].copy(), raw[1] & M63)
+        raw = np.frombuffer(random_bytes(16 * n), dtype=np.uint64).reshape(2, n)
+        return _chunked(lambda r: self._canon(r[0], r[1] & M63), raw)
 
     def random_below_power(self, bits: int, n: int) -> Vec:
         if not 0 < bits < 127:
             raise ValueError("a mask has 1 to 126 bits")
-        raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint64).reshape(2, n).copy()
+        raw = np.frombuffer(random_bytes(16 * n), dtype=np.uint64).reshape(2, n).copy()
         if bits <= 64:
             raw[1] = 0
             if bits < 64:
@@ -175,7 +203,7 @@ class Mersenne127(VectorOps):
     def dumps(self, v: Vec) -> bytes:
         return np.ascontiguousarray(v, dtype=np.uint64).tobytes()
 
-    def loads(self, data: bytes) -> Vec:
+    def loads(self, data: bytes | memoryview) -> Vec:
         if len(data) % 16:
             raise ValueError("a vector of 127-bit elements has 16 bytes per element")
         v = np.frombuffer(data, dtype=np.uint64).reshape(2, -1)
@@ -198,15 +226,15 @@ class Mersenne127(VectorOps):
         out[1] = np.where(over | at_p, np.uint64(0), hi)
         return out
 
-    def add(self, a: Vec, b: Vec) -> Vec:
+    def _add(self, a: Vec, b: Vec) -> Vec:
         lo = a[0] + b[0]
         hi = a[1] + b[1] + (lo < a[0])
         return self._canon(lo, hi)
 
-    def neg(self, a: Vec) -> Vec:
+    def _neg(self, a: Vec) -> Vec:
         return self._canon(M64 - a[0], M63 - a[1])  # p - a (p - 0 = p -> 0)
 
-    def mul(self, a: Vec, b: Vec) -> Vec:
+    def _mul(self, a: Vec, b: Vec) -> Vec:
         s32 = np.uint64(32)
         x = (a[0] & M32, a[0] >> s32, a[1] & M32, a[1] >> s32)
         y = (b[0] & M32, b[0] >> s32, b[1] & M32, b[1] >> s32)
@@ -236,6 +264,15 @@ class Mersenne127(VectorOps):
         limbs = (a[0] & M32, a[0] >> s32, a[1] & M32, a[1] >> s32)
         return sum(int(np.sum(limb, dtype=np.uint64)) << (32 * k) for k, limb in enumerate(limbs)) % P127
 
+    def add(self, a: Vec, b: Vec) -> Vec:
+        return _chunked(self._add, a, b)
+
+    def neg(self, a: Vec) -> Vec:
+        return _chunked(self._neg, a)
+
+    def mul(self, a: Vec, b: Vec) -> Vec:
+        return _chunked(self._mul, a, b)
+
 
 class Mersenne61(VectorOps):
     """GF(2^61 - 1): one uint64 per element."""
@@ -253,18 +290,21 @@ class Mersenne61(VectorOps):
         return np.full(n, value % P61, dtype=np.uint64)
 
     def random(self, n: int) -> Vec:
-        raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) & self._P
-        return np.where(raw == self._P, np.uint64(0), raw)
+        return _chunked(self._below_p, np.frombuffer(random_bytes(8 * n), dtype=np.uint64))
+
+    def _below_p(self, raw: Vec) -> Vec:
+        masked = raw & self._P
+        return np.where(masked == self._P, np.uint64(0), masked)
 
     def random_below_power(self, bits: int, n: int) -> Vec:
         if not 0 < bits < 61:
             raise ValueError("a mask has 1 to 60 bits")
-        return np.frombuffer(os.urandom(8 * n), dtype=np.uint64) & np.uint64((1 << bits) - 1)
+        return np.frombuffer(random_bytes(8 * n), dtype=np.uint64) & np.uint64((1 << bits) - 1)
 
     def dumps(self, v: Vec) -> bytes:
         return np.ascontiguousarray(v, dtype=np.uint64).tobytes()
 
-    def loads(self, data: bytes) -> Vec:
+    def loads(self, data: bytes | memoryview) -> Vec:
         if len(data) % 8:
             raise ValueError("a vector of 61-bit elements has 8 bytes per element")
         v = np.frombuffer(data, dtype=np.uint64)
@@ -277,13 +317,14 @@ class Mersenne61(VectorOps):
         x = (x & self._P) + (x >> np.uint64(61))
         return np.where(x >= self._P, x - self._P, x)
 
-    def add(self, a: Vec, b: Vec) -> Vec:
-        return self._reduce(a + b)
+    def _add(self, a: Vec, b: Vec) -> Vec:
+        total = a + b  # both < p: below 2p, one conditional subtraction
+        return np.where(total >= self._P, total - self._P, total)
 
-    def neg(self, a: Vec) -> Vec:
-        return self._reduce(self._P - a)
+    def _neg(self, a: Vec) -> Vec:
+        return np.where(a == 0, a, self._P - a)
 
-    def mul(self, a: Vec, b: Vec) -> Vec:
+    def _mul(self, a: Vec, b: Vec) -> Vec:
         s32 = np.uint64(32)
         ah, al = a >> s32, a & M32
         bh, bl = b >> s32, b & M32
@@ -295,6 +336,15 @@ class Mersenne61(VectorOps):
     def total(self, a: Vec) -> int:
         s32 = np.uint64(32)
         return (int(np.sum(a & M32, dtype=np.uint64)) + (int(np.sum(a >> s32, dtype=np.uint64)) << 32)) % P61
+
+    def add(self, a: Vec, b: Vec) -> Vec:
+        return _chunked(self._add, a, b)
+
+    def neg(self, a: Vec) -> Vec:
+        return _chunked(self._neg, a)
+
+    def mul(self, a: Vec, b: Vec) -> Vec:
+        return _chunked(self._mul, a, b)
 
 
 class Generic(VectorOps):
@@ -314,18 +364,18 @@ class Generic(VectorOps):
         return [int(x) for x in v.tolist()]
 
     def random(self, n: int) -> Vec:
-        data, w = os.urandom(self._extra * n), self._extra
+        data, w = random_bytes(self._extra * n), self._extra
         return self.of([int.from_bytes(data[i : i + w], "little") for i in range(0, w * n, w)])
 
     def random_below_power(self, bits: int, n: int) -> Vec:
         w = (bits + 7) // 8
-        data, mask = os.urandom(w * n), (1 << bits) - 1
+        data, mask = random_bytes(w * n), (1 << bits) - 1
         return self.of([int.from_bytes(data[i : i + w], "little") & mask for i in range(0, w * n, w)])
 
     def dumps(self, v: Vec) -> bytes:
         return b"".join([int(x).to_bytes(self.width, "little") for x in v.tolist()])
 
-    def loads(self, data: bytes) -> Vec:
+    def loads(self, data: bytes | memoryview) -> Vec:
         w = self.width
         if len(data) % w:
             raise ValueError(f"a vector of this field has {w} bytes per element")

@@ -71,3 +71,16 @@ def test_a_received_vector_with_an_element_beyond_the_modulus_is_refused() -> No
     ]:
         with pytest.raises(ValueError, match="not below the modulus"):
             ops.loads(raw)
+
+
+@pytest.mark.parametrize("ops", OPS[:2], ids=lambda o: type(o).__name__)
+def test_long_vectors_are_computed_piece_by_piece_with_the_same_results(ops: VectorOps) -> None:
+    from mpc.vectors import CHUNK
+
+    n = 2 * CHUNK + 123
+    a, b = ops.random(n), ops.random(n)
+    xs, ys = ops.ints(a), ops.ints(b)
+    p = ops.modulus
+    assert ops.ints(ops.mul(a, b)) == [x * y % p for x, y in zip(xs, ys, strict=True)]
+    assert ops.ints(ops.add(a, b)) == [(x + y) % p for x, y in zip(xs, ys, strict=True)]
+    assert ops.ints(ops.neg(a)) == [(-x) % p for x in xs]

@@ -19,6 +19,7 @@ from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, TransactionBuilder
 from infra.keyfiles import KeyFileError, read_jwk
 from infra.node import NodeReplica
+from mpc.runtime import Message
 from mpc.transport import KeysOf, Mesh, NodeIdentity, SessionEndpoint
 from projections import keys
 from projections.base import ViewDatabase
@@ -131,7 +132,7 @@ class CorruptingMesh(Mesh):
 
 
 class _Corrupting(SessionEndpoint):
-    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+    def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, Message]:
         messages = [outgoing.get(j, b"") for j in range(1, len(self.members) + 1)]
         if messages[0] and all(m == messages[0] for m in messages):  # a broadcast: an opening
             wrong = bytes([messages[0][0] ^ 1]) + messages[0][1:]  # flip the lowest bit of a share
