@@ -318,8 +318,9 @@ class Mersenne61(VectorOps):
         return np.where(x >= self._P, x - self._P, x)
 
     def _add(self, a: Vec, b: Vec) -> Vec:
-        total = a + b  # both < p: below 2p, one conditional subtraction
-        return np.where(total >= self._P, total - self._P, total)
+        total = np.add(a, b)  # both < p: below 2p, one conditional subtraction, in place
+        np.subtract(total, self._P, out=total, where=total >= self._P)
+        return total
 
     def _neg(self, a: Vec) -> Vec:
         return np.where(a == 0, a, self._P - a)
