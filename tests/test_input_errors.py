@@ -124,3 +124,57 @@ def test_provider_upload_refuses_a_malformed_node_argument(tmp_path: Path) -> No
          "--principal", "dp:x", "--key", str(key), "--node", "node:a"],
     )  # fmt: skip
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def _keys(tmp_path: Path) -> tuple[Path, Path]:
+    from joserfc.jwk import OKPKey
+
+    from infra.keyfiles import write_jwk
+
+    signing, sealing = tmp_path / "ed25519.jwk", tmp_path / "x25519.jwk"
+    write_jwk(signing, OKPKey.generate_key("Ed25519"))
+    write_jwk(sealing, OKPKey.generate_key("X25519"))
+    return signing, sealing
+
+
+def test_node_serve_refuses_an_incomplete_engine_setup_before_creating_anything(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    assert ledger.sequencer.ledger is not None
+    signing, sealing = _keys(tmp_path)
+    base = ["node", "serve", "--data", str(tmp_path / "node"), "--coordinator", "http://127.0.0.1:9",
+            "--chain", "c", "--ledger-key", ledger.sequencer.ledger["checkpoint_key"]]  # fmt: skip
+    missing = CliRunner().invoke(cli, [*base, "--key", str(signing)])
+    assert missing.exit_code == 1 and "needs --name and --encryption-key" in missing.output
+    engine = ["--key", str(signing), "--name", "node:a", "--encryption-key", str(sealing)]
+    bad_peer = CliRunner().invoke(cli, [*base, *engine, "--peer", "node:b"])
+    assert bad_peer.exit_code == 1 and "--peer takes node:name=host:port" in bad_peer.output
+    assert not (tmp_path / "node").exists()
+
+
+def test_analyst_results_and_fhir_codes_refuse_bad_input(ledger: Ledger, tmp_path: Path) -> None:
+    signing, sealing = _keys(tmp_path)
+    ledger.sequencer.store.close()
+    with running_server(ledger.settings) as url:
+        args = ["--url", url, "--principal", "ao:x", "--key", str(signing)]
+        wrong_key = CliRunner().invoke(
+            cli, ["analyst", "results", str(uuid.uuid4()), *args, "--encryption-key", str(signing),
+                  "--node", "node:a=http://127.0.0.1:9"],
+        )  # fmt: skip
+        assert wrong_key.exit_code == 1 and "is not a private X25519 key" in wrong_key.output
+        unknown = CliRunner().invoke(
+            cli, ["analyst", "results", str(uuid.uuid4()), *args, "--encryption-key", str(sealing),
+                  "--node", "node:a=http://127.0.0.1:9"],
+        )  # fmt: skip
+        assert unknown.exit_code == 1 and "error:" in unknown.output
+        health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=10).read())
+        assert health["size"] == 1  # no access request was recorded
+    records = tmp_path / "b.json"
+    records.write_text('{"resourceType": "Bundle", "type": "collection"}')
+    upload = CliRunner().invoke(
+        cli,
+        ["provider", "upload", str(records), "--url", "http://127.0.0.1:9", "--datasource",
+         str(uuid.uuid4()), "--principal", "dp:x", "--key", str(signing),
+         "--node", "node:a=http://127.0.0.1:9", "--code", "sbp=8480-6"],
+    )  # fmt: skip
+    assert upload.exit_code == 1 and "--code takes VARIABLE=SYSTEM|CODE" in upload.output

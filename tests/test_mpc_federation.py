@@ -10,6 +10,8 @@ import json
 import random
 import signal
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -121,6 +123,33 @@ def test_an_analysis_is_computed_end_to_end_and_matches_plaintext_over_consentin
     assert float(results["association"]["mean(hrv)"]["value"]) == pytest.approx(
         everyone["hrv"].mean(), abs=1e-3
     )
+    _a_node_hands_shares_only_for_an_access_request_of_this_analysis(study, analysis_id)
+
+
+def _a_node_hands_shares_only_for_an_access_request_of_this_analysis(study: Study, analysis_id: str) -> None:
+    from strawberry.relay import to_base64
+
+    from gateways.analyst_results import ANALYSIS, RESULT, ResultsError, graphql
+
+    fed = study.fed
+    terms = {
+        "purposes": ["dpv:Marketing"],
+        "data_categories": ["dpv-pd:HealthRecord"],
+        "notice": {"url": "https://study.example/other", "sha256": "cd" * 32},
+    }
+    other = study.analyst.give_consent_copy(consent_id=str(uuid.uuid4()), subject="p-extra", terms=terms)
+    seq = fed.client.submit(other).seq
+    node = fed.nodes["node:a"]
+    deadline = time.monotonic() + 30
+    while json.loads(urllib.request.urlopen(f"{node.url}/healthz").read())["size"] < seq:
+        assert time.monotonic() < deadline, "the node's replica did not catch up"
+        time.sleep(0.1)
+    gid = to_base64("Analysis", analysis_id)
+    approvals = graphql(fed.url, ANALYSIS, id=gid)["analysis"]["approvals"]
+    org = next(a["orgId"] for a in approvals if a["organization"] == "node:a")
+    with pytest.raises(ResultsError) as refused:
+        graphql(node.url, RESULT, id=gid, org=org, requests=[[other]])
+    assert refused.value.code == "access_not_recorded"
 
 
 def test_a_filter_selecting_fewer_than_k_subjects_gets_no_results_and_no_count_anywhere(study: Study) -> None:

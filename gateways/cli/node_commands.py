@@ -270,6 +270,10 @@ def node_serve(
         fail(f"--ledger-key: {exc}")
     if key is not None and (name is None or encryption_key is None):
         fail("the MPC engine (--key) needs --name and --encryption-key")
+    if key is not None:
+        from gateways.cli.node_engine_wiring import parse_peers
+
+        parse_peers(peers)  # refuse a malformed --peer before anything is created
     node = open_node(settings, ledger_key=ledger_key, chain=chain)
     stop = threading.Event()
     follower = threading.Thread(

@@ -66,13 +66,14 @@ def upload_command(
     shares to that node's key, deliver them and sign the commitments."""
     client = ConsentClient(url)
     try:
+        mapping = parse_codes(codes)  # bad options are refused before anything is asked
         chain = client.health()["chain"]
         builder = TransactionBuilder(principal, read_jwk(key_file), chain)
         datasource = fetch_datasource(url, datasource_id)
         key = key_column or datasource["keys"][0]
         if _is_fhir(records):
             variables = [Variable.of(v) for v in datasource["variables"]]
-            rows = read_bundle(records, key, variables, parse_codes(codes))
+            rows = read_bundle(records, key, variables, mapping)
         else:
             rows = read_csv(records)
         commitments = upload(
