@@ -98,11 +98,7 @@ class Scheme:
         n = ops.length(values)
         coefficients = [ops.random(n) for _ in range(self.threshold)]
         if self.threshold == 1:  # f(x) = v + r x: each next point is one addition away
-            (slope,) = coefficients
-            linear = [ops.add(values, slope)]
-            for _ in self.points[1:]:
-                linear.append(ops.add(linear[-1], slope))
-            return linear
+            return ops.line(values, coefficients[0], self.parties)
         shares = []
         for x in self.points:
             acc = coefficients[-1]
@@ -116,7 +112,7 @@ class Scheme:
         ops = self.field.vectors
         weights = lagrange_at(tuple(sorted(vectors)), at, self.field.modulus)
         if at == 0 and tuple(weights) == (1, 2, 3):  # three nodes: 3 v1 - 3 v2 + v3
-            return ops.add(ops.scale(ops.sub(vectors[1], vectors[2]), 3), vectors[3])
+            return ops.three_point_zero(vectors[1], vectors[2], vectors[3])
         total: Vec | None = None
         for x, weight in weights.items():
             term = ops.scale(vectors[x], weight)

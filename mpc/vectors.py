@@ -160,6 +160,18 @@ class VectorOps:
         assert acc is not None
         return acc
 
+    def three_point_zero(self, v1: Vec, v2: Vec, v3: Vec) -> Vec:
+        """3 v1 - 3 v2 + v3: the value at 0 of the degree-2 polynomial through the
+        points 1, 2, 3 (degree reduction with three nodes)."""
+        return self.add(self.scale(self.sub(v1, v2), 3), v3)
+
+    def line(self, values: Vec, slope: Vec, points: int) -> list[Vec]:
+        """values + x * slope for x = 1..points (Shamir shares with t = 1)."""
+        shares = [self.add(values, slope)]
+        for _ in range(points - 1):
+            shares.append(self.add(shares[-1], slope))
+        return shares
+
     def add_const(self, a: Vec, c: int) -> Vec:
         return self.add(a, self.const(c, self.length(a)))
 
@@ -324,6 +336,33 @@ class Mersenne61(VectorOps):
 
     def _neg(self, a: Vec) -> Vec:
         return np.where(a == 0, a, self._P - a)
+
+    def _fold(self, x: Vec) -> Vec:
+        """x mod p for any x below 2^64 (one fold of 2^61 = 1, then one subtraction)."""
+        y = (x & self._P) + (x >> np.uint64(61))
+        np.subtract(y, self._P, out=y, where=y >= self._P)
+        return y
+
+    def _three_point_zero(self, v1: Vec, v2: Vec, v3: Vec) -> Vec:
+        x = v1 + (self._P - v2)  # below 2^62
+        x *= np.uint64(3)  # below 3 * 2^62 < 2^64 - 2^61: room for v3
+        x += v3
+        return self._fold(x)
+
+    def three_point_zero(self, v1: Vec, v2: Vec, v3: Vec) -> Vec:
+        return _chunked(self._three_point_zero, v1, v2, v3)
+
+    def line(self, values: Vec, slope: Vec, points: int) -> list[Vec]:
+        if points * (1 << 61) >= 1 << 64:
+            return super().line(values, slope, points)
+        outs = [np.empty_like(values) for _ in range(points)]
+        for start in range(0, values.shape[-1], CHUNK):
+            v, r = values[start : start + CHUNK], slope[start : start + CHUNK]
+            acc = v.copy()
+            for out in outs:  # v + x r stays below 2^64 for x <= 7: fold once each
+                acc += r
+                out[start : start + CHUNK] = self._fold(acc)
+        return outs
 
     def _mul(self, a: Vec, b: Vec) -> Vec:
         s32 = np.uint64(32)

@@ -37,10 +37,21 @@ def test_arithmetic_equals_python_integers(ops: VectorOps, data: st.DataObject) 
     assert ops.ints(ops.add(a, b)) == [(x + y) % p for x, y in zip(xs, ys, strict=True)]
     assert ops.ints(ops.sub(a, b)) == [(x - y) % p for x, y in zip(xs, ys, strict=True)]
     assert ops.ints(ops.neg(a)) == [(-x) % p for x in xs]
+    assert ops.ints(ops.three_point_zero(a, b, a)) == [
+        (4 * x - 3 * y) % p for x, y in zip(xs, ys, strict=True)
+    ]
+    assert ops.ints(ops.line(a, b, 3)[2]) == [(x + 3 * y) % p for x, y in zip(xs, ys, strict=True)]
     assert ops.ints(ops.mul(a, b)) == [x * y % p for x, y in zip(xs, ys, strict=True)]
     assert ops.ints(ops.mul(a, a)) == [x * x % p for x in xs]
     assert ops.ints(ops.scale(a, c)) == [x * c % p for x in xs]
     assert ops.total(a) == sum(xs) % p
+    assert ops.ints(ops.three_point_zero(a, b, a)) == [
+        (4 * x - 3 * y) % p for x, y in zip(xs, ys, strict=True)
+    ]
+    shares = ops.line(a, b, 3)
+    assert [ops.ints(v) for v in shares] == [
+        [(x + k * y) % p for x, y in zip(xs, ys, strict=True)] for k in (1, 2, 3)
+    ]
     assert ops.ints(ops.loads(ops.dumps(a))) == xs
     assert ops.ints(ops.concat([a, b])) == xs + ys
     assert ops.ints(ops.take(ops.concat([a, b]), 1, len(xs) + 1)) == (xs + ys)[1 : len(xs) + 1]
@@ -84,3 +95,7 @@ def test_long_vectors_are_computed_piece_by_piece_with_the_same_results(ops: Vec
     assert ops.ints(ops.mul(a, b)) == [x * y % p for x, y in zip(xs, ys, strict=True)]
     assert ops.ints(ops.add(a, b)) == [(x + y) % p for x, y in zip(xs, ys, strict=True)]
     assert ops.ints(ops.neg(a)) == [(-x) % p for x in xs]
+    assert ops.ints(ops.three_point_zero(a, b, a)) == [
+        (4 * x - 3 * y) % p for x, y in zip(xs, ys, strict=True)
+    ]
+    assert ops.ints(ops.line(a, b, 3)[2]) == [(x + 3 * y) % p for x, y in zip(xs, ys, strict=True)]
