@@ -423,3 +423,40 @@ def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     again = CliRunner().invoke(cli, ["node", "keygen", "--out", str(out), "--name", "node:alpha"])
     assert again.exit_code != 0 and "refusing to overwrite" in again.output
+
+
+def test_a_computation_node_follows_the_topics_when_kafka_is_configured(
+    ledger: Ledger, kafka: KafkaSettings, prefix: str, topics: Topics, tmp_path: Path
+) -> None:
+    """``dfg node serve --kafka``: its replica comes from the topics (the coordinator
+    URL it is given does not answer), verified, and its GraphQL and /healthz show it."""
+    import urllib.request
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"k-{i}") for i in range(25)])
+    assert ledger.sequencer.ledger is not None
+    key = ledger.sequencer.ledger["checkpoint_key"]
+    _, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli.main", "node", "serve", "--data", str(tmp_path / "node"),
+         "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN, "--ledger-key", key, "--port", str(port),
+         "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        size = ledger.head()[0]
+
+        def caught_up() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    return int(json.loads(response.read())["size"]) >= size
+            except OSError:
+                return False
+
+        wait_for(caught_up, timeout=60, what="the node to follow the topics")
+        assert consent_rows(tmp_path / "node") == 25
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(20)
+        relay_running.halt()

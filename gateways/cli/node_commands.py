@@ -231,6 +231,16 @@ def follow(
 @click.option("--mpc-port", type=click.IntRange(0, 65535), default=9100, show_default=True)
 @click.option("--peer", "peers", multiple=True, help="Another node: node:name=host:port (repeat).")
 @click.option(
+    "--kafka",
+    "bootstrap",
+    default=None,
+    envvar="DFG_KAFKA",
+    help="Follow the ledger's Kafka topics (host:port,...) instead of the coordinator's HTTP log.",
+)
+@click.option(
+    "--topic-prefix", default="dfg", show_default=True, help="With --kafka: topics are <prefix>.<chain>.*."
+)
+@click.option(
     "--task-timeout",
     type=click.FloatRange(1, 3600),
     default=60.0,
@@ -250,10 +260,13 @@ def node_serve(
     mpc_host: str,
     mpc_port: int,
     peers: tuple[str, ...],
+    bootstrap: str | None,
+    topic_prefix: str,
     task_timeout: float,
 ) -> None:
     """Serve the GraphQL API as a computation node: answers from this node's own
-    verified replica (kept up to date from the coordinator's API), forwards the node
+    verified replica (kept up to date from the ledger's Kafka topics with --kafka, else
+    from the coordinator's API), forwards the node
     organisation's signed approvals to the coordinator, receives share bundles, and
     -- with --key -- runs the MPC engine on the node's task queue with its --peer nodes."""
     from aiohttp import web
@@ -276,19 +289,28 @@ def node_serve(
         parse_peers(peers)  # refuse a malformed --peer before anything is created
     node = open_node(settings, ledger_key=ledger_key, chain=chain)
     stop = threading.Event()
-    follower = threading.Thread(
-        target=follow_api,
-        args=(node.replica, node.apply_views, coordinator, stop),
-        name="dfg-node-follow",
-        daemon=True,
-    )
+    if bootstrap is not None:  # the replicated log's topics, as dfg node follow reads them
+        kafka = Follower(
+            node.replica, node.views, node.view_list,
+            KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}"), Topics.for_ledger(chain, topic_prefix),
+        )  # fmt: skip
+        follower = threading.Thread(target=kafka.run, args=(stop,), name="dfg-node-follow", daemon=True)
+        source = f"Kafka at {bootstrap}"
+    else:
+        follower = threading.Thread(
+            target=follow_api,
+            args=(node.replica, node.apply_views, coordinator, stop),
+            name="dfg-node-follow",
+            daemon=True,
+        )
+        source = coordinator
     follower.start()
     mesh = None
     if key is not None and name is not None and encryption_key is not None:
         options = EngineOptions(name, key, encryption_key, mpc_host, mpc_port, peers, task_timeout)
         mesh, _ = start_engine(options, node, coordinator, chain, settings.data_dir, stop)
         click.echo(f"dfg node {name}: MPC engine listening for peers on {mpc_host}:{mesh.address[1]}")
-    click.echo(f"dfg node serving {chain} on http://{host}:{port}/graphql, following {coordinator}")
+    click.echo(f"dfg node serving {chain} on http://{host}:{port}/graphql, following {source}")
     app = build_node_app(
         node.store,
         node.views,
