@@ -124,6 +124,9 @@ class NodeEngine:
             statuses = {
                 q.analysis_id: (views.document(cursor, "Analysis", q.analysis_id) or {}) for q in queue
             }
+        waiting = {q.analysis_id for q in queue}
+        for analysis_id in [a for a in self._tables if a not in waiting]:
+            del self._tables[analysis_id]  # its tasks are done: free the merged table
         for task in queue:
             key = (task.analysis_id, task.task_id)
             if key in self._done or statuses[task.analysis_id].get("status") not in ("queued", "computing"):

@@ -28,6 +28,8 @@ K = 5  # the nodes' minimum cell size in these tests
 
 @dataclass
 class Study:
+    """A federation with two providers' data, consents given, withdrawn and never given."""
+
     fed: Federation
     analyst: TransactionBuilder
     provider_a: TransactionBuilder
@@ -37,6 +39,7 @@ class Study:
     rows_a: dict[str, dict[str, float]]
     rows_b: dict[str, dict[str, float]]
     consenting: set[str]
+    withdrawn: set[str]
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +65,22 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
         fed.upload(b, ds_b, [{"subject": s, "hrv": str(r["hrv"])} for s, r in rows_b.items()])
         consenting = set(subjects[::3]) | set(subjects[1::3])  # a third never consents
         ids = fed.consent(uni, sorted(consenting))
-        withdrawn = sorted(consenting)[:6]
+        both = set(rows_a) & set(rows_b)
+        withdrawn = sorted(consenting & both)[:6]  # subjects who would otherwise be computed on
         fed.submit_all([uni.withdraw_consent(consent_id=ids[s], subject=s) for s in withdrawn])
         consenting -= set(withdrawn)
-        yield Study(fed, uni, a, b, ds_a, ds_b, rows_a, rows_b, consenting)
+        yield Study(fed, uni, a, b, ds_a, ds_b, rows_a, rows_b, consenting, set(withdrawn))
 
 
 def _view(study: Study) -> list[tuple[str, str, str]]:
     return [("age", study.ds_a, "age"), ("sbp", study.ds_a, "sbp"), ("hrv", study.ds_b, "hrv")]
 
 
-def _plain(study: Study, keep: object) -> dict[str, np.ndarray]:
+def _plain(study: Study, keep: object, subjects: set[str] | None = None) -> dict[str, np.ndarray]:
+    chosen_subjects = study.consenting if subjects is None else subjects
     rows = [
         {**study.rows_a[s], **study.rows_b[s]}
-        for s in sorted(study.consenting & set(study.rows_a) & set(study.rows_b))
+        for s in sorted(chosen_subjects & set(study.rows_a) & set(study.rows_b))
     ]
     chosen = [r for r in rows if keep(r)]  # type: ignore[operator]
     return {name: np.array([r[name] for r in chosen], dtype=float) for name in ("age", "sbp", "hrv")}
@@ -109,6 +114,11 @@ def test_an_analysis_is_computed_end_to_end_and_matches_plaintext_over_consentin
 
     older = _plain(study, lambda r: r["age"] >= 50)
     assert results["older"]["count()"]["count"] == len(older["sbp"])  # withdrawn and never-consented excluded
+    everyone_everywhere = set(study.rows_a) | set(study.rows_b)
+    with_withdrawn = _plain(study, lambda r: True, study.consenting | study.withdrawn)
+    all_subjects = _plain(study, lambda r: True, everyone_everywhere)
+    assert len(with_withdrawn["sbp"]) > len(_plain(study, lambda r: True)["sbp"])
+    assert len(all_subjects["sbp"]) > len(with_withdrawn["sbp"])  # so both exclusions are exercised
     assert float(results["older"]["mean(sbp)"]["value"]) == pytest.approx(older["sbp"].mean(), abs=1e-3)
     assert float(results["older"]["variance(sbp)"]["value"]) == pytest.approx(
         older["sbp"].var(ddof=1), rel=1e-4
