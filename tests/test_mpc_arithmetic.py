@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpc.field import MERSENNE_127, FieldCapacity, FieldError, FixedPoint, PrimeField, Range
-from mpc.multiplication import inner_product, multiply
+from mpc.protocols import inner, input_values, multiply, open_values
+from mpc.runtime import Party, run_local
 from mpc.shamir import Scheme, SharingError
 
 F127 = PrimeField(MERSENNE_127)
@@ -88,25 +89,31 @@ def test_parameters_without_an_honest_majority_are_refused() -> None:
 
 @pytest.mark.parametrize("scheme", [THREE, FIVE], ids=["n3t1", "n5t2"])
 @given(a=small, b=small)
-@settings(max_examples=50)
+@settings(max_examples=20, deadline=None)
 def test_multiplication_with_degree_reduction(scheme: Scheme, a: int, b: int) -> None:
     f = scheme.field
-    product = multiply(scheme, scheme.share(f.element(a)), scheme.share(f.element(b)))
-    # the result is a degree-t sharing again: any t + 1 parties open it, all agree
-    assert f.signed(scheme.open_checked(dict(zip(scheme.points, product, strict=True)))) == a * b
-    again = multiply(scheme, product, scheme.share(f.element(-3)))
-    assert f.signed(scheme.reconstruct(dict(zip(scheme.points, again, strict=True)))) == -3 * a * b
+
+    def program(party: Party) -> tuple[list[int], list[int]]:
+        x = input_values(party, 1, [f.element(a)] if party.index == 1 else None)
+        y = input_values(party, 2, [f.element(b)] if party.index == 2 else None)
+        product = multiply(party, x, y)  # a degree-t sharing again: every share checks out
+        again = multiply(party, product, party.ops.of([f.element(-3)]))  # a public constant
+        return open_values(party, product), open_values(party, again)
+
+    for product, again in run_local(scheme, program):
+        assert f.signed(product[0]) == a * b and f.signed(again[0]) == -3 * a * b
 
 
 @given(st.lists(st.tuples(signed, signed), min_size=1, max_size=40))
-@settings(max_examples=50)
+@settings(max_examples=20, deadline=None)
 def test_inner_product_needs_one_resharing(pairs: list[tuple[int, int]]) -> None:
-    xs = THREE.share_many([F127.element(x) for x, _ in pairs])
-    ys = THREE.share_many([F127.element(y) for _, y in pairs])
-    shares = inner_product(THREE, xs, ys)
-    assert F127.signed(THREE.open_checked(dict(zip(THREE.points, shares, strict=True)))) == sum(
-        x * y for x, y in pairs
-    )
+    def program(party: Party) -> list[int]:
+        xs = input_values(party, 1, [F127.element(x) for x, _ in pairs] if party.index == 1 else None)
+        ys = input_values(party, 3, [F127.element(y) for _, y in pairs] if party.index == 3 else None)
+        return open_values(party, inner(party, [xs], [ys]))
+
+    for opened in run_local(THREE, program):
+        assert F127.signed(opened[0]) == sum(x * y for x, y in pairs)
 
 
 def test_an_analysis_whose_modulus_is_too_small_is_refused_with_the_bound() -> None:
