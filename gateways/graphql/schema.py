@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any, TypeVar, cast
 import strawberry
 from graphql import GraphQLError
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import Info
+from strawberry.types import ExecutionContext, Info
 
 from domain.analysis import AnalysisStatus
 from gateways.graphql import types as t
@@ -730,7 +731,29 @@ async def _calculation(ctx: Context, token: str, tx_type: str, given_id: str | N
     return found
 
 
-schema = strawberry.Schema(
+refusals = logging.getLogger("dfg.graphql")
+
+
+class _Schema(strawberry.Schema):
+    """Refusals with a code (``fail``) are answers to the client, not server errors:
+    they are logged at INFO without a traceback; anything else stays an ERROR."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        unexpected = []
+        for error in errors:
+            code = (error.extensions or {}).get("code")
+            ours = error.original_error is None or isinstance(error.original_error, GraphQLError)
+            if code is not None and ours:  # a refusal the API answers with, not a crash
+                refusals.info("GraphQL refused %s: %s", code, error.message)
+            else:
+                unexpected.append(error)
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
+schema = _Schema(
     query=Query,
     mutation=Mutation,
     types=[t.Calculation],
