@@ -91,9 +91,13 @@ class Federation:
         self.client.submit(builder.sign(tx_type, body))
 
     def datasource(
-        self, provider: TransactionBuilder, name: str, variables: Sequence[tuple[str, str, str, str]]
+        self,
+        provider: TransactionBuilder,
+        name: str,
+        variables: Sequence[tuple[str, str, str | None, str | None]],
     ) -> str:
-        """A catalog and a datasource keyed by ``subject`` with these (name, type, min, max)."""
+        """A catalog and a datasource keyed by ``subject`` with these (name, type, min, max)
+        (min and max None for a boolean)."""
         catalog_id, datasource_id = str(uuid.uuid4()), str(uuid.uuid4())
         self.sign(provider, "catalog.create", {"catalog_id": catalog_id, "name": name})
         self.sign(
@@ -109,7 +113,9 @@ class Federation:
             },
         )
         for variable, kind, low, high in variables:
-            spec = {"datasource_id": datasource_id, "name": variable, "type": kind, "min": low, "max": high}
+            spec = {"datasource_id": datasource_id, "name": variable, "type": kind}
+            if low is not None and high is not None:  # booleans have no range
+                spec.update(min=low, max=high)
             self.sign(provider, "variable.create", spec)
         return datasource_id
 

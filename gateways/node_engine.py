@@ -320,6 +320,18 @@ class NodeEngine:
         )
 
 
+def _range_of(variable: dict[str, Any]) -> tuple[Fraction, Fraction]:
+    """The values a variable can take, as uploads encode them: booleans 0/1, categories
+    their index, numbers their declared range."""
+    if variable.get("type") == "boolean":
+        return Fraction(0), Fraction(1)
+    if variable.get("type") == "category":
+        return Fraction(0), Fraction(max(len(variable.get("categories") or []) - 1, 0))
+    if variable.get("min") is None or variable.get("max") is None:
+        raise EngineError(f"variable {variable['alias']} has no declared range (min and max)")
+    return Fraction(variable["min"]), Fraction(variable["max"])
+
+
 def _name_parties(reason: str, nodes: list[str]) -> str:
     """Protocol errors number parties; a task.fail names the node organisations."""
     for number, node in enumerate(nodes, start=1):
@@ -381,10 +393,8 @@ class Plan:
         high: dict[str, Fraction] = {}
         for variable in view.get("variables", []):  # each as the view copied it from its datasource
             alias = variable["alias"]
-            if variable.get("min") is None or variable.get("max") is None:
-                raise EngineError(f"variable {alias} has no declared range (min and max)")
             columns.append(Column(alias, variable["datasource_id"], variable["name"]))
-            low[alias], high[alias] = Fraction(variable["min"]), Fraction(variable["max"])
+            low[alias], high[alias] = _range_of(variable)
         return cls(
             analysis_id=doc["analysis_id"],
             nodes=nodes,

@@ -50,17 +50,30 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
         b = fed.admit("dp:wearables", "data_provider")
         uni = fed.admit("ao:university", "analyst_org")
         ds_a = fed.datasource(
-            a, "Blood pressure", [("age", "integer", "18", "100"), ("sbp", "decimal", "80", "220")]
+            a,
+            "Blood pressure",
+            [
+                ("age", "integer", "18", "100"),
+                ("sbp", "decimal", "80", "220"),
+                ("smoker", "boolean", None, None),
+            ],
         )
         ds_b = fed.datasource(b, "Heart rate variability", [("hrv", "decimal", "5", "200")])
         rng = random.Random(7)
         subjects = [f"p-{i:04d}" for i in range(90)]
         rows_a = {
-            s: {"age": rng.randint(20, 90), "sbp": round(rng.uniform(95, 185), 2)} for s in subjects[:70]
+            s: {
+                "age": rng.randint(20, 90),
+                "sbp": round(rng.uniform(95, 185), 2),
+                "smoker": rng.randint(0, 1),
+            }
+            for s in subjects[:70]
         }
         rows_b = {s: {"hrv": round(rng.uniform(10, 150), 2)} for s in subjects[20:]}
         fed.upload(
-            a, ds_a, [{"subject": s, "age": str(r["age"]), "sbp": str(r["sbp"])} for s, r in rows_a.items()]
+            a,
+            ds_a,
+            [{"subject": s, **{k: str(v) for k, v in r.items()}} for s, r in rows_a.items()],
         )
         fed.upload(b, ds_b, [{"subject": s, "hrv": str(r["hrv"])} for s, r in rows_b.items()])
         consenting = set(subjects[::3]) | set(subjects[1::3])  # a third never consents
@@ -73,7 +86,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
 
 
 def _view(study: Study) -> list[tuple[str, str, str]]:
-    return [("age", study.ds_a, "age"), ("sbp", study.ds_a, "sbp"), ("hrv", study.ds_b, "hrv")]
+    return [
+        ("age", study.ds_a, "age"), ("sbp", study.ds_a, "sbp"), ("smoker", study.ds_a, "smoker"),
+        ("hrv", study.ds_b, "hrv"),
+    ]  # fmt: skip
 
 
 def _plain(study: Study, keep: object, subjects: set[str] | None = None) -> dict[str, np.ndarray]:
@@ -83,7 +99,9 @@ def _plain(study: Study, keep: object, subjects: set[str] | None = None) -> dict
         for s in sorted(chosen_subjects & set(study.rows_a) & set(study.rows_b))
     ]
     chosen = [r for r in rows if keep(r)]  # type: ignore[operator]
-    return {name: np.array([r[name] for r in chosen], dtype=float) for name in ("age", "sbp", "hrv")}
+    return {
+        name: np.array([r[name] for r in chosen], dtype=float) for name in ("age", "sbp", "smoker", "hrv")
+    }
 
 
 def test_an_analysis_is_computed_end_to_end_and_matches_plaintext_over_consenting_subjects(
@@ -101,6 +119,7 @@ def test_an_analysis_is_computed_end_to_end_and_matches_plaintext_over_consentin
                 ["count()", "mean(sbp)", "variance(sbp)", "histogram(sbp, 3)", "max(hrv)"],
             ),
             ("association", None, ["correlation(sbp, hrv)", "mean(hrv)"]),
+            ("smokers", "smoker == 1", ["count()", "mean(hrv)"]),
         ],
     )
     assert (
@@ -133,6 +152,9 @@ def test_an_analysis_is_computed_end_to_end_and_matches_plaintext_over_consentin
     assert float(results["association"]["mean(hrv)"]["value"]) == pytest.approx(
         everyone["hrv"].mean(), abs=1e-3
     )
+    smokers = _plain(study, lambda r: r["smoker"] == 1)  # a boolean variable in a filter
+    assert results["smokers"]["count()"]["count"] == len(smokers["hrv"])
+    assert float(results["smokers"]["mean(hrv)"]["value"]) == pytest.approx(smokers["hrv"].mean(), abs=1e-3)
     _a_node_hands_shares_only_for_an_access_request_of_this_analysis(study, analysis_id)
 
 
