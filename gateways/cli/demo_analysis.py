@@ -372,4 +372,8 @@ def _demo(settings: Settings, url: str) -> None:
             queue = _run(session, tasks, o=org_id)["taskQueue"]
             shown = ", ".join(f"#{q['taskId']} {q['stage']} ({q['state']})" for q in queue)
             click.echo(f"  {node.principal}: {shown}")
-    click.secho("\nDone: the analysis waits in the nodes' queues for the MPC engine.", fg="green")
+    click.secho(
+        "\nDone: the tasks wait in the nodes' queues (these node servers run no MPC engine;"
+        " `dfg demo mpc` shows one computing).",
+        fg="green",
+    )
