@@ -186,13 +186,20 @@ def aggregate(
     bits = ranges.bits(fixed)
     keep: Mask = None if calculation.filter is None else mask(party, calculation.filter, table, fixed, bits)
     outputs = []
+    masks: dict[frozenset[str], Mask] = {}  # functions over the same variables share their
+    enough: dict[frozenset[str], bool] = {}  # row mask and their minimum-cell-size check
     for function in calculation.functions:
         if function.name in ("min", "max") and not release_extremes:
             refused = "the nodes' policies do not release min/max"
             outputs.append(Output(function.text, function.name, "extreme", [], {}, refused))
             continue
-        rows = _rows_with(party, keep, table, function.variables)
-        large = function.name == "histogram" or _large_enough(party, [rows], min_cell, table.rows)[0]
+        variables = frozenset(function.variables)
+        if variables not in masks:
+            masks[variables] = _rows_with(party, keep, table, sorted(variables))
+        rows = masks[variables]
+        if function.name != "histogram" and variables not in enough:  # bins are checked one by one
+            enough[variables] = _large_enough(party, [rows], min_cell, table.rows)[0]
+        large = function.name == "histogram" or enough[variables]
         if min_cell > 1 and not large:
             small = f"fewer than {min_cell} records"
             outputs.append(Output(function.text, function.name, "moments", [], {}, small))
