@@ -18,7 +18,6 @@ from functools import lru_cache
 import numpy as np
 
 from mpc.field import PrimeField
-from mpc.randomness import RandomMany, uniform_below
 from mpc.vectors import Vec
 
 RandomBelow = Callable[[int], int]
@@ -51,21 +50,6 @@ class Scheme:
         p = self.field.modulus
         coefficients = [secret % p] + [random_below(p) for _ in range(self.threshold)]
         return [_evaluate(coefficients, x, p) for x in self.points]
-
-    def share_many(self, secrets_: Sequence[int], draw: RandomMany = uniform_below) -> list[list[int]]:
-        """Shares of each secret, per party: ``result[party][index]``. The random
-        coefficients are drawn in bulk, and each party's shares are one Horner pass
-        over whole vectors."""
-        p = self.field.modulus
-        count = len(secrets_)
-        coefficients = [draw(p, count) for _ in range(self.threshold)]
-        result = []
-        for x in self.points:
-            acc = coefficients[-1]
-            for column in reversed(coefficients[:-1]):
-                acc = [c + x * a for c, a in zip(column, acc, strict=True)]
-            result.append([(s + x * a) % p for s, a in zip(secrets_, acc, strict=True)])
-        return result
 
     def reconstruct(self, shares: Mapping[int, int]) -> int:
         """The secret from at least t + 1 shares (party number -> share)."""

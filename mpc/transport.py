@@ -307,9 +307,7 @@ class Mesh:
                     self._inbox(session, channel.peer).put((number, message))
                     pieces = []
         except (TransportError, OSError, ValueError) as exc:
-            if self._closed.is_set():
-                pass
-            elif pieces:  # it broke in the middle of a message
+            if pieces and not self._closed.is_set():  # it broke in the middle of a message
                 log.warning("MPC connection from %s broke mid-message: %s", channel.peer, exc)
             else:  # a session's connection closes when its task is done
                 log.debug("MPC connection from %s ended: %s", channel.peer, exc)

@@ -176,7 +176,30 @@ class VectorOps:
         return self.add(a, self.const(c, self.length(a)))
 
 
-class Mersenne127(VectorOps):
+class _Machine(VectorOps):
+    """Fields whose elements are machine words: element-wise operations run piece by
+    piece (``_chunked``) over the subclass's ``_add``, ``_neg`` and ``_mul``."""
+
+    def _add(self, a: Vec, b: Vec) -> Vec:
+        raise NotImplementedError
+
+    def _neg(self, a: Vec) -> Vec:
+        raise NotImplementedError
+
+    def _mul(self, a: Vec, b: Vec) -> Vec:
+        raise NotImplementedError
+
+    def add(self, a: Vec, b: Vec) -> Vec:
+        return _chunked(self._add, a, b)
+
+    def neg(self, a: Vec) -> Vec:
+        return _chunked(self._neg, a)
+
+    def mul(self, a: Vec, b: Vec) -> Vec:
+        return _chunked(self._mul, a, b)
+
+
+class Mersenne127(_Machine):
     """GF(2^127 - 1): a (2, n) uint64 array, row 0 the low 64 bits, row 1 the high 63."""
 
     modulus = P127
@@ -276,17 +299,8 @@ class Mersenne127(VectorOps):
         limbs = (a[0] & M32, a[0] >> s32, a[1] & M32, a[1] >> s32)
         return sum(int(np.sum(limb, dtype=np.uint64)) << (32 * k) for k, limb in enumerate(limbs)) % P127
 
-    def add(self, a: Vec, b: Vec) -> Vec:
-        return _chunked(self._add, a, b)
 
-    def neg(self, a: Vec) -> Vec:
-        return _chunked(self._neg, a)
-
-    def mul(self, a: Vec, b: Vec) -> Vec:
-        return _chunked(self._mul, a, b)
-
-
-class Mersenne61(VectorOps):
+class Mersenne61(_Machine):
     """GF(2^61 - 1): one uint64 per element."""
 
     modulus = P61
@@ -376,15 +390,6 @@ class Mersenne61(VectorOps):
     def total(self, a: Vec) -> int:
         s32 = np.uint64(32)
         return (int(np.sum(a & M32, dtype=np.uint64)) + (int(np.sum(a >> s32, dtype=np.uint64)) << 32)) % P61
-
-    def add(self, a: Vec, b: Vec) -> Vec:
-        return _chunked(self._add, a, b)
-
-    def neg(self, a: Vec) -> Vec:
-        return _chunked(self._neg, a)
-
-    def mul(self, a: Vec, b: Vec) -> Vec:
-        return _chunked(self._mul, a, b)
 
 
 class Generic(VectorOps):

@@ -14,7 +14,7 @@ SCHEME = Scheme(PrimeField(MERSENNE_127), parties=3, threshold=1)
 
 
 def bundles_for(values: list[int], nodes: list[str]) -> list[ShareBundle]:
-    per_node = SCHEME.share_many(values)
+    per_node = SCHEME.share_vector(SCHEME.field.vectors.of(values))
     keys = tuple(f"p-{i}" for i in range(len(values)))
     return [ShareBundle("ds-1", node, keys, {"sbp": per_node[i]}) for i, node in enumerate(nodes)]
 
