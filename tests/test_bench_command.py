@@ -34,6 +34,10 @@ def test_bench_ledger_prints_its_figures_as_json() -> None:
 def test_bench_refuses_nonsense() -> None:
     result = CliRunner().invoke(cli, ["bench", "ledger", "--events", "5"])
     assert result.exit_code == 2 and "--events" in result.output
+    mpc = CliRunner().invoke(cli, ["bench", "mpc", "--rows", "5"])
+    assert mpc.exit_code == 2 and "--rows" in mpc.output
+    demo = CliRunner().invoke(cli, ["demo", "mpc", "--patients", "5"])
+    assert demo.exit_code == 2 and "--patients" in demo.output
 
 
 MPC_KEYS = {
