@@ -58,9 +58,18 @@ def b64url_decode_strict(segment: bytes, what: str) -> bytes:
         data = binascii.a2b_base64(standard, strict_mode=True)
     except binascii.Error as exc:
         raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url") from exc
-    if binascii.b2a_base64(data, newline=False) != standard:
+    unused = _UNUSED_LOW_BITS[len(segment) % 4]  # bits of the last character past the data
+    if unused and _B64URL_VALUE[segment[-1]] & unused:
         raise Rejected("non_canonical_base64", f"the {what} has non-zero trailing bits")
     return data
+
+
+_B64URL_VALUE: Final = {
+    c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+#: By unpadded length mod 4: a last character carrying 2 data bits (then 4 unused) or 4
+#: (then 2 unused); length 1 is refused before.
+_UNUSED_LOW_BITS: Final = {0: 0, 1: 0, 2: 0b1111, 3: 0b11}
 
 
 @dataclass(frozen=True, slots=True)
