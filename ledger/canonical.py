@@ -13,16 +13,31 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def canonical_json(value: Any) -> bytes:
+    """The canonical bytes. ``orjson`` writes them about ten times faster than ``json``
+    and byte for byte the same for this value set (no floats; tested on generated
+    values); what it refuses (integers beyond 64 bits, non-string keys) goes through
+    ``json``, so the bytes never depend on which encoder ran. (Reading stays with
+    ``json``: orjson turns integers beyond 64 bits into floats.)"""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return _encoder.encode(value).encode()
+
+
+def reference_canonical_json(value: Any) -> bytes:
+    """The same bytes by the standard library alone (the definition tests compare to)."""
     return _encoder.encode(value).encode()
 
 
 def checked_canonical_json(value: Any) -> bytes:
     """As ``canonical_json``, refusing floats and non-string keys first."""
-    return _encoder.encode(_check(value)).encode()
+    return canonical_json(_check(value))
 
 
 def _check(value: Any) -> Any:
