@@ -38,6 +38,41 @@ class ConsentAnswer:
         }
 
 
+_CREATED = {"Requested": Status.REQUESTED, "Given": Status.GIVEN}
+
+
+def _new_row(entry: Entry, status: Status) -> tuple[Any, ...]:
+    data = entry.data
+    terms = data["terms"]
+    return (
+        str(entry.aggregate_id),
+        data["controller"],
+        data["consent_id"],
+        data["subject"],
+        status,
+        data.get("level", 2),
+        json.dumps(terms["purposes"]),
+        json.dumps(terms["data_categories"]),
+        terms["notice"]["sha256"],
+        terms["valid_from"] if status == Status.GIVEN else None,
+        terms["valid_until"],
+        entry.seq,
+        entry.seq,
+    )
+
+
+def _insert(cursor: Cursor, rows: list[tuple[Any, ...]]) -> None:
+    """Write the pending new consents (and empty the list)."""
+    if rows:
+        cursor.executemany(
+            "INSERT INTO consent_state (aggregate_id, controller, consent_id, subject, status, level,"
+            " purposes, categories, notice_sha256, valid_from, valid_until, decided_seq, last_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        rows.clear()
+
+
 class ConsentStateView:
     name = NAME
     tables = ("consent_state",)
@@ -56,42 +91,19 @@ class ConsentStateView:
         )
 
     def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None:
+        """New consents go in with one statement per batch; a change to a consent first
+        writes the new ones before it, so it always finds its row."""
+        new: list[tuple[Any, ...]] = []
         for entry in entries:
             if not entry.event_type.startswith("Consent."):
                 continue
-            handler = getattr(self, "_" + entry.event_type.split(".", 1)[1].lower())
-            handler(cursor, entry, str(entry.aggregate_id), entry.data)
-
-    def _insert(
-        self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any], status: str
-    ) -> None:
-        terms = data["terms"]
-        cursor.execute(
-            "INSERT INTO consent_state (aggregate_id, controller, consent_id, subject, status, level,"
-            " purposes, categories, notice_sha256, valid_from, valid_until, decided_seq, last_seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                aggregate,
-                data["controller"],
-                data["consent_id"],
-                data["subject"],
-                status,
-                data.get("level", 2),
-                json.dumps(terms["purposes"]),
-                json.dumps(terms["data_categories"]),
-                terms["notice"]["sha256"],
-                terms["valid_from"] if status == Status.GIVEN else None,
-                terms["valid_until"],
-                entry.seq,
-                entry.seq,
-            ),
-        )
-
-    def _requested(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
-        self._insert(cursor, entry, aggregate, data, Status.REQUESTED)
-
-    def _given(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
-        self._insert(cursor, entry, aggregate, data, Status.GIVEN)
+            kind = entry.event_type.split(".", 1)[1]
+            if kind in _CREATED:
+                new.append(_new_row(entry, _CREATED[kind]))
+                continue
+            _insert(cursor, new)
+            getattr(self, "_" + kind.lower())(cursor, entry, str(entry.aggregate_id), entry.data)
+        _insert(cursor, new)
 
     def _requestaccepted(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
         cursor.execute(

@@ -43,6 +43,10 @@ class TimelineView:
         )
 
     def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None:
+        """One statement per table and batch; a consent created in this batch is found
+        in ``created``, an older one in ``timeline_consents``."""
+        created: dict[str, tuple[str, str, str]] = {}
+        lines: list[tuple[Any, ...]] = []
         for entry in entries:
             kind = _KINDS.get(entry.event_type)
             if kind is None:
@@ -50,34 +54,28 @@ class TimelineView:
             aggregate = str(entry.aggregate_id)
             data = entry.data
             if entry.event_type in ("Consent.Requested", "Consent.Given"):
-                cursor.execute(
-                    "INSERT INTO timeline_consents VALUES (?, ?, ?, ?)",
-                    (aggregate, data["subject"], data["controller"], data["consent_id"]),
-                )
-                subject, controller, consent_id = (
-                    data["subject"],
-                    data["controller"],
-                    data["consent_id"],
-                )
+                who = created[aggregate] = (data["subject"], data["controller"], data["consent_id"])
             else:
-                cursor.execute(
-                    "SELECT subject, controller, consent_id FROM timeline_consents WHERE aggregate_id = ?",
-                    (aggregate,),
-                )
-                row = cursor.fetchone()
-                subject, controller, consent_id = row[0], row[1], row[2]
-            cursor.execute(
-                "INSERT INTO subject_timeline VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    subject,
-                    entry.seq,
-                    format_time(entry.ts),
-                    kind,
-                    controller,
-                    consent_id,
-                    json.dumps(_details(entry), sort_keys=True),
-                ),
+                who = created.get(aggregate) or _known_consent(cursor, aggregate)
+            subject, controller, consent_id = who
+            details = json.dumps(_details(entry), sort_keys=True)
+            lines.append((subject, entry.seq, format_time(entry.ts), kind, controller, consent_id, details))
+        if created:
+            cursor.executemany(
+                "INSERT INTO timeline_consents VALUES (?, ?, ?, ?)",
+                [(aggregate, *who) for aggregate, who in created.items()],
             )
+        if lines:
+            cursor.executemany("INSERT INTO subject_timeline VALUES (?, ?, ?, ?, ?, ?, ?)", lines)
+
+
+def _known_consent(cursor: Cursor, aggregate: str) -> tuple[str, str, str]:
+    cursor.execute(
+        "SELECT subject, controller, consent_id FROM timeline_consents WHERE aggregate_id = ?",
+        (aggregate,),
+    )
+    row = cursor.fetchone()
+    return row[0], row[1], row[2]
 
 
 def _details(entry: Entry) -> dict[str, Any]:

@@ -53,7 +53,9 @@ class EntryStoreMixin:
         return [
             StoredEntry(
                 seq=n.id,
-                aggregate_id=uuid.UUID(str(n.originator_id)),
+                aggregate_id=n.originator_id
+                if isinstance(n.originator_id, uuid.UUID)
+                else uuid.UUID(str(n.originator_id)),
                 version=n.originator_version,
                 event_type=n.topic,
                 canonical=bytes(n.state),
