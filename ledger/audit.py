@@ -162,6 +162,10 @@ class Auditor:
         self._previous_checkpoint: tuple[int, bytes] | None = None
         self._pending: list[tuple[int, Any, dict[str, Any]]] = []
         self._in_flight: list[tuple[list[int], list[Future[list[bool]]]]] = []
+        #: In a segment: each signer's first (nonce, seq) here, and the first entry's
+        #: time, which the entries before the segment must be checked against.
+        self.first_nonces: dict[str, tuple[int, int]] | None = None
+        self.first_ts: datetime | None = None
 
     @classmethod
     def resume(cls, store: LedgerStore, **options: Any) -> Auditor:
@@ -169,23 +173,73 @@ class Auditor:
         replica's own, verified copy), as if it had replayed them itself."""
         auditor = cls(load=store.load_aggregate_before, checkpoints=(), **options)
         size, root = store.head()
-        auditor._frontier = Frontier.load(size, store.read_nodes)
+        auditor._start_after(store, size)
         if auditor._frontier.root() != root:
             raise ValueError("the replica's stored tree does not match its head")
-        auditor._state.size = size
-        auditor._state.know(store.aggregate_ids())
         auditor._last_nonce = store.last_nonce
         auditor.report.entries = size
         if size:
-            (genesis,) = store.read_entries(1, 1)
-            auditor._adopt_genesis(Entry.decode(genesis.canonical))
             (last,) = store.read_entries(size, 1)
             auditor._last_ts = Entry.decode(last.canonical).ts
         return auditor
 
+    @classmethod
+    def segment(cls, store: LedgerStore, start: int, end: int | None, **options: Any) -> Auditor:
+        """An auditor for entries ``start..end`` (``end`` None: to the last) of ``store``
+        alone, run beside others.
+
+        It takes the entries before ``start`` as they are stored (their aggregates,
+        the tree nodes they completed, the newest checkpoint before it); the segments
+        before this one check exactly those, so when every segment passes, the whole
+        log does, and the earliest problem any segment finds is the log's first. What
+        crosses a boundary (each signer's first nonce here, the first entry's time) is
+        left for whoever joins the segments: see ``first_nonces`` and ``first_ts``."""
+        checkpoints = [c for c in all_checkpoints(store) if end is None or c.size <= end]
+        auditor = cls(
+            load=store.load_aggregate_before,
+            checkpoints=[c for c in checkpoints if c.size >= start],
+            read_nodes=store.read_nodes,
+            read_node_range=store.read_node_range,
+            **options,
+        )
+        auditor.first_nonces = {}
+        auditor._start_after(store, start - 1)
+        before = [c for c in checkpoints if c.size < start]
+        if before:
+            auditor._adopt_previous_checkpoint(before[-1])
+        return auditor
+
+    def _start_after(self, store: LedgerStore, size: int) -> None:
+        """Continue after the first ``size`` entries of ``store`` as they are stored."""
+        self._frontier = Frontier.load(size, store.read_nodes)
+        self._state.size = size
+        self._state.know(store.aggregate_ids(before=size + 1))
+        if size:
+            (genesis,) = store.read_entries(1, 1)
+            self._adopt_genesis(Entry.decode(genesis.canonical))
+
+    def _adopt_previous_checkpoint(self, stored: StoredCheckpoint) -> None:
+        """The checkpoint before a segment, for the consistency check of its first one
+        (the segment before checks its root against the entries)."""
+        assert self._note_verifier is not None and self._ledger is not None
+        try:
+            checkpoint = open_checkpoint(stored.note, self._note_verifier, origin=self._ledger["origin"])
+        except CheckpointError as exc:
+            self._fail(stored.size, f"checkpoint at this size is not validly signed: {exc}")
+        self._previous_checkpoint = (checkpoint.size, checkpoint.root_hash)
+
     @property
     def size(self) -> int:
         return self._frontier.size
+
+    @property
+    def last_nonces(self) -> dict[str, int]:
+        """Each signer's newest nonce among the entries replayed."""
+        return dict(self._nonces)
+
+    @property
+    def last_ts(self) -> datetime | None:
+        return self._last_ts
 
     @property
     def ledger(self) -> dict[str, str] | None:
@@ -288,6 +342,7 @@ class Auditor:
         except Rejected as exc:
             self._fail(seq, f"its transaction is invalid: {exc}")
         self._state.size = seq - 1
+        first_of_signer = tx.signer not in self._nonces
         try:
             signer = authorise(
                 tx,
@@ -316,6 +371,10 @@ class Auditor:
         ):
             self._fail(seq, "the stored event columns do not match the entry")
         self._state.put(aggregate)
+        if self.first_nonces is not None and first_of_signer:
+            self.first_nonces[tx.signer] = (tx.payload.nonce, seq)
+        if self.first_ts is None:
+            self.first_ts = ts
         self._nonces[tx.signer] = tx.payload.nonce
         self._last_ts = ts
         if self._keep:
@@ -368,16 +427,9 @@ class Auditor:
                     self._fail(seq, "its signature does not verify")
 
     def _check_tx_index(self, rows: int, last_nonces: dict[str, int]) -> None:
-        """The (signer, nonce) index the sequencer decides replays with must match the log."""
-        if rows != self.report.entries or last_nonces != self._nonces:
-            differing = sorted(
-                s for s in set(last_nonces) | set(self._nonces) if last_nonces.get(s) != self._nonces.get(s)
-            )
-            self._fail(
-                0,
-                f"the stored nonce index does not match the log ({rows} rows for"
-                f" {self.report.entries} entries; signers differing: {differing[:5]})",
-            )
+        problem = tx_index_problem((rows, last_nonces), self.report.entries, self._nonces)
+        if problem is not None:
+            self._fail(0, problem)
 
     # --- stored tree ---------------------------------------------------------------
 
@@ -449,6 +501,21 @@ class Auditor:
         raise AuditFailure(problem)
 
 
+def tx_index_problem(
+    stored: tuple[int, dict[str, int]], entries: int, replayed: dict[str, int]
+) -> str | None:
+    """The (signer, nonce) index the sequencer decides replays with must match the log:
+    one row per entry, and each signer's newest nonce."""
+    rows, last_nonces = stored
+    if rows == entries and last_nonces == replayed:
+        return None
+    differing = sorted(s for s in set(last_nonces) | set(replayed) if last_nonces.get(s) != replayed.get(s))
+    return (
+        f"the stored nonce index does not match the log ({rows} rows for"
+        f" {entries} entries; signers differing: {differing[:5]})"
+    )
+
+
 def stored_leaf(stored: StoredEntry) -> bytes:
     return leaf_hash(stored.canonical)
 
@@ -473,11 +540,16 @@ def audit(
     return auditor.report
 
 
-def batched(read: Callable[[int, int], Sequence[StoredEntry]], size: int = 5000) -> Iterator[StoredEntry]:
-    """Entries from a store, in order, a page at a time."""
-    start = 1
-    while True:
-        page = read(start, size)
+def batched(
+    read: Callable[[int, int], Sequence[StoredEntry]],
+    size: int = 5000,
+    *,
+    start: int = 1,
+    stop: int | None = None,
+) -> Iterator[StoredEntry]:
+    """Entries from a store, in order, a page at a time (up to ``stop``, or all)."""
+    while stop is None or start <= stop:
+        page = read(start, size if stop is None else min(size, stop - start + 1))
         if not page:
             return
         yield from page

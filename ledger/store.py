@@ -76,8 +76,9 @@ class LedgerStore(Protocol):
 
     def load_aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None: ...
 
-    def aggregate_ids(self) -> Iterator[uuid.UUID]:
-        """Every aggregate that has an entry (read once when a sequencer starts)."""
+    def aggregate_ids(self, before: int | None = None) -> Iterator[uuid.UUID]:
+        """Every aggregate created by an entry before ``before`` (all when None); read
+        once when a sequencer starts, or an audit segment at ``before``."""
         ...
 
     def load_aggregate_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:

@@ -37,7 +37,7 @@ class ParallelVerifier:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # safe beside threads
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_die_with_parent)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=die_with_parent)
         return self._pool
 
     def verify(self, items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[bool]:
@@ -63,7 +63,7 @@ class ParallelVerifier:
             self._pool = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Workers must not outlive a sequencer that was killed (Linux; elsewhere a no-op)."""
     try:
         import ctypes

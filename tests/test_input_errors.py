@@ -41,9 +41,11 @@ def test_records_that_are_not_entries_are_named() -> None:
     [
         (["--witness-quorum", "2"], "--witness-quorum needs the witnesses' keys"),
         (["--witness", "not-a-key"], "witness key 'not-a-key'"),
+        (["--segments", "0"], "Invalid value for '--segments'"),
+        (["--segments", "many"], "Invalid value for '--segments'"),
     ],
 )
-def test_bad_witness_policies_are_refused(ledger: Ledger, args: list[str], message: str) -> None:
+def test_bad_audit_options_are_refused(ledger: Ledger, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["audit", "verify", "--data", str(ledger.settings.data_dir), *args])
     assert result.exit_code != 0 and message in result.output
 

@@ -84,11 +84,17 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     return Base(data, bundle, key)
 
 
-@pytest.fixture
-def copy(base: Base, tmp_path: Path) -> Path:
+#: Segments ``verify`` replays the log in: each case runs as one pass and as three
+#: segments in parallel processes (101 entries each; MIDDLE is in the second).
+_segments = [1]
+
+
+@pytest.fixture(params=[1, 3], ids=["one-pass", "3-segments"])
+def copy(base: Base, tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A fresh copy of the ledger's data directory for one case."""
     target = tmp_path / "data"
     shutil.copytree(base.data, target)
+    _segments[0] = request.param
     return target
 
 
@@ -118,7 +124,7 @@ def state_of(data: Path, seq: int) -> bytes:
 
 
 def verify(data: Path) -> Result:
-    return dfg("audit", "verify", "--data", str(data), "--no-progress")
+    return dfg("audit", "verify", "--data", str(data), "--no-progress", "--segments", str(_segments[0]))
 
 
 # --- one-byte edits of an entry's canonical JSON ------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from gateways.cli.options import fail, ledger_options, require_ledger, witness_o
 from infra.bootstrap import open_store, open_views
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.settings import Settings
-from ledger.audit import Auditor, AuditReport, audit_store
+from ledger.audit import Auditor, AuditReport
 from ledger.audit import audit as run_audit
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
+from ledger.segmented_audit import MIN_SEGMENT, SegmentFailed, audit_in_segments
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy
@@ -46,6 +48,13 @@ def audit() -> None:
     default=None,
     help="Signature threads [default: all cores].",
 )
+@click.option(
+    "--segments",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Replay the log in this many parallel segments, one process each"
+    f" [default: one per core, for ledgers of {2 * MIN_SEGMENT:,} entries or more].",
+)
 @click.option("--progress/--no-progress", default=None, help="Show progress [default: on a terminal].")
 @witness_options
 def verify(
@@ -54,6 +63,7 @@ def verify(
     checkpoint_key: str | None,
     chain: str | None,
     workers: int | None,
+    segments: int | None,
     progress: bool | None,
     witnesses: WitnessPolicy | None,
 ) -> None:
@@ -75,8 +85,11 @@ def verify(
                 report = _with_progress(
                     show,
                     size,
-                    lambda tick: audit_store(
+                    lambda tick: audit_in_segments(
                         store,
+                        partial(open_store, settings),
+                        segments=segments or workers,
+                        minimum=1 if segments else MIN_SEGMENT,
                         verifier=verifier,
                         expected_checkpoint_key=checkpoint_key,
                         expected_chain=chain,
@@ -86,7 +99,7 @@ def verify(
                 )
             finally:
                 store.close()
-    except BundleError as exc:
+    except (BundleError, SegmentFailed) as exc:
         fail(str(exc))
     finally:
         verifier.close()

@@ -17,6 +17,8 @@ from ledger.merkle import EMPTY_ROOT
 from ledger.store import StoredEntry
 
 EVENTS_TABLE = "ledger_entries"
+#: Above every sequence number (a range query's open end).
+NO_END = 2**63 - 1
 __all__ = ["EMPTY_ROOT", "EVENTS_TABLE", "EntryStoreMixin", "utc_now_text"]
 
 

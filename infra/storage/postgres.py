@@ -8,8 +8,10 @@ batch would otherwise leave a gap), then the Merkle nodes and nonce rows.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -20,7 +22,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin, utc_now_text
+from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite import _contiguous
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
 
@@ -132,15 +134,34 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         )
 
 
+@contextmanager
+def _schema_lock(url: str, schema: str) -> Iterator[None]:
+    """Serialise creating a ledger's tables: processes opening one ledger at once (the
+    segments of an audit) would otherwise race in the catalog ("tuple concurrently
+    updated") even with IF NOT EXISTS."""
+    key = int.from_bytes(
+        hashlib.sha256(f"dfg-ledger-schema/{schema}".encode()).digest()[:8], "big", signed=True
+    )
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
 class PostgresLedgerStore(EntryStoreMixin):
     def __init__(self, url: str) -> None:
         self.datastore = datastore_from_url(url)
         self._url_without_schema = url.split("?", 1)[0]
         self._listener: psycopg.Connection[Any] | None = None
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema)))
         self._recorder = PostgresLedgerRecorder(self.datastore)
-        self._recorder.create_table()
+        with _schema_lock(self._url_without_schema, self.datastore.schema):
+            with self.datastore.transaction(commit=True) as curs:
+                curs.execute(
+                    SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema))
+                )
+            self._recorder.create_table()
         self._wire(self._recorder)
 
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
@@ -172,12 +193,13 @@ class PostgresLedgerStore(EntryStoreMixin):
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
 
-    def aggregate_ids(self) -> Iterator[uuid.UUID]:
+    def aggregate_ids(self, before: int | None = None) -> Iterator[uuid.UUID]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(
-                SQL("SELECT originator_id FROM {s}.{t} WHERE originator_version = 1").format(
-                    s=Identifier(self.datastore.schema), t=Identifier(EVENTS_TABLE)
-                )
+                SQL(
+                    "SELECT originator_id FROM {s}.{t} WHERE originator_version = 1 AND notification_id < %s"
+                ).format(s=Identifier(self.datastore.schema), t=Identifier(EVENTS_TABLE)),
+                (NO_END if before is None else before,),
             )
             rows = curs.fetchall()
         return (uuid.UUID(str(r["originator_id"])) for r in rows)

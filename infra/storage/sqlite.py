@@ -23,7 +23,7 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
-from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, EntryStoreMixin, utc_now_text
+from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
 
 CACHE_KIB = 64 * 1024
@@ -155,9 +155,12 @@ class SQLiteLedgerStore(EntryStoreMixin):
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
 
-    def aggregate_ids(self) -> Iterator[uuid.UUID]:
+    def aggregate_ids(self, before: int | None = None) -> Iterator[uuid.UUID]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT originator_id FROM {EVENTS_TABLE} WHERE originator_version = 1")
+            c.execute(
+                f"SELECT originator_id FROM {EVENTS_TABLE} WHERE originator_version = 1 AND rowid < ?",
+                (NO_END if before is None else before,),
+            )
             rows = c.fetchall()
         return (uuid.UUID(hex=row[0]) for row in rows)
 

@@ -1,0 +1,137 @@
+"""The audit cut into segments replayed in parallel processes reports what one pass
+reports: the same figures on a good ledger, and the same first bad entry on a bad one,
+including the two checks that cross a segment boundary (nonces and timestamps)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from functools import partial
+
+import pytest
+from conftest import Ledger, give_level1
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from infra.bootstrap import open_store
+from ledger.audit import audit_store
+from ledger.segmented_audit import SegmentFailed, audit_in_segments, plan_segments
+from ledger.sequencer import Sequencer
+from ledger.store import LedgerStore, all_checkpoints
+from ledger.witness import WitnessPolicy, cosign, witness_verifier
+
+
+def test_plan_covers_every_entry_once_and_leaves_the_end_open() -> None:
+    assert plan_segments(100_000, 4, 10_000) == [
+        (1, 25_000),
+        (25_001, 50_000),
+        (50_001, 75_000),
+        (75_001, None),
+    ]
+    assert plan_segments(301, 3, 1) == [(1, 100), (101, 200), (201, None)]
+    assert plan_segments(15_000, 8, 10_000) == [(1, None)]  # too small to be worth a process
+    assert plan_segments(0, 2, 1) == [(1, None)]
+
+
+def _populate(ledger: Ledger, consents: int) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*(give_level1(ledger, app, f"p-{i}") for i in range(consents)))
+    ledger.sequencer.checkpoint_now()
+
+
+def _both(ledger: Ledger, segments: int = 3) -> tuple[object, object]:
+    store = ledger.sequencer.store
+    one_pass = audit_store(store)
+    segmented = audit_in_segments(store, partial(open_store, ledger.settings), segments=segments, minimum=1)
+    return one_pass, segmented
+
+
+def test_a_good_ledger_gives_the_same_report(any_ledger: Ledger) -> None:
+    _populate(any_ledger, 60)
+    one_pass, segmented = _both(any_ledger)
+    assert one_pass.ok and segmented.ok, (one_pass.problems, segmented.problems)  # type: ignore[attr-defined]
+    for name in ("entries", "checkpoints", "root", "chain", "origin", "checkpoint_key", "operator_kid"):
+        assert getattr(segmented, name) == getattr(one_pass, name), name
+
+
+def _append_unchecked(sequencer: Sequencer, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Append as a faulty sequencer would: without looking at the signer's last nonce."""
+    with monkeypatch.context() as patch:
+        patch.setattr(Sequencer, "_last_nonce", lambda self, signer: 0)
+        patch.setattr(sequencer, "_nonces", {})
+        (outcome,) = sequencer.submit([token])
+    assert outcome.__class__.__name__ == "Accepted", outcome
+
+
+def test_a_nonce_reused_across_a_segment_boundary_is_named(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    other = ledger.admit("sp:other", "service_provider")
+    ledger.accept(give_level1(ledger, app, "p-first"))  # app's nonce 1 ...
+    app.nonce = 5
+    (sixth,) = ledger.accept(give_level1(ledger, app, "p-sixth"))  # ... then 6
+    ledger.accept(*(give_level1(ledger, other, f"q-{i}", controller="sp:other") for i in range(20)))
+    app.nonce = 2  # nonce 3 after nonce 6: only a faulty sequencer appends it
+    _append_unchecked(ledger.sequencer, give_level1(ledger, app, "p-late"), monkeypatch)
+    bad = ledger.head()[0]
+    (_, _), (second, _) = plan_segments(bad, 2, 1)
+    assert sixth.seq < second < bad  # app's first entry in the second segment is the bad one
+    one_pass, segmented = _both(ledger, segments=2)
+    for report in (one_pass, segmented):
+        problem = report.first_problem  # type: ignore[attr-defined]
+        assert problem.seq == bad and "nonce 3 of sp:app" in problem.message, problem
+
+
+def test_a_timestamp_going_back_at_a_segment_boundary_is_named(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*(give_level1(ledger, app, f"p-{i}") for i in range(10)))
+    sequencer = ledger.sequencer
+    earlier = sequencer._now() - timedelta(hours=1)
+    with monkeypatch.context() as patch:  # a sequencer whose clock jumped back
+        patch.setattr(sequencer, "_last_ts", None)
+        patch.setattr(sequencer, "clock", lambda: earlier)
+        ledger.accept(give_level1(ledger, app, "p-earlier"))
+    bad = ledger.head()[0]
+    # Entries after it until the second of two segments starts exactly at it.
+    ledger.accept(*(give_level1(ledger, app, f"p-after-{i}") for i in range(bad - 2)))
+    (_, _), (second, _) = plan_segments(ledger.head()[0], 2, 1)
+    assert second == bad
+    one_pass, segmented = _both(ledger, segments=2)
+    for report in (one_pass, segmented):
+        problem = report.first_problem  # type: ignore[attr-defined]
+        assert problem.seq == bad and "timestamp is earlier" in problem.message, problem
+
+
+def _unreachable_store() -> LedgerStore:
+    raise ConnectionError("database is unreachable")
+
+
+def test_a_segment_that_cannot_run_fails_the_audit_with_its_reason(ledger: Ledger) -> None:
+    _populate(ledger, 5)
+    with pytest.raises(SegmentFailed, match="could not run: ConnectionError: database is unreachable"):
+        audit_in_segments(ledger.sequencer.store, _unreachable_store, segments=2, minimum=1)
+
+
+def test_witnessed_checkpoints_are_counted_alike(ledger: Ledger) -> None:
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes_raw()
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+    verifier = witness_verifier("node:alpha", jwk)
+    assert verifier is not None
+    policy = WitnessPolicy({"node:alpha": [verifier]}, quorum=1)
+    _populate(ledger, 30)
+    store = ledger.sequencer.store
+    checkpoints = list(all_checkpoints(store))
+    cosigned = checkpoints[0]  # the newest stays unwitnessed
+    store.save_cosignature(
+        cosigned.size, "node:alpha", cosign(cosigned.note, "node:alpha", key, 1_700_000_000)
+    )
+    one_pass = audit_store(store, witnesses=policy)
+    segmented = audit_in_segments(
+        store, partial(open_store, ledger.settings), segments=3, minimum=1, witnesses=policy
+    )
+    assert one_pass.ok and segmented.ok, (one_pass.problems, segmented.problems)
+    assert (segmented.final_size, segmented.final_checkpoints) == (one_pass.final_size, 1)
+    assert one_pass.final_size == cosigned.size < checkpoints[-1].size
