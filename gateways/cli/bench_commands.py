@@ -62,15 +62,17 @@ def ledger(events: int, signers: int, postgres_url: str | None, no_postgres: boo
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("ratio to (a)", justify="right")
+    table.add_column("to libsodium", justify="right")
     table.add_column("goal")
-    base = figures.verify_per_s
+    bases = (figures.verify_per_s, figures.verify_libsodium_per_s)
     for key, value in figures.as_json().items():
         if key in ("events", "signers", "notes"):
             continue
-        ratio = f"{value / base:.2f}x" if key.endswith("per_s") and value and key != "verify_per_s" else ""
+        rated = key.endswith("per_s") and value and not key.startswith("verify_")
+        ratios = [f"{value / base:.2f}x" if rated and base else "" for base in bases]
         shown = "not measured" if value is None else f"{value:,.1f}"
-        table.add_row(key, shown, ratio, GOALS.get(key, ""))
-    Console().print(table)
+        table.add_row(key, shown, *ratios, GOALS.get(key, ""))
+    Console(width=max(120, Console().width)).print(table)
     if unreachable:
         figures.notes.append(unreachable)
     for note in figures.notes:
