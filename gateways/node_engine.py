@@ -157,11 +157,13 @@ class NodeEngine:
             else:
                 commitment = self._compute(plan, task_id, calculation_id or "")
         except _FAILURES as exc:
-            self._fail(analysis_id, task_id, _name_parties(str(exc), plan.nodes if plan else []))
+            nodes = plan.nodes if plan else []
+            self._give_up(analysis_id, task_id, _name_parties(str(exc), nodes), nodes)
             return
         except Exception as exc:  # a bug must fail the task cleanly, not leave it claimed
             log.exception("%s: task %d of analysis %s crashed", self.name, task_id, analysis_id)
-            self._fail(analysis_id, task_id, f"internal error: {type(exc).__name__}")
+            reason = f"internal error: {type(exc).__name__}"
+            self._give_up(analysis_id, task_id, reason, plan.nodes if plan else [])
             return
         finally:
             self.mesh.forget(f"{analysis_id}/{task_id}")
@@ -169,6 +171,13 @@ class NodeEngine:
         body = {"analysis_id": analysis_id, "task_id": task_id, "commitment": commitment}
         self._submit("task.finish", body)
         log.info("%s: task %d of analysis %s finished", self.name, task_id, analysis_id)
+
+    def _give_up(self, analysis_id: str, task_id: int, reason: str, nodes: list[str]) -> None:
+        """Fail the task on the ledger first (so that the root cause is what the analysis
+        records), then tell the other nodes, which stop waiting for this one instead of
+        timing out (and holding up their next task)."""
+        self._fail(analysis_id, task_id, reason)
+        self.mesh.give_up(f"{analysis_id}/{task_id}", nodes, reason)
 
     def _fail(self, analysis_id: str, task_id: int, reason: str) -> None:
         self._done.add((analysis_id, task_id))

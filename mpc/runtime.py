@@ -29,6 +29,11 @@ class ProtocolTimeout(RuntimeError):
     """Another party did not answer in time (it stopped, or the network did)."""
 
 
+class ProtocolAborted(ProtocolTimeout):
+    """Another party gave up the session and said why (so this one stops waiting for
+    it now, not at the time-out)."""
+
+
 class ProtocolError(RuntimeError):
     """A protocol could not complete correctly (an inconsistent opening, a malformed
     message)."""

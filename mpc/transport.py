@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mpc.runtime import Message, ProtocolTimeout
+from mpc.runtime import Message, ProtocolAborted, ProtocolTimeout
 
 MAGIC: Final = b"dfg-mpc/1"
 HANDSHAKE_TIMEOUT_S: Final = 10.0
@@ -50,6 +50,13 @@ MAX_FRAME: Final = 256 * 1024 * 1024
 #: A round's message is sent in frames of this many bytes (streamed, not buffered whole).
 PIECE: Final = 1 << 20
 _MAX_WAITING_SESSIONS: Final = 256
+#: A frame's last header byte: more pieces of the round follow, the round's last piece,
+#: or the sender has given up the session (the payload says why).
+_MORE, _LAST, _ABORT = 0, 1, 2
+#: How many peers' give-ups are remembered for sessions this node has not started yet.
+_MAX_ABORTS_KEPT: Final = 1024
+#: How an inbox marks a give-up (rounds are numbered from 1).
+_ABORTED: Final = -1
 
 log = logging.getLogger("dfg.mpc.transport")
 
@@ -257,6 +264,7 @@ class Mesh:
         self._dial_lock = threading.Lock()
         self._inbox_lock = threading.Lock()
         self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, Message] | None]] = {}
+        self._aborts: dict[tuple[str, str], bytes] = {}  # (session, peer) -> why it gave up
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept_loop, name="dfg-mpc-accept", daemon=True)
 
@@ -301,8 +309,11 @@ class Mesh:
                 size = int.from_bytes(frame[:2], "big")
                 session = bytes(frame[2 : 2 + size]).decode()
                 number = int.from_bytes(frame[2 + size : 6 + size], "big")
+                if frame[6 + size] == _ABORT:
+                    self._peer_gave_up(session, channel.peer, bytes(frame[7 + size :]))
+                    continue
                 pieces.append(frame[7 + size :])
-                if frame[6 + size]:  # the round's last piece
+                if frame[6 + size] == _LAST:
                     message: Message = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                     self._inbox(session, channel.peer).put((number, message))
                     pieces = []
@@ -318,18 +329,36 @@ class Mesh:
 
     def _inbox(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
         with self._inbox_lock:
+            return self._inbox_locked(session, peer)
+
+    def _inbox_locked(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
+        inbox = self._inboxes.get((session, peer))
+        if inbox is None:
+            if len(self._inboxes) >= _MAX_WAITING_SESSIONS * max(1, len(self.peers)):
+                raise TransportError("too many open sessions")
+            inbox = self._inboxes[(session, peer)] = queue.Queue()
+        return inbox
+
+    def _peer_gave_up(self, session: str, peer: str, why: bytes) -> None:
+        """Wake a ``receive`` waiting for this peer, or remember it for one to come (the
+        session may not have started here yet). Only an inbox that exists is woken, so a
+        give-up for a session this node never runs leaves a bounded record, not an inbox."""
+        reason = why[:500]
+        with self._inbox_lock:
+            self._aborts[(session, peer)] = reason
+            while len(self._aborts) > _MAX_ABORTS_KEPT:
+                del self._aborts[next(iter(self._aborts))]
             inbox = self._inboxes.get((session, peer))
-            if inbox is None:
-                if len(self._inboxes) >= _MAX_WAITING_SESSIONS * max(1, len(self.peers)):
-                    raise TransportError("too many open sessions")
-                inbox = self._inboxes[(session, peer)] = queue.Queue()
-            return inbox
+        if inbox is not None:
+            inbox.put((_ABORTED, reason))
 
     def forget(self, session: str) -> None:
         """The session is over: drop its queued frames and close its connections."""
         with self._inbox_lock:
             for key in [k for k in self._inboxes if k[0] == session]:
                 del self._inboxes[key]
+            for key in [k for k in self._aborts if k[0] == session]:
+                del self._aborts[key]
         with self._dial_lock:
             channels = [self._outgoing.pop(k) for k in [k for k in self._outgoing if k[1] == session]]
         for channel in channels:
@@ -339,13 +368,13 @@ class Mesh:
     # between sessions is never sent frames over a connection it no longer reads, and a
     # connection that breaks inside a session fails the session instead of losing a frame
 
-    def _channel(self, peer: str, session: str) -> SecureChannel:
+    def _channel(self, peer: str, session: str, *, patient: bool = True) -> SecureChannel:
         with self._dial_lock:
             channel = self._outgoing.get((peer, session))
             if channel is None:
                 if peer not in self.peers:
                     raise TransportError(f"no address for {peer} (give it with --peer)")
-                sock = self._dial(peer)
+                sock = self._dial(peer) if patient else self._dial_once(peer)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 channel = connect(sock, self.me, peer, self.keys_of, self.context)
                 self._outgoing[(peer, session)] = channel
@@ -365,6 +394,9 @@ class Mesh:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    def _dial_once(self, peer: str) -> socket.socket:
+        return socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
+
     def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
         """One round's message, in frames of at most ``PIECE`` bytes: the receiver
         decrypts one while the next is encrypted and sent."""
@@ -375,17 +407,37 @@ class Mesh:
             channel = self._channel(peer, session)
             for start in range(0, max(len(payload), 1), PIECE):
                 last = start + PIECE >= len(payload)
-                channel.send(header + (b"\x01" if last else b"\x00") + view[start : start + PIECE])
+                channel.send(header + bytes([_LAST if last else _MORE]) + view[start : start + PIECE])
         except (OSError, TransportError) as exc:
             raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
 
+    def give_up(self, session: str, members: Sequence[str], reason: str) -> None:
+        """Tell the session's other members that this node has given it up, and why, so
+        that they fail now instead of waiting out the time-out for a round that will
+        not come. Best effort: a member that cannot be reached times out as before."""
+        name = session.encode()
+        frame = len(name).to_bytes(2, "big") + name + bytes(4) + bytes([_ABORT]) + reason.encode()[:500]
+        for peer in members:
+            if peer == self.me.name:
+                continue
+            try:
+                self._channel(peer, session, patient=False).send(frame)
+            except (OSError, TransportError) as exc:
+                log.debug("could not tell %s that %s was given up: %s", peer, session, exc)
+
     def receive(self, peer: str, session: str, number: int, timeout: float) -> Message:
+        with self._inbox_lock:  # with the give-up check, so that no give-up slips between
+            inbox = self._inbox_locked(session, peer)
+            reason = self._aborts.get((session, peer))
         try:
-            item = self._inbox(session, peer).get(timeout=timeout)
+            item = (_ABORTED, reason) if reason is not None else inbox.get(timeout=timeout)
         except queue.Empty:
             raise ProtocolTimeout(
                 f"{peer} did not answer round {number} of {session} in {timeout:g} s"
             ) from None
+        if item is not None and item[0] == _ABORTED:
+            why = bytes(item[1]).decode(errors="replace")
+            raise ProtocolAborted(f"{peer} gave up round {number} of {session}: {why}")
         if item is None or item[0] != number:
             got = item and item[0]
             raise TransportError(f"{peer} is out of step in {session} (round {got}, not {number})")

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from mpc.field import MERSENNE_127, PrimeField
 from mpc.protocols import input_values, multiply, open_values
-from mpc.runtime import Party, ProtocolTimeout
+from mpc.runtime import Party, ProtocolAborted, ProtocolTimeout
 from mpc.shamir import Scheme
 from mpc.transport import Mesh, NodeIdentity, SecureChannel, TransportError, accept, connect
 
@@ -78,6 +78,32 @@ def test_a_silent_party_makes_the_others_time_out() -> None:
         outcomes = _run_all(made, program)
     assert outcomes[2] == "silent"
     assert all(isinstance(o, ProtocolTimeout) and "node:c" in str(o) for o in outcomes[:2])
+
+
+def test_a_party_that_gives_up_stops_the_others_waiting_and_says_why() -> None:
+    def program(party: Party) -> object:
+        if party.index == 2:
+            made[1].give_up("s1", NAMES, "the bundle does not match its commitment")
+            return "gave up"
+        return open_values(party, [party.index])
+
+    with meshes(timeout=60) as made:  # far beyond the join: only the give-up ends the wait
+        outcomes = _run_all(made, program)
+    assert outcomes[1] == "gave up"
+    for outcome in (outcomes[0], outcomes[2]):
+        assert isinstance(outcome, ProtocolAborted), outcome
+        assert "node:b gave up round 1 of s1: the bundle does not match its commitment" in str(outcome)
+
+
+def test_a_give_up_before_the_session_starts_here_is_kept_until_it_does() -> None:
+    with meshes(timeout=60) as made:
+        made[2].give_up("later", NAMES, "no share bundle")
+        with pytest.raises(ProtocolAborted, match="node:c gave up round 1 of later: no share bundle"):
+            made[0].receive("node:c", "later", 1, timeout=60)
+        made[0].forget("later")  # the session is over: a new one of that name waits again
+        with pytest.raises(ProtocolTimeout, match="did not answer") as waited:
+            made[0].receive("node:c", "later", 1, timeout=0.2)
+        assert not isinstance(waited.value, ProtocolAborted)
 
 
 def _handshake(
