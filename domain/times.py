@@ -4,8 +4,14 @@ only when non-zero. Canonical entry bytes depend on it, so it is defined once.""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
+
+#: Instants repeat a lot (a batch's timestamp, a consent's terms, a key's validity), and
+#: the ledger formats and parses each several times per entry: cache both.
+_CACHED = 4096
 
 
+@lru_cache(maxsize=_CACHED)
 def format_time(value: datetime) -> str:
     if value.tzinfo is not UTC:
         if value.tzinfo is None:
@@ -15,6 +21,7 @@ def format_time(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat() + "Z"
 
 
+@lru_cache(maxsize=_CACHED)
 def parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     if value.tzinfo is None or format_time(value) != text:

@@ -12,7 +12,6 @@ the stored tree nodes, so the nodes that serve clients' proofs are checked too.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+import orjson
 from eventsourcing.domain import Aggregate
 
 from domain.errors import DomainError
@@ -329,7 +329,10 @@ class Auditor:
     def _replay(self, stored: StoredEntry) -> None:
         seq = stored.seq
         try:
-            document = json.loads(stored.canonical)
+            # orjson: only tx, ts and seq are read here (the bytes themselves are
+            # compared with what the transaction produces), so its reading integers
+            # beyond 64 bits as floats cannot matter
+            document = orjson.loads(stored.canonical)
             token, ts, numbered = document["tx"], parse_time(document["ts"]), document["seq"]
         except (ValueError, KeyError, TypeError) as exc:
             self._fail(seq, f"is not a readable entry ({exc})")

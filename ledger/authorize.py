@@ -71,7 +71,7 @@ def authorise(
 def _check_new_key(tx: Transaction) -> None:
     """A key that cannot be imported (e.g. a point off its curve) could never sign:
     refuse to record it."""
-    jwk = getattr(tx.command, "jwk", None)
+    jwk = vars(tx.command).get("jwk")  # not getattr: a miss costs pydantic an exception
     if isinstance(jwk, PublicJwk):  # a signing key (a node's X25519 encryption key is not one)
         public_key(key_json(jwk.as_dict()))  # raises Rejected("invalid_key", ...)
 

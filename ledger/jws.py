@@ -38,7 +38,6 @@ _ALG_FOR_KEY: Final = {"EdDSA": "OKP", "Ed25519": "OKP", "ES256K": "EC"}
 #: base64url -> standard alphabet, for binascii's strict decoder; '+', '/' and '='
 #: are refused before translating, so the mapping cannot hide a non-canonical input.
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_NOT_BASE64URL = (b"+", b"/", b"=")
 _registry = JWSRegistry(algorithms=sorted(ALLOWED_ALGS))
 # RFC 9864 deprecates the polymorphic "EdDSA" in favour of "Ed25519" and joserfc warns
 # on every use. The ambiguity it addresses cannot arise here: each alg is pinned to
@@ -55,7 +54,7 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode_strict(segment: bytes, what: str) -> bytes:
     """Decode unpadded base64url, refusing any alternative encoding of the same bytes."""
-    if len(segment) % 4 == 1 or any(c in segment for c in _NOT_BASE64URL):
+    if len(segment) % 4 == 1 or b"+" in segment or b"/" in segment or b"=" in segment:
         raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url")
     standard = segment.translate(_TO_STANDARD) + b"=" * (-len(segment) % 4)
     try:
