@@ -80,11 +80,14 @@ def audit_in_segments(
     expected_chain: str | None = None,
     progress: Callable[[int], None] | None = None,
     witnesses: WitnessPolicy | None = None,
+    setup: Callable[[], None] | None = None,
 ) -> AuditReport:
     """Audit ``store`` in up to ``segments`` processes (default: one per core), each
-    opening the ledger with ``reopen`` (a picklable callable). A ledger too small for
-    two segments of ``minimum`` entries gets the one-pass audit, in this process with
-    ``verifier``'s signature workers."""
+    opening the ledger with ``reopen`` (a picklable callable) after calling ``setup``
+    (picklable too: e.g. the collector settings of a long-running process, which a
+    spawned process does not inherit). A ledger too small for two segments of
+    ``minimum`` entries gets the one-pass audit, in this process with ``verifier``'s
+    signature workers."""
     head = store.head()
     plan = plan_segments(head[0], segments or os.cpu_count() or 1, minimum)
     if len(plan) == 1:
@@ -97,7 +100,7 @@ def audit_in_segments(
             witnesses=witnesses,
         )
     options = {"expected_checkpoint_key": expected_checkpoint_key, "expected_chain": expected_chain}
-    results = _run(plan, reopen, options, head, progress)
+    results = _run(plan, reopen, options, head, progress, setup)
     return _join(results, plan, store, witnesses)
 
 
@@ -107,13 +110,14 @@ def _run(
     options: dict[str, Any],
     head: tuple[int, bytes],
     progress: Callable[[int], None] | None,
+    setup: Callable[[], None] | None,
 ) -> dict[int, SegmentResult]:
     context = multiprocessing.get_context("spawn")
     messages: Messages = context.Queue()
     workers: list[BaseProcess] = []
     for index, (start, end) in enumerate(plan):
         task = _Task(index, start, end, options, head if end is None else None)
-        args = (reopen, task, messages)
+        args = (reopen, task, messages, setup)
         workers.append(context.Process(target=_segment_worker, args=args, name=f"dfg-audit-{index}"))
     run = _Progress(len(plan), progress)
     try:
@@ -187,9 +191,13 @@ class _Task:
     head: tuple[int, bytes] | None  # the last segment checks the stored head
 
 
-def _segment_worker(reopen: Callable[[], LedgerStore], task: _Task, messages: Messages) -> None:
+def _segment_worker(
+    reopen: Callable[[], LedgerStore], task: _Task, messages: Messages, setup: Callable[[], None] | None
+) -> None:
     die_with_parent()
     try:
+        if setup is not None:
+            setup()
         store = reopen()
         try:
             result = _replay_segment(store, task, messages)

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gateways.cli.options import fail, ledger_options, require_ledger, witness_options
 from infra.bootstrap import open_store, open_views
 from infra.bundle import BundleError, BundleReader, export_bundle
+from infra.runtime import tune_for_throughput
 from infra.settings import Settings
 from ledger.audit import Auditor, AuditReport
 from ledger.audit import audit as run_audit
@@ -88,6 +89,7 @@ def verify(
                     lambda tick: audit_in_segments(
                         store,
                         partial(open_store, settings),
+                        setup=tune_for_throughput,
                         segments=segments or workers,
                         minimum=1 if segments else MIN_SEGMENT,
                         verifier=verifier,
