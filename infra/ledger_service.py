@@ -1,11 +1,15 @@
 """The running ledger: one sequencer thread that turns concurrent submissions into
-group commits, and keeps the read models caught up before it answers.
+group commits, and a views thread that keeps the read models caught up before anyone
+is answered.
 
 Submitters (HTTP handlers, the CLI) call ``submit`` from any thread and get a future.
 The sequencer thread takes whatever has queued up (up to ``max_batch`` transactions),
-verifies the next batch while the current one commits, applies the new entries to
-the projections, and only then resolves the futures: when a submitter hears
-"accepted", its entry is durable *and* visible to consent checks (read-your-writes).
+verifies the next batch while the current one commits, and hands each committed batch
+to the views thread, which applies it to the projections and only then resolves the
+futures: when a submitter hears "accepted", its entry is durable *and* visible to
+consent checks (read-your-writes). The two threads form a pipeline: batch k's views
+are written while batch k+1 is decided and committed (SQLite and PostgreSQL do their
+part without holding the GIL).
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ class _Request:
 
 
 _NOTHING = _Request((), Future())
+#: Committed batches waiting for the views thread (then the sequencer waits: the read
+#: models never fall more than this many batches behind the log).
+_VIEWS_BACKLOG = 2
+
+
+@dataclass
+class _Committed:
+    requests: list[_Request]
+    outcomes: list[Outcome]
 
 
 class LedgerService:
@@ -47,6 +60,8 @@ class LedgerService:
         self.max_batch = max_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="dfg-sequencer", daemon=True)
+        self._committed: queue.Queue[_Committed | None] = queue.Queue(maxsize=_VIEWS_BACKLOG)
+        self._views_thread = threading.Thread(target=self._apply_views, name="dfg-views", daemon=True)
         self._stop_checkpointer: threading.Event | None = None
         self.positions: dict[str, int] = {}
         self._views_lock = threading.Lock()
@@ -58,11 +73,13 @@ class LedgerService:
             prepare(self.views, view)
         self.catch_up_views()
         self._stop_checkpointer = self.sequencer.start_checkpointer()
+        self._views_thread.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self._views_thread.join(timeout=30)
         if self._stop_checkpointer is not None:
             self._stop_checkpointer.set()
         self.sequencer.checkpoint_now()
@@ -112,6 +129,7 @@ class LedgerService:
             if item is None:  # stop: finish what is pending first
                 if pending is not None:
                     self._commit(*pending)
+                self._committed.put(None)
                 return
             nxt = None
             if item is not _NOTHING:
@@ -127,22 +145,38 @@ class LedgerService:
     def _commit(self, requests: list[_Request], batch: PreparedBatch) -> None:
         try:
             outcomes = self.sequencer.commit(batch)
+        except Exception as exc:
+            _failed(requests, exc)
+            return
+        self._committed.put(_Committed(requests, outcomes))
+
+    # --- the views thread ------------------------------------------------------------
+
+    def _apply_views(self) -> None:
+        while (batch := self._committed.get()) is not None:
             fresh = sorted(
                 {
-                    o.entry.seq: o.entry for o in outcomes if isinstance(o, Accepted) and not o.duplicate
+                    o.entry.seq: o.entry
+                    for o in batch.outcomes
+                    if isinstance(o, Accepted) and not o.duplicate
                 }.values(),
                 key=lambda e: e.seq,
             )
-            with self._views_lock:
-                top = apply_new(self.views, self.view_list, fresh, self.sequencer.store.read_entries)
-                for view in self.view_list:
-                    self.positions[view.name] = max(self.positions.get(view.name, 0), top)
-        except Exception as exc:
-            log.exception("a batch failed; its submitters get the error and may resubmit")
-            for request in requests:
-                request.future.set_exception(exc)
-            return
-        start = 0
-        for request in requests:
-            request.future.set_result(outcomes[start : start + len(request.tokens)])
-            start += len(request.tokens)
+            try:
+                with self._views_lock:
+                    top = apply_new(self.views, self.view_list, fresh, self.sequencer.store.read_entries)
+                    for view in self.view_list:
+                        self.positions[view.name] = max(self.positions.get(view.name, 0), top)
+            except Exception as exc:  # durable, but not visible yet: a resubmission is idempotent
+                _failed(batch.requests, exc)
+                continue
+            start = 0
+            for request in batch.requests:
+                request.future.set_result(batch.outcomes[start : start + len(request.tokens)])
+                start += len(request.tokens)
+
+
+def _failed(requests: list[_Request], exc: Exception) -> None:
+    log.exception("a batch failed; its submitters get the error and may resubmit", exc_info=exc)
+    for request in requests:
+        request.future.set_exception(exc)
