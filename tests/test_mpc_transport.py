@@ -106,6 +106,17 @@ def test_a_give_up_before_the_session_starts_here_is_kept_until_it_does() -> Non
         assert not isinstance(waited.value, ProtocolAborted)
 
 
+def test_a_give_up_reason_is_bounded_and_never_breaks_decoding() -> None:
+    """A peer's reason is its own text: cut to 500 bytes (here inside a character),
+    decoded with replacement, and still a clean protocol error."""
+    with meshes(timeout=60) as made:
+        made[1].give_up("long", NAMES, "€" * 400)  # 1,200 bytes of 3-byte characters
+        with pytest.raises(ProtocolAborted) as aborted:
+            made[0].receive("node:b", "long", 1, timeout=60)
+    why = str(aborted.value).split(": ", 1)[1]
+    assert why == "€" * 166 + "\ufffd"  # 498 bytes whole, then 2 bytes of a character
+
+
 def _handshake(
     initiator: NodeIdentity,
     responder: NodeIdentity,
