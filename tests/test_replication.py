@@ -22,7 +22,7 @@ from replication import nodes, start_relay, wait_for
 from gateways.cli.main import cli
 from gateways.http.node_status import serve_status
 from gateways.kafka.client import KafkaSettings
-from gateways.kafka.follower import Witness
+from gateways.kafka.follower import FollowerStatus, Witness
 from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.tansu import TansuBroker, free_port
 from ledger.canonical import canonical_json
@@ -460,3 +460,18 @@ def test_a_computation_node_follows_the_topics_when_kafka_is_configured(
         process.send_signal(signal.SIGINT)
         process.wait(20)
         relay_running.halt()
+
+
+def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows() -> None:
+    """The status is served while the follower verifies: it must not copy (or expose)
+    the up to 200,000 lag samples kept for the benchmark, nor share mutable state."""
+    status = FollowerStatus(size=7, topic_end=9, lag_entries=2, halted={"kind": "equivocation", "seq": 3})
+    status.recent_lags.extend([0.1] * 1000)
+    shown = status.as_json()
+    assert "recent_lags" not in shown
+    assert shown["size"] == 7 and shown["lag_entries"] == 2
+    assert set(shown) == {f for f in FollowerStatus.__dataclass_fields__ if f != "recent_lags"}
+    assert shown["halted"] == {"kind": "equivocation", "seq": 3}
+    shown["halted"]["seq"] = 99
+    assert status.halted == {"kind": "equivocation", "seq": 3}
+    json.dumps(shown)

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -66,8 +66,10 @@ class FollowerStatus:
     recent_lags: list[float] = field(default_factory=list, repr=False)
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("recent_lags")
+        # Not ``asdict``: it would deep-copy up to 200,000 recent lags on every status
+        # request, which held the GIL for 14 % of a catching-up follower's time.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "recent_lags"}
+        data["halted"] = dict(self.halted) if self.halted is not None else None
         return data
 
 
