@@ -1,0 +1,54 @@
+"""The payload reader: a fast path for compact JSON, the standard reader for the rest.
+Both must give the same value, and repeated member names are refused either way."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.transaction import _payload_value
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_json_values, st.sampled_from(["compact", "spaced", "ascii", "indented"]))
+def test_every_form_reads_as_the_standard_reader_reads_it(value: Any, form: str) -> None:
+    text = {
+        "compact": lambda v: json.dumps(v, separators=(",", ":"), ensure_ascii=False),
+        "spaced": lambda v: json.dumps(v, ensure_ascii=False),
+        "ascii": lambda v: json.dumps(v, separators=(",", ":")),
+        "indented": lambda v: json.dumps(v, indent=2),
+    }[form](value)
+    assert _payload_value(text.encode("utf-8", "surrogatepass")) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":1,"a":1}',  # the same member twice, compact (the fast path's form)
+        b'{"a":1,"b":{"c":2,"c":3}}',
+        b'{ "a": 1, "a": 2 }',
+        b'{"a":{"b":1},"a":{"b":1}}',
+    ],
+)
+def test_a_repeated_member_name_is_refused_in_any_form(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="duplicate member names"):
+        _payload_value(payload)
+
+
+@pytest.mark.parametrize("payload", [b"", b"{", b'{"a":1}x', b"\xff{}", b'{"a":"\xc3"}'])
+def test_malformed_json_is_refused_by_the_standard_reader(payload: bytes) -> None:
+    with pytest.raises(ValueError):
+        _payload_value(payload)
