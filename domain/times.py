@@ -3,6 +3,7 @@ only when non-zero. Canonical entry bytes depend on it, so it is defined once.""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -21,12 +22,18 @@ def format_time(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat() + "Z"
 
 
+#: The canonical shape (ASCII digits only); ``fromisoformat`` then checks the values.
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?Z")
+
+
 @lru_cache(maxsize=_CACHED)
 def parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None or format_time(value) != text:
+    """The instant a canonical ledger time names; anything else is refused. A text of
+    the canonical shape that ``fromisoformat`` accepts is exactly what ``format_time``
+    writes for the value read, provided a zero microsecond part was left out."""
+    if _CANONICAL.fullmatch(text) is None or text.endswith(".000000Z"):
         raise ValueError(f"{text!r} is not a canonical ledger time")
-    return value
+    return datetime.fromisoformat(text)
 
 
 def optional_time(value: datetime | None) -> str | None:
