@@ -8,7 +8,7 @@ import uuid
 from eventsourcing.domain import Aggregate
 
 from domain.consent import Consent
-from domain.identifiers import principal_aggregate_id
+from domain.identifiers import could_be_principal, principal_aggregate_id
 from domain.principal import Principal
 
 
@@ -21,6 +21,8 @@ class AggregateLookups:
         raise NotImplementedError
 
     def principal(self, principal_id: str) -> Principal | None:
+        if not could_be_principal(principal_id):  # e.g. the pseudonym of a level 1 subject
+            return None
         aggregate = self._get(principal_aggregate_id(principal_id))
         return aggregate if isinstance(aggregate, Principal) else None
 
