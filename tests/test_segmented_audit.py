@@ -135,3 +135,23 @@ def test_witnessed_checkpoints_are_counted_alike(ledger: Ledger) -> None:
     assert one_pass.ok and segmented.ok, (one_pass.problems, segmented.problems)
     assert (segmented.final_size, segmented.final_checkpoints) == (one_pass.final_size, 1)
     assert one_pass.final_size == cosigned.size < checkpoints[-1].size
+
+
+def test_a_proof_path_that_disagrees_with_the_stored_nodes_is_named(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stored node is compared with the recomputed tree, and one consistency proof
+    from the first checkpoint to the newest checks the proof path itself: a store whose
+    proof reads disagree with its node pages fails there."""
+    app = ledger.admit("sp:app", "service_provider")
+    for batch in range(3):
+        ledger.accept(*(give_level1(ledger, app, f"p-{batch}-{i}") for i in range(20)))
+        ledger.sequencer.checkpoint_now()
+    store = ledger.sequencer.store
+    assert len(list(all_checkpoints(store))) >= 3 and audit_store(store).ok
+    honest = store.read_nodes
+    monkeypatch.setattr(store, "read_nodes", lambda keys: [b"\x00" * 32 for _ in honest(keys)])
+    report = audit_store(store)
+    problem = report.first_problem
+    assert problem is not None and "does not prove consistency" in problem.message, report.problems
+    assert problem.seq == store.head()[0]
