@@ -8,14 +8,16 @@ itself is the domain's (``Validity.refusal``), so the check and the ledger's own
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from domain.consent import Refusal, Status, Validity
 from domain.times import format_time, parse_time
+from ledger.canonical import canonical_json
 from ledger.entry import Entry
 from projections.base import Cursor
 
@@ -51,8 +53,8 @@ def _new_row(entry: Entry, status: Status) -> tuple[Any, ...]:
         data["subject"],
         status,
         data.get("level", 2),
-        json.dumps(terms["purposes"]),
-        json.dumps(terms["data_categories"]),
+        canonical_json(terms["purposes"]).decode(),
+        canonical_json(terms["data_categories"]).decode(),
         terms["notice"]["sha256"],
         terms["valid_from"] if status == Status.GIVEN else None,
         terms["valid_until"],
@@ -152,8 +154,8 @@ def _validity(columns: Sequence[Any]) -> Validity:
     status, purposes, categories, valid_from, valid_until, withdrawn_at = columns
     return Validity(
         status=Status(status),
-        purposes=frozenset(json.loads(purposes)),
-        data_categories=frozenset(json.loads(categories)),
+        purposes=frozenset(orjson.loads(purposes)),
+        data_categories=frozenset(orjson.loads(categories)),
         valid_from=parse_time(valid_from) if valid_from else None,
         valid_until=parse_time(valid_until) if valid_until else None,
         withdrawn_at=parse_time(withdrawn_at) if withdrawn_at else None,

@@ -6,11 +6,13 @@ permitted but when it was used, by whom and for what.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from domain.times import format_time
+from ledger.canonical import canonical_json
 from ledger.entry import Entry
 from projections.base import Cursor
 
@@ -58,7 +60,7 @@ class TimelineView:
             else:
                 who = created.get(aggregate) or _known_consent(cursor, aggregate)
             subject, controller, consent_id = who
-            details = json.dumps(_details(entry), sort_keys=True)
+            details = canonical_json(_details(entry)).decode()
             lines.append((subject, entry.seq, format_time(entry.ts), kind, controller, consent_id, details))
         if created:
             cursor.executemany(
@@ -110,7 +112,7 @@ def history(
             "kind": r[2],
             "controller": r[3],
             "consent_id": r[4],
-            "details": json.loads(r[5]),
+            "details": orjson.loads(r[5]),
         }
         for r in cursor.fetchall()
     ]
