@@ -25,6 +25,7 @@ from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from ledger.canonical import canonical_json
 from ledger.errors import Rejected
 
 #: Largest accepted compact JWS, in bytes (documented in docs/transactions.md).
@@ -188,7 +189,9 @@ def _ed25519_verify(key: VerifyKey, signing_input: bytes, signature: bytes) -> b
 
 
 def key_json(jwk: dict[str, Any]) -> str:
-    return json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    """A JWK as one string (sorted members): how keys travel to the verifier processes
+    and the key of the import cache. Made once per signature checked, so by orjson."""
+    return canonical_json(jwk).decode()
 
 
 def verify_signature(jws: CompactJws, jwk: dict[str, Any]) -> bool:
