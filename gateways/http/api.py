@@ -22,6 +22,7 @@ from gateways.http import models as m
 from gateways.http.badge import badge_svg
 from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUORUM
 from gateways.http.problems import Problem, problem_body
+from gateways.http.responses import json_response
 from infra.ledger_service import LedgerService
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -248,7 +249,7 @@ async def get_check(request: web.Request) -> web.StreamResponse:
         first = exc.errors()[0]
         raise Problem(400, "invalid_parameter", f"{first['loc'][0]}: {first['msg']}") from None
     with request.app[VIEWS].transaction(commit=False) as cursor:
-        return web.json_response(_answer(request, question, cursor))
+        return json_response(_answer(request, question, cursor))
 
 
 async def post_checks(request: web.Request) -> web.StreamResponse:
@@ -259,7 +260,7 @@ async def post_checks(request: web.Request) -> web.StreamResponse:
             return [_answer(request, q, cursor) for q in batch.questions]
 
     answers = await asyncio.get_running_loop().run_in_executor(None, answer_all)
-    return web.json_response({"answers": answers})
+    return json_response({"answers": answers})
 
 
 # --- entries, checkpoints and proofs --------------------------------------------------
@@ -293,7 +294,7 @@ async def get_entry(request: web.Request) -> web.StreamResponse:
         "ts": json.loads(stored.canonical)["ts"],
         "data": entry.data,
     }
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def get_checkpoint(request: web.Request) -> web.StreamResponse:
@@ -338,7 +339,7 @@ async def get_witnessed_checkpoint(request: web.Request) -> web.StreamResponse:
             if policy.is_final(candidate.note, candidate.cosignatures):
                 final = _witnessed(candidate, policy)
                 break
-    return web.json_response(
+    return json_response(
         {
             "witnesses": sorted(policy.witnesses) if policy else [],
             "quorum": policy.quorum if policy else 0,
@@ -357,7 +358,7 @@ async def get_consistency(request: web.Request) -> web.StreamResponse:
     if first > second:
         raise Problem(400, "invalid_parameter", "first must not be larger than second")
     hashes = consistency_proof(first, second, service(request).sequencer.store.read_nodes)
-    return web.json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
+    return json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
 
 
 async def get_log(request: web.Request) -> web.StreamResponse:
@@ -386,7 +387,7 @@ async def get_history(request: web.Request) -> web.StreamResponse:
     with request.app[VIEWS].transaction(commit=False) as cursor:
         events = timeline.history(cursor, subject, before=params.get("before"), limit=limit)
     next_before = events[-1]["seq"] if len(events) == limit else None
-    return web.json_response({"subject": subject, "events": events, "next_before": next_before})
+    return json_response({"subject": subject, "events": events, "next_before": next_before})
 
 
 async def get_principal(request: web.Request) -> web.StreamResponse:
@@ -395,7 +396,7 @@ async def get_principal(request: web.Request) -> web.StreamResponse:
         found = keys.principal(cursor, principal_id)
     if found is None:
         raise Problem(404, "unknown_principal", f"{principal_id} is not admitted on this ledger")
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def get_badge(request: web.Request) -> web.StreamResponse:
@@ -425,7 +426,7 @@ async def get_badge(request: web.Request) -> web.StreamResponse:
         "verify": f"/v1/entries/{last}" if last else "/v1/checkpoint",
     }
     if params.get("format", "svg") == "json":
-        return web.json_response(statement)
+        return json_response(statement)
     return web.Response(text=badge_svg(statement), content_type="image/svg+xml")
 
 
@@ -435,7 +436,7 @@ async def get_badge(request: web.Request) -> web.StreamResponse:
 async def get_health(request: web.Request) -> web.StreamResponse:
     ledger = service(request)
     checkpoint = ledger.sequencer.store.latest_checkpoint()
-    return web.json_response(
+    return json_response(
         {
             "status": "ok",
             "chain": ledger.sequencer.chain,
@@ -452,7 +453,7 @@ async def get_metrics(request: web.Request) -> web.StreamResponse:
 
 
 async def get_openapi(request: web.Request) -> web.StreamResponse:
-    return web.json_response(request.app[OPENAPI])
+    return json_response(request.app[OPENAPI])
 
 
 @web.middleware
