@@ -168,15 +168,11 @@ def _accepted_json(outcome: Accepted) -> str:
     """One accepted result as JSON text. The entry's canonical bytes are a JSON object
     already, so they are embedded verbatim (no decode and re-encode per entry)."""
     entry = outcome.entry
-    head = json.dumps(
-        {
-            "status": "accepted",
-            "seq": entry.seq,
-            "leaf_hash": entry.leaf_hash.hex(),
-            "duplicate": outcome.duplicate,
-        }
+    duplicate = "true" if outcome.duplicate else "false"
+    return (
+        f'{{"status": "accepted", "seq": {int(entry.seq)}, "leaf_hash": "{entry.leaf_hash.hex()}",'
+        f' "duplicate": {duplicate}, "entry": {entry.canonical.decode()}}}'
     )
-    return f'{head[:-1]}, "entry": {entry.canonical.decode()}}}'
 
 
 def _outcome_json(outcome: Accepted | Rejected) -> str:
