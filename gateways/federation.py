@@ -34,7 +34,7 @@ from infra.keyfiles import read_jwk, write_jwk
 from infra.tansu import free_port
 
 PURPOSE = "dpv:ScientificResearch"
-DFG = (sys.executable, "-m", "gateways.cli.main")
+DFG = (sys.executable, "-m", "gateways.cli")
 CATEGORIES = ["dpv-pd:HealthRecord"]
 
 

@@ -148,7 +148,7 @@ def test_broker_lost_everything_mid_stream_and_replicas_still_equal_the_log(
 
 def _dfg(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli.main", *args],
+        [sys.executable, "-m", "gateways.cli", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -235,7 +235,7 @@ def test_follower_killed_and_restarted_resumes_to_an_equal_replica(
         finally:
             store.close()
         status = subprocess.run(
-            [sys.executable, "-m", "gateways.cli.main", "node", "status", "--data", str(node_dir), "--json"],
+            [sys.executable, "-m", "gateways.cli", "node", "status", "--data", str(node_dir), "--json"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -439,7 +439,7 @@ def test_a_computation_node_follows_the_topics_when_kafka_is_configured(
     _, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli.main", "node", "serve", "--data", str(tmp_path / "node"),
+        [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(tmp_path / "node"),
          "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN, "--ledger-key", key, "--port", str(port),
          "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,

@@ -77,7 +77,7 @@ def _node_servers(url: str, chain: str, ledger_key: str, count: int) -> Iterator
                         [
                             sys.executable,
                             "-m",
-                            "gateways.cli.main",
+                            "gateways.cli",
                             "node",
                             "serve",
                             "--data",

@@ -210,7 +210,7 @@ def run(
             [
                 sys.executable,
                 "-m",
-                "gateways.cli.main",
+                "gateways.cli",
                 "serve",
                 "--data",
                 str(settings.data_dir),

@@ -60,7 +60,7 @@ class Figures:
 def _dfg(*args: str, log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli.main", *args], stdout=handle, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "gateways.cli", *args], stdout=handle, stderr=subprocess.STDOUT
     )
 
 
