@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -64,3 +65,25 @@ def test_bench_mpc_prints_its_figures_as_json() -> None:
     assert "extrapolated" in " ".join(figures["notes"])
     assert set(figures["pipeline"]) == {"rows", "sharing_s", "upload_s", "join_s", "compute_s", "reveal_s"}
     assert figures["pipeline"]["join_s"] > 0 and figures["pipeline"]["compute_s"] > 0
+
+
+def test_bench_api_submitters_each_send_their_own_signers_in_nonce_order(tmp_path: Path) -> None:
+    """Two batches of one signer in flight may reach the ledger in either order, and
+    the later nonces would then refuse the earlier: each signer has one submitter."""
+    from infra.benchmarks.api import _lanes
+
+    signers, total = 20, 2_500
+    stream = tmp_path / "presigned.jws"
+    stream.write_text("".join(f"{i % signers}:{i // signers}\n" for i in range(total)))
+    lanes = _lanes(stream, signers, lanes=4)
+    assert len(lanes) == 4
+    owner: dict[str, int] = {}
+    for lane_no, lane in enumerate(lanes):
+        assert all(len(batch) <= 1000 for batch in lane)
+        last: dict[str, int] = {}
+        for token in (t for batch in lane for t in batch):
+            signer, nonce = token.split(":")
+            assert owner.setdefault(signer, lane_no) == lane_no
+            assert int(nonce) > last.get(signer, -1)
+            last[signer] = int(nonce)
+    assert sum(len(b) for lane in lanes for b in lane) == total

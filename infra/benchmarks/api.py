@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from infra.benchmarks.ledger import CHAIN, OPERATOR, _signer_key, _stream, presign
+from infra.benchmarks.ledger import BATCH, CHAIN, OPERATOR, _signer_key, _stream, presign
 from infra.bootstrap import create_ledger, root_signer
 from infra.settings import Settings
 from ledger.signing import public_jwk
@@ -80,6 +80,9 @@ async def _wait_ready(url: str, timeout: float = 60) -> None:
 #: Batch submissions in flight, as several providers' backends would have. The server
 #: verifies one batch while it commits the one before; with two in flight, one of them
 #: is always travelling (response out, next request in) and that pipeline idles.
+#: Each submitter sends its own signers' transactions, one batch after another: a
+#: signer's nonces must reach the ledger in order, and two batches in flight from one
+#: signer may arrive in either order (the second's nonces would refuse the first's).
 SUBMITTERS = 4
 #: The load generator shares the server's two cores, so it reads and writes JSON with
 #: orjson: the standard library took 13.4 ms per batch of 1,000 (writing the request,
@@ -88,17 +91,25 @@ SUBMITTERS = 4
 _JSON = {"Content-Type": "application/json"}
 
 
-async def _post_batches(url: str, batches: list[list[str]], parallel: int = SUBMITTERS) -> int:
-    """Submit batches with ``parallel`` requests in flight."""
-    accepted = 0
-    queue: asyncio.Queue[list[str]] = asyncio.Queue()
-    for batch in batches:
-        queue.put_nowait(batch)
+def _lanes(path: Path, signers: int, lanes: int = SUBMITTERS) -> list[list[list[str]]]:
+    """The presigned stream (transaction i is signer i % signers') split by signer into
+    ``lanes`` submitters' batches, each lane in stream order (so in nonce order)."""
+    own: list[list[str]] = [[] for _ in range(lanes)]
+    index = 0
+    for batch in _stream(path):
+        for token in batch:
+            own[(index % signers) % lanes].append(token)
+            index += 1
+    return [[lane[i : i + BATCH] for i in range(0, len(lane), BATCH)] for lane in own]
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+
+async def _post_batches(url: str, lanes: list[list[list[str]]]) -> int:
+    """Submit each lane's batches in order, one request in flight per lane."""
+    accepted = 0
+
+    async def worker(session: aiohttp.ClientSession, batches: list[list[str]]) -> None:
         nonlocal accepted
-        while not queue.empty():
-            batch = queue.get_nowait()
+        for batch in batches:
             async with session.post(
                 f"{url}/v1/transactions", data=orjson.dumps({"transactions": batch}), headers=_JSON
             ) as response:
@@ -110,7 +121,7 @@ async def _post_batches(url: str, batches: list[list[str]], parallel: int = SUBM
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.gather(*(worker(session) for _ in range(parallel)))
+        await asyncio.gather(*(worker(session, lane) for lane in lanes))
     return accepted
 
 
@@ -223,11 +234,11 @@ def run(
         )
         try:
             asyncio.run(_wait_ready(url))
-            asyncio.run(_post_batches(url, [admits], parallel=1))
-            say("submitting in batches of 1,000 ...")
-            batches = list(_stream(presigned))
+            asyncio.run(_post_batches(url, [[admits]]))
+            say(f"submitting in batches of {BATCH:,}, {SUBMITTERS} submitters ...")
+            lanes = _lanes(presigned, signers)
             started = time.perf_counter()
-            accepted = asyncio.run(_post_batches(url, batches))
+            accepted = asyncio.run(_post_batches(url, lanes))
             figures.submit_batch_per_s = accepted / (time.perf_counter() - started)
             figures.server_rss_mb = _rss_mb(server.pid)
             if consents >= 1_000_000:
