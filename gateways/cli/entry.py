@@ -3,9 +3,9 @@
 Why: worker processes are started with multiprocessing's *spawn* method (safe beside
 threads), and spawn runs the parent's main module again in every child before the
 child's own work. When that module is the whole command line, every signature
-worker, audit segment and views helper first imports every command (the web server,
-the SDK, Kafka, the MPC engine): about 1.3 s and 50 MB each, measured, before it
-does anything. The commands are imported only when this runs as the program.
+worker and audit segment first imports every command (the web server, the SDK,
+Kafka, the MPC engine): about 1 s and 50 MB more each, measured, before it does
+anything. The commands are imported only when this runs as the program.
 """
 
 from __future__ import annotations
