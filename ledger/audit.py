@@ -14,7 +14,6 @@ stored nodes, from the first checkpoint to the newest, checks the proof path too
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ledger.errors import Rejected
 from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier, NodeReader, consistency_proof, leaf_hash, verify_consistency
 from ledger.note import Verifier
+from ledger.recent import Missing, RecentItems
 from ledger.state_view import AggregateLookups
 from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
 from ledger.transaction import parse_transaction
@@ -89,35 +89,27 @@ class _ReplayState(AggregateLookups):
 
     def __init__(self, load: LoadBefore, maxsize: int) -> None:
         self._load = load
-        self._maxsize = maxsize
-        self._items: OrderedDict[uuid.UUID, Aggregate | None] = OrderedDict()
+        self._items: RecentItems[uuid.UUID, Aggregate | None] = RecentItems(maxsize)
         self._known = KnownIds()
         self.size = 0
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
-        try:
-            self._items.move_to_end(aggregate_id)
-            return self._items[aggregate_id]
-        except KeyError:
-            if not self._known.may_exist(aggregate_id):
-                return None  # replay is in order: never created so far means absent
-            loaded = self._load(aggregate_id, self.size + 1)
-            self._remember(aggregate_id, loaded)  # absence is remembered too
-            return loaded
+        held = self._items.get(aggregate_id)
+        if not isinstance(held, Missing):
+            return held
+        if not self._known.may_exist(aggregate_id):
+            return None  # replay is in order: never created so far means absent
+        loaded = self._load(aggregate_id, self.size + 1)
+        self._items.put(aggregate_id, loaded)  # absence is remembered too
+        return loaded
 
-    def know(self, ids: Iterable[uuid.UUID]) -> None:
-        for aggregate_id in ids:
-            self._known.add(aggregate_id)
+    def know(self, prefixes: Iterable[int]) -> None:
+        """Aggregates created before the replay starts (``KnownIds.prefix`` of each)."""
+        self._known = KnownIds(prefixes)
 
     def put(self, aggregate: Aggregate) -> None:
         self._known.add(aggregate.id)
-        self._remember(aggregate.id, aggregate)
-
-    def _remember(self, aggregate_id: uuid.UUID, aggregate: Aggregate | None) -> None:
-        self._items[aggregate_id] = aggregate
-        self._items.move_to_end(aggregate_id)
-        while len(self._items) > self._maxsize:
-            self._items.popitem(last=False)
+        self._items.put(aggregate.id, aggregate)
 
 
 class Auditor:
@@ -217,7 +209,7 @@ class Auditor:
         """Continue after the first ``size`` entries of ``store`` as they are stored."""
         self._frontier = Frontier.load(size, store.read_nodes)
         self._state.size = size
-        self._state.know(store.aggregate_ids(before=size + 1))
+        self._state.know(store.aggregate_id_prefixes(before=size + 1))
         if size:
             (genesis,) = store.read_entries(1, 1)
             self._adopt_genesis(Entry.decode(genesis.canonical))

@@ -13,8 +13,14 @@ from collections.abc import Iterable
 
 
 class KnownIds:
-    def __init__(self, ids: Iterable[uuid.UUID] = ()) -> None:
-        self._prefixes: set[int] = {i.int >> 64 for i in ids}
+    def __init__(self, prefixes: Iterable[int] = ()) -> None:
+        """``prefixes``: ``prefix`` of each id known (as stores read them)."""
+        self._prefixes: set[int] = set(prefixes)
+
+    @staticmethod
+    def prefix(aggregate_id: uuid.UUID) -> int:
+        """The id's first 64 bits."""
+        return aggregate_id.int >> 64
 
     def add(self, aggregate_id: uuid.UUID) -> None:
         self._prefixes.add(aggregate_id.int >> 64)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ledger.jws import verify_signature
 from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier
 from ledger.note import SignerKey
+from ledger.recent import Missing, RecentItems
 from ledger.state_view import AggregateLookups
 from ledger.store import AppendBatch, LedgerStore, find_transaction
 from ledger.transaction import Transaction, parse_transaction
@@ -84,32 +84,27 @@ class AggregateCache:
 
     def __init__(self, store: LedgerStore, maxsize: int) -> None:
         self._store = store
-        self._maxsize = maxsize
-        self._items: OrderedDict[uuid.UUID, Aggregate | None] = OrderedDict()
-        self._known = KnownIds(store.aggregate_ids())
+        self._items: RecentItems[uuid.UUID, Aggregate | None] = RecentItems(maxsize)
+        self._known = KnownIds(store.aggregate_id_prefixes())
 
     def get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
-        try:
-            self._items.move_to_end(aggregate_id)
-            return self._items[aggregate_id]
-        except KeyError:
-            if not self._known.may_exist(aggregate_id):
-                return None  # most misses are new consents and pseudonyms: no query
-            aggregate = self._store.load_aggregate(aggregate_id)
-            self.put(aggregate_id, aggregate)
-            return aggregate
+        held = self._items.get(aggregate_id)
+        if not isinstance(held, Missing):
+            return held
+        if not self._known.may_exist(aggregate_id):
+            return None  # most misses are new consents and pseudonyms: no query
+        aggregate = self._store.load_aggregate(aggregate_id)
+        self.put(aggregate_id, aggregate)
+        return aggregate
 
     def put(self, aggregate_id: uuid.UUID, aggregate: Aggregate | None) -> None:
         if aggregate is not None:
             self._known.add(aggregate_id)
-        self._items[aggregate_id] = aggregate
-        self._items.move_to_end(aggregate_id)
-        while len(self._items) > self._maxsize:
-            self._items.popitem(last=False)
+        self._items.put(aggregate_id, aggregate)
 
     def forget(self, ids: Sequence[uuid.UUID]) -> None:
         for aggregate_id in ids:
-            self._items.pop(aggregate_id, None)
+            self._items.forget(aggregate_id)
 
 
 class _BatchState(AggregateLookups):

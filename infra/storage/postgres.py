@@ -24,6 +24,7 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite import _contiguous
+from ledger.known_ids import KnownIds
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
 
 
@@ -193,7 +194,7 @@ class PostgresLedgerStore(EntryStoreMixin):
             raise LookupError(f"Merkle nodes missing from storage: {missing[:5]}")
         return [found[coord] for coord in coords]
 
-    def aggregate_ids(self, before: int | None = None) -> Iterator[uuid.UUID]:
+    def aggregate_id_prefixes(self, before: int | None = None) -> Iterator[int]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(
                 SQL(
@@ -202,7 +203,8 @@ class PostgresLedgerStore(EntryStoreMixin):
                 (NO_END if before is None else before,),
             )
             rows = curs.fetchall()
-        return (uuid.UUID(str(r["originator_id"])) for r in rows)
+        ids = (r["originator_id"] for r in rows)  # psycopg reads the uuid column as UUID
+        return (KnownIds.prefix(i if isinstance(i, uuid.UUID) else uuid.UUID(str(i))) for i in ids)
 
     def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
         with self.datastore.transaction(commit=False) as curs:

@@ -168,14 +168,18 @@ class SQLiteLedgerStore(EntryStoreMixin):
             rows = c.fetchall()
         return [StoredEntry(row[0], uuid.UUID(hex=row[1]), row[2], row[3], bytes(row[4])) for row in rows]
 
-    def aggregate_ids(self, before: int | None = None) -> Iterator[uuid.UUID]:
+    def aggregate_id_prefixes(self, before: int | None = None) -> Iterator[int]:
+        # "+rowid": the bound must not pick the rowid range over the table's 1.5 KB
+        # rows; scanning the (originator_id, originator_version) key, which holds the
+        # rowid too, reads a thirtieth of the pages.
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                f"SELECT originator_id FROM {EVENTS_TABLE} WHERE originator_version = 1 AND rowid < ?",
+                f"SELECT substr(originator_id, 1, 16) FROM {EVENTS_TABLE}"
+                " WHERE originator_version = 1 AND +rowid < ?",
                 (NO_END if before is None else before,),
             )
             rows = c.fetchall()
-        return (uuid.UUID(hex=row[0]) for row in rows)
+        return (int(row[0], 16) for row in rows)
 
     def _states_before(self, aggregate_id: uuid.UUID, seq: int) -> Sequence[bytes]:
         with self.datastore.transaction(commit=False) as c:
