@@ -197,6 +197,20 @@ def test_changed_purpose_keeps_valid_json_and_is_named(copy: Path) -> None:
     assert_names(verify(copy), seq)
 
 
+@pytest.mark.parametrize("order", ["tx-before-seq", "spaced"])
+def test_the_same_members_written_non_canonically_are_named(copy: Path, order: str) -> None:
+    """The replay reads seq, ts and tx from the entry's end; an entry holding the same
+    values in another layout is still not the one its transaction produces."""
+    document = json.loads(state_of(copy, MIDDLE))
+    if order == "tx-before-seq":
+        document = {"tx": document.pop("tx"), **document}
+        changed = json.dumps(document, separators=(",", ":")).encode()
+    else:
+        changed = json.dumps(document, sort_keys=True).encode()
+    tamper(copy, ("UPDATE ledger_entries SET state = ? WHERE rowid = ?", (changed, MIDDLE)))
+    assert_names(verify(copy), MIDDLE)
+
+
 def test_changed_event_type_column_is_named(copy: Path) -> None:
     (topic,) = query(copy, "SELECT topic FROM ledger_entries WHERE rowid = ?", (MIDDLE,))[0]
     other = "Consent.Given" if topic != "Consent.Given" else "Consent.Withdrawn"
