@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from domain.commands import Command, PrincipalId
 from domain.handlers import COMMANDS
@@ -23,8 +24,9 @@ from ledger.jws import CompactJws, parse_compact, unique_members
 MAX_NONCE: Final = 2**53 - 1  # exact in every JSON implementation
 
 
-class Payload(BaseModel):
-    """The JWS payload of every dfg transaction (docs/transactions.md)."""
+class Envelope(BaseModel):
+    """The members of every dfg transaction's JWS payload around its body
+    (docs/transactions.md)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -33,14 +35,21 @@ class Payload(BaseModel):
     nonce: Annotated[int, Field(ge=1, le=MAX_NONCE)]
     valid_until: Annotated[int, Field(ge=0, le=2**40)]
     type: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Payload(Envelope):
+    """The whole payload, its body still JSON (the body's model depends on ``type``)."""
+
     body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
     jws: CompactJws
-    payload: Payload
+    payload: Envelope
     command: Command
+    #: The body as signed (JSON values), for readers that want it as such.
+    body: dict[str, Any]
 
     @property
     def token(self) -> str:
@@ -84,14 +93,31 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def parse_transaction(token: str | bytes) -> Transaction:
-    jws = parse_compact(token)
-    try:
-        raw = _payload_value(jws.payload)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise Rejected("malformed_payload", f"the payload is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise Rejected("malformed_payload", "the payload is not a JSON object")
+@cache
+def _typed_payload(tx_type: str) -> type[Envelope]:
+    """The model of a whole payload whose body is of ``tx_type``'s model: a valid
+    transaction is validated in one call instead of two, a microsecond less on the
+    sequencer's and the audit's path. Built on first use, so that processes which
+    never parse a type do not pay for building its model."""
+    model = COMMANDS[tx_type]
+    return create_model(f"{model.__name__}Payload", __base__=Envelope, body=(model, ...))
+
+
+def _validated(raw: dict[str, Any]) -> tuple[Envelope, Command]:
+    """The envelope and the body's command, or the refusal that names what is wrong.
+    A payload the one-call validation refuses is validated again in two steps, which
+    tell an envelope problem (``malformed_payload``) from a body problem
+    (``invalid_body``)."""
+    tx_type = raw.get("type")
+    if isinstance(tx_type, str) and tx_type in COMMANDS:
+        typed = _typed_payload(tx_type)
+        try:
+            # the validator itself: model_validate's wrapper costs a few tenths of a µs
+            payload = typed.__pydantic_validator__.validate_python(raw)
+        except ValidationError:
+            pass
+        else:
+            return payload, payload.body
     try:
         payload = Payload.model_validate(raw)
     except ValidationError as exc:
@@ -100,13 +126,24 @@ def parse_transaction(token: str | bytes) -> Transaction:
     if model is None:
         raise Rejected("unknown_type", f"unknown transaction type {payload.type!r}")
     try:
-        command = model.model_validate(payload.body)
+        return payload, model.model_validate(payload.body)
     except ValidationError as exc:
         raise Rejected("invalid_body", f"{payload.type}: {_describe(exc)}") from exc
+
+
+def parse_transaction(token: str | bytes) -> Transaction:
+    jws = parse_compact(token)
+    try:
+        raw = _payload_value(jws.payload)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise Rejected("malformed_payload", f"the payload is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise Rejected("malformed_payload", "the payload is not a JSON object")
+    payload, command = _validated(raw)
     try:
         key_owner, _ = split_kid(jws.kid)
     except ValueError as exc:
         raise Rejected("unknown_key", str(exc)) from exc
     if key_owner != payload.signer:
         raise Rejected("signer_mismatch", f"key {jws.kid} does not belong to signer {payload.signer}")
-    return Transaction(jws=jws, payload=payload, command=command)
+    return Transaction(jws=jws, payload=payload, command=command, body=raw["body"])

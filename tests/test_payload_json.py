@@ -52,3 +52,43 @@ def test_a_repeated_member_name_is_refused_in_any_form(payload: bytes) -> None:
 def test_malformed_json_is_refused_by_the_standard_reader(payload: bytes) -> None:
     with pytest.raises(ValueError):
         _payload_value(payload)
+
+
+def test_one_call_validation_gives_what_two_steps_give() -> None:
+    """A valid payload is validated with its body's model in one call; the command and
+    envelope must be those the envelope-then-body validation gives."""
+    from domain.handlers import COMMANDS
+    from ledger.errors import Rejected
+    from ledger.transaction import Payload, _typed_payload, _validated
+
+    raw: dict[str, Any] = {
+        "chain": "dfg-test",
+        "signer": "sp:app",
+        "nonce": 3,
+        "valid_until": 2_000_000_000,
+        "type": "consent.give",
+        "body": {
+            "consent_id": "00000000-0000-4001-8000-000000000001",
+            "controller": "sp:app",
+            "subject": "p-1",
+            "level": 1,
+            "method": "app",
+            "terms": {
+                "purposes": ["dpv:ServiceProvision"],
+                "data_categories": ["dpv-pd:HealthRecord"],
+                "notice": {"url": "https://app.example/notice", "sha256": "ab" * 32},
+            },
+        },
+    }
+    envelope, command = _validated(raw)
+    two_steps = Payload.model_validate(raw)
+    assert command == COMMANDS["consent.give"].model_validate(two_steps.body)
+    assert {k: getattr(envelope, k) for k in ("chain", "signer", "nonce", "valid_until", "type")} == {
+        k: getattr(two_steps, k) for k in ("chain", "signer", "nonce", "valid_until", "type")
+    }
+    built = _typed_payload.cache_info().currsize
+    for name in ("no.such.type", "x" * 100, "consent.givE"):
+        with pytest.raises(Rejected) as refused:
+            _validated({**raw, "type": name})
+        assert refused.value.code == ("malformed_payload" if len(name) > 64 else "unknown_type")
+    assert _typed_payload.cache_info().currsize == built  # unknown types build nothing

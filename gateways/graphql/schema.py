@@ -307,14 +307,14 @@ async def _submit(ctx: Context, token: str, tx_types: tuple[str, ...], role: str
 def _payload_body(token: str) -> dict[str, Any]:
     """The body of a transaction before it is submitted (to check an id argument)."""
     try:
-        body: dict[str, Any] = parse_transaction(token).payload.body
+        body: dict[str, Any] = parse_transaction(token).body
     except Rejected as exc:
         raise fail(exc.code, exc.message) from None
     return body
 
 
 def _body(accepted: Accepted) -> dict[str, Any]:
-    body: dict[str, Any] = parse_transaction(accepted.entry.tx).payload.body
+    body: dict[str, Any] = parse_transaction(accepted.entry.tx).body
     return body
 
 
@@ -447,7 +447,7 @@ class Query:
         recipients = []
         for token in requests:
             entry = find_transaction(ctx.store, token)
-            body = parse_transaction(token).payload.body if entry is not None else {}
+            body = parse_transaction(token).body if entry is not None else {}
             if (
                 entry is None
                 or entry.data.get("recipient_jwk") is None
