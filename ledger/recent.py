@@ -1,13 +1,13 @@
 """A bounded map that keeps what was used recently, for the aggregates the sequencer and
 the audit decide with.
 
-Why not an LRU list: an ``OrderedDict`` moved to the end on every hit cost the audit
-and the sequencer about 3 µs per entry. Two generations of plain dicts cost one or
-two look-ups: new and used items go to the young generation; when it is full it
-becomes the old one and the previous old one is dropped; an old item that is used
-again moves back to the young one. What is used at least once per generation (the
-signers' principals) stays; what is used once (most consents) ages out. At most
-``maxsize`` items are held.
+Why not an LRU list: an ``OrderedDict`` entry moved to the end on every hit is more
+work than the look-up itself (replacing it measured about 0.5 % less CPU per audited
+entry). Two generations of plain dicts cost one or two look-ups: new and used items
+go to the young generation; when it is full it becomes the old one and the previous
+old one is dropped; an old item that is used again moves back to the young one. What
+is used at least once per generation (the signers' principals) stays; what is used
+once (most consents) ages out. At most ``maxsize`` items are held.
 """
 
 from __future__ import annotations

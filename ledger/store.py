@@ -79,8 +79,9 @@ class LedgerStore(Protocol):
     def aggregate_id_prefixes(self, before: int | None = None) -> Iterator[int]:
         """The first 64 bits (``KnownIds.prefix``) of every aggregate id created by an
         entry before ``before`` (all when None); read once when a sequencer starts, or
-        an audit segment at ``before``. Only the prefixes: building a million UUIDs
-        cost a segment starting half-way through a million entries a second."""
+        an audit segment at ``before``. Only the prefixes: reading whole ids as UUIDs
+        cost an audit segment starting half-way through a million entries about a
+        second before its first entry."""
         ...
 
     def load_aggregate_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:
