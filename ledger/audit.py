@@ -67,6 +67,8 @@ class AuditReport:
     #: With a witness policy: the newest checkpoint cosigned by a quorum (0: none).
     final_size: int = 0
     final_checkpoints: int = 0
+    #: Contiguous ranges the entries were replayed in, side by side (1: one pass).
+    segments: int = 1
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -162,6 +164,8 @@ class Auditor:
         #: time, which the entries before the segment must be checked against.
         self.first_nonces: dict[str, tuple[int, int]] | None = None
         self.first_ts: datetime | None = None
+        #: A segment's stored head, when it is the last segment (see ``end_at``).
+        self._segment_head: tuple[int, bytes] | None = None
 
     @classmethod
     def resume(cls, store: LedgerStore, **options: Any) -> Auditor:
@@ -180,9 +184,17 @@ class Auditor:
         return auditor
 
     @classmethod
-    def segment(cls, store: LedgerStore, start: int, end: int | None, **options: Any) -> Auditor:
+    def segment(
+        cls,
+        store: LedgerStore,
+        start: int,
+        end: int | None,
+        *,
+        head: tuple[int, bytes] | None = None,
+        **options: Any,
+    ) -> Auditor:
         """An auditor for entries ``start..end`` (``end`` None: to the last) of ``store``
-        alone, run beside others.
+        alone, run beside others; the last segment checks the stored ``head`` at its end.
 
         It takes the entries before ``start`` as they are stored (their aggregates,
         the tree nodes they completed, the newest checkpoint before it); the segments
@@ -199,6 +211,7 @@ class Auditor:
             **options,
         )
         auditor.first_nonces = {}
+        auditor._segment_head = head
         auditor._start_after(store, start - 1)
         before = [c for c in checkpoints if c.size < start]
         if before:
@@ -223,6 +236,14 @@ class Auditor:
         except CheckpointError as exc:
             self._fail(stored.size, f"checkpoint at this size is not validly signed: {exc}")
         self._first_checkpoint = self._last_checkpoint = (checkpoint.size, checkpoint.root_hash)
+
+    def end_at(self, size: int) -> None:
+        """This segment now ends at entry ``size`` (not yet replayed): the checkpoints
+        after it, and the stored head, are left to the segment that continues there."""
+        if size < self._frontier.size:
+            raise ValueError(f"entry {size} is already replayed")
+        self._checkpoints = [c for c in self._checkpoints if c.size <= size]
+        self._segment_head = None
 
     @property
     def size(self) -> int:
@@ -298,6 +319,7 @@ class Auditor:
         head: tuple[int, bytes] | None = None,
         tx_index: tuple[int, dict[str, int]] | None = None,
     ) -> AuditReport:
+        head = head or self._segment_head
         self._launch_signatures()
         self._collect_signatures(wait_all=True)
         self._check_stored_nodes()

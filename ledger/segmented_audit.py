@@ -9,6 +9,13 @@ entry is the one and only replay of the log, as in one sequential pass. When one
 fails, the earliest problem of all is the first bad entry: a segment's assumptions
 can only be wrong after an earlier bad entry, which an earlier segment names.
 
+Segments are balanced while they run. A process that finishes early takes over the
+second half of what the busiest segment has left: that segment stops at the new
+boundary (``Auditor.end_at``) and the rest becomes a segment of its own, so the
+segments still tile the log. Cores run unevenly on shared hosts (measured: one of two
+segments of 50,000 entries took from a tenth to a quarter longer than the other), and
+the audit's time is its slowest segment's.
+
 Two checks cross a boundary and are made here, when joining: each signer's first
 nonce in a segment must be above its last nonce before it, and the first entry's
 time must not be earlier than the previous entry's. The nonce index, the witnessed
@@ -20,10 +27,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Lock
 from typing import Any, TypeAlias
 
 from ledger.audit import (
@@ -33,18 +41,20 @@ from ledger.audit import (
     Problem,
     audit,
     audit_store,
-    batched,
     tx_index_problem,
 )
-from ledger.store import LedgerStore, all_checkpoints
+from ledger.store import LedgerStore, StoredEntry, all_checkpoints
 from ledger.verifier import ParallelVerifier, die_with_parent
 from ledger.witness import WitnessPolicy
 
 #: Below this many entries per segment, starting a process costs more than it saves.
 MIN_SEGMENT = 10_000
+#: Entries a segment reads at a time; it can hand over the rest at each page's end.
+PAGE = 500
 _POLL_S = 0.5
-#: What segment processes send back: (kind, segment index, value).
+#: What segment processes send back: (kind, first entry of the segment, value).
 Messages: TypeAlias = "multiprocessing.Queue[tuple[str, int, Any]]"
+Inbox: TypeAlias = "multiprocessing.Queue[_Task | None]"
 
 
 class SegmentFailed(RuntimeError):
@@ -53,7 +63,7 @@ class SegmentFailed(RuntimeError):
 
 @dataclass
 class SegmentResult:
-    index: int
+    start: int
     report: AuditReport
     first_nonces: dict[str, tuple[int, int]] = field(default_factory=dict)
     last_nonces: dict[str, int] = field(default_factory=dict)
@@ -75,6 +85,7 @@ def audit_in_segments(
     *,
     segments: int | None = None,
     minimum: int = MIN_SEGMENT,
+    page: int = PAGE,
     verifier: ParallelVerifier | None = None,
     expected_checkpoint_key: str | None = None,
     expected_chain: str | None = None,
@@ -87,7 +98,7 @@ def audit_in_segments(
     (picklable too: e.g. the collector settings of a long-running process, which a
     spawned process does not inherit). A ledger too small for two segments of
     ``minimum`` entries gets the one-pass audit, in this process with ``verifier``'s
-    signature workers."""
+    signature workers. ``page``: entries read at a time, the grain of hand-overs."""
     head = store.head()
     plan = plan_segments(head[0], segments or os.cpu_count() or 1, minimum)
     if len(plan) == 1:
@@ -100,132 +111,235 @@ def audit_in_segments(
             witnesses=witnesses,
         )
     options = {"expected_checkpoint_key": expected_checkpoint_key, "expected_chain": expected_chain}
-    results = _run(plan, reopen, options, head, progress, setup)
-    return _join(results, plan, store, witnesses)
-
-
-def _run(
-    plan: list[tuple[int, int | None]],
-    reopen: Callable[[], LedgerStore],
-    options: dict[str, Any],
-    head: tuple[int, bytes],
-    progress: Callable[[int], None] | None,
-    setup: Callable[[], None] | None,
-) -> dict[int, SegmentResult]:
-    context = multiprocessing.get_context("spawn")
-    messages: Messages = context.Queue()
-    workers: list[BaseProcess] = []
-    for index, (start, end) in enumerate(plan):
-        task = _Task(index, start, end, options, head if end is None else None)
-        args = (reopen, task, messages, setup)
-        workers.append(context.Process(target=_segment_worker, args=args, name=f"dfg-audit-{index}"))
-    run = _Progress(len(plan), progress)
-    try:
-        for worker in workers:
-            worker.start()
-        while missing := run.needed - run.results.keys():
-            try:
-                run.take(*messages.get(timeout=_POLL_S))
-            except queue.Empty:
-                _check_stopped(workers, missing, messages, run)
-    finally:
-        for index, worker in enumerate(workers):
-            if index not in run.needed or index not in run.results:
-                worker.terminate()  # its result cannot change the first problem, or we failed
-            if worker.pid is not None:
-                worker.join()
-    return run.results
-
-
-class _Progress:
-    """Segment results as they arrive, and entries done so far across segments."""
-
-    def __init__(self, count: int, report: Callable[[int], None] | None) -> None:
-        self.results: dict[int, SegmentResult] = {}
-        self.needed = set(range(count))
-        self._done = [0] * count
-        self._report = report
-
-    def take(self, kind: str, index: int, value: Any) -> None:
-        if kind == "progress":
-            self._done[index] = value
-            if self._report is not None:
-                self._report(sum(self._done))
-            return
-        if kind == "error":
-            raise SegmentFailed(f"audit segment {index + 1} could not run: {value}")
-        self.results[index] = value
-        if value.report.problems:  # later segments cannot change the first problem
-            self.needed -= set(range(index + 1, len(self._done)))
-
-
-def _check_stopped(workers: list[BaseProcess], missing: set[int], messages: Messages, run: _Progress) -> None:
-    """A segment process that exited without its result (killed, out of memory) fails
-    the audit; it cannot be taken as passed."""
-    stopped = [i for i in sorted(missing) if workers[i].exitcode is not None]
-    if not stopped:
-        return
-    _drain(messages, run)  # its result may still have been in the pipe
-    lost = [i for i in stopped if i not in run.results]
-    if lost:
-        code = workers[lost[0]].exitcode
-        raise SegmentFailed(f"audit segment {lost[0] + 1} stopped (exit code {code})")
-
-
-def _drain(messages: Messages, run: _Progress) -> None:
-    while True:
-        try:
-            run.take(*messages.get(timeout=_POLL_S))
-        except queue.Empty:
-            return
+    tasks = [_Task(start, end, options, head if end is None else None, page) for start, end in plan]
+    results = _Coordinator(tasks, head[0], reopen, setup, progress).run()
+    return _join(results, store, witnesses)
 
 
 @dataclass(frozen=True)
 class _Task:
-    """One segment's work, as sent to its process."""
+    """One segment's work, as sent to a process."""
 
-    index: int
     start: int
     end: int | None
     options: dict[str, Any]
     head: tuple[int, bytes] | None  # the last segment checks the stored head
+    page: int
+
+
+class _Handover:
+    """Where each process is, and where it must stop: shared memory, one slot per
+    process, read and written under one lock. A process publishes its position before
+    each page and reads its limit (0: none) in the same step, so a limit set from
+    beyond its next page is always honoured exactly."""
+
+    def __init__(self, context: Any, slots: int) -> None:
+        self._lock: Lock = context.Lock()
+        self._cells = context.RawArray("q", 2 * slots)  # position, limit per slot
+
+    def start(self, slot: int, task: _Task) -> None:
+        with self._lock:
+            self._cells[2 * slot], self._cells[2 * slot + 1] = task.start - 1, 0
+
+    def publish(self, slot: int, position: int) -> int | None:
+        with self._lock:
+            self._cells[2 * slot] = position
+            limit: int = self._cells[2 * slot + 1]
+        return limit or None
+
+    def position(self, slot: int) -> int:
+        with self._lock:
+            value: int = self._cells[2 * slot]
+        return value
+
+    def split(self, slot: int, end: int, page: int) -> int | None:
+        """Cut the segment in ``slot`` (ending at ``end``) in two and return its new
+        last entry, or None when a second process would not finish it sooner.
+
+        The process may replay one more page before it sees the cut, so only what lies
+        beyond that is shared. The new segment first reads one id prefix per entry
+        before it (about a hundredth of replaying an entry) and opens its tree and
+        checkpoints (about a page's worth), so it gets that much less of the rest."""
+        with self._lock:
+            position: int = self._cells[2 * slot]
+            start_cost = (position + page) // 64 + page
+            handed = (end - position - page - start_cost) // 2
+            if handed < page:
+                return None
+            boundary = end - handed
+            self._cells[2 * slot + 1] = boundary
+        return boundary
+
+
+class _Coordinator:
+    """Starts one process per planned segment, hands work over from the busiest to
+    whichever finishes first, and gathers the results (keyed by first entry)."""
+
+    def __init__(
+        self,
+        tasks: list[_Task],
+        size: int,
+        reopen: Callable[[], LedgerStore],
+        setup: Callable[[], None] | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._size = size
+        self._messages: Messages = context.Queue()
+        self._handover = _Handover(context, len(tasks))
+        self._inboxes: list[Inbox] = [context.Queue() for _ in tasks]
+        self._workers: list[BaseProcess] = [
+            context.Process(
+                target=_segment_worker,
+                args=(reopen, slot, self._inboxes[slot], self._messages, self._handover, setup),
+                name=f"dfg-audit-{slot}",
+            )
+            for slot in range(len(tasks))
+        ]
+        self._initial = tasks
+        self._running: dict[int, _Task] = {}  # slot -> its segment (end as now cut)
+        self._needed = {task.start for task in tasks}
+        self._failed = False
+        self._done: dict[int, int] = {}
+        self._report = progress
+        self.results: dict[int, SegmentResult] = {}
+
+    def run(self) -> dict[int, SegmentResult]:
+        try:
+            for slot, (worker, task) in enumerate(zip(self._workers, self._initial, strict=True)):
+                worker.start()
+                self._assign(slot, task)
+            while self._needed - self.results.keys():
+                try:
+                    self._take(*self._messages.get(timeout=_POLL_S))
+                except queue.Empty:
+                    self._check_stopped()
+        finally:
+            self._stop()
+        return self.results
+
+    def _assign(self, slot: int, task: _Task) -> None:
+        self._handover.start(slot, task)
+        self._running[slot] = task
+        self._inboxes[slot].put(task)
+
+    def _take(self, kind: str, start: int, value: Any) -> None:
+        if kind == "progress":
+            self._done[start] = value
+            if self._report is not None:
+                self._report(sum(self._done.values()))
+            return
+        if kind == "error":
+            raise SegmentFailed(f"audit segment from entry {start} could not run: {value}")
+        self.results[start] = value
+        slot = next(s for s, task in self._running.items() if task.start == start)
+        del self._running[slot]
+        if value.report.problems:  # later segments cannot change the first problem
+            self._failed = True
+            self._needed = {s for s in self._needed if s <= start}
+        handed = None if self._failed else self._hand_over()
+        if handed is None:
+            self._inboxes[slot].put(None)
+        else:
+            self._needed.add(handed.start)
+            self._assign(slot, handed)
+
+    def _hand_over(self) -> _Task | None:
+        """The second half of the segment with most entries left, if worth a start."""
+        left = {
+            slot: (self._size if task.end is None else task.end) - self._handover.position(slot)
+            for slot, task in self._running.items()
+        }
+        if not left:
+            return None
+        slot = max(left, key=lambda s: left[s])
+        task = self._running[slot]
+        boundary = self._handover.split(slot, self._size if task.end is None else task.end, task.page)
+        if boundary is None:
+            return None
+        self._running[slot] = replace(task, end=boundary, head=None)
+        return replace(task, start=boundary + 1)
+
+    def _check_stopped(self) -> None:
+        """A segment process that exited without its result (killed, out of memory)
+        fails the audit; it cannot be taken as passed."""
+        stopped = [slot for slot in self._running if self._workers[slot].exitcode is not None]
+        if not stopped:
+            return
+        self._drain()  # its result may still have been in the pipe
+        lost = [slot for slot in stopped if slot in self._running]
+        if lost:
+            task, code = self._running[lost[0]], self._workers[lost[0]].exitcode
+            raise SegmentFailed(f"audit segment from entry {task.start} stopped (exit code {code})")
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._take(*self._messages.get(timeout=_POLL_S))
+            except queue.Empty:
+                return
+
+    def _stop(self) -> None:
+        for slot, worker in enumerate(self._workers):
+            if slot in self._running:
+                worker.terminate()  # its result cannot change the first problem, or we failed
+            if worker.pid is not None:
+                worker.join()
 
 
 def _segment_worker(
-    reopen: Callable[[], LedgerStore], task: _Task, messages: Messages, setup: Callable[[], None] | None
+    reopen: Callable[[], LedgerStore],
+    slot: int,
+    inbox: Inbox,
+    messages: Messages,
+    handover: _Handover,
+    setup: Callable[[], None] | None,
 ) -> None:
+    """Replays the segments it is given, one after another, until told to stop."""
     die_with_parent()
+    task = inbox.get()
+    if task is None:
+        return
     try:
         if setup is not None:
             setup()
         store = reopen()
-        try:
-            result = _replay_segment(store, task, messages)
-        finally:
-            store.close()
     except Exception as exc:  # e.g. the database went away: the audit cannot conclude
-        messages.put(("error", task.index, f"{type(exc).__name__}: {exc}"))
+        messages.put(("error", task.start, f"{type(exc).__name__}: {exc}"))
         return
-    messages.put(("result", task.index, result))
-
-
-def _replay_segment(store: LedgerStore, task: _Task, messages: Messages) -> SegmentResult:
-    index, start, end = task.index, task.start, task.end
     try:
-        auditor = Auditor.segment(store, start, end, verifier=ParallelVerifier(0), **task.options)
+        while task is not None:
+            try:
+                result = _replay_segment(store, task, messages, handover, slot)
+            except Exception as exc:
+                messages.put(("error", task.start, f"{type(exc).__name__}: {exc}"))
+                return
+            messages.put(("result", task.start, result))
+            task = inbox.get()
+    finally:
+        store.close()
+
+
+def _replay_segment(
+    store: LedgerStore, task: _Task, messages: Messages, handover: _Handover, slot: int
+) -> SegmentResult:
+    start = task.start
+    try:
+        auditor = Auditor.segment(
+            store, start, task.end, head=task.head, verifier=ParallelVerifier(0), **task.options
+        )
     except AuditFailure as exc:
-        return SegmentResult(index, AuditReport(problems=[exc.problem]))
+        return SegmentResult(start, AuditReport(problems=[exc.problem]))
     except Exception as exc:  # e.g. the stored tree lacks the nodes this segment starts from
-        return SegmentResult(index, AuditReport(problems=[Problem(start, f"cannot be verified: {exc}")]))
+        return SegmentResult(start, AuditReport(problems=[Problem(start, f"cannot be verified: {exc}")]))
     report = audit(
-        batched(store.read_entries, start=start, stop=end),
+        _pages(store, task, auditor, handover, slot),
         auditor,
-        head=task.head,
-        progress=lambda count: messages.put(("progress", index, count)),
+        progress=lambda count: messages.put(("progress", start, count)),
     )
     assert auditor.first_nonces is not None
     return SegmentResult(
-        index,
+        start,
         report,
         first_nonces=auditor.first_nonces,
         last_nonces=auditor.last_nonces,
@@ -234,21 +348,42 @@ def _replay_segment(store: LedgerStore, task: _Task, messages: Messages) -> Segm
     )
 
 
+def _pages(
+    store: LedgerStore, task: _Task, auditor: Auditor, handover: _Handover, slot: int
+) -> Iterator[StoredEntry]:
+    """The segment's entries, a page at a time, ending early where a hand-over cut it."""
+    start, stop = task.start, task.end
+    while True:
+        limit = handover.publish(slot, start - 1)
+        if limit is not None and (stop is None or limit < stop):
+            stop = limit
+            auditor.end_at(limit)
+        if stop is not None and start > stop:
+            return
+        rows = store.read_entries(start, task.page if stop is None else min(task.page, stop - start + 1))
+        if not rows:
+            return
+        yield from rows
+        start = rows[-1].seq + 1
+
+
 def _join(
-    results: dict[int, SegmentResult],
-    plan: list[tuple[int, int | None]],
-    store: LedgerStore,
-    witnesses: WitnessPolicy | None,
+    results: dict[int, SegmentResult], store: LedgerStore, witnesses: WitnessPolicy | None
 ) -> AuditReport:
     joined = AuditReport()
-    first = results[0].report
+    ordered = [results[start] for start in sorted(results)]
+    first = ordered[0].report
     joined.chain, joined.origin = first.chain, first.origin
     joined.checkpoint_key, joined.operator_kid = first.checkpoint_key, first.operator_kid
+    joined.segments = len(ordered)
     last_nonces: dict[str, int] = {}
     last_ts: datetime | None = None
-    for index, (start, _) in enumerate(plan):
-        result = results[index]
-        problems = list(result.report.problems) + _boundary_problems(result, start, last_nonces, last_ts)
+    expected = 1
+    for result in ordered:
+        if result.start != expected:  # pragma: no cover - the hand-over keeps them contiguous
+            raise SegmentFailed(f"the segments do not tile the log: one starts at {result.start}")
+        expected = result.start + result.report.entries
+        problems = list(result.report.problems) + _boundary_problems(result, last_nonces, last_ts)
         joined.entries += result.report.entries
         joined.checkpoints += result.report.checkpoints
         if problems:
@@ -269,9 +404,10 @@ def _join(
 
 
 def _boundary_problems(
-    result: SegmentResult, start: int, last_nonces: dict[str, int], last_ts: datetime | None
+    result: SegmentResult, last_nonces: dict[str, int], last_ts: datetime | None
 ) -> list[Problem]:
-    problems = []
+    start = result.start
+    problems: list[Problem] = []
     if last_ts is not None and result.first_ts is not None and result.first_ts < last_ts:
         problems.append(Problem(start, "its timestamp is earlier than the previous entry's"))
     for signer, (nonce, seq) in result.first_nonces.items():

@@ -5,6 +5,9 @@ including the two checks that cross a segment boundary (nonces and timestamps)."
 from __future__ import annotations
 
 import base64
+import multiprocessing
+import sqlite3
+import time
 from datetime import timedelta
 from functools import partial
 
@@ -13,10 +16,12 @@ from conftest import Ledger, give_level1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.bootstrap import open_store
-from ledger.audit import audit_store
+from ledger import segmented_audit
+from ledger.audit import Auditor, AuditReport, audit, audit_store, batched
 from ledger.segmented_audit import SegmentFailed, audit_in_segments, plan_segments
 from ledger.sequencer import Sequencer
-from ledger.store import LedgerStore, all_checkpoints
+from ledger.store import LedgerStore, StoredEntry, all_checkpoints
+from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy, cosign, witness_verifier
 
 
@@ -155,3 +160,105 @@ def test_a_proof_path_that_disagrees_with_the_stored_nodes_is_named(
     problem = report.first_problem
     assert problem is not None and "does not prove consistency" in problem.message, report.problems
     assert problem.seq == store.head()[0]
+
+
+# --- hand-over: a process that finishes early takes over half of the busiest segment --
+
+
+def _slow_replay() -> None:
+    """``setup`` for the segment processes: 3 ms per entry, so that a segment of a few
+    hundred entries is still running when a short one has finished."""
+    original = Auditor.feed
+
+    def feed(self: Auditor, stored: StoredEntry) -> None:
+        time.sleep(0.003)
+        original(self, stored)
+
+    Auditor.feed = feed  # type: ignore[method-assign]
+
+
+def _skewed(size: int, segments: int, minimum: int) -> list[tuple[int, int | None]]:
+    """Nearly everything in the first segment: the second finishes almost at once."""
+    return [(1, size - 10), (size - 9, None)]
+
+
+def _audit_skewed(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> AuditReport:
+    monkeypatch.setattr(segmented_audit, "plan_segments", _skewed)
+    return audit_in_segments(
+        ledger.sequencer.store,
+        partial(open_store, ledger.settings),
+        segments=2,
+        minimum=1,
+        page=10,
+        setup=_slow_replay,
+    )
+
+
+def test_a_finished_process_takes_over_half_of_the_busiest_segment(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _populate(ledger, 300)
+    one_pass = audit_store(ledger.sequencer.store)
+    report = _audit_skewed(ledger, monkeypatch)
+    assert one_pass.ok and report.ok, (one_pass.problems, report.problems)
+    assert report.segments > 2  # at least one hand-over happened
+    for name in ("entries", "checkpoints", "root", "chain", "checkpoint_key", "operator_kid"):
+        assert getattr(report, name) == getattr(one_pass, name), name
+
+
+def test_an_entry_altered_in_a_handed_over_part_is_named(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _populate(ledger, 300)
+    bad = ledger.head()[0] - 40  # in the first segment's second half: handed over
+    path = ledger.settings.ledger_file
+    with sqlite3.connect(path) as db:
+        (state,) = db.execute("SELECT state FROM ledger_entries WHERE rowid = ?", (bad,)).fetchone()
+        changed = state.replace(b'"method":"app"', b'"method":"web"')
+        assert changed != state
+        db.execute("UPDATE ledger_entries SET state = ? WHERE rowid = ?", (changed, bad))
+    report = _audit_skewed(ledger, monkeypatch)
+    assert report.segments > 2
+    problem = report.first_problem
+    assert problem is not None and problem.seq == bad, report.problems
+
+
+def test_a_cut_segment_leaves_its_later_checkpoints_and_the_head_to_the_next(ledger: Ledger) -> None:
+    """In one process: the last segment cut at a page boundary (as a hand-over cuts it)
+    and the rest replayed as a segment of its own give the one-pass figures."""
+    app = ledger.admit("sp:app", "service_provider")
+    for batch in range(3):
+        ledger.accept(*(give_level1(ledger, app, f"p-{batch}-{i}") for i in range(20)))
+        ledger.sequencer.checkpoint_now()
+    store = ledger.sequencer.store
+    head = store.head()
+    cut = 30
+    first = Auditor.segment(store, 1, None, head=head, verifier=ParallelVerifier(0))
+    assert first.first_nonces is not None
+    first.end_at(cut)
+    with pytest.raises(ValueError, match="already replayed"):
+        Auditor.segment(store, 1, None).end_at(-1)
+    left = audit(batched(store.read_entries, start=1, stop=cut), first)
+    right = audit(
+        batched(store.read_entries, start=cut + 1),
+        Auditor.segment(store, cut + 1, None, head=head, verifier=ParallelVerifier(0)),
+    )
+    assert left.ok and right.ok, (left.problems, right.problems)
+    one_pass = audit_store(store)
+    assert left.entries + right.entries == one_pass.entries == head[0]
+    assert left.checkpoints + right.checkpoints == one_pass.checkpoints
+    assert right.root == one_pass.root
+
+
+def test_a_segment_is_cut_only_from_beyond_its_next_page() -> None:
+    handover = segmented_audit._Handover(multiprocessing.get_context("spawn"), 1)
+    task = segmented_audit._Task(1, 10_000, {}, None, 100)
+    handover.start(0, task)
+    assert handover.publish(0, 1000) is None  # no limit yet
+    boundary = handover.split(0, 10_000, 100)
+    start_cost = 1100 // 64 + 100  # the new segment's reading of what precedes it
+    assert boundary == 10_000 - (10_000 - 1100 - start_cost) // 2
+    assert handover.publish(0, 1100) == boundary  # the next page boundary sees the cut
+    handover.start(0, task)
+    handover.publish(0, 9_500)
+    assert handover.split(0, 10_000, 100) is None  # what is left would not pay for a start
