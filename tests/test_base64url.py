@@ -34,3 +34,24 @@ def test_accepted_exactly_when_canonical(data: bytes, last: int) -> None:
     except Rejected:
         accepted = False
     assert accepted == _canonical(changed)
+
+
+def _canonical_url(segment: bytes) -> bool:
+    """The reference: only base64url characters, and decoding then encoding again
+    (unpadded) gives the same text."""
+    if any(c not in _ALPHABET for c in segment) or len(segment) % 4 == 1:
+        return False
+    return _canonical(segment)
+
+
+@given(st.binary(max_size=24) | st.text(alphabet="AQgw-_+/= \n.\x00é", max_size=24).map(str.encode))
+def test_any_bytes_are_accepted_exactly_when_canonical(segment: bytes) -> None:
+    """Characters of other alphabets, padding, white space, dots and non-ASCII bytes are
+    refused wherever they stand, whatever the decoder underneath would tolerate."""
+    try:
+        decoded = b64url_decode_strict(segment, "payload")
+    except Rejected:
+        assert not _canonical_url(segment)
+    else:
+        assert _canonical_url(segment)
+        assert base64.urlsafe_b64encode(decoded).rstrip(b"=") == segment
