@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from domain import times
 from domain.times import format_time, parse_time
 
 
@@ -41,3 +42,21 @@ def test_every_instant_has_one_text_that_reads_back_as_it(value: datetime) -> No
 def test_any_other_text_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_time(text)
+
+
+def test_the_cache_keeps_instants_and_refusals_apart() -> None:
+    """A naive time with the fields of a cached instant is still refused, and an
+    instant given in another zone reads back as the UTC text."""
+    aware = parse_time("2026-11-24T04:30:54.679041Z")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        format_time(aware.replace(tzinfo=None))
+    elsewhere = aware.astimezone(timezone(timedelta(hours=-3)))
+    assert format_time(elsewhere) == "2026-11-24T04:30:54.679041Z"
+    assert parse_time(format_time(elsewhere)).tzinfo is UTC
+
+
+def test_the_cache_stays_bounded() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for second in range(20_000):
+        format_time(start + timedelta(seconds=second))
+    assert len(times._TEXT_OF) <= times._CACHED and len(times._INSTANT_OF) <= times._CACHED
