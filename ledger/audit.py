@@ -380,7 +380,7 @@ class Auditor:
         assert jwk is not None  # authorise() refused unknown keys
         self._pending.append((seq, tx.jws, jwk))
         (event,) = aggregate.collect_events()
-        produced = Entry.from_event(cast(Aggregate.Event, event), seq=seq, tx=token)
+        produced = Entry.from_event(cast(Aggregate.Event, event), seq=seq, tx=tx.jws.token)
         if produced.canonical != stored.canonical:
             self._fail(seq, "the recorded event is not what its transaction produces (altered entry)")
         if (stored.aggregate_id, stored.version, stored.event_type) != (
@@ -544,21 +544,24 @@ def tx_index_problem(
     )
 
 
-_SEQ_TS_TX: Final = re.compile(rb',"seq":([0-9]+),"ts":"([^"]*)","tx":"([^"]*)","v":[0-9]+,"version":[0-9]+}')
+_TAIL: Final = re.compile(rb'","v":[0-9]+,"version":[0-9]+}')
 
 
-def _seq_ts_tx(canonical: bytes) -> tuple[int, datetime, str]:
+def _seq_ts_tx(canonical: bytes) -> tuple[int, datetime, bytes]:
     """The sequence number, time and transaction of a stored entry, read from its end
     without parsing the whole document. Sound for any bytes: the replay builds the
     entry from these three values and requires the stored bytes to equal it, so a
-    document they were misread from fails that comparison. In a canonical entry the
-    match is the top-level members: keys are sorted ("data" precedes these), and no
-    string can contain the quotes around them unescaped."""
-    start = canonical.rfind(b',"seq":')
-    found = _SEQ_TS_TX.fullmatch(canonical, start) if start >= 0 else None
-    if found is None:
+    document they were misread from fails that comparison. In a canonical entry these
+    are the top-level members: keys are sorted ("data" precedes them), no string can
+    contain a quote unescaped, and the time and the JWS contain no escapes."""
+    seq_at = canonical.rfind(b',"seq":')
+    ts_at = canonical.find(b',"ts":"', seq_at) if seq_at >= 0 else -1
+    tx_at = canonical.find(b'","tx":"', ts_at) if ts_at >= 0 else -1
+    tx_end = canonical.find(b'"', tx_at + 8) if tx_at >= 0 else -1
+    seq = canonical[seq_at + 7 : ts_at]
+    if tx_end < 0 or not seq.isdigit() or _TAIL.fullmatch(canonical, tx_end) is None:
         raise ValueError("it does not end with the seq, ts, tx, v and version members")
-    return int(found[1]), parse_time(found[2].decode("ascii")), found[3].decode("ascii")
+    return int(seq), parse_time(canonical[ts_at + 7 : tx_at].decode("ascii")), canonical[tx_at + 8 : tx_end]
 
 
 def stored_leaf(stored: StoredEntry) -> bytes:
