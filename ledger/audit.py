@@ -459,17 +459,26 @@ class Auditor:
         nodes, self._new_nodes = self._new_nodes, []
         if self._read_node_range is None or not nodes:
             return
-        by_level: dict[int, list[tuple[int, bytes]]] = {}
+        # A flush covers contiguous entries, so each level's new nodes have
+        # consecutive indexes: compared a level at a time, as one byte string.
+        by_level: dict[int, list[bytes]] = {}
+        first: dict[int, int] = {}
         for level, index, value in nodes:
-            by_level.setdefault(level, []).append((index, value))
-        for level, items in sorted(by_level.items()):
-            low, high = items[0][0], items[-1][0] + 1
-            stored = self._read_node_range(level, low, high)
-            for (index, value), kept in zip(items, list(stored) + [b""] * len(items), strict=False):
-                if kept != value:
-                    written_by = (index + 1) << level
+            values = by_level.get(level)
+            if values is None:
+                by_level[level], first[level] = [value], index
+            else:
+                values.append(value)
+        for level, values in sorted(by_level.items()):
+            low = first[level]
+            stored = self._read_node_range(level, low, low + len(values))
+            if b"".join(stored) == b"".join(values):
+                continue
+            for offset, value in enumerate(values):
+                if offset >= len(stored) or stored[offset] != value:
+                    index = low + offset
                     self._fail(
-                        written_by,
+                        (index + 1) << level,
                         f"the stored Merkle node (level {level}, index {index}) that this"
                         " entry completed differs from the recomputed tree",
                     )

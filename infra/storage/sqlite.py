@@ -320,6 +320,10 @@ class SQLiteLedgerStore(EntryStoreMixin):
 
 
 def _contiguous(rows: Sequence[Any], low: int) -> list[bytes]:
+    """The values of ``rows`` (index, value), ordered by index, from ``low`` up to the
+    first gap."""
+    if rows and rows[-1][0] == low + len(rows) - 1:  # indexes are unique: no gap
+        return [bytes(value) for _, value in rows]
     out: list[bytes] = []
     for index, value in rows:
         if index != low + len(out):
