@@ -1,5 +1,7 @@
-"""Audit on every core: the log cut into contiguous segments, each replayed in its own
-process, the results joined in order.
+"""Audit on every core: the log cut into contiguous segments, the first replayed in a
+thread of the calling process (it starts at once, while the others start their
+processes and import the code), each other one in a process of its own, the results
+joined in order.
 
 Why it is sound: a segment replays its entries from the state the entries before it
 left as stored (``Auditor.segment``), and checks that each of its own entries is
@@ -27,6 +29,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -93,10 +96,11 @@ def audit_in_segments(
     witnesses: WitnessPolicy | None = None,
     setup: Callable[[], None] | None = None,
 ) -> AuditReport:
-    """Audit ``store`` in up to ``segments`` processes (default: one per core), each
-    opening the ledger with ``reopen`` (a picklable callable) after calling ``setup``
-    (picklable too: e.g. the collector settings of a long-running process, which a
-    spawned process does not inherit). A ledger too small for two segments of
+    """Audit ``store`` in up to ``segments`` segments (default: one per core): the first
+    in a thread reading ``store``, each other in a process opening the ledger with
+    ``reopen`` (a picklable callable) after calling ``setup`` (picklable too: e.g. the
+    collector settings of a long-running process, which a spawned process does not
+    inherit). A ledger too small for two segments of
     ``minimum`` entries gets the one-pass audit, in this process with ``verifier``'s
     signature workers. ``page``: entries read at a time, the grain of hand-overs."""
     head = store.head()
@@ -112,7 +116,7 @@ def audit_in_segments(
         )
     options = {"expected_checkpoint_key": expected_checkpoint_key, "expected_chain": expected_chain}
     tasks = [_Task(start, end, options, head if end is None else None, page) for start, end in plan]
-    results = _Coordinator(tasks, head[0], reopen, setup, progress).run()
+    results = _Coordinator(tasks, head[0], store, reopen, setup, progress).run()
     return _join(results, store, witnesses)
 
 
@@ -147,6 +151,11 @@ class _Handover:
             limit: int = self._cells[2 * slot + 1]
         return limit or None
 
+    def cancel(self, slot: int) -> None:
+        """Stop the segment in ``slot`` at its next page; its result is not wanted."""
+        with self._lock:
+            self._cells[2 * slot + 1] = -1
+
     def position(self, slot: int) -> int:
         with self._lock:
             value: int = self._cells[2 * slot]
@@ -172,13 +181,17 @@ class _Handover:
 
 
 class _Coordinator:
-    """Starts one process per planned segment, hands work over from the busiest to
-    whichever finishes first, and gathers the results (keyed by first entry)."""
+    """Replays the first segment in a thread of this process, which is ready at once,
+    and each other one in a process of its own; hands work over from the busiest
+    segment to whichever finishes first, and gathers the results (keyed by first
+    entry). The thread runs with this process's settings (``setup`` is for the
+    processes) and reads through ``store``."""
 
     def __init__(
         self,
         tasks: list[_Task],
         size: int,
+        store: LedgerStore,
         reopen: Callable[[], LedgerStore],
         setup: Callable[[], None] | None,
         progress: Callable[[int], None] | None,
@@ -186,16 +199,29 @@ class _Coordinator:
         context = multiprocessing.get_context("spawn")
         self._size = size
         self._messages: Messages = context.Queue()
+        # What the thread sends this process needs no flushing when it exits.
+        self._messages.cancel_join_thread()
         self._handover = _Handover(context, len(tasks))
-        self._inboxes: list[Inbox] = [context.Queue() for _ in tasks]
-        self._workers: list[BaseProcess] = [
-            context.Process(
-                target=_segment_worker,
-                args=(reopen, slot, self._inboxes[slot], self._messages, self._handover, setup),
-                name=f"dfg-audit-{slot}",
+        local: queue.Queue[_Task | None] = queue.Queue()
+        self._inboxes: list[Inbox | queue.Queue[_Task | None]] = [local]
+        self._workers: list[BaseProcess | threading.Thread] = [
+            threading.Thread(
+                target=_replay_segments,
+                args=(store, 0, local, self._messages, self._handover),
+                name="dfg-audit-0",
+                daemon=True,
             )
-            for slot in range(len(tasks))
         ]
+        for slot in range(1, len(tasks)):
+            inbox: Inbox = context.Queue()
+            self._inboxes.append(inbox)
+            self._workers.append(
+                context.Process(
+                    target=_segment_worker,
+                    args=(reopen, slot, inbox, self._messages, self._handover, setup),
+                    name=f"dfg-audit-{slot}",
+                )
+            )
         self._initial = tasks
         self._running: dict[int, _Task] = {}  # slot -> its segment (end as now cut)
         self._needed = {task.start for task in tasks}
@@ -206,9 +232,9 @@ class _Coordinator:
 
     def run(self) -> dict[int, SegmentResult]:
         try:
-            for slot, (worker, task) in enumerate(zip(self._workers, self._initial, strict=True)):
-                worker.start()
-                self._assign(slot, task)
+            for slot in reversed(range(len(self._workers))):  # the processes take longest to start
+                self._workers[slot].start()
+                self._assign(slot, self._initial[slot])
             while self._needed - self.results.keys():
                 try:
                     self._take(*self._messages.get(timeout=_POLL_S))
@@ -263,13 +289,13 @@ class _Coordinator:
     def _check_stopped(self) -> None:
         """A segment process that exited without its result (killed, out of memory)
         fails the audit; it cannot be taken as passed."""
-        stopped = [slot for slot in self._running if self._workers[slot].exitcode is not None]
+        stopped = [slot for slot in self._running if _exit_code(self._workers[slot]) is not None]
         if not stopped:
             return
         self._drain()  # its result may still have been in the pipe
         lost = [slot for slot in stopped if slot in self._running]
         if lost:
-            task, code = self._running[lost[0]], self._workers[lost[0]].exitcode
+            task, code = self._running[lost[0]], _exit_code(self._workers[lost[0]])
             raise SegmentFailed(f"audit segment from entry {task.start} stopped (exit code {code})")
 
     def _drain(self) -> None:
@@ -280,11 +306,31 @@ class _Coordinator:
                 return
 
     def _stop(self) -> None:
+        """Processes still replaying are terminated (their results cannot change the
+        first problem, or the audit failed); the thread is told to stop at its next page."""
         for slot, worker in enumerate(self._workers):
             if slot in self._running:
-                worker.terminate()  # its result cannot change the first problem, or we failed
-            if worker.pid is not None:
+                if isinstance(worker, threading.Thread):
+                    self._handover.cancel(slot)
+                    self._inboxes[slot].put(None)
+                else:
+                    worker.terminate()
+        for worker in self._workers:
+            if isinstance(worker, threading.Thread):
+                if worker.is_alive():
+                    worker.join()
+            elif worker.pid is not None:
                 worker.join()
+
+
+def _exit_code(worker: BaseProcess | threading.Thread) -> int | None:
+    if isinstance(worker, threading.Thread):
+        return None if worker.is_alive() else 0
+    return worker.exitcode
+
+
+class _Cancelled(Exception):
+    """The segment's result is no longer needed."""
 
 
 def _segment_worker(
@@ -295,7 +341,7 @@ def _segment_worker(
     handover: _Handover,
     setup: Callable[[], None] | None,
 ) -> None:
-    """Replays the segments it is given, one after another, until told to stop."""
+    """A segment process: opens the ledger and replays what it is given."""
     die_with_parent()
     task = inbox.get()
     if task is None:
@@ -308,16 +354,32 @@ def _segment_worker(
         messages.put(("error", task.start, f"{type(exc).__name__}: {exc}"))
         return
     try:
-        while task is not None:
-            try:
-                result = _replay_segment(store, task, messages, handover, slot)
-            except Exception as exc:
-                messages.put(("error", task.start, f"{type(exc).__name__}: {exc}"))
-                return
-            messages.put(("result", task.start, result))
-            task = inbox.get()
+        _replay_segments(store, slot, inbox, messages, handover, task)
     finally:
         store.close()
+
+
+def _replay_segments(
+    store: LedgerStore,
+    slot: int,
+    inbox: Inbox | queue.Queue[_Task | None],
+    messages: Messages,
+    handover: _Handover,
+    task: _Task | None = None,
+) -> None:
+    """Replays the segments it is given, one after another, until told to stop."""
+    if task is None:
+        task = inbox.get()
+    while task is not None:
+        try:
+            result = _replay_segment(store, task, messages, handover, slot)
+        except _Cancelled:
+            return
+        except Exception as exc:
+            messages.put(("error", task.start, f"{type(exc).__name__}: {exc}"))
+            return
+        messages.put(("result", task.start, result))
+        task = inbox.get()
 
 
 def _replay_segment(
@@ -355,6 +417,8 @@ def _pages(
     start, stop = task.start, task.end
     while True:
         limit = handover.publish(slot, start - 1)
+        if limit is not None and limit < 0:
+            raise _Cancelled
         if limit is not None and (stop is None or limit < stop):
             stop = limit
             auditor.end_at(limit)

@@ -166,8 +166,9 @@ def test_a_proof_path_that_disagrees_with_the_stored_nodes_is_named(
 
 
 def _slow_replay() -> None:
-    """``setup`` for the segment processes: 3 ms per entry, so that a segment of a few
-    hundred entries is still running when a short one has finished."""
+    """``setup`` for the segment processes (the first segment runs in a thread of the
+    calling process, without it): 3 ms per entry, so that a segment of a few hundred
+    entries is still running when the short first one has finished."""
     original = Auditor.feed
 
     def feed(self: Auditor, stored: StoredEntry) -> None:
@@ -178,8 +179,8 @@ def _slow_replay() -> None:
 
 
 def _skewed(size: int, segments: int, minimum: int) -> list[tuple[int, int | None]]:
-    """Nearly everything in the first segment: the second finishes almost at once."""
-    return [(1, size - 10), (size - 9, None)]
+    """Nearly everything in the second segment: the first finishes almost at once."""
+    return [(1, 10), (11, None)]
 
 
 def _audit_skewed(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> AuditReport:
@@ -210,7 +211,7 @@ def test_an_entry_altered_in_a_handed_over_part_is_named(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _populate(ledger, 300)
-    bad = ledger.head()[0] - 40  # in the first segment's second half: handed over
+    bad = ledger.head()[0] - 40  # in the second segment's second half: handed over
     path = ledger.settings.ledger_file
     with sqlite3.connect(path) as db:
         (state,) = db.execute("SELECT state FROM ledger_entries WHERE rowid = ?", (bad,)).fetchone()
@@ -262,3 +263,17 @@ def test_a_segment_is_cut_only_from_beyond_its_next_page() -> None:
     handover.start(0, task)
     handover.publish(0, 9_500)
     assert handover.split(0, 10_000, 100) is None  # what is left would not pay for a start
+
+
+def test_a_cancelled_segment_stops_at_its_next_page(ledger: Ledger) -> None:
+    _populate(ledger, 30)
+    store = ledger.sequencer.store
+    handover = segmented_audit._Handover(multiprocessing.get_context("spawn"), 1)
+    task = segmented_audit._Task(1, None, {}, None, 10)
+    handover.start(0, task)
+    auditor = Auditor.segment(store, 1, None, verifier=ParallelVerifier(0))
+    pages = segmented_audit._pages(store, task, auditor, handover, 0)
+    assert [next(pages).seq for _ in range(10)] == list(range(1, 11))
+    handover.cancel(0)
+    with pytest.raises(segmented_audit._Cancelled):
+        next(pages)
