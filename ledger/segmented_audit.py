@@ -54,6 +54,11 @@ from ledger.witness import WitnessPolicy
 MIN_SEGMENT = 10_000
 #: Entries a segment reads at a time; it can hand over the rest at each page's end.
 PAGE = 500
+#: A segment process starts replaying later than the thread: it starts Python and
+#: imports the code (about half a second: the replay of some 3,500 entries here), and
+#: reads one id prefix per entry before its segment (about a 64th of replaying one).
+PROCESS_START = 3500
+PREFIX_SHARE = 64
 _POLL_S = 0.5
 #: What segment processes send back: (kind, first entry of the segment, value).
 Messages: TypeAlias = "multiprocessing.Queue[tuple[str, int, Any]]"
@@ -82,6 +87,27 @@ def plan_segments(size: int, segments: int, minimum: int = MIN_SEGMENT) -> list[
     return [(bounds[i], None if i == count - 1 else bounds[i + 1] - 1) for i in range(count)]
 
 
+def stagger(plan: list[tuple[int, int | None]], size: int, minimum: int) -> list[tuple[int, int | None]]:
+    """``plan`` with boundaries moved so that segments would end together: each one
+    after the first is shorter by what its process spends before replaying (see
+    ``PROCESS_START``). The plan stays as it is when that would leave a segment
+    shorter than ``minimum`` entries (a small ledger: the hand-over balances it)."""
+    count = len(plan)
+    if count == 1:
+        return plan
+    starts = [start for start, _ in plan]
+    lengths: list[float] = []
+    for _ in range(3):  # the delays depend on the starts: a few rounds settle them
+        delays = [0] + [PROCESS_START + (start - 1) // PREFIX_SHARE for start in starts[1:]]
+        target = (size + sum(delays)) / count
+        lengths = [target - delay for delay in delays]
+        starts = [1 + round(sum(lengths[:i])) for i in range(count)]
+    if min(lengths) < max(minimum, PAGE):
+        return plan
+    bounds = [*starts, size + 1]
+    return [(bounds[i], None if i == count - 1 else bounds[i + 1] - 1) for i in range(count)]
+
+
 def audit_in_segments(
     store: LedgerStore,
     reopen: Callable[[], LedgerStore],
@@ -104,7 +130,7 @@ def audit_in_segments(
     ``minimum`` entries gets the one-pass audit, in this process with ``verifier``'s
     signature workers. ``page``: entries read at a time, the grain of hand-overs."""
     head = store.head()
-    plan = plan_segments(head[0], segments or os.cpu_count() or 1, minimum)
+    plan = stagger(plan_segments(head[0], segments or os.cpu_count() or 1, minimum), head[0], minimum)
     if len(plan) == 1:
         return audit_store(
             store,
@@ -171,7 +197,7 @@ class _Handover:
         checkpoints (about a page's worth), so it gets that much less of the rest."""
         with self._lock:
             position: int = self._cells[2 * slot]
-            start_cost = (position + page) // 64 + page
+            start_cost = (position + page) // PREFIX_SHARE + page
             handed = (end - position - page - start_cost) // 2
             if handed < page:
                 return None

@@ -18,7 +18,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from infra.bootstrap import open_store
 from ledger import segmented_audit
 from ledger.audit import Auditor, AuditReport, audit, audit_store, batched
-from ledger.segmented_audit import SegmentFailed, audit_in_segments, plan_segments
+from ledger.segmented_audit import (
+    MIN_SEGMENT,
+    PREFIX_SHARE,
+    PROCESS_START,
+    SegmentFailed,
+    audit_in_segments,
+    plan_segments,
+    stagger,
+)
 from ledger.sequencer import Sequencer
 from ledger.store import LedgerStore, StoredEntry, all_checkpoints
 from ledger.verifier import ParallelVerifier
@@ -35,6 +43,20 @@ def test_plan_covers_every_entry_once_and_leaves_the_end_open() -> None:
     assert plan_segments(301, 3, 1) == [(1, 100), (101, 200), (201, None)]
     assert plan_segments(15_000, 8, 10_000) == [(1, None)]  # too small to be worth a process
     assert plan_segments(0, 2, 1) == [(1, None)]
+
+
+def test_processes_get_shorter_segments_by_what_they_spend_starting() -> None:
+    plan = stagger(plan_segments(1_000_000, 2), 1_000_000, MIN_SEGMENT)
+    (first, first_end), (second, second_end) = plan
+    assert (first, second, second_end) == (1, first_end + 1, None)
+    delay = PROCESS_START + (second - 1) // PREFIX_SHARE  # the process's start, in entries
+    assert abs(first_end - (1_000_000 - first_end) - delay) <= 2  # both would end together
+    four = stagger(plan_segments(100_000, 4), 100_000, MIN_SEGMENT)
+    lengths = [(end or 100_000) - start + 1 for start, end in four]
+    assert sum(lengths) == 100_000 and lengths == sorted(lengths, reverse=True)
+    assert [s for s, _ in four[1:]] == [(end or 0) + 1 for _, end in four[:-1]]
+    small = plan_segments(20_000, 2)
+    assert stagger(small, 20_000, MIN_SEGMENT) == small  # the second would be under the minimum
 
 
 def _populate(ledger: Ledger, consents: int) -> None:
