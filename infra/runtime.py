@@ -29,14 +29,33 @@ def tune_for_throughput() -> None:
 
 def keep_large_allocations() -> None:
     """Let glibc reuse large freed blocks instead of unmapping them (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed so far back to the kernel (glibc; elsewhere nothing).
+    ``keep_large_allocations`` keeps it for reuse, but memory freed by one thread is
+    not reused by another (each has its own heap): a benchmark that runs phases one
+    after another in one process calls this between them, as separate processes
+    would have released it."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt  # noqa: B018 - not glibc (e.g. musl) when missing
+        libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
+        return None
+    return libc
