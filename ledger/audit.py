@@ -460,7 +460,8 @@ class Auditor:
         if self._read_node_range is None or not nodes:
             return
         # A flush covers contiguous entries, so each level's new nodes have
-        # consecutive indexes: compared a level at a time, as one byte string.
+        # consecutive indexes: compared a level at a time, as one list (node by node,
+        # in C; joined byte strings would let bytes move between nodes unnoticed).
         by_level: dict[int, list[bytes]] = {}
         first: dict[int, int] = {}
         for level, index, value in nodes:
@@ -472,7 +473,7 @@ class Auditor:
         for level, values in sorted(by_level.items()):
             low = first[level]
             stored = self._read_node_range(level, low, low + len(values))
-            if b"".join(stored) == b"".join(values):
+            if list(stored) == values:
                 continue
             for offset, value in enumerate(values):
                 if offset >= len(stored) or stored[offset] != value:

@@ -343,6 +343,26 @@ def test_changed_merkle_node_on_a_consistency_path_fails(copy: Path, which: int)
     assert f"Merkle node (level {level}, index {idx})" in result.output
 
 
+def test_bytes_moved_between_two_stored_merkle_nodes_are_named(copy: Path) -> None:
+    """Two neighbouring leaf nodes whose bytes, run together, are unchanged: the first
+    gains the second's first five bytes. Nodes are compared one by one."""
+    rows = query(
+        copy,
+        "SELECT hash FROM merkle_nodes WHERE level = 0 AND idx IN (?, ?) ORDER BY idx",
+        (MIDDLE, MIDDLE + 1),
+    )
+    first, second = (row[0] for row in rows)
+    assert isinstance(first, bytes) and isinstance(second, bytes)
+    tamper(
+        copy,
+        ("UPDATE merkle_nodes SET hash = ? WHERE level = 0 AND idx = ?", (first + second[:5], MIDDLE)),
+        ("UPDATE merkle_nodes SET hash = ? WHERE level = 0 AND idx = ?", (second[5:], MIDDLE + 1)),
+    )
+    result = verify(copy)
+    assert_names(result, MIDDLE + 1)
+    assert f"Merkle node (level 0, index {MIDDLE})" in result.output
+
+
 def test_changed_merkle_node_serving_inclusion_proofs_fails(base: Base, copy: Path) -> None:
     """The audit promises that "the nodes that serve clients' proofs are checked too"
     (ledger/audit.py). A leaf node off every consistency path still serves inclusion
