@@ -166,6 +166,8 @@ class Auditor:
         self.first_ts: datetime | None = None
         #: A segment's stored head, when it is the last segment (see ``end_at``).
         self._segment_head: tuple[int, bytes] | None = None
+        #: A segment's last entry (None: to the end of the log), which must be there.
+        self._segment_end: int | None = None
 
     @classmethod
     def resume(cls, store: LedgerStore, **options: Any) -> Auditor:
@@ -212,6 +214,7 @@ class Auditor:
         )
         auditor.first_nonces = {}
         auditor._segment_head = head
+        auditor._segment_end = end
         auditor._start_after(store, start - 1)
         before = [c for c in checkpoints if c.size < start]
         if before:
@@ -244,6 +247,7 @@ class Auditor:
             raise ValueError(f"entry {size} is already replayed")
         self._checkpoints = [c for c in self._checkpoints if c.size <= size]
         self._segment_head = None
+        self._segment_end = size
 
     @property
     def size(self) -> int:
@@ -326,6 +330,8 @@ class Auditor:
         self._check_checkpoints_up_to(self._frontier.size)
         self._check_consistency()
         size = self._frontier.size
+        if self._segment_end is not None and size < self._segment_end:
+            self._fail(size + 1, f"is missing: the log ends at {size}, before the segment's last entry")
         if self._next_checkpoint < len(self._checkpoints):
             cp = self._checkpoints[self._next_checkpoint]
             self._fail(size + 1, f"is missing: the log ends at {size} but a checkpoint covers {cp.size}")

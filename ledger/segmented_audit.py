@@ -31,6 +31,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from multiprocessing.process import BaseProcess
@@ -157,6 +158,11 @@ class _Task:
     page: int
 
 
+#: How long to wait for the segments' shared state before concluding that a process
+#: stopped while holding it (the audit then fails instead of waiting forever).
+_LOCK_TIMEOUT_S = 60.0
+
+
 class _Handover:
     """Where each process is, and where it must stop: shared memory, one slot per
     process, read and written under one lock. A process publishes its position before
@@ -167,23 +173,32 @@ class _Handover:
         self._lock: Lock = context.Lock()
         self._cells = context.RawArray("q", 2 * slots)  # position, limit per slot
 
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=_LOCK_TIMEOUT_S):
+            raise SegmentFailed("a segment process stopped while holding the segments' shared state")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def start(self, slot: int, task: _Task) -> None:
-        with self._lock:
+        with self._held():
             self._cells[2 * slot], self._cells[2 * slot + 1] = task.start - 1, 0
 
     def publish(self, slot: int, position: int) -> int | None:
-        with self._lock:
+        with self._held():
             self._cells[2 * slot] = position
             limit: int = self._cells[2 * slot + 1]
         return limit or None
 
     def cancel(self, slot: int) -> None:
         """Stop the segment in ``slot`` at its next page; its result is not wanted."""
-        with self._lock:
+        with self._held():
             self._cells[2 * slot + 1] = -1
 
     def position(self, slot: int) -> int:
-        with self._lock:
+        with self._held():
             value: int = self._cells[2 * slot]
         return value
 
@@ -195,7 +210,7 @@ class _Handover:
         beyond that is shared. The new segment first reads one id prefix per entry
         before it (about a hundredth of replaying an entry) and opens its tree and
         checkpoints (about a page's worth), so it gets that much less of the rest."""
-        with self._lock:
+        with self._held():
             position: int = self._cells[2 * slot]
             start_cost = (position + page) // PREFIX_SHARE + page
             handed = (end - position - page - start_cost) // 2
@@ -332,20 +347,25 @@ class _Coordinator:
                 return
 
     def _stop(self) -> None:
-        """Processes still replaying are terminated (their results cannot change the
-        first problem, or the audit failed); the thread is told to stop at its next page."""
+        """Every worker is told to stop. The thread, if still replaying, stops at its next
+        page, before any process is terminated (a process terminated while holding the
+        shared state's lock would hold it forever); processes still replaying are then
+        terminated (their results cannot change the first problem, or the audit failed)."""
+        for inbox in self._inboxes:
+            inbox.put(None)
+        thread = self._workers[0]
+        if 0 in self._running:
+            # If it cannot be told, it is a daemon thread and ends with this process.
+            with suppress(SegmentFailed):
+                self._handover.cancel(0)
+        if thread.ident is not None:
+            thread.join(_LOCK_TIMEOUT_S)
         for slot, worker in enumerate(self._workers):
-            if slot in self._running:
-                if isinstance(worker, threading.Thread):
-                    self._handover.cancel(slot)
-                    self._inboxes[slot].put(None)
-                else:
-                    worker.terminate()
-        for worker in self._workers:
             if isinstance(worker, threading.Thread):
-                if worker.is_alive():
-                    worker.join()
-            elif worker.pid is not None:
+                continue
+            if slot in self._running:
+                worker.terminate()
+            if worker.pid is not None:
                 worker.join()
 
 
@@ -425,6 +445,7 @@ def _replay_segment(
         auditor,
         progress=lambda count: messages.put(("progress", start, count)),
     )
+    messages.put(("progress", start, report.entries))
     assert auditor.first_nonces is not None
     return SegmentResult(
         start,
@@ -470,7 +491,7 @@ def _join(
     last_ts: datetime | None = None
     expected = 1
     for result in ordered:
-        if result.start != expected:  # pragma: no cover - the hand-over keeps them contiguous
+        if result.start != expected:  # pragma: no cover - each segment checks its own end
             raise SegmentFailed(f"the segments do not tile the log: one starts at {result.start}")
         expected = result.start + result.report.entries
         problems = list(result.report.problems) + _boundary_problems(result, last_nonces, last_ts)

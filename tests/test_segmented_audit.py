@@ -299,3 +299,32 @@ def test_a_cancelled_segment_stops_at_its_next_page(ledger: Ledger) -> None:
     handover.cancel(0)
     with pytest.raises(segmented_audit._Cancelled):
         next(pages)
+
+
+def test_entries_missing_at_the_end_of_a_segment_are_named(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry after the 40th deleted: the segment that should have held the
+    41st names it, as one pass does."""
+    _populate(ledger, 58)
+    head = ledger.head()[0]
+    monkeypatch.setattr(segmented_audit, "plan_segments", lambda size, n, m: [(1, 30), (31, 50), (51, None)])
+    with sqlite3.connect(ledger.settings.ledger_file) as db:
+        assert db.execute("DELETE FROM ledger_entries WHERE rowid > 40").rowcount == head - 40
+    store = ledger.sequencer.store
+    for report in (
+        audit_store(store),
+        audit_in_segments(store, partial(open_store, ledger.settings), segments=3, minimum=1),
+    ):
+        problem = report.first_problem
+        assert problem is not None and problem.seq == 41 and "is missing" in problem.message, report
+
+
+def test_a_lock_held_by_a_stopped_process_fails_the_audit_instead_of_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(segmented_audit, "_LOCK_TIMEOUT_S", 0.1)
+    handover = segmented_audit._Handover(multiprocessing.get_context("spawn"), 1)
+    handover._lock.acquire()  # as a process terminated inside the lock leaves it
+    with pytest.raises(SegmentFailed, match="stopped while holding"):
+        handover.publish(0, 10)
