@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import multiprocessing
+import os
 import sqlite3
 import time
 from datetime import timedelta
@@ -328,3 +329,35 @@ def test_a_lock_held_by_a_stopped_process_fails_the_audit_instead_of_waiting(
     handover._lock.acquire()  # as a process terminated inside the lock leaves it
     with pytest.raises(SegmentFailed, match="stopped while holding"):
         handover.publish(0, 10)
+
+
+def _die_after_five_entries() -> None:
+    """``setup`` for the segment processes: slow, then killed mid-segment (as the
+    kernel's out-of-memory killer would)."""
+    original = Auditor.feed
+    fed = [0]
+
+    def feed(self: Auditor, stored: StoredEntry) -> None:
+        fed[0] += 1
+        if fed[0] > 5:
+            os._exit(9)
+        time.sleep(0.003)
+        original(self, stored)
+
+    Auditor.feed = feed  # type: ignore[method-assign]
+
+
+def test_a_segment_process_killed_mid_segment_fails_the_audit(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _populate(ledger, 300)
+    monkeypatch.setattr(segmented_audit, "plan_segments", _skewed)
+    with pytest.raises(SegmentFailed, match=r"stopped \(exit code 9\)"):
+        audit_in_segments(
+            ledger.sequencer.store,
+            partial(open_store, ledger.settings),
+            segments=2,
+            minimum=1,
+            page=10,
+            setup=_die_after_five_entries,
+        )
