@@ -11,7 +11,8 @@ entry is the one and only replay of the log, as in one sequential pass. When one
 fails, the earliest problem of all is the first bad entry: a segment's assumptions
 can only be wrong after an earlier bad entry, which an earlier segment names.
 
-Segments are balanced while they run. A process that finishes early takes over the
+Segments are balanced while they run, and planned so that they would end together
+(``stagger``). Whoever finishes early, the thread or a process, takes over the
 second half of what the busiest segment has left: that segment stops at the new
 boundary (``Auditor.end_at``) and the rest becomes a segment of its own, so the
 segments still tile the log. Cores run unevenly on shared hosts (measured: one of two
