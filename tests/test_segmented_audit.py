@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 
@@ -206,7 +207,9 @@ def _skewed(size: int, segments: int, minimum: int) -> list[tuple[int, int | Non
     return [(1, 10), (11, None)]
 
 
-def _audit_skewed(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> AuditReport:
+def _audit_skewed(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, setup: Callable[[], None] = _slow_replay
+) -> AuditReport:
     monkeypatch.setattr(segmented_audit, "plan_segments", _skewed)
     return audit_in_segments(
         ledger.sequencer.store,
@@ -214,11 +217,11 @@ def _audit_skewed(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> AuditRepor
         segments=2,
         minimum=1,
         page=10,
-        setup=_slow_replay,
+        setup=setup,
     )
 
 
-def test_a_finished_process_takes_over_half_of_the_busiest_segment(
+def test_a_segment_finished_early_takes_over_half_of_the_busiest_one(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _populate(ledger, 300)
@@ -351,13 +354,5 @@ def test_a_segment_process_killed_mid_segment_fails_the_audit(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _populate(ledger, 300)
-    monkeypatch.setattr(segmented_audit, "plan_segments", _skewed)
     with pytest.raises(SegmentFailed, match=r"stopped \(exit code 9\)"):
-        audit_in_segments(
-            ledger.sequencer.store,
-            partial(open_store, ledger.settings),
-            segments=2,
-            minimum=1,
-            page=10,
-            setup=_die_after_five_entries,
-        )
+        _audit_skewed(ledger, monkeypatch, setup=_die_after_five_entries)
