@@ -85,8 +85,13 @@ def plan_segments(size: int, segments: int, minimum: int = MIN_SEGMENT) -> list[
     """Contiguous (first, last) sequence numbers; the last segment is open-ended, so it
     reads whatever the store holds beyond its head, exactly as one pass would."""
     count = max(1, min(segments, size // max(1, minimum)))
-    bounds = [1 + size * i // count for i in range(count)] + [size + 1]
-    return [(bounds[i], None if i == count - 1 else bounds[i + 1] - 1) for i in range(count)]
+    return _ranges([1 + size * i // count for i in range(count)], size)
+
+
+def _ranges(starts: list[int], size: int) -> list[tuple[int, int | None]]:
+    """(first, last) of segments starting at ``starts``; the last one open-ended."""
+    bounds = [*starts, size + 1]
+    return [(bounds[i], None if i == len(starts) - 1 else bounds[i + 1] - 1) for i in range(len(starts))]
 
 
 def stagger(plan: list[tuple[int, int | None]], size: int, minimum: int) -> list[tuple[int, int | None]]:
@@ -106,8 +111,7 @@ def stagger(plan: list[tuple[int, int | None]], size: int, minimum: int) -> list
         starts = [1 + round(sum(lengths[:i])) for i in range(count)]
     if min(lengths) < max(minimum, PAGE):
         return plan
-    bounds = [*starts, size + 1]
-    return [(bounds[i], None if i == count - 1 else bounds[i + 1] - 1) for i in range(count)]
+    return _ranges(starts, size)
 
 
 def audit_in_segments(
@@ -165,10 +169,10 @@ _LOCK_TIMEOUT_S = 60.0
 
 
 class _Handover:
-    """Where each process is, and where it must stop: shared memory, one slot per
-    process, read and written under one lock. A process publishes its position before
-    each page and reads its limit (0: none) in the same step, so a limit set from
-    beyond its next page is always honoured exactly."""
+    """Where each worker (the thread or a process) is, and where it must stop: shared
+    memory, one slot per worker, read and written under one lock. A worker publishes its
+    position before each page and reads its limit (0: none; -1: stop) in the same step,
+    so a limit set from beyond its next page is always honoured exactly."""
 
     def __init__(self, context: Any, slots: int) -> None:
         self._lock: Lock = context.Lock()
@@ -205,12 +209,12 @@ class _Handover:
 
     def split(self, slot: int, end: int, page: int) -> int | None:
         """Cut the segment in ``slot`` (ending at ``end``) in two and return its new
-        last entry, or None when a second process would not finish it sooner.
+        last entry, or None when a second worker would not finish it sooner.
 
-        The process may replay one more page before it sees the cut, so only what lies
+        The worker may replay one more page before it sees the cut, so only what lies
         beyond that is shared. The new segment first reads one id prefix per entry
-        before it (about a hundredth of replaying an entry) and opens its tree and
-        checkpoints (about a page's worth), so it gets that much less of the rest."""
+        before it (``PREFIX_SHARE``) and opens its tree and checkpoints (about a page's
+        worth), so it gets that much less of the rest."""
         with self._held():
             position: int = self._cells[2 * slot]
             start_cost = (position + page) // PREFIX_SHARE + page
@@ -314,15 +318,12 @@ class _Coordinator:
 
     def _hand_over(self) -> _Task | None:
         """The second half of the segment with most entries left, if worth a start."""
-        left = {
-            slot: (self._size if task.end is None else task.end) - self._handover.position(slot)
-            for slot, task in self._running.items()
-        }
-        if not left:
+        ends = {slot: self._size if task.end is None else task.end for slot, task in self._running.items()}
+        if not ends:
             return None
-        slot = max(left, key=lambda s: left[s])
+        slot = max(ends, key=lambda s: ends[s] - self._handover.position(s))
         task = self._running[slot]
-        boundary = self._handover.split(slot, self._size if task.end is None else task.end, task.page)
+        boundary = self._handover.split(slot, ends[slot], task.page)
         if boundary is None:
             return None
         self._running[slot] = replace(task, end=boundary, head=None)
