@@ -29,6 +29,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from domain.aggregate import LedgerAggregate
 from domain.errors import DomainError
 
 
@@ -50,7 +51,7 @@ class AnalysisStatus(StrEnum):
 MERGE_TASK = 1
 
 
-class Analysis(Aggregate):
+class Analysis(LedgerAggregate):
     class Created(Aggregate.Created):
         analysis_id: str
         owner: str

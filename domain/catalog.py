@@ -14,6 +14,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from domain.aggregate import LedgerAggregate
 from domain.errors import DomainError
 
 
@@ -22,7 +23,7 @@ def _require_owner(owner: str, by: str, what: str) -> None:
         raise DomainError("not_owner", f"{what} belongs to {owner}")
 
 
-class Catalog(Aggregate):
+class Catalog(LedgerAggregate):
     class Created(Aggregate.Created):
         catalog_id: str
         owner: str
@@ -70,7 +71,7 @@ class Catalog(Aggregate):
         self.trigger_event(self.Updated, timestamp=at, changes=changes)
 
 
-class Datasource(Aggregate):
+class Datasource(LedgerAggregate):
     class Created(Aggregate.Created):
         datasource_id: str
         catalog_id: str

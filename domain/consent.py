@@ -17,6 +17,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from domain.aggregate import LedgerAggregate
 from domain.commands import ConsentTerms
 from domain.errors import DomainError
 from domain.times import format_time, optional_time, parse_time
@@ -79,7 +80,7 @@ def terms_record(terms: ConsentTerms) -> dict[str, Any]:
     }
 
 
-class Consent(Aggregate):
+class Consent(LedgerAggregate):
     """One consent, identified by (controller, consent_id)."""
 
     class Requested(Aggregate.Created):

@@ -13,10 +13,11 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from domain.aggregate import LedgerAggregate
 from domain.errors import DomainError
 
 
-class DataView(Aggregate):
+class DataView(LedgerAggregate):
     class Created(Aggregate.Created):
         data_view_id: str
         owner: str

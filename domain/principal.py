@@ -14,6 +14,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from domain.aggregate import LedgerAggregate
 from domain.errors import DomainError
 from domain.jwk import PublicJwk
 from domain.times import optional_time, parse_time
@@ -48,7 +49,7 @@ def _key_state(kid: str, jwk: dict[str, str], not_before: str | None, not_after:
     )
 
 
-class Principal(Aggregate):
+class Principal(LedgerAggregate):
     """Aggregate root for one principal id."""
 
     class Admitted(Aggregate.Created):
