@@ -155,7 +155,7 @@ def test_an_init_that_takes_the_id_is_refused() -> None:
         class Made(Aggregate.Created):
             name: str
 
-        def __init__(self, id: uuid.UUID, name: str) -> None:  # noqa: A002
+        def __init__(self, id: uuid.UUID, name: str) -> None:
             self.name = name
 
     with pytest.raises(TypeError, match="must not take the aggregate id"):
