@@ -54,26 +54,29 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode_strict(segment: bytes, what: str) -> bytes:
-    """Decode unpadded base64url, refusing any alternative encoding of the same bytes."""
-    if len(segment) % 4 == 1 or b"+" in segment or b"/" in segment or b"=" in segment:
+    """Decode unpadded base64url, refusing any alternative encoding of the same bytes:
+    any character outside the alphabet (padding, '+' and '/' included), a length no
+    encoding has, and a last character with bits set beyond the data."""
+    rest = len(segment) % 4
+    if rest == 1 or segment.translate(None, _B64URL_ALPHABET):
         raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url")
-    standard = segment.translate(_TO_STANDARD) + b"=" * (-len(segment) % 4)
-    try:
-        data = binascii.a2b_base64(standard, strict_mode=True)
-    except binascii.Error as exc:
-        raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url") from exc
-    unused = _UNUSED_LOW_BITS[len(segment) % 4]  # bits of the last character past the data
-    if unused and _B64URL_VALUE[segment[-1]] & unused:
+    if rest and segment[-1] not in _CLEAN_LAST[rest]:
         raise Rejected("non_canonical_base64", f"the {what} has non-zero trailing bits")
-    return data
+    try:
+        return binascii.a2b_base64(segment.translate(_TO_STANDARD) + _PADDING[rest], strict_mode=True)
+    except binascii.Error as exc:  # pragma: no cover - excluded by the checks above
+        raise Rejected("non_canonical_base64", f"the {what} is not unpadded base64url") from exc
 
 
-_B64URL_VALUE: Final = {
-    c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: What completes a segment to whole groups of four, by its length mod 4 (1 is refused).
+_PADDING: Final = (b"", b"", b"==", b"=")
+#: By length mod 4, the characters that may end a segment: its last character carries
+#: 2 data bits then 4 unused ones (mod 2), or 4 then 2 unused (mod 3), which must be zero.
+_CLEAN_LAST: Final = {
+    rest: bytes(c for i, c in enumerate(_B64URL_ALPHABET) if i & unused == 0)
+    for rest, unused in ((2, 0b1111), (3, 0b11))
 }
-#: By unpadded length mod 4: a last character carrying 2 data bits (then 4 unused) or 4
-#: (then 2 unused); length 1 is refused before.
-_UNUSED_LOW_BITS: Final = {0: 0, 1: 0, 2: 0b1111, 3: 0b11}
 
 
 @dataclass(frozen=True, slots=True)
