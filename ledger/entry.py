@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
@@ -34,8 +33,10 @@ class EntryFormatError(ValueError):
     """Stored bytes are not a canonical entry."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One entry (a named tuple: immutable, and built a few times faster than a frozen
+    dataclass, once per entry in the sequencer, the audit and every replica)."""
+
     seq: int
     ts: datetime
     tx: str

@@ -14,9 +14,8 @@ import base64
 import binascii
 import json
 import warnings
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey
@@ -79,9 +78,9 @@ _CLEAN_LAST: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class CompactJws:
-    """A parsed, not yet verified, compact JWS."""
+class CompactJws(NamedTuple):
+    """A parsed, not yet verified, compact JWS. (A named tuple: immutable, and built a
+    few times faster than a frozen dataclass, once per transaction on the hot paths.)"""
 
     token: str
     alg: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from eventsourcing.domain import Aggregate
 
@@ -53,8 +53,9 @@ class RecordedViolation:
     evidence: str
 
 
-@dataclass(frozen=True)
-class StoredEntry:
+class StoredEntry(NamedTuple):
+    """An entry as a store holds it (a named tuple, built once per entry read)."""
+
     seq: int
     aggregate_id: uuid.UUID
     version: int

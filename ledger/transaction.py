@@ -8,9 +8,8 @@ depends on state (keys valid now, nonces, domain rules) is the sequencer's job.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -43,8 +42,9 @@ class Payload(Envelope):
     body: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(NamedTuple):
+    """A parsed transaction (a named tuple, as ``CompactJws``)."""
+
     jws: CompactJws
     payload: Envelope
     command: Command

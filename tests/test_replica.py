@@ -127,7 +127,7 @@ def _altered(stored: StoredEntry, change: Any) -> StoredEntry:
     document = json.loads(stored.canonical)
     change(document)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return replace(stored, canonical=canonical)
+    return stored._replace(canonical=canonical)
 
 
 def _assert_halted_at(replica: Replica, store: LedgerStore, kind: ViolationKind, seq: int) -> None:
