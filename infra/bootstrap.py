@@ -22,14 +22,16 @@ ROOT_KEY_FILE = "root.jwk"
 CHECKPOINT_KEY_FILE = "checkpoint.key"
 
 
-def open_store(settings: Settings) -> LedgerStore:
+def open_store(settings: Settings, *, scan: bool = False) -> LedgerStore:
+    """The ledger's store. ``scan``: for reading the whole log once, in order (an
+    audit), which wants a small page cache on SQLite (PostgreSQL's is the server's)."""
     if settings.database_url:
         from infra.storage.postgres import PostgresLedgerStore
 
         return PostgresLedgerStore(settings.database_url)
     from infra.storage.sqlite import SQLiteLedgerStore
 
-    return SQLiteLedgerStore(settings.ledger_file)
+    return SQLiteLedgerStore(settings.ledger_file, scan=scan)
 
 
 def checkpoint_key(settings: Settings) -> SignerKey | None:

@@ -18,6 +18,7 @@ from conftest import Ledger, give_level1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.bootstrap import open_store
+from infra.storage.sqlite import CACHE_KIB, SCAN_CACHE_KIB
 from ledger import segmented_audit
 from ledger.audit import Auditor, AuditReport, audit, audit_store, batched
 from ledger.segmented_audit import (
@@ -356,3 +357,21 @@ def test_a_segment_process_killed_mid_segment_fails_the_audit(
     _populate(ledger, 300)
     with pytest.raises(SegmentFailed, match=r"stopped \(exit code 9\)"):
         _audit_skewed(ledger, monkeypatch, setup=_die_after_five_entries)
+
+
+def test_a_store_opened_to_scan_keeps_a_small_page_cache(ledger: Ledger) -> None:
+    """The audit reads the log once, in order: a small SQLite page cache (see
+    ``SCAN_CACHE_KIB``); the sequencer's store keeps its large one."""
+    def cache_kib(store: LedgerStore) -> int:
+        with store.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
+            c.execute("PRAGMA cache_size")
+            return -int(c.fetchone()[0])
+
+    scanning, writing = open_store(ledger.settings, scan=True), open_store(ledger.settings)
+    try:
+        assert (cache_kib(scanning), cache_kib(writing)) == (SCAN_CACHE_KIB, CACHE_KIB)
+        report = audit_in_segments(scanning, partial(open_store, ledger.settings, scan=True), minimum=1)
+        assert report.ok and report.entries == ledger.head()[0]
+    finally:
+        scanning.close()
+        writing.close()

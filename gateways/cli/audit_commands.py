@@ -80,7 +80,7 @@ def verify(
         if bundle is not None:
             report = _verify_bundle(bundle, verifier, checkpoint_key, chain, show, witnesses)
         else:
-            store = _existing_store(settings)
+            store = _existing_store(settings, scan=True)
             try:
                 size = store.head()[0]
                 report = _with_progress(
@@ -88,7 +88,7 @@ def verify(
                     size,
                     lambda tick: audit_in_segments(
                         store,
-                        partial(open_store, settings),
+                        partial(open_store, settings, scan=True),
                         setup=tune_for_throughput,
                         segments=segments or workers,
                         minimum=1 if segments else MIN_SEGMENT,
@@ -246,6 +246,6 @@ def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPoli
         click.echo(f"witnessed by {', '.join(cosigners)} ({len(cosigners)} of {witnesses.quorum} required)")
 
 
-def _existing_store(settings: Settings) -> LedgerStore:
+def _existing_store(settings: Settings, *, scan: bool = False) -> LedgerStore:
     require_ledger(settings)
-    return open_store(settings)
+    return open_store(settings, scan=scan)

@@ -198,10 +198,10 @@ def _count(outcomes: list[Any]) -> int:
 def audit_rate(settings: Settings) -> float:
     """``dfg audit verify`` as it runs by default: one segment per core once the
     ledger is large enough, otherwise one pass with signature workers."""
-    store = open_store(settings)
+    store = open_store(settings, scan=True)
     try:
         started = time.perf_counter()
-        report = audit_in_segments(store, partial(open_store, settings), setup=tune_for_throughput)
+        report = audit_in_segments(store, partial(open_store, settings, scan=True), setup=tune_for_throughput)
         elapsed = time.perf_counter() - started
         if not report.ok:
             raise RuntimeError(f"the benchmark ledger does not verify: {report.first_problem}")

@@ -27,6 +27,11 @@ from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMix
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint, StoredEntry
 
 CACHE_KIB = 64 * 1024
+#: The page cache of a store that reads the log once, in order (an audit). Pages are
+#: read once and then recycled: a small cache stays in the CPU's own cache, where a
+#: large one hands each new page a cold buffer (measured: the audit's replay 2 us per
+#: entry faster with 1 MiB than with 64 MiB, about 3 %). Index pages stay cached.
+SCAN_CACHE_KIB = 1024
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS ledger_head ("
     " id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, root BLOB NOT NULL)",
@@ -90,10 +95,11 @@ class _TunedPool(SQLiteConnectionPool):
     2 MB cache turns that into reads), and an explicit synchronous level."""
 
     synchronous = "FULL"
+    cache_kib = CACHE_KIB
 
     def _create_connection(self) -> SQLiteConnection:
         connection = super()._create_connection()
-        connection._sqlite_conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        connection._sqlite_conn.execute(f"PRAGMA cache_size = -{self.cache_kib}")
         connection._sqlite_conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return connection
 
@@ -104,19 +110,24 @@ class _ViewsPool(_TunedPool):
     synchronous = "NORMAL"
 
 
-def tuned_datastore(path: Path, *, durable: bool = True) -> SQLiteDatastore:
+class _ScanPool(_TunedPool):
+    cache_kib = SCAN_CACHE_KIB
+
+
+def tuned_datastore(path: Path, *, durable: bool = True, scan: bool = False) -> SQLiteDatastore:
     datastore = SQLiteDatastore(str(path), lock_timeout=30)
     datastore.pool.close()
-    pool_class = _TunedPool if durable else _ViewsPool
+    pool_class = _ViewsPool if not durable else _ScanPool if scan else _TunedPool
     datastore.pool = pool_class(db_name=str(path), lock_timeout=30)
     return datastore
 
 
 class SQLiteLedgerStore(EntryStoreMixin):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, scan: bool = False) -> None:
+        """``scan``: the store is opened to read the log once, in order (``SCAN_CACHE_KIB``)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.datastore = tuned_datastore(path)
+        self.datastore = tuned_datastore(path, scan=scan)
         recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
         if not self._schema_ready():
             recorder.create_table()
