@@ -75,10 +75,19 @@ def die_with_parent() -> None:
 
 
 def _work(items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[Work | None]:
-    return [
-        None if jwk is None else (jws.signing_input, jws.signature, jws.alg, key_json(jwk))
-        for jws, jwk in items
-    ]
+    # One key string per key, not per transaction: a chunk holds a few transactions of
+    # each signer. Keyed by identity, which is sound while ``items`` holds every key.
+    keys: dict[int, str] = {}
+    work: list[Work | None] = []
+    for jws, jwk in items:
+        if jwk is None:
+            work.append(None)
+            continue
+        text = keys.get(id(jwk))
+        if text is None:
+            text = keys[id(jwk)] = key_json(jwk)
+        work.append((jws.signing_input, jws.signature, jws.alg, text))
+    return work
 
 
 def verify_chunk(work: Sequence[Work | None]) -> list[bool]:
