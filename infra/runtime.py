@@ -35,17 +35,6 @@ def keep_large_allocations() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
 
 
-def release_freed_memory() -> None:
-    """Give the heap memory freed so far back to the kernel (glibc; elsewhere nothing).
-    ``keep_large_allocations`` keeps it for reuse, but memory freed by one thread is
-    not reused by another (each has its own heap): a benchmark that runs phases one
-    after another in one process calls this between them, as separate processes
-    would have released it."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -55,7 +44,6 @@ def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(name)
         libc.mallopt  # noqa: B018 - not glibc (e.g. musl) when missing
-        libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return None
     return libc
