@@ -57,10 +57,12 @@ MIN_SEGMENT = 10_000
 #: Entries a segment reads at a time; it can hand over the rest at each page's end.
 PAGE = 500
 #: A segment process starts replaying later than the thread: it starts Python and
-#: imports the code (about half a second: the replay of some 3,500 entries here), and
-#: reads one id prefix per entry before its segment (about a 64th of replaying one).
-PROCESS_START = 3500
-PREFIX_SHARE = 64
+#: imports the code (about 0.3 s: the replay of some 3,000 entries here), and reads one
+#: id prefix per entry before its segment (about a 96th of replaying one: measured
+#: 0.54 s for the 506,000 entries before the second half of 1,000,000, which 64 took
+#: for 0.8 s and gave that process too little, so it finished 0.9 s early).
+PROCESS_START = 3000
+PREFIX_SHARE = 96
 _POLL_S = 0.5
 #: What segment processes send back: (kind, first entry of the segment, value).
 Messages: TypeAlias = "multiprocessing.Queue[tuple[str, int, Any]]"

@@ -284,11 +284,11 @@ def test_a_segment_is_cut_only_from_beyond_its_next_page() -> None:
     handover.start(0, task)
     assert handover.publish(0, 1000) is None  # no limit yet
     boundary = handover.split(0, 10_000, 100)
-    start_cost = 1100 // 64 + 100  # the new segment's reading of what precedes it
+    start_cost = 1100 // PREFIX_SHARE + 100  # the new segment's reading of what precedes it
     assert boundary == 10_000 - (10_000 - 1100 - start_cost) // 2
     assert handover.publish(0, 1100) == boundary  # the next page boundary sees the cut
     handover.start(0, task)
-    handover.publish(0, 9_500)
+    handover.publish(0, 9_700)
     assert handover.split(0, 10_000, 100) is None  # what is left would not pay for a start
 
 
