@@ -191,7 +191,7 @@ class Consent(LedgerAggregate):
         cls,
         *,
         aggregate_id: uuid.UUID,
-        consent_id: uuid.UUID,
+        consent_id: uuid.UUID | str,
         controller: str,
         subject: str,
         terms: ConsentTerms,

@@ -187,7 +187,8 @@ def request_consent(cmd: c.RequestConsent, signer: Principal | None, at: datetim
 
 def give_consent(cmd: c.GiveConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     by = _signer(signer)
-    aggregate_id = consent_aggregate_id(cmd.controller, cmd.consent_id)
+    consent_id = str(cmd.consent_id)  # once: hashed into the aggregate id and recorded
+    aggregate_id = consent_aggregate_id(cmd.controller, consent_id)
     existing = state.consent(aggregate_id)
     if cmd.level == 1:
         # Level 1: a copy recorded by the controller for someone who is not a platform user.
@@ -202,7 +203,9 @@ def give_consent(cmd: c.GiveConsent, signer: Principal | None, at: datetime, sta
             )
         if existing is not None:
             raise DomainError("consent_exists", f"consent {cmd.consent_id} already exists")
-        return _new_given_consent(cmd, aggregate_id, by, at, "a level 1 consent carries its terms")
+        return _new_given_consent(
+            cmd, consent_id, aggregate_id, by, at, "a level 1 consent carries its terms"
+        )
     if not _acting_for_subject(by, cmd.subject, state):
         raise DomainError(
             "not_subject", "a level 2 consent is given by the subject or their custodial wallet"
@@ -210,7 +213,7 @@ def give_consent(cmd: c.GiveConsent, signer: Principal | None, at: datetime, sta
     _existing_principal(state, cmd.controller)
     if existing is None:
         return _new_given_consent(
-            cmd, aggregate_id, by, at, "no request to answer: the consent needs its terms"
+            cmd, consent_id, aggregate_id, by, at, "no request to answer: the consent needs its terms"
         )
     if existing.subject != cmd.subject:
         raise DomainError("not_subject", f"consent {cmd.consent_id} belongs to another subject")
@@ -219,13 +222,13 @@ def give_consent(cmd: c.GiveConsent, signer: Principal | None, at: datetime, sta
 
 
 def _new_given_consent(
-    cmd: c.GiveConsent, aggregate_id: UUID, by: Principal, at: datetime, terms_required: str
+    cmd: c.GiveConsent, consent_id: str, aggregate_id: UUID, by: Principal, at: datetime, terms_required: str
 ) -> Consent:
     if cmd.terms is None:
         raise DomainError("terms_required", terms_required)
     return Consent.give_new(
         aggregate_id=aggregate_id,
-        consent_id=cmd.consent_id,
+        consent_id=consent_id,
         controller=cmd.controller,
         subject=cmd.subject,
         terms=cmd.terms,

@@ -52,9 +52,10 @@ def principal_aggregate_id(principal: str) -> uuid.UUID:
     return _uuid5(f"principal\n{principal}")
 
 
-def consent_aggregate_id(controller: str, consent_id: uuid.UUID) -> uuid.UUID:
+def consent_aggregate_id(controller: str, consent_id: uuid.UUID | str) -> uuid.UUID:
     """Consent ids are client-chosen, so they are scoped by controller: one
-    controller can never touch another's consent by guessing its id."""
+    controller can never touch another's consent by guessing its id. ``consent_id``
+    may be given as its text (``str(id)``, what is hashed), when the caller has it."""
     return _uuid5(f"consent\n{controller}\n{consent_id}")
 
 

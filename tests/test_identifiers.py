@@ -23,6 +23,7 @@ def test_the_derived_ids_are_the_standard_uuid5_of_their_names(name: str, some_i
     assert consent_aggregate_id(name, some_id) == uuid.uuid5(DFG_NAMESPACE, f"consent\n{name}\n{some_id}")
     assert entity_aggregate_id(name, some_id) == uuid.uuid5(DFG_NAMESPACE, f"{name}\n{some_id}")
     derived = consent_aggregate_id(name, some_id)
+    assert consent_aggregate_id(name, str(some_id)) == derived  # the id's text names it too
     assert derived.version == 5 and derived.variant == uuid.RFC_4122
     assert str(derived) == str(uuid.UUID(str(derived)))
 
