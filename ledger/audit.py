@@ -225,8 +225,8 @@ class Auditor:
         """Continue after the first ``size`` entries of ``store`` as they are stored."""
         self._frontier = Frontier.load(size, store.read_nodes)
         self._state.size = size
-        self._state.know(store.aggregate_id_prefixes(before=size + 1))
-        if size:
+        if size:  # nothing precedes entry 1 (and asking would scan a whole index)
+            self._state.know(store.aggregate_id_prefixes(before=size + 1))
             (genesis,) = store.read_entries(1, 1)
             self._adopt_genesis(Entry.decode(genesis.canonical))
 
