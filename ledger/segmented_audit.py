@@ -407,6 +407,12 @@ def _segment_worker(
         _replay_segments(store, slot, inbox, messages, handover, task)
     finally:
         store.close()
+    # Done: skip the interpreter's orderly shutdown, which frees every object of a
+    # large heap one by one while the audit waits for this process to end (about
+    # 70 ms measured), once what it sent is flushed.
+    messages.close()
+    messages.join_thread()
+    os._exit(0)
 
 
 def _replay_segments(
