@@ -362,6 +362,7 @@ def test_a_segment_process_killed_mid_segment_fails_the_audit(
 def test_a_store_opened_to_scan_keeps_a_small_page_cache(ledger: Ledger) -> None:
     """The audit reads the log once, in order: a small SQLite page cache (see
     ``SCAN_CACHE_KIB``); the sequencer's store keeps its large one."""
+
     def cache_kib(store: LedgerStore) -> int:
         with store.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
             c.execute("PRAGMA cache_size")
