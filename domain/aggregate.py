@@ -56,9 +56,16 @@ def _topic(cls: type[Aggregate]) -> str:
     return get_topic(cls)
 
 
+#: What the library would pass an ``__init__`` from the event besides its own fields.
+_LIBRARY_ARGUMENTS = frozenset({"id", "timestamp", "originator_id", "originator_version", "originator_topic"})
+
+
 @cache
 def _init_parameters(cls: type[Aggregate]) -> frozenset[str]:
+    """The names ``cls.__init__`` takes; refused when the library would give it more than
+    the caller's arguments (``_LIBRARY_ARGUMENTS``), which this creation does not."""
     parameters = inspect.signature(cls.__init__).parameters
-    if "id" in parameters:  # the library passes the id to such an __init__; none here needs it
-        raise TypeError(f"{cls.__name__}.__init__ must not take the aggregate id")
+    extra = _LIBRARY_ARGUMENTS.intersection(parameters)
+    if extra:
+        raise TypeError(f"{cls.__name__}.__init__ must not take {', '.join(sorted(extra))}")
     return frozenset(name for name in parameters if name != "self")
