@@ -76,7 +76,8 @@ def die_with_parent() -> None:
 
 def _work(items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[Work | None]:
     # One key string per key, not per transaction: a chunk holds a few transactions of
-    # each signer. Keyed by identity, which is sound while ``items`` holds every key.
+    # each signer. Keyed by identity, which is sound because ``items`` (a list, not a
+    # lazy sequence) holds every key dict alive for the whole call: no id is reused.
     keys: dict[int, str] = {}
     work: list[Work | None] = []
     for jws, jwk in items:
