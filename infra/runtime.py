@@ -29,21 +29,14 @@ def tune_for_throughput() -> None:
 
 def keep_large_allocations() -> None:
     """Let glibc reuse large freed blocks instead of unmapping them (Linux only)."""
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
-
-
-def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
-        return None
+        return
     name = ctypes.util.find_library("c")
     if name is None:
-        return None
+        return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt  # noqa: B018 - not glibc (e.g. musl) when missing
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
     except (OSError, AttributeError):  # not glibc: nothing to tune
-        return None
-    return libc
+        return
