@@ -18,7 +18,7 @@ from conftest import Ledger, give_level1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.bootstrap import open_store
-from infra.storage.sqlite import CACHE_KIB, SCAN_CACHE_KIB
+from infra.storage.sqlite import CACHE_KIB, SCAN_CACHE_KIB, WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
 from ledger import segmented_audit
 from ledger.audit import Auditor, AuditReport, audit, audit_store, batched
 from ledger.segmented_audit import (
@@ -357,6 +357,22 @@ def test_a_segment_process_killed_mid_segment_fails_the_audit(
     _populate(ledger, 300)
     with pytest.raises(SegmentFailed, match=r"stopped \(exit code 9\)"):
         _audit_skewed(ledger, monkeypatch, setup=_die_after_five_entries)
+
+
+def test_the_ledger_checkpoints_its_write_ahead_log_seldom(ledger: Ledger) -> None:
+    """Commits leave up to ``WAL_CHECKPOINT_PAGES`` pages in the log before one copies
+    them into the file (SQLite's default is 1,000), and the log's file is cut back to
+    ``WAL_SIZE_LIMIT`` after a checkpoint."""
+    store = open_store(ledger.settings)
+    try:
+        with store.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
+            c.execute("PRAGMA wal_autocheckpoint")
+            pages = int(c.fetchone()[0])
+            c.execute("PRAGMA journal_size_limit")
+            limit = int(c.fetchone()[0])
+        assert (pages, limit) == (WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT)
+    finally:
+        store.close()
 
 
 def test_a_store_opened_to_scan_keeps_a_small_page_cache(ledger: Ledger) -> None:

@@ -34,6 +34,17 @@ CACHE_KIB = 64 * 1024
 #: loaded again) then go to the system's file cache more often: on `dfg demo
 #: populate`'s ledger, whose consents are used again, both sizes measured alike.
 SCAN_CACHE_KIB = 1024
+#: Pages the write-ahead log may hold before a commit copies them into the database
+#: file (SQLite's default is 1,000: 4 MB). Random-keyed index pages are rewritten by
+#: most commits; a longer log copies each of them once per checkpoint instead of once
+#: per few commits, and the file's fsync comes less often. Measured appending entries
+#: 1,000,001 to 1,100,000: ~7,000/s with 1,000 pages, ~8,100-8,700/s with 10,000 and
+#: ~8,400-8,900/s with 20,000. Durability is the log's (each commit syncs it); a larger
+#: log only means more to replay into the file after a crash (64 MB here: well under
+#: a second).
+WAL_CHECKPOINT_PAGES = 16_384
+#: The log's file is cut back to this size when a checkpoint lets it start over.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS ledger_head ("
     " id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, root BLOB NOT NULL)",
@@ -94,7 +105,8 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
 class _TunedPool(SQLiteConnectionPool):
     """The library's pool with a page cache sized for ledgers of millions of entries
     (entries are keyed by random UUIDs, so their index is written all over; the default
-    2 MB cache turns that into reads), and an explicit synchronous level."""
+    2 MB cache turns that into reads), an explicit synchronous level and a write-ahead
+    log long enough to checkpoint seldom (``WAL_CHECKPOINT_PAGES``)."""
 
     synchronous = "FULL"
     cache_kib = CACHE_KIB
@@ -103,6 +115,8 @@ class _TunedPool(SQLiteConnectionPool):
         connection = super()._create_connection()
         connection._sqlite_conn.execute(f"PRAGMA cache_size = -{self.cache_kib}")
         connection._sqlite_conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        connection._sqlite_conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        connection._sqlite_conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         return connection
 
 
