@@ -87,3 +87,18 @@ def test_bench_api_submitters_each_send_their_own_signers_in_nonce_order(tmp_pat
             assert int(nonce) > last.get(signer, -1)
             last[signer] = int(nonce)
     assert sum(len(b) for lane in lanes for b in lane) == total
+
+
+def test_bench_replication_reports_the_highest_rate_kept_up_with() -> None:
+    """On a saturated machine a higher offered rate can achieve less than the step
+    before: the figure is the best kept-up step, not the last one."""
+    from infra.benchmarks.replication import highest_kept_up
+
+    def step(rate: int, achieved: float, kept: bool, p99: float) -> dict[str, object]:
+        lags = {"lag_p50_s": p99 / 2, "lag_p99_s": p99}
+        return {"rate": rate, "offered_per_s": achieved, "kept_up": kept, **lags}
+
+    steps = [step(2000, 1999.5, True, 0.3), step(3000, 2951.7, True, 1.1), step(4000, 2909.2, True, 1.2)]
+    assert highest_kept_up(steps) == steps[1]
+    assert highest_kept_up([*steps[:1], step(3000, 2500.0, False, 2.5)]) == steps[0]
+    assert highest_kept_up([step(500, 480.0, False, 3.0)]) is None
