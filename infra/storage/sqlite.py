@@ -39,9 +39,9 @@ SCAN_CACHE_KIB = 1024
 #: most commits; a longer log copies each of them once per checkpoint instead of once
 #: per few commits, and the file's fsync comes less often. Measured appending entries
 #: 1,000,001 to 1,100,000: ~7,000/s with 1,000 pages, ~8,100-8,700/s with 10,000 and
-#: ~8,400-8,900/s with 20,000. Durability is the log's (each commit syncs it); a larger
-#: log only means more to replay into the file after a crash (64 MB here: well under
-#: a second).
+#: ~8,400-8,900/s with 20,000. Durability is the log's (each commit syncs it); a longer
+#: log only means more for SQLite to read on the next open after a crash (up to 64 MB
+#: at the default 4 KiB page).
 WAL_CHECKPOINT_PAGES = 16_384
 #: The log's file is cut back to this size when a checkpoint lets it start over.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
