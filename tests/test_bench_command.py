@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateways.cli.main import cli
+from infra.benchmarks.replication import highest_kept_up
 
 KEYS = {
     "verify_per_s",
@@ -92,7 +93,6 @@ def test_bench_api_submitters_each_send_their_own_signers_in_nonce_order(tmp_pat
 def test_bench_replication_reports_the_highest_rate_kept_up_with() -> None:
     """On a saturated machine a higher offered rate can achieve less than the step
     before: the figure is the best kept-up step, not the last one."""
-    from infra.benchmarks.replication import highest_kept_up
 
     def step(rate: int, achieved: float, kept: bool, p99: float) -> dict[str, object]:
         lags = {"lag_p50_s": p99 / 2, "lag_p99_s": p99}
