@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from gateways.cli.main import cli
+from infra.benchmarks.baseline import VerifyBaseline
 from infra.benchmarks.replication import highest_kept_up
 
 KEYS = {
@@ -31,6 +33,9 @@ def test_bench_ledger_prints_its_figures_as_json() -> None:
     assert set(figures) >= KEYS
     assert figures["events"] == 1000 and figures["append_postgres_per_s"] is None
     assert all(figures[k] > 0 for k in KEYS - {"append_postgres_per_s"})
+    samples = figures["verify_per_s_samples"]  # before the appends, then after each phase
+    assert len(samples) == 4 and figures["verify_per_s"] == round(statistics.median(samples), 1)
+    assert "median of 4 samples" in result.output
 
 
 def test_bench_refuses_nonsense() -> None:
@@ -102,3 +107,13 @@ def test_bench_replication_reports_the_highest_rate_kept_up_with() -> None:
     assert highest_kept_up(steps) == steps[1]
     assert highest_kept_up([*steps[:1], step(3000, 2500.0, False, 2.5)]) == steps[0]
     assert highest_kept_up([step(500, 480.0, False, 3.0)]) is None
+
+
+def test_the_verification_baseline_is_the_median_of_its_samples() -> None:
+    """One slow or fast moment of a drifting host does not move (a)."""
+    baseline = VerifyBaseline(seconds=0.05, openssl=[7_000.0, 4_400.0, 7_900.0], libsodium=[9.0, 15.0, 13.0])
+    assert (baseline.verify_per_s, baseline.libsodium_per_s) == (7_000.0, 13.0)
+    described = baseline.describe()
+    assert "median of 3 samples of 0.05 s" in described and "4,400 to 7,900/s" in described
+    baseline.sample()
+    assert len(baseline.openssl) == len(baseline.libsodium) == 4 and baseline.openssl[-1] > 0

@@ -66,7 +66,7 @@ def ledger(events: int, signers: int, postgres_url: str | None, no_postgres: boo
     table.add_column("goal")
     bases = (figures.verify_per_s, figures.verify_libsodium_per_s)
     for key, value in figures.as_json().items():
-        if key in ("events", "signers", "notes"):
+        if key in ("events", "signers", "notes") or isinstance(value, list):
             continue
         rated = key.endswith("per_s") and value and not key.startswith("verify_")
         ratios = [f"{value / base:.2f}x" if rated and base else "" for base in bases]
@@ -184,6 +184,8 @@ def replication(rates: str, seconds: float, followers: int, as_json: bool) -> No
     Console().print(table)
     for step in figures.steps:
         click.echo(f"step {step}")
+    for note in figures.notes:
+        click.echo(f"note: {note}")
     if as_json:
         click.echo(json.dumps(figures.as_json(), sort_keys=True))
 

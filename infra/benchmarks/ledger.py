@@ -2,7 +2,8 @@
 
 1. Pre-sign N consent transactions from many signers (in parallel, into a file, so
    that a million of them never sit in memory).
-2. (a) raw single-core Ed25519 verification rate of this machine;
+2. (a) raw single-core Ed25519 verification rate of this machine (the median of
+   samples taken between the phases, ``infra.benchmarks.baseline``);
    (b) durable append through the whole pipeline (parse, verify on all cores,
    authorise, domain decision, storage, Merkle tree, checkpoints) on SQLite and on
    PostgreSQL, with batch k+1 verified while batch k commits;
@@ -29,8 +30,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
-from nacl.signing import VerifyKey
 
+from infra.benchmarks.baseline import VerifyBaseline
 from infra.bootstrap import create_ledger, open_sequencer, open_store, root_signer
 from infra.runtime import tune_for_throughput
 from infra.settings import Settings
@@ -56,6 +57,7 @@ class Figures:
     signers: int
     verify_per_s: float = 0.0
     verify_libsodium_per_s: float = 0.0
+    verify_per_s_samples: list[float] = field(default_factory=list)
     presign_s: float = 0.0
     append_sqlite_per_s: float = 0.0
     append_postgres_per_s: float | None = None
@@ -65,7 +67,13 @@ class Figures:
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: _rounded(v) for k, v in self.__dict__.items()}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return round(value, 1) if isinstance(value, float) else value
 
 
 def _signer_key(seed: int, index: int) -> OKPKey:
@@ -121,27 +129,6 @@ def _stream(path: Path) -> Iterator[list[str]]:
                 batch = []
     if batch:
         yield batch
-
-
-def raw_verify_rate(seconds: float = 2.0, *, libsodium: bool = False) -> float:
-    """Single-core Ed25519 verifications per second of one 600-byte message: with
-    OpenSSL (through ``cryptography``; (a), the rate the goals are stated against), or
-    with libsodium, which the ledger verifies with."""
-    key = Ed25519PrivateKey.generate()
-    message = os.urandom(600)
-    signature = key.sign(message)
-    public = key.public_key()
-    check: Callable[[], object] = lambda: public.verify(signature, message)  # noqa: E731
-    if libsodium:
-        sodium = VerifyKey(public.public_bytes_raw())
-        check = lambda: sodium.verify(message, signature)  # noqa: E731
-    count = 0
-    started = time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        for _ in range(500):
-            check()
-        count += 500
-    return count / elapsed
 
 
 def _admit_signers(sequencer: Sequencer, settings: Settings, signers: int, seed: int) -> None:
@@ -261,20 +248,28 @@ def run(
         presigned = root / "presigned.jws"
         say(f"pre-signing {events:,} transactions from {signers} signers ...")
         figures.presign_s = presign(presigned, events, signers, seed, workers)
-        say("measuring raw single-core Ed25519 verification ...")
-        figures.verify_per_s = raw_verify_rate()
-        figures.verify_libsodium_per_s = raw_verify_rate(libsodium=True)
+        baseline = VerifyBaseline()
+        say("measuring raw single-core Ed25519 verification (again after each phase) ...")
+        baseline.sample()
         sqlite = Settings(data_dir=root / "sqlite")
         say("appending on SQLite ...")
         figures.append_sqlite_per_s, _ = append_rate(sqlite, presigned, signers, seed)
+        baseline.sample()
         if postgres_url:
             say("appending on PostgreSQL ...")
             figures.append_postgres_per_s, _ = append_rate(
                 Settings(data_dir=root / "pg", database_url=postgres_url), presigned, signers, seed
             )
+            baseline.sample()
         say("audit verify on SQLite ...")
         figures.audit_verify_per_s = audit_rate(sqlite)
+        baseline.sample()
         say("inclusion proofs ...")
         figures.proofs_per_s = proof_rate(sqlite)
+        baseline.sample()
+    figures.verify_per_s = baseline.verify_per_s
+    figures.verify_libsodium_per_s = baseline.libsodium_per_s
+    figures.verify_per_s_samples = baseline.openssl
+    figures.notes.append(baseline.describe())
     figures.peak_rss_mb = peak_rss_mb()
     return figures

@@ -10,6 +10,8 @@
    worst follower's figures at that rate.
 3. Catch-up: one more follower starts from offset 0 over the whole log, alone;
    ``catchup_verify_per_s`` is entries verified per second.
+4. ``verify_per_s`` is (a), the median of samples taken before the steps, after them
+   and after the catch-up (``infra.benchmarks.baseline``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.benchmarks.baseline import VerifyBaseline
 from infra.benchmarks.ledger import (
     CHAIN,
     OPERATOR,
@@ -33,7 +36,6 @@ from infra.benchmarks.ledger import (
     _count,
     _stream,
     presign,
-    raw_verify_rate,
 )
 from infra.bootstrap import create_ledger, open_sequencer
 from infra.settings import Settings
@@ -45,6 +47,7 @@ KEEP_UP_LAG_S = 2.0
 @dataclass
 class Figures:
     verify_per_s: float = 0.0
+    verify_per_s_samples: list[float] = field(default_factory=list)
     keeps_up_per_s: float = 0.0
     lag_p50_s: float | None = None
     lag_p99_s: float | None = None
@@ -162,8 +165,9 @@ def run(
         say(f"pre-signing {events:,} transactions ...")
         presigned = root / "presigned.jws"
         presign(presigned, events, signers, 7, os.cpu_count() or 1)
-        say("measuring raw single-core Ed25519 verification ...")
-        figures.verify_per_s = raw_verify_rate()
+        baseline = VerifyBaseline(seconds=1.0)
+        say("measuring raw single-core Ed25519 verification (again after the steps and the catch-up) ...")
+        baseline.sample()
         settings = Settings(data_dir=root / "ledger", checkpoint_every=1000, checkpoint_interval_ms=500)
         create_ledger(settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Bench")
         sequencer = open_sequencer(settings)
@@ -211,6 +215,7 @@ def run(
                 n.process.send_signal(2)
             for n in nodes:
                 n.process.wait(30)
+            baseline.sample()
             say(f"catching up a new follower from offset 0 over {sequencer.size:,} entries ...")
             target = sequencer.size
             started = time.monotonic()
@@ -218,6 +223,7 @@ def run(
             nodes = [fresh]
             _wait(lambda: fresh.size() >= target, 3600)
             figures.catchup_verify_per_s = fresh.size() / (time.monotonic() - started)
+            baseline.sample()
         finally:
             for n in nodes:
                 if n.process.poll() is None:
@@ -228,4 +234,7 @@ def run(
             stop_checkpointer.set()
             sequencer.verifier.close()
             sequencer.store.close()
+    figures.verify_per_s = baseline.verify_per_s
+    figures.verify_per_s_samples = [round(v, 1) for v in baseline.openssl]
+    figures.notes.append(baseline.describe())
     return figures
