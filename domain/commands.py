@@ -46,7 +46,16 @@ class Command(BaseModel):
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
+    """The instant in UTC. Near the ends of the calendar (0001-01-01 with a positive
+    offset, 9999-12-31 with a negative one) it has no UTC form: that is a validation
+    error (``ValueError``), not the ``OverflowError`` Python raises, which pydantic
+    would let escape from parsing."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the date-time is outside the years 1 to 9999 in UTC") from None
 
 
 # --- ledger and principals -------------------------------------------------------

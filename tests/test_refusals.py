@@ -848,6 +848,9 @@ INVALID_BODIES: list[Any] = [
     ),
     pytest.param(_give_with(terms_valid_from="2026-02-30T00:00:00Z"), id="impossible-date"),
     pytest.param(_give_with(terms_valid_from="2026-03-01T00:00:00"), id="naive-datetime"),
+    # no UTC form (Python raises OverflowError converting them, not a validation error)
+    pytest.param(_give_with(terms_valid_until="9999-12-31T23:59:59-23:59"), id="after-the-calendar"),
+    pytest.param(_give_with(terms_valid_from="0001-01-01T00:00:00+23:59"), id="before-the-calendar"),
     pytest.param(_give_with(terms_colour="blue"), id="extra-term"),
 ]
 
@@ -881,6 +884,15 @@ def test_invalid_bodies_of_other_types(ledger: Ledger, app: TransactionSigner) -
             {
                 "principal": "sp:app",
                 "jwk": {**public_jwk(OKPKey.generate_key("Ed25519")).as_dict(), "d": "x"},
+            },
+        ),
+        (
+            op,
+            "key.add",
+            {
+                "principal": "sp:app",
+                "jwk": public_jwk(OKPKey.generate_key("Ed25519")).as_dict(),
+                "not_after": "9999-12-31T23:59:59-23:59",
             },
         ),
         (op, "key.revoke", {"principal": "sp:app", "kid": app.kid, "reason": "bored"}),
