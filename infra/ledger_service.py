@@ -134,7 +134,10 @@ class LedgerService:
             nxt = None
             if item is not _NOTHING:
                 requests = self._take(item)
-                nxt = (requests, self._prepare(requests))  # verified while `pending` commits
+                try:
+                    nxt = (requests, self._prepare(requests))  # verified while `pending` commits
+                except Exception as exc:  # this batch's submitters hear of it; the thread lives on
+                    _failed(requests, exc)
             if pending is not None:
                 self._commit(*pending)
             pending = nxt
