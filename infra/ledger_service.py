@@ -98,6 +98,11 @@ class LedgerService:
                 self.positions[view.name] = catch_up(self.views, view, self.sequencer.store.read_entries)
 
     @property
+    def running(self) -> bool:
+        """Both threads are alive: submissions are sequenced and answered."""
+        return self._thread.is_alive() and self._views_thread.is_alive()
+
+    @property
     def views_lag(self) -> int:
         size = self.sequencer.size
         return max((size - p for p in self.positions.values()), default=size)

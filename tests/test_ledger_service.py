@@ -45,6 +45,8 @@ def test_a_batch_that_cannot_be_prepared_fails_alone(ledger: Ledger, monkeypatch
             service.submit([give()]).result(timeout=30)
         (outcome,) = service.submit([give()]).result(timeout=30)
         assert isinstance(outcome, Accepted) and outcome.seq == ledger.sequencer.size
+        assert service.running  # what /healthz reports
     finally:
         service.stop()
         views.close()
+    assert not service.running

@@ -431,6 +431,8 @@ async def get_badge(request: web.Request) -> web.StreamResponse:
 
 async def get_health(request: web.Request) -> web.StreamResponse:
     ledger = service(request)
+    if not ledger.running:
+        raise Problem(503, "ledger_stopped", "the ledger's sequencer has stopped; see the server's log")
     checkpoint = ledger.sequencer.store.latest_checkpoint()
     return json_response(
         {
@@ -616,7 +618,7 @@ ROUTES: tuple[Route, ...] = (
         "/healthz",
         get_health,
         "Liveness and ledger size",
-        responses={200: ("ok", m.Health)},
+        responses={200: ("ok", m.Health), 503: _problem},
         tag="operations",
     ),
     Route(
