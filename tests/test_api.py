@@ -204,6 +204,18 @@ BAD_REQUESTS = [
     ("GET", "/v1/entries/0", None, "", 400, "invalid_parameter"),
     ("GET", "/v1/entries/abc", None, "", 400, "invalid_parameter"),
     ("GET", "/v1/entries/999999", None, "", 404, "unknown_entry"),
+    ("GET", "/v1/entries/" + "9" * 5000, None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/proofs/consistency?first=%201&second=2", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/proofs/consistency?first=1_0&second=20", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/proofs/consistency?first=%D9%A3&second=20", None, "", 400, "invalid_parameter"),
+    (
+        "POST",
+        "/v1/consents/check",
+        b'{"questions": [{"subject": "p", "controller": "sp:app", "purpose": "x"}]}',
+        "text/plain",
+        415,
+        "unsupported_media_type",
+    ),
     ("GET", "/v1/proofs/consistency?first=2&second=1", None, "", 400, "invalid_parameter"),
     ("GET", "/v1/proofs/consistency?first=1&second=99999", None, "", 404, "unknown_tree_size"),
     ("GET", "/v1/proofs/consistency?first=x&second=2", None, "", 400, "invalid_parameter"),
@@ -231,6 +243,26 @@ def test_bad_requests_get_a_problem_and_change_nothing(
     assert (got, content_type) == (status, "application/problem+json"), problem
     assert problem["code"] == code and problem["status"] == status and problem["detail"]
     assert http.call("GET", "/healthz")[2]["size"] == before
+
+
+def test_protocol_errors_are_problems_too(api: tuple[Http, Ledger]) -> None:
+    """A 405 names the allowed methods; a body that cannot be decompressed is the
+    client's mistake (400), not the server's."""
+    http, _ = api
+    request = urllib.request.Request(http.url + "/v1/transactions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"
+    request = urllib.request.Request(
+        http.url + "/v1/consents/check",
+        data=b"this is not gzip",
+        method="POST",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as unreadable:
+        urllib.request.urlopen(request, timeout=30)
+    problem = json.loads(unreadable.value.read())
+    assert (unreadable.value.code, problem["code"]) == (400, "malformed_body")
 
 
 def test_refused_transaction_is_422_with_its_code(api: tuple[Http, Ledger]) -> None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -49,7 +50,15 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         if exc.content_type == PROBLEM_TYPE:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        return problem_response(exc.status, code, exc.reason or code)
+        response = problem_response(exc.status, code, exc.reason or code)
+        if "Allow" in exc.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # the body cannot be read: e.g. it is not in the Content-Encoding it names
+        cause = exc.__cause__ or exc
+        detail = f"the request body cannot be read: {getattr(cause, 'message', '') or cause}"
+        return problem_response(400, "malformed_body", detail)
     except Exception:
         request.app.logger.exception("unhandled error in %s %s", request.method, request.path)
         return problem_response(
