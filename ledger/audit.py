@@ -330,6 +330,8 @@ class Auditor:
         self._check_checkpoints_up_to(self._frontier.size)
         self._check_consistency()
         size = self._frontier.size
+        if size == 0:  # nothing to trust: no genesis entry names the chain or its keys
+            self._fail(1, "is missing: the log is empty, it has no genesis entry")
         if self._segment_end is not None and size < self._segment_end:
             self._fail(size + 1, f"is missing: the log ends at {size}, before the segment's last entry")
         if self._next_checkpoint < len(self._checkpoints):

@@ -26,7 +26,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gateways.cli.main import cli
+from infra.bootstrap import open_store
 from infra.demo import PURPOSES
+from infra.settings import Settings
 from ledger.merkle import nodes_for_consistency, nodes_for_inclusion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,6 +249,18 @@ def test_deleted_entry_in_the_middle_is_named(copy: Path) -> None:
     tamper(copy, ("DELETE FROM ledger_entries WHERE rowid = ?", (MIDDLE,)))
     result = verify(copy)
     assert_names(result, MIDDLE)
+
+
+def test_an_empty_ledger_does_not_verify(tmp_path: Path) -> None:
+    """A log without a genesis entry proves nothing, in a database or in a bundle
+    (an interrupted ``dfg init`` or a truncated file used to verify as "OK: 0 entries")."""
+    data = tmp_path / "empty"
+    open_store(Settings(data_dir=data)).close()
+    assert "entry 1: is missing: the log is empty" in verify(data).output
+    assert failed_entry(verify(data)) == 1
+    bundle = tmp_path / "empty.jsonl"
+    assert dfg("audit", "export", "--data", str(data), "--out", str(bundle)).exit_code == 0
+    assert failed_entry(dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")) == 1
 
 
 def test_deleted_last_entry_is_named_missing(copy: Path) -> None:
