@@ -18,9 +18,21 @@ class KeyFileError(Exception):
     pass
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """Create the missing directories as 0700 whatever the umask, and leave existing
+    ones as they are: a key written into /tmp or a shared folder must not change who
+    may use that folder (the file itself is 0600)."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for created in reversed(missing):
+        created.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(created, 0o700)
+
+
 def write_secret(path: Path, content: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    _make_private_dirs(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
@@ -46,9 +58,14 @@ def write_jwk(path: Path, key: OKPKey | ECKey) -> None:
 
 
 def read_jwk(path: Path) -> OKPKey | ECKey:
-    data = json.loads(read_secret(path))
-    if data.get("kty") == "OKP":
-        return OKPKey.import_key(data)
-    if data.get("kty") == "EC":
-        return ECKey.import_key(data)
-    raise KeyFileError(f"{path} is not an Ed25519 or secp256k1 private JWK")
+    wrong = KeyFileError(f"{path} is not an Ed25519 or secp256k1 private JWK")
+    try:
+        data = json.loads(read_secret(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise wrong from exc
+    if not isinstance(data, dict) or data.get("kty") not in ("OKP", "EC"):
+        raise wrong
+    try:
+        return OKPKey.import_key(data) if data["kty"] == "OKP" else ECKey.import_key(data)
+    except Exception as exc:  # joserfc's errors for bad key material vary by key type
+        raise wrong from exc
