@@ -423,6 +423,11 @@ def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     again = CliRunner().invoke(cli, ["node", "keygen", "--out", str(out), "--name", "node:alpha"])
     assert again.exit_code != 0 and "refusing to overwrite" in again.output
+    for bad in ("", "node:a b+c"):
+        other = tmp_path / "other.jwk"
+        refused = CliRunner().invoke(cli, ["node", "keygen", "--out", str(other), "--name", bad])
+        assert refused.exit_code == 2 and "not a principal id" in refused.output
+        assert not other.exists()  # nothing written
 
 
 def test_a_computation_node_follows_the_topics_when_kafka_is_configured(

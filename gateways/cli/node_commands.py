@@ -14,6 +14,7 @@ from typing import Any
 import click
 from joserfc.jwk import OKPKey
 
+from domain.identifiers import is_principal_id
 from gateways.cli.options import fail, ledger_options, require_ledger
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import TOPIC_END_MARKER, Follower, Witness
@@ -105,15 +106,17 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     """Create a node key; prints the public JWK to admit on the ledger, the witness key
     (vkey) auditors pin in their witness policy, and with --encryption-out the X25519
     public key to register with node.set_encryption_key."""
+    if not is_principal_id(name):
+        fail(f"--name {name!r} is not a principal id (e.g. node:alpha)", 2)
     for path in (out, encryption_out):
         if path is not None and path.exists():
             fail(f"{path} exists; refusing to overwrite a key")
     key = OKPKey.generate_key("Ed25519")
-    write_jwk(out, key)
     jwk = public_jwk(key).as_dict()
     verifier = witness_verifier(name, jwk)
-    if verifier is None:  # pragma: no cover - an Ed25519 key always makes a verifier
-        fail("could not derive a witness key")
+    if verifier is None:  # before anything is written
+        fail(f"--name {name!r} cannot name a witness key", 2)
+    write_jwk(out, key)
     printed: dict[str, Any] = {"principal": name, "jwk": jwk, "witness_key": verifier.to_string()}
     if encryption_out is not None:
         sealing = OKPKey.generate_key("X25519")
