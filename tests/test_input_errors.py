@@ -180,3 +180,17 @@ def test_analyst_results_and_fhir_codes_refuse_bad_input(ledger: Ledger, tmp_pat
          "--node", "node:a=http://127.0.0.1:9", "--code", "sbp=8480-6"],
     )  # fmt: skip
     assert upload.exit_code == 1 and "--code takes VARIABLE=SYSTEM|CODE" in upload.output
+
+
+def test_a_damaged_database_and_a_bad_database_url_are_one_line_errors(ledger: Ledger) -> None:
+    ledger.sequencer.store.close()
+    data = ledger.settings.data_dir
+    (data / "ledger.sqlite").write_bytes((data / "ledger.sqlite").read_bytes()[:8192])
+    for leftover in data.glob("ledger.sqlite-*"):
+        leftover.unlink()
+    damaged = CliRunner().invoke(cli, ["audit", "verify", "--data", str(data)])
+    assert damaged.exit_code == 1 and "error: the database cannot be used" in damaged.output
+    assert damaged.exception is None or isinstance(damaged.exception, SystemExit)
+    for url in ("notaurl", "postgresql://postgres@127.0.0.1:99999/x"):
+        refused = CliRunner().invoke(cli, ["audit", "verify", "--data", str(data), "--database-url", url])
+        assert refused.exit_code == 2 and "--database-url" in refused.output

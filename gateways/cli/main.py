@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
 import click
+import psycopg
+from eventsourcing.persistence import PersistenceError
 
 from gateways.cli.analyst_commands import analyst
 from gateways.cli.audit_commands import audit
@@ -12,13 +17,31 @@ from gateways.cli.demo_level1 import level1
 from gateways.cli.demo_mpc import mpc
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.node_commands import node, relay
+from gateways.cli.options import fail
 from gateways.cli.projection_commands import consents, projections
 from gateways.cli.provider_commands import provider
 from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
+from projections.base import ViewsAheadOfLog
 
 
-@click.group()
+class _Commands(click.Group):
+    """What the machine refuses (a database that cannot be opened or read, a file that
+    cannot be written, an address in use, read models of another ledger) ends every
+    command as one line and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ViewsAheadOfLog as exc:
+            fail(str(exc))
+        except (sqlite3.DatabaseError, PersistenceError, psycopg.Error) as exc:
+            fail(f"the database cannot be used: {exc}")
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="dfg")
 def cli() -> None:
     """dfg: consent ledger and privacy-preserving health-data analytics."""

@@ -6,12 +6,27 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlparse
 
 import click
 
 from infra.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _database_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a URL that cannot name a PostgreSQL database before anything connects."""
+    if value is None:
+        return None
+    try:
+        parsed = urlparse(value)
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise click.BadParameter(f"not a database URL: {exc}") from None
+    if parsed.scheme not in ("postgresql", "postgres") or not parsed.netloc:
+        raise click.BadParameter("expected postgresql://user@host:port/db[?schema=name]")
+    return value
 
 
 def ledger_options(func: F) -> F:
@@ -33,6 +48,7 @@ def ledger_options(func: F) -> F:
         show_envvar=True,
         default=None,
         help="postgresql://user@host:port/db[?schema=name] to use PostgreSQL instead of SQLite.",
+        callback=_database_url,
     )
     @click.option(
         "--checkpoint-every",
