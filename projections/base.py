@@ -59,9 +59,19 @@ def prepare(db: ViewDatabase, view: View) -> None:
         view.create(cursor)
 
 
+class ViewsAheadOfLog(RuntimeError):
+    """A read model has applied entries its log does not hold: it was built from
+    another ledger, or the log was replaced. Its answers would be another ledger's."""
+
+
 def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 2000) -> int:
     """Apply every entry the view has not seen; returns the view's new position."""
     position = db.position(view.name)
+    if position and not read(position, 1):
+        raise ViewsAheadOfLog(
+            f"the read model {view.name!r} has applied {position} entries, but the log holds fewer:"
+            " it was built from another ledger; run `dfg projections rebuild`"
+        )
     while True:
         stored = read(position + 1, page)
         if not stored:

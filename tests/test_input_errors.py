@@ -4,6 +4,7 @@ platform: each gets a clear error, and nothing is written."""
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 import uuid
@@ -180,6 +181,24 @@ def test_analyst_results_and_fhir_codes_refuse_bad_input(ledger: Ledger, tmp_pat
          "--node", "node:a=http://127.0.0.1:9", "--code", "sbp=8480-6"],
     )  # fmt: skip
     assert upload.exit_code == 1 and "--code takes VARIABLE=SYSTEM|CODE" in upload.output
+
+
+def test_read_models_of_another_ledger_are_refused_until_rebuilt(ledger: Ledger) -> None:
+    """Views that have applied more entries than the log holds were built from another
+    ledger: their answers would be that ledger's (a new ledger in an old data folder)."""
+    data = ["--data", str(ledger.settings.data_dir)]
+    ledger.admit("sp:app", "service_provider")
+    assert CliRunner().invoke(cli, ["projections", "status", *data]).exit_code == 0
+    ledger.sequencer.store.close()
+    for leftover in ledger.settings.data_dir.glob("ledger.sqlite*"):
+        leftover.unlink()
+    shutil.rmtree(ledger.settings.data_dir / "keys")
+    assert CliRunner().invoke(cli, ["init", *data]).exit_code == 0
+    stale = CliRunner().invoke(cli, ["projections", "status", *data])
+    assert stale.exit_code == 1 and "built from another ledger" in stale.output, stale.output
+    rebuilt = CliRunner().invoke(cli, ["projections", "rebuild", *data])
+    assert rebuilt.exit_code == 0 and "consent_state: rebuilt up to entry 1" in rebuilt.output
+    assert "at entry 1 of 1" in CliRunner().invoke(cli, ["projections", "status", *data]).output
 
 
 def test_a_damaged_database_and_a_bad_database_url_are_one_line_errors(ledger: Ledger) -> None:

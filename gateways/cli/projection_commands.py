@@ -36,7 +36,7 @@ def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
         fail(
             f"unknown view(s): {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in all_views())}"
         )
-    store, db = _open(settings)
+    store, db = _open(settings, catch=False)
     try:
         for view in views:
             position = rebuild_view(db, view, store.read_entries)
@@ -117,13 +117,19 @@ def subject_history(settings: Settings, subject: str, limit: int) -> None:
         store.close()
 
 
-def _open(settings: Settings, views: Sequence[View] | None = None) -> tuple[LedgerStore, ViewDatabase]:
+def _open(
+    settings: Settings, views: Sequence[View] | None = None, *, catch: bool = True
+) -> tuple[LedgerStore, ViewDatabase]:
+    """The log and the read models, caught up with it (unless ``catch`` is False: a
+    rebuild must not first read views it is about to drop, which may be another
+    ledger's)."""
     require_ledger(settings)
     store = open_store(settings)
     db = open_views(settings)
     for view in views if views is not None else all_views():
         prepare(db, view)
-        catch_up(db, view, store.read_entries)
+        if catch:
+            catch_up(db, view, store.read_entries)
     return store, db
 
 
