@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,6 +17,7 @@ from ledger.note import SignerKey
 from ledger.sequencer import Accepted, CheckpointPolicy, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
 from ledger.store import LedgerStore
+from ledger.transaction import parse_transaction
 from projections.base import ViewDatabase
 
 ROOT_KEY_FILE = "root.jwk"
@@ -61,39 +63,44 @@ def create_ledger(
     operator: str,
     display_name: str,
 ) -> Entry:
-    """Generate the root and checkpoint keys and append the genesis entry."""
+    """Generate the root and checkpoint keys and append the genesis entry. Bad
+    arguments are refused before anything is written, and a genesis entry that is not
+    appended leaves no keys behind (they would block the next attempt)."""
+    origin = origin or f"dfg.local/{chain}"
+    root = OKPKey.generate_key("Ed25519")
+    note_key = SignerKey(origin, Ed25519PrivateKey.generate())
+    genesis = TransactionSigner(principal=operator, key=root, chain=chain).sign(
+        "ledger.genesis",
+        {
+            "ledger": {"chain": chain, "origin": origin, "checkpoint_key": note_key.verifier().to_string()},
+            "operator": operator,
+            "display_name": display_name,
+            "jwk": public_jwk(root).as_dict(),
+        },
+        now=time.time(),
+    )
+    parse_transaction(genesis)  # a bad chain, operator or name is refused here
     store = open_store(settings)
     try:
         if store.head()[0] != 0:
             raise Rejected("genesis_exists", "this ledger already exists; nothing was changed")
-        keys = settings.keys_dir
-        for name in (ROOT_KEY_FILE, CHECKPOINT_KEY_FILE):
-            if (keys / name).exists():
-                raise KeyFileError(f"{keys / name} exists but the ledger is empty; move it away first")
-        origin = origin or f"dfg.local/{chain}"
-        root = OKPKey.generate_key("Ed25519")
-        note_key = SignerKey(origin, Ed25519PrivateKey.generate())
-        write_jwk(keys / ROOT_KEY_FILE, root)
-        write_secret(keys / CHECKPOINT_KEY_FILE, note_key.to_string() + "\n")
-        signer = TransactionSigner(principal=operator, key=root, chain=chain)
-        genesis = signer.sign(
-            "ledger.genesis",
-            {
-                "ledger": {
-                    "chain": chain,
-                    "origin": origin,
-                    "checkpoint_key": note_key.verifier().to_string(),
-                },
-                "operator": operator,
-                "display_name": display_name,
-                "jwk": public_jwk(root).as_dict(),
-            },
-            now=time.time(),
-        )
-        sequencer = Sequencer(store, checkpoint_key=note_key)
-        (outcome,) = sequencer.submit([genesis])
-        if not isinstance(outcome, Accepted):
-            raise outcome
+        written = [settings.keys_dir / ROOT_KEY_FILE, settings.keys_dir / CHECKPOINT_KEY_FILE]
+        for path in written:
+            if path.exists():
+                raise KeyFileError(f"{path} exists but the ledger is empty; move it away first")
+        try:
+            write_jwk(written[0], root)
+            write_secret(written[1], note_key.to_string() + "\n")
+            sequencer = Sequencer(store, checkpoint_key=note_key)
+            (outcome,) = sequencer.submit([genesis])
+            if not isinstance(outcome, Accepted):
+                raise outcome
+        except BaseException:
+            if store.head()[0] == 0:  # no ledger came of it
+                for path in written:
+                    with suppress(OSError):
+                        path.unlink(missing_ok=True)
+            raise
         sequencer.checkpoint_now()
         return outcome.entry
     finally:

@@ -213,3 +213,13 @@ def test_a_damaged_database_and_a_bad_database_url_are_one_line_errors(ledger: L
     for url in ("notaurl", "postgresql://postgres@127.0.0.1:99999/x"):
         refused = CliRunner().invoke(cli, ["audit", "verify", "--data", str(data), "--database-url", url])
         assert refused.exit_code == 2 and "--database-url" in refused.output
+
+
+def test_a_refused_init_writes_nothing_and_can_be_retried(tmp_path: Path) -> None:
+    data = tmp_path / "new"
+    for bad in (["--operator", "bad operator"], ["--chain", ""], ["--origin", "has space"]):
+        refused = CliRunner().invoke(cli, ["init", "--data", str(data), *bad])
+        assert refused.exit_code == 1 and "error:" in refused.output, refused.output
+        assert not (data / "keys").exists() or not any((data / "keys").iterdir())
+    assert CliRunner().invoke(cli, ["init", "--data", str(data)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["audit", "verify", "--data", str(data), "--no-progress"]).exit_code == 0
