@@ -8,6 +8,7 @@ checkpoint; then the principals' public keys as the log left them.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import tempfile
 import uuid
@@ -68,6 +69,9 @@ class BundleReader:
     path: Path
 
     def __post_init__(self) -> None:
+        self.header: dict[str, Any] = _read_header(self.path)
+        self.size: int = self.header["size"]
+        self.root = bytes.fromhex(self.header["root"])
         self._tmp = tempfile.TemporaryDirectory(prefix="dfg-audit-")
         self._db = sqlite3.connect(Path(self._tmp.name) / "index.sqlite", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=OFF")
@@ -75,20 +79,11 @@ class BundleReader:
         self._db.execute(
             "CREATE TABLE e (aggregate BLOB, seq INTEGER, state BLOB, PRIMARY KEY (aggregate, seq))"
         )
-        self.header: dict[str, Any] = {}
         self.checkpoints: list[StoredCheckpoint] = []
         self.principals: dict[str, Any] = {}
-        with self.path.open("rb") as handle:
-            first = handle.readline()
-        try:
-            self.header = json.loads(first)
-        except ValueError as exc:
-            raise BundleError(f"{self.path} is not an audit bundle (bad header)") from exc
-        if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
-            raise BundleError(f"{self.path} is not a {FORMAT} file")
 
     def entries(self) -> Iterator[StoredEntry]:
-        size = int(self.header.get("size", 0))
+        size = self.size
         with self.path.open("rb") as handle:
             handle.readline()
             pending: list[tuple[bytes, int, bytes]] = []
@@ -126,7 +121,7 @@ class BundleReader:
         else:
             raise BundleError(
                 f"line {number} is neither a checkpoint nor the principals: more entries than the header's"
-                f" size ({self.header.get('size')})?"
+                f" size ({self.size})?"
             )
 
     def read_tail(self) -> None:
@@ -151,6 +146,28 @@ class BundleReader:
     def close(self) -> None:
         self._db.close()
         self._tmp.cleanup()
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The bundle's first line, with the two fields the audit relies on checked: the
+    number of entries and the root of their tree."""
+    with path.open("rb") as handle:
+        first = handle.readline()
+    try:
+        header = json.loads(first)
+    except ValueError as exc:
+        raise BundleError(f"{path} is not an audit bundle (bad header)") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a {FORMAT} file")
+    size, root = header.get("size"), header.get("root")
+    if type(size) is not int or size < 0:
+        raise BundleError(f"{path}: the header's size is not a number of entries: {size!r}")
+    if not isinstance(root, str) or not _ROOT.fullmatch(root):
+        raise BundleError(f"{path}: the header's root is not a SHA-256 hash in hex: {root!r}")
+    return header
+
+
+_ROOT = re.compile(r"[0-9a-f]{64}")
 
 
 def checkpoint_lines(path: Path) -> list[StoredCheckpoint]:

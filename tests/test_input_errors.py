@@ -77,6 +77,18 @@ def test_a_node_refuses_to_start_from_a_bundle_that_is_not_one(tmp_path: Path, l
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("size", "root"),
+    [("abc", "00" * 32), (None, "00" * 32), (-5, "00" * 32), (True, "00" * 32), (1, "zz"), (1, None)],
+)
+def test_a_bundle_header_with_a_bad_size_or_root_is_named(tmp_path: Path, size: Any, root: Any) -> None:
+    bundle = tmp_path / "bad.jsonl"
+    header = {"format": "dfg-audit-bundle/1", "size": size, "root": root}
+    bundle.write_text(json.dumps(header) + "\n")
+    result = CliRunner().invoke(cli, ["audit", "verify", "--bundle", str(bundle), "--no-progress"])
+    assert result.exit_code == 1 and "the header's" in result.output, result.output
+
+
 def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
     try:

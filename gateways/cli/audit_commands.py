@@ -136,8 +136,8 @@ def _verify_bundle(
             expected_chain=chain,
             witnesses=witnesses,
         )
-        size = int(reader.header.get("size", 0))
-        head = (size, bytes.fromhex(reader.header.get("root", "")))
+        size = reader.size
+        head = (size, reader.root)
         return _with_progress(
             show, size, lambda tick: run_audit(reader.entries(), auditor, head=head, progress=tick)
         )
