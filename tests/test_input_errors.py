@@ -235,3 +235,14 @@ def test_a_refused_init_writes_nothing_and_can_be_retried(tmp_path: Path) -> Non
         assert not (data / "keys").exists() or not any((data / "keys").iterdir())
     assert CliRunner().invoke(cli, ["init", "--data", str(data)]).exit_code == 0
     assert CliRunner().invoke(cli, ["audit", "verify", "--data", str(data), "--no-progress"]).exit_code == 0
+
+
+def test_export_leaves_other_files_alone_and_names_a_missing_folder(ledger: Ledger, tmp_path: Path) -> None:
+    data = ["--data", str(ledger.settings.data_dir)]
+    mine = tmp_path / "b.jsonl.partial"
+    mine.write_text("the user's own file")
+    done = CliRunner().invoke(cli, ["audit", "export", *data, "--out", str(tmp_path / "b.jsonl")])
+    assert done.exit_code == 0 and mine.read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "b.jsonl.partial", "data"]
+    missing = CliRunner().invoke(cli, ["audit", "export", *data, "--out", str(tmp_path / "no" / "b.jsonl")])
+    assert missing.exit_code == 1 and "there is no folder" in missing.output

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -189,7 +191,12 @@ def export(settings: Settings, out_path: Path) -> None:
     store = _existing_store(settings)
     if out_path.exists():
         fail(f"{out_path} exists; refusing to overwrite it")
-    tmp = out_path.with_suffix(out_path.suffix + ".partial")
+    if not out_path.parent.is_dir():
+        fail(f"there is no folder {out_path.parent} to write {out_path.name} in")
+    # a name of its own, beside the target (a rename within one file system is atomic)
+    fd, name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
     try:
         views = open_views(settings)
         try:
