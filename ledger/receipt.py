@@ -57,7 +57,7 @@ class Receipt:
                 hashes=tuple(bytes.fromhex(h) for h in proof["hashes"]),
                 checkpoint=str(data["checkpoint"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: int(Infinity)
             raise ReceiptError(f"not a receipt: {exc}") from exc
 
 

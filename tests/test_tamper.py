@@ -542,3 +542,10 @@ def test_receipt_whose_entry_is_not_an_object_is_refused_cleanly(base: Base, tmp
     path.write_text(json.dumps(receipt))
     result = dfg("audit", "check-receipt", str(path), "--checkpoint-key", base.checkpoint_key)
     assert result.exit_code == 1 and "does not verify" in result.output
+
+
+def test_receipt_with_an_infinite_number_is_refused_cleanly(base: Base, receipt: dict[str, object]) -> None:
+    text = json.dumps(receipt).replace(f'"seq": {MIDDLE}', '"seq": Infinity')
+    assert "Infinity" in text
+    result = _check_receipt_text(text, base)
+    assert result.exit_code != 0 and "not a receipt" in result.output
