@@ -339,10 +339,11 @@ class Query:
             raise fail("invalid_argument", "first is between 1 and 100")
         after = 0
         if analysis_filter.after:
-            try:
-                after = int(analysis_filter.after)
-            except ValueError:
-                raise fail("invalid_argument", "after is a cursor from a previous page") from None
+            # a cursor is an entry number as this API wrote it: ASCII digits, at most 2**63 - 1
+            raw = analysis_filter.after
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) < 2**63):
+                raise fail("invalid_argument", "after is a cursor from a previous page")
+            after = int(raw)
         statuses = [s.value for s in analysis_filter.statuses or []]
         with ctx.views.transaction(commit=False) as cursor:
             docs = views.documents(
