@@ -249,3 +249,13 @@ def test_export_leaves_other_files_alone_and_names_a_missing_folder(ledger: Ledg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "b.jsonl.partial", "data"]
     missing = CliRunner().invoke(cli, ["audit", "export", *data, "--out", str(tmp_path / "no" / "b.jsonl")])
     assert missing.exit_code == 1 and "there is no folder" in missing.output
+
+
+@pytest.mark.parametrize("command", [["demo", "level1"], ["demo", "analysis"]])
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host", "http://127.0.0.1:99999"])
+def test_a_server_url_that_is_not_one_is_refused_before_connecting(
+    tmp_path: Path, command: list[str], url: str
+) -> None:
+    result = CliRunner().invoke(cli, [*command, "--data", str(tmp_path / "d"), "--url", url])
+    assert result.exit_code == 2 and "Invalid value for '--url'" in result.output
+    assert not (tmp_path / "d").exists()

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from gateways.analyst_results import CalculationResult, ResultsError, fetch_results
-from gateways.cli.options import fail
+from gateways.cli.options import fail, http_url
 from gateways.provider_upload import UploadError, parse_nodes
 from gateways.sdk import ConsentClient, DfgApiError, DfgConnectionError, TransactionBuilder
 from infra.keyfiles import KeyFileError, read_jwk
@@ -26,7 +26,9 @@ def analyst() -> None:
 
 @analyst.command("results")
 @click.argument("analysis_id")
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The coordinator.")
+@click.option(
+    "--url", default="http://127.0.0.1:8080", show_default=True, callback=http_url, help="The coordinator."
+)
 @click.option("--principal", required=True, help="The analyst organisation's principal id.")
 @click.option(
     "--key",

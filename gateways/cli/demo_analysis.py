@@ -26,7 +26,7 @@ from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
 
-from gateways.cli.options import fail, ledger_options
+from gateways.cli.options import fail, http_url, ledger_options
 from gateways.sdk import (
     ConsentClient,
     DfgApiError,
@@ -138,7 +138,13 @@ def _wait(check: Any, what: str, timeout: float = 20.0) -> None:
 
 @click.command("analysis")
 @ledger_options
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The coordinator (make run).")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    callback=http_url,
+    help="The coordinator (make run).",
+)
 def analysis(settings: Settings, url: str) -> None:
     """An analysis over two providers' data, approved by three nodes and queued."""
     try:

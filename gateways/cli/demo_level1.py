@@ -7,7 +7,7 @@ import secrets
 
 import click
 
-from gateways.cli.options import fail, ledger_options
+from gateways.cli.options import fail, http_url, ledger_options
 from gateways.sdk import (
     ConsentClient,
     DfgApiError,
@@ -32,7 +32,13 @@ def _step(text: str) -> None:
 
 @click.command("level1")
 @ledger_options
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The dfg server (make run).")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    callback=http_url,
+    help="The dfg server (make run).",
+)
 def level1(settings: Settings, url: str) -> None:
     """A well-being app records consents, uses one, has one withdrawn, and verifies a receipt."""
     client = ConsentClient(url)

@@ -29,6 +29,18 @@ def _database_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return value
 
 
+def http_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A server's base URL: http(s)://host[:port], checked before anything connects."""
+    try:
+        parsed = urlparse(value)
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise click.BadParameter(f"not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise click.BadParameter("expected http://host:port or https://host")
+    return value.rstrip("/")
+
+
 def ledger_options(func: F) -> F:
     """Adds ``--data`` and ``--database-url`` and passes a ``settings`` argument."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gateways.cli.options import fail
+from gateways.cli.options import fail, http_url
 from gateways.fhir_observations import parse_codes, read_bundle
 from gateways.provider_upload import UploadError, Variable, fetch_datasource, parse_nodes, read_csv, upload
 from gateways.sdk import ConsentClient, DfgApiError, DfgConnectionError, TransactionBuilder
@@ -21,7 +21,9 @@ def provider() -> None:
 
 @provider.command("upload")
 @click.argument("records", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The coordinator.")
+@click.option(
+    "--url", default="http://127.0.0.1:8080", show_default=True, callback=http_url, help="The coordinator."
+)
 @click.option("--datasource", "datasource_id", required=True, help="The datasource's UUID.")
 @click.option("--principal", required=True, help="The data provider's principal id.")
 @click.option(
