@@ -259,3 +259,9 @@ def test_a_server_url_that_is_not_one_is_refused_before_connecting(
     result = CliRunner().invoke(cli, [*command, "--data", str(tmp_path / "d"), "--url", url])
     assert result.exit_code == 2 and "Invalid value for '--url'" in result.output
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("bootstrap", ["", "not a bootstrap", "kafka1", "kafka1:0", "k:9092,", "h:99999"])
+def test_kafka_bootstrap_servers_that_are_not_host_port_are_refused(tmp_path: Path, bootstrap: str) -> None:
+    result = CliRunner().invoke(cli, ["relay", "--data", str(tmp_path / "d"), "--kafka", bootstrap])
+    assert result.exit_code == 2 and "Invalid value for '--kafka'" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -30,12 +31,25 @@ from ledger.replica import Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.witness import witness_verifier
 
+_BOOTSTRAP_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
+
+
+def _bootstrap(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """host:port[,host:port...], checked here: a client given anything else retries forever."""
+    for server in value.split(","):
+        match = _BOOTSTRAP_SERVER.fullmatch(server.strip())
+        if match is None or not 1 <= int(match.group(2)) <= 65535:
+            raise click.BadParameter(f"{server.strip()!r} is not host:port")
+    return value
+
+
 kafka_option = click.option(
     "--kafka",
     "bootstrap",
     envvar="DFG_KAFKA",
     show_envvar=True,
     required=True,
+    callback=_bootstrap,
     help="Kafka bootstrap servers, host:port[,host:port...].",
 )
 prefix_option = click.option(
