@@ -22,6 +22,7 @@ from http_server import running_node_server, running_server
 from gateways.cli.main import cli
 from gateways.kafka.topics import CosignatureMessage, MessageError, entry_from_record
 from infra.settings import Settings
+from infra.storage.postgres import ledger_exists
 
 
 def test_records_that_are_not_entries_are_named() -> None:
@@ -265,3 +266,17 @@ def test_a_server_url_that_is_not_one_is_refused_before_connecting(
 def test_kafka_bootstrap_servers_that_are_not_host_port_are_refused(tmp_path: Path, bootstrap: str) -> None:
     result = CliRunner().invoke(cli, ["relay", "--data", str(tmp_path / "d"), "--kafka", bootstrap])
     assert result.exit_code == 2 and "Invalid value for '--kafka'" in result.output
+
+
+@pytest.mark.postgres
+def test_a_postgres_schema_without_a_ledger_is_named_and_left_uncreated(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    url = ["--database-url", pg_schema_url]
+    for command in (["audit", "verify", "--no-progress"], ["projections", "status"], ["audit", "export"]):
+        extra = ["--out", str(tmp_path / "b.jsonl")] if command[-1] == "export" else []
+        result = CliRunner().invoke(cli, [*command, *url, *extra])
+        assert result.exit_code == 1 and "no ledger at" in result.output, result.output
+    assert not ledger_exists(pg_schema_url)
+    assert CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "k"), *url]).exit_code == 0
+    assert ledger_exists(pg_schema_url)

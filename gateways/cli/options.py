@@ -142,3 +142,8 @@ def require_ledger(settings: Settings) -> None:
     """Every command but ``init`` needs an existing ledger: say how to make one."""
     if not settings.database_url and not settings.ledger_file.exists():
         fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
+    if settings.database_url:
+        from infra.storage.postgres import ledger_exists
+
+        if not ledger_exists(settings.database_url):
+            fail(f"no ledger at {settings.database_url}: run `dfg init --database-url ...` first")

@@ -46,6 +46,21 @@ def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
     )
 
 
+def ledger_exists(url: str) -> bool:
+    """Whether the schema the URL names holds a ledger, asked without creating
+    anything (opening a store creates its tables; a mistyped schema should not)."""
+    datastore = datastore_from_url(url, pool_size=1)
+    try:
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS present", (f'"{datastore.schema}".ledger_head',)
+            )
+            row = cursor.fetchone()
+        return bool(row and row["present"])
+    finally:
+        datastore.close()
+
+
 class PostgresLedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, events_table_name: str = EVENTS_TABLE) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
