@@ -15,30 +15,28 @@ from infra.settings import Settings
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _database_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Refuse a URL that cannot name a PostgreSQL database before anything connects."""
-    if value is None:
-        return None
+def _checked_url(value: str, schemes: tuple[str, ...], expected: str) -> str:
+    """``value`` if it is a URL of one of ``schemes`` with a plausible authority; checked
+    before anything connects, so a typo is named instead of retried or traced back."""
     try:
         parsed = urlparse(value)
         parsed.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:
-        raise click.BadParameter(f"not a database URL: {exc}") from None
-    if parsed.scheme not in ("postgresql", "postgres") or not parsed.netloc:
-        raise click.BadParameter("expected postgresql://user@host:port/db[?schema=name]")
+        raise click.BadParameter(f"not a URL ({exc}); expected {expected}") from None
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise click.BadParameter(f"expected {expected}")
     return value
 
 
+def _database_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _checked_url(value, ("postgresql", "postgres"), "postgresql://user@host:port/db[?schema=name]")
+
+
 def http_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """A server's base URL: http(s)://host[:port], checked before anything connects."""
-    try:
-        parsed = urlparse(value)
-        parsed.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise click.BadParameter(f"not a URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise click.BadParameter("expected http://host:port or https://host")
-    return value.rstrip("/")
+    """A server's base URL, without a trailing slash."""
+    return _checked_url(value, ("http", "https"), "http://host:port or https://host").rstrip("/")
 
 
 def ledger_options(func: F) -> F:
