@@ -70,7 +70,7 @@ class LedgerService:
 
     def start(self) -> None:
         for view in self.view_list:
-            prepare(self.views, view)
+            prepare(self.views, view, self.sequencer.store.read_entries)
         self.catch_up_views()
         self._stop_checkpointer = self.sequencer.start_checkpointer()
         self._views_thread.start()

@@ -43,6 +43,6 @@ def open_node(
     views = open_views(settings)
     view_list = all_views()
     for view in view_list:
-        prepare(views, view)
+        prepare(views, view, store.read_entries)
     replica = Replica(store, verifier=verifier, expected_checkpoint_key=ledger_key, expected_chain=chain)
     return NodeReplica(store, views, view_list, replica)

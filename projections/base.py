@@ -5,6 +5,7 @@ entry is applied exactly once and a restarted projection resumes where it stoppe
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -54,14 +55,46 @@ class View(Protocol):
 ReadEntries = Callable[[int, int], Sequence[StoredEntry]]
 
 
-def prepare(db: ViewDatabase, view: View) -> None:
-    with db.transaction(commit=True) as cursor:
-        view.create(cursor)
+#: Which ledger each view was built from: the SHA-256 of its log's genesis entry.
+LEDGERS_TABLE = "view_ledgers"
+_LEDGERS_DDL = f"CREATE TABLE IF NOT EXISTS {LEDGERS_TABLE} (view TEXT PRIMARY KEY, genesis TEXT NOT NULL)"
 
 
 class ViewsAheadOfLog(RuntimeError):
-    """A read model has applied entries its log does not hold: it was built from
-    another ledger, or the log was replaced. Its answers would be another ledger's."""
+    """A read model does not belong to its log: it has applied entries the log does
+    not hold, or was built from another ledger's genesis entry. Its answers would be
+    another ledger's."""
+
+
+def prepare(db: ViewDatabase, view: View, read: ReadEntries) -> None:
+    """Create the view's tables, and check that it was built from this log (or record
+    that it is, on first use)."""
+    genesis = _genesis_of(read)
+    with db.transaction(commit=True) as cursor:
+        view.create(cursor)
+        _belongs(cursor, view, genesis)
+
+
+def _genesis_of(read: ReadEntries) -> str | None:
+    first = read(1, 1)
+    return hashlib.sha256(first[0].canonical).hexdigest() if first else None
+
+
+def _belongs(cursor: Cursor, view: View, genesis: str | None) -> None:
+    cursor.execute(_LEDGERS_DDL)
+    if genesis is None:
+        return
+    cursor.execute(
+        f"INSERT INTO {LEDGERS_TABLE} (view, genesis) VALUES (?, ?) ON CONFLICT (view) DO NOTHING",
+        (view.name, genesis),
+    )
+    cursor.execute(f"SELECT genesis FROM {LEDGERS_TABLE} WHERE view = ?", (view.name,))
+    row = cursor.fetchone()
+    if row is not None and row[0] != genesis:
+        raise ViewsAheadOfLog(
+            f"the read model {view.name!r} was built from another ledger (its genesis entry differs);"
+            " run `dfg projections rebuild`"
+        )
 
 
 def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 2000) -> int:
@@ -105,9 +138,13 @@ def apply_new(db: ViewDatabase, views: Sequence[View], entries: Sequence[Entry],
 
 def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
     """Drop the view and build it again from the first entry."""
+    genesis = _genesis_of(read)
     with db.transaction(commit=True) as cursor:
         for table in view.tables:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
         db.forget(cursor, view.name)
         view.create(cursor)
+        cursor.execute(_LEDGERS_DDL)
+        cursor.execute(f"DELETE FROM {LEDGERS_TABLE} WHERE view = ?", (view.name,))
+        _belongs(cursor, view, genesis)
     return catch_up(db, view, read)

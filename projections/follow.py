@@ -42,7 +42,7 @@ class Follower:
 
     def run(self, stop: threading.Event) -> None:
         for view in self.views:
-            prepare(self.db, view)
+            prepare(self.db, view, self.read)
         while not stop.is_set():
             try:
                 self.step()

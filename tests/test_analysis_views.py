@@ -18,7 +18,7 @@ NOW = datetime.now(UTC)
 def _views(f: Federation) -> Any:
     db = open_views(f.ledger.settings)
     view = views.AnalysesView()
-    prepare(db, view)
+    prepare(db, view, f.ledger.sequencer.store.read_entries)
     catch_up(db, view, f.ledger.sequencer.store.read_entries)
     return db, view
 

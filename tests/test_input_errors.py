@@ -280,3 +280,20 @@ def test_a_postgres_schema_without_a_ledger_is_named_and_left_uncreated(
     assert not ledger_exists(pg_schema_url)
     assert CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "k"), *url]).exit_code == 0
     assert ledger_exists(pg_schema_url)
+
+
+def test_read_models_of_a_longer_ledger_are_refused_by_its_genesis_entry(ledger: Ledger) -> None:
+    """The log holds as many entries as the views have applied, or more, but it is
+    another ledger's: the views recorded the genesis entry they were built from."""
+    data = ["--data", str(ledger.settings.data_dir)]
+    assert CliRunner().invoke(cli, ["projections", "status", *data]).exit_code == 0  # 1 entry applied
+    ledger.sequencer.store.close()
+    for leftover in ledger.settings.data_dir.glob("ledger.sqlite*"):
+        leftover.unlink()
+    shutil.rmtree(ledger.settings.data_dir / "keys")
+    assert CliRunner().invoke(cli, ["init", *data]).exit_code == 0
+    assert CliRunner().invoke(cli, ["demo", "populate", *data, "--entries", "20"]).exit_code == 0
+    stale = CliRunner().invoke(cli, ["projections", "status", *data])
+    assert stale.exit_code == 1 and "its genesis entry differs" in stale.output, stale.output
+    assert CliRunner().invoke(cli, ["projections", "rebuild", *data]).exit_code == 0
+    assert "at entry 21 of 21" in CliRunner().invoke(cli, ["projections", "status", *data]).output

@@ -105,7 +105,7 @@ def test_checks_rebuild_and_history(any_ledger: Ledger) -> None:
     db = open_views(any_ledger.settings)
     try:
         for view in all_views():
-            prepare(db, view)
+            prepare(db, view, store.read_entries)
             assert catch_up(db, view, store.read_entries) == store.head()[0]
         now = datetime.now(UTC)
         with db.transaction(commit=False) as cursor:

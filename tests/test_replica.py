@@ -330,7 +330,7 @@ def test_follower_finishes_applying_its_views_after_a_crash_between_replica_and_
     views = open_views(settings)
     view_list = all_views()
     for view in view_list:
-        prepare(views, view)
+        prepare(views, view, store.read_entries)
     stop = threading.Event()
     stop.set()
     follower = Follower(

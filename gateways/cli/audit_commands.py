@@ -200,7 +200,7 @@ def export(settings: Settings, out_path: Path) -> None:
     try:
         views = open_views(settings)
         try:
-            prepare(views, PrincipalsView())
+            prepare(views, PrincipalsView(), store.read_entries)
             catch_up(views, PrincipalsView(), store.read_entries)
             with views.transaction(commit=False) as cursor:
                 principals = snapshot(cursor)

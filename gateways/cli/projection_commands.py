@@ -120,15 +120,15 @@ def subject_history(settings: Settings, subject: str, limit: int) -> None:
 def _open(
     settings: Settings, views: Sequence[View] | None = None, *, catch: bool = True
 ) -> tuple[LedgerStore, ViewDatabase]:
-    """The log and the read models, caught up with it (unless ``catch`` is False: a
-    rebuild must not first read views it is about to drop, which may be another
-    ledger's)."""
+    """The log and the read models, checked to be this log's and caught up with it
+    (unless ``catch`` is False: a rebuild must not first use views it is about to drop,
+    which may be another ledger's)."""
     require_ledger(settings)
     store = open_store(settings)
     db = open_views(settings)
-    for view in views if views is not None else all_views():
-        prepare(db, view)
-        if catch:
+    if catch:
+        for view in views if views is not None else all_views():
+            prepare(db, view, store.read_entries)
             catch_up(db, view, store.read_entries)
     return store, db
 
