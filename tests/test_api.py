@@ -253,6 +253,9 @@ def test_protocol_errors_are_problems_too(api: tuple[Http, Ledger]) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"
+    head = urllib.request.Request(http.url + "/healthz", method="HEAD")
+    with urllib.request.urlopen(head, timeout=30) as response:
+        assert response.status == 200 and response.read() == b""
     request = urllib.request.Request(
         http.url + "/v1/consents/check",
         data=b"this is not gzip",

@@ -35,6 +35,9 @@ def build_app(
     app[OPENAPI] = build_openapi(version("dfg"))
     app[WITNESS_QUORUM] = witness_quorum or 0
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        if route.method == "GET":  # and HEAD, as HTTP asks of every GET resource
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
     mount_graphql(app, coordinator_context(service, views))
     return app
