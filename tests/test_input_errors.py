@@ -297,3 +297,17 @@ def test_read_models_of_a_longer_ledger_are_refused_by_its_genesis_entry(ledger:
     assert stale.exit_code == 1 and "its genesis entry differs" in stale.output, stale.output
     assert CliRunner().invoke(cli, ["projections", "rebuild", *data]).exit_code == 0
     assert "at entry 21 of 21" in CliRunner().invoke(cli, ["projections", "status", *data]).output
+
+
+def test_rebuild_sets_an_unreadable_views_file_aside(ledger: Ledger) -> None:
+    """Read models are derived data: a views file SQLite cannot read is kept aside, not
+    deleted, and built anew from the log."""
+    data = ledger.settings.data_dir
+    ledger.admit("sp:app", "service_provider")
+    (data / "views.sqlite").write_bytes(b"this is not a database" * 300)
+    broken = CliRunner().invoke(cli, ["projections", "status", "--data", str(data)])
+    assert broken.exit_code == 1 and "the database cannot be used" in broken.output
+    rebuilt = CliRunner().invoke(cli, ["projections", "rebuild", "--data", str(data)])
+    assert rebuilt.exit_code == 0 and "set aside as views.sqlite.unreadable-" in rebuilt.output
+    assert len(list(data.glob("views.sqlite.unreadable-*"))) == 1
+    assert "at entry 2 of 2" in CliRunner().invoke(cli, ["projections", "status", "--data", str(data)]).output

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import click
+from eventsourcing.persistence import PersistenceError
 
 from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views
@@ -36,7 +39,7 @@ def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
         fail(
             f"unknown view(s): {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in all_views())}"
         )
-    store, db = _open(settings, catch=False)
+    store, db = _open(settings, catch=False, set_aside_unreadable=True)
     try:
         for view in views:
             position = rebuild_view(db, view, store.read_entries)
@@ -118,19 +121,39 @@ def subject_history(settings: Settings, subject: str, limit: int) -> None:
 
 
 def _open(
-    settings: Settings, views: Sequence[View] | None = None, *, catch: bool = True
+    settings: Settings,
+    views: Sequence[View] | None = None,
+    *,
+    catch: bool = True,
+    set_aside_unreadable: bool = False,
 ) -> tuple[LedgerStore, ViewDatabase]:
     """The log and the read models, checked to be this log's and caught up with it
     (unless ``catch`` is False: a rebuild must not first use views it is about to drop,
-    which may be another ledger's)."""
+    which may be another ledger's). A rebuild also sets aside a views file SQLite
+    cannot read (``set_aside_unreadable``): read models are derived data."""
     require_ledger(settings)
     store = open_store(settings)
-    db = open_views(settings)
+    try:
+        db = open_views(settings)
+    except (sqlite3.DatabaseError, PersistenceError) as exc:
+        if not set_aside_unreadable or settings.database_url:
+            store.close()
+            raise
+        db = _fresh_views(settings, exc)
     if catch:
         for view in views if views is not None else all_views():
             prepare(db, view, store.read_entries)
             catch_up(db, view, store.read_entries)
     return store, db
+
+
+def _fresh_views(settings: Settings, problem: Exception) -> ViewDatabase:
+    aside = settings.views_file.with_name(f"{settings.views_file.name}.unreadable-{int(time.time())}")
+    settings.views_file.rename(aside)
+    for journal in ("-wal", "-shm"):
+        settings.views_file.with_name(settings.views_file.name + journal).unlink(missing_ok=True)
+    click.echo(f"{settings.views_file} could not be read ({problem}); set aside as {aside.name}", err=True)
+    return open_views(settings)
 
 
 @projections.command("follow")
