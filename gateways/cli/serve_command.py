@@ -55,5 +55,6 @@ def serve(settings: Settings, host: str, port: int, witness_quorum: int | None) 
     """Serve the consent API (REST, OpenAPI at /openapi.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = make_server(settings, witness_quorum=witness_quorum)
-    click.echo(f"dfg serving {settings.data_dir} ({settings.engine}) on http://{host}:{port}")
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    serving = f"dfg serving {settings.data_dir} ({settings.engine}) on http://{host}:{port}"
+    # said once the socket is bound (aiohttp calls ``print`` then), not before a bind that fails
+    web.run_app(app, host=host, port=port, print=lambda _: click.echo(serving), access_log=None)
