@@ -60,7 +60,7 @@ LEDGERS_TABLE = "view_ledgers"
 _LEDGERS_DDL = f"CREATE TABLE IF NOT EXISTS {LEDGERS_TABLE} (view TEXT PRIMARY KEY, genesis TEXT NOT NULL)"
 
 
-class ViewsAheadOfLog(RuntimeError):
+class ViewsNotOfThisLog(RuntimeError):
     """A read model does not belong to its log: it has applied entries the log does
     not hold, or was built from another ledger's genesis entry. Its answers would be
     another ledger's."""
@@ -91,7 +91,7 @@ def _belongs(cursor: Cursor, view: View, genesis: str | None) -> None:
     cursor.execute(f"SELECT genesis FROM {LEDGERS_TABLE} WHERE view = ?", (view.name,))
     row = cursor.fetchone()
     if row is not None and row[0] != genesis:
-        raise ViewsAheadOfLog(
+        raise ViewsNotOfThisLog(
             f"the read model {view.name!r} was built from another ledger (its genesis entry differs);"
             " run `dfg projections rebuild`"
         )
@@ -101,7 +101,7 @@ def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 200
     """Apply every entry the view has not seen; returns the view's new position."""
     position = db.position(view.name)
     if position and not read(position, 1):
-        raise ViewsAheadOfLog(
+        raise ViewsNotOfThisLog(
             f"the read model {view.name!r} has applied {position} entries, but the log holds fewer:"
             " it was built from another ledger; run `dfg projections rebuild`"
         )

@@ -22,7 +22,7 @@ from gateways.cli.projection_commands import consents, projections
 from gateways.cli.provider_commands import provider
 from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
-from projections.base import ViewsAheadOfLog
+from projections.base import ViewsNotOfThisLog
 
 
 class _Commands(click.Group):
@@ -33,7 +33,7 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ViewsAheadOfLog as exc:
+        except ViewsNotOfThisLog as exc:
             fail(str(exc))
         except (sqlite3.DatabaseError, PersistenceError, psycopg.Error) as exc:
             fail(f"the database cannot be used: {exc}")
