@@ -107,6 +107,17 @@ def create_ledger(
         store.close()
 
 
+def set_aside_views(settings: Settings) -> Path:
+    """Move an unreadable SQLite views file (and its journal) out of the way, kept for
+    inspection: read models are derived data, built again from the log."""
+    views = settings.views_file
+    aside = views.with_name(f"{views.name}.unreadable-{int(time.time())}")
+    views.rename(aside)
+    for journal in ("-wal", "-shm"):
+        views.with_name(views.name + journal).unlink(missing_ok=True)
+    return aside
+
+
 def data_dir_exists(path: Path) -> bool:
     return (path / "ledger.sqlite").exists() or (path / "keys" / ROOT_KEY_FILE).exists()
 

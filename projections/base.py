@@ -80,8 +80,11 @@ def _genesis_of(read: ReadEntries) -> str | None:
     return hashlib.sha256(first[0].canonical).hexdigest() if first else None
 
 
-def _belongs(cursor: Cursor, view: View, genesis: str | None) -> None:
+def _belongs(cursor: Cursor, view: View, genesis: str | None, *, anew: bool = False) -> None:
+    """Record the view's genesis entry, or refuse another; ``anew`` forgets the old one."""
     cursor.execute(_LEDGERS_DDL)
+    if anew:
+        cursor.execute(f"DELETE FROM {LEDGERS_TABLE} WHERE view = ?", (view.name,))
     if genesis is None:
         return
     cursor.execute(
@@ -103,7 +106,7 @@ def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 200
     if position and not read(position, 1):
         raise ViewsNotOfThisLog(
             f"the read model {view.name!r} has applied {position} entries, but the log holds fewer:"
-            " it was built from another ledger; run `dfg projections rebuild`"
+            " it was built from another ledger, or the log was cut back; run `dfg projections rebuild`"
         )
     while True:
         stored = read(position + 1, page)
@@ -144,7 +147,5 @@ def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
         db.forget(cursor, view.name)
         view.create(cursor)
-        cursor.execute(_LEDGERS_DDL)
-        cursor.execute(f"DELETE FROM {LEDGERS_TABLE} WHERE view = ?", (view.name,))
-        _belongs(cursor, view, genesis)
+        _belongs(cursor, view, genesis, anew=True)
     return catch_up(db, view, read)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -12,7 +11,7 @@ import click
 from eventsourcing.persistence import PersistenceError
 
 from gateways.cli.options import fail, ledger_options, require_ledger
-from infra.bootstrap import open_store, open_views
+from infra.bootstrap import open_store, open_views, set_aside_views
 from infra.settings import Settings
 from ledger.store import LedgerStore
 from projections.base import View, ViewDatabase, catch_up, prepare
@@ -139,21 +138,14 @@ def _open(
         if not set_aside_unreadable or settings.database_url:
             store.close()
             raise
-        db = _fresh_views(settings, exc)
+        aside = set_aside_views(settings)
+        click.echo(f"{settings.views_file} could not be read ({exc}); set aside as {aside.name}", err=True)
+        db = open_views(settings)
     if catch:
         for view in views if views is not None else all_views():
             prepare(db, view, store.read_entries)
             catch_up(db, view, store.read_entries)
     return store, db
-
-
-def _fresh_views(settings: Settings, problem: Exception) -> ViewDatabase:
-    aside = settings.views_file.with_name(f"{settings.views_file.name}.unreadable-{int(time.time())}")
-    settings.views_file.rename(aside)
-    for journal in ("-wal", "-shm"):
-        settings.views_file.with_name(settings.views_file.name + journal).unlink(missing_ok=True)
-    click.echo(f"{settings.views_file} could not be read ({problem}); set aside as {aside.name}", err=True)
-    return open_views(settings)
 
 
 @projections.command("follow")
