@@ -224,6 +224,10 @@ BAD_REQUESTS = [
     ("GET", "/v1/badge/sp:app?format=png", None, "", 400, "invalid_parameter"),
     ("DELETE", "/v1/transactions", None, "", 405, "method_not_allowed"),
     ("GET", "/v2/nothing", None, "", 404, "not_found"),
+    ("POST", "/graphql", b"{", "application/json", 400, "invalid_graphql_request"),
+    ("POST", "/graphql", b'{"variables": {}}', "application/json", 400, "invalid_graphql_request"),
+    ("GET", "/graphql?query=mutation%7Bx%7D", None, "", 400, "invalid_graphql_request"),
+    ("PUT", "/graphql", None, "", 405, "method_not_allowed"),
 ]
 
 

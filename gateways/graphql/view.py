@@ -8,6 +8,16 @@ from aiohttp import web
 from strawberry.aiohttp.views import GraphQLView
 
 from gateways.graphql.schema import Context, schema
+from gateways.http.problems import problem_response
+
+try:  # what strawberry raises for a request it refuses, since it serves through cross-web
+    from cross_web import HTTPException
+except ImportError:  # pragma: no cover - older strawberry releases
+    from strawberry.http.exceptions import HTTPException  # type: ignore[no-redef]
+
+#: Codes for the HTTP errors strawberry raises before a query runs (a query that runs
+#: answers 200 with GraphQL ``errors``, as the GraphQL-over-HTTP spec has it).
+_CODES = {400: "invalid_graphql_request", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
 
 class LedgerGraphQLView(GraphQLView[Context, None]):
@@ -17,6 +27,18 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
 
     async def get_context(self, request: web.Request, response: Any) -> Context:
         return self._context
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        """A request refused before its query runs gets a problem document like every
+        other error of the API; strawberry's own answer is plain text."""
+        try:
+            return await self.run(request=request)
+        except HTTPException as exc:
+            status = exc.status_code
+            response = problem_response(status, _CODES.get(status, "http_error"), exc.reason)
+            if status == 405:
+                response.headers["Allow"] = "GET, POST"
+            return response
 
 
 def mount(app: web.Application, context: Context) -> None:
