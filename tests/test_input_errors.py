@@ -45,6 +45,8 @@ def test_records_that_are_not_entries_are_named() -> None:
         (["--witness", "not-a-key"], "witness key 'not-a-key'"),
         (["--segments", "0"], "Invalid value for '--segments'"),
         (["--segments", "many"], "Invalid value for '--segments'"),
+        (["--segments", "100000"], "Invalid value for '--segments'"),
+        (["--workers", "100000"], "Invalid value for '--workers'"),
     ],
 )
 def test_bad_audit_options_are_refused(ledger: Ledger, args: list[str], message: str) -> None:

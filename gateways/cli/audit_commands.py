@@ -29,6 +29,10 @@ from ledger.witness import WitnessPolicy
 from projections.base import catch_up, prepare
 from projections.keys import PrincipalsView, snapshot
 
+#: More worker processes than a few per core only add memory (each holds its own copy
+#: of the replay's state and imports) and contention; the bound keeps a typo harmless.
+MAX_PROCESSES = max(8, 4 * (os.cpu_count() or 1))
+
 
 @click.group("audit")
 def audit() -> None:
@@ -47,16 +51,17 @@ def audit() -> None:
 @click.option("--chain", default=None, help="Ledger id you expect.")
 @click.option(
     "--workers",
-    type=click.IntRange(1, 256),
+    type=click.IntRange(1, MAX_PROCESSES),
     default=None,
-    help="Signature threads [default: all cores].",
+    help=f"Signature worker processes [default: all cores; at most {MAX_PROCESSES}].",
 )
 @click.option(
     "--segments",
-    type=click.IntRange(1, 256),
+    type=click.IntRange(1, MAX_PROCESSES),
     default=None,
     help="Replay the log in this many parallel segments, one process each"
-    f" [default: one per core, for ledgers of {2 * MIN_SEGMENT:,} entries or more].",
+    f" [default: one per core, for ledgers of {2 * MIN_SEGMENT:,} entries or more;"
+    f" at most {MAX_PROCESSES}: each process holds its own copy of the replay's state].",
 )
 @click.option("--progress/--no-progress", default=None, help="Show progress [default: on a terminal].")
 @witness_options
