@@ -163,11 +163,17 @@ def revoke_key(cmd: c.RevokeKey, signer: Principal | None, at: datetime, state: 
 
 
 def _acting_for_subject(by: Principal, subject: str, state: State) -> bool:
-    """True when ``by`` is the subject, or the subject's custodial wallet."""
+    """True when ``by`` is the subject, or the subject's custodial wallet: the identity
+    service named at admission, for as long as it holds that role (a wallet whose role
+    was revoked speaks for nobody, whatever other roles it has)."""
     if by.principal == subject:
         return True
     citizen = state.principal(subject)
-    return citizen is not None and citizen.custodian == by.principal
+    return (
+        citizen is not None
+        and citizen.custodian == by.principal
+        and c.Kind.IDENTITY_SERVICE in by.roles
+    )
 
 
 def request_consent(cmd: c.RequestConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:

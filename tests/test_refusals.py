@@ -1104,6 +1104,26 @@ def test_custodial_wallet_may_give_level2_for_its_citizen(ledger: Ledger, app: T
     refuse(ledger, token, "not_subject", signer="ids:wallet")
 
 
+def test_a_wallet_whose_identity_service_role_was_revoked_speaks_for_nobody(
+    ledger: Ledger, app: TransactionSigner
+) -> None:
+    """Custody is the identity service's: another role it holds (which passes the
+    signing gate for consent.give) does not keep it a wallet."""
+    wallet = ledger.admit("ids:wallet", "identity_service")
+    ledger.admit("ctz:alice", "citizen", custodian="ids:wallet")
+    body = give_body("sp:app", subject="ctz:alice", level=2)
+    ledger.accept(ledger.sign(wallet, "consent.give", body))
+    for tx_type, role in (
+        ("principal.grant_role", "service_provider"),
+        ("principal.revoke_role", "identity_service"),
+    ):
+        ledger.accept(ledger.sign(ledger.operator, tx_type, {"principal": "ids:wallet", "role": role}))
+    token = ledger.sign(wallet, "consent.give", give_body("sp:app", subject="ctz:alice", level=2))
+    refuse(ledger, token, "not_subject", signer="ids:wallet")
+    withdraw = {"consent_id": str(body["consent_id"]), "controller": "sp:app", "subject": "ctz:alice"}
+    refuse(ledger, ledger.sign(wallet, "consent.withdraw", withdraw), "not_subject", signer="ids:wallet")
+
+
 def _given(led: Ledger, app: TransactionSigner, **terms: Any) -> str:
     body = give_body(app.principal, **terms)
     led.accept(led.sign(app, "consent.give", body))
