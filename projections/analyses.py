@@ -26,6 +26,7 @@ KINDS = ("Catalog", "Datasource", "DataView", "Analysis")
 class AnalysesView:
     name = NAME
     tables = ("platform_documents", "analysis_nodes", "mpc_tasks")
+    version = 1
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(

@@ -47,6 +47,12 @@ class View(Protocol):
         """Dropped and recreated on rebuild."""
         ...
 
+    @property
+    def version(self) -> int:
+        """The layout of the view's tables; raised when it changes, so that a view built
+        with an older layout is dropped and built again from the log on first use."""
+        ...
+
     def create(self, cursor: Cursor) -> None: ...
 
     def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None: ...
@@ -58,6 +64,11 @@ ReadEntries = Callable[[int, int], Sequence[StoredEntry]]
 #: Which ledger each view was built from: the SHA-256 of its log's genesis entry.
 LEDGERS_TABLE = "view_ledgers"
 _LEDGERS_DDL = f"CREATE TABLE IF NOT EXISTS {LEDGERS_TABLE} (view TEXT PRIMARY KEY, genesis TEXT NOT NULL)"
+#: Which layout of its tables each view was built with (no row: version 1, the first).
+VERSIONS_TABLE = "view_versions"
+_VERSIONS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (view TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
 
 
 class ViewsNotOfThisLog(RuntimeError):
@@ -68,11 +79,37 @@ class ViewsNotOfThisLog(RuntimeError):
 
 def prepare(db: ViewDatabase, view: View, read: ReadEntries) -> None:
     """Create the view's tables, and check that it was built from this log (or record
-    that it is, on first use)."""
+    that it is, on first use). A view built with an older layout of its tables is
+    dropped here, and built again from the log by the next catch-up."""
     genesis = _genesis_of(read)
     with db.transaction(commit=True) as cursor:
+        if _built_version(cursor, view) != view.version:
+            _drop(db, cursor, view)
         view.create(cursor)
+        _record_version(cursor, view)
         _belongs(cursor, view, genesis)
+
+
+def _built_version(cursor: Cursor, view: View) -> int:
+    cursor.execute(_VERSIONS_DDL)
+    cursor.execute(f"SELECT version FROM {VERSIONS_TABLE} WHERE view = ?", (view.name,))
+    row = cursor.fetchone()
+    return int(row[0]) if row is not None else 1
+
+
+def _record_version(cursor: Cursor, view: View) -> None:
+    cursor.execute(
+        f"INSERT INTO {VERSIONS_TABLE} (view, version) VALUES (?, ?)"
+        " ON CONFLICT (view) DO UPDATE SET version = excluded.version",
+        (view.name, view.version),
+    )
+
+
+def _drop(db: ViewDatabase, cursor: Cursor, view: View) -> None:
+    """The view's tables and position, gone: it starts again from the first entry."""
+    for table in view.tables:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    db.forget(cursor, view.name)
 
 
 def _genesis_of(read: ReadEntries) -> str | None:
@@ -143,9 +180,9 @@ def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
     """Drop the view and build it again from the first entry."""
     genesis = _genesis_of(read)
     with db.transaction(commit=True) as cursor:
-        for table in view.tables:
-            cursor.execute(f"DROP TABLE IF EXISTS {table}")
-        db.forget(cursor, view.name)
+        cursor.execute(_VERSIONS_DDL)
+        _drop(db, cursor, view)
         view.create(cursor)
+        _record_version(cursor, view)
         _belongs(cursor, view, genesis, anew=True)
     return catch_up(db, view, read)

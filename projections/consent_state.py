@@ -58,6 +58,7 @@ def _new_row(entry: Entry, status: Status) -> tuple[Any, ...]:
         terms["notice"]["sha256"],
         terms["valid_from"] if status == Status.GIVEN else None,
         terms["valid_until"],
+        entry.seq if status == Status.GIVEN else None,
         entry.seq,
         entry.seq,
     )
@@ -68,8 +69,8 @@ def _insert(cursor: Cursor, rows: list[tuple[Any, ...]]) -> None:
     if rows:
         cursor.executemany(
             "INSERT INTO consent_state (aggregate_id, controller, consent_id, subject, status, level,"
-            " purposes, categories, notice_sha256, valid_from, valid_until, decided_seq, last_seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " purposes, categories, notice_sha256, valid_from, valid_until, given_seq, decided_seq,"
+            " last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         rows.clear()
@@ -78,6 +79,9 @@ def _insert(cursor: Cursor, rows: list[tuple[Any, ...]]) -> None:
 class ConsentStateView:
     name = NAME
     tables = ("consent_state",)
+    #: 2: ``given_seq``, the entry a granted answer cites (version 1 cited the newest
+    #: decision, which after a withdrawal is the withdrawal, even for an earlier time).
+    version = 2
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -85,7 +89,7 @@ class ConsentStateView:
             " aggregate_id TEXT PRIMARY KEY, controller TEXT NOT NULL, consent_id TEXT NOT NULL,"
             " subject TEXT NOT NULL, status TEXT NOT NULL, level INTEGER NOT NULL,"
             " purposes TEXT NOT NULL, categories TEXT NOT NULL, notice_sha256 TEXT NOT NULL,"
-            " valid_from TEXT, valid_until TEXT, withdrawn_at TEXT,"
+            " valid_from TEXT, valid_until TEXT, withdrawn_at TEXT, given_seq INTEGER,"
             " decided_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, uses INTEGER NOT NULL DEFAULT 0)"
         )
         cursor.execute(
@@ -109,9 +113,9 @@ class ConsentStateView:
 
     def _requestaccepted(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
         cursor.execute(
-            "UPDATE consent_state SET status = ?, level = ?, valid_from = ?, decided_seq = ?, last_seq = ?"
-            " WHERE aggregate_id = ?",
-            (Status.GIVEN, data["level"], data["valid_from"], entry.seq, entry.seq, aggregate),
+            "UPDATE consent_state SET status = ?, level = ?, valid_from = ?, given_seq = ?, decided_seq = ?,"
+            " last_seq = ? WHERE aggregate_id = ?",
+            (Status.GIVEN, data["level"], data["valid_from"], entry.seq, entry.seq, entry.seq, aggregate),
         )
 
     def _declined(self, cursor: Cursor, entry: Entry, aggregate: str, data: dict[str, Any]) -> None:
@@ -195,19 +199,22 @@ def check(
 ) -> ConsentAnswer:
     """Granted when any of the subject's consents to the controller covers the use at ``at``.
 
-    When none does, the reason is the most specific one: a consent that exists but does
-    not cover the purpose or category says more than one that was withdrawn, and so on.
+    A granted answer cites the entry that gave the consent (even when a later one
+    withdrew it: the question was about an earlier time). When none covers the use,
+    the reason is the most specific one (a consent that exists but does not cover the
+    purpose or category says more than one that was withdrawn, and so on), citing the
+    entry that decided that consent's state.
     """
     cursor.execute(
-        "SELECT consent_id, status, purposes, categories, valid_from, valid_until, withdrawn_at, decided_seq"
-        " FROM consent_state WHERE subject = ? AND controller = ? ORDER BY decided_seq DESC",
+        "SELECT consent_id, status, purposes, categories, valid_from, valid_until, withdrawn_at, decided_seq,"
+        " given_seq FROM consent_state WHERE subject = ? AND controller = ? ORDER BY decided_seq DESC",
         (subject, controller),
     )
     best: tuple[int, str, int] | None = None
     for row in cursor.fetchall():
         refusal = _validity(row[1:7]).refusal(purpose, categories, at)
         if refusal is None:
-            return ConsentAnswer(True, row[0], int(row[7]), None)
+            return ConsentAnswer(True, row[0], int(row[8]), None)
         rank = _REFUSAL_ORDER[refusal]
         if best is None or rank < best[0]:
             best = (rank, row[0], int(row[7]))

@@ -16,6 +16,7 @@ NAME = "principals"
 class PrincipalsView:
     name = NAME
     tables = ("principals", "principal_keys", "principal_encryption_keys", "principal_policies")
+    version = 1
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(

@@ -30,6 +30,7 @@ _KINDS = {
 class TimelineView:
     name = NAME
     tables = ("subject_timeline", "timeline_consents")
+    version = 1
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(

@@ -176,3 +176,53 @@ def test_follower_applies_new_entries_live(any_ledger: Ledger) -> None:
         stop.set()
         thread.join(timeout=5)
         db.close()
+
+
+def test_a_granted_answer_cites_the_entry_that_gave_the_consent(ledger: Ledger) -> None:
+    """Asked about a time before the consent was withdrawn, the answer is granted, and
+    the entry it names (the one a receipt is fetched for) is the gift, not the later
+    withdrawal."""
+    app = ledger.admit("sp:app", "service_provider")
+    consent_id = str(uuid.uuid4())
+    body = {"consent_id": consent_id, "controller": "sp:app", "subject": "p-1", "level": 1, "method": "app"}
+    (given,) = ledger.accept(ledger.sign(app, "consent.give", {**body, "terms": TERMS}))
+    withdraw = {"consent_id": consent_id, "controller": "sp:app", "subject": "p-1"}
+    (withdrawn,) = ledger.accept(ledger.sign(app, "consent.withdraw", withdraw))
+    assert withdrawn.entry.ts > given.entry.ts
+    store = ledger.sequencer.store
+    db = open_views(ledger.settings)
+    try:
+        prepare(db, ConsentStateView(), store.read_entries)
+        catch_up(db, ConsentStateView(), store.read_entries)
+        with db.transaction(commit=False) as cursor:
+            then = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], given.entry.ts)
+            now = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], withdrawn.entry.ts)
+    finally:
+        db.close()
+    assert (then.granted, then.seq) == (True, given.seq)
+    assert (now.granted, now.reason, now.seq) == (False, "withdrawn", withdrawn.seq)
+
+
+def test_a_view_built_with_an_older_layout_is_built_again(ledger: Ledger) -> None:
+    """A consent-state table of version 1 (no ``given_seq``) is dropped on first use and
+    rebuilt from the log, so its answers come from the current layout."""
+    app = ledger.admit("sp:app", "service_provider")
+    body = {"consent_id": str(uuid.uuid4()), "controller": "sp:app", "subject": "p-1", "level": 1}
+    ledger.accept(ledger.sign(app, "consent.give", {**body, "method": "app", "terms": TERMS}))
+    store = ledger.sequencer.store
+    view = ConsentStateView()
+    db = open_views(ledger.settings)
+    try:
+        prepare(db, view, store.read_entries)
+        catch_up(db, view, store.read_entries)
+        with db.transaction(commit=True) as cursor:  # as a version 1 database looked
+            cursor.execute("ALTER TABLE consent_state DROP COLUMN given_seq")
+            cursor.execute("DELETE FROM view_versions")
+        prepare(db, view, store.read_entries)
+        assert db.position(view.name) == 0
+        assert catch_up(db, view, store.read_entries) == store.head()[0]
+        with db.transaction(commit=False) as cursor:
+            answer = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], datetime.now(UTC))
+        assert answer.granted and answer.seq == store.head()[0]
+    finally:
+        db.close()

@@ -84,7 +84,8 @@ class ConsentQuestion:
 class ConsentAnswer:
     """``granted`` or the ``reason`` why not (``never_given``, ``withdrawn``, ``expired``,
     ``not_yet_valid``, ``purpose_not_covered``, ``category_not_covered``); ``seq`` is the
-    entry that decided it, the one to fetch a receipt for."""
+    entry to fetch a receipt for: the one that gave the consent when granted, else the
+    one that decided the consent's state."""
 
     granted: bool
     consent_id: str | None
