@@ -25,6 +25,7 @@ from conftest import CHAIN, OPERATOR, TERMS, Ledger
 from joserfc.jwk import ECKey, OKPKey
 from joserfc.jws import JWSRegistry
 
+from domain.times import format_time
 from infra.bootstrap import checkpoint_key, create_ledger, open_store, root_signer
 from infra.settings import Settings
 from ledger.canonical import canonical_json
@@ -1122,6 +1123,18 @@ def test_a_wallet_whose_identity_service_role_was_revoked_speaks_for_nobody(
     refuse(ledger, token, "not_subject", signer="ids:wallet")
     withdraw = {"consent_id": str(body["consent_id"]), "controller": "sp:app", "subject": "ctz:alice"}
     refuse(ledger, ledger.sign(wallet, "consent.withdraw", withdraw), "not_subject", signer="ids:wallet")
+
+
+def test_a_level2_consent_starts_no_earlier_than_it_is_given(ledger: Ledger, app: TransactionSigner) -> None:
+    """The subject consents from now on, whichever way (answering a request, or giving
+    directly); a level 1 copy keeps the earlier start it records (collected on paper)."""
+    citizen = ledger.admit("ctz:alice", "citizen")
+    month_ago = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = give_body("sp:app", subject="ctz:alice", level=2, valid_from=month_ago)
+    (direct,) = ledger.accept(ledger.sign(citizen, "consent.give", body))
+    assert direct.entry.data["terms"]["valid_from"] == format_time(direct.entry.ts)
+    (copy,) = ledger.accept(ledger.sign(app, "consent.give", give_body("sp:app", valid_from=month_ago)))
+    assert copy.entry.data["terms"]["valid_from"] == month_ago
 
 
 def _given(led: Ledger, app: TransactionSigner, **terms: Any) -> str:
