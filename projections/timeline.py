@@ -30,7 +30,8 @@ _KINDS = {
 class TimelineView:
     name = NAME
     tables = ("subject_timeline", "timeline_consents")
-    version = 1
+    #: 2: consents' details carry valid_from.
+    version = 2
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -90,6 +91,7 @@ def _details(entry: Entry) -> dict[str, Any]:
         return {
             "purposes": terms["purposes"],
             "data_categories": terms["data_categories"],
+            "valid_from": terms["valid_from"],
             "valid_until": terms["valid_until"],
             "notice": terms["notice"],
             **({"level": data["level"], "method": data["method"]} if "level" in data else {}),

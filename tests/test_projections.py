@@ -129,6 +129,8 @@ def test_checks_rebuild_and_history(any_ledger: Ledger) -> None:
             events = history(cursor, "p-1")
             assert [e["kind"] for e in events] == ["used", "given"]
             assert events[0]["details"]["purpose"] == "dpv:ServiceProvision"
+            given_terms = events[1]["details"]
+            assert given_terms["valid_from"] is not None and given_terms["valid_until"] == ids["later"]
             anna = principal(cursor, "cit:anna")
             assert anna is not None and anna["custodian"] == "ids:wallet"
             assert [k["revoked_reason"] for k in anna["keys"]] == ["superseded", None]
