@@ -13,29 +13,76 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import Ledger
+from conftest import CHAIN, Ledger
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
 from http_server import running_node_server, running_server
 
 from gateways.cli.main import cli
-from gateways.kafka.topics import CosignatureMessage, MessageError, entry_from_record
+from gateways.kafka.client import KafkaSettings
+from gateways.kafka.relay import Relay
+from gateways.kafka.topics import CosignatureMessage, MessageError, Topics, entry_from_record
 from infra.settings import Settings
 from infra.storage.postgres import ledger_exists
+from ledger.merkle import leaf_hash
 
 
 def test_records_that_are_not_entries_are_named() -> None:
     with pytest.raises(MessageError, match="valid header"):
         entry_from_record(b"k", b"{}", [("seq", b"1")])
     aggregate = uuid.uuid4()
-    headers = [("seq", b"1"), ("aggregate", str(aggregate).encode()), ("version", b"1"), ("event", b"X")]
+    headers = [
+        ("seq", b"1"),
+        ("aggregate", str(aggregate).encode()),
+        ("version", b"1"),
+        ("event", b"X"),
+        ("leaf", leaf_hash(b"{}").hex().encode()),
+    ]
+    assert entry_from_record(aggregate.bytes, b"{}", headers).seq == 1
     with pytest.raises(MessageError, match="its key is not its aggregate id"):
         entry_from_record(b"other", b"{}", headers)
     with pytest.raises(MessageError, match="appears twice"):
         entry_from_record(aggregate.bytes, b"{}", [*headers, ("seq", b"2")])
-    with pytest.raises(MessageError, match="documented format"):
-        CosignatureMessage.from_record(b"not json")
+
+
+def test_the_relay_refuses_hostile_cosignature_records_and_goes_on(ledger: Ledger) -> None:
+    """A record on the cosignatures topic, which every node operator can write to, must
+    not stop the relay: a size beyond 64 bits used to, on every restart."""
+    ledger.sequencer.checkpoint_now()
+    relay = Relay(ledger.sequencer.store, KafkaSettings("127.0.0.1:1"), Topics.for_ledger(CHAIN))
+    hostile = [
+        b'{"witness": "node:x", "size": 1180591620717411303424, "cosignature": "x"}',
+        b'{"witness": "node:x", "size": 1e400, "cosignature": "x"}',
+        b'{"witness": "not a principal", "size": 1, "cosignature": "\\u0000"}',
+        b'{"witness": "node:x", "size": 1, "cosignature": "x"}',
+    ]
+    assert [relay.keep_cosignature(value) for value in hostile] == [False] * 4
+    assert relay.stats.cosignatures_refused == 4
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[1]",
+        b'{"witness": "node:a", "cosignature": "x"}',
+        b'{"witness": "node:a", "size": 1180591620717411303424, "cosignature": "x"}',
+        b'{"witness": "node:a", "size": 1e400, "cosignature": "x"}',
+        b'{"witness": "node:a", "size": 1.9, "cosignature": "x"}',
+        b'{"witness": "node:a", "size": true, "cosignature": "x"}',
+        b'{"witness": "node:a", "size": "7", "cosignature": "x"}',
+        b'{"witness": "node:a", "size": 0, "cosignature": "x"}',
+        b'{"witness": 5, "size": 7, "cosignature": "x"}',
+        b'{"witness": "node:a", "size": 7, "cosignature": null}',
+    ],
+)
+def test_cosignature_records_of_any_other_shape_are_refused(value: bytes) -> None:
+    """Anyone who can write to the topic can send these; each is refused as a record
+    not in the documented format (a size beyond 64 bits once stopped the relay)."""
+    with pytest.raises(MessageError):
+        CosignatureMessage.from_record(value)
+    assert CosignatureMessage.from_record(b'{"witness": "node:a", "size": 7, "cosignature": "x"}').size == 7
 
 
 @pytest.mark.parametrize(

@@ -245,7 +245,14 @@ class Relay:
             log.warning("%s cosigned size %d, which has no checkpoint here", message.witness, message.size)
             self.stats.cosignatures_refused += 1
             return False
-        if not cosignature_is_valid(self.store, message, checkpoint.note):
+        try:
+            valid = cosignature_is_valid(self.store, message, checkpoint.note)
+        except Exception:  # whatever a hostile record holds, it must not stop the relay
+            log.warning(
+                "refusing a cosignature of size %d: it cannot be checked", message.size, exc_info=True
+            )
+            valid = False
+        if not valid:
             log.warning(
                 "refusing a cosignature of size %d by %s: not a valid witness signature",
                 message.size,

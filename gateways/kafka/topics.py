@@ -28,6 +28,8 @@ from ledger.store import StoredEntry
 
 _LEDGER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
 PARTITION: Final = 0
+#: The largest tree size a record may name (SQLite's and PostgreSQL's 64-bit integers).
+MAX_SIZE: Final = 2**63 - 1
 
 
 class MessageError(ValueError):
@@ -130,11 +132,17 @@ class CosignatureMessage:
 
     @classmethod
     def from_record(cls, value: bytes | None) -> CosignatureMessage:
+        """The message, or ``MessageError``: members of exactly the documented JSON types
+        (anyone who can write to the topic can send anything; nothing is coerced)."""
         try:
             doc = json.loads(value or b"")
-            message = cls(str(doc["witness"]), int(doc["size"]), str(doc["cosignature"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MessageError(f"a cosignature record is not in the documented format: {exc}") from exc
-        if message.size < 1:
-            raise MessageError("a cosignature record names no checkpoint size")
-        return message
+        except (ValueError, RecursionError) as exc:
+            raise MessageError(f"a cosignature record is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise MessageError("a cosignature record is not a JSON object")
+        witness, size, line = doc.get("witness"), doc.get("size"), doc.get("cosignature")
+        if not isinstance(witness, str) or not isinstance(line, str):
+            raise MessageError("a cosignature record needs the strings 'witness' and 'cosignature'")
+        if type(size) is not int or not 1 <= size <= MAX_SIZE:
+            raise MessageError(f"a cosignature record's 'size' must be an integer from 1 to {MAX_SIZE}")
+        return cls(witness, size, line)
