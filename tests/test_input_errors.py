@@ -44,6 +44,10 @@ def test_records_that_are_not_entries_are_named() -> None:
         entry_from_record(b"other", b"{}", headers)
     with pytest.raises(MessageError, match="appears twice"):
         entry_from_record(aggregate.bytes, b"{}", [*headers, ("seq", b"2")])
+    with pytest.raises(MessageError, match="not the leaf hash of its value"):
+        entry_from_record(aggregate.bytes, b"{ }", headers)
+    with pytest.raises(MessageError, match="valid header"):
+        entry_from_record(aggregate.bytes, b"{}", headers[:-1])
 
 
 def test_the_relay_refuses_hostile_cosignature_records_and_goes_on(ledger: Ledger) -> None:

@@ -88,10 +88,13 @@ def entry_from_record(key: bytes | None, value: bytes | None, headers: Any) -> S
         aggregate = uuid.UUID(h["aggregate"].decode())
         version = int(h["version"])
         event = h["event"].decode()
+        leaf = h["leaf"].decode()
     except (KeyError, ValueError) as exc:
         raise MessageError(f"an entry record lacks a valid header: {exc}") from exc
     if value is None or key != aggregate.bytes:
         raise MessageError(f"entry record {seq}: its key is not its aggregate id, or it has no value")
+    if leaf != leaf_hash(value).hex():
+        raise MessageError(f"entry record {seq}: its leaf header is not the leaf hash of its value")
     return StoredEntry(seq=seq, aggregate_id=aggregate, version=version, event_type=event, canonical=value)
 
 
