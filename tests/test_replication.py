@@ -27,6 +27,7 @@ from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.tansu import TansuBroker, free_port
 from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.merkle import leaf_hash
 from ledger.signing import public_jwk
 from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_verifier
 
@@ -286,6 +287,10 @@ def _change_subject(canonical: bytes) -> bytes:
     return canonical_json(doc)
 
 
+def _with_leaf(headers: list[tuple[str, bytes]], value: bytes) -> list[tuple[str, bytes]]:
+    return [(n, leaf_hash(value).hex().encode() if n == "leaf" else v) for n, v in headers]
+
+
 def _signed_checkpoint(ledger: Ledger, size: int, root: bytes) -> str:
     key = ledger.sequencer._checkpoint_key
     assert key is not None and ledger.sequencer.ledger is not None
@@ -294,7 +299,17 @@ def _signed_checkpoint(ledger: Ledger, size: int, root: bytes) -> str:
     )
 
 
-@pytest.mark.parametrize("attack", ["bad-signature", "altered-in-flight", "checkpoint-root", "fork"])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "bad-signature",
+        "altered-in-flight",
+        "checkpoint-root",
+        "fork",
+        "wrong-seq-header",
+        "garbage-after-good",
+    ],
+)
 def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
     attack: str, ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:
@@ -315,20 +330,31 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
             nxt = ledger.accept(give(ledger, app, "a-next"))[0].entry
             stored = ledger.sequencer.store.read_entries(nxt.seq, 1)[0]
             key, value, headers = entry_record(stored)
-            if attack == "bad-signature":
-                _send(kafka, topics.entries, key, _flip_signature(value), headers)
+            held = size
+            if attack == "bad-signature":  # (headers made to match: the replay must catch it)
+                forged = _flip_signature(value)
+                _send(kafka, topics.entries, key, forged, _with_leaf(headers, forged))
                 expected = ("bad_entry", nxt.seq, "signature")
             elif attack == "altered-in-flight":
-                _send(kafka, topics.entries, key, _change_subject(value), headers)
+                forged = _change_subject(value)
+                _send(kafka, topics.entries, key, forged, _with_leaf(headers, forged))
                 expected = ("bad_entry", nxt.seq, "altered")
             elif attack == "checkpoint-root":
                 note = _signed_checkpoint(ledger, size - 5, b"\x01" * 32)
                 _send(kafka, topics.checkpoints, *checkpoint_record(size - 5, note))
                 expected = ("checkpoint_root_mismatch", size - 5, "root")
-            else:
+            elif attack == "fork":
                 note = _signed_checkpoint(ledger, size, b"\x02" * 32)  # a second root for a size
                 _send(kafka, topics.checkpoints, *checkpoint_record(size, note))
                 expected = ("equivocation", size, "disagree")
+            elif attack == "wrong-seq-header":  # the offset says which entry, not a header
+                lying = [(n, str(nxt.seq + 1).encode() if n == "seq" else v) for n, v in headers]
+                _send(kafka, topics.entries, key, value, lying)
+                expected = ("bad_entry", nxt.seq, "claims to be entry")
+            else:  # the good entry before a record that is not one is kept
+                _send(kafka, topics.entries, key, value, headers)
+                _send(kafka, topics.entries, key, b"not an entry", headers)
+                expected, held = ("bad_entry", nxt.seq + 1, "not an entry"), size + 1
             wait_for(lambda: follower.status.halted is not None, what="the violation to be found")
             halted = follower.status.halted
             assert (halted["kind"], halted["seq"]) == expected[:2], halted
@@ -336,7 +362,7 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
             # the genuine next entry is not accepted after a violation
             _send(kafka, topics.entries, *entry_record(stored))
             time.sleep(1.0)
-            assert started[0].size == size
+            assert started[0].size == held
             evidence = json.loads(follower.replica.store.violations()[0].evidence)
             assert evidence
             code, body = _http(port, "/status")

@@ -170,20 +170,21 @@ class Follower:
         if not records:
             return []
         incoming = []
+        bad: tuple[Any, str] | None = None
         for record in records:
+            if record.offset < self.replica.size:
+                continue  # an entry already held (verified); a damaged copy changes nothing
             try:
-                incoming.append(entry_from_record(record.key, record.value, record.headers))
+                entry = entry_from_record(record.key, record.value, record.headers)
             except MessageError as exc:
-                if record.offset < self.replica.size:
-                    continue  # already held (verified) entry; a damaged copy changes nothing
-                self.replica.report_violation(
-                    ViolationKind.BAD_ENTRY,
-                    record.offset + 1,
-                    f"the record at offset {record.offset} is not an entry: {exc}",
-                    {"record": (record.value or b"").decode("utf-8", "replace")},
-                )
+                bad = (record, f"the record at offset {record.offset} is not an entry: {exc}")
+                break
+            if entry.seq != record.offset + 1:  # the offset, not a header, says which entry
+                bad = (record, f"the record at offset {record.offset} claims to be entry {entry.seq}")
+                break
+            incoming.append(entry)
         try:
-            appended = self.replica.accept_entries(incoming)
+            appended = self.replica.accept_entries(incoming)  # the good ones before a bad record
         except OutOfOrder as exc:
             log.info("%s; reading again from entry %d", exc, self.replica.size + 1)
             assert self._consumer is not None
@@ -195,6 +196,14 @@ class Follower:
             with self._lock:
                 self.status.recent_lags.extend(now - e.ts.timestamp() for e in appended)
                 del self.status.recent_lags[:-200_000]
+        if bad is not None:
+            record, message = bad
+            self.replica.report_violation(
+                ViolationKind.BAD_ENTRY,
+                record.offset + 1,
+                message,
+                {"record": (record.value or b"").decode("utf-8", "replace")},
+            )
         return appended
 
     def _checkpoint(self, record: Any) -> None:
