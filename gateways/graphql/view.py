@@ -5,15 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from cross_web import HTTPException  # what strawberry raises for a request it refuses
 from strawberry.aiohttp.views import GraphQLView
 
 from gateways.graphql.schema import Context, schema
 from gateways.http.problems import problem_response
-
-try:  # what strawberry raises for a request it refuses, since it serves through cross-web
-    from cross_web import HTTPException
-except ImportError:  # pragma: no cover - older strawberry releases
-    from strawberry.http.exceptions import HTTPException  # type: ignore[no-redef]
 
 #: Codes for the HTTP errors strawberry raises before a query runs (a query that runs
 #: answers 200 with GraphQL ``errors``, as the GraphQL-over-HTTP spec has it).
