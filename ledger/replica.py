@@ -163,22 +163,26 @@ class Replica:
     def accept_checkpoint(self, note: str) -> AcceptedCheckpoint | None:
         """Verify a checkpoint against the replica's own tree and keep it.
 
-        Returns None when the replica has not reached its size yet: it is checked
-        (and kept, or reported) as soon as the replica has."""
+        Returns None when the replica has not reached its size yet: its signature is
+        checked now (once the genesis entry names the key), its root as soon as the
+        replica has the entries, and it is kept, or reported, then."""
         self._require_running()
-        size = _claimed_size(note)
+        size = claimed_size(note)
         verifier = self._auditor.checkpoint_verifier
         if size is None:
             self._halt(
                 ViolationKind.BAD_CHECKPOINT, 0, "a checkpoint note is malformed", {"checkpoint": note}
             )
-        if verifier is None or size > self.size:
+        if verifier is None:  # no genesis entry yet: nothing to check it with
             self._waiting.setdefault(size, note)
             return None
         try:
             checkpoint = open_checkpoint(note, verifier, origin=self.origin)
         except CheckpointError as exc:
             self._halt(ViolationKind.BAD_CHECKPOINT, size, str(exc), {"checkpoint": note})
+        if size > self.size:  # signed by the ledger's key: kept until its entries are here
+            self._waiting.setdefault(size, note)
+            return None
         held = self._held_checkpoint(size)
         if held is not None:
             if held.root == checkpoint.root_hash:
@@ -247,7 +251,7 @@ class Replica:
         raise ReplicaHalted(violation)
 
 
-def _claimed_size(note: str) -> int | None:
+def claimed_size(note: str) -> int | None:
     """The size a checkpoint note claims, before its signature is checked."""
     try:
         text, _ = parse_note(note)

@@ -240,6 +240,21 @@ def test_checkpoint_signed_by_another_key_is_named(source: Ledger, replica_store
     assert raised.value.violation.kind == ViolationKind.BAD_CHECKPOINT
 
 
+def test_a_checkpoint_ahead_that_the_ledger_did_not_sign_is_named_at_once(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    """Not queued until the replica gets there (anyone could fill memory with notes for
+    sizes it never reaches): its signature is checked when it arrives."""
+    replica = Replica(replica_store)
+    replica.accept_entries(entries_of(source)[:5])
+    checkpoint = parse_checkpoint_body(parse_note(notes_of(source)[-1])[0])
+    ahead = replace(checkpoint, size=10**12)
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_checkpoint(sign_checkpoint(ahead, ahead.origin, Ed25519PrivateKey.generate()))
+    assert raised.value.violation.kind == ViolationKind.BAD_CHECKPOINT
+    assert replica.waiting_checkpoints() == []
+
+
 def test_replica_of_another_chain_is_refused(source: Ledger, tmp_path: Path) -> None:
     store = open_store(Settings(data_dir=tmp_path / "node"))
     replica = Replica(store, expected_chain="some-other-chain")
@@ -375,3 +390,4 @@ def test_a_node_following_a_lying_api_stops_and_keeps_the_evidence(
         assert replica.halted is not None and replica.halted.kind == "bad_entry"
         assert any("stopped following" in r.getMessage() for r in caplog.records)
         store.close()
+
