@@ -12,19 +12,25 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import CHAIN, Ledger, give_level1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateways.kafka.client import KafkaSettings, partition
+from gateways.kafka.follower import CHECKPOINTS_MARKER, Follower
+from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.bootstrap import open_store
+from infra.node import open_node
 from infra.settings import Settings
 from ledger.audit import audit_store
 from ledger.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
 from ledger.note import parse_note
 from ledger.replica import OutOfOrder, Replica, ReplicaHalted, ViolationKind
 from ledger.store import LedgerStore, StoredEntry
+from ledger.verifier import ParallelVerifier
 
 
 def give(ledger: Ledger, app: Any, subject: str) -> str:
@@ -391,3 +397,69 @@ def test_a_node_following_a_lying_api_stops_and_keeps_the_evidence(
         assert any("stopped following" in r.getMessage() for r in caplog.records)
         store.close()
 
+
+class _Consumer:
+    """A consumer that hands out prepared polls (the broker is not what is tested)."""
+
+    def __init__(self) -> None:
+        self.polls: list[dict[Any, list[SimpleNamespace]]] = []
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[SimpleNamespace]]:
+        return self.polls.pop(0) if self.polls else {}
+
+    def highwater(self, tp: Any) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _records(first_offset: int, records: list[tuple[bytes, bytes, Any]]) -> list[SimpleNamespace]:
+    return [
+        SimpleNamespace(offset=first_offset + i, key=key, value=value, headers=headers)
+        for i, (key, value, headers) in enumerate(records)
+    ]
+
+
+def test_a_checkpoint_waiting_for_its_entries_is_read_again_after_a_restart(
+    source: Ledger, tmp_path: Path
+) -> None:
+    """A follower that reads checkpoints ahead of its entries (catching up) holds them in
+    memory until the entries are there: its saved position must not pass them, or a
+    restart would never check, keep or cosign them."""
+    topics = Topics.for_ledger(CHAIN)
+    entries_tp, checkpoints_tp = partition(topics.entries), partition(topics.checkpoints)
+    entries = [entry_record(e) for e in entries_of(source)]
+    notes = [checkpoint_record(parse_checkpoint_body(parse_note(n)[0]).size, n) for n in notes_of(source)]
+    settings = Settings(data_dir=tmp_path / "node")
+
+    def follower() -> tuple[Follower, _Consumer]:
+        node = open_node(settings, ledger_key=None, chain=None, verifier=ParallelVerifier(workers=0))
+        started = Follower(node.replica, node.views, node.view_list, KafkaSettings("127.0.0.1:1"), topics)
+        consumer = _Consumer()
+        started._consumer = consumer  # type: ignore[assignment]
+        return started, consumer
+
+    first, consumer = follower()
+    consumer.polls.append({entries_tp: _records(0, entries[:30]), checkpoints_tp: _records(0, notes)})
+    first.step()
+    waiting = first.replica.waiting_checkpoints()
+    assert first.replica.size == 30 and waiting and min(waiting) > 30
+    held = len(notes) - len(waiting)
+    assert first.store.marker(CHECKPOINTS_MARKER) == held  # the first waiting record's offset
+    first.store.close()
+    first.views.close()
+
+    second, consumer = follower()  # a restart: what waited in memory is gone
+    assert second.replica.waiting_checkpoints() == []
+    consumer.polls.append(
+        {entries_tp: _records(30, entries[30:]), checkpoints_tp: _records(held, notes[held:])}
+    )
+    second.step()
+    assert second.replica.size == len(entries) and second.replica.waiting_checkpoints() == []
+    assert [c.size for c in second.store.checkpoints(0, 100)] == [
+        parse_checkpoint_body(parse_note(n)[0]).size for n in notes_of(source)
+    ]
+    assert second.store.marker(CHECKPOINTS_MARKER) == len(notes)
+    second.store.close()
+    second.views.close()

@@ -32,7 +32,14 @@ from gateways.kafka.topics import (
     entry_from_record,
 )
 from ledger.entry import Entry
-from ledger.replica import AcceptedCheckpoint, OutOfOrder, Replica, ReplicaHalted, ViolationKind
+from ledger.replica import (
+    AcceptedCheckpoint,
+    OutOfOrder,
+    Replica,
+    ReplicaHalted,
+    ViolationKind,
+    claimed_size,
+)
 from ledger.store import LedgerStore
 from ledger.witness import cosign
 from projections.base import View, ViewDatabase, apply_new, catch_up
@@ -99,6 +106,10 @@ class Follower:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        #: Offsets of checkpoint records that wait for their entries, by size.
+        self._waiting_at: dict[int, int] = {}
+        self._checkpoints_read: int | None = None
+        self._checkpoints_saved: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -161,7 +172,8 @@ class Follower:
         appended = self._entries(polled.get(entries_tp, []))
         for record in polled.get(checkpoints_tp, []):
             self._checkpoint(record)
-            self.store.set_marker(CHECKPOINTS_MARKER, record.offset + 1)
+            self._checkpoints_read = record.offset + 1
+        self._save_checkpoints_position()
         self._cosign(self.replica.take_verified_checkpoints())
         self._refresh_status()
         return len(appended)
@@ -213,7 +225,20 @@ class Follower:
             self.replica.report_violation(
                 ViolationKind.BAD_CHECKPOINT, 0, str(exc), {"record": repr(record.value)[:2000]}
             )
-        self.replica.accept_checkpoint(note)
+        if self.replica.accept_checkpoint(note) is None:  # it waits for its entries
+            size = claimed_size(note)
+            if size is not None:
+                self._waiting_at.setdefault(size, record.offset)
+
+    def _save_checkpoints_position(self) -> None:
+        """Where to read checkpoints from after a restart: the first one still waiting
+        for its entries (it is held in memory only), else after the last one read."""
+        waiting = set(self.replica.waiting_checkpoints())
+        self._waiting_at = {size: at for size, at in self._waiting_at.items() if size in waiting}
+        position = min(self._waiting_at.values(), default=self._checkpoints_read)
+        if position is not None and position != self._checkpoints_saved:
+            self.store.set_marker(CHECKPOINTS_MARKER, position)
+            self._checkpoints_saved = position
 
     def _cosign(self, verified: Sequence[AcceptedCheckpoint]) -> None:
         if self.witness is None or not verified:
