@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import CHAIN, Ledger
+from conftest import CHAIN, OPERATOR, Ledger
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
@@ -23,6 +23,7 @@ from gateways.cli.main import cli
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.relay import Relay
 from gateways.kafka.topics import CosignatureMessage, MessageError, Topics, entry_from_record
+from infra.bootstrap import checkpoint_key, create_ledger
 from infra.settings import Settings
 from infra.storage.postgres import ledger_exists
 from ledger.merkle import leaf_hash
@@ -111,6 +112,53 @@ def test_a_follower_refuses_a_bad_ledger_key_before_creating_anything(tmp_path: 
     result = CliRunner().invoke(cli, [*args, "--ledger-key", "garbage"])
     assert result.exit_code == 1 and "--ledger-key" in result.output
     assert not node.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--chain", "Bad Chain"], 2, "Invalid value for '--chain'"),
+        (["--topic-prefix", "Bad Prefix"], 2, "Invalid value for '--topic-prefix'"),
+        (["--witness-key", "KEY", "--witness-name", "node alpha"], 2, "is not a principal id"),
+        (["--witness-key", "X25519", "--witness-name", "node:alpha"], 1, "is not an Ed25519 private key"),
+    ],
+)
+def test_a_follower_refuses_bad_options_before_creating_anything(
+    tmp_path: Path, ledger: Ledger, extra: list[str], code: int, message: str
+) -> None:
+    """Checked at the start, not at the first checkpoint to cosign or topic to name."""
+    assert ledger.sequencer.ledger is not None
+    keys = tmp_path / "keys"
+    made = CliRunner().invoke(
+        cli,
+        ["node", "keygen", "--out", str(keys / "node.jwk"), "--name", "node:alpha",
+         "--encryption-out", str(keys / "x25519.jwk")],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    paths = {"KEY": str(keys / "node.jwk"), "X25519": str(keys / "x25519.jwk")}
+    node = tmp_path / "node"
+    args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "dfg-test",
+            "--ledger-key", ledger.sequencer.ledger["checkpoint_key"]]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, *[paths.get(a, a) for a in extra]])
+    assert result.exit_code == code and message in result.output, result.output
+    assert not node.exists()
+
+
+def test_a_replica_of_another_ledger_is_named_not_a_traceback(tmp_path: Path, ledger: Ledger) -> None:
+    """A node whose replica holds one ledger, started with another ledger's key, fails
+    with a message (exit 1), not a traceback."""
+    other = Settings(data_dir=tmp_path / "other")
+    create_ledger(other, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Another")
+    signer = checkpoint_key(other)
+    assert signer is not None
+    other_key = signer.verifier().to_string()
+    node = tmp_path / "node"
+    node.mkdir()
+    ledger.sequencer.store.close()
+    shutil.copy(ledger.settings.data_dir / "ledger.sqlite", node / "ledger.sqlite")  # a replica of it
+    args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", CHAIN]
+    result = CliRunner().invoke(cli, [*args, "--ledger-key", other_key])
+    assert result.exit_code == 1 and "cannot follow this ledger" in result.output, result.output
 
 
 def test_a_node_refuses_to_start_from_a_bundle_that_is_not_one(tmp_path: Path, ledger: Ledger) -> None:

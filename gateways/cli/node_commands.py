@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from domain.identifiers import is_principal_id
@@ -25,6 +26,7 @@ from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import open_node
 from infra.settings import Settings
+from ledger.audit import AuditFailure
 from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
 from ledger.replica import Replica, ReplicaHalted
@@ -52,8 +54,25 @@ kafka_option = click.option(
     callback=_bootstrap,
     help="Kafka bootstrap servers, host:port[,host:port...].",
 )
+
+
+def _topic_name_part(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A chain id or topic prefix that can name Kafka topics, checked before anything
+    is created (``Topics.for_ledger`` says what is allowed)."""
+    if value is not None:
+        try:
+            Topics.for_ledger(value, value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 prefix_option = click.option(
-    "--topic-prefix", default="dfg", show_default=True, help="Topics are <prefix>.<chain>.entries etc."
+    "--topic-prefix",
+    default="dfg",
+    show_default=True,
+    callback=_topic_name_part,
+    help="Topics are <prefix>.<chain>.entries etc.",
 )
 
 
@@ -143,7 +162,9 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
 @ledger_options
 @kafka_option
 @prefix_option
-@click.option("--chain", required=True, help="The ledger's chain id (names its topics).")
+@click.option(
+    "--chain", required=True, callback=_topic_name_part, help="The ledger's chain id (names its topics)."
+)
 @click.option(
     "--ledger-key",
     required=True,
@@ -191,14 +212,16 @@ def follow(
     except NoteError as exc:
         fail(f"--ledger-key: {exc}")
     witness = _witness(witness_key, witness_name)
-    node = open_node(settings, ledger_key=ledger_key, chain=chain)
+    topics = Topics.for_ledger(chain, topic_prefix)
+    try:
+        node = open_node(settings, ledger_key=ledger_key, chain=chain)
+    except AuditFailure as exc:  # the replica held is not of the ledger named
+        fail(f"the replica in {settings.data_dir} cannot follow this ledger: {exc}")
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
         _seed(replica, from_bundle, from_url)
     kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
-    follower = Follower(
-        replica, views, view_list, kafka, Topics.for_ledger(chain, topic_prefix), witness=witness
-    )
+    follower = Follower(replica, views, view_list, kafka, topics, witness=witness)
     stop = _stop_on_signals()
     if status_port is not None:
         from gateways.http.node_status import serve_status
@@ -255,7 +278,11 @@ def follow(
     help="Follow the ledger's Kafka topics (host:port,...) instead of the coordinator's HTTP log.",
 )
 @click.option(
-    "--topic-prefix", default="dfg", show_default=True, help="With --kafka: topics are <prefix>.<chain>.*."
+    "--topic-prefix",
+    default="dfg",
+    show_default=True,
+    callback=_topic_name_part,
+    help="With --kafka: topics are <prefix>.<chain>.*.",
 )
 @click.option(
     "--task-timeout",
@@ -304,13 +331,15 @@ def node_serve(
         from gateways.cli.node_engine_wiring import parse_peers
 
         parse_peers(peers)  # refuse a malformed --peer before anything is created
+    try:
+        topics = Topics.for_ledger(chain, topic_prefix) if bootstrap is not None else None
+    except ValueError as exc:
+        fail(f"--chain: {exc}", 2)
     node = open_node(settings, ledger_key=ledger_key, chain=chain)
     stop = threading.Event()
-    if bootstrap is not None:  # the replicated log's topics, as dfg node follow reads them
-        kafka = Follower(
-            node.replica, node.views, node.view_list,
-            KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}"), Topics.for_ledger(chain, topic_prefix),
-        )  # fmt: skip
+    if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them
+        settings_kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
+        kafka = Follower(node.replica, node.views, node.view_list, settings_kafka, topics)
         follower = threading.Thread(target=kafka.run, args=(stop,), name="dfg-node-follow", daemon=True)
         source = f"Kafka at {bootstrap}"
     else:
@@ -411,16 +440,16 @@ def _witness(path: Path | None, name: str | None) -> Witness | None:
         return None
     if path is None or name is None:
         fail("--witness-key and --witness-name go together")
+    if not is_principal_id(name):
+        fail(f"--witness-name {name!r} is not a principal id (e.g. node:alpha)", 2)
     try:
         key = read_jwk(path)
     except KeyFileError as exc:
         fail(str(exc))
-    if not isinstance(key, OKPKey):
-        fail("a witness key is an Ed25519 (OKP) key")
-    private = key.private_key
-    if private is None:
-        fail(f"{path} holds no private key")
-    return Witness(name, private)  # type: ignore[arg-type]
+    # checked now, not at the first checkpoint to cosign (an X25519 key is OKP too)
+    if not isinstance(key, OKPKey) or not isinstance(key.private_key, Ed25519PrivateKey):
+        fail(f"{path} is not an Ed25519 private key (`dfg node keygen --out` writes one)")
+    return Witness(name, key.private_key)
 
 
 def _chain_of(store: Any) -> str:

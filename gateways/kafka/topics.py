@@ -45,8 +45,9 @@ class Topics:
     @classmethod
     def for_ledger(cls, name: str, prefix: str = "dfg") -> Topics:
         """Default names ``<prefix>.<ledger>.entries`` etc.; ``name`` is the chain id."""
-        if not _LEDGER_NAME.match(name):
-            raise ValueError(f"{name!r} cannot name Kafka topics (lowercase letters, digits, . _ -)")
+        for part in (prefix, name):
+            if not _LEDGER_NAME.match(part):
+                raise ValueError(f"{part!r} cannot name Kafka topics (lowercase letters, digits, . _ -)")
         return cls(
             f"{prefix}.{name}.entries", f"{prefix}.{name}.checkpoints", f"{prefix}.{name}.cosignatures"
         )
