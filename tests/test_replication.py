@@ -23,6 +23,7 @@ from gateways.cli.main import cli
 from gateways.http.node_status import serve_status
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import FollowerStatus, Witness
+from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.tansu import TansuBroker, free_port
 from ledger.canonical import canonical_json
@@ -373,6 +374,26 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
     finally:
         if relay_running.thread.is_alive():
             relay_running.halt()
+
+
+@pytest.mark.parametrize("stray_key", [b"1000000", b"oops"])
+def test_a_relay_refuses_a_checkpoints_topic_that_ends_with_a_stranger(
+    stray_key: bytes, ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """The relay resumes after the newest checkpoint on the topic, read from the signed
+    note: a record it did not publish stops it with its reason, whatever its key says
+    (a key of 1000000 used to make it skip every checkpoint up to that size)."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(give(ledger, app, "p-1"))
+    ledger.sequencer.checkpoint_now()
+    relay = Relay(ledger.sequencer.store, kafka, topics)
+    relay.connect()
+    while relay.step():
+        pass
+    relay.close()
+    _send(kafka, topics.checkpoints, stray_key, b"not a checkpoint of this ledger", [])
+    with pytest.raises(RelayError, match="not one of this ledger's checkpoints"):
+        Relay(ledger.sequencer.store, kafka, topics).connect()
 
 
 # --- witnesses ---------------------------------------------------------------------------

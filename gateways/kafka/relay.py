@@ -32,11 +32,13 @@ from gateways.kafka.topics import (
     CosignatureMessage,
     MessageError,
     Topics,
+    checkpoint_from_record,
     checkpoint_record,
     entry_record,
     record_seq,
 )
 from ledger.note import verify_cosignature_line
+from ledger.replica import claimed_size
 from ledger.store import LedgerStore, StoredCheckpoint
 from ledger.witness import WITNESS_KIND, checkpoint_body, witness_verifier
 
@@ -133,18 +135,43 @@ class Relay:
         """Align the markers with what the topics really hold (see the module docstring)."""
         assert self._reader is not None
         end, last = topic_end(self._reader, self.topics.entries)
-        if last is not None and record_seq(last.headers) != end:
-            raise RelayError(
-                f"{self.topics.entries} does not hold this ledger's entries in order: offset"
-                f" {end - 1} holds entry {record_seq(last.headers)}, expected {end}"
-            )
+        if last is not None:
+            try:
+                seq = record_seq(last.headers)
+            except MessageError as exc:
+                message = f"{self.topics.entries} ends with a record that is not an entry: {exc}"
+                raise RelayError(message) from exc
+            if seq != end:
+                raise RelayError(
+                    f"{self.topics.entries} does not hold this ledger's entries in order: offset"
+                    f" {end - 1} holds entry {seq}, expected {end}"
+                )
         head = self.store.head()[0]
         if end > head:
             raise RelayError(f"{self.topics.entries} holds {end} entries but this ledger has only {head}")
         self._adopt(ENTRIES_MARKER, end, self.topics.entries)
         end, last = topic_end(self._reader, self.topics.checkpoints)
         self._adopt(CHECKPOINTS_MARKER, end, self.topics.checkpoints)
-        self.store.set_marker(CHECKPOINT_SIZE_MARKER, int(last.key) if last is not None else 0)
+        self.store.set_marker(CHECKPOINT_SIZE_MARKER, self._published_size(last, end))
+
+    def _published_size(self, last: Any, end: int) -> int:
+        """The size of the newest checkpoint on the topic, which must be one of this
+        ledger's (the next to publish follows it): read from the note, which is what
+        the ledger signed, never from a key anyone could have written."""
+        if last is None:
+            return 0
+        try:
+            note = checkpoint_from_record(last.value)
+        except MessageError:
+            note = None
+        size = claimed_size(note) if note is not None else None
+        held = self.store.checkpoints(size - 1, 1) if size else []
+        if size is None or not held or held[0].size != size or held[0].note != note:
+            raise RelayError(
+                f"{self.topics.checkpoints} ends (offset {end - 1}) with a record that is not"
+                " one of this ledger's checkpoints"
+            )
+        return size
 
     def _adopt(self, marker: str, end: int, topic: str) -> None:
         published = self.store.marker(marker)
