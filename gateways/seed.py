@@ -18,7 +18,7 @@ from pathlib import Path
 
 from infra.bundle import BundleReader
 from ledger.entry import Entry, EntryFormatError
-from ledger.replica import Replica, ReplicaHalted
+from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.store import StoredEntry
 
 PAGE = 2000
@@ -108,6 +108,9 @@ def follow_api(
             apply_views()
         except ReplicaHalted as halted:
             log.error("stopped following %s: %s (evidence kept; dfg node status shows it)", base_url, halted)
+            return
+        except NotThisLedger as exc:
+            log.error("stopped following %s: it serves another ledger than the one named: %s", base_url, exc)
             return
         except SeedError as exc:
             log.warning("cannot reach the ledger's API (%s); retrying", exc)

@@ -86,6 +86,11 @@ class AuditFailure(Exception):
         self.problem = problem
 
 
+class NotTheExpectedLedger(AuditFailure):
+    """The genesis entry names another chain or checkpoint key than the one expected:
+    the log is another ledger's (for a replica: a configuration error, not evidence)."""
+
+
 class _ReplayState(AggregateLookups):
     """Aggregates as of the entry being replayed; bounded so memory stays flat."""
 
@@ -425,9 +430,14 @@ class Auditor:
         self.report.checkpoint_key = ledger["checkpoint_key"]
         self.report.operator_kid = parse_transaction(entry.tx).jws.kid
         if self._expected_chain and ledger["chain"] != self._expected_chain:
-            self._fail(1, f"this is chain {ledger['chain']!r}, not the expected {self._expected_chain!r}")
+            self._fail(
+                1,
+                f"this is chain {ledger['chain']!r}, not the expected {self._expected_chain!r}",
+                NotTheExpectedLedger,
+            )
         if self._expected_key and ledger["checkpoint_key"] != self._expected_key:
-            self._fail(1, "the genesis entry names a different checkpoint key than the one you trust")
+            message = "the genesis entry names a different checkpoint key than the one you trust"
+            self._fail(1, message, NotTheExpectedLedger)
         self._note_verifier = Verifier.from_string(ledger["checkpoint_key"])
 
     # --- signatures ----------------------------------------------------------------
@@ -541,10 +551,10 @@ class Auditor:
         if not verify_consistency(old_size, new_size, old_root, new_root, proof):
             self._fail(new_size, f"the stored tree does not prove consistency with checkpoint {old_size}")
 
-    def _fail(self, seq: int, message: str) -> Any:
+    def _fail(self, seq: int, message: str, kind: type[AuditFailure] = AuditFailure) -> Any:
         problem = Problem(seq, message)
         self.report.problems.append(problem)
-        raise AuditFailure(problem)
+        raise kind(problem)
 
 
 def tx_index_problem(

@@ -22,7 +22,7 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import NoReturn
 
-from ledger.audit import AuditFailure, Auditor
+from ledger.audit import AuditFailure, Auditor, NotTheExpectedLedger
 from ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint_body
 from ledger.entry import Entry
 from ledger.merkle import consistency_proof, root_at, verify_consistency
@@ -47,6 +47,12 @@ class ReplicaHalted(Exception):
     def __init__(self, violation: RecordedViolation) -> None:
         super().__init__(f"{violation.kind} at entry {violation.seq}: {violation.message}")
         self.violation = violation
+
+
+class NotThisLedger(Exception):
+    """The entries are another ledger's than the one this replica was set up to follow
+    (its genesis names another chain or checkpoint key): a configuration error, so
+    nothing is recorded against the ledger."""
 
 
 class OutOfOrder(Exception):
@@ -129,6 +135,9 @@ class Replica:
             for stored in fresh:
                 auditor.feed(stored)
             auditor.verify_signatures()
+        except NotTheExpectedLedger as exc:
+            self._auditor = self._resume()
+            raise NotThisLedger(exc.problem.message) from exc
         except AuditFailure:
             auditor.settle()  # name the earliest bad entry, even if a signature check was pending
             problem = auditor.report.first_problem

@@ -28,7 +28,7 @@ from infra.settings import Settings
 from ledger.audit import audit_store
 from ledger.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
 from ledger.note import parse_note
-from ledger.replica import OutOfOrder, Replica, ReplicaHalted, ViolationKind
+from ledger.replica import NotThisLedger, OutOfOrder, Replica, ReplicaHalted, ViolationKind
 from ledger.store import LedgerStore, StoredEntry
 from ledger.verifier import ParallelVerifier
 
@@ -261,12 +261,33 @@ def test_a_checkpoint_ahead_that_the_ledger_did_not_sign_is_named_at_once(
     assert replica.waiting_checkpoints() == []
 
 
+def test_entries_of_another_ledger_are_a_configuration_error_not_evidence(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    """A new node given the wrong ledger key records nothing against the ledger: once
+    started with the right key it follows as if the mistake had not happened."""
+    wrong = Replica(replica_store, expected_checkpoint_key=_another_ledger_key())
+    with pytest.raises(NotThisLedger, match="different checkpoint key"):
+        wrong.accept_entries(entries_of(source)[:5])
+    assert wrong.halted is None and replica_store.head()[0] == 0
+    assert source.sequencer.ledger is not None
+    right = Replica(replica_store, expected_checkpoint_key=source.sequencer.ledger["checkpoint_key"])
+    right.accept_entries(entries_of(source))
+    assert right.size == 60
+
+
+def _another_ledger_key() -> str:
+    from ledger.note import SignerKey
+
+    return SignerKey("dfg.local/another", Ed25519PrivateKey.generate()).verifier().to_string()
+
+
 def test_replica_of_another_chain_is_refused(source: Ledger, tmp_path: Path) -> None:
     store = open_store(Settings(data_dir=tmp_path / "node"))
     replica = Replica(store, expected_chain="some-other-chain")
-    with pytest.raises(ReplicaHalted) as raised:
+    with pytest.raises(NotThisLedger, match=CHAIN):
         replica.accept_entries(entries_of(source)[:5])
-    assert raised.value.violation.seq == 1 and CHAIN in raised.value.violation.message
+    assert replica.halted is None and store.head()[0] == 0  # a configuration error, not evidence
     store.close()
 
 

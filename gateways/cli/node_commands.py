@@ -29,7 +29,7 @@ from infra.settings import Settings
 from ledger.audit import AuditFailure
 from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
-from ledger.replica import Replica, ReplicaHalted
+from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.witness import witness_verifier
 
@@ -233,6 +233,8 @@ def follow(
     finally:
         views.close()
         store.close()
+    if follower.not_this_ledger is not None:
+        fail(f"the topics hold another ledger than the one named: {follower.not_this_ledger}", 2)
     if code:
         halted = follower.status.halted or {}
         click.secho(
@@ -430,6 +432,8 @@ def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:
             seed_from_api(replica, url)
     except ReplicaHalted as exc:
         fail(f"VIOLATION while seeding: {exc}", code=3)
+    except NotThisLedger as exc:
+        fail(f"the seed holds another ledger than the one named: {exc}", code=2)
     except (SeedError, BundleError) as exc:
         fail(f"{exc} (the replica keeps the {replica.size} entries it verified)")
     click.echo(f"seeded: verified entries {before + 1}..{replica.size}")

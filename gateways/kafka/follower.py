@@ -34,6 +34,7 @@ from gateways.kafka.topics import (
 from ledger.entry import Entry
 from ledger.replica import (
     AcceptedCheckpoint,
+    NotThisLedger,
     OutOfOrder,
     Replica,
     ReplicaHalted,
@@ -108,17 +109,23 @@ class Follower:
         self._lock = threading.Lock()
         #: Offsets of checkpoint records that wait for their entries, by size.
         self._waiting_at: dict[int, int] = {}
+        #: Why it stopped, when the topics hold another ledger's entries.
+        self.not_this_ledger: str | None = None
         self._checkpoints_read: int | None = None
         self._checkpoints_saved: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, exit_on_violation: bool = False) -> int:
-        """Follow until ``stop`` is set. Returns 0, or 3 when it stopped on a violation
-        and ``exit_on_violation`` (otherwise it keeps serving its status, idle)."""
+        """Follow until ``stop`` is set. Returns 0; 3 when it stopped on a violation and
+        ``exit_on_violation`` (otherwise it keeps serving its status, idle); 2 when the
+        topics hold another ledger than the one it was told to follow (``not_this_ledger``
+        says which)."""
         for view in self.view_list:  # a crash between replica and views: finish applying
             catch_up(self.views, view, self.store.read_entries)
         self._refresh_status()
+        if self.status.halted is not None:
+            log.error("this replica holds evidence of a violation, accepts nothing: %s", self.status.halted)
         backoff = 0.2
         while not stop.is_set():
             if self.status.halted is not None:
@@ -134,6 +141,11 @@ class Follower:
             except ReplicaHalted as halted:
                 log.error("stopped accepting: %s", halted)
                 self._refresh_status()
+            except NotThisLedger as exc:
+                log.error("the topics hold another ledger than the one named: %s", exc)
+                self.not_this_ledger = str(exc)
+                self.close()
+                return 2
             except KafkaError as exc:
                 log.warning("broker unavailable (%s); reconnecting in %.1fs", exc, backoff)
                 self.close()
