@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -142,6 +143,21 @@ def test_a_follower_refuses_bad_options_before_creating_anything(
     result = CliRunner().invoke(cli, [*args, *[paths.get(a, a) for a in extra]])
     assert result.exit_code == code and message in result.output, result.output
     assert not node.exists()
+
+
+def test_a_follower_whose_status_port_is_taken_stops_with_the_reason(tmp_path: Path, ledger: Ledger) -> None:
+    """Not a traceback in a thread while the node runs on without its status."""
+    assert ledger.sequencer.ledger is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            cli,
+            ["node", "follow", "--data", str(tmp_path / "node"), "--kafka", "127.0.0.1:9", "--chain", CHAIN,
+             "--ledger-key", ledger.sequencer.ledger["checkpoint_key"], "--status-port", str(port)],
+        )  # fmt: skip
+    assert result.exit_code == 1 and "cannot listen on" in result.output, result.output
 
 
 def test_a_replica_of_another_ledger_is_named_not_a_traceback(tmp_path: Path, ledger: Ledger) -> None:

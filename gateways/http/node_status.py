@@ -58,19 +58,31 @@ def status_app(follower: Follower) -> web.Application:
 
 
 def serve_status(follower: Follower, host: str, port: int) -> threading.Thread:
-    """Start the endpoint in a daemon thread; it lives as long as the process."""
+    """Start the endpoint in a daemon thread; it lives as long as the process. Returns
+    once it listens; raises ``OSError`` when it cannot (e.g. the port is taken), so
+    that a node does not run on without the status its operator relies on."""
     ready = threading.Event()
+    failed: list[BaseException] = []
 
     def run() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         runner = web.AppRunner(status_app(follower), access_log=None)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        except BaseException as exc:  # reported to the caller, not lost in this thread
+            failed.append(exc)
+            ready.set()
+            loop.run_until_complete(runner.cleanup())
+            return
         ready.set()
         loop.run_forever()
 
     thread = threading.Thread(target=run, name="dfg-node-status", daemon=True)
     thread.start()
-    ready.wait(10)
+    if not ready.wait(10):
+        raise OSError(f"the status endpoint did not start on {host}:{port} within 10 s")
+    if failed:
+        raise OSError(f"the status endpoint cannot listen on {host}:{port}: {failed[0]}") from failed[0]
     return thread
