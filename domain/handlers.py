@@ -169,11 +169,7 @@ def _acting_for_subject(by: Principal, subject: str, state: State) -> bool:
     if by.principal == subject:
         return True
     citizen = state.principal(subject)
-    return (
-        citizen is not None
-        and citizen.custodian == by.principal
-        and c.Kind.IDENTITY_SERVICE in by.roles
-    )
+    return citizen is not None and citizen.custodian == by.principal and c.Kind.IDENTITY_SERVICE in by.roles
 
 
 def request_consent(cmd: c.RequestConsent, signer: Principal | None, at: datetime, state: State) -> Aggregate:
