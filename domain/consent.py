@@ -202,12 +202,10 @@ class Consent(LedgerAggregate):
     ) -> Consent:
         _check_terms(terms, at)
         record = terms_record(terms)
-        if level == 2 and terms.valid_from is not None and terms.valid_from < at:
-            # The subject consents from now on: as when answering a request, a level 2
-            # consent cannot cover a time before it was given. (A level 1 copy keeps its
-            # start: the consent was collected before it was recorded, e.g. on paper.)
-            record["valid_from"] = None
-        record["valid_from"] = record["valid_from"] or format_time(at)
+        # A level 2 consent starts no earlier than it is given, as when answering a
+        # request; a level 1 copy keeps its start (collected before it was recorded).
+        if terms.valid_from is None or (level == 2 and terms.valid_from < at):
+            record["valid_from"] = format_time(at)
         return cls._create(
             cls.Given,
             id=aggregate_id,
