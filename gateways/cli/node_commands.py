@@ -21,7 +21,7 @@ from gateways.cli.options import fail, ledger_options, require_ledger
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.relay import Relay, RelayError
-from gateways.kafka.topics import Topics
+from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import open_node
@@ -58,10 +58,10 @@ kafka_option = click.option(
 
 def _topic_name_part(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A chain id or topic prefix that can name Kafka topics, checked before anything
-    is created (``Topics.for_ledger`` says what is allowed)."""
+    is created."""
     if value is not None:
         try:
-            Topics.for_ledger(value, value)
+            check_topic_part(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
     return value

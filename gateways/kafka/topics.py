@@ -46,14 +46,19 @@ class Topics:
     def for_ledger(cls, name: str, prefix: str = "dfg") -> Topics:
         """Default names ``<prefix>.<ledger>.entries`` etc.; ``name`` is the chain id."""
         for part in (prefix, name):
-            if not _LEDGER_NAME.match(part):
-                raise ValueError(f"{part!r} cannot name Kafka topics (lowercase letters, digits, . _ -)")
+            check_topic_part(part)
         return cls(
             f"{prefix}.{name}.entries", f"{prefix}.{name}.checkpoints", f"{prefix}.{name}.cosignatures"
         )
 
     def all(self) -> tuple[str, str, str]:
         return (self.entries, self.checkpoints, self.cosignatures)
+
+
+def check_topic_part(part: str) -> None:
+    """A chain id or prefix that can be part of a Kafka topic's name, or ``ValueError``."""
+    if not _LEDGER_NAME.match(part):
+        raise ValueError(f"{part!r} cannot name Kafka topics (lowercase letters, digits, . _ -)")
 
 
 Headers = list[tuple[str, bytes]]
