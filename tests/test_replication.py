@@ -9,27 +9,33 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from click.testing import CliRunner
 from conftest import CHAIN, Ledger, give_level1
 from joserfc.jwk import OKPKey
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from replication import nodes, start_relay, wait_for
 
 from gateways.cli.main import cli
 from gateways.http.node_status import serve_status
 from gateways.kafka.client import KafkaSettings
-from gateways.kafka.follower import FollowerStatus, Witness
+from gateways.kafka.follower import Follower, FollowerStatus, Witness
 from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, checkpoint_record, entry_record
+from infra.node import open_node
+from infra.settings import Settings
 from infra.tansu import TansuBroker, free_port
 from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.merkle import leaf_hash
 from ledger.signing import public_jwk
+from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_verifier
 
 pytestmark = pytest.mark.kafka
@@ -457,6 +463,76 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     strict = [*witness_args[:2], "--witness", rogue_vkey, "--witness-quorum", "2"]
     result = CliRunner().invoke(cli, ["audit", "verify", *data, *strict])
     assert result.exit_code == 1 and "no checkpoint carries cosignatures of 2" in result.output
+
+
+def _manual_follower(
+    directory: Path, kafka: KafkaSettings, topics: Topics, witness: Witness | None
+) -> Follower:
+    """A follower driven step by step by the test (no thread)."""
+    node = open_node(Settings(data_dir=directory), ledger_key=None, chain=None, verifier=ParallelVerifier(0))
+    return Follower(node.replica, node.views, node.view_list, kafka, topics, witness=witness)
+
+
+def _step_until(follower: Follower, condition: Callable[[], bool], what: str) -> None:
+    for _ in range(100):
+        follower.step(timeout_ms=100)
+        if condition():
+            return
+    raise AssertionError(f"the follower never reached {what}")
+
+
+def test_a_witness_sends_its_cosignature_again_when_the_broker_did_not_take_it(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """A cosignature kept but not acknowledged by the broker goes out again when the
+    follower reconnects; a checkpoint verified while the node was not yet a witness (or
+    kept just before it stopped) is cosigned when it connects as one. Before, a failed
+    send left the checkpoint without this witness for good, on an idle ledger."""
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"c-{i}") for i in range(5)])
+    ledger.sequencer.checkpoint_now()
+    first = ledger.head()[0]
+    relay = Relay(ledger.sequencer.store, kafka, topics)
+    relay.connect()
+    while relay.step():
+        pass
+    store = ledger.sequencer.store
+
+    def relay_has(size: int) -> bool:
+        relay.collect_cosignatures()
+        return len(store.cosignatures(size)) == 1
+
+    # 1. verified while not a witness: cosigned on connecting as one
+    plain = _manual_follower(tmp_path / "node", kafka, topics, None)
+    plain.connect()
+    _step_until(plain, lambda: plain.store.latest_checkpoint() is not None, "the checkpoint")
+    plain.close()
+    follower = Follower(plain.replica, plain.views, plain.view_list, kafka, topics, witness=witness)
+    follower.connect()
+    wait_for(lambda: relay_has(first), what="the cosignature made on connecting")
+
+    # 2. the broker does not take the next cosignature: it is kept, and sent again
+    ledger.accept(give(ledger, app, "c-late"))
+    ledger.sequencer.checkpoint_now()
+    second = ledger.head()[0]
+    while relay.step():
+        pass
+    with (
+        mock.patch.object(KafkaProducer, "send", side_effect=KafkaError("the broker went away")),
+        pytest.raises(KafkaError),
+    ):
+        _step_until(follower, lambda: False, "a failed send")
+    assert follower.store.cosignatures(second)  # kept before it was sent
+    time.sleep(0.5)
+    assert not relay_has(second)
+    follower.close()
+    follower.connect()
+    wait_for(lambda: relay_has(second), what="the cosignature sent again")
+    follower.close()
+    follower.store.close()
+    follower.views.close()
+    relay.close()
 
 
 def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from gateways.kafka.topics import (
     entry_from_record,
 )
 from ledger.entry import Entry
+from ledger.note import parse_signature_line
 from ledger.replica import (
     AcceptedCheckpoint,
     NotThisLedger,
@@ -50,6 +51,8 @@ log = logging.getLogger("dfg.follower")
 CHECKPOINTS_MARKER = "follower.checkpoints"
 TOPIC_END_MARKER = "follower.topic_end"
 SEEN_AT_MARKER = "follower.seen_at_ms"
+#: The size of the newest checkpoint whose cosignature the broker acknowledged.
+COSIGNED_MARKER = "follower.cosigned"
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Follower:
         self._consumer = consumer
         if self.witness is not None:
             self._producer = self.kafka.producer()
+            self._cosign_newest()
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -253,19 +257,53 @@ class Follower:
             self._checkpoints_saved = position
 
     def _cosign(self, verified: Sequence[AcceptedCheckpoint]) -> None:
+        """Cosign what was verified, keep every cosignature, then send them."""
         if self.witness is None or not verified:
             return
-        assert self._producer is not None
+        lines = []
         for accepted in verified:
             size = accepted.checkpoint.size
             line = cosign(accepted.note, self.witness.name, self.witness.key, int(self.clock()))
             self.store.save_cosignature(size, self.witness.name, line)
+            lines.append((size, line))
+        self._send_cosignatures(lines)
+
+    def _cosign_newest(self) -> None:
+        """On connecting: the newest verified checkpoint's cosignature goes out if the
+        broker has not acknowledged it. A send that failed, or a stop between keeping a
+        checkpoint and sending its cosignature, would otherwise leave it without this
+        witness until a newer checkpoint comes, and none comes while the ledger is
+        idle. Older ones need no resending: the newest covers them (this witness
+        verified that they are consistent with it). Sent twice, it is kept once."""
+        assert self.witness is not None
+        newest = self.store.latest_checkpoint()
+        if newest is None or newest.size <= self.store.marker(COSIGNED_MARKER):
+            return
+        name = self.witness.name
+        line = next((line for line in newest.cosignatures if parse_signature_line(line).name == name), None)
+        if line is None:  # stopped after keeping the checkpoint, before cosigning it
+            line = cosign(newest.note, self.witness.name, self.witness.key, int(self.clock()))
+            self.store.save_cosignature(newest.size, self.witness.name, line)
+        self._send_cosignatures([(newest.size, line)])
+
+    def _send_cosignatures(self, lines: Sequence[tuple[int, str]]) -> None:
+        """Send (size, line) cosignatures; once the broker has them all, remember the
+        newest size as acknowledged. A failure raises ``KafkaError``: the run loop
+        reconnects, and ``connect`` sends the newest again."""
+        assert self.witness is not None and self._producer is not None
+        futures = []
+        for size, line in lines:
             key, value, headers = CosignatureMessage(self.witness.name, size, line).record()
-            self._producer.send(
-                self.topics.cosignatures, key=key, value=value, headers=headers, partition=PARTITION
+            futures.append(
+                self._producer.send(
+                    self.topics.cosignatures, key=key, value=value, headers=headers, partition=PARTITION
+                )
             )
-            self.status.cosigned += 1
         self._producer.flush()
+        for future in futures:
+            future.get(timeout=self.kafka.request_timeout_ms / 1000)
+        self.status.cosigned += len(lines)
+        self.store.set_marker(COSIGNED_MARKER, max(size for size, _ in lines))
 
     # --- status --------------------------------------------------------------------
 
