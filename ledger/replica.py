@@ -26,7 +26,7 @@ from ledger.audit import AuditFailure, Auditor, NotTheExpectedLedger
 from ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint_body
 from ledger.entry import Entry
 from ledger.merkle import consistency_proof, root_at, verify_consistency
-from ledger.note import NoteError, parse_note
+from ledger.note import NoteError, Verifier, parse_note
 from ledger.store import AppendBatch, LedgerStore, RecordedViolation, StoredCheckpoint, StoredEntry
 from ledger.verifier import ParallelVerifier
 
@@ -83,6 +83,10 @@ class Replica:
         self._auditor = self._resume()
         self._stored_size = self._auditor.size
         self._waiting: dict[int, str] = {}  # checkpoints beyond our size, by size
+        self._trusted_key = Verifier.from_string(expected_checkpoint_key) if expected_checkpoint_key else None
+        #: The first checkpoint read before the genesis entry that the trusted key did not
+        #: sign: checked again once the genesis entry names the ledger's key.
+        self._unsigned_before_genesis: str | None = None
         self._verified: list[AcceptedCheckpoint] = []
 
     @property
@@ -163,6 +167,9 @@ class Replica:
             self._auditor = self._resume()  # the store is the truth: replay from it again
             raise
         self._stored_size = auditor.size
+        if self._unsigned_before_genesis is not None:  # now checked with the ledger's key
+            note, self._unsigned_before_genesis = self._unsigned_before_genesis, None
+            self.accept_checkpoint(note)
         for size in [s for s in sorted(self._waiting) if s <= self.size]:
             self.accept_checkpoint(self._waiting.pop(size))
         return entries
@@ -182,8 +189,8 @@ class Replica:
             self._halt(
                 ViolationKind.BAD_CHECKPOINT, 0, "a checkpoint note is malformed", {"checkpoint": note}
             )
-        if verifier is None:  # no genesis entry yet: nothing to check it with
-            self._waiting.setdefault(size, note)
+        if verifier is None:  # no genesis entry yet
+            self._before_genesis(size, note)
             return None
         try:
             checkpoint = open_checkpoint(note, verifier, origin=self.origin)
@@ -224,6 +231,22 @@ class Replica:
         accepted = AcceptedCheckpoint(checkpoint, note, new=True)
         self._verified.append(accepted)
         return accepted
+
+    def _before_genesis(self, size: int, note: str) -> None:
+        """A checkpoint read before the genesis entry waits for it. With the key the
+        operator trusts, its signature is checked first, and one that key did not sign
+        does not wait (hostile notes would pile up in memory). The first such note is
+        checked again once the genesis entry is here: if the ledger's key is the one
+        trusted, it is a forged checkpoint and reported as one; if not, the genesis
+        entry itself was refused as another ledger's."""
+        if self._trusted_key is not None:
+            try:
+                open_checkpoint(note, self._trusted_key)
+            except CheckpointError:
+                if self._unsigned_before_genesis is None:
+                    self._unsigned_before_genesis = note
+                return
+        self._waiting.setdefault(size, note)
 
     # --- internals -----------------------------------------------------------------
 

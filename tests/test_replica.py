@@ -261,6 +261,46 @@ def test_a_checkpoint_ahead_that_the_ledger_did_not_sign_is_named_at_once(
     assert replica.waiting_checkpoints() == []
 
 
+def _trusting(source: Ledger, store: LedgerStore) -> Replica:
+    assert source.sequencer.ledger is not None
+    return Replica(store, expected_checkpoint_key=source.sequencer.ledger["checkpoint_key"])
+
+
+def _unsigned(note: str, size: int) -> str:
+    checkpoint = replace(parse_checkpoint_body(parse_note(note)[0]), size=size)
+    return sign_checkpoint(checkpoint, checkpoint.origin, Ed25519PrivateKey.generate())
+
+
+def test_checkpoints_before_the_genesis_entry_are_checked_with_the_trusted_key(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    """Read before the genesis entry, the ledger's checkpoints wait for their entries,
+    and notes the trusted key did not sign do not pile up in memory: the first of them
+    is named as a bad checkpoint once the genesis entry confirms the key."""
+    replica = _trusting(source, replica_store)
+    notes = notes_of(source)
+    assert all(replica.accept_checkpoint(n) is None for n in notes)
+    assert replica.waiting_checkpoints() == [1, 21, 41, 60]
+    for size in range(10**9, 10**9 + 200):  # anyone can write to the topic
+        assert replica.accept_checkpoint(_unsigned(notes[-1], size)) is None
+    assert replica.waiting_checkpoints() == [1, 21, 41, 60]
+    with pytest.raises(ReplicaHalted) as raised:
+        replica.accept_entries(entries_of(source)[:1])
+    assert raised.value.violation.kind == ViolationKind.BAD_CHECKPOINT
+    assert raised.value.violation.seq == 10**9
+
+
+def test_the_ledgers_checkpoints_read_before_its_genesis_entry_are_kept_when_it_comes(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    replica = _trusting(source, replica_store)
+    notes = notes_of(source)
+    assert all(replica.accept_checkpoint(n) is None for n in notes)
+    replica.accept_entries(entries_of(source))
+    assert [c.note for c in replica_store.checkpoints(0, 100)] == notes
+    assert replica.halted is None and replica.waiting_checkpoints() == []
+
+
 def test_entries_of_another_ledger_are_a_configuration_error_not_evidence(
     source: Ledger, replica_store: LedgerStore
 ) -> None:
