@@ -6,14 +6,13 @@ Wire names are the contract (docs/analyses.md).
 
 from __future__ import annotations
 
-import uuid
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from domain.commands import Code, Codes, Command, PrincipalId, Sha256Hex, ShortText
+from domain.commands import Code, Codes, Command, PrincipalId, Sha256Hex, ShortText, Uuid
 
 #: Variable aliases and names: what the calculation language calls a NAME.
 VariableName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
@@ -69,13 +68,13 @@ def _probably_prime(n: int) -> bool:
 
 
 class CreateCatalog(Command):
-    catalog_id: uuid.UUID
+    catalog_id: Uuid
     name: ShortText
     description: LongText = ""
 
 
 class UpdateCatalog(Command):
-    catalog_id: uuid.UUID
+    catalog_id: Uuid
     name: ShortText | None = None
     description: LongText | None = None
 
@@ -88,7 +87,7 @@ class OriginKind(StrEnum):
 class Origin(Command):
     """Where a datasource's records come from: FHIR resources of a type, or a table."""
 
-    kind: OriginKind
+    kind: Annotated[OriginKind, Field(strict=False)]
     resource: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]{1,63}$")] | None = None
     format: Literal["csv", "parquet"] | None = None
 
@@ -102,8 +101,8 @@ class Origin(Command):
 
 
 class CreateDatasource(Command):
-    datasource_id: uuid.UUID
-    catalog_id: uuid.UUID
+    datasource_id: Uuid
+    catalog_id: Uuid
     name: ShortText
     description: LongText = ""
     origin: Origin
@@ -121,7 +120,7 @@ class CreateDatasource(Command):
 
 
 class UpdateDatasource(Command):
-    datasource_id: uuid.UUID
+    datasource_id: Uuid
     name: ShortText | None = None
     description: LongText | None = None
 
@@ -137,9 +136,9 @@ class VariableSpec(Command):
     """A variable of a datasource: type, unit (UCUM) and the allowed range that MPC
     fixed-point encoding and histogram bins rely on."""
 
-    datasource_id: uuid.UUID
+    datasource_id: Uuid
     name: VariableName
-    type: VariableType
+    type: Annotated[VariableType, Field(strict=False)]
     unit: Annotated[str, Field(max_length=40)] = ""
     min: DecimalText | None = None
     max: DecimalText | None = None
@@ -176,7 +175,7 @@ class CommitShares(Command):
     commitment (SHA-256) to each node's sealed bundle, the row count and the
     fixed-point precision the values were encoded with -- never shares or values."""
 
-    datasource_id: uuid.UUID
+    datasource_id: Uuid
     commitments: Annotated[dict[PrincipalId, Sha256Hex], Field(min_length=2, max_length=16)]
     records: Annotated[int, Field(ge=0, le=10**9)]
     fixed_point_precision: Annotated[int, Field(ge=0, le=64)] = 16
@@ -203,12 +202,12 @@ class SetEncryptionKey(Command):
 
 class ViewVariable(Command):
     alias: VariableName
-    datasource_id: uuid.UUID
+    datasource_id: Uuid
     variable: VariableName
 
 
 class CreateDataView(Command):
-    data_view_id: uuid.UUID
+    data_view_id: Uuid
     name: ShortText
     variables: Annotated[list[ViewVariable], Field(min_length=1, max_length=256)]
 
@@ -222,12 +221,12 @@ class CreateDataView(Command):
 
 
 class SendDataView(Command):
-    data_view_id: uuid.UUID
+    data_view_id: Uuid
 
 
 class DuplicateDataView(Command):
-    data_view_id: uuid.UUID
-    new_data_view_id: uuid.UUID
+    data_view_id: Uuid
+    new_data_view_id: Uuid
     name: ShortText | None = None
 
 
@@ -242,10 +241,10 @@ class ConsentRequestSpec(Command):
 
 
 class CreateAnalysis(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     name: ShortText
     note: LongText = ""
-    data_view_id: uuid.UUID
+    data_view_id: Uuid
     analysts: Annotated[list[PrincipalId], Field(max_length=32)] = Field(default_factory=list)
     consent: ConsentRequestSpec
     modulus: Annotated[str, AfterValidator(_modulus)] = DEFAULT_MODULUS
@@ -253,7 +252,7 @@ class CreateAnalysis(Command):
 
 
 class UpdateAnalysis(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     name: ShortText | None = None
     note: LongText | None = None
     modulus: Annotated[str, AfterValidator(_modulus)] | None = None
@@ -261,12 +260,12 @@ class UpdateAnalysis(Command):
 
 
 class AnalysisRef(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
 
 
 class DuplicateAnalysis(Command):
-    analysis_id: uuid.UUID
-    new_analysis_id: uuid.UUID
+    analysis_id: Uuid
+    new_analysis_id: Uuid
     name: ShortText | None = None
 
 
@@ -278,23 +277,23 @@ class MergeSpec(Command):
 
 
 class SetMerge(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     merge: MergeSpec
 
 
 class AnalysisCatalog(Command):
-    analysis_id: uuid.UUID
-    catalog_id: uuid.UUID
+    analysis_id: Uuid
+    catalog_id: Uuid
 
 
 class AnalysisDatasource(Command):
-    analysis_id: uuid.UUID
-    datasource_id: uuid.UUID
+    analysis_id: Uuid
+    datasource_id: Uuid
 
 
 class CalculationSpec(Command):
-    analysis_id: uuid.UUID
-    calculation_id: uuid.UUID
+    analysis_id: Uuid
+    calculation_id: Uuid
     name: ShortText
     filter: Annotated[str, Field(max_length=2000)] = ""
     functions: Annotated[
@@ -311,20 +310,20 @@ class UpdateCalculation(CalculationSpec):
 
 
 class DuplicateCalculation(Command):
-    analysis_id: uuid.UUID
-    calculation_id: uuid.UUID
-    new_calculation_id: uuid.UUID
+    analysis_id: Uuid
+    calculation_id: Uuid
+    new_calculation_id: Uuid
 
 
 class DeleteCalculation(Command):
-    analysis_id: uuid.UUID
-    calculation_id: uuid.UUID
+    analysis_id: Uuid
+    calculation_id: Uuid
 
 
 class SendAnalysis(Command):
     """Send the analysis to the computation nodes' organisations; it is locked from now."""
 
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     nodes: Annotated[list[PrincipalId], Field(min_length=2, max_length=16)]
 
     @field_validator("nodes")
@@ -336,13 +335,13 @@ class SendAnalysis(Command):
 
 
 class ApproveAnalysis(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     approve: bool = True
     reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class TaskRef(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     task_id: Annotated[int, Field(ge=1, le=10_000)]
 
 
@@ -355,7 +354,7 @@ class FailTask(TaskRef):
 
 
 class ApproveResults(Command):
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     approve: bool = True
     reason: Annotated[str, Field(max_length=500)] = ""
 
@@ -363,7 +362,7 @@ class ApproveResults(Command):
 class RequestResultAccess(Command):
     """The analyst asks for the result shares, encrypted to this public key (a JWK)."""
 
-    analysis_id: uuid.UUID
+    analysis_id: Uuid
     recipient_jwk: dict[str, str]
 
     @field_validator("recipient_jwk")

@@ -7,12 +7,21 @@ rules that depend on state or on who signs live in the aggregates and in
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from domain.identifiers import CODE_PATTERN, PRINCIPAL_ID_PATTERN, PSEUDONYM_PATTERN
 from domain.jwk import PublicJwk
@@ -23,6 +32,30 @@ Code = Annotated[str, Field(pattern=CODE_PATTERN)]
 Codes = Annotated[list[Code], Field(min_length=1, max_length=64)]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+
+_UUID_TEXT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _uuid_text(value: Any) -> Any:
+    """A UUID travels as its 36-character text; not as the other spellings Python reads
+    (``urn:uuid:``, braces, 32 bare digits), which another implementation need not."""
+    if isinstance(value, uuid.UUID) or (isinstance(value, str) and _UUID_TEXT.match(value)):
+        return value
+    raise ValueError("a UUID as text: 8-4-4-4-12 hexadecimal digits")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """An instant travels as RFC 3339 text with a time zone; not as a number or a number
+    in a string, which pydantic would otherwise read as Unix seconds."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.match(value)):
+        return value
+    raise ValueError("an RFC 3339 date-time with a time zone, e.g. 2026-11-23T19:54:42Z")
+
+
+#: JSON carries these as strings: the models are strict, these fields read their text.
+Uuid = Annotated[uuid.UUID, Field(strict=False), BeforeValidator(_uuid_text)]
+Instant = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_rfc3339_text)]
 
 
 class Kind(StrEnum):
@@ -42,7 +75,12 @@ Role = Kind  # roles and kinds share names; a principal may hold several roles
 
 
 class Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A transaction body. Strict, as the envelope: a value of the wrong JSON type is
+    refused, not converted (``true`` is not 1, ``"10"`` is not 10), so that a verifier
+    written from docs/transactions.md accepts exactly what this one does. Enumerations,
+    UUIDs and instants are read from their text (``Field(strict=False)``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -78,7 +116,7 @@ class Genesis(Command):
 
 class AdmitPrincipal(Command):
     principal: PrincipalId
-    kind: Kind
+    kind: Annotated[Kind, Field(strict=False)]
     display_name: ShortText | None = None
     jwk: PublicJwk | None = None
     custodian: PrincipalId | None = None
@@ -94,19 +132,19 @@ class AdmitPrincipal(Command):
 
 class GrantRole(Command):
     principal: PrincipalId
-    role: Role
+    role: Annotated[Role, Field(strict=False)]
 
 
 class RevokeRole(Command):
     principal: PrincipalId
-    role: Role
+    role: Annotated[Role, Field(strict=False)]
 
 
 class AddKey(Command):
     principal: PrincipalId
     jwk: PublicJwk
-    not_before: AwareDatetime | None = None
-    not_after: AwareDatetime | None = None
+    not_before: Instant | None = None
+    not_after: Instant | None = None
 
     _normalise = field_validator("not_before", "not_after")(classmethod(lambda cls, v: _utc(v)))
 
@@ -150,8 +188,8 @@ class ConsentTerms(Command):
     purposes: Codes
     data_categories: Codes
     notice: Notice
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    valid_from: Instant | None = None
+    valid_until: Instant | None = None
 
     _normalise = field_validator("valid_from", "valid_until")(classmethod(lambda cls, v: _utc(v)))
 
@@ -166,7 +204,7 @@ class ConsentTerms(Command):
 class RequestConsent(Command):
     """A controller asks a subject for consent (the subject answers with give/decline)."""
 
-    consent_id: uuid.UUID
+    consent_id: Uuid
     subject: Pseudonym
     terms: ConsentTerms
 
@@ -175,22 +213,22 @@ class GiveConsent(Command):
     """Level 1: the controller records a copy of a consent it collected itself.
     Level 2: the subject (or their custodial wallet) gives it on the platform."""
 
-    consent_id: uuid.UUID
+    consent_id: Uuid
     controller: PrincipalId
     subject: Pseudonym
-    level: Literal[1, 2]
-    method: CollectionMethod
+    level: Annotated[int, Field(ge=1, le=2)]  # strict: not true, not 1.0
+    method: Annotated[CollectionMethod, Field(strict=False)]
     terms: ConsentTerms | None = None
 
 
 class DeclineConsent(Command):
-    consent_id: uuid.UUID
+    consent_id: Uuid
     controller: PrincipalId
     subject: Pseudonym
 
 
 class WithdrawConsent(Command):
-    consent_id: uuid.UUID
+    consent_id: Uuid
     controller: PrincipalId
     subject: Pseudonym
 
@@ -198,7 +236,7 @@ class WithdrawConsent(Command):
 class UtilizeConsent(Command):
     """The controller records that it used the consent, for a purpose and categories."""
 
-    consent_id: uuid.UUID
+    consent_id: Uuid
     purpose: Code
     data_categories: Codes
 

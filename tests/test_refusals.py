@@ -853,6 +853,16 @@ INVALID_BODIES: list[Any] = [
     pytest.param(_give_with(terms_valid_until="9999-12-31T23:59:59-23:59"), id="after-the-calendar"),
     pytest.param(_give_with(terms_valid_from="0001-01-01T00:00:00+23:59"), id="before-the-calendar"),
     pytest.param(_give_with(terms_colour="blue"), id="extra-term"),
+    # types are strict: a value of another JSON type is refused, not converted
+    pytest.param(_give_with(level=True), id="level-true"),
+    pytest.param(_give_with(level=1.0), id="level-float"),
+    pytest.param(_give_with(level="1"), id="level-string"),
+    pytest.param(_give_with(terms_valid_from=1_700_000_000), id="instant-as-number"),
+    pytest.param(_give_with(terms_valid_from="1700000000"), id="instant-as-numeric-string"),
+    pytest.param(_give_with(terms_valid_from="2026-03-01 00:00:00Z"), id="instant-with-a-space"),
+    pytest.param(_give_with(consent_id="urn:uuid:3f0f7a52-61c2-4f5e-9d8a-0c1b2a3d4e5f"), id="uuid-urn"),
+    pytest.param(_give_with(consent_id="3f0f7a5261c24f5e9d8a0c1b2a3d4e5f"), id="uuid-bare-digits"),
+    pytest.param(_give_with(method=["app"]), id="method-as-list"),
 ]
 
 
@@ -897,6 +907,16 @@ def test_invalid_bodies_of_other_types(ledger: Ledger, app: TransactionSigner) -
             },
         ),
         (op, "key.revoke", {"principal": "sp:app", "kid": app.kid, "reason": "bored"}),
+        (
+            op,
+            "key.add",
+            {
+                "principal": "sp:app",
+                "jwk": public_jwk(OKPKey.generate_key("Ed25519")).as_dict(),
+                "not_before": "1700000000",
+            },
+        ),
+        (op, "principal.grant_role", {"principal": "sp:app", "role": 7}),
         (
             app,
             "consent.utilize",
