@@ -30,8 +30,10 @@ class BundleError(Exception):
 
 
 def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]) -> int:
+    """Write the ledger as it stood at its head when the export began: a sequencer that
+    appends meanwhile adds nothing to the bundle (neither entries nor checkpoints)."""
     size, root = store.head()
-    checkpoints = list(all_checkpoints(store))
+    checkpoints = [cp for cp in all_checkpoints(store) if cp.size <= size]
     genesis = store.read_entries(1, 1)
     ledger = Entry.decode(genesis[0].canonical).data["ledger"] if genesis else {}
     header = {
@@ -46,7 +48,7 @@ def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]
     out.write(json.dumps(header, sort_keys=True).encode() + b"\n")
     start = 1
     while start <= size:
-        page = store.read_entries(start, 5000)
+        page = store.read_entries(start, min(5000, size - start + 1))
         if not page:
             break
         for stored in page:
@@ -92,6 +94,8 @@ class BundleReader:
                 if not line.endswith(b"\n"):
                     raise BundleError(f"the bundle ends after {position - 1} of {size} entries")
                 canonical = line[:-1]
+                if position == 1:
+                    self._check_header_against(canonical)
                 aggregate_id, version, event_type = _columns(canonical)
                 pending.append((aggregate_id.bytes, position, canonical))
                 if len(pending) >= 1000:
@@ -100,13 +104,32 @@ class BundleReader:
             self._index(pending)
             for number, line in enumerate(handle, start=size + 2):
                 self._read_tail_line(number, line)
+        counted = self.header.get("checkpoints")
+        if counted is not None and counted != len(self.checkpoints):
+            raise BundleError(
+                f"the header counts {counted!r} checkpoints, the bundle holds {len(self.checkpoints)}"
+            )
+
+    def _check_header_against(self, genesis: bytes) -> None:
+        """The header's ledger fields are those the genesis entry names (the audit checks
+        the entry itself): a header that says otherwise misleads whoever reads it first."""
+        try:
+            ledger = json.loads(genesis)["data"]["ledger"]
+        except (ValueError, RecursionError, KeyError, TypeError):
+            return  # not a genesis entry: the audit names entry 1
+        for name in ("chain", "origin", "checkpoint_key"):
+            if name in self.header and self.header[name] != ledger.get(name):
+                raise BundleError(
+                    f"the header's {name} ({self.header[name]!r}) is not the one the genesis entry"
+                    f" names ({ledger.get(name)!r})"
+                )
 
     def _read_tail_line(self, number: int, line: bytes) -> None:
         """After the entries: checkpoint lines, then the principals line; nothing else."""
         try:
             item = json.loads(line)
-        except ValueError as exc:
-            raise BundleError(f"line {number} of the bundle is not JSON") from exc
+        except (ValueError, RecursionError) as exc:
+            raise BundleError(f"line {number} of the bundle is not JSON (or nests too deeply)") from exc
         if isinstance(item, dict) and isinstance(item.get("checkpoint"), str):
             note = item["checkpoint"]
             size = _note_size(note)
@@ -152,10 +175,10 @@ def _read_header(path: Path) -> dict[str, Any]:
     """The bundle's first line, with the two fields the audit relies on checked: the
     number of entries and the root of their tree."""
     with path.open("rb") as handle:
-        first = handle.readline()
+        first = handle.readline(_HEADER_LIMIT)
     try:
         header = json.loads(first)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BundleError(f"{path} is not an audit bundle (bad header)") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise BundleError(f"{path} is not a {FORMAT} file")
@@ -164,10 +187,15 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: the header's size is not a number of entries: {size!r}")
     if not isinstance(root, str) or not _ROOT.fullmatch(root):
         raise BundleError(f"{path}: the header's root is not a SHA-256 hash in hex: {root!r}")
+    counted = header.get("checkpoints")
+    if counted is not None and (type(counted) is not int or counted < 0):
+        raise BundleError(f"{path}: the header's checkpoints is not a number of checkpoints: {counted!r}")
     return header
 
 
 _ROOT = re.compile(r"[0-9a-f]{64}")
+#: A header is a few hundred bytes; reading a longer first line whole is never needed.
+_HEADER_LIMIT = 64 * 1024
 
 
 def checkpoint_lines(path: Path) -> list[StoredCheckpoint]:
@@ -184,7 +212,7 @@ def _columns(canonical: bytes) -> tuple[uuid.UUID, int, str]:
     try:
         doc = json.loads(canonical)
         return uuid.UUID(doc["aggregate"]), int(doc["version"]), str(doc["event"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError, KeyError, TypeError):
         return uuid.UUID(int=0), 0, "?"
 
 

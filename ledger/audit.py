@@ -32,7 +32,7 @@ from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier, NodeReader, consistency_proof, leaf_hash, verify_consistency
-from ledger.note import Verifier
+from ledger.note import NoteError, Verifier, parse_signature_line
 from ledger.recent import Missing, RecentItems
 from ledger.state_view import AggregateLookups
 from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
@@ -43,6 +43,12 @@ from ledger.witness import WitnessPolicy
 #: Loads an aggregate from the entries before a sequence number (None if it has none).
 LoadBefore = Callable[[uuid.UUID, int], Aggregate | None]
 _SIGNATURE_CHUNK = 2048
+#: A log no checkpoint covers is tied to nothing: anyone can write a genesis entry that
+#: names a ledger's public checkpoint key, and entries after it, without its private key.
+UNSIGNED_LOG = (
+    "no checkpoint signed by the ledger's key covers the log: nothing ties these entries"
+    " to that key (a ledger has one from its genesis entry)"
+)
 _NODE_PAGE = 8192
 
 
@@ -64,6 +70,8 @@ class AuditReport:
     origin: str | None = None
     checkpoint_key: str | None = None
     operator_kid: str | None = None
+    #: The newest checkpoint checked: the entries after it carry no signature yet.
+    signed_size: int = 0
     #: With a witness policy: the newest checkpoint cosigned by a quorum (0: none).
     final_size: int = 0
     final_checkpoints: int = 0
@@ -348,6 +356,8 @@ class Auditor:
             self._fail(0, f"the stored head (size {head[0]}) does not match the entries (size {size})")
         if tx_index is not None:
             self._check_tx_index(*tx_index)
+        if self.first_nonces is None and self.report.checkpoints == 0:  # the whole log, not a segment
+            self._fail(0, UNSIGNED_LOG)
         if self._witnesses is not None and self.report.final_size == 0 and size:
             self._fail(
                 0,
@@ -528,13 +538,32 @@ class Auditor:
         root = self._frontier.root()
         if checkpoint.size != stored.size or checkpoint.root_hash != root:
             self._fail(stored.size, "the signed checkpoint's root differs from the root of the entries")
+        # The stored root column, which readers are served and a replica compares (a
+        # bundle carries only the note: its checkpoints have none).
+        if stored.root and stored.root != root:
+            self._fail(stored.size, "the checkpoint's stored root differs from its signed root")
+        self._check_cosignature_lines(stored)
         self._last_checkpoint = (stored.size, root)
         if self._first_checkpoint is None:
             self._first_checkpoint = self._last_checkpoint
         self.report.checkpoints += 1
+        self.report.signed_size = stored.size
         if self._witnesses is not None and self._witnesses.is_final(stored.note, stored.cosignatures):
             self.report.final_size = stored.size
             self.report.final_checkpoints += 1
+
+    def _check_cosignature_lines(self, stored: StoredCheckpoint) -> None:
+        """Kept cosignatures are served with the checkpoint (``GET /v1/checkpoint``,
+        receipts): each must be a signature line, so that the note with them added is
+        still a note every reader can open. Whether a line's witness counts is each
+        reader's policy (``--witness``)."""
+        for line in stored.cosignatures:
+            try:
+                parse_signature_line(line)
+            except NoteError as exc:
+                self._fail(
+                    stored.size, f"a cosignature kept with this checkpoint is not a signature line: {exc}"
+                )
 
     def _check_consistency(self) -> None:
         """Successive checkpoints are consistent by construction here: each root was
@@ -613,7 +642,11 @@ def audit(
         auditor.finish(head, tx_index() if tx_index is not None else None)
     except AuditFailure:
         auditor.settle()  # an earlier bad signature may still be queued: name the earliest
-    return auditor.report
+    report = auditor.report
+    first = report.first_problem
+    if first is not None and first.seq:  # what was verified is what came before it
+        report.entries = min(report.entries, first.seq - 1)
+    return report
 
 
 def batched(

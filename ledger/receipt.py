@@ -93,7 +93,7 @@ def verify_receipt(
         raise ReceiptError("the leaf index does not match the sequence number")
     try:
         document = json.loads(receipt.entry)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ReceiptError("the entry is not JSON") from exc
     if not isinstance(document, dict) or document.get("seq") != receipt.seq:
         raise ReceiptError("the entry is not an entry numbered as the receipt says")

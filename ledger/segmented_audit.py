@@ -40,6 +40,7 @@ from multiprocessing.synchronize import Lock
 from typing import Any, TypeAlias
 
 from ledger.audit import (
+    UNSIGNED_LOG,
     AuditFailure,
     Auditor,
     AuditReport,
@@ -516,6 +517,10 @@ def _join(
         last_nonces.update(result.last_nonces)
         last_ts = result.last_ts or last_ts
         joined.root = result.report.root
+        joined.signed_size = result.report.signed_size or joined.signed_size
+    if joined.checkpoints == 0:
+        joined.problems.append(Problem(0, UNSIGNED_LOG))
+        return joined
     problem = tx_index_problem(store.tx_index_summary(), joined.entries, last_nonces)
     if problem is not None:
         joined.problems.append(Problem(0, problem))

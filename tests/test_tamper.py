@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -549,3 +550,149 @@ def test_receipt_with_an_infinite_number_is_refused_cleanly(base: Base, receipt:
     assert "Infinity" in text
     result = _check_receipt_text(text, base)
     assert result.exit_code != 0 and "not a receipt" in result.output
+
+
+# --- what ties a log to its key; what a bundle's header and tail say ----------------------
+
+
+def test_a_log_no_checkpoint_covers_does_not_verify(copy: Path) -> None:
+    tamper(copy, ("DELETE FROM checkpoints", ()))
+    result = verify(copy)
+    assert result.exit_code != 0
+    assert "no checkpoint signed by the ledger's key covers the log" in result.output
+
+
+def test_a_forged_genesis_naming_the_ledgers_public_key_does_not_verify(base: Base, tmp_path: Path) -> None:
+    """Anyone can write a genesis entry that names a ledger's public checkpoint key,
+    chain and origin, signed by an operator key of their own, and entries after it.
+    Without a checkpoint signed by that key nothing ties them to the ledger; this used
+    to verify with ``--checkpoint-key``."""
+    from joserfc.jwk import OKPKey
+
+    from ledger.sequencer import Accepted, Sequencer
+    from ledger.signing import TransactionSigner, public_jwk
+
+    forged = Settings(data_dir=tmp_path / "forged")
+    forged.data_dir.mkdir()
+    operator = OKPKey.generate_key("Ed25519")
+    genesis = TransactionSigner("op:federation", operator, "dfg-local").sign(
+        "ledger.genesis",
+        {
+            "ledger": {
+                "chain": "dfg-local",
+                "origin": "dfg.local/dfg-local",
+                "checkpoint_key": base.checkpoint_key,
+            },
+            "operator": "op:federation",
+            "display_name": "Not the federation",
+            "jwk": public_jwk(operator).as_dict(),
+        },
+        now=time.time(),
+    )
+    store = open_store(forged)
+    try:
+        assert isinstance(Sequencer(store, checkpoint_key=None).submit([genesis])[0], Accepted)
+    finally:
+        store.close()
+    trusting = ["--checkpoint-key", base.checkpoint_key, "--chain", "dfg-local", "--no-progress"]
+    result = dfg("audit", "verify", "--data", str(forged.data_dir), *trusting)
+    assert result.exit_code == 1 and "no checkpoint signed" in result.output, result.output
+    bundle = tmp_path / "forged.bundle"
+    assert dfg("audit", "export", "--data", str(forged.data_dir), "--out", str(bundle)).exit_code == 0
+    result = dfg("audit", "verify", "--bundle", str(bundle), *trusting)
+    assert result.exit_code == 1 and "no checkpoint signed" in result.output, result.output
+
+
+def _bundle_lines(base: Base) -> list[bytes]:
+    return base.bundle.read_bytes().splitlines(keepends=True)
+
+
+def _verify_bundle_lines(lines: list[bytes], tmp_path: Path) -> Result:
+    bundle = tmp_path / "edited.bundle"
+    bundle.write_bytes(b"".join(lines))
+    return dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+
+
+def test_a_bundle_without_its_checkpoint_lines_is_refused(base: Base, tmp_path: Path) -> None:
+    lines = _bundle_lines(base)
+    kept = [line for line in lines if not line.startswith(b'{"checkpoint"')]
+    assert len(kept) == len(lines) - 2
+    result = _verify_bundle_lines(kept, tmp_path)
+    assert result.exit_code != 0 and "the header counts 2 checkpoints, the bundle holds 0" in result.output
+
+
+@pytest.mark.parametrize("member", ["chain", "checkpoint_key"])
+def test_a_bundle_header_that_misnames_the_ledger_is_refused(base: Base, tmp_path: Path, member: str) -> None:
+    lines = _bundle_lines(base)
+    header = json.loads(lines[0])
+    header[member] = "another-ledger" if member == "chain" else base.checkpoint_key[:-4] + "AAAA"
+    lines[0] = json.dumps(header, sort_keys=True).encode() + b"\n"
+    result = _verify_bundle_lines(lines, tmp_path)
+    assert result.exit_code != 0 and f"the header's {member}" in result.output
+
+
+@pytest.mark.parametrize("where", ["header", "tail"])
+def test_deeply_nested_json_in_a_bundle_is_refused_cleanly(base: Base, tmp_path: Path, where: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    lines = _bundle_lines(base)
+    if where == "header":
+        lines[0] = deep
+    else:
+        lines.insert(-1, deep)
+    result = _verify_bundle_lines(lines, tmp_path)  # catch_exceptions=False: no traceback
+    assert result.exit_code != 0
+
+
+def test_a_receipt_nested_too_deeply_is_refused_cleanly(base: Base) -> None:
+    result = _check_receipt_text("[" * 100_000 + "]" * 100_000, base)
+    assert result.exit_code != 0 and "receipt does not verify" in result.output
+
+
+def test_a_bundle_exported_while_the_ledger_grows_holds_it_as_it_stood(base: Base, tmp_path: Path) -> None:
+    """What is appended after the export read the head (entries, checkpoints) stays out:
+    the bundle used to take whole pages of entries, and every checkpoint, and then not
+    verify."""
+    from infra.bundle import export_bundle
+    from ledger.merkle import root_at
+
+    store = open_store(Settings(data_dir=base.data))
+    try:
+        as_it_stood = (MIDDLE, root_at(MIDDLE, store.read_nodes))
+        store.head = lambda: as_it_stood  # type: ignore[method-assign]
+        bundle = tmp_path / "earlier.bundle"
+        with bundle.open("wb") as out:
+            assert export_bundle(store, out, {}) == MIDDLE
+    finally:
+        store.close()
+    lines = bundle.read_bytes().splitlines()
+    assert len(lines) == 1 + MIDDLE + 1 + 1  # header, entries, checkpoint 1, principals
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"the newest checkpoint covers 1 entries; the {MIDDLE - 1} after it" in result.output
+
+
+def test_a_zeroed_stored_checkpoint_root_is_named(copy: Path) -> None:
+    tamper(copy, ("UPDATE checkpoints SET root = zeroblob(32) WHERE size = ?", (SIZE,)))
+    result = verify(copy)
+    assert_names(result, SIZE)
+    assert "stored root" in result.output
+
+
+def test_a_kept_cosignature_that_is_not_a_signature_line_is_named(copy: Path) -> None:
+    tamper(copy, ("INSERT INTO checkpoint_cosignatures VALUES (?, ?, ?)", (SIZE, "node:x", "garbage")))
+    result = verify(copy)
+    assert_names(result, SIZE)
+    assert "not a signature" in result.output
+
+
+def test_the_entries_verified_before_a_failure_are_those_before_it(copy: Path) -> None:
+    tamper(copy, ("UPDATE merkle_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = ?", (MIDDLE - 1,)))
+    result = verify(copy)
+    assert_names(result, MIDDLE)
+    assert f"{MIDDLE - 1} entries verified before the failure" in result.output
+
+
+def test_prove_over_a_damaged_tree_says_what_to_do(copy: Path) -> None:
+    tamper(copy, ("DELETE FROM merkle_nodes WHERE level = 1 AND idx = 1", ()))
+    result = dfg("audit", "prove", "--data", str(copy), "--seq", "1")
+    assert result.exit_code == 1 and "run `dfg audit verify`" in result.output, result.output

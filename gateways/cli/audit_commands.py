@@ -170,6 +170,12 @@ def _print_report(report: AuditReport, elapsed: float, witnesses: WitnessPolicy 
         click.echo(f"chain {report.chain}, root {report.root.hex()}")
         click.echo(f"checkpoint key {report.checkpoint_key}")
         click.echo(f"genesis signed by {report.operator_kid}")
+        unsigned = report.entries - report.signed_size
+        if unsigned:
+            click.echo(
+                f"the newest checkpoint covers {report.signed_size} entries; the {unsigned} after it"
+                " carry no signature of the ledger's key yet"
+            )
         if witnesses is not None:
             click.echo(
                 f"witnessed: {report.final_checkpoints} checkpoints cosigned by {witnesses.quorum} of"
@@ -234,7 +240,10 @@ def prove(settings: Settings, seq: int) -> None:
         if seq > checkpoint.size:
             fail(f"entry {seq} is not covered by the latest checkpoint (size {checkpoint.size}) yet")
         (stored,) = store.read_entries(seq, 1)
-        receipt = make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
+        try:
+            receipt = make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
+        except LookupError as exc:  # the stored tree lacks a node the proof needs
+            fail(f"cannot prove entry {seq}: {exc}; run `dfg audit verify` on this ledger")
         click.echo(json.dumps(receipt.to_json(), indent=2))
     finally:
         store.close()
@@ -250,7 +259,7 @@ def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPoli
     try:
         receipt = Receipt.from_json(json.load(receipt_file))
         seq = verify_receipt(receipt, checkpoint_key, witnesses=witnesses)
-    except (ReceiptError, ValueError) as exc:
+    except (ReceiptError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         fail(f"receipt does not verify: {exc}")
     click.echo(f"OK: entry {seq} is in the ledger whose signed checkpoint has {receipt.tree_size} entries")
     if witnesses is not None:
