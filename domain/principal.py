@@ -231,6 +231,17 @@ class Principal(LedgerAggregate):
 
     def revoke_key(self, kid: str, reason: str, *, by: str, at: datetime) -> None:
         self._require_active_key(kid)
+        if "operator" in self.roles and not any(
+            other != kid and key.revoked is None and (key.not_after is None or at < key.not_after)
+            for other, key in self.keys.items()
+        ):
+            # The federation's administration would be locked for good if it were the last
+            # operator's (no one else could add a key); an operator to be retired loses the
+            # role first, from another operator, and then its keys.
+            raise DomainError(
+                "last_operator_key",
+                f"{kid} is the last key of operator {self.principal}: add or rotate in another first",
+            )
         self.trigger_event(self.KeyRevoked, timestamp=at, kid=kid, reason=reason, revoked_by=by)
 
     def grant_role(self, role: str, *, by: str, at: datetime) -> None:

@@ -566,6 +566,41 @@ def test_key_revoked_by_an_operator_is_key_revoked(ledger: Ledger, app: Transact
     )
 
 
+def test_an_operators_last_key_cannot_be_revoked(ledger: Ledger) -> None:
+    """The sole operator revoking its only key would lock the federation's
+    administration for good: refused. With a second key it may, and an operator whose
+    role another operator revoked may lose its keys."""
+    op = ledger.operator
+    revoke_own = {"principal": op.principal, "kid": op.kid, "reason": "retired"}
+    refusal = refuse(
+        ledger, ledger.sign(op, "key.revoke", revoke_own), "last_operator_key", signer=op.principal
+    )
+    assert "add or rotate in another first" in refusal.message
+    op.nonce -= 1
+    spare = OKPKey.generate_key("Ed25519")
+    ledger.accept(
+        ledger.sign(op, "key.add", {"principal": op.principal, "jwk": public_jwk(spare).as_dict()}),
+        ledger.sign(op, "key.revoke", revoke_own),
+    )
+    op = TransactionSigner(op.principal, spare, CHAIN, nonce=ledger.sequencer.store.last_nonce(op.principal))
+    other_key = OKPKey.generate_key("Ed25519")
+    admit = {
+        "principal": "op:other",
+        "kind": "operator",
+        "display_name": "Other",
+        "jwk": public_jwk(other_key).as_dict(),
+    }
+    ledger.accept(ledger.sign(op, "principal.admit", admit))
+    other = TransactionSigner("op:other", other_key, CHAIN)
+    revoke_other = {"principal": "op:other", "kid": other.kid, "reason": "retired"}
+    refuse(ledger, ledger.sign(op, "key.revoke", revoke_other), "last_operator_key", signer=op.principal)
+    op.nonce -= 1
+    ledger.accept(
+        ledger.sign(op, "principal.revoke_role", {"principal": "op:other", "role": "operator"}),
+        ledger.sign(op, "key.revoke", revoke_other),
+    )
+
+
 def test_rotated_away_key_is_key_revoked(ledger: Ledger, app: TransactionSigner) -> None:
     new = OKPKey.generate_key("Ed25519")
     ledger.accept(
