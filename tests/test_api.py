@@ -282,6 +282,19 @@ def test_refused_transaction_is_422_with_its_code(api: tuple[Http, Ledger]) -> N
     assert _size(http) == before
 
 
+def test_one_jws_body_may_end_with_one_line_end_and_nothing_else(api: tuple[Http, Ledger]) -> None:
+    """A file or ``echo`` leaves a line end after the token: ignored. Other white space
+    is the token's and refused, as the same token would be in a batch."""
+    http, ledger = api
+    for body in (b" " + _give(ledger, "p-5").encode(), _give(ledger, "p-5").encode() + b"\n\n"):
+        status, _, problem = http.call("POST", "/v1/transactions", body, "application/jose")
+        assert (status, problem["code"]) == (400, "non_canonical_base64"), problem
+        ledger.app.nonce -= 1  # type: ignore[attr-defined]
+    for end in (b"\n", b"\r\n"):
+        token = _give(ledger, "p-5").encode()
+        assert http.call("POST", "/v1/transactions", token + end, "application/jose")[0] == 201
+
+
 def test_principal_badge_health_metrics_openapi(api: tuple[Http, Ledger]) -> None:
     http, ledger = api
     assert http.post_jws(_give(ledger, "p-5"))[0] == 201

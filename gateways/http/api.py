@@ -204,10 +204,20 @@ async def _submit(request: web.Request, tokens: list[str]) -> list[Accepted | Re
     return outcomes
 
 
+def _without_line_end(body: bytes) -> bytes:
+    """The token without the one line end a file or ``echo`` leaves after it. Any other
+    white space is the token's, and refused with it (``non_canonical_base64``), as in a
+    batch: the same token is accepted or refused whichever way it is sent."""
+    for end in (b"\r\n", b"\n"):
+        if body.endswith(end):
+            return body[: -len(end)]
+    return body
+
+
 async def post_transactions(request: web.Request) -> web.StreamResponse:
     kind = _content_type(request)
     if kind == "application/jose":
-        raw = (await request.read()).strip()  # e.g. curl --data-binary @file adds a newline
+        raw = _without_line_end(await request.read())
         if len(raw) > MAX_JWS_BYTES:
             raise Problem(413, "too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
         try:
