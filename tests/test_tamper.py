@@ -671,18 +671,25 @@ def test_a_bundle_exported_while_the_ledger_grows_holds_it_as_it_stood(base: Bas
     assert f"the newest checkpoint covers 1 entries; the {MIDDLE - 1} after it" in result.output
 
 
-def test_a_zeroed_stored_checkpoint_root_is_named(copy: Path) -> None:
-    tamper(copy, ("UPDATE checkpoints SET root = zeroblob(32) WHERE size = ?", (SIZE,)))
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [
+        (("UPDATE checkpoints SET root = zeroblob(32) WHERE size = ?", (SIZE,)), "stored root"),
+        (
+            ("INSERT INTO checkpoint_cosignatures VALUES (?, ?, ?)", (SIZE, "node:x", "garbage")),
+            "not a signature",
+        ),
+    ],
+    ids=["zeroed-stored-root", "cosignature-not-a-signature-line"],
+)
+def test_what_is_served_with_a_checkpoint_is_checked(
+    copy: Path, statement: tuple[str, tuple[object, ...]], named: str
+) -> None:
+    """The stored root readers are served, and the cosignatures kept with a checkpoint."""
+    tamper(copy, statement)
     result = verify(copy)
     assert_names(result, SIZE)
-    assert "stored root" in result.output
-
-
-def test_a_kept_cosignature_that_is_not_a_signature_line_is_named(copy: Path) -> None:
-    tamper(copy, ("INSERT INTO checkpoint_cosignatures VALUES (?, ?, ?)", (SIZE, "node:x", "garbage")))
-    result = verify(copy)
-    assert_names(result, SIZE)
-    assert "not a signature" in result.output
+    assert named in result.output
 
 
 def test_the_entries_verified_before_a_failure_are_those_before_it(copy: Path) -> None:
