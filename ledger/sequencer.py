@@ -140,7 +140,12 @@ class Sequencer:
         self._lock = threading.Lock()
         size, _ = store.head()
         self._frontier = Frontier.load(size, store.read_nodes)
-        self._last_ts: datetime | None = None
+        #: The newest entry's time, also across restarts: a clock set back (by NTP, or
+        #: a restart on a host whose clock is behind) must not make the log's time go
+        #: backwards, which every audit and replica refuses.
+        self._last_ts: datetime | None = (
+            Entry.decode(store.read_entries(size, 1)[0].canonical).ts if size else None
+        )
         latest = store.latest_checkpoint()
         self._checkpointed = latest.size if latest else 0
         self._last_append = time.monotonic()

@@ -106,3 +106,28 @@ def test_lost_acknowledgement_is_recognised_as_committed(ledger: Ledger) -> None
     (next_one,) = sequencer.submit([_consent(ledger, app, "p-2")])
     assert isinstance(next_one, Accepted) and next_one.seq == outcome.seq + 1
     _audit_ok(flaky)
+
+
+def test_the_logs_time_does_not_go_backwards_across_a_restart(ledger: Ledger) -> None:
+    """Restarted on a clock behind the newest entry (NTP stepped it back), the sequencer
+    stamps new entries no earlier than that entry: its time used to start afresh with
+    each process, and the audit then refused the log."""
+    from datetime import timedelta
+
+    from infra.bootstrap import open_store
+    from ledger.entry import Entry
+
+    store = ledger.sequencer.store
+    size = ledger.head()[0]
+    (last,) = store.read_entries(size, 1)
+    newest = Entry.decode(last.canonical).ts
+    behind = newest - timedelta(minutes=5)
+    store.close()
+    ledger.sequencer = Sequencer(
+        open_store(ledger.settings), checkpoint_key=checkpoint_key(ledger.settings), clock=lambda: behind
+    )
+    ledger.admit("sp:late", "service_provider")
+    (entry,) = ledger.sequencer.store.read_entries(size + 1, 1)
+    assert Entry.decode(entry.canonical).ts == newest
+    ledger.sequencer.checkpoint_now()
+    assert audit_store(ledger.sequencer.store).ok
