@@ -162,17 +162,20 @@ class LedgerService:
 
     def _apply_views(self) -> None:
         while (batch := self._committed.get()) is not None:
+            accepted = [o for o in batch.outcomes if isinstance(o, Accepted)]
             fresh = sorted(
-                {
-                    o.entry.seq: o.entry
-                    for o in batch.outcomes
-                    if isinstance(o, Accepted) and not o.duplicate
-                }.values(),
-                key=lambda e: e.seq,
+                {o.entry.seq: o.entry for o in accepted if not o.duplicate}.values(), key=lambda e: e.seq
             )
+            answered = max((o.entry.seq for o in accepted), default=0)
             try:
                 with self._views_lock:
-                    top = apply_new(self.views, self.view_list, fresh, self.sequencer.store.read_entries)
+                    read = self.sequencer.store.read_entries
+                    top = apply_new(self.views, self.view_list, fresh, read)
+                    if top < answered:
+                        # Only duplicates, of entries the views missed (their write failed
+                        # and the submitter was told to resubmit): a submitter told
+                        # "accepted" must find its entry in every answer from then on.
+                        top = min(catch_up(self.views, view, read) for view in self.view_list)
                     for view in self.view_list:
                         self.positions[view.name] = max(self.positions.get(view.name, 0), top)
             except Exception as exc:  # durable, but not visible yet: a resubmission is idempotent

@@ -50,3 +50,52 @@ def test_a_batch_that_cannot_be_prepared_fails_alone(ledger: Ledger, monkeypatch
         service.stop()
         views.close()
     assert not service.running
+
+
+def test_a_resubmitted_entry_the_views_missed_is_in_the_next_answer(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views fail once to apply a committed withdrawal: its submitter is told to
+    resubmit, and the resubmission (a duplicate) brings the views up to date. They used
+    to stay behind until some other transaction came, granting the withdrawn consent."""
+    from datetime import UTC, datetime
+
+    from projections.consent_state import ConsentStateView, check
+
+    app = ledger.admit("sp:app", "service_provider")
+    cid = str(uuid.uuid4())
+    body = {"consent_id": cid, "controller": "sp:app", "subject": "p-1"}
+    give = ledger.sign(app, "consent.give", {**body, "level": 1, "method": "app", "terms": TERMS})
+    views = open_views(ledger.settings)
+    service = LedgerService(ledger.sequencer, views, all_views())
+    service.start()
+
+    def granted() -> bool:
+        with views.transaction(commit=False) as cursor:
+            answer = check(
+                cursor, "p-1", "sp:app", TERMS["purposes"][0], TERMS["data_categories"], datetime.now(UTC)
+            )
+        return answer.granted
+
+    try:
+        service.submit([give]).result(timeout=30)
+        assert granted()
+        real_apply = ConsentStateView.apply
+        failures = iter([RuntimeError("the views database hiccuped")])
+
+        def apply_failing_once(self: ConsentStateView, cursor: object, entries: object) -> None:
+            for failure in failures:
+                raise failure
+            real_apply(self, cursor, entries)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ConsentStateView, "apply", apply_failing_once)
+        withdraw = ledger.sign(app, "consent.withdraw", body)
+        with pytest.raises(RuntimeError, match="hiccuped"):
+            service.submit([withdraw]).result(timeout=30)
+        (again,) = service.submit([withdraw]).result(timeout=30)
+        assert isinstance(again, Accepted) and again.duplicate
+        assert not granted()
+        assert service.views_lag == 0
+    finally:
+        service.stop()
+        views.close()
