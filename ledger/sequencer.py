@@ -256,7 +256,7 @@ class Sequencer:
             if item.token in seen:
                 outcomes.append(Accepted(seen[item.token], duplicate=True))
                 continue
-            now = self._now()
+            now = self.now()
             last = nonces.get(item.signer)
             last = self._last_nonce(item.signer) if last is None else last
             if item.payload.nonce <= last and (earlier := self.find_duplicate(item.token)):
@@ -338,7 +338,10 @@ class Sequencer:
             self._nonces[signer] = last
         return last
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
+        """The log's time now: the clock, or the newest entry's time while the clock is
+        behind it. A consent check "now" asks about this instant, so that it answers
+        what a ``consent.utilize`` submitted now would be told."""
         now = self.clock()
         if self._last_ts is not None and now < self._last_ts:
             return self._last_ts  # the log's time never goes backwards

@@ -118,7 +118,7 @@ def test_a_timestamp_going_back_at_a_segment_boundary_is_named(
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(*(give_level1(ledger, app, f"p-{i}") for i in range(10)))
     sequencer = ledger.sequencer
-    earlier = sequencer._now() - timedelta(hours=1)
+    earlier = sequencer.now() - timedelta(hours=1)
     with monkeypatch.context() as patch:  # a sequencer whose clock jumped back
         patch.setattr(sequencer, "_last_ts", None)
         patch.setattr(sequencer, "clock", lambda: earlier)

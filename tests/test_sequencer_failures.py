@@ -126,6 +126,7 @@ def test_the_logs_time_does_not_go_backwards_across_a_restart(ledger: Ledger) ->
     ledger.sequencer = Sequencer(
         open_store(ledger.settings), checkpoint_key=checkpoint_key(ledger.settings), clock=lambda: behind
     )
+    assert ledger.sequencer.now() == newest  # what a consent check "now" asks about
     ledger.admit("sp:late", "service_provider")
     (entry,) = ledger.sequencer.store.read_entries(size + 1, 1)
     assert Entry.decode(entry.canonical).ts == newest

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -241,7 +241,7 @@ async def post_transactions(request: web.Request) -> web.StreamResponse:
 
 
 def _answer(request: web.Request, question: m.ConsentQuestion, cursor: Any) -> dict[str, Any]:
-    at = question.at or datetime.now(UTC)
+    at = question.at or service(request).sequencer.now()
     return check_consent(
         cursor, question.subject, question.controller, question.purpose, question.categories, at
     ).as_dict()
