@@ -10,6 +10,7 @@ Refused transactions leave no trace; a failed commit rolls the in-memory state b
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -39,6 +40,8 @@ from ledger.transaction import Transaction, parse_transaction
 from ledger.verifier import ParallelVerifier
 
 Clock = Callable[[], datetime]
+
+log = logging.getLogger("dfg.sequencer")
 
 
 def system_clock() -> datetime:
@@ -70,7 +73,8 @@ class PreparedBatch:
 @dataclass(frozen=True)
 class CheckpointPolicy:
     """Sign a checkpoint every ``every`` entries, and no later than ``interval_ms``
-    after the newest entry."""
+    after the oldest entry none covers yet (so also after the newest, under steady
+    traffic as after a burst)."""
 
     every: int = 1000
     interval_ms: int = 1000
@@ -148,7 +152,9 @@ class Sequencer:
         )
         latest = store.latest_checkpoint()
         self._checkpointed = latest.size if latest else 0
-        self._last_append = time.monotonic()
+        #: When the oldest entry no checkpoint covers was appended (monotonic), or None
+        #: (for entries an earlier process left uncovered: when this one started).
+        self._uncovered_since: float | None = None if self._checkpointed >= size else time.monotonic()
         self.ledger: dict[str, str] | None = self._read_ledger_parameters()
         if self.ledger is not None and checkpoint_key is not None:
             self._check_checkpoint_key(checkpoint_key)
@@ -196,7 +202,8 @@ class Sequencer:
             signatures[i] = ok
         with self._lock:
             outcomes = self._sequence(batch.parsed, signatures)
-            self._maybe_checkpoint(force=False)
+            if self._due():
+                self._try_to_sign(self._frontier.size, self._frontier.root())
             return outcomes
 
     def checkpoint_now(self) -> bool:
@@ -217,8 +224,14 @@ class Sequencer:
         period = max(0.01, self.policy.interval_ms / 4000)
 
         def loop() -> None:
-            while not stop.wait(period):
-                self.tick()
+            failures = 0
+            while not stop.wait(min(period * 2**failures, 5.0)):
+                try:
+                    self.tick()
+                    failures = 0
+                except Exception:  # e.g. the database locked or gone for a while: try again
+                    log.exception("signing a checkpoint failed; trying again")
+                    failures = min(failures + 1, 10)
 
         threading.Thread(target=loop, name="dfg-checkpointer", daemon=True).start()
         return stop
@@ -318,9 +331,11 @@ class Sequencer:
         self._nonces.update(nonces)
         for aggregate_id, aggregate in state.touched.items():
             self._cache.put(aggregate_id, aggregate)
-        self._last_append = time.monotonic()
         for size, root in due_at:
-            self._sign_checkpoint(size, root)
+            if not self._try_to_sign(size, root):
+                break
+        if self._uncovered_since is None and self._checkpointed < self._frontier.size:
+            self._uncovered_since = time.monotonic()
         if self.ledger is None and ledger is not None:
             self.ledger = ledger
             if self._checkpoint_key is not None:
@@ -350,17 +365,38 @@ class Sequencer:
     # --- checkpoints ---------------------------------------------------------------
 
     def _maybe_checkpoint(self, *, force: bool) -> bool:
-        size = self._frontier.size
-        if self._checkpoint_key is None or self.ledger is None or size <= self._checkpointed:
+        if not self._uncovered() or not (force or self._due()):
             return False
-        due = (
-            force
-            or size - self._checkpointed >= self.policy.every
-            or (time.monotonic() - self._last_append) * 1000 >= self.policy.interval_ms
+        self._sign_checkpoint(self._frontier.size, self._frontier.root())
+        return True
+
+    def _uncovered(self) -> bool:
+        """Entries no checkpoint covers, and a key to sign one with."""
+        return (
+            self._checkpoint_key is not None
+            and self.ledger is not None
+            and self._frontier.size > self._checkpointed
         )
-        if not due:
+
+    def _due(self) -> bool:
+        """A checkpoint is due: ``every`` entries since the last one, or the oldest entry
+        none covers is ``interval_ms`` old."""
+        if not self._uncovered():
             return False
-        self._sign_checkpoint(size, self._frontier.root())
+        return self._frontier.size - self._checkpointed >= self.policy.every or (
+            self._uncovered_since is not None
+            and (time.monotonic() - self._uncovered_since) * 1000 >= self.policy.interval_ms
+        )
+
+    def _try_to_sign(self, size: int, root: bytes) -> bool:
+        """Sign a checkpoint the entries just committed made due. The entries are durable
+        whatever happens here, so a failure (the database locked beyond its timeout) is
+        not their submitters' error: it is logged, and the checkpointer signs later."""
+        try:
+            self._sign_checkpoint(size, root)
+        except Exception:
+            log.exception("signing the checkpoint of size %d failed; the checkpointer will sign later", size)
+            return False
         return True
 
     def _sign_checkpoint(self, size: int, root: bytes) -> None:
@@ -370,6 +406,7 @@ class Sequencer:
         key = self._checkpoint_key
         self.store.save_checkpoint(size, root, sign_checkpoint(checkpoint, key.name, key.private_key))
         self._checkpointed = size
+        self._uncovered_since = None  # entries after it, of the same batch: ``append`` dates them
 
     def _check_checkpoint_key(self, key: SignerKey) -> None:
         assert self.ledger is not None

@@ -66,3 +66,78 @@ def test_time_based_checkpoint_follows_the_newest_entry(ledger: Ledger) -> None:
         assert open_checkpoint(latest.note, verifier).root_hash == store.head()[1]
     finally:
         stop.set()
+
+
+class _Monotonic:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_steady_traffic_gets_a_checkpoint_within_the_interval(ledger: Ledger, monkeypatch: object) -> None:
+    """One entry every 0.3 s with an interval of 1 s: each entry is covered within about
+    1 s. Checkpoints used to wait for a quiet second (or ``every`` entries): at two
+    transactions a second, an entry waited for the thousandth after it."""
+    import pytest
+
+    import ledger.sequencer as sequencer_module
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    clock = _Monotonic()
+    monkeypatch.setattr(sequencer_module.time, "monotonic", clock)
+    store = ledger.sequencer.store
+    app = ledger.admit("sp:app", "service_provider")
+    sequencer = Sequencer(
+        store,
+        checkpoint_key=checkpoint_key(ledger.settings),
+        policy=CheckpointPolicy(every=1000, interval_ms=1000),
+    )
+    clock.t += 1.0  # the admission, left uncovered, is one interval old
+    sequencer.tick()
+    covered = store.head()[0]
+    assert store.latest_checkpoint().size == covered  # type: ignore[union-attr]
+    for token in _give(ledger, app, 10):
+        sequencer.submit([token])
+        clock.t += 0.3
+        sequencer.tick()
+        latest = store.latest_checkpoint()
+        assert latest is not None
+        # what was appended a full interval ago (or more) is covered
+        assert latest.size >= store.head()[0] - 3, (latest.size, store.head()[0])
+    assert [c.size for c in store.checkpoints(covered)] == [covered + 4, covered + 8]
+
+
+def test_a_failing_checkpoint_write_does_not_stop_the_checkpointer(ledger: Ledger) -> None:
+    """The database locked for longer than its timeout once: the next tick signs it."""
+    store = ledger.sequencer.store
+    app = ledger.admit("sp:app", "service_provider")
+    sequencer = Sequencer(
+        store,
+        checkpoint_key=checkpoint_key(ledger.settings),
+        policy=CheckpointPolicy(every=1000, interval_ms=50),
+    )
+    real_save = store.save_checkpoint
+    failures = iter([RuntimeError("database is locked")])
+
+    def save_failing_once(size: int, root: bytes, note: str) -> None:
+        for failure in failures:
+            raise failure
+        real_save(size, root, note)
+
+    store.save_checkpoint = save_failing_once  # type: ignore[method-assign]
+    stop = sequencer.start_checkpointer()
+    try:
+        sequencer.submit(_give(ledger, app, 2))
+        size = store.head()[0]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (store.latest_checkpoint() or object()).size != size:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert store.latest_checkpoint().size == size  # type: ignore[union-attr]
+        assert next(failures, None) is None  # it did fail once
+    finally:
+        stop.set()
+        store.save_checkpoint = real_save  # type: ignore[method-assign]
