@@ -11,6 +11,7 @@ from joserfc.jwk import OKPKey
 
 from infra.keyfiles import KeyFileError, read_jwk, read_secret, write_jwk, write_secret
 from infra.settings import Settings
+from infra.writer_lock import take_writer_lock
 from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.note import SignerKey
@@ -42,11 +43,22 @@ def checkpoint_key(settings: Settings) -> SignerKey | None:
 
 
 def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
-    return Sequencer(
-        store or open_store(settings),
-        checkpoint_key=checkpoint_key(settings),
-        policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_ms),
-    )
+    """The ledger's sequencer, holding its writer lock until its store is closed
+    (``LedgerBusy`` while another process writes the ledger)."""
+    lock = take_writer_lock(settings, doing="writing to it")
+    try:
+        store = store or open_store(settings)
+        store.release_on_close(lock.release)
+        return Sequencer(
+            store,
+            checkpoint_key=checkpoint_key(settings),
+            policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_ms),
+        )
+    except BaseException:
+        if store is not None:
+            store.close()
+        lock.release()
+        raise
 
 
 def root_signer(settings: Settings, chain: str, operator: str) -> TransactionSigner:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from infra.bootstrap import open_store, open_views
 from infra.settings import Settings
+from infra.writer_lock import take_writer_lock
 from ledger.replica import Replica
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
@@ -39,7 +40,13 @@ def open_node(
     verifier: ParallelVerifier | None = None,
 ) -> NodeReplica:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
+    lock = take_writer_lock(settings, doing="following into it")
+    try:
+        store = open_store(settings)
+    except BaseException:
+        lock.release()
+        raise
+    store.release_on_close(lock.release)
     views = open_views(settings)
     view_list = all_views()
     for view in view_list:

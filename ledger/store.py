@@ -9,7 +9,7 @@ ledger even if an operator starts two by mistake.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -135,6 +135,10 @@ class LedgerStore(Protocol):
     def record_violation(self, kind: str, seq: int, message: str, evidence: str) -> None: ...
 
     def violations(self) -> Sequence[RecordedViolation]: ...
+
+    def release_on_close(self, release: Callable[[], None]) -> None:
+        """Call ``release`` when the store is closed (e.g. the ledger's writer lock)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -421,6 +421,7 @@ def test_rebuild_sets_an_unreadable_views_file_aside(ledger: Ledger) -> None:
     deleted, and built anew from the log."""
     data = ledger.settings.data_dir
     ledger.admit("sp:app", "service_provider")
+    ledger.sequencer.store.close()  # a rebuild needs the ledger to itself
     (data / "views.sqlite").write_bytes(b"this is not a database" * 300)
     broken = CliRunner().invoke(cli, ["projections", "status", "--data", str(data)])
     assert broken.exit_code == 1 and "the database cannot be used" in broken.output

@@ -132,3 +132,33 @@ def test_the_logs_time_does_not_go_backwards_across_a_restart(ledger: Ledger) ->
     assert Entry.decode(entry.canonical).ts == newest
     ledger.sequencer.checkpoint_now()
     assert audit_store(ledger.sequencer.store).ok
+
+
+def test_a_second_writer_of_one_ledger_is_refused_until_the_first_stops(any_ledger: Ledger) -> None:
+    """Two sequencers (two `dfg serve`, or a server and `dfg demo populate`) on one
+    ledger: the second is refused at start with its reason. It used to start, and the
+    first then answered every submission with "resubmit" once the other appended; a
+    rebuild of the views under a running server left them truncated."""
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+    from infra.bootstrap import open_sequencer
+    from infra.writer_lock import LedgerBusy
+
+    settings = any_ledger.settings
+    with pytest.raises(LedgerBusy, match="another process writes the ledger"):
+        open_sequencer(settings)
+    data = ["--data", str(settings.data_dir)] + (
+        ["--database-url", settings.database_url] if settings.database_url else []
+    )
+    for command in (["projections", "rebuild"], ["demo", "populate", "--entries", "5"]):
+        result = CliRunner().invoke(cli, [*command, *data])
+        assert result.exit_code == 1 and "another process writes the ledger" in result.output, result.output
+    size = any_ledger.head()[0]
+    any_ledger.sequencer.store.close()
+    second = open_sequencer(settings)  # the first one stopped: its lock went with its store
+    try:
+        assert second.size == size
+    finally:
+        second.store.close()
+    any_ledger.sequencer = open_sequencer(settings)  # for the fixture's teardown

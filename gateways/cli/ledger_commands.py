@@ -67,6 +67,14 @@ def demo() -> None:
 def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:
     """Fill a ledger with realistic signed activity."""
     sequencer = _open(settings)
+    try:
+        _populate(settings, sequencer, entries, seed, batch)
+    finally:  # the ledger's writer lock goes with the store
+        sequencer.verifier.close()
+        sequencer.store.close()
+
+
+def _populate(settings: Settings, sequencer: Sequencer, entries: int, seed: int, batch: int) -> None:
     chain, operator = _ledger_identity(sequencer)
     op = root_signer(settings, chain, operator)
     op.nonce = sequencer.store.last_nonce(operator)

@@ -26,6 +26,7 @@ from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import open_node
 from infra.settings import Settings
+from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
 from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
@@ -217,6 +218,8 @@ def follow(
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except AuditFailure as exc:  # the replica held is not of the ledger named
         fail(f"the replica in {settings.data_dir} cannot follow this ledger: {exc}")
+    except LedgerBusy as exc:
+        fail(str(exc))
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
         _seed(replica, from_bundle, from_url)
@@ -337,7 +340,10 @@ def node_serve(
         topics = Topics.for_ledger(chain, topic_prefix) if bootstrap is not None else None
     except ValueError as exc:
         fail(f"--chain: {exc}", 2)
-    node = open_node(settings, ledger_key=ledger_key, chain=chain)
+    try:
+        node = open_node(settings, ledger_key=ledger_key, chain=chain)
+    except LedgerBusy as exc:
+        fail(str(exc))
     stop = threading.Event()
     if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them
         settings_kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")

@@ -13,6 +13,7 @@ from eventsourcing.persistence import PersistenceError
 from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views, set_aside_views
 from infra.settings import Settings
+from infra.writer_lock import LedgerBusy, take_writer_lock
 from ledger.store import LedgerStore
 from projections.base import View, ViewDatabase, catch_up, prepare
 from projections.base import rebuild as rebuild_view
@@ -38,14 +39,21 @@ def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
         fail(
             f"unknown view(s): {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in all_views())}"
         )
-    store, db = _open(settings, catch=False, set_aside_unreadable=True)
     try:
-        for view in views:
-            position = rebuild_view(db, view, store.read_entries)
-            click.echo(f"{view.name}: rebuilt up to entry {position}")
+        lock = take_writer_lock(settings, doing="rebuilding its views")
+    except LedgerBusy as exc:
+        fail(str(exc))
+    try:
+        store, db = _open(settings, catch=False, set_aside_unreadable=True)
+        try:
+            for view in views:
+                position = rebuild_view(db, view, store.read_entries)
+                click.echo(f"{view.name}: rebuilt up to entry {position}")
+        finally:
+            db.close()
+            store.close()
     finally:
-        db.close()
-        store.close()
+        lock.release()
 
 
 @projections.command("status")

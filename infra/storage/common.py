@@ -4,7 +4,7 @@ turning library notifications into ledger ``StoredEntry`` rows."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from eventsourcing.application import AggregateNotFoundError, Repository
@@ -30,8 +30,18 @@ class EntryStoreMixin:
 
     def _wire(self, recorder: ApplicationRecorder) -> None:
         self.recorder = recorder
+        self._on_close: list[Callable[[], None]] = []
         self.events = EventStore(mapper=EntryMapper(), recorder=recorder)
         self.repository: Repository[uuid.UUID] = Repository(event_store=self.events)
+
+    def release_on_close(self, release: Callable[[], None]) -> None:
+        self._on_close.append(release)
+
+    def _released(self) -> None:
+        """What ``release_on_close`` was given, once, after the store's own closing."""
+        hooks, self._on_close = self._on_close, []
+        for release in hooks:
+            release()
 
     def load_aggregate(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         try:

@@ -399,6 +399,9 @@ class PostgresLedgerStore(EntryStoreMixin):
             break
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-        self.datastore.close()
+        try:
+            if self._listener is not None:
+                self._listener.close()
+            self.datastore.close()
+        finally:
+            self._released()

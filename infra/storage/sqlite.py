@@ -343,7 +343,10 @@ class SQLiteLedgerStore(EntryStoreMixin):
                 return
 
     def close(self) -> None:
-        self.datastore.close()
+        try:
+            self.datastore.close()
+        finally:
+            self._released()
 
 
 def _contiguous(rows: Sequence[Any], low: int) -> list[bytes]:
