@@ -14,7 +14,7 @@ from infra.settings import Settings
 from infra.writer_lock import take_writer_lock
 from ledger.entry import Entry
 from ledger.errors import Rejected
-from ledger.note import SignerKey
+from ledger.note import NoteError, SignerKey
 from ledger.sequencer import Accepted, CheckpointPolicy, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
 from ledger.store import LedgerStore
@@ -39,7 +39,22 @@ def open_store(settings: Settings, *, scan: bool = False) -> LedgerStore:
 
 def checkpoint_key(settings: Settings) -> SignerKey | None:
     path = settings.keys_dir / CHECKPOINT_KEY_FILE
-    return SignerKey.from_string(read_secret(path)) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return SignerKey.from_string(read_secret(path))
+    except NoteError as exc:
+        raise KeyFileError(f"{path} is not a checkpoint signing key: {exc}") from exc
+
+
+def required_checkpoint_key(settings: Settings) -> SignerKey:
+    """The key a sequencer signs checkpoints with: without it a ledger would take entries
+    that no checkpoint ever covers (nothing would tie them to the ledger's key)."""
+    key = checkpoint_key(settings)
+    if key is None:
+        path = settings.keys_dir / CHECKPOINT_KEY_FILE
+        raise KeyFileError(f"{path} is missing: the sequencer signs the ledger's checkpoints with it")
+    return key
 
 
 def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
@@ -51,7 +66,7 @@ def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequ
         store.release_on_close(lock.release)
         return Sequencer(
             store,
-            checkpoint_key=checkpoint_key(settings),
+            checkpoint_key=required_checkpoint_key(settings),
             policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_ms),
         )
     except BaseException:

@@ -429,3 +429,29 @@ def test_rebuild_sets_an_unreadable_views_file_aside(ledger: Ledger) -> None:
     assert rebuilt.exit_code == 0 and "set aside as views.sqlite.unreadable-" in rebuilt.output
     assert len(list(data.glob("views.sqlite.unreadable-*"))) == 1
     assert "at entry 2 of 2" in CliRunner().invoke(cli, ["projections", "status", "--data", str(data)]).output
+
+
+@pytest.mark.parametrize(
+    ("key_file", "content", "said"),
+    [
+        ("checkpoint.key", None, "checkpoint.key is missing: the sequencer signs the ledger's checkpoints"),
+        ("checkpoint.key", "not a key", "is not a checkpoint signing key"),
+        ("root.jwk", None, "the demo signs as the ledger's operator"),
+    ],
+    ids=["checkpoint-key-missing", "checkpoint-key-garbage", "root-key-missing"],
+)
+def test_a_writer_without_its_keys_stops_with_the_reason(
+    ledger: Ledger, key_file: str, content: str | None, said: str
+) -> None:
+    """A ledger without its checkpoint key used to take entries no checkpoint would ever
+    cover; a garbage key, or no operator key for the demo, ended in a traceback."""
+    ledger.sequencer.store.close()
+    path = ledger.settings.keys_dir / key_file
+    path.unlink()
+    if content is not None:
+        path.write_text(content)
+        path.chmod(0o600)
+    data = ["--data", str(ledger.settings.data_dir)]
+    result = CliRunner().invoke(cli, ["demo", "populate", *data, "--entries", "5"])
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

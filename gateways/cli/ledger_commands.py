@@ -76,7 +76,10 @@ def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:
 
 def _populate(settings: Settings, sequencer: Sequencer, entries: int, seed: int, batch: int) -> None:
     chain, operator = _ledger_identity(sequencer)
-    op = root_signer(settings, chain, operator)
+    try:
+        op = root_signer(settings, chain, operator)
+    except KeyFileError as exc:
+        fail(f"the demo signs as the ledger's operator: {exc}")
     op.nonce = sequencer.store.last_nonce(operator)
     federation = DemoFederation(chain=chain, operator=op, rng=random.Random(seed))
     if sequencer.store.last_nonce("ids:wallet") > 0:
