@@ -11,6 +11,7 @@ from infra.bootstrap import checkpoint_key
 from ledger.checkpoint import open_checkpoint
 from ledger.note import Verifier
 from ledger.sequencer import CheckpointPolicy, Sequencer
+from ledger.store import LedgerStore, StoredCheckpoint
 
 
 def _give(ledger: Ledger, app: object, n: int) -> list[str]:
@@ -31,14 +32,26 @@ def _give(ledger: Ledger, app: object, n: int) -> list[str]:
     ]
 
 
-def test_checkpoint_every_n_entries(ledger: Ledger) -> None:
+def _sequencer(ledger: Ledger, every: int, interval_ms: int) -> tuple[LedgerStore, object, Sequencer]:
+    """The ledger's store, an admitted app, and a sequencer with this policy."""
     store = ledger.sequencer.store
     app = ledger.admit("sp:app", "service_provider")
-    sequencer = Sequencer(
-        store,
-        checkpoint_key=checkpoint_key(ledger.settings),
-        policy=CheckpointPolicy(every=5, interval_ms=3_600_000),
-    )
+    policy = CheckpointPolicy(every=every, interval_ms=interval_ms)
+    return store, app, Sequencer(store, checkpoint_key=checkpoint_key(ledger.settings), policy=policy)
+
+
+def _wait_until_covered(store: LedgerStore, timeout: float) -> StoredCheckpoint | None:
+    size = store.head()[0]
+    deadline = time.monotonic() + timeout
+    while (latest := store.latest_checkpoint()) is None or latest.size != size:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return latest
+
+
+def test_checkpoint_every_n_entries(ledger: Ledger) -> None:
+    store, app, sequencer = _sequencer(ledger, 5, 3_600_000)
     tokens = _give(ledger, app, 24)
     for token in tokens[:12]:
         sequencer.submit([token])
@@ -48,20 +61,12 @@ def test_checkpoint_every_n_entries(ledger: Ledger) -> None:
 
 
 def test_time_based_checkpoint_follows_the_newest_entry(ledger: Ledger) -> None:
-    store = ledger.sequencer.store
-    key = checkpoint_key(ledger.settings)
-    assert key is not None
-    app = ledger.admit("sp:app", "service_provider")
-    sequencer = Sequencer(store, checkpoint_key=key, policy=CheckpointPolicy(every=10_000, interval_ms=200))
+    store, app, sequencer = _sequencer(ledger, 10_000, 200)
     stop = sequencer.start_checkpointer()
     try:
         sequencer.submit(_give(ledger, app, 3))
-        size = store.head()[0]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (store.latest_checkpoint() or object()).size != size:  # type: ignore[attr-defined]
-            time.sleep(0.05)
-        latest = store.latest_checkpoint()
-        assert latest is not None and latest.size == size
+        latest = _wait_until_covered(store, 5)
+        assert latest is not None and latest.size == store.head()[0]
         verifier = Verifier.from_string(sequencer.ledger["checkpoint_key"])  # type: ignore[index]
         assert open_checkpoint(latest.note, verifier).root_hash == store.head()[1]
     finally:
@@ -89,13 +94,7 @@ def test_steady_traffic_gets_a_checkpoint_within_the_interval(ledger: Ledger, mo
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
     clock = _Monotonic()
     monkeypatch.setattr(sequencer_module.time, "monotonic", clock)
-    store = ledger.sequencer.store
-    app = ledger.admit("sp:app", "service_provider")
-    sequencer = Sequencer(
-        store,
-        checkpoint_key=checkpoint_key(ledger.settings),
-        policy=CheckpointPolicy(every=1000, interval_ms=1000),
-    )
+    store, app, sequencer = _sequencer(ledger, 1000, 1000)
     clock.t += 1.0  # the admission, left uncovered, is one interval old
     sequencer.tick()
     covered = store.head()[0]
@@ -113,13 +112,7 @@ def test_steady_traffic_gets_a_checkpoint_within_the_interval(ledger: Ledger, mo
 
 def test_a_failing_checkpoint_write_does_not_stop_the_checkpointer(ledger: Ledger) -> None:
     """The database locked for longer than its timeout once: the next tick signs it."""
-    store = ledger.sequencer.store
-    app = ledger.admit("sp:app", "service_provider")
-    sequencer = Sequencer(
-        store,
-        checkpoint_key=checkpoint_key(ledger.settings),
-        policy=CheckpointPolicy(every=1000, interval_ms=50),
-    )
+    store, app, sequencer = _sequencer(ledger, 1000, 50)
     real_save = store.save_checkpoint
     failures = iter([RuntimeError("database is locked")])
 
@@ -132,11 +125,8 @@ def test_a_failing_checkpoint_write_does_not_stop_the_checkpointer(ledger: Ledge
     stop = sequencer.start_checkpointer()
     try:
         sequencer.submit(_give(ledger, app, 2))
-        size = store.head()[0]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (store.latest_checkpoint() or object()).size != size:  # type: ignore[attr-defined]
-            time.sleep(0.05)
-        assert store.latest_checkpoint().size == size  # type: ignore[union-attr]
+        latest = _wait_until_covered(store, 10)
+        assert latest is not None and latest.size == store.head()[0]
         assert next(failures, None) is None  # it did fail once
     finally:
         stop.set()
