@@ -162,3 +162,34 @@ def test_a_second_writer_of_one_ledger_is_refused_until_the_first_stops(any_ledg
     finally:
         second.store.close()
     any_ledger.sequencer = open_sequencer(settings)  # for the fixture's teardown
+
+
+def test_a_check_from_the_command_line_asks_about_the_logs_time(ledger: Ledger) -> None:
+    """A withdrawal stamped ahead of the wall clock (the sequencer's clock ran ahead, and
+    the log's time does not go back): `dfg consents check` without --at answers what
+    a consent.utilize submitted now would be told, as the API does."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+    from infra.bootstrap import open_sequencer
+
+    app = ledger.admit("sp:app", "service_provider")
+    cid = str(uuid.uuid4())
+    ledger.accept(_consent(ledger, app, "p-ahead", cid))
+    ahead = datetime.now(UTC) + timedelta(minutes=5)
+    store = ledger.sequencer.store
+    ledger.sequencer = Sequencer(store, checkpoint_key=checkpoint_key(ledger.settings), clock=lambda: ahead)
+    body = {"consent_id": cid, "controller": "sp:app", "subject": "p-ahead"}
+    ledger.accept(ledger.sign(app, "consent.withdraw", body, now=ahead.timestamp()))
+    ledger.sequencer.checkpoint_now()
+    store.close()
+    question = ["--subject", "p-ahead", "--controller", "sp:app", "--purpose", TERMS["purposes"][0]]
+    result = CliRunner().invoke(
+        cli, ["consents", "check", "--data", str(ledger.settings.data_dir), *question]
+    )
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.output)["reason"] == "withdrawn"
+    ledger.sequencer = open_sequencer(ledger.settings)  # for the fixture's teardown

@@ -14,6 +14,7 @@ from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views, set_aside_views
 from infra.settings import Settings
 from infra.writer_lock import LedgerBusy, take_writer_lock
+from ledger.entry import Entry
 from ledger.store import LedgerStore
 from projections.base import View, ViewDatabase, catch_up, prepare
 from projections.base import rebuild as rebuild_view
@@ -99,7 +100,7 @@ def check(
 ) -> None:
     """Is the subject's consent to the controller valid for this purpose and categories?"""
     store, db = _open(settings, [ConsentStateView()])
-    when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else datetime.now(UTC)
+    when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else _log_time_now(store)
     try:
         with db.transaction(commit=False) as cursor:
             answer = check_consent(cursor, subject, controller, purpose, categories, when)
@@ -109,6 +110,17 @@ def check(
     click.echo(json.dumps(answer.as_dict()))
     if not answer.granted:
         raise SystemExit(3)
+
+
+def _log_time_now(store: LedgerStore) -> datetime:
+    """The clock, or the newest entry's time while the clock is behind it: "now" as the
+    sequencer stamps it, as the API's checks ask (``Sequencer.now``)."""
+    now = datetime.now(UTC)
+    size = store.head()[0]
+    if not size:
+        return now
+    (newest,) = store.read_entries(size, 1)
+    return max(now, Entry.decode(newest.canonical).ts)
 
 
 @consents.command("history")
