@@ -57,22 +57,30 @@ def required_checkpoint_key(settings: Settings) -> SignerKey:
     return key
 
 
-def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
-    """The ledger's sequencer, holding its writer lock until its store is closed
-    (``LedgerBusy`` while another process writes the ledger)."""
-    lock = take_writer_lock(settings, doing="writing to it")
+def open_writer_store(settings: Settings, *, doing: str, store: LedgerStore | None = None) -> LedgerStore:
+    """The ledger's store (``store``, or one opened here) holding the ledger's writer lock
+    until it is closed; ``LedgerBusy`` while another process writes the ledger."""
+    lock = take_writer_lock(settings, doing=doing)
     try:
         store = store or open_store(settings)
-        store.release_on_close(lock.release)
+    except BaseException:
+        lock.release()
+        raise
+    store.release_on_close(lock.release)
+    return store
+
+
+def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
+    """The ledger's sequencer; its store holds the ledger's writer lock."""
+    store = open_writer_store(settings, doing="writing to it", store=store)
+    try:
         return Sequencer(
             store,
             checkpoint_key=required_checkpoint_key(settings),
             policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_ms),
         )
     except BaseException:
-        if store is not None:
-            store.close()
-        lock.release()
+        store.close()
         raise
 
 

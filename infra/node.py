@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.bootstrap import open_store, open_views
+from infra.bootstrap import open_views, open_writer_store
 from infra.settings import Settings
-from infra.writer_lock import take_writer_lock
 from ledger.replica import Replica
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
@@ -40,13 +39,7 @@ def open_node(
     verifier: ParallelVerifier | None = None,
 ) -> NodeReplica:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    lock = take_writer_lock(settings, doing="following into it")
-    try:
-        store = open_store(settings)
-    except BaseException:
-        lock.release()
-        raise
-    store.release_on_close(lock.release)
+    store = open_writer_store(settings, doing="following into it")
     views = open_views(settings)
     view_list = all_views()
     for view in view_list:

@@ -18,8 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlparse
 
 from infra.settings import Settings
@@ -32,11 +31,11 @@ class LedgerBusy(RuntimeError):
 
 
 class WriterLock:
-    def __init__(self, release: Any, where: str) -> None:
-        self._release = release
-        self.where = where
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
 
     def release(self) -> None:
+        """Idempotent: the store's closing and an error path may both call it."""
         release, self._release = self._release, None
         if release is not None:
             release()
@@ -47,15 +46,6 @@ def take_writer_lock(settings: Settings, *, doing: str) -> WriterLock:
     if settings.database_url:
         return _postgres_lock(settings.database_url, doing)
     return _file_lock(settings, doing)
-
-
-@contextlib.contextmanager
-def writer_lock(settings: Settings, *, doing: str) -> Iterator[WriterLock]:
-    lock = take_writer_lock(settings, doing=doing)
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def _busy(where: str, doing: str) -> LedgerBusy:
@@ -74,7 +64,7 @@ def _file_lock(settings: Settings, doing: str) -> WriterLock:
     except BlockingIOError:
         os.close(fd)
         raise _busy(where, doing) from None
-    return WriterLock(lambda: os.close(fd), where)
+    return WriterLock(lambda: os.close(fd))
 
 
 def _postgres_lock(url: str, doing: str) -> WriterLock:
@@ -97,4 +87,4 @@ def _postgres_lock(url: str, doing: str) -> WriterLock:
             connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
         connection.close()
 
-    return WriterLock(release, where)
+    return WriterLock(release)

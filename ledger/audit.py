@@ -35,7 +35,7 @@ from ledger.merkle import Frontier, NodeReader, consistency_proof, leaf_hash, ve
 from ledger.note import NoteError, Verifier, parse_signature_line
 from ledger.recent import Missing, RecentItems
 from ledger.state_view import AggregateLookups
-from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
+from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints, newest_entry_time
 from ledger.transaction import parse_transaction
 from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy
@@ -193,9 +193,7 @@ class Auditor:
             raise ValueError("the replica's stored tree does not match its head")
         auditor._last_nonce = store.last_nonce
         auditor.report.entries = size
-        if size:
-            (last,) = store.read_entries(size, 1)
-            auditor._last_ts = Entry.decode(last.canonical).ts
+        auditor._last_ts = newest_entry_time(store, size)
         return auditor
 
     @classmethod

@@ -35,7 +35,7 @@ from ledger.merkle import Frontier
 from ledger.note import SignerKey
 from ledger.recent import Missing, RecentItems
 from ledger.state_view import AggregateLookups
-from ledger.store import AppendBatch, LedgerStore, find_transaction
+from ledger.store import AppendBatch, LedgerStore, find_transaction, newest_entry_time
 from ledger.transaction import Transaction, parse_transaction
 from ledger.verifier import ParallelVerifier
 
@@ -147,9 +147,7 @@ class Sequencer:
         #: The newest entry's time, also across restarts: a clock set back (by NTP, or
         #: a restart on a host whose clock is behind) must not make the log's time go
         #: backwards, which every audit and replica refuses.
-        self._last_ts: datetime | None = (
-            Entry.decode(store.read_entries(size, 1)[0].canonical).ts if size else None
-        )
+        self._last_ts = newest_entry_time(store, size)
         latest = store.latest_checkpoint()
         self._checkpointed = latest.size if latest else 0
         #: When the oldest entry no checkpoint covers was appended (monotonic), or None
@@ -202,7 +200,7 @@ class Sequencer:
             signatures[i] = ok
         with self._lock:
             outcomes = self._sequence(batch.parsed, signatures)
-            if self._due():
+            if self._uncovered() and self._due():
                 self._try_to_sign(self._frontier.size, self._frontier.root())
             return outcomes
 
@@ -365,7 +363,7 @@ class Sequencer:
     # --- checkpoints ---------------------------------------------------------------
 
     def _maybe_checkpoint(self, *, force: bool) -> bool:
-        if not self._uncovered() or not (force or self._due()):
+        if not (self._uncovered() and (force or self._due())):
             return False
         self._sign_checkpoint(self._frontier.size, self._frontier.root())
         return True
@@ -379,10 +377,8 @@ class Sequencer:
         )
 
     def _due(self) -> bool:
-        """A checkpoint is due: ``every`` entries since the last one, or the oldest entry
-        none covers is ``interval_ms`` old."""
-        if not self._uncovered():
-            return False
+        """Of entries no checkpoint covers: ``every`` of them, or the oldest one is
+        ``interval_ms`` old."""
         return self._frontier.size - self._checkpointed >= self.policy.every or (
             self._uncovered_since is not None
             and (time.monotonic() - self._uncovered_since) * 1000 >= self.policy.interval_ms

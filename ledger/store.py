@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from eventsourcing.domain import Aggregate
@@ -141,6 +142,16 @@ class LedgerStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def newest_entry_time(store: LedgerStore, size: int | None = None) -> datetime | None:
+    """The time of entry ``size`` (default: the newest): where the log's time stands.
+    None for an empty log."""
+    size = store.head()[0] if size is None else size
+    if not size:
+        return None
+    (newest,) = store.read_entries(size, 1)
+    return Entry.decode(newest.canonical).ts
 
 
 def find_transaction(store: LedgerStore, token: str) -> Entry | None:

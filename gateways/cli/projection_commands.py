@@ -14,8 +14,7 @@ from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views, set_aside_views
 from infra.settings import Settings
 from infra.writer_lock import LedgerBusy, take_writer_lock
-from ledger.entry import Entry
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, newest_entry_time
 from projections.base import View, ViewDatabase, catch_up, prepare
 from projections.base import rebuild as rebuild_view
 from projections.consent_state import ConsentStateView
@@ -116,11 +115,8 @@ def _log_time_now(store: LedgerStore) -> datetime:
     """The clock, or the newest entry's time while the clock is behind it: "now" as the
     sequencer stamps it, as the API's checks ask (``Sequencer.now``)."""
     now = datetime.now(UTC)
-    size = store.head()[0]
-    if not size:
-        return now
-    (newest,) = store.read_entries(size, 1)
-    return max(now, Entry.decode(newest.canonical).ts)
+    newest = newest_entry_time(store)
+    return now if newest is None else max(now, newest)
 
 
 @consents.command("history")

@@ -42,7 +42,7 @@ from ledger.replica import (
     ViolationKind,
     claimed_size,
 )
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, newest_entry_time
 from ledger.witness import cosign
 from projections.base import View, ViewDatabase, apply_new, catch_up
 
@@ -335,11 +335,8 @@ class Follower:
     def _lag_seconds(self) -> float:
         """How old the newest verified entry is while newer ones wait: an upper bound on
         how far this replica is behind in time."""
-        size = self.replica.size
-        if not size:
-            return 0.0
-        (last,) = self.store.read_entries(size, 1)
-        return max(0.0, self.clock() - Entry.decode(last.canonical).ts.timestamp())
+        newest = newest_entry_time(self.store, self.replica.size)
+        return 0.0 if newest is None else max(0.0, self.clock() - newest.timestamp())
 
     def take_lags(self) -> list[float]:
         """Append-to-verified seconds of entries verified since the last call."""
