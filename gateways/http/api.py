@@ -513,7 +513,9 @@ ROUTE_CHECK = Route(
             description="data category code (repeatable)",
             pattern=CODE_PATTERN,
         ),
-        Param("at", "date-time", description="instant to check at (default: now)"),
+        Param(
+            "at", "date-time", description="instant to check at (default: now; never before the newest entry)"
+        ),
     ),
     responses={200: ("the answer", m.ConsentAnswer), 400: _problem},
     tag="consents",
