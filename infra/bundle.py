@@ -12,15 +12,17 @@ import re
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from eventsourcing.domain import Aggregate
 
 from ledger.entry import Entry
-from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints
+from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints, genesis_parameters
+from projections.base import Cursor
+from projections.keys import PRINCIPAL_EVENTS, PrincipalsView, snapshot
 
 FORMAT = "dfg-audit-bundle/1"
 
@@ -29,13 +31,17 @@ class BundleError(Exception):
     pass
 
 
-def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]) -> int:
+def export_bundle(store: LedgerStore, out: IO[bytes]) -> int:
     """Write the ledger as it stood at its head when the export began: a sequencer that
-    appends meanwhile adds nothing to the bundle (neither entries nor checkpoints)."""
+    appends meanwhile adds nothing to the bundle (neither entries nor checkpoints).
+
+    The principals line is built here from the entries written, so that it describes
+    the bundle's own size, and nothing outside the ledger's tables is read or written:
+    taken from the read models, it would describe whatever size those had reached, and
+    bringing them up to date meant writing them beside a running server."""
     size, root = store.head()
     checkpoints = [cp for cp in all_checkpoints(store) if cp.size <= size]
-    genesis = store.read_entries(1, 1)
-    ledger = Entry.decode(genesis[0].canonical).data["ledger"] if genesis else {}
+    ledger = genesis_parameters(store) or {}
     header = {
         "format": FORMAT,
         "chain": ledger.get("chain"),
@@ -46,6 +52,7 @@ def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]
         "checkpoints": len(checkpoints),
     }
     out.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+    principals = _Principals()
     start = 1
     while start <= size:
         page = store.read_entries(start, min(5000, size - start + 1))
@@ -53,14 +60,40 @@ def export_bundle(store: LedgerStore, out: IO[bytes], principals: dict[str, Any]
             break
         for stored in page:
             out.write(stored.canonical + b"\n")
+        principals.apply(page)
         start = page[-1].seq + 1
     for cp in checkpoints:
         line: dict[str, Any] = {"checkpoint": cp.note}
         if cp.cosignatures:
             line["cosignatures"] = list(cp.cosignatures)
         out.write(json.dumps(line).encode() + b"\n")
-    out.write(json.dumps({"principals": principals}, sort_keys=True).encode() + b"\n")
+    out.write(json.dumps({"principals": principals.snapshot()}, sort_keys=True).encode() + b"\n")
     return size
+
+
+class _Principals:
+    """The principals view of the entries handed to it, in a private in-memory database.
+    Only principal events are decoded (the stored event column picks them), so a
+    consent-heavy log costs little more to export."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:")
+        self._view = PrincipalsView()
+        self._view.create(self._cursor())
+
+    def _cursor(self) -> Cursor:
+        return cast(Cursor, self._db.cursor())  # sqlite3's, which the views' protocol describes
+
+    def apply(self, page: Sequence[StoredEntry]) -> None:
+        entries = [Entry.decode(s.canonical) for s in page if s.event_type.startswith(PRINCIPAL_EVENTS)]
+        if entries:
+            self._view.apply(self._cursor(), entries)
+
+    def snapshot(self) -> dict[str, Any]:
+        try:
+            return snapshot(self._cursor())
+        finally:
+            self._db.close()
 
 
 @dataclass

@@ -154,6 +154,16 @@ def newest_entry_time(store: LedgerStore, size: int | None = None) -> datetime |
     return Entry.decode(newest.canonical).ts
 
 
+def genesis_parameters(store: LedgerStore) -> dict[str, str] | None:
+    """What the genesis entry says of the ledger (``chain``, ``origin``,
+    ``checkpoint_key``); None for an empty log. As stored: the audit checks it."""
+    found = store.read_entries(1, 1)
+    if not found:
+        return None
+    ledger: dict[str, str] = Entry.decode(found[0].canonical).data["ledger"]
+    return ledger
+
+
 def find_transaction(store: LedgerStore, token: str) -> Entry | None:
     """The entry that recorded exactly this JWS, if any (by its signer and nonce)."""
     try:

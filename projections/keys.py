@@ -11,6 +11,8 @@ from ledger.entry import Entry
 from projections.base import Cursor
 
 NAME = "principals"
+#: The prefix of the event types this view reads.
+PRINCIPAL_EVENTS = "Principal."
 
 
 class PrincipalsView:
@@ -47,7 +49,7 @@ class PrincipalsView:
 
     def apply(self, cursor: Cursor, entries: Sequence[Entry]) -> None:
         for entry in entries:
-            if not entry.event_type.startswith("Principal."):
+            if not entry.event_type.startswith(PRINCIPAL_EVENTS):
                 continue
             data = entry.data
             kind = entry.event_type.split(".", 1)[1]

@@ -27,10 +27,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gateways.cli.main import cli
-from infra.bootstrap import open_store
+from infra.bootstrap import open_store, open_views
 from infra.demo import PURPOSES
 from infra.settings import Settings
 from ledger.merkle import nodes_for_consistency, nodes_for_inclusion
+from projections.keys import PrincipalsView, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 POPULATED = 300
@@ -661,14 +662,49 @@ def test_a_bundle_exported_while_the_ledger_grows_holds_it_as_it_stood(base: Bas
         store.head = lambda: as_it_stood  # type: ignore[method-assign]
         bundle = tmp_path / "earlier.bundle"
         with bundle.open("wb") as out:
-            assert export_bundle(store, out, {}) == MIDDLE
+            assert export_bundle(store, out) == MIDDLE
     finally:
         store.close()
     lines = bundle.read_bytes().splitlines()
     assert len(lines) == 1 + MIDDLE + 1 + 1  # header, entries, checkpoint 1, principals
+    # the principals line describes the bundle's entries, not the ledger's newer ones
+    assert _seqs_in(json.loads(lines[-1])["principals"]) <= set(range(1, MIDDLE + 1))
+    whole = json.loads(base.bundle.read_bytes().splitlines()[-1])["principals"]
+    assert max(_seqs_in(whole)) > MIDDLE  # what the shorter bundle must leave out
     result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
     assert result.exit_code == 0, result.output
     assert f"the newest checkpoint covers 1 entries; the {MIDDLE - 1} after it" in result.output
+
+
+def _seqs_in(principals: dict[str, Any]) -> set[int]:
+    """Every entry a principals line names: admissions, keys added and revoked."""
+    seqs = {p["admitted_seq"] for p in principals.values()}
+    for p in principals.values():
+        seqs.update(k["added_seq"] for k in p["keys"])
+        seqs.update(k["revoked_seq"] for k in p["keys"] if k["revoked_seq"] is not None)
+    return seqs
+
+
+def test_export_writes_nothing_beside_the_ledger(base: Base, tmp_path: Path) -> None:
+    """An export reads the ledger only: it used to bring the read models up to date,
+    writing them without the writer lock while a server could be writing them too."""
+    data = tmp_path / "copy"
+    shutil.copytree(base.data, data)
+    views = Settings(data_dir=data).views_file
+    views.unlink(missing_ok=True)
+    result = dfg("audit", "export", "--data", str(data), "--out", str(tmp_path / "b.bundle"))
+    assert result.exit_code == 0, result.output
+    assert not views.exists()
+    ours = json.loads((tmp_path / "b.bundle").read_bytes().splitlines()[-1])["principals"]
+    # the same as the read models say, once they are brought up to date
+    assert dfg("projections", "rebuild", "--data", str(data)).exit_code == 0
+    db = open_views(Settings(data_dir=data))
+    try:
+        assert db.position(PrincipalsView.name) == SIZE
+        with db.transaction(commit=False) as cursor:
+            assert ours == snapshot(cursor)
+    finally:
+        db.close()
 
 
 @pytest.mark.parametrize(

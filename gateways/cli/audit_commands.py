@@ -15,7 +15,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gateways.cli.options import fail, ledger_options, require_ledger, witness_options
-from infra.bootstrap import open_store, open_views
+from infra.bootstrap import open_store
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.runtime import tune_for_throughput
 from infra.settings import Settings
@@ -26,8 +26,6 @@ from ledger.segmented_audit import MIN_SEGMENT, SegmentFailed, audit_in_segments
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy
-from projections.base import catch_up, prepare
-from projections.keys import PrincipalsView, snapshot
 
 #: More worker processes than a few per core only add memory (each holds its own copy
 #: of the replay's state and imports) and contention; the bound keeps a typo harmless.
@@ -209,16 +207,8 @@ def export(settings: Settings, out_path: Path) -> None:
     os.close(fd)
     tmp = Path(name)
     try:
-        views = open_views(settings)
-        try:
-            prepare(views, PrincipalsView(), store.read_entries)
-            catch_up(views, PrincipalsView(), store.read_entries)
-            with views.transaction(commit=False) as cursor:
-                principals = snapshot(cursor)
-        finally:
-            views.close()
         with tmp.open("wb") as handle:
-            size = export_bundle(store, handle, principals)
+            size = export_bundle(store, handle)
         tmp.rename(out_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
+from ledger.store import genesis_parameters
 from ledger.witness import witness_verifier
 
 _BOOTSTRAP_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
@@ -463,8 +464,8 @@ def _witness(path: Path | None, name: str | None) -> Witness | None:
 
 
 def _chain_of(store: Any) -> str:
-    if store.head()[0] == 0:
+    ledger = genesis_parameters(store)
+    if ledger is None:
         fail("this ledger has no genesis entry")
-    genesis = Entry.decode(store.read_entries(1, 1)[0].canonical)
-    chain: str = genesis.data["ledger"]["chain"]
-    return chain
+    assert ledger is not None
+    return ledger["chain"]
