@@ -28,11 +28,10 @@ from infra.node import open_node
 from infra.settings import Settings
 from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
-from ledger.entry import Entry
 from ledger.note import NoteError, Verifier
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
-from ledger.store import genesis_parameters
+from ledger.store import genesis_parameters, newest_entry_time
 from ledger.witness import witness_verifier
 
 _BOOTSTRAP_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
@@ -396,7 +395,8 @@ def status(settings: Settings, as_json: bool) -> None:
         size = store.head()[0]
         topic_end = max(store.marker(TOPIC_END_MARKER), size)
         latest = store.latest_checkpoint()
-        last_ts = Entry.decode(store.read_entries(size, 1)[0].canonical).ts.timestamp() if size else None
+        newest = newest_entry_time(store, size)
+        last_ts = newest.timestamp() if newest is not None else None
         violations = [v.__dict__ for v in store.violations()]
         report: dict[str, Any] = {
             "size": size,
