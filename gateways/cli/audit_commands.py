@@ -23,7 +23,7 @@ from ledger.audit import Auditor, AuditReport
 from ledger.audit import audit as run_audit
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
 from ledger.segmented_audit import MIN_SEGMENT, SegmentFailed, audit_in_segments
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, genesis_parameters
 from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy
 
@@ -230,9 +230,14 @@ def prove(settings: Settings, seq: int) -> None:
         if seq > checkpoint.size:
             fail(f"entry {seq} is not covered by the latest checkpoint (size {checkpoint.size}) yet")
         (stored,) = store.read_entries(seq, 1)
+        ledger = genesis_parameters(store)
+        assert ledger is not None  # a checkpoint exists
         try:
             receipt = make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
-        except LookupError as exc:  # the stored tree lacks a node the proof needs
+            # A receipt built from damaged stored data would fail its reader's check:
+            # checked here first, so that the damage is named where it is.
+            verify_receipt(receipt, ledger["checkpoint_key"], origin=ledger["origin"])
+        except (LookupError, ReceiptError) as exc:  # e.g. the stored tree lacks or alters a node
             fail(f"cannot prove entry {seq}: {exc}; run `dfg audit verify` on this ledger")
         click.echo(json.dumps(receipt.to_json(), indent=2))
     finally:
