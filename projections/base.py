@@ -31,6 +31,17 @@ class ViewDatabase(Protocol):
 
     def position(self, view: str) -> int: ...
 
+    def lock(self, cursor: Cursor, name: str) -> None:
+        """Take the lock named ``name`` for the rest of this write transaction: several
+        processes bring the same read models up to date (the server, ``dfg projections
+        follow``, the read commands), and one must not apply what another has just
+        applied, nor create tables another is creating."""
+        ...
+
+    def claim(self, cursor: Cursor, view: str) -> int:
+        """The view's position, read after taking the view's lock (``lock``)."""
+        ...
+
     def track(self, cursor: Cursor, view: str, position: int) -> None: ...
 
     def forget(self, cursor: Cursor, view: str) -> None: ...
@@ -77,12 +88,17 @@ class ViewsNotOfThisLog(RuntimeError):
     another ledger's."""
 
 
+#: Taken by whoever creates or drops a view's tables.
+_TABLES_LOCK = "*tables*"
+
+
 def prepare(db: ViewDatabase, view: View, read: ReadEntries) -> None:
     """Create the view's tables, and check that it was built from this log (or record
     that it is, on first use). A view built with an older layout of its tables is
     dropped here, and built again from the log by the next catch-up."""
     genesis = _genesis_of(read)
     with db.transaction(commit=True) as cursor:
+        db.lock(cursor, _TABLES_LOCK)
         if _built_version(cursor, view) != view.version:
             _drop(db, cursor, view)
         view.create(cursor)
@@ -151,9 +167,20 @@ def catch_up(db: ViewDatabase, view: View, read: ReadEntries, *, page: int = 200
             return position
         entries = [Entry.decode(s.canonical) for s in stored]
         with db.transaction(commit=True) as cursor:
-            view.apply(cursor, entries)
-            db.track(cursor, view.name, entries[-1].seq)
-        position = entries[-1].seq
+            position = db.claim(cursor, view.name)  # another may have gone ahead meanwhile
+            fresh = _after(entries, position)
+            if fresh:
+                view.apply(cursor, fresh)
+                db.track(cursor, view.name, fresh[-1].seq)
+                position = fresh[-1].seq
+
+
+def _after(entries: Sequence[Entry], position: int) -> list[Entry]:
+    """The entries a view at ``position`` has not applied; none when the view is before
+    the first of them (it was rebuilt meanwhile: what it lacks is read again)."""
+    if not entries or position < entries[0].seq - 1:
+        return []
+    return [e for e in entries if e.seq > position]
 
 
 def apply_new(db: ViewDatabase, views: Sequence[View], entries: Sequence[Entry], read: ReadEntries) -> int:
@@ -166,13 +193,18 @@ def apply_new(db: ViewDatabase, views: Sequence[View], entries: Sequence[Entry],
     for view in views:
         if db.position(view.name) < entries[0].seq - 1:
             catch_up(db, view, read)
+    behind = []
     with db.transaction(commit=True) as cursor:
         for view in views:
-            position = db.position(view.name)
-            fresh = [e for e in entries if e.seq > position]
+            position = db.claim(cursor, view.name)
+            fresh = _after(entries, position)
             if fresh:
                 view.apply(cursor, fresh)
                 db.track(cursor, view.name, fresh[-1].seq)
+            elif position < entries[0].seq - 1:
+                behind.append(view)  # rebuilt meanwhile by another process
+    for view in behind:
+        catch_up(db, view, read)
     return entries[-1].seq
 
 
@@ -180,6 +212,8 @@ def rebuild(db: ViewDatabase, view: View, read: ReadEntries) -> int:
     """Drop the view and build it again from the first entry."""
     genesis = _genesis_of(read)
     with db.transaction(commit=True) as cursor:
+        db.lock(cursor, _TABLES_LOCK)
+        db.lock(cursor, view.name)
         cursor.execute(_VERSIONS_DDL)
         _drop(db, cursor, view)
         view.create(cursor)

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conftest import TERMS, Ledger
+from conftest import TERMS, Ledger, give_level1
 from joserfc.jwk import OKPKey
 
 from infra.bootstrap import open_views
@@ -228,3 +228,69 @@ def test_a_view_built_with_an_older_layout_is_built_again(ledger: Ledger) -> Non
         assert answer.granted and answer.seq == store.head()[0]
     finally:
         db.close()
+
+
+def test_two_processes_catching_up_one_view_apply_each_entry_once(any_ledger: Ledger) -> None:
+    """The server, ``dfg projections follow`` and the read commands (``dfg consents
+    check``, ``dfg projections status``) all bring the same read models up to date.
+    One that read the view's position, and then found another had applied the same
+    entries first, used to apply them again (a duplicate row, or a refused one)."""
+    _activity(any_ledger)
+    store = any_ledger.sequencer.store
+    first, second = open_views(any_ledger.settings), open_views(any_ledger.settings)
+    views = [ConsentStateView(), TimelineView()] + [v for v in all_views() if v.name == "principals"]
+    try:
+        for view in views:
+            prepare(first, view, store.read_entries)
+            raced: list[bool] = []
+
+            def overtaken(start: int, limit: int, view: Any = view, raced: list[bool] = raced) -> Any:
+                found = store.read_entries(start, limit)
+                if found and not raced:  # the other one gets there between our reads
+                    raced.append(True)
+                    catch_up(second, view, store.read_entries)
+                return found
+
+            assert catch_up(first, view, overtaken) == any_ledger.head()[0]
+            assert raced
+            once = _dump(first, view)
+            rebuild(second, view, store.read_entries)
+            assert once == _dump(second, view)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_read_models_brought_up_to_date_by_several_at_once(any_ledger: Ledger) -> None:
+    """The same, with the writers really at once: four threads, each with its own
+    connections, catch the views up a few entries at a time."""
+    for n in range(40):
+        app = any_ledger.admit(f"sp:p{n}", "service_provider")
+        any_ledger.accept(give_level1(any_ledger, app, f"s-{n}", controller=f"sp:p{n}"))
+    store = any_ledger.sequencer.store
+    views = [ConsentStateView(), TimelineView()]
+    dbs = [open_views(any_ledger.settings) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def work(db: Any) -> None:
+        try:
+            for view in views:
+                prepare(db, view, store.read_entries)
+                catch_up(db, view, store.read_entries, page=3)
+        except BaseException as exc:  # reported below, with the thread's traceback lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(db,)) for db in dbs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for view in views:
+            once = _dump(dbs[0], view)
+            rebuild(dbs[1], view, store.read_entries)
+            assert once == _dump(dbs[1], view)
+    finally:
+        for db in dbs:
+            db.close()

@@ -33,6 +33,17 @@ class SQLiteViews:
     def position(self, view: str) -> int:
         return self.recorder.max_tracking_id(view) or 0
 
+    def lock(self, cursor: Any, name: str) -> None:
+        # SQLite has one lock, the database's: a write (deleting nothing) takes it now,
+        # waiting for another writer's commit, and what is read after it is current.
+        # (Reading first, SQLite could not upgrade to writing after another's commit.)
+        cursor.execute("DELETE FROM tracking WHERE application_name = ? AND notification_id < 0", (name,))
+
+    def claim(self, cursor: Any, view: str) -> int:
+        self.lock(cursor, view)
+        cursor.execute("SELECT MAX(notification_id) FROM tracking WHERE application_name = ?", (view,))
+        return int(cursor.fetchone()[0] or 0)
+
     def track(self, cursor: Any, view: str, position: int) -> None:
         self.recorder._insert_tracking(cursor, Tracking(view, position))
 
@@ -81,6 +92,17 @@ class PostgresViews:
 
     def position(self, view: str) -> int:
         return self.recorder.max_tracking_id(view) or 0
+
+    def lock(self, cursor: Any, name: str) -> None:
+        # Held until the transaction ends; what is read after it sees the other's commit.
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(?))", (f"dfg.views/{self.datastore.schema}/{name}",)
+        )
+
+    def claim(self, cursor: Any, view: str) -> int:
+        self.lock(cursor, view)
+        cursor.execute("SELECT MAX(notification_id) FROM view_tracking WHERE application_name = ?", (view,))
+        return int(cursor.fetchone()[0] or 0)
 
     def track(self, cursor: Any, view: str, position: int) -> None:
         self.recorder._insert_tracking(cursor.raw, Tracking(view, position))
