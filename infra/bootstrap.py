@@ -98,7 +98,8 @@ def create_ledger(
     operator: str,
     display_name: str,
 ) -> Entry:
-    """Generate the root and checkpoint keys and append the genesis entry. Bad
+    """Generate the root and checkpoint keys and append the genesis entry, holding the
+    ledger's writer lock (``LedgerBusy`` while another process writes it). Bad
     arguments are refused before anything is written, and a genesis entry that is not
     appended leaves no keys behind (they would block the next attempt)."""
     origin = origin or f"dfg.local/{chain}"
@@ -115,7 +116,7 @@ def create_ledger(
         now=time.time(),
     )
     parse_transaction(genesis)  # a bad chain, operator or name is refused here
-    store = open_store(settings)
+    store = open_writer_store(settings, doing="creating a ledger in it")  # two inits must not race
     try:
         if store.head()[0] != 0:
             raise Rejected("genesis_exists", "this ledger already exists; nothing was changed")

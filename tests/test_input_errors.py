@@ -358,6 +358,23 @@ def test_a_refused_init_writes_nothing_and_can_be_retried(tmp_path: Path) -> Non
     assert CliRunner().invoke(cli, ["audit", "verify", "--data", str(data), "--no-progress"]).exit_code == 0
 
 
+def test_an_init_beside_another_writer_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """Two `dfg init` at once on one directory (or one beside any writer) used to race:
+    both found the log empty, and the second failed midway on the first one's keys."""
+    from infra.settings import Settings
+    from infra.writer_lock import take_writer_lock
+
+    data = tmp_path / "new"
+    lock = take_writer_lock(Settings(data_dir=data), doing="testing")
+    try:
+        refused = CliRunner().invoke(cli, ["init", "--data", str(data)])
+        assert refused.exit_code == 1 and "another process writes the ledger" in refused.output
+        assert not (data / "keys").exists() or not any((data / "keys").iterdir())
+    finally:
+        lock.release()
+    assert CliRunner().invoke(cli, ["init", "--data", str(data)]).exit_code == 0
+
+
 def test_export_leaves_other_files_alone_and_names_a_missing_folder(ledger: Ledger, tmp_path: Path) -> None:
     data = ["--data", str(ledger.settings.data_dir)]
     mine = tmp_path / "b.jsonl.partial"
