@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -152,6 +153,35 @@ def test_broker_lost_everything_mid_stream_and_replicas_still_equal_the_log(
     finally:
         relay_running.halt()
     assert relay.stats.republished_from, "the relay never noticed the broker lost its topic"
+
+
+@pytest.mark.slow
+def test_a_broker_that_stalls_mid_stream_leaves_the_relay_running(
+    ledger: Ledger, broker: TansuBroker, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """A broker that stops answering for longer than a request may take (a long pause
+    of its process, a network partition): the producer retries a batch the broker
+    wrote, and the broker answers the retry as a duplicate, without an offset. The
+    relay used to read that as another producer writing the topic, and stopped."""
+    app = ledger.admit("sp:app", "service_provider")
+    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 1) as started:
+            ledger.accept(*[give(ledger, app, f"a-{i}") for i in range(50)])
+            wait_for(lambda: started[0].size == ledger.head()[0], what="replication to start")
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                ledger.accept(*[give(ledger, app, f"b-{i}") for i in range(300)])
+                time.sleep(kafka.request_timeout_ms / 1000 * 2)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            ledger.accept(*[give(ledger, app, f"c-{i}") for i in range(50)])
+            _converged(ledger, started)
+            assert relay_running.thread.is_alive(), "the relay stopped"
+        _topic_is_exact(kafka, topics.entries, ledger.head()[0])
+    finally:
+        relay_running.halt()
 
 
 def _dfg(*args: str) -> subprocess.Popen[bytes]:

@@ -54,6 +54,13 @@ class RelayError(RuntimeError):
     """The topic does not hold what this ledger published: refuse to go on blindly."""
 
 
+class OffsetUnknown(KafkaError):  # type: ignore[misc]  # kafka-python has no types
+    """The broker took a record without saying at which offset: it answers a retried
+    send it had already written (the first answer was lost, e.g. while the broker
+    stalled) as a duplicate, and the client reports offset -1. Where the topic ends is
+    read again (``reconcile``), as after any broker error."""
+
+
 @dataclass
 class RelayStats:
     entries_published: int = 0
@@ -206,6 +213,8 @@ class Relay:
             self._producer.flush()
             for stored, future in zip(page, futures, strict=True):
                 metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)
+                if metadata.offset < 0:
+                    raise OffsetUnknown(f"the broker did not say where entry {stored.seq} landed")
                 if metadata.offset != stored.seq - 1:
                     raise RelayError(
                         f"entry {stored.seq} landed at offset {metadata.offset} of {self.topics.entries}:"
@@ -230,6 +239,8 @@ class Relay:
         self._producer.flush()
         for index, future in enumerate(futures):
             metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)
+            if metadata.offset < 0:
+                raise OffsetUnknown(f"the broker did not say where checkpoint {pending[index].size} landed")
             if metadata.offset != published + index:
                 raise RelayError(f"{self.topics.checkpoints}: another producer writes to this topic")
         self.store.set_marker(CHECKPOINTS_MARKER, published + len(pending))
