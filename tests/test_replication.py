@@ -495,6 +495,31 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     assert result.exit_code == 1 and "no checkpoint carries cosignatures of 2" in result.output
 
 
+@pytest.mark.slow
+def test_cosignatures_sent_after_the_broker_lost_everything_are_kept(
+    ledger: Ledger, broker: TansuBroker, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """The relay reads the cosignatures topic from where it stopped; a broker that lost
+    its topics numbers new cosignatures from 0 again, and the relay used to wait at its
+    old position, keeping none of them."""
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    app = ledger.admit("sp:app", "service_provider")
+    store = ledger.sequencer.store
+    relay, relay_running = start_relay(store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 0, witnesses=[witness]):
+            for round_ in range(4):
+                if round_ == 2:
+                    broker.restart(kill=True)  # memory storage: every topic is gone
+                ledger.accept(*[give(ledger, app, f"r{round_}-{i}") for i in range(20)])
+                ledger.sequencer.checkpoint_now()
+                size = ledger.head()[0]
+                wait_for(lambda s=size: len(store.cosignatures(s)) == 1, timeout=60, what=f"cosigned {size}")
+    finally:
+        relay_running.halt()
+    assert relay.stats.republished_from, "the relay never noticed the broker lost its topics"
+
+
 def _manual_follower(
     directory: Path, kafka: KafkaSettings, topics: Topics, witness: Witness | None
 ) -> Follower:

@@ -114,11 +114,9 @@ class Relay:
         self.kafka.ensure_topics(self.topics.all())
         self._reader = self.kafka.consumer()
         self._producer = self.kafka.producer()
-        self.reconcile()
+        lost = self.reconcile()
         self._cosignatures = self.kafka.consumer()
-        tp = partition(self.topics.cosignatures)
-        self._cosignatures.assign([tp])
-        self._cosignatures.seek(tp, self.store.marker(COSIGNATURES_MARKER))
+        self._cosignatures.seek(partition(self.topics.cosignatures), self._cosignatures_from(lost))
 
     def close(self) -> None:
         for client in (self._producer, self._reader, self._cosignatures):
@@ -138,8 +136,23 @@ class Relay:
 
     # --- where the topics stand ----------------------------------------------------
 
-    def reconcile(self) -> None:
-        """Align the markers with what the topics really hold (see the module docstring)."""
+    def _cosignatures_from(self, lost: bool) -> int:
+        """Where to read cosignatures from: after the last one read, unless the broker
+        lost data (the entries topic showed it, or this topic ends before that point):
+        it numbers new records from where it ends again, so the position means nothing
+        and the topic is read from its start (keeping a cosignature twice is harmless)."""
+        assert self._cosignatures is not None
+        read = self.store.marker(COSIGNATURES_MARKER)
+        end, _ = topic_end(self._cosignatures, self.topics.cosignatures)
+        if read and (lost or end < read):
+            log.warning("%s may have lost records: reading it again from its start", self.topics.cosignatures)
+            self.store.set_marker(COSIGNATURES_MARKER, 0)
+            return 0
+        return read
+
+    def reconcile(self) -> bool:
+        """Align the markers with what the topics really hold (see the module docstring).
+        True when a topic holds less than was published (the broker lost data)."""
         assert self._reader is not None
         end, last = topic_end(self._reader, self.topics.entries)
         if last is not None:
@@ -156,10 +169,11 @@ class Relay:
         head = self.store.head()[0]
         if end > head:
             raise RelayError(f"{self.topics.entries} holds {end} entries but this ledger has only {head}")
-        self._adopt(ENTRIES_MARKER, end, self.topics.entries)
+        lost = self._adopt(ENTRIES_MARKER, end, self.topics.entries)
         end, last = topic_end(self._reader, self.topics.checkpoints)
-        self._adopt(CHECKPOINTS_MARKER, end, self.topics.checkpoints)
+        lost = self._adopt(CHECKPOINTS_MARKER, end, self.topics.checkpoints) or lost
         self.store.set_marker(CHECKPOINT_SIZE_MARKER, self._published_size(last, end))
+        return lost
 
     def _published_size(self, last: Any, end: int) -> int:
         """The size of the newest checkpoint on the topic, which must be one of this
@@ -180,9 +194,11 @@ class Relay:
             )
         return size
 
-    def _adopt(self, marker: str, end: int, topic: str) -> None:
+    def _adopt(self, marker: str, end: int, topic: str) -> bool:
+        """Take the topic's end as what was published; True if it holds less."""
         published = self.store.marker(marker)
-        if end < published:
+        lost = end < published
+        if lost:
             log.warning(
                 "%s holds %d records but %d were published: it lost data; publishing again from there",
                 topic,
@@ -192,6 +208,7 @@ class Relay:
             self.stats.republished_from.append(end)
         if end != published:
             self.store.set_marker(marker, end)
+        return lost
 
     # --- publishing ----------------------------------------------------------------
 
