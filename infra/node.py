@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.bootstrap import open_views, open_writer_store
+from infra.bootstrap import CHECKPOINT_KEY_FILE, open_views, open_writer_store
 from infra.settings import Settings
 from ledger.replica import Replica
 from ledger.store import LedgerStore
@@ -31,6 +31,10 @@ class NodeReplica:
         self.store.close()
 
 
+class NotAReplica(RuntimeError):
+    """The data directory is a sequencer's (it holds the ledger's checkpoint key)."""
+
+
 def open_node(
     settings: Settings,
     *,
@@ -38,6 +42,14 @@ def open_node(
     chain: str | None,
     verifier: ParallelVerifier | None = None,
 ) -> NodeReplica:
+    """The node's replica and read models; ``LedgerBusy`` while another process writes
+    them, ``NotAReplica`` for a sequencer's own directory (a follower would write its
+    markers, and any violation it found, into the ledger's database)."""
+    if (settings.keys_dir / CHECKPOINT_KEY_FILE).exists():
+        raise NotAReplica(
+            f"{settings.data_dir} holds a ledger's own keys ({CHECKPOINT_KEY_FILE}): it is the"
+            " sequencer's data directory; give the node a directory of its own"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_writer_store(settings, doing="following into it")
     views = open_views(settings)

@@ -177,6 +177,20 @@ def test_a_replica_of_another_ledger_is_named_not_a_traceback(tmp_path: Path, le
     assert result.exit_code == 1 and "cannot follow this ledger" in result.output, result.output
 
 
+def test_a_node_refuses_the_sequencers_own_directory(ledger: Ledger) -> None:
+    """It used to write its follower markers, and any violation it found, into the
+    ledger's own database (when the sequencer was stopped). `dfg node serve` opens its
+    replica the same way (``open_node``)."""
+    assert ledger.sequencer.ledger is not None
+    data = ledger.settings.data_dir
+    args = ["node", "follow", "--data", str(data), "--kafka", "127.0.0.1:9", "--chain", CHAIN,
+            "--ledger-key", ledger.sequencer.ledger["checkpoint_key"]]  # fmt: skip
+    before = ledger.sequencer.store.marker("follower.checkpoints")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "it is the sequencer's data directory" in result.output, result.output
+    assert ledger.sequencer.store.marker("follower.checkpoints") == before
+
+
 def test_a_node_refuses_to_start_from_a_bundle_that_is_not_one(tmp_path: Path, ledger: Ledger) -> None:
     assert ledger.sequencer.ledger is not None
     bogus = tmp_path / "bogus.bundle"

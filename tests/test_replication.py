@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from unittest import mock
 
 import pytest
 from click.testing import CliRunner
-from conftest import CHAIN, Ledger, give_level1
+from conftest import CHAIN, Ledger, give_level1, make_ledger
 from joserfc.jwk import OKPKey
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -534,6 +535,40 @@ def _step_until(follower: Follower, condition: Callable[[], bool], what: str) ->
         if condition():
             return
     raise AssertionError(f"the follower never reached {what}")
+
+
+def test_a_replica_pointed_at_another_ledger_with_its_chain_id_stops_and_records_nothing(
+    ledger: Ledger, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """Every `dfg init` defaults to one chain id. A replica of ledger A pointed at the
+    topics of ledger B, which is longer, used to skip B's entries up to its own size
+    unread, verify B's next entries against A's keys and record a violation against A
+    (after which it accepted nothing, for good)."""
+    other = make_ledger(Settings(data_dir=tmp_path / "b"))
+    try:
+        topics_a, topics_b = Topics.for_ledger(CHAIN, "a"), Topics.for_ledger(CHAIN, "b")
+        for led, topics, n in ((ledger, topics_a, 5), (other, topics_b, 30)):
+            app = led.admit("sp:app", "service_provider")
+            led.accept(*[give(led, app, f"p-{i}") for i in range(n)])
+            relay, running = start_relay(led.sequencer.store, kafka, topics)
+            wait_for(lambda r=relay, led=led: r.stats.entries_published == led.head()[0], what="published")
+            running.halt()
+        replica = tmp_path / "node"
+        follower = _manual_follower(replica, kafka, topics_a, None)
+        follower.connect()
+        _step_until(follower, lambda: follower.replica.size == ledger.head()[0], "ledger A's size")
+        follower.close()
+        held = follower.replica.size
+        follower.topics = topics_b
+        stop = threading.Event()
+        assert follower.run(stop, exit_on_violation=True) == 2
+        refused = follower.not_this_ledger
+        assert refused is not None and "is not this replica's entry" in refused
+        assert follower.replica.halted is None and follower.replica.size == held
+        follower.replica.store.close()
+        follower.views.close()
+    finally:
+        other.sequencer.store.close()
 
 
 def test_a_witness_sends_its_cosignature_again_when_the_broker_did_not_take_it(

@@ -24,7 +24,7 @@ from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
-from infra.node import open_node
+from infra.node import NotAReplica, open_node
 from infra.settings import Settings
 from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
@@ -218,7 +218,7 @@ def follow(
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except AuditFailure as exc:  # the replica held is not of the ledger named
         fail(f"the replica in {settings.data_dir} cannot follow this ledger: {exc}")
-    except LedgerBusy as exc:
+    except (LedgerBusy, NotAReplica) as exc:
         fail(str(exc))
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
@@ -237,7 +237,7 @@ def follow(
         views.close()
         store.close()
     if follower.not_this_ledger is not None:
-        fail(f"the topics hold another ledger than the one named: {follower.not_this_ledger}", 2)
+        fail(f"these topics cannot be followed into this replica: {follower.not_this_ledger}", 2)
     if code:
         halted = follower.status.halted or {}
         click.secho(
@@ -342,7 +342,7 @@ def node_serve(
         fail(f"--chain: {exc}", 2)
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
-    except LedgerBusy as exc:
+    except (LedgerBusy, NotAReplica) as exc:
         fail(str(exc))
     stop = threading.Event()
     if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them

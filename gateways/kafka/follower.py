@@ -114,6 +114,9 @@ class Follower:
         self._waiting_at: dict[int, int] = {}
         #: Why it stopped, when the topics hold another ledger's entries.
         self.not_this_ledger: str | None = None
+        #: (offset, bytes) of the newest entry held, which the topic must hold too
+        #: before anything after it is taken from there (``_same_log``).
+        self._check_held: tuple[int, bytes] | None = None
         self._checkpoints_read: int | None = None
         self._checkpoints_saved: int | None = None
 
@@ -161,12 +164,40 @@ class Follower:
         consumer = self.kafka.consumer()
         entries, checkpoints = partition(self.topics.entries), partition(self.topics.checkpoints)
         consumer.assign([entries, checkpoints])
-        consumer.seek(entries, self.replica.size)
-        consumer.seek(checkpoints, self.store.marker(CHECKPOINTS_MARKER))
+        size = self.replica.size
+        if size and self._check_held is None:
+            (newest,) = self.store.read_entries(size, 1)
+            self._check_held = (size - 1, newest.canonical)
         self._consumer = consumer
+        self._seek_entries()
+        consumer.seek(checkpoints, self.store.marker(CHECKPOINTS_MARKER))
         if self.witness is not None:
             self._producer = self.kafka.producer()
             self._cosign_newest()
+
+    def _seek_entries(self) -> None:
+        """Read from the replica's size on, or from the newest entry held while the topic
+        has not been seen to hold it."""
+        assert self._consumer is not None
+        held = self._check_held
+        self._consumer.seek(partition(self.topics.entries), held[0] if held else self.replica.size)
+
+    def _same_log(self, record: Any) -> None:
+        """The topic must hold the newest entry this replica holds, byte for byte, before
+        anything after it is taken from there. Skipped unread, the entries before the
+        replica's size let a node pointed at another ledger with the same chain id
+        (every `dfg init` defaults to one) verify that ledger's next entries against its
+        own and record a violation against the ledger it follows. Not evidence (records
+        are not signed by the ledger), so it stops as for another ledger's topics."""
+        assert self._check_held is not None
+        offset, held = self._check_held
+        if record.value != held:
+            raise NotThisLedger(
+                f"the record at offset {offset} of {self.topics.entries} is not this replica's entry"
+                f" {offset + 1}: the topics hold another ledger's log (or the one named by --chain"
+                " was rewritten); nothing was recorded"
+            )
+        self._check_held = None
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -200,8 +231,15 @@ class Follower:
         incoming = []
         bad: tuple[Any, str] | None = None
         for record in records:
+            if self._check_held is not None and record.offset == self._check_held[0]:
+                self._same_log(record)
             if record.offset < self.replica.size:
-                continue  # an entry already held (verified); a damaged copy changes nothing
+                continue  # an entry already held (verified)
+            if self._check_held is not None:  # the topic no longer holds the one to compare
+                raise NotThisLedger(
+                    f"{self.topics.entries} starts after offset {self._check_held[0]}: it does not"
+                    " hold this replica's newest entry to compare (is its retention unlimited?)"
+                )
             try:
                 entry = entry_from_record(record.key, record.value, record.headers)
             except MessageError as exc:
@@ -215,8 +253,7 @@ class Follower:
             appended = self.replica.accept_entries(incoming)  # the good ones before a bad record
         except OutOfOrder as exc:
             log.info("%s; reading again from entry %d", exc, self.replica.size + 1)
-            assert self._consumer is not None
-            self._consumer.seek(partition(self.topics.entries), self.replica.size)
+            self._seek_entries()
             return []
         if appended:
             apply_new(self.views, self.view_list, appended, self.store.read_entries)
