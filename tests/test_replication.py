@@ -571,6 +571,41 @@ def test_a_replica_pointed_at_another_ledger_with_its_chain_id_stops_and_records
         other.sequencer.store.close()
 
 
+def test_a_follower_that_cannot_see_its_topics_says_so_and_how_long(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """Topics missing (a wrong --chain or --topic-prefix, or no relay yet) or a broker
+    away: the status used to say lag 0, with a fresh time, while the node followed
+    nothing. It now says it is not connected, and how long it has not seen the topic."""
+    node = tmp_path / "node"
+    follower = _manual_follower(node, kafka, topics, None)
+    with pytest.raises(KafkaError, match="are --chain and --topic-prefix right"):
+        follower.connect()
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: follower.status.updated_at > 0 and follower.status.lag_seconds >= 0.5, what="lag")
+        assert not follower.status.connected and follower.status.topic_end_seen_at is None
+        app = ledger.admit("sp:app", "service_provider")
+        ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
+        _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+        try:
+            wait_for(lambda: follower.replica.size == ledger.head()[0], what="the follower to catch up")
+            wait_for(lambda: follower.status.connected and follower.status.lag_seconds == 0, what="no lag")
+            assert follower.status.topic_end_seen_at is not None
+        finally:
+            relay_running.halt()
+    finally:
+        stop.set()
+        thread.join(20)
+        follower.replica.store.close()
+        follower.views.close()
+    result = CliRunner().invoke(cli, ["node", "status", "--data", str(node), "--json"])
+    report = json.loads(result.output)
+    assert report["size"] == ledger.head()[0] and report["topic_end_seen_age_s"] < 60
+
+
 def test_a_witness_sends_its_cosignature_again_when_the_broker_did_not_take_it(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from joserfc.jwk import OKPKey
 from domain.identifiers import is_principal_id
 from gateways.cli.options import fail, ledger_options, require_ledger
 from gateways.kafka.client import KafkaSettings
-from gateways.kafka.follower import TOPIC_END_MARKER, Follower, Witness
+from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
@@ -394,6 +394,8 @@ def status(settings: Settings, as_json: bool) -> None:
     try:
         size = store.head()[0]
         topic_end = max(store.marker(TOPIC_END_MARKER), size)
+        seen_ms = store.marker(SEEN_AT_MARKER)
+        seen_age = round(time.time() - seen_ms / 1000, 3) if seen_ms else None
         latest = store.latest_checkpoint()
         newest = newest_entry_time(store, size)
         last_ts = newest.timestamp() if newest is not None else None
@@ -402,6 +404,7 @@ def status(settings: Settings, as_json: bool) -> None:
             "size": size,
             "topic_end": topic_end,
             "lag_entries": topic_end - size,
+            "topic_end_seen_age_s": seen_age,
             "newest_entry_age_s": None if last_ts is None else round(time.time() - last_ts, 3),
             "last_checkpoint": latest.size if latest else None,
             "cosignatures_on_last_checkpoint": len(latest.cosignatures) if latest else 0,
@@ -413,9 +416,8 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(json.dumps(report, sort_keys=True))
     else:
         click.echo(f"replica size       {size:,}")
-        click.echo(
-            f"behind the topic   {report['lag_entries']:,} entries (topic end last seen {topic_end:,})"
-        )
+        seen = "never seen" if seen_age is None else f"seen {_ago(seen_age)}"
+        click.echo(f"behind the topic   {report['lag_entries']:,} entries (topic end {topic_end:,}, {seen})")
         click.echo(f"last checkpoint    {report['last_checkpoint']}")
         for v in violations:
             click.secho(
@@ -424,6 +426,15 @@ def status(settings: Settings, as_json: bool) -> None:
         if not violations:
             click.echo("violations         none")
     sys.exit(3 if violations else 0)
+
+
+def _ago(seconds: float) -> str:
+    """Roughly how long ago: a follower notes where the topic ends about once a second."""
+    if seconds < 2:
+        return "just now"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    return f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.0f} h ago"
 
 
 def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:

@@ -20,7 +20,13 @@ def status_app(follower: Follower) -> web.Application:
     size = Gauge("dfg_replica_size", "Entries verified and stored by this node", registry=registry)
     lag = Gauge("dfg_replica_lag_entries", "Entries on the topic not yet verified here", registry=registry)
     lag_s = Gauge(
-        "dfg_replica_lag_seconds", "Age of the newest verified entry while behind", registry=registry
+        "dfg_replica_lag_seconds",
+        "Age of the newest verified entry while behind; while disconnected, time since the topic's"
+        " end was last seen",
+        registry=registry,
+    )
+    connected = Gauge(
+        "dfg_replica_connected", "1 while the broker answers and the topics exist", registry=registry
     )
     checkpoint = Gauge("dfg_replica_checkpoint_size", "Last verified checkpoint", registry=registry)
     violations = Gauge("dfg_replica_violations", "1 when this node stopped on a violation", registry=registry)
@@ -34,6 +40,7 @@ def status_app(follower: Follower) -> web.Application:
         size.set(status.size)
         lag.set(status.lag_entries)
         lag_s.set(status.lag_seconds)
+        connected.set(1 if status.connected else 0)
         checkpoint.set(status.last_checkpoint or 0)
         violations.set(0 if status.halted is None else 1)
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

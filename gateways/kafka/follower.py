@@ -55,6 +55,10 @@ SEEN_AT_MARKER = "follower.seen_at_ms"
 COSIGNED_MARKER = "follower.cosigned"
 
 
+class TopicsMissing(KafkaError):  # type: ignore[misc]  # kafka-python has no types
+    """The ledger's topics are not on the broker (yet): retried, as a broker outage."""
+
+
 @dataclass(frozen=True)
 class Witness:
     """This node's cosigning identity: its principal id and Ed25519 key."""
@@ -68,7 +72,14 @@ class FollowerStatus:
     size: int = 0
     topic_end: int = 0
     lag_entries: int = 0
+    #: While connected: how old the newest verified entry is when newer ones wait (0
+    #: when none wait). While not: how long since the node last saw where the topic
+    #: ends, since it cannot know what it misses.
     lag_seconds: float = 0.0
+    #: The broker answers and the entries topic exists.
+    connected: bool = False
+    #: When the node last read where the entries topic ends (Unix seconds).
+    topic_end_seen_at: float | None = None
     last_checkpoint: int | None = None
     cosigned: int = 0
     halted: dict[str, Any] | None = None
@@ -118,6 +129,8 @@ class Follower:
         #: before anything after it is taken from there (``_same_log``).
         self._check_held: tuple[int, bytes] | None = None
         self._checkpoints_read: int | None = None
+        self._started_at = clock()
+        self._noted_at = float("-inf")
         self._checkpoints_saved: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------
@@ -155,6 +168,7 @@ class Follower:
             except KafkaError as exc:
                 log.warning("broker unavailable (%s); reconnecting in %.1fs", exc, backoff)
                 self.close()
+                self._refresh_status()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.close()
@@ -162,6 +176,15 @@ class Follower:
 
     def connect(self) -> None:
         consumer = self.kafka.consumer()
+        missing = [
+            t for t in (self.topics.entries, self.topics.checkpoints) if not consumer.partitions_for_topic(t)
+        ]
+        if missing:
+            consumer.close()
+            raise TopicsMissing(
+                f"no topic {', '.join(missing)} on the broker: the relay creates them; are --chain and"
+                " --topic-prefix right?"
+            )
         entries, checkpoints = partition(self.topics.entries), partition(self.topics.checkpoints)
         consumer.assign([entries, checkpoints])
         size = self.replica.size
@@ -347,11 +370,16 @@ class Follower:
     def _refresh_status(self) -> None:
         status = self.status
         status.size = self.replica.size
+        status.connected = self._consumer is not None
         if self._consumer is not None:
             high = self._consumer.highwater(partition(self.topics.entries))
             if high is not None:
                 status.topic_end = max(high, status.size)
-                self.store.set_marker(TOPIC_END_MARKER, status.topic_end)
+                status.topic_end_seen_at = now = self.clock()
+                if now - self._noted_at >= 1.0:  # for `dfg node status`; a commit each, so seldom
+                    self.store.set_marker(TOPIC_END_MARKER, status.topic_end)
+                    self.store.set_marker(SEEN_AT_MARKER, int(now * 1000))
+                    self._noted_at = now
         status.lag_entries = max(0, status.topic_end - status.size)
         latest = self.store.latest_checkpoint()
         status.last_checkpoint = latest.size if latest else None
@@ -366,8 +394,12 @@ class Follower:
             if halted
             else None
         )
-        status.lag_seconds = self._lag_seconds() if status.lag_entries else 0.0
         status.updated_at = self.clock()
+        if status.connected:
+            status.lag_seconds = self._lag_seconds() if status.lag_entries else 0.0
+        else:
+            seen = status.topic_end_seen_at or self._started_at
+            status.lag_seconds = max(0.0, status.updated_at - seen)
 
     def _lag_seconds(self) -> float:
         """How old the newest verified entry is while newer ones wait: an upper bound on
