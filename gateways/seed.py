@@ -60,7 +60,7 @@ def _get(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=30) as response:
             body: bytes = response.read()
             return body
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: e.g. http.client.InvalidURL
         raise SeedError(f"cannot read {url}: {exc}") from exc
 
 

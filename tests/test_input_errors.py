@@ -107,6 +107,19 @@ def test_bad_audit_options_are_refused(ledger: Ledger, args: list[str], message:
     assert result.exit_code != 0 and message in result.output
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:abc", "http://[::1", "ftp://host"])
+def test_a_follower_refuses_a_from_url_that_is_not_one_before_creating_anything(
+    tmp_path: Path, ledger: Ledger, url: str
+) -> None:
+    assert ledger.sequencer.ledger is not None
+    node = tmp_path / "node"
+    args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", CHAIN,
+            "--ledger-key", ledger.sequencer.ledger["checkpoint_key"], "--from-url", url]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Invalid value for '--from-url'" in result.output, result.output
+    assert not node.exists()
+
+
 def test_a_follower_refuses_a_bad_ledger_key_before_creating_anything(tmp_path: Path) -> None:
     node = tmp_path / "node"
     args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "dfg-test"]

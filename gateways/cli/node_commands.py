@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from domain.identifiers import is_principal_id
-from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.cli.options import fail, http_url, ledger_options, require_ledger
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.relay import Relay, RelayError
@@ -191,7 +191,9 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     help="First verify and keep an audit bundle's entries (`dfg audit export`), then follow.",
 )
 @click.option(
-    "--from-url", help="First copy (and verify) the log from a ledger's API, e.g. http://ledger:8080."
+    "--from-url",
+    callback=lambda ctx, param, value: None if value is None else http_url(ctx, param, value),
+    help="First copy (and verify) the log from a ledger's API, e.g. http://ledger:8080.",
 )
 def follow(
     settings: Settings,
