@@ -37,10 +37,14 @@ def write_secret(path: Path, content: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
         raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:  # a full disk: no half-written key left to block the next attempt
+        path.unlink(missing_ok=True)
+        raise
 
 
 def read_secret(path: Path) -> str:

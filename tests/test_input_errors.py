@@ -120,6 +120,27 @@ def test_a_follower_refuses_a_from_url_that_is_not_one_before_creating_anything(
     assert not node.exists()
 
 
+def test_node_keygen_writes_both_keys_or_neither(tmp_path: Path) -> None:
+    """The X25519 key's path equal to the node key's, or one that cannot be written: it
+    used to leave the node key written with nothing printed (a traceback, or silence),
+    and the next attempt was refused as overwriting it."""
+    out = tmp_path / "keys" / "node.jwk"
+    same = CliRunner().invoke(
+        cli, ["node", "keygen", "--out", str(out), "--name", "node:a", "--encryption-out", str(out)]
+    )
+    assert same.exit_code == 2 and "two files" in same.output and not out.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = CliRunner().invoke(
+        cli,
+        ["node", "keygen", "--out", str(out), "--name", "node:a", "--encryption-out", str(blocker / "x.jwk")],
+    )
+    assert unwritable.exit_code == 1 and "no key was kept" in unwritable.output, unwritable.output
+    assert not out.exists()
+    done = CliRunner().invoke(cli, ["node", "keygen", "--out", str(out), "--name", "node:a"])
+    assert done.exit_code == 0 and out.exists()
+
+
 def test_a_follower_refuses_a_bad_ledger_key_before_creating_anything(tmp_path: Path) -> None:
     node = tmp_path / "node"
     args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "dfg-test"]

@@ -142,6 +142,8 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     public key to register with node.set_encryption_key."""
     if not is_principal_id(name):
         fail(f"--name {name!r} is not a principal id (e.g. node:alpha)", 2)
+    if encryption_out is not None and encryption_out.resolve() == out.resolve():
+        fail("--out and --encryption-out must be two files", 2)
     for path in (out, encryption_out):
         if path is not None and path.exists():
             fail(f"{path} exists; refusing to overwrite a key")
@@ -150,12 +152,21 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     verifier = witness_verifier(name, jwk)
     if verifier is None:  # before anything is written
         fail(f"--name {name!r} cannot name a witness key", 2)
-    write_jwk(out, key)
     printed: dict[str, Any] = {"principal": name, "jwk": jwk, "witness_key": verifier.to_string()}
+    keys = [(out, key)]
     if encryption_out is not None:
         sealing = OKPKey.generate_key("X25519")
-        write_jwk(encryption_out, sealing)
+        keys.append((encryption_out, sealing))
         printed["encryption_jwk"] = sealing.as_dict(private=False)
+    written: list[Path] = []
+    try:
+        for path, private in keys:
+            write_jwk(path, private)
+            written.append(path)
+    except (KeyFileError, OSError) as exc:  # both keys or neither: a lone one is never printed
+        for path in written:
+            path.unlink(missing_ok=True)
+        fail(f"{exc}; no key was kept")
     click.echo(json.dumps(printed, indent=2))
 
 
