@@ -462,12 +462,15 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
     store = ledger.sequencer.store
     try:
-        with nodes(tmp_path, kafka, topics, 0, witnesses=[w for w, _ in registered] + [rogue]):
+        with nodes(tmp_path, kafka, topics, 0, witnesses=[w for w, _ in registered] + [rogue]) as started:
             ledger.accept(*[give(ledger, app, f"w-{i}") for i in range(20)])
             ledger.sequencer.checkpoint_now()
             size = ledger.head()[0]
             wait_for(lambda: len(store.cosignatures(size)) == 3, what="three cosignatures")
             wait_for(lambda: relay.stats.cosignatures_refused >= 1, what="the rogue cosignature refused")
+            # each node knows, from its own replica, whether its cosignatures count
+            wait_for(lambda: all(n.follower.status.cosigned for n in started), what="all cosigned")
+            assert [n.follower.status.witness_registered for n in started] == [True, True, True, False]
     finally:
         relay_running.halt()
     checkpoint = store.latest_checkpoint()

@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from gateways.kafka.client import KafkaSettings, partition
+from gateways.kafka.relay import cosignature_is_valid
 from gateways.kafka.topics import (
     PARTITION,
     CosignatureMessage,
@@ -82,6 +83,9 @@ class FollowerStatus:
     topic_end_seen_at: float | None = None
     last_checkpoint: int | None = None
     cosigned: int = 0
+    #: Whether this witness's key is a node operator's current key in the replica (None:
+    #: not a witness, or nothing cosigned yet). The relay keeps only such cosignatures.
+    witness_registered: bool | None = None
     halted: dict[str, Any] | None = None
     updated_at: float = 0.0
     #: Seconds from append (the entry's timestamp) to verified here, of recent entries.
@@ -326,7 +330,27 @@ class Follower:
             line = cosign(accepted.note, self.witness.name, self.witness.key, int(self.clock()))
             self.store.save_cosignature(size, self.witness.name, line)
             lines.append((size, line))
+        last = verified[-1]
+        self._note_registration(last.note, last.checkpoint.size, lines[-1][1])
         self._send_cosignatures(lines)
+
+    def _note_registration(self, note: str, size: int, line: str) -> None:
+        """Whether the ledger, as this replica holds it, knows this witness's key: a
+        node cosigning with a key nobody admitted would otherwise never find out (the
+        relay refuses its cosignatures, in the relay's log)."""
+        assert self.witness is not None
+        registered = cosignature_is_valid(self.store, CosignatureMessage(self.witness.name, size, line), note)
+        if not registered and self.status.witness_registered is not False:
+            log.warning(
+                "%s's key is not a current key of a node operator on this ledger (as of entry %d):"
+                " its cosignatures do not count until the operator admits it (principal.admit,"
+                " kind node_operator, with the JWK `dfg node keygen` printed)",
+                self.witness.name,
+                size,
+            )
+        elif registered and self.status.witness_registered is False:
+            log.info("%s's key is now registered on the ledger: its cosignatures count", self.witness.name)
+        self.status.witness_registered = registered
 
     def _cosign_newest(self) -> None:
         """On connecting: the newest verified checkpoint's cosignature goes out if the
@@ -344,6 +368,7 @@ class Follower:
         if line is None:  # stopped after keeping the checkpoint, before cosigning it
             line = cosign(newest.note, self.witness.name, self.witness.key, int(self.clock()))
             self.store.save_cosignature(newest.size, self.witness.name, line)
+        self._note_registration(newest.note, newest.size, line)
         self._send_cosignatures([(newest.size, line)])
 
     def _send_cosignatures(self, lines: Sequence[tuple[int, str]]) -> None:
