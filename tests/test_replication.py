@@ -436,6 +436,27 @@ def test_a_relay_refuses_a_checkpoints_topic_that_ends_with_a_stranger(
 # --- witnesses ---------------------------------------------------------------------------
 
 
+def test_a_relay_warns_of_topics_with_more_than_one_partition(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Topics created beforehand with a broker's defaults (often several partitions)
+    used to be taken without a word. They still work (every dfg client uses partition
+    0), so the relay says so rather than stopping."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        admin.create_topics([NewTopic(topics.entries, num_partitions=4, replication_factor=1)])
+    finally:
+        admin.close()
+    relay = Relay(ledger.sequencer.store, kafka, topics)
+    try:
+        relay.connect()
+    finally:
+        relay.close()
+    assert f"{topics.entries} has 4 partitions; dfg uses partition 0 only" in caplog.text
+
+
 def _witness_identity(ledger: Ledger, name: str, *, register: bool) -> tuple[Witness, str]:
     """A node key; admitted on the ledger as a node operator when ``register``."""
     key = OKPKey.generate_key("Ed25519")

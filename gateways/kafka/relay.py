@@ -113,6 +113,18 @@ class Relay:
     def connect(self) -> None:
         self.kafka.ensure_topics(self.topics.all())
         self._reader = self.kafka.consumer()
+        for name in self.topics.all():
+            found = self._reader.partitions_for_topic(name)
+            if found and found != {PARTITION}:  # e.g. created with a broker's defaults
+                # Not refused: every dfg client reads and writes partition 0 only, so the
+                # order holds; some brokers (Tansu) create missing topics with several
+                # partitions when a follower polls them before the relay made them.
+                log.warning(
+                    "%s has %d partitions; dfg uses partition %d only (the README's topics have one)",
+                    name,
+                    len(found),
+                    PARTITION,
+                )
         self._producer = self.kafka.producer()
         lost = self.reconcile()
         self._cosignatures = self.kafka.consumer()
