@@ -120,6 +120,12 @@ def test_a_follower_refuses_a_from_url_that_is_not_one_before_creating_anything(
     assert not node.exists()
 
 
+def test_node_status_of_a_directory_without_a_replica_says_how_to_make_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["node", "status", "--data", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "`dfg node follow` makes a replica there" in result.output, result.output
+    assert "dfg init" not in result.output
+
+
 def test_node_keygen_writes_both_keys_or_neither(tmp_path: Path) -> None:
     """The X25519 key's path equal to the node key's, or one that cannot be written: it
     used to leave the node key written with nothing printed (a traceback, or silence),
@@ -145,7 +151,7 @@ def test_a_follower_refuses_a_bad_ledger_key_before_creating_anything(tmp_path: 
     node = tmp_path / "node"
     args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "dfg-test"]
     result = CliRunner().invoke(cli, [*args, "--ledger-key", "garbage"])
-    assert result.exit_code == 1 and "--ledger-key" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--ledger-key'" in result.output, result.output
     assert not node.exists()
 
 

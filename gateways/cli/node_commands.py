@@ -181,6 +181,7 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     "--ledger-key",
     required=True,
     envvar="DFG_LEDGER_KEY",
+    callback=lambda _ctx, _param, value: _ledger_key(value),
     help="The ledger's checkpoint verifier key (name+hash+key), as `dfg init` printed it.",
 )
 @click.option(
@@ -221,10 +222,6 @@ def follow(
 ) -> None:
     """Consume the ledger's topics into this node's own verified replica and views."""
     _logging()
-    try:
-        Verifier.from_string(ledger_key)
-    except NoteError as exc:
-        fail(f"--ledger-key: {exc}")
     witness = _witness(witness_key, witness_name)
     topics = Topics.for_ledger(chain, topic_prefix)
     try:
@@ -243,7 +240,8 @@ def follow(
         from gateways.http.node_status import serve_status
 
         serve_status(follower, "127.0.0.1", status_port)
-    click.echo(f"dfg node following {chain} on {bootstrap} into {settings.data_dir} (size {replica.size})")
+    where = settings.data_dir if not settings.database_url else "the database of --database-url"
+    click.echo(f"dfg node following {chain} on {bootstrap} into {where} (size {replica.size})")
     try:
         code = follower.run(stop, exit_on_violation=exit_on_violation)
     finally:
@@ -268,7 +266,11 @@ def follow(
 )
 @click.option("--chain", required=True, help="The ledger's chain id.")
 @click.option(
-    "--ledger-key", required=True, envvar="DFG_LEDGER_KEY", help="The ledger's checkpoint verifier key."
+    "--ledger-key",
+    required=True,
+    envvar="DFG_LEDGER_KEY",
+    callback=lambda _ctx, _param, value: _ledger_key(value),
+    help="The ledger's checkpoint verifier key.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True)
@@ -339,10 +341,6 @@ def node_serve(
     from gateways.seed import follow_api
 
     _logging()
-    try:
-        Verifier.from_string(ledger_key)
-    except NoteError as exc:
-        fail(f"--ledger-key: {exc}")
     if key is not None and (name is None or encryption_key is None):
         fail("the MPC engine (--key) needs --name and --encryption-key")
     if key is not None:
@@ -402,7 +400,7 @@ def node_serve(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(settings: Settings, as_json: bool) -> None:
     """Replica size, lag, last verified checkpoint and violations of a node."""
-    require_ledger(settings)
+    require_ledger(settings, making="`dfg node follow` makes a replica there")
     store = open_store(settings)
     try:
         size = store.head()[0]
@@ -468,6 +466,15 @@ def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:
     except (SeedError, BundleError) as exc:
         fail(f"{exc} (the replica keeps the {replica.size} entries it verified)")
     click.echo(f"seeded: verified entries {before + 1}..{replica.size}")
+
+
+def _ledger_key(value: str) -> str:
+    """Refused as a bad option (exit 2) before anything is created."""
+    try:
+        Verifier.from_string(value)
+    except NoteError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
 
 
 def _witness(path: Path | None, name: str | None) -> Witness | None:

@@ -136,12 +136,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
-def require_ledger(settings: Settings) -> None:
-    """Every command but ``init`` needs an existing ledger: say how to make one."""
+def require_ledger(settings: Settings, *, making: str | None = None) -> None:
+    """Every command but ``init`` needs an existing ledger: say how to make one
+    (``making``: how, when it is not ``dfg init``, e.g. a node's replica)."""
     if not settings.database_url and not settings.ledger_file.exists():
-        fail(f"no ledger in {settings.data_dir}: run `dfg init --data {settings.data_dir}` first")
+        how = making or f"run `dfg init --data {settings.data_dir}` first"
+        fail(f"no ledger in {settings.data_dir}: {how}")
     if settings.database_url:
         from infra.storage.postgres import ledger_exists
 
         if not ledger_exists(settings.database_url):
-            fail(f"no ledger at {settings.database_url}: run `dfg init --database-url ...` first")
+            fail(
+                f"no ledger at {settings.database_url}: {making or 'run `dfg init --database-url ...` first'}"
+            )

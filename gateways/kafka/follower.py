@@ -122,6 +122,10 @@ class Follower:
         self.clock = clock
         self.max_records = max_records
         self.status = FollowerStatus(size=replica.size)
+        # what it noted last, until it sees the topic again (a halted node never does)
+        self.status.topic_end = max(self.store.marker(TOPIC_END_MARKER), replica.size)
+        seen_ms = self.store.marker(SEEN_AT_MARKER)
+        self.status.topic_end_seen_at = seen_ms / 1000 if seen_ms else None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
