@@ -362,8 +362,7 @@ def test_attacks_on_the_topics_are_named_and_nothing_after_them_is_accepted(
             relay_running.halt()  # the attacker now writes to the topics instead
             follower = started[0].follower
             assert follower is not None
-            port = free_port()
-            serve_status(follower, "127.0.0.1", port)
+            port = serve_status(follower, "127.0.0.1", 0)  # a port the system chose, as --status-port 0
             assert _http(port, "/status")[0] == 200
             nxt = ledger.accept(give(ledger, app, "a-next"))[0].entry
             stored = ledger.sequencer.store.read_entries(nxt.seq, 1)[0]

@@ -239,9 +239,11 @@ def follow(
     if status_port is not None:
         from gateways.http.node_status import serve_status
 
-        serve_status(follower, "127.0.0.1", status_port)
+        listening = serve_status(follower, "127.0.0.1", status_port)
     where = settings.data_dir if not settings.database_url else "the database of --database-url"
     click.echo(f"dfg node following {chain} on {bootstrap} into {where} (size {replica.size})")
+    if status_port is not None:
+        click.echo(f"status on http://127.0.0.1:{listening}/status and /metrics")
     try:
         code = follower.run(stop, exit_on_violation=exit_on_violation)
     finally:

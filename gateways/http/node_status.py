@@ -64,12 +64,14 @@ def status_app(follower: Follower) -> web.Application:
     return app
 
 
-def serve_status(follower: Follower, host: str, port: int) -> threading.Thread:
+def serve_status(follower: Follower, host: str, port: int) -> int:
     """Start the endpoint in a daemon thread; it lives as long as the process. Returns
-    once it listens; raises ``OSError`` when it cannot (e.g. the port is taken), so
-    that a node does not run on without the status its operator relies on."""
+    the port it listens on (port 0: one the system chose) once it listens; raises
+    ``OSError`` when it cannot (e.g. the port is taken), so that a node does not run on
+    without the status its operator relies on."""
     ready = threading.Event()
     failed: list[BaseException] = []
+    bound: list[int] = []
 
     def run() -> None:
         loop = asyncio.new_event_loop()
@@ -78,6 +80,7 @@ def serve_status(follower: Follower, host: str, port: int) -> threading.Thread:
         try:
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.TCPSite(runner, host, port).start())
+            bound.append(int(runner.addresses[0][1]))
         except BaseException as exc:  # reported to the caller, not lost in this thread
             failed.append(exc)
             ready.set()
@@ -92,4 +95,4 @@ def serve_status(follower: Follower, host: str, port: int) -> threading.Thread:
         raise OSError(f"the status endpoint did not start on {host}:{port} within 10 s")
     if failed:
         raise OSError(f"the status endpoint cannot listen on {host}:{port}: {failed[0]}") from failed[0]
-    return thread
+    return bound[0]
