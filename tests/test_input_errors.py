@@ -402,6 +402,37 @@ def test_a_damaged_database_and_a_bad_database_url_are_one_line_errors(ledger: L
         assert refused.exit_code == 2 and "--database-url" in refused.output
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("?schema=Upper", "lower-case"),  # PostgreSQL folds it in some statements, not others
+        ("?schema=a-b", "lower-case"),
+        ('?schema=a"b', "lower-case"),
+        ("?schema=" + "l" * 64, "1 to 63"),  # cut to 63 bytes by PostgreSQL, not by the locks
+        ("?schema=", "1 to 63"),
+        ("?schema=a&schema=b", "got 'a', 'b'"),
+        ("?schema=ok&sslmode=require", "not sslmode"),  # was dropped: a plaintext connection
+        ("?Schema=ok", "not Schema"),  # was ignored: the ledger went to the public schema
+    ],
+)
+def test_a_database_url_the_ledger_would_misread_is_a_bad_option(
+    tmp_path: Path, query: str, named: str
+) -> None:
+    url = f"postgresql://postgres@127.0.0.1:1/test{query}"
+    result = CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "d"), "--database-url", url])
+    assert result.exit_code == 2 and "--database-url" in result.output and named in result.output, (
+        result.output
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_missing_ledger_is_named_without_the_database_password(pg_schema_url: str, tmp_path: Path) -> None:
+    url = pg_schema_url.replace("postgresql://postgres@", "postgresql://postgres:S3cret@", 1)
+    result = CliRunner().invoke(cli, ["audit", "verify", "--data", str(tmp_path), "--database-url", url])
+    assert result.exit_code == 1 and "no ledger at postgresql://postgres:***@" in result.output, result.output
+    assert "S3cret" not in result.output
+
+
 def test_a_refused_init_writes_nothing_and_can_be_retried(tmp_path: Path) -> None:
     data = tmp_path / "new"
     for bad in (["--operator", "bad operator"], ["--chain", ""], ["--origin", "has space"]):

@@ -31,7 +31,22 @@ def _checked_url(value: str, schemes: tuple[str, ...], expected: str) -> str:
 def _database_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    return _checked_url(value, ("postgresql", "postgres"), "postgresql://user@host:port/db[?schema=name]")
+    from infra.storage.postgres import database_url_schema
+
+    _checked_url(value, ("postgresql", "postgres"), "postgresql://user@host:port/db[?schema=name]")
+    try:
+        database_url_schema(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _without_password(url: str) -> str:
+    """The URL as it may be printed (terminals and logs keep what they show)."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
 
 
 def http_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -147,5 +162,6 @@ def require_ledger(settings: Settings, *, making: str | None = None) -> None:
 
         if not ledger_exists(settings.database_url):
             fail(
-                f"no ledger at {settings.database_url}: {making or 'run `dfg init --database-url ...` first'}"
+                f"no ledger at {_without_password(settings.database_url)}:"
+                f" {making or 'run `dfg init --database-url ...` first'}"
             )

@@ -9,6 +9,7 @@ batch would otherwise leave a gap), then the Merkle nodes and nonce rows.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,13 +28,37 @@ from infra.storage.sqlite import _contiguous
 from ledger.known_ids import KnownIds
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
 
+#: Schema names the ledger takes: what PostgreSQL keeps as written without quotes, in
+#: its 63 bytes. Others would be folded to lower case, or cut short, in some statements
+#: and not in others (the advisory locks hash the name as given), or break the quoting
+#: of the library's own statements.
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def database_url_schema(url: str) -> str:
+    """The schema a database URL names (``public`` without ``?schema=``); ``ValueError``
+    naming what is wrong with the URL. Only ``schema`` is read from the query: another
+    parameter (``sslmode``...) is refused rather than silently ignored."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise ValueError("the database URL must start with postgresql://")
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"schema"})
+    if unknown:
+        raise ValueError(f"only ?schema= is read from a database URL, not {', '.join(unknown)}")
+    schema = query.get("schema", ["public"])
+    if len(schema) != 1 or not _SCHEMA.fullmatch(schema[0]):
+        raise ValueError(
+            "the schema must be 1 to 63 lower-case letters, digits and underscores, not starting"
+            f" with a digit (got {', '.join(repr(v) for v in schema)})"
+        )
+    return schema[0]
+
 
 def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
     """``postgresql://user[:password]@host[:port]/dbname[?schema=name]``."""
     parsed = urlparse(url)
-    if parsed.scheme not in ("postgresql", "postgres"):
-        raise ValueError("the database URL must start with postgresql://")
-    schema = parse_qs(parsed.query).get("schema", ["public"])[0]
+    schema = database_url_schema(url)
     return PostgresDatastore(
         dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
         host=parsed.hostname or "127.0.0.1",
