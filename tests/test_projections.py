@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import TERMS, Ledger, give_level1
 from joserfc.jwk import OKPKey
 
@@ -178,6 +180,31 @@ def test_follower_applies_new_entries_live(any_ledger: Ledger) -> None:
         stop.set()
         thread.join(timeout=5)
         db.close()
+
+
+@pytest.mark.postgres
+def test_waiting_for_appends_survives_the_server_ending_its_connection(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """`dfg projections follow` used to exit when its LISTEN connection was ended (a
+    server restart, an administrator's pg_terminate_backend); it now polls meanwhile
+    and listens again."""
+    import psycopg
+    from conftest import PG_URL, make_ledger
+
+    from infra.settings import Settings
+
+    led = make_ledger(Settings(data_dir=tmp_path / "data", database_url=pg_schema_url))
+    store: Any = led.sequencer.store
+    try:
+        store.wait_for_append(0.05)  # listening now
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._listener.info.backend_pid,))
+        store.wait_for_append(0.05)  # the lost connection: no exception, a poll's wait
+        store.wait_for_append(0.05)  # listening again
+        assert store._listener is not None and not store._listener.closed
+    finally:
+        store.close()
 
 
 def test_a_granted_answer_cites_the_entry_that_gave_the_consent(ledger: Ledger) -> None:

@@ -9,10 +9,12 @@ batch would otherwise leave a gap), then the Merkle nodes and nonce rows.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -27,6 +29,8 @@ from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMix
 from infra.storage.sqlite import _contiguous
 from ledger.known_ids import KnownIds
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
+
+log = logging.getLogger("dfg.postgres")
 
 #: Schema names the ledger takes: what PostgreSQL keeps as written without quotes, in
 #: its 63 bytes. Others would be folded to lower case, or cut short, in some statements
@@ -417,11 +421,19 @@ class PostgresLedgerStore(EntryStoreMixin):
     def wait_for_append(self, timeout: float) -> None:
         """LISTEN on the channel the library NOTIFYs after each insert; the timeout is the
         polling fallback if a notification is ever lost."""
-        if self._listener is None or self._listener.closed:
-            self._listener = psycopg.connect(self._url_without_schema, autocommit=True)
-            self._listener.execute(SQL("LISTEN {c}").format(c=Identifier(self._recorder.channel_name)))
-        for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-            break
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = psycopg.connect(self._url_without_schema, autocommit=True)
+                self._listener.execute(SQL("LISTEN {c}").format(c=Identifier(self._recorder.channel_name)))
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                break
+        except psycopg.Error as exc:  # the server restarted, or ended this connection: poll meanwhile
+            log.warning("cannot wait for notifications (%s); polling until the server answers again", exc)
+            if self._listener is not None:
+                with suppress(psycopg.Error):
+                    self._listener.close()
+            self._listener = None
+            time.sleep(timeout)
 
     def close(self) -> None:
         try:
