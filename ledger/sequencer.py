@@ -154,6 +154,9 @@ class Sequencer:
         #: (for entries an earlier process left uncovered: when this one started).
         self._uncovered_since: float | None = None if self._checkpointed >= size else time.monotonic()
         self.ledger: dict[str, str] | None = self._read_ledger_parameters()
+        #: A batch whose commit failed before the store said whether it holds it:
+        #: (the head it would make, what adopting it does).
+        self._unsettled: tuple[tuple[int, bytes], Callable[[], None]] | None = None
         if self.ledger is not None and checkpoint_key is not None:
             self._check_checkpoint_key(checkpoint_key)
 
@@ -199,6 +202,7 @@ class Sequencer:
         for i, ok in zip(batch.indexes, verdicts, strict=True):
             signatures[i] = ok
         with self._lock:
+            self._settle()
             outcomes = self._sequence(batch.parsed, signatures)
             if self._uncovered() and self._due():
                 self._try_to_sign(self._frontier.size, self._frontier.root())
@@ -318,27 +322,47 @@ class Sequencer:
             new_size=frontier.size,
             new_root=frontier.root(),
         )
+
+        def adopt() -> None:
+            self._frontier = frontier
+            self._nonces.update(nonces)
+            for aggregate_id, aggregate in state.touched.items():
+                self._cache.put(aggregate_id, aggregate)
+            for size, root in due_at:
+                if not self._try_to_sign(size, root):
+                    break
+            if self._uncovered_since is None and self._checkpointed < self._frontier.size:
+                self._uncovered_since = time.monotonic()
+            if self.ledger is None and ledger is not None:
+                self.ledger = ledger
+                if self._checkpoint_key is not None:
+                    self._check_checkpoint_key(self._checkpoint_key)
+
         try:
             self.store.append(batch)
         except Exception:
             # A commit whose acknowledgement was lost (the connection dropped after
-            # COMMIT) has still happened: the head says so.
-            if self.store.head() != (batch.new_size, batch.new_root):
+            # COMMIT) has still happened: the head says so. While the database does not
+            # answer, the batch is unsettled: the next commit asks again first.
+            self._unsettled = ((batch.new_size, batch.new_root), adopt)
+            self._settle()
+            if self.size != batch.new_size:
                 raise
-        self._frontier = frontier
-        self._nonces.update(nonces)
-        for aggregate_id, aggregate in state.touched.items():
-            self._cache.put(aggregate_id, aggregate)
-        for size, root in due_at:
-            if not self._try_to_sign(size, root):
-                break
-        if self._uncovered_since is None and self._checkpointed < self._frontier.size:
-            self._uncovered_since = time.monotonic()
-        if self.ledger is None and ledger is not None:
-            self.ledger = ledger
-            if self._checkpoint_key is not None:
-                self._check_checkpoint_key(self._checkpoint_key)
+            return outcomes
+        adopt()
         return outcomes
+
+    def _settle(self) -> None:
+        """Adopt a batch whose commit failed if the store holds it after all (its
+        acknowledgement was lost); forget it if not. Raises while the store does not
+        answer: nothing can be decided on a head that may be stale."""
+        if self._unsettled is None:
+            return
+        target, adopt = self._unsettled
+        held = self.store.head()
+        self._unsettled = None
+        if held == target:
+            adopt()
 
     def find_duplicate(self, token: str) -> Entry | None:
         """The entry of an already accepted JWS (resubmission is idempotent)."""

@@ -22,6 +22,16 @@ class FlakyStore:
         self._store = store
         self.mode: str | None = None
 
+    #: How many of the next ``head()`` calls fail (the database still away).
+    head_failures = 0
+
+    def head(self) -> tuple[int, bytes]:
+        if self.head_failures:
+            self.head_failures -= 1
+            raise ConnectionError("database still away")
+        head: tuple[int, bytes] = self._store.head()
+        return head
+
     def append(self, batch: AppendBatch) -> None:
         mode, self.mode = self.mode, None
         if mode == "before":
@@ -193,3 +203,35 @@ def test_a_check_from_the_command_line_asks_about_the_logs_time(ledger: Ledger) 
     assert result.exit_code == 3, result.output
     assert json.loads(result.output)["reason"] == "withdrawn"
     ledger.sequencer = open_sequencer(ledger.settings)  # for the fixture's teardown
+
+
+def test_a_lost_acknowledgement_during_a_longer_outage_is_settled_by_the_next_commit(ledger: Ledger) -> None:
+    """The commit happened, its acknowledgement was lost, and the database did not
+    answer when asked whether it holds the batch. The sequencer kept its old head, and
+    every later batch failed as "the head moved: another sequencer?", for good."""
+    app = ledger.admit("sp:app", "service_provider")
+    flaky = FlakyStore(ledger.sequencer.store)
+    sequencer = Sequencer(flaky, checkpoint_key=checkpoint_key(ledger.settings))  # type: ignore[arg-type]
+    token = _consent(ledger, app, "p-1")
+    flaky.mode, flaky.head_failures = "after", 1
+    with pytest.raises(ConnectionError):  # the submitter is told to resubmit
+        sequencer.submit([token])
+    committed = flaky.head()[0]
+    (again, next_one) = sequencer.submit([token, _consent(ledger, app, "p-2")])
+    assert isinstance(again, Accepted) and again.duplicate and again.seq == committed
+    assert isinstance(next_one, Accepted) and next_one.seq == committed + 1
+    _audit_ok(flaky)
+
+
+def test_a_batch_the_database_did_not_keep_is_forgotten_once_it_answers(ledger: Ledger) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    flaky = FlakyStore(ledger.sequencer.store)
+    sequencer = Sequencer(flaky, checkpoint_key=checkpoint_key(ledger.settings))  # type: ignore[arg-type]
+    before = flaky.head()
+    token = _consent(ledger, app, "p-1")
+    flaky.mode, flaky.head_failures = "before", 1
+    with pytest.raises(ConnectionError):
+        sequencer.submit([token])
+    (accepted,) = sequencer.submit([token])
+    assert isinstance(accepted, Accepted) and not accepted.duplicate and accepted.seq == before[0] + 1
+    _audit_ok(flaky)
