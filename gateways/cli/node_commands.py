@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from domain.identifiers import is_principal_id
-from gateways.cli.options import fail, http_url, ledger_options, require_ledger
+from gateways.cli.options import fail, ledger_options, optional_http_url, require_ledger
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.relay import Relay, RelayError
@@ -118,6 +118,16 @@ def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_fac
         store.close()
 
 
+def _ledger_key(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A checkpoint verifier key, or refused as a bad option (exit 2) before anything is
+    created."""
+    try:
+        Verifier.from_string(value)
+    except NoteError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 @click.group("node")
 def node() -> None:
     """Run a node operator's verifying, witnessing replica."""
@@ -181,7 +191,7 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     "--ledger-key",
     required=True,
     envvar="DFG_LEDGER_KEY",
-    callback=lambda _ctx, _param, value: _ledger_key(value),
+    callback=_ledger_key,
     help="The ledger's checkpoint verifier key (name+hash+key), as `dfg init` printed it.",
 )
 @click.option(
@@ -204,7 +214,7 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
 )
 @click.option(
     "--from-url",
-    callback=lambda ctx, param, value: None if value is None else http_url(ctx, param, value),
+    callback=optional_http_url,
     help="First copy (and verify) the log from a ledger's API, e.g. http://ledger:8080.",
 )
 def follow(
@@ -271,7 +281,7 @@ def follow(
     "--ledger-key",
     required=True,
     envvar="DFG_LEDGER_KEY",
-    callback=lambda _ctx, _param, value: _ledger_key(value),
+    callback=_ledger_key,
     help="The ledger's checkpoint verifier key.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -468,15 +478,6 @@ def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:
     except (SeedError, BundleError) as exc:
         fail(f"{exc} (the replica keeps the {replica.size} entries it verified)")
     click.echo(f"seeded: verified entries {before + 1}..{replica.size}")
-
-
-def _ledger_key(value: str) -> str:
-    """Refused as a bad option (exit 2) before anything is created."""
-    try:
-        Verifier.from_string(value)
-    except NoteError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    return value
 
 
 def _witness(path: Path | None, name: str | None) -> Witness | None:

@@ -54,6 +54,11 @@ def http_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return _checked_url(value, ("http", "https"), "http://host:port or https://host").rstrip("/")
 
 
+def optional_http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``http_url`` for an option that may be left out."""
+    return None if value is None else http_url(ctx, param, value)
+
+
 def ledger_options(func: F) -> F:
     """Adds ``--data`` and ``--database-url`` and passes a ``settings`` argument."""
 
