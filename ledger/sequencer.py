@@ -35,7 +35,7 @@ from ledger.merkle import Frontier
 from ledger.note import SignerKey
 from ledger.recent import Missing, RecentItems
 from ledger.state_view import AggregateLookups
-from ledger.store import AppendBatch, LedgerStore, find_transaction, newest_entry_time
+from ledger.store import AppendBatch, LedgerStore, find_transaction, genesis_parameters, newest_entry_time
 from ledger.transaction import Transaction, parse_transaction
 from ledger.verifier import ParallelVerifier
 
@@ -153,7 +153,7 @@ class Sequencer:
         #: When the oldest entry no checkpoint covers was appended (monotonic), or None
         #: (for entries an earlier process left uncovered: when this one started).
         self._uncovered_since: float | None = None if self._checkpointed >= size else time.monotonic()
-        self.ledger: dict[str, str] | None = self._read_ledger_parameters()
+        self.ledger: dict[str, str] | None = genesis_parameters(store)
         #: A batch whose commit failed before the store said whether it holds it:
         #: (the head it would make, what adopting it does).
         self._unsettled: tuple[tuple[int, bytes], Callable[[], None]] | None = None
@@ -434,16 +434,6 @@ class Sequencer:
             raise RuntimeError(
                 "the checkpoint key given to the sequencer is not the one named in the genesis entry"
             )
-
-    def _read_ledger_parameters(self) -> dict[str, str] | None:
-        first = self.store.read_entries(1, 1)
-        if not first:
-            return None
-        entry = Entry.decode(first[0].canonical)
-        ledger = entry.data.get("ledger")
-        if entry.event_type != "Principal.Admitted" or not isinstance(ledger, dict):
-            raise RuntimeError("the first entry of this ledger is not a genesis entry")
-        return ledger
 
 
 def _checked(tx: Transaction, verified: bool) -> Callable[[dict[str, Any]], bool]:

@@ -160,7 +160,10 @@ def genesis_parameters(store: LedgerStore) -> dict[str, str] | None:
     found = store.read_entries(1, 1)
     if not found:
         return None
-    ledger: dict[str, str] = Entry.decode(found[0].canonical).data["ledger"]
+    entry = Entry.decode(found[0].canonical)
+    ledger = entry.data.get("ledger")
+    if entry.event_type != "Principal.Admitted" or not isinstance(ledger, dict):
+        raise RuntimeError("the first entry of this ledger is not a genesis entry")
     return ledger
 
 
