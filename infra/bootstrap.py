@@ -66,7 +66,7 @@ def open_writer_store(settings: Settings, *, doing: str, store: LedgerStore | No
     except BaseException:
         lock.release()
         raise
-    store.release_on_close(lock.release)
+    store.hold_writer_lock(lock)
     return store
 
 

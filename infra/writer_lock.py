@@ -9,7 +9,8 @@ second one is refused at start, with its reason.
 
 SQLite: an exclusive ``flock`` on ``<data>/ledger.lock`` (released by the kernel when
 the process ends, however it ends). PostgreSQL: a session advisory lock keyed by the
-ledger's schema, on a connection of its own (released when that session ends).
+ledger's schema, on a connection of its own (released when that session ends, which
+each append checks: see ``_PostgresWriterLock``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 from collections.abc import Callable
-from urllib.parse import parse_qs, urlparse
+from typing import Any
 
 from infra.settings import Settings
+from ledger.store import StoreConflict
+
+log = logging.getLogger("dfg.writer_lock")
 
 LOCK_FILE = "ledger.lock"
 
@@ -39,6 +44,14 @@ class WriterLock:
         release, self._release = self._release, None
         if release is not None:
             release()
+
+    def confirm(self, cursor: Any) -> None:
+        """Inside an append's transaction: raise ``WriterLockLost`` if the lock is no
+        longer this process's. A ``flock`` lasts as long as its descriptor."""
+
+
+class WriterLockLost(StoreConflict):
+    """The lock's connection ended and another process holds the lock now."""
 
 
 def take_writer_lock(settings: Settings, *, doing: str) -> WriterLock:
@@ -67,24 +80,71 @@ def _file_lock(settings: Settings, doing: str) -> WriterLock:
     return WriterLock(lambda: os.close(fd))
 
 
-def _postgres_lock(url: str, doing: str) -> WriterLock:
-    import psycopg
-
-    schema = parse_qs(urlparse(url).query).get("schema", ["public"])[0]
+def _lock_key(schema: str) -> int:
     digest = hashlib.sha256(f"dfg-ledger-writer/{schema}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    connection = psycopg.connect(url.split("?", 1)[0], autocommit=True)
-    row = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-    where = f"schema {schema!r} of the database"
-    if not row or not row[0]:
-        connection.close()
-        raise _busy(where, doing)
+    return int.from_bytes(digest[:8], "big", signed=True)
 
-    def release() -> None:
+
+def _postgres_lock(url: str, doing: str) -> WriterLock:
+    from infra.storage.postgres import database_url_schema
+
+    schema = database_url_schema(url)
+    lock = _PostgresWriterLock(url, _lock_key(schema))
+    if not lock.take():
+        raise _busy(f"schema {schema!r} of the database", doing)
+    return lock
+
+
+class _PostgresWriterLock(WriterLock):
+    """A session advisory lock, on a connection of its own. That session can end
+    without this process knowing (a server restart, ``pg_terminate_backend``), and the
+    lock with it: so each append confirms, in its own transaction, that the lock's
+    session still holds it, and takes it again if nobody else did meanwhile."""
+
+    def __init__(self, url: str, key: int) -> None:
+        super().__init__(self._unlock)
+        self._url = url
+        self._key = key
+        self._connection: Any = None
+        self._pid = 0
+
+    def take(self) -> bool:
+        from infra.storage.postgres import connect
+
+        connection = connect(self._url, autocommit=True)
+        row = connection.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self._key,)).fetchone()
+        if not row or not row[0]:
+            connection.close()
+            return False
+        self._connection, self._pid = connection, int(row[1])
+        return True
+
+    def confirm(self, cursor: Any) -> None:
+        high, low = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
+        cursor.execute(
+            "SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.pid = %s AND d.datname = current_database()"
+            " AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1",
+            (self._pid, high, low),
+        )
+        if cursor.fetchone() is not None:
+            return
+        import psycopg
+
+        with contextlib.suppress(psycopg.Error):
+            self._connection.close()
+        if not self.take():
+            raise WriterLockLost(
+                "this process lost the ledger's writer lock with its connection to the database, and"
+                " another process holds it now: stop one of them"
+            )
+        log.warning("the ledger's writer lock was lost with its connection to the database; taken again")
+
+    def _unlock(self) -> None:
+        import psycopg
+
         # Unlocked before closing: closing alone returns before the server has ended the
         # session, and a writer started right after could still find the lock held.
         with contextlib.suppress(psycopg.Error):  # a lost connection has lost the lock too
-            connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        connection.close()
-
-    return WriterLock(release)
+            self._connection.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        self._connection.close()

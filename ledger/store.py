@@ -9,10 +9,10 @@ ledger even if an operator starts two by mistake.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from eventsourcing.domain import Aggregate
 
@@ -23,6 +23,17 @@ from ledger.transaction import parse_transaction
 
 class StoreConflict(Exception):
     """The head moved under us: another writer appended to this ledger."""
+
+
+class WriterLockHandle(Protocol):
+    """The ledger's writer lock, as a store holds it (``infra.writer_lock``)."""
+
+    def release(self) -> None: ...
+
+    def confirm(self, cursor: Any) -> None:
+        """Raise ``StoreConflict`` if the lock is no longer this process's; ``cursor`` is
+        the append's own, inside its transaction."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,8 @@ class LedgerStore(Protocol):
 
     def violations(self) -> Sequence[RecordedViolation]: ...
 
-    def release_on_close(self, release: Callable[[], None]) -> None:
-        """Call ``release`` when the store is closed (e.g. the ledger's writer lock)."""
+    def hold_writer_lock(self, lock: WriterLockHandle) -> None:
+        """Confirm ``lock`` in each append's transaction; release it when the store is closed."""
         ...
 
     def close(self) -> None: ...

@@ -433,6 +433,26 @@ def test_a_missing_ledger_is_named_without_the_database_password(pg_schema_url: 
     assert "S3cret" not in result.output
 
 
+@pytest.mark.postgres
+def test_every_connection_of_a_ledger_reaches_the_database_its_pool_does(pg_url: str) -> None:
+    """A URL without a user or a database name: the pool took `postgres` for both, the
+    writer lock and LISTEN took libpq's defaults (the login's name), so two writers
+    whose URLs differed only in spelling took their locks in different databases."""
+    from infra.storage.postgres import connect, datastore_from_url
+
+    url = "postgresql://127.0.0.1:5432?schema=public"
+    datastore = datastore_from_url(url, pool_size=1)
+    try:
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute("SELECT current_database() AS d, current_user AS u")
+            row = cursor.fetchone()
+            pool = (row["d"], row["u"])
+    finally:
+        datastore.close()
+    with connect(url) as own:
+        assert own.execute("SELECT current_database(), current_user").fetchone() == pool == ("postgres",) * 2
+
+
 def test_a_refused_init_writes_nothing_and_can_be_retried(tmp_path: Path) -> None:
     data = tmp_path / "new"
     for bad in (["--operator", "bad operator"], ["--chain", ""], ["--origin", "has space"]):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +237,72 @@ def test_a_batch_the_database_did_not_keep_is_forgotten_once_it_answers(ledger: 
     (accepted,) = sequencer.submit([token])
     assert isinstance(accepted, Accepted) and not accepted.duplicate and accepted.seq == before[0] + 1
     _audit_ok(flaky)
+
+
+def _writer_lock_sessions(schema: str) -> list[int]:
+    """The PostgreSQL sessions holding the ledger's writer lock for ``schema``."""
+    import psycopg
+    from conftest import PG_URL
+
+    from infra.writer_lock import _lock_key
+
+    key = _lock_key(schema)
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _end_session(pid: int) -> None:
+    """``pg_terminate_backend``, waiting until the session has gone."""
+    import psycopg
+    from conftest import PG_URL
+
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(250):
+            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"session {pid} did not end")
+
+
+@pytest.mark.postgres
+def test_a_writer_lock_lost_with_its_connection_is_taken_again_or_stops_the_writes(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """The PostgreSQL writer lock lives in a session of its own, which can end under a
+    running sequencer (a server restart, an administrator's pg_terminate_backend). It
+    used to be lost silently, so that a second `dfg serve` could start beside the
+    first. Each append now confirms the lock in its transaction: taken again if nobody
+    holds it, refused with nothing written if another process took it meanwhile."""
+    import psycopg
+    from conftest import PG_URL, make_ledger
+
+    from infra.settings import Settings
+    from infra.storage.postgres import database_url_schema
+    from infra.writer_lock import WriterLockLost, _lock_key
+
+    schema = database_url_schema(pg_schema_url)
+    led = make_ledger(Settings(data_dir=tmp_path / "data", database_url=pg_schema_url))
+    try:
+        (first,) = _writer_lock_sessions(schema)
+        _end_session(first)
+        assert _writer_lock_sessions(schema) == []
+        led.admit("sp:after-loss", "service_provider")  # the append takes the lock again
+        (second,) = _writer_lock_sessions(schema)
+        assert second != first
+
+        _end_session(second)
+        with psycopg.connect(PG_URL, autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (_lock_key(schema),))  # another writer
+            head = led.head()
+            with pytest.raises(WriterLockLost, match="another process holds it now"):
+                led.admit("sp:refused", "service_provider")
+            assert led.head() == head  # nothing written
+        led.admit("sp:after-release", "service_provider")  # the other writer has gone
+    finally:
+        led.sequencer.store.close()

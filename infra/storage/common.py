@@ -14,7 +14,7 @@ from eventsourcing.persistence import ApplicationRecorder, EventStore
 from domain.times import format_time
 from ledger.entry import Entry, EntryMapper
 from ledger.merkle import EMPTY_ROOT
-from ledger.store import StoredEntry
+from ledger.store import StoredEntry, WriterLockHandle
 
 EVENTS_TABLE = "ledger_entries"
 #: Above every sequence number (a range query's open end).
@@ -34,11 +34,15 @@ class EntryStoreMixin:
         self.events = EventStore(mapper=EntryMapper(), recorder=recorder)
         self.repository: Repository[uuid.UUID] = Repository(event_store=self.events)
 
-    def release_on_close(self, release: Callable[[], None]) -> None:
-        self._on_close.append(release)
+    def hold_writer_lock(self, lock: WriterLockHandle) -> None:
+        self._on_close.append(lock.release)
+        self._confirm_writes_with(lock)
+
+    def _confirm_writes_with(self, lock: WriterLockHandle) -> None:
+        """Engines whose lock can be lost while the process lives confirm it per append."""
 
     def _released(self) -> None:
-        """What ``release_on_close`` was given, once, after the store's own closing."""
+        """The writer lock (and what else was to be released), once, after the store's own closing."""
         hooks, self._on_close = self._on_close, []
         for release in hooks:
             release()

@@ -28,7 +28,13 @@ from psycopg.sql import SQL, Composed, Identifier
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite import _contiguous
 from ledger.known_ids import KnownIds
-from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint
+from ledger.store import (
+    AppendBatch,
+    RecordedViolation,
+    StoreConflict,
+    StoredCheckpoint,
+    WriterLockHandle,
+)
 
 log = logging.getLogger("dfg.postgres")
 
@@ -59,17 +65,32 @@ def database_url_schema(url: str) -> str:
     return schema[0]
 
 
-def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
-    """``postgresql://user[:password]@host[:port]/dbname[?schema=name]``."""
+def connection_params(url: str) -> dict[str, Any]:
+    """Where ``postgresql://user[:password]@host[:port]/dbname[?schema=name]`` points,
+    with the defaults every connection of a ledger takes: the pool's, the writer lock's
+    and LISTEN's. One URL must reach one database whoever connects (advisory locks are
+    per database); libpq's own defaults (the socket, the login's name) would differ."""
     parsed = urlparse(url)
-    schema = database_url_schema(url)
+    return {
+        "dbname": (parsed.path or "/postgres").lstrip("/") or "postgres",
+        "host": parsed.hostname or "127.0.0.1",
+        "port": parsed.port or 5432,
+        "user": unquote(parsed.username or "postgres"),
+        "password": unquote(parsed.password or ""),
+    }
+
+
+def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
+    """A connection of its own (a lock's, LISTEN's) to the database ``url`` names."""
+    params = {k: v for k, v in connection_params(url).items() if v != ""}
+    return psycopg.connect(**params, **options)
+
+
+def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
+    """The library's pooled datastore for ``url`` (see ``connection_params``)."""
     return PostgresDatastore(
-        dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
-        host=parsed.hostname or "127.0.0.1",
-        port=parsed.port or 5432,
-        user=unquote(parsed.username or "postgres"),
-        password=unquote(parsed.password or ""),
-        schema=schema,
+        **connection_params(url),
+        schema=database_url_schema(url),
         pool_size=pool_size,
         max_overflow=pool_size,
     )
@@ -120,6 +141,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         )
         self._s = s
         self._qualified_table = f"{datastore.schema}.{events_table_name}"
+        self.writer_lock: WriterLockHandle | None = None
         self._insert_columns = SQL(
             "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[])"
@@ -150,6 +172,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         batch: AppendBatch | None = kwargs.get("ledger_batch")
         if batch is None:
             raise StoreConflict("ledger entries are appended only as a sequenced batch")
+        if self.writer_lock is not None:
+            self.writer_lock.confirm(curs)
         curs.execute(
             self.q(
                 "UPDATE {s}.ledger_head SET size = %s, root = %s WHERE id = 1 AND size = %s RETURNING size"
@@ -187,7 +211,7 @@ def _schema_lock(url: str, schema: str) -> Iterator[None]:
     key = int.from_bytes(
         hashlib.sha256(f"dfg-ledger-schema/{schema}".encode()).digest()[:8], "big", signed=True
     )
-    with psycopg.connect(url, autocommit=True) as connection:
+    with connect(url, autocommit=True) as connection:
         connection.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             yield
@@ -198,16 +222,19 @@ def _schema_lock(url: str, schema: str) -> Iterator[None]:
 class PostgresLedgerStore(EntryStoreMixin):
     def __init__(self, url: str) -> None:
         self.datastore = datastore_from_url(url)
-        self._url_without_schema = url.split("?", 1)[0]
+        self._url = url
         self._listener: psycopg.Connection[Any] | None = None
         self._recorder = PostgresLedgerRecorder(self.datastore)
-        with _schema_lock(self._url_without_schema, self.datastore.schema):
+        with _schema_lock(url, self.datastore.schema):
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute(
                     SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema))
                 )
             self._recorder.create_table()
         self._wire(self._recorder)
+
+    def _confirm_writes_with(self, lock: WriterLockHandle) -> None:
+        self._recorder.writer_lock = lock
 
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
         with self.datastore.transaction(commit=False) as curs:
@@ -423,7 +450,7 @@ class PostgresLedgerStore(EntryStoreMixin):
         polling fallback if a notification is ever lost."""
         try:
             if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(self._url_without_schema, autocommit=True)
+                self._listener = connect(self._url, autocommit=True)
                 self._listener.execute(SQL("LISTEN {c}").format(c=Identifier(self._recorder.channel_name)))
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 break
