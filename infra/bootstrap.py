@@ -25,13 +25,15 @@ ROOT_KEY_FILE = "root.jwk"
 CHECKPOINT_KEY_FILE = "checkpoint.key"
 
 
-def open_store(settings: Settings, *, scan: bool = False) -> LedgerStore:
+def open_store(settings: Settings, *, scan: bool = False, read_only: bool = False) -> LedgerStore:
     """The ledger's store. ``scan``: for reading the whole log once, in order (an
-    audit), which wants a small page cache on SQLite (PostgreSQL's is the server's)."""
+    audit), which wants a small page cache on SQLite (PostgreSQL's is the server's).
+    ``read_only``: an existing ledger that this process only reads (the audit tools),
+    which a database role allowed only to read can then open."""
     if settings.database_url:
         from infra.storage.postgres import PostgresLedgerStore
 
-        return PostgresLedgerStore(settings.database_url)
+        return PostgresLedgerStore(settings.database_url, read_only=read_only)
     from infra.storage.sqlite import SQLiteLedgerStore
 
     return SQLiteLedgerStore(settings.ledger_file, scan=scan)

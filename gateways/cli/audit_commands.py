@@ -93,7 +93,7 @@ def verify(
                     size,
                     lambda tick: audit_in_segments(
                         store,
-                        partial(open_store, settings, scan=True),
+                        partial(open_store, settings, scan=True, read_only=True),
                         setup=tune_for_throughput,
                         segments=segments or workers,
                         minimum=1 if segments else MIN_SEGMENT,
@@ -263,5 +263,6 @@ def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPoli
 
 
 def _existing_store(settings: Settings, *, scan: bool = False) -> LedgerStore:
+    """The ledger, opened for reading: an auditor's database role may be read-only."""
     require_ledger(settings)
-    return open_store(settings, scan=scan)
+    return open_store(settings, scan=scan, read_only=True)

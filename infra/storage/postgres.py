@@ -220,17 +220,20 @@ def _schema_lock(url: str, schema: str) -> Iterator[None]:
 
 
 class PostgresLedgerStore(EntryStoreMixin):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        """``read_only``: for an existing ledger, read by a role that may only SELECT (an
+        auditor's); PostgreSQL refuses "create if not exists" to such a role."""
         self.datastore = datastore_from_url(url)
         self._url = url
         self._listener: psycopg.Connection[Any] | None = None
         self._recorder = PostgresLedgerRecorder(self.datastore)
-        with _schema_lock(url, self.datastore.schema):
-            with self.datastore.transaction(commit=True) as curs:
-                curs.execute(
-                    SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema))
-                )
-            self._recorder.create_table()
+        if not read_only:
+            with _schema_lock(url, self.datastore.schema):
+                with self.datastore.transaction(commit=True) as curs:
+                    curs.execute(
+                        SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema))
+                    )
+                self._recorder.create_table()
         self._wire(self._recorder)
 
     def _confirm_writes_with(self, lock: WriterLockHandle) -> None:
