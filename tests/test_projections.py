@@ -207,6 +207,37 @@ def test_waiting_for_appends_survives_the_server_ending_its_connection(
         store.close()
 
 
+@pytest.mark.postgres
+def test_an_append_wakes_the_listeners_of_its_own_ledger_only(pg_url: str, tmp_path: Path) -> None:
+    """Two ledgers in one database (two schemas): the library's notification channel
+    was named after the events table alone, so every append woke every ledger's
+    `dfg projections follow` and read models, which then polled for nothing."""
+    import psycopg
+    from conftest import PG_URL, make_ledger
+    from psycopg import sql
+
+    from infra.settings import Settings
+
+    schemas = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    ledgers = [
+        make_ledger(Settings(data_dir=tmp_path / s, database_url=f"{PG_URL}?schema={s}")) for s in schemas
+    ]
+    try:
+        with psycopg.connect(PG_URL, autocommit=True) as listener:
+            channel = ledgers[0].sequencer.store._recorder.channel_name  # type: ignore[attr-defined]
+            listener.execute(sql.SQL("LISTEN {c}").format(c=sql.Identifier(channel)))
+            ledgers[1].admit("sp:other-ledger", "service_provider")
+            assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+            ledgers[0].admit("sp:this-ledger", "service_provider")
+            assert len(list(listener.notifies(timeout=10, stop_after=1))) == 1
+    finally:
+        for led in ledgers:
+            led.sequencer.store.close()
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            for s in schemas:
+                admin.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
+
+
 def test_a_granted_answer_cites_the_entry_that_gave_the_consent(ledger: Ledger) -> None:
     """Asked about a time before the consent was withdrawn, the answer is granted, and
     the entry it names (the one a receipt is fetched for) is the gift, not the later

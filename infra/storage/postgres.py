@@ -141,6 +141,9 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         )
         self._s = s
         self._qualified_table = f"{datastore.schema}.{events_table_name}"
+        # The library names the channel after the table alone, so every ledger in one
+        # database woke every other's listeners; the schema makes it the ledger's own.
+        self.channel_name = f"{events_table_name}/{datastore.schema}"
         self.writer_lock: WriterLockHandle | None = None
         self._insert_columns = SQL(
             "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
