@@ -9,10 +9,14 @@ signed by the ledger's checkpoint key, must state that size and that root.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from ledger.checkpoint import CheckpointError, open_checkpoint
+from ledger.entry import Entry, EntryFormatError
 from ledger.merkle import NodeReader, inclusion_proof, leaf_hash, verify_inclusion
 from ledger.note import InvalidKeyError, Verifier
 from ledger.store import StoredCheckpoint
@@ -23,6 +27,31 @@ class ReceiptError(Exception):
     """The receipt does not prove what it claims."""
 
 
+_Hash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _ProofJson(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    leaf_index: int = Field(ge=0)
+    tree_size: int = Field(ge=1)
+    hashes: list[_Hash] = Field(max_length=64)  # a tree of 2**63 leaves needs 63
+
+
+class ReceiptJson(BaseModel):
+    """A receipt as JSON (docs/ledger-format.md, Receipts): exact types, no other
+    members. ``leaf_hash``, ``jws`` and ``event`` are conveniences the proof does not
+    cover; a receipt is refused unless they say what its proven entry says."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    seq: int = Field(ge=1)
+    entry: str
+    leaf_hash: _Hash | None = None
+    proof: _ProofJson
+    checkpoint: str
+    jws: str | None = None
+    event: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class Receipt:
     seq: int
@@ -31,6 +60,8 @@ class Receipt:
     tree_size: int
     hashes: tuple[bytes, ...]
     checkpoint: str
+    #: The unproven members a receipt carried (``leaf_hash``, ``jws``, ``event``).
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,19 +77,22 @@ class Receipt:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Receipt:
+    def from_json(cls, data: object) -> Receipt:
         try:
-            proof = data["proof"]
-            return cls(
-                seq=int(data["seq"]),
-                entry=str(data["entry"]).encode(),
-                leaf_index=int(proof["leaf_index"]),
-                tree_size=int(proof["tree_size"]),
-                hashes=tuple(bytes.fromhex(h) for h in proof["hashes"]),
-                checkpoint=str(data["checkpoint"]),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: int(Infinity)
-            raise ReceiptError(f"not a receipt: {exc}") from exc
+            parsed = ReceiptJson.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the document"
+            raise ReceiptError(f"not a receipt: {where}: {first['msg']}") from None
+        return cls(
+            seq=parsed.seq,
+            entry=parsed.entry.encode(),
+            leaf_index=parsed.proof.leaf_index,
+            tree_size=parsed.proof.tree_size,
+            hashes=tuple(bytes.fromhex(h) for h in parsed.proof.hashes),
+            checkpoint=parsed.checkpoint,
+            claims=parsed.model_dump(include={"leaf_hash", "jws", "event"}, exclude_none=True),
+        )
 
 
 def make_receipt(seq: int, entry: bytes, checkpoint: StoredCheckpoint, read: NodeReader) -> Receipt:
@@ -102,6 +136,7 @@ def verify_receipt(
         leaf, receipt.leaf_index, receipt.tree_size, list(receipt.hashes), checkpoint.root_hash
     ):
         raise ReceiptError("the inclusion proof does not lead to the checkpoint's root")
+    _claims_agree(receipt)
     if witnesses is not None:
         cosigners = witnesses.cosigners(receipt.checkpoint)
         if len(cosigners) < witnesses.quorum:
@@ -110,3 +145,29 @@ def verify_receipt(
                 " the policy requires (not final yet: fetch the receipt again later)"
             )
     return receipt.seq
+
+
+def _claims_agree(receipt: Receipt) -> None:
+    """What a receipt says beside its proof must be what its proven entry says: a reader
+    shown ``event`` should not see a gift where the entry records a withdrawal."""
+    claims = receipt.claims
+    if not claims:
+        return
+    if "leaf_hash" in claims and claims["leaf_hash"] != leaf_hash(receipt.entry).hex():
+        raise ReceiptError("the receipt's leaf_hash is not the hash of its entry")
+    try:
+        entry = Entry.decode(receipt.entry)
+    except EntryFormatError as exc:
+        raise ReceiptError(f"the proven entry is not a canonical entry: {exc}") from exc
+    if "jws" in claims and claims["jws"] != entry.tx:
+        raise ReceiptError("the receipt's jws is not the transaction inside its entry")
+    if "event" in claims:
+        proven = {
+            "aggregate": str(entry.aggregate_id),
+            "version": entry.version,
+            "type": entry.event_type,
+            "ts": json.loads(receipt.entry)["ts"],
+            "data": entry.data,
+        }
+        if claims["event"] != proven:
+            raise ReceiptError("the receipt's event is not the event inside its entry")

@@ -554,6 +554,102 @@ def test_receipt_with_an_infinite_number_is_refused_cleanly(base: Base, receipt:
     assert result.exit_code != 0 and "not a receipt" in result.output
 
 
+def _claim_another_leaf(r: dict[str, Any]) -> None:
+    r["leaf_hash"] = "00" * 32
+
+
+def _claim_another_jws(r: dict[str, Any]) -> None:
+    r["jws"] = "x.y.z"
+
+
+def _claim_another_event(r: dict[str, Any]) -> None:
+    entry = json.loads(r["entry"])
+    r["event"] = {
+        "aggregate": entry["aggregate"],
+        "version": entry["version"],
+        "type": "Consent.Given" if entry["event"] != "Consent.Given" else "Consent.Withdrawn",
+        "ts": entry["ts"],
+        "data": entry["data"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("claim", "named"),
+    [
+        (_claim_another_leaf, "leaf_hash is not the hash of its entry"),
+        (_claim_another_jws, "jws is not the transaction inside its entry"),
+        (_claim_another_event, "event is not the event inside its entry"),
+    ],
+)
+def test_a_receipt_whose_readable_members_contradict_its_entry_is_refused(
+    base: Base, receipt: dict[str, object], claim: Callable[[dict[str, Any]], None], named: str
+) -> None:
+    """``leaf_hash``, ``jws`` and ``event`` are not covered by the proof: `dfg audit
+    check-receipt` used to say OK whatever they said (an app showing ``event`` would
+    show a gift where the entry records a withdrawal). The SDK refused them already."""
+    altered = json.loads(json.dumps(receipt))
+    claim(altered)
+    result = _check_receipt_text(json.dumps(altered), base)
+    assert result.exit_code == 1 and named in result.output, result.output
+
+
+def test_a_receipt_as_the_api_serves_it_checks_offline(base: Base, receipt: dict[str, object]) -> None:
+    entry = json.loads(str(receipt["entry"]))
+    served = {
+        **receipt,
+        "jws": entry["tx"],
+        "event": {
+            k: entry[n]
+            for k, n in [
+                ("aggregate", "aggregate"),
+                ("version", "version"),
+                ("type", "event"),
+                ("ts", "ts"),
+                ("data", "data"),
+            ]
+        },
+    }
+    result = _check_receipt_text(json.dumps(served), base)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("", "the file is not JSON"),
+        ("\x00\xff garbage", "the file is not JSON"),
+        ("[" * 100_000, "nested too deeply"),
+        ("42", "not a receipt: the document: "),
+        ("[]", "not a receipt: the document: "),
+        ("{}", "not a receipt: seq: Field required"),
+    ],
+)
+def test_a_file_that_is_no_receipt_is_named_in_one_line(base: Base, text: str, named: str) -> None:
+    """It used to leak Python's own words: "'int' object is not subscriptable",
+    "not a receipt: 'proof'", "maximum recursion depth exceeded"."""
+    result = _check_receipt_text(text, base)
+    assert result.exit_code == 1 and named in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda r: r.__setitem__("seq", str(r["seq"])), "seq: Input should be a valid integer"),
+        (lambda r: r["proof"].__setitem__("tree_size", str(r["proof"]["tree_size"])), "proof.tree_size"),
+        (lambda r: r["proof"]["hashes"].__setitem__(0, r["proof"]["hashes"][0].upper()), "proof.hashes.0"),
+        (lambda r: r.__setitem__("note", "extra"), "note: Extra inputs are not permitted"),
+    ],
+)
+def test_a_receipt_of_loose_types_or_unknown_members_is_refused(
+    base: Base, receipt: dict[str, object], change: Callable[[dict[str, Any]], None], named: str
+) -> None:
+    altered = json.loads(json.dumps(receipt))
+    change(altered)
+    result = _check_receipt_text(json.dumps(altered), base)
+    assert result.exit_code == 1 and named in result.output, result.output
+
+
 # --- what ties a log to its key; what a bundle's header and tail say ----------------------
 
 

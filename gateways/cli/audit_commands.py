@@ -252,9 +252,15 @@ def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPoli
     """Check a receipt offline (no server, no database): exit 0 when it proves its entry
     (and, with a witness policy, when enough witnesses cosigned its checkpoint)."""
     try:
-        receipt = Receipt.from_json(json.load(receipt_file))
+        document = json.load(receipt_file)
+    except ValueError as exc:
+        fail(f"receipt does not verify: not a receipt: the file is not JSON ({exc})")
+    except RecursionError:
+        fail("receipt does not verify: not a receipt: its JSON is nested too deeply")
+    try:
+        receipt = Receipt.from_json(document)
         seq = verify_receipt(receipt, checkpoint_key, witnesses=witnesses)
-    except (ReceiptError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
+    except ReceiptError as exc:
         fail(f"receipt does not verify: {exc}")
     click.echo(f"OK: entry {seq} is in the ledger whose signed checkpoint has {receipt.tree_size} entries")
     if witnesses is not None:
