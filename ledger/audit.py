@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,6 +72,10 @@ class AuditReport:
     operator_kid: str | None = None
     #: The newest checkpoint checked: the entries after it carry no signature yet.
     signed_size: int = 0
+    signed_root: bytes = b""
+    #: The tree's root at sizes the caller asked for (``roots_at``): checkpoints an
+    #: auditor already holds (``ledger.held_checkpoints``).
+    roots: dict[int, bytes] = field(default_factory=dict)
     #: With a witness policy: the newest checkpoint cosigned by a quorum (0: none).
     final_size: int = 0
     final_checkpoints: int = 0
@@ -144,8 +148,10 @@ class Auditor:
         signature_chunk: int = _SIGNATURE_CHUNK,
         keep_accepted: bool = False,
         witnesses: WitnessPolicy | None = None,
+        roots_at: Collection[int] = (),
     ) -> None:
         self.report = AuditReport()
+        self._roots_at = frozenset(roots_at)
         self._witnesses = witnesses
         self._signature_chunk = signature_chunk
         self._keep = keep_accepted
@@ -310,6 +316,8 @@ class Auditor:
             self._fail(stored.seq, f"cannot be replayed: {exc}")
         self._new_nodes.extend(self._frontier.append(stored_leaf(stored)))
         self.report.entries += 1
+        if self._roots_at and stored.seq in self._roots_at:
+            self.report.roots[stored.seq] = self._frontier.root()
         if len(self._pending) >= self._signature_chunk:
             self._launch_signatures()
         if len(self._new_nodes) >= _NODE_PAGE and not self._keep:
@@ -546,6 +554,7 @@ class Auditor:
             self._first_checkpoint = self._last_checkpoint
         self.report.checkpoints += 1
         self.report.signed_size = stored.size
+        self.report.signed_root = root
         if self._witnesses is not None and self._witnesses.is_final(stored.note, stored.cosignatures):
             self.report.final_size = stored.size
             self.report.final_checkpoints += 1

@@ -517,7 +517,8 @@ def _join(
         last_nonces.update(result.last_nonces)
         last_ts = result.last_ts or last_ts
         joined.root = result.report.root
-        joined.signed_size = result.report.signed_size or joined.signed_size
+        if result.report.signed_size:
+            joined.signed_size, joined.signed_root = result.report.signed_size, result.report.signed_root
     if joined.checkpoints == 0:
         joined.problems.append(Problem(0, UNSIGNED_LOG))
         return joined

@@ -19,8 +19,11 @@ from infra.bootstrap import open_store
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.runtime import tune_for_throughput
 from infra.settings import Settings
-from ledger.audit import Auditor, AuditReport
+from ledger.audit import Auditor, AuditReport, Problem
 from ledger.audit import audit as run_audit
+from ledger.held_checkpoints import HeldCheckpointError, claimed_size, held_problem, open_held
+from ledger.merkle import root_at
+from ledger.note import Verifier
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
 from ledger.segmented_audit import MIN_SEGMENT, SegmentFailed, audit_in_segments
 from ledger.store import LedgerStore, genesis_parameters
@@ -62,6 +65,20 @@ def audit() -> None:
     f" at most {MAX_PROCESSES}: each process holds its own copy of the replay's state].",
 )
 @click.option("--progress/--no-progress", default=None, help="Show progress [default: on a terminal].")
+@click.option(
+    "--known-checkpoint",
+    "known_checkpoints",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    multiple=True,
+    help="A checkpoint you already hold (its signed note, a receipt, or GET /v1/checkpoint's"
+    " answer): the ledger must extend it, or it forked. Repeat for each.",
+)
+@click.option(
+    "--require-final",
+    is_flag=True,
+    help="Fail unless every entry is covered by a checkpoint signed by the ledger's key (and,"
+    " with --witness, cosigned by the quorum) [default: report the uncovered entries].",
+)
 @witness_options
 def verify(
     settings: Settings,
@@ -71,6 +88,8 @@ def verify(
     workers: int | None,
     segments: int | None,
     progress: bool | None,
+    known_checkpoints: tuple[Path, ...],
+    require_final: bool,
     witnesses: WitnessPolicy | None,
 ) -> None:
     """Replay everything and check every signature, rule, root and checkpoint.
@@ -78,12 +97,13 @@ def verify(
     Exits 0 only when everything checks; otherwise names the first bad entry. With a
     witness policy it also reports the newest checkpoint a quorum of witnesses cosigned
     (and fails if none is)."""
+    held = _read_known_checkpoints(known_checkpoints)
     verifier = ParallelVerifier(workers)
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     try:
         if bundle is not None:
-            report = _verify_bundle(bundle, verifier, checkpoint_key, chain, show, witnesses)
+            report = _verify_bundle(bundle, verifier, checkpoint_key, chain, show, witnesses, held)
         else:
             store = _existing_store(settings, scan=True)
             try:
@@ -104,16 +124,62 @@ def verify(
                         witnesses=witnesses,
                     ),
                 )
+                if report.ok:  # the stored nodes equal the replayed tree: its roots are theirs
+                    for held_size in {claimed for claimed, _ in held.values()}:
+                        if held_size <= report.entries:
+                            report.roots[held_size] = root_at(held_size, store.read_nodes)
             finally:
                 store.close()
     except (BundleError, SegmentFailed) as exc:
         fail(str(exc))
     finally:
         verifier.close()
+    if report.ok:
+        _check_known_checkpoints(report, held)
+    if report.ok and require_final:
+        _check_all_final(report, witnesses)
     elapsed = time.perf_counter() - started
-    _print_report(report, elapsed, witnesses)
+    _print_report(report, elapsed, witnesses, pinned=checkpoint_key is not None, held=len(held))
     if not report.ok:
         raise SystemExit(1)
+
+
+def _read_known_checkpoints(paths: tuple[Path, ...]) -> dict[str, tuple[int, str]]:
+    """file name -> (the size it states, its text); unreadable files are refused first."""
+    held: dict[str, tuple[int, str]] = {}
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+            held[str(path)] = (claimed_size(text), text)
+        except (OSError, UnicodeDecodeError, HeldCheckpointError) as exc:
+            fail(f"--known-checkpoint {path}: {exc}", code=2)
+    return held
+
+
+def _check_known_checkpoints(report: AuditReport, held: dict[str, tuple[int, str]]) -> None:
+    if not held or report.checkpoint_key is None or report.origin is None:
+        return
+    verifier = Verifier.from_string(report.checkpoint_key)
+    for source, (_, text) in held.items():
+        try:
+            checkpoint = open_held(text, source, verifier, report.origin)
+        except HeldCheckpointError as exc:
+            report.problems.append(Problem(0, f"{source} is {exc}"))
+            return
+        problem = held_problem(checkpoint, report.entries, report.roots.__getitem__)
+        if problem is not None:
+            report.problems.append(problem)
+            report.entries = min(report.entries, max(problem.seq - 1, 0))
+            return
+
+
+def _check_all_final(report: AuditReport, witnesses: WitnessPolicy | None) -> None:
+    covered = report.final_size if witnesses is not None else report.signed_size
+    if covered < report.entries:
+        what = "a checkpoint cosigned by the witnesses' quorum" if witnesses else "a signed checkpoint"
+        report.problems.append(
+            Problem(covered + 1, f"is not covered by {what} (--require-final), nor is any entry after it")
+        )
 
 
 def _verify_bundle(
@@ -123,6 +189,7 @@ def _verify_bundle(
     chain: str | None,
     show: bool,
     witnesses: WitnessPolicy | None,
+    held: dict[str, tuple[int, str]],
 ) -> AuditReport:
     reader = BundleReader(path)
     try:
@@ -140,6 +207,7 @@ def _verify_bundle(
             expected_checkpoint_key=key,
             expected_chain=chain,
             witnesses=witnesses,
+            roots_at={claimed for claimed, _ in held.values()},
         )
         size = reader.size
         head = (size, reader.root)
@@ -158,32 +226,45 @@ def _with_progress(show: bool, total: int, work: Any) -> AuditReport:
     return result
 
 
-def _print_report(report: AuditReport, elapsed: float, witnesses: WitnessPolicy | None) -> None:
+def _print_report(
+    report: AuditReport, elapsed: float, witnesses: WitnessPolicy | None, *, pinned: bool, held: int
+) -> None:
     rate = report.entries / elapsed if elapsed > 0 else 0.0
-    if report.ok:
-        click.echo(
-            f"OK: {report.entries} entries and {report.checkpoints} checkpoints verified"
-            f" in {elapsed:.1f}s ({rate:,.0f} entries/s)"
-        )
-        click.echo(f"chain {report.chain}, root {report.root.hex()}")
-        click.echo(f"checkpoint key {report.checkpoint_key}")
-        click.echo(f"genesis signed by {report.operator_kid}")
-        unsigned = report.entries - report.signed_size
-        if unsigned:
-            click.echo(
-                f"the newest checkpoint covers {report.signed_size} entries; the {unsigned} after it"
-                " carry no signature of the ledger's key yet"
-            )
-        if witnesses is not None:
-            click.echo(
-                f"witnessed: {report.final_checkpoints} checkpoints cosigned by {witnesses.quorum} of"
-                f" {len(witnesses.witnesses)} witnesses; newest final size {report.final_size}"
-                f" ({report.entries - report.final_size} newer entries not yet witnessed)"
-            )
-    else:
+    if not report.ok:
         problem = report.first_problem
         click.secho(f"FAILED: {problem}", fg="red", err=True)
         click.echo(f"{report.entries} entries verified before the failure", err=True)
+        return
+    click.echo(
+        f"OK: {report.entries} entries and {report.checkpoints} checkpoints verified"
+        f" in {elapsed:.1f}s ({rate:,.0f} entries/s)"
+    )
+    click.echo(
+        f"chain {report.chain}, root {report.signed_root.hex()}"
+        f" (the newest signed checkpoint, size {report.signed_size})"
+    )
+    click.echo(f"checkpoint key {report.checkpoint_key}")
+    if not pinned:
+        click.echo(
+            "  (taken from the genesis entry, not pinned with --checkpoint-key: this shows that the"
+            " data is consistent with itself, not that it is the ledger you expect)"
+        )
+    click.echo(f"genesis signed by {report.operator_kid}")
+    unsigned = report.entries - report.signed_size
+    if unsigned:
+        click.echo(
+            f"the {unsigned} entries after size {report.signed_size} carry no signature of the"
+            f" ledger's key yet (the root of all {report.entries}, unsigned: {report.root.hex()})"
+        )
+    if witnesses is not None:
+        click.echo(
+            f"witnessed: {report.final_checkpoints} checkpoints cosigned by {witnesses.quorum} of"
+            f" {len(witnesses.witnesses)} witnesses; newest final size {report.final_size}"
+            f" ({report.entries - report.final_size} newer entries not yet witnessed: only the"
+            " ledger's own signature vouches for them)"
+        )
+    if held:
+        click.echo(f"the ledger extends the {held} checkpoint(s) you hold (--known-checkpoint)")
 
 
 @audit.command("export")
