@@ -116,9 +116,15 @@ class BundleReader:
         )
         self.checkpoints: list[StoredCheckpoint] = []
         self.principals: dict[str, Any] = {}
+        #: After ``entries()``: what is wrong with the principals line, if anything.
+        self.principals_problem: str | None = None
 
-    def entries(self) -> Iterator[StoredEntry]:
+    def entries(self, *, check_principals: bool = True) -> Iterator[StoredEntry]:
+        """The entries, in order; then the tail is read. ``check_principals``: the
+        principals line must be what the entries say (not when only the tail is wanted,
+        so that a changed entry is named by the audit rather than by that line)."""
         size = self.size
+        principals = _Principals() if check_principals else None
         with self.path.open("rb") as handle:
             handle.readline()
             pending: list[tuple[bytes, int, bytes]] = []
@@ -131,10 +137,14 @@ class BundleReader:
                     self._check_header_against(canonical)
                 aggregate_id, version, event_type = _columns(canonical)
                 pending.append((aggregate_id.bytes, position, canonical))
+                stored = StoredEntry(position, aggregate_id, version, event_type, canonical)
+                if principals is not None:
+                    principals.apply([stored])
                 if len(pending) >= 1000:
                     self._index(pending)
-                yield StoredEntry(position, aggregate_id, version, event_type, canonical)
+                yield stored
             self._index(pending)
+            self.checkpoints = []
             for number, line in enumerate(handle, start=size + 2):
                 self._read_tail_line(number, line)
         counted = self.header.get("checkpoints")
@@ -142,6 +152,8 @@ class BundleReader:
             raise BundleError(
                 f"the header counts {counted!r} checkpoints, the bundle holds {len(self.checkpoints)}"
             )
+        if principals is not None:
+            self.principals_problem = _principals_problem(self.principals, principals.snapshot())
 
     def _check_header_against(self, genesis: bytes) -> None:
         """The header's ledger fields are those the genesis entry names (the audit checks
@@ -163,17 +175,26 @@ class BundleReader:
             item = json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise BundleError(f"line {number} of the bundle is not JSON (or nests too deeply)") from exc
+        if self.principals:
+            raise BundleError(f"line {number} follows the principals line, which ends a bundle")
         if isinstance(item, dict) and isinstance(item.get("checkpoint"), str):
+            if set(item) - {"checkpoint", "cosignatures"}:
+                raise BundleError(f"line {number}: a checkpoint line has only checkpoint and cosignatures")
             note = item["checkpoint"]
             size = _note_size(note)
             if size < 0:
                 raise BundleError(f"line {number}: the checkpoint is not a checkpoint note")
+            if self.checkpoints and size <= self.checkpoints[-1].size:
+                raise BundleError(
+                    f"line {number}: checkpoints come by increasing size, and {size} follows"
+                    f" {self.checkpoints[-1].size}"
+                )
             cosignatures = item.get("cosignatures", [])
             if not isinstance(cosignatures, list) or not all(isinstance(c, str) for c in cosignatures):
                 raise BundleError(f"line {number}: cosignatures are a list of signature lines")
             self.checkpoints.append(StoredCheckpoint(size, b"", note, tuple(cosignatures)))
-        elif isinstance(item, dict) and isinstance(item.get("principals"), dict):
-            self.principals = item["principals"]
+        elif isinstance(item, dict) and set(item) == {"principals"} and isinstance(item["principals"], dict):
+            self.principals = item["principals"] or {"": None}  # an empty line still ends the bundle
         else:
             raise BundleError(
                 f"line {number} is neither a checkpoint nor the principals: more entries than the header's"
@@ -182,7 +203,7 @@ class BundleReader:
 
     def read_tail(self) -> None:
         """Read checkpoints and keys without streaming entries (they follow the entries)."""
-        for _ in self.entries():
+        for _ in self.entries(check_principals=False):
             pass
 
     def load_before(self, aggregate_id: uuid.UUID, seq: int) -> Aggregate | None:
@@ -204,6 +225,16 @@ class BundleReader:
         self._tmp.cleanup()
 
 
+def _principals_problem(written: dict[str, Any], derived: dict[str, Any]) -> str | None:
+    """The principals line is a convenience, but a reader may take keys from it: it
+    must say what the bundle's entries say."""
+    written = {} if written == {"": None} else written
+    if written == derived:
+        return None
+    differing = sorted(n for n in set(written) | set(derived) if written.get(n) != derived.get(n))
+    return f"the bundle's principals line is not what its entries say (first differing: {differing[0]!r})"
+
+
 def _read_header(path: Path) -> dict[str, Any]:
     """The bundle's first line, with the two fields the audit relies on checked: the
     number of entries and the root of their tree."""
@@ -215,6 +246,9 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not an audit bundle (bad header)") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise BundleError(f"{path} is not a {FORMAT} file")
+    unknown = sorted(set(header) - _HEADER_MEMBERS)
+    if unknown:
+        raise BundleError(f"{path}: the header has members a {FORMAT} header has not: {unknown}")
     size, root = header.get("size"), header.get("root")
     if type(size) is not int or size < 0:
         raise BundleError(f"{path}: the header's size is not a number of entries: {size!r}")
@@ -227,6 +261,7 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 _ROOT = re.compile(r"[0-9a-f]{64}")
+_HEADER_MEMBERS = frozenset({"format", "chain", "origin", "checkpoint_key", "size", "root", "checkpoints"})
 #: A header is a few hundred bytes; reading a longer first line whole is never needed.
 _HEADER_LIMIT = 64 * 1024
 

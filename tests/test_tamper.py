@@ -537,6 +537,71 @@ def test_bundle_with_an_extra_entry_line_is_refused(base: Base, tmp_path: Path) 
     assert "neither a checkpoint nor the principals" in result.output
 
 
+def _swap_checkpoints(lines: list[bytes]) -> None:
+    first = 1 + SIZE
+    lines[first], lines[first + 1] = lines[first + 1], lines[first]
+
+
+def _repeat_checkpoint(lines: list[bytes]) -> None:
+    lines.insert(1 + SIZE + 1, lines[1 + SIZE + 1])
+    header = json.loads(lines[0])
+    header["checkpoints"] += 1
+    lines[0] = json.dumps(header, sort_keys=True).encode()
+
+
+def _change_a_principals_key(lines: list[bytes]) -> None:
+    tail = json.loads(lines[-1])
+    name = sorted(tail["principals"])[0]
+    text = json.dumps(tail["principals"][name])
+    x = re.search(r'"x": "([^"]+)"', text)
+    assert x is not None
+    tail["principals"][name] = json.loads(text.replace(x.group(1), "A" * len(x.group(1))))
+    lines[-1] = json.dumps(tail, sort_keys=True).encode()
+
+
+def _add_a_header_member(lines: list[bytes]) -> None:
+    header = json.loads(lines[0])
+    header["note"] = "trust me"
+    lines[0] = json.dumps(header, sort_keys=True).encode()
+
+
+def _add_a_checkpoint_member(lines: list[bytes]) -> None:
+    line = json.loads(lines[1 + SIZE])
+    line["root"] = "00" * 32
+    lines[1 + SIZE] = json.dumps(line).encode()
+
+
+def _add_a_line_after_the_principals(lines: list[bytes]) -> None:
+    lines.append(lines[1 + SIZE])
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (_swap_checkpoints, "checkpoints come by increasing size"),
+        (_repeat_checkpoint, "checkpoints come by increasing size"),
+        (_change_a_principals_key, "the bundle's principals line is not what its entries say"),
+        (_add_a_header_member, "the header has members a dfg-audit-bundle/1 header has not: ['note']"),
+        (_add_a_checkpoint_member, "a checkpoint line has only checkpoint and cosignatures"),
+        (_add_a_line_after_the_principals, "follows the principals line, which ends a bundle"),
+    ],
+)
+def test_a_bundle_the_format_rules_out_is_refused(
+    base: Base, tmp_path: Path, change: Callable[[list[bytes]], None], named: str
+) -> None:
+    """Every entry of these bundles verifies; what is wrong is around them. They used to
+    verify: checkpoints out of order or repeated (reported as one more checkpoint
+    verified), a principals line whose keys the entries never introduced (a reader may
+    take keys from it), members the format does not have."""
+    lines = base.bundle.read_bytes().rstrip(b"\n").split(b"\n")
+    assert len(lines) == 1 + SIZE + 2 + 1  # header, entries, 2 checkpoints, principals
+    change(lines)
+    bundle = tmp_path / "changed.bundle"
+    bundle.write_bytes(b"\n".join(lines) + b"\n")
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert result.exit_code == 1 and named in result.output, result.output
+
+
 def test_receipt_whose_entry_is_not_an_object_is_refused_cleanly(base: Base, tmp_path: Path) -> None:
     proof = dfg("audit", "prove", "--data", str(base.data), "--seq", "5")
     receipt = json.loads(proof.output)

@@ -211,9 +211,12 @@ def _verify_bundle(
         )
         size = reader.size
         head = (size, reader.root)
-        return _with_progress(
+        report = _with_progress(
             show, size, lambda tick: run_audit(reader.entries(), auditor, head=head, progress=tick)
         )
+        if report.ok and reader.principals_problem:  # every entry verified: the line is wrong
+            report.problems.append(Problem(0, reader.principals_problem))
+        return report
     finally:
         reader.close()
 
