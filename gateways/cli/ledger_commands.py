@@ -11,7 +11,7 @@ from itertools import islice
 import click
 from rich.progress import Progress
 
-from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.cli.options import checkpoint_options, fail, ledger_options, require_ledger
 from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.demo import DemoFederation
 from infra.keyfiles import KeyFileError
@@ -56,6 +56,7 @@ def demo() -> None:
 
 @demo.command("populate")
 @ledger_options
+@checkpoint_options
 @click.option(
     "--entries",
     type=click.IntRange(1, 50_000_000),

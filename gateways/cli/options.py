@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,17 @@ def ledger_options(func: F) -> F:
         help="postgresql://user@host:port/db[?schema=name] to use PostgreSQL instead of SQLite.",
         callback=_database_url,
     )
+    @functools.wraps(func)
+    def wrapper(*args: Any, data_dir: Path, database_url: str | None, **kwargs: Any) -> Any:
+        return func(*args, settings=Settings(data_dir=data_dir, database_url=database_url), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def checkpoint_options(func: F) -> F:
+    """Adds the sequencer's checkpoint policy to a command that appends (below
+    ``ledger_options``): commands that only read have no use for it."""
+
     @click.option(
         "--checkpoint-every",
         type=click.IntRange(1),
@@ -94,22 +106,14 @@ def ledger_options(func: F) -> F:
         default=1000,
         envvar="DFG_CHECKPOINT_INTERVAL_MS",
         show_default=True,
-        help="... and no later than this after the newest entry.",
+        help="... and no later than this after the oldest entry no checkpoint covers yet.",
     )
     @functools.wraps(func)
     def wrapper(
-        *args: Any,
-        data_dir: Path,
-        database_url: str | None,
-        checkpoint_every: int,
-        checkpoint_interval_ms: int,
-        **kwargs: Any,
+        *args: Any, settings: Settings, checkpoint_every: int, checkpoint_interval_ms: int, **kwargs: Any
     ) -> Any:
-        settings = Settings(
-            data_dir=data_dir,
-            database_url=database_url,
-            checkpoint_every=checkpoint_every,
-            checkpoint_interval_ms=checkpoint_interval_ms,
+        settings = dataclasses.replace(
+            settings, checkpoint_every=checkpoint_every, checkpoint_interval_ms=checkpoint_interval_ms
         )
         return func(*args, settings=settings, **kwargs)
 

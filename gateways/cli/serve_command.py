@@ -7,7 +7,7 @@ import logging
 import click
 from aiohttp import web
 
-from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.cli.options import checkpoint_options, fail, ledger_options, require_ledger
 from infra.bootstrap import open_sequencer, open_views
 from infra.keyfiles import KeyFileError
 from infra.ledger_service import LedgerService
@@ -42,6 +42,7 @@ def make_server(settings: Settings, *, witness_quorum: int | None = None) -> web
 
 @click.command("serve")
 @ledger_options
+@checkpoint_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
