@@ -28,7 +28,7 @@ from domain.handlers import decide
 from domain.times import parse_time
 from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import CheckpointError, open_checkpoint
-from ledger.entry import Entry
+from ledger.entry import Entry, EntryFormatError
 from ledger.errors import Rejected
 from ledger.known_ids import KnownIds
 from ledger.merkle import Frontier, NodeReader, consistency_proof, leaf_hash, verify_consistency
@@ -359,7 +359,11 @@ class Auditor:
         if head is not None and head[0] > size:
             self._fail(size + 1, f"is missing: the log ends at {size} but its head says {head[0]}")
         if head is not None and head != (size, self._frontier.root()):
-            self._fail(0, f"the stored head (size {head[0]}) does not match the entries (size {size})")
+            self._fail(
+                0,
+                f"the stored head (size {head[0]}, root {head[1].hex()}) does not match the entries"
+                f" (size {size}, root {self._frontier.root().hex()})",
+            )
         if tx_index is not None:
             self._check_tx_index(*tx_index)
         if self.first_nonces is None and self.report.checkpoints == 0:  # the whole log, not a segment
@@ -379,7 +383,7 @@ class Auditor:
         try:
             numbered, ts, token = _seq_ts_tx(stored.canonical)
         except (ValueError, KeyError, TypeError) as exc:
-            self._fail(seq, f"is not a readable entry ({exc})")
+            self._fail(seq, f"is not a readable entry ({_unreadable(stored.canonical, exc)})")
         if numbered != seq:
             self._fail(seq, f"position {seq} holds the entry numbered {numbered} (entries out of order)")
         if self._last_ts is not None and ts < self._last_ts:
@@ -543,7 +547,12 @@ class Auditor:
             self._fail(stored.size, f"checkpoint at this size is not validly signed: {exc}")
         root = self._frontier.root()
         if checkpoint.size != stored.size or checkpoint.root_hash != root:
-            self._fail(stored.size, "the signed checkpoint's root differs from the root of the entries")
+            self._fail(
+                stored.size,
+                "the signed checkpoint's root differs from the root of the entries: the checkpoint is"
+                " validly signed, so either these entries were changed, or the ledger's key signed"
+                " another history at this size (a fork)",
+            )
         # The stored root column, which readers are served and a replica compares (a
         # bundle carries only the note: its checkpoints have none).
         if stored.root and stored.root != root:
@@ -626,6 +635,16 @@ def _seq_ts_tx(canonical: bytes) -> tuple[int, datetime, bytes]:
     if tx_end < 0 or not seq.isdigit() or _TAIL.fullmatch(canonical, tx_end) is None:
         raise ValueError("it does not end with the seq, ts, tx, v and version members")
     return int(seq), parse_time(canonical[ts_at + 7 : tx_at].decode("ascii")), canonical[tx_at + 8 : tx_end]
+
+
+def _unreadable(canonical: bytes, exc: Exception) -> str:
+    """Why an entry could not be read, in the words of the full parser (the fast one
+    only sees that its end is not where a canonical entry's is)."""
+    try:
+        Entry.decode(canonical)
+    except EntryFormatError as decoded:
+        return str(decoded)
+    return str(exc)
 
 
 def stored_leaf(stored: StoredEntry) -> bytes:

@@ -602,6 +602,76 @@ def test_a_bundle_the_format_rules_out_is_refused(
     assert result.exit_code == 1 and named in result.output, result.output
 
 
+def test_a_bundle_missing_an_entry_names_it(base: Base, tmp_path: Path) -> None:
+    """Every line after a removed entry shifts by one: the header's checkpoint count
+    used to be the news, before the entry that is missing."""
+    lines = base.bundle.read_bytes().split(b"\n")
+    del lines[MIDDLE]
+    bundle = tmp_path / "short.bundle"
+    bundle.write_bytes(b"\n".join(lines))
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert_names(result, MIDDLE)
+
+
+def test_a_changed_header_root_is_named_with_both_roots(base: Base, tmp_path: Path) -> None:
+    lines = base.bundle.read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    real, header["root"] = header["root"], "00" * 32
+    lines[0] = json.dumps(header, sort_keys=True).encode()
+    bundle = tmp_path / "root.bundle"
+    bundle.write_bytes(b"\n".join(lines))
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert result.exit_code == 1
+    assert f"(size {SIZE}, root {'00' * 32}) does not match the entries (size {SIZE}, root {real})" in (
+        result.output
+    )
+
+
+def test_an_entry_with_a_space_added_is_named_as_not_canonical(base: Base, tmp_path: Path) -> None:
+    lines = base.bundle.read_bytes().split(b"\n")
+    lines[MIDDLE] = lines[MIDDLE].replace(b'","tx":"', b'", "tx":"', 1)
+    bundle = tmp_path / "space.bundle"
+    bundle.write_bytes(b"\n".join(lines))
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert_names(result, MIDDLE)
+    assert "entry bytes are not in canonical form" in result.output
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("garbage", "not a checkpoint verifier key"),
+        ("node:a+01234567+BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not a checkpoint verifier key"),
+    ],
+)
+def test_a_malformed_checkpoint_key_is_a_bad_option(base: Base, key: str, named: str) -> None:
+    """It used to be "a different checkpoint key than the one you trust"."""
+    for command in (
+        ["audit", "verify", "--bundle", str(base.bundle), "--checkpoint-key", key],
+        ["audit", "check-receipt", str(base.bundle), "--checkpoint-key", key],
+    ):
+        result = dfg(*command)
+        assert result.exit_code == 2 and named in result.output, result.output
+
+
+def test_a_witness_key_given_as_the_checkpoint_key_is_a_bad_option(base: Base) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ledger.note import SIG_COSIGNATURE_V1, Verifier
+
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    witness_key = Verifier("node:a", raw, SIG_COSIGNATURE_V1).to_string()
+    result = dfg("audit", "verify", "--bundle", str(base.bundle), "--checkpoint-key", witness_key)
+    assert result.exit_code == 2 and "a witness's cosignature key" in result.output, result.output
+
+
+def test_proving_an_entry_the_ledger_does_not_have_says_so(base: Base) -> None:
+    result = dfg("audit", "prove", "--data", str(base.data), "--seq", str(SIZE + 1))
+    assert result.exit_code == 1 and f"there is no entry {SIZE + 1}: the ledger has {SIZE} entries" in (
+        result.output
+    )
+
+
 def test_receipt_whose_entry_is_not_an_object_is_refused_cleanly(base: Base, tmp_path: Path) -> None:
     proof = dfg("audit", "prove", "--data", str(base.data), "--seq", "5")
     receipt = json.loads(proof.output)

@@ -14,7 +14,13 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gateways.cli.options import fail, ledger_options, require_ledger, witness_options
+from gateways.cli.options import (
+    checkpoint_verifier_key,
+    fail,
+    ledger_options,
+    require_ledger,
+    witness_options,
+)
 from infra.bootstrap import open_store
 from infra.bundle import BundleError, BundleReader, export_bundle
 from infra.runtime import tune_for_throughput
@@ -48,7 +54,12 @@ def audit() -> None:
     default=None,
     help="Verify an exported audit bundle instead of a database.",
 )
-@click.option("--checkpoint-key", default=None, help="Checkpoint verifier key you trust (refuse any other).")
+@click.option(
+    "--checkpoint-key",
+    default=None,
+    callback=checkpoint_verifier_key,
+    help="Checkpoint verifier key you trust (refuse any other).",
+)
 @click.option("--chain", default=None, help="Ledger id you expect.")
 @click.option(
     "--workers",
@@ -196,9 +207,13 @@ def _verify_bundle(
         tail = BundleReader(path)
         try:
             tail.read_tail()
-            checkpoints = tail.checkpoints
+        except BundleError:
+            # The same error ends the audit's own reading unless an entry fails first: an
+            # entry removed or added shifts every line after it, and the entry is the news.
+            pass
         finally:
             tail.close()
+        checkpoints = tail.checkpoints
         auditor = Auditor(
             load=reader.load_before,
             checkpoints=checkpoints,
@@ -312,6 +327,9 @@ def prove(settings: Settings, seq: int) -> None:
             fail("the ledger has no checkpoint yet")
         assert checkpoint is not None
         if seq > checkpoint.size:
+            size = store.head()[0]
+            if seq > size:
+                fail(f"there is no entry {seq}: the ledger has {size} entries")
             fail(f"entry {seq} is not covered by the latest checkpoint (size {checkpoint.size}) yet")
         (stored,) = store.read_entries(seq, 1)
         ledger = genesis_parameters(store)
@@ -330,7 +348,12 @@ def prove(settings: Settings, seq: int) -> None:
 
 @audit.command("check-receipt")
 @click.argument("receipt_file", type=click.File("r"))
-@click.option("--checkpoint-key", required=True, help="The ledger's checkpoint verifier key.")
+@click.option(
+    "--checkpoint-key",
+    required=True,
+    callback=checkpoint_verifier_key,
+    help="The ledger's checkpoint verifier key.",
+)
 @witness_options
 def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPolicy | None) -> None:
     """Check a receipt offline (no server, no database): exit 0 when it proves its entry

@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from domain.identifiers import is_principal_id
-from gateways.cli.options import fail, ledger_options, optional_http_url, require_ledger
+from gateways.cli.options import (
+    checkpoint_verifier_key,
+    fail,
+    ledger_options,
+    optional_http_url,
+    require_ledger,
+)
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.relay import Relay, RelayError
@@ -28,7 +34,6 @@ from infra.node import NotAReplica, open_node
 from infra.settings import Settings
 from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
-from ledger.note import NoteError, Verifier
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.store import genesis_parameters, newest_entry_time
@@ -118,16 +123,6 @@ def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_fac
         store.close()
 
 
-def _ledger_key(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """A checkpoint verifier key, or refused as a bad option (exit 2) before anything is
-    created."""
-    try:
-        Verifier.from_string(value)
-    except NoteError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    return value
-
-
 @click.group("node")
 def node() -> None:
     """Run a node operator's verifying, witnessing replica."""
@@ -191,7 +186,7 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
     "--ledger-key",
     required=True,
     envvar="DFG_LEDGER_KEY",
-    callback=_ledger_key,
+    callback=checkpoint_verifier_key,
     help="The ledger's checkpoint verifier key (name+hash+key), as `dfg init` printed it.",
 )
 @click.option(
@@ -281,7 +276,7 @@ def follow(
     "--ledger-key",
     required=True,
     envvar="DFG_LEDGER_KEY",
-    callback=_ledger_key,
+    callback=checkpoint_verifier_key,
     help="The ledger's checkpoint verifier key.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)

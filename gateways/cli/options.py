@@ -60,6 +60,23 @@ def optional_http_url(ctx: click.Context, param: click.Parameter, value: str | N
     return None if value is None else http_url(ctx, param, value)
 
 
+def checkpoint_verifier_key(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A ledger's checkpoint verifier key (``<origin>+<hash>+<key>``, type 0x01), or a bad
+    option (exit 2) naming what is wrong, before anything is read or created: a typo
+    used to surface as "a different checkpoint key than the one you trust"."""
+    if value is None:
+        return None
+    from ledger.note import SIG_ED25519, NoteError, Verifier
+
+    try:
+        verifier = Verifier.from_string(value)
+    except NoteError as exc:
+        raise click.BadParameter(f"not a checkpoint verifier key: {exc}") from exc
+    if verifier.sig_type != SIG_ED25519:
+        raise click.BadParameter("a witness's cosignature key, not a ledger's checkpoint key")
+    return value
+
+
 def ledger_options(func: F) -> F:
     """Adds ``--data`` and ``--database-url`` and passes a ``settings`` argument."""
 
