@@ -118,6 +118,7 @@ class BundleReader:
         self.principals: dict[str, Any] = {}
         #: After ``entries()``: what is wrong with the principals line, if anything.
         self.principals_problem: str | None = None
+        self._ended = False  # the principals line was read: nothing may follow it
 
     def entries(self, *, check_principals: bool = True) -> Iterator[StoredEntry]:
         """The entries, in order; then the tail is read. ``check_principals``: the
@@ -128,6 +129,7 @@ class BundleReader:
         with self.path.open("rb") as handle:
             handle.readline()
             pending: list[tuple[bytes, int, bytes]] = []
+            page: list[StoredEntry] = []
             for position in range(1, size + 1):
                 line = handle.readline()
                 if not line.endswith(b"\n"):
@@ -138,13 +140,14 @@ class BundleReader:
                 aggregate_id, version, event_type = _columns(canonical)
                 pending.append((aggregate_id.bytes, position, canonical))
                 stored = StoredEntry(position, aggregate_id, version, event_type, canonical)
-                if principals is not None:
-                    principals.apply([stored])
+                page.append(stored)
                 if len(pending) >= 1000:
                     self._index(pending)
+                    self._apply(principals, page)
                 yield stored
             self._index(pending)
-            self.checkpoints = []
+            self._apply(principals, page)
+            self.checkpoints, self._ended = [], False
             for number, line in enumerate(handle, start=size + 2):
                 self._read_tail_line(number, line)
         counted = self.header.get("checkpoints")
@@ -175,7 +178,7 @@ class BundleReader:
             item = json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise BundleError(f"line {number} of the bundle is not JSON (or nests too deeply)") from exc
-        if self.principals:
+        if self._ended:
             raise BundleError(f"line {number} follows the principals line, which ends a bundle")
         if isinstance(item, dict) and isinstance(item.get("checkpoint"), str):
             if set(item) - {"checkpoint", "cosignatures"}:
@@ -194,7 +197,7 @@ class BundleReader:
                 raise BundleError(f"line {number}: cosignatures are a list of signature lines")
             self.checkpoints.append(StoredCheckpoint(size, b"", note, tuple(cosignatures)))
         elif isinstance(item, dict) and set(item) == {"principals"} and isinstance(item["principals"], dict):
-            self.principals = item["principals"] or {"": None}  # an empty line still ends the bundle
+            self.principals, self._ended = item["principals"], True
         else:
             raise BundleError(
                 f"line {number} is neither a checkpoint nor the principals: more entries than the header's"
@@ -216,6 +219,12 @@ class BundleReader:
             aggregate = Entry.decode(state).to_event().mutate(aggregate)
         return aggregate
 
+    @staticmethod
+    def _apply(principals: _Principals | None, page: list[StoredEntry]) -> None:
+        if principals is not None:
+            principals.apply(page)
+        page.clear()
+
     def _index(self, pending: list[tuple[bytes, int, bytes]]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?, ?)", pending)
         pending.clear()
@@ -228,7 +237,6 @@ class BundleReader:
 def _principals_problem(written: dict[str, Any], derived: dict[str, Any]) -> str | None:
     """The principals line is a convenience, but a reader may take keys from it: it
     must say what the bundle's entries say."""
-    written = {} if written == {"": None} else written
     if written == derived:
         return None
     differing = sorted(n for n in set(written) | set(derived) if written.get(n) != derived.get(n))
