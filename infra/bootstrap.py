@@ -11,6 +11,7 @@ from joserfc.jwk import OKPKey
 
 from infra.keyfiles import KeyFileError, read_jwk, read_secret, write_jwk, write_secret
 from infra.settings import Settings
+from infra.store_role import StoreRole, claim_store_role, refuse_replica
 from infra.writer_lock import take_writer_lock
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -59,9 +60,13 @@ def required_checkpoint_key(settings: Settings) -> SignerKey:
     return key
 
 
-def open_writer_store(settings: Settings, *, doing: str, store: LedgerStore | None = None) -> LedgerStore:
+def open_writer_store(
+    settings: Settings, *, doing: str, role: StoreRole | None, store: LedgerStore | None = None
+) -> LedgerStore:
     """The ledger's store (``store``, or one opened here) holding the ledger's writer lock
-    until it is closed; ``LedgerBusy`` while another process writes the ledger."""
+    until it is closed; ``LedgerBusy`` while another process writes the ledger,
+    ``WrongStoreRole`` if the store is not of ``role`` (a replica given to a sequencer,
+    or the reverse); ``None`` leaves the role to the caller."""
     lock = take_writer_lock(settings, doing=doing)
     try:
         store = store or open_store(settings)
@@ -69,12 +74,18 @@ def open_writer_store(settings: Settings, *, doing: str, store: LedgerStore | No
         lock.release()
         raise
     store.hold_writer_lock(lock)
+    if role is not None:
+        try:
+            claim_store_role(store, role, settings)
+        except BaseException:
+            store.close()
+            raise
     return store
 
 
 def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
     """The ledger's sequencer; its store holds the ledger's writer lock."""
-    store = open_writer_store(settings, doing="writing to it", store=store)
+    store = open_writer_store(settings, doing="writing to it", role=StoreRole.LEDGER, store=store)
     try:
         return Sequencer(
             store,
@@ -118,8 +129,10 @@ def create_ledger(
         now=time.time(),
     )
     parse_transaction(genesis)  # a bad chain, operator or name is refused here
-    store = open_writer_store(settings, doing="creating a ledger in it")  # two inits must not race
+    # two inits must not race; the role is recorded with the genesis entry, not before
+    store = open_writer_store(settings, doing="creating a ledger in it", role=None)
     try:
+        refuse_replica(store, settings)
         if store.head()[0] != 0:
             raise Rejected("genesis_exists", "this ledger already exists; nothing was changed")
         written = [settings.keys_dir / ROOT_KEY_FILE, settings.keys_dir / CHECKPOINT_KEY_FILE]
@@ -139,6 +152,7 @@ def create_ledger(
                     with suppress(OSError):
                         path.unlink(missing_ok=True)
             raise
+        claim_store_role(store, StoreRole.LEDGER, settings)
         sequencer.checkpoint_now()
         return outcome.entry
     finally:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from infra.bootstrap import CHECKPOINT_KEY_FILE, open_views, open_writer_store
 from infra.settings import Settings
+from infra.store_role import StoreRole, WrongStoreRole
 from ledger.replica import Replica
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
@@ -31,7 +32,7 @@ class NodeReplica:
         self.store.close()
 
 
-class NotAReplica(RuntimeError):
+class NotAReplica(WrongStoreRole):
     """The data directory is a sequencer's (it holds the ledger's checkpoint key)."""
 
 
@@ -43,15 +44,16 @@ def open_node(
     verifier: ParallelVerifier | None = None,
 ) -> NodeReplica:
     """The node's replica and read models; ``LedgerBusy`` while another process writes
-    them, ``NotAReplica`` for a sequencer's own directory (a follower would write its
-    markers, and any violation it found, into the ledger's database)."""
+    them, ``NotAReplica`` for a sequencer's own directory and ``WrongStoreRole`` for a
+    ledger's own store (a follower would write its markers, and any violation it found,
+    into the ledger's database)."""
     if (settings.keys_dir / CHECKPOINT_KEY_FILE).exists():
         raise NotAReplica(
             f"{settings.data_dir} holds a ledger's own keys ({CHECKPOINT_KEY_FILE}): it is the"
             " sequencer's data directory; give the node a directory of its own"
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_writer_store(settings, doing="following into it")
+    store = open_writer_store(settings, doing="following into it", role=StoreRole.REPLICA)
     views = open_views(settings)
     view_list = all_views()
     for view in view_list:

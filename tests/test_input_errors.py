@@ -25,9 +25,11 @@ from gateways.kafka.client import KafkaSettings
 from gateways.kafka.relay import Relay
 from gateways.kafka.topics import CosignatureMessage, MessageError, Topics, entry_from_record
 from infra.bootstrap import checkpoint_key, create_ledger
+from infra.node import open_node
 from infra.settings import Settings
 from infra.storage.postgres import ledger_exists
 from ledger.merkle import leaf_hash
+from ledger.verifier import ParallelVerifier
 
 
 def test_records_that_are_not_entries_are_named() -> None:
@@ -209,9 +211,9 @@ def test_a_replica_of_another_ledger_is_named_not_a_traceback(tmp_path: Path, le
     assert signer is not None
     other_key = signer.verifier().to_string()
     node = tmp_path / "node"
-    node.mkdir()
-    ledger.sequencer.store.close()
-    shutil.copy(ledger.settings.data_dir / "ledger.sqlite", node / "ledger.sqlite")  # a replica of it
+    replica = open_node(Settings(data_dir=node), ledger_key=None, chain=None, verifier=ParallelVerifier(0))
+    replica.replica.accept_entries(list(ledger.sequencer.store.read_entries(1, 100)))  # a replica of it
+    replica.close()
     args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", CHAIN]
     result = CliRunner().invoke(cli, [*args, "--ledger-key", other_key])
     assert result.exit_code == 1 and "cannot follow this ledger" in result.output, result.output

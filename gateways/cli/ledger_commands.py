@@ -16,6 +16,7 @@ from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.demo import DemoFederation
 from infra.keyfiles import KeyFileError
 from infra.settings import Settings
+from infra.store_role import WrongStoreRole
 from infra.writer_lock import LedgerBusy
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -41,7 +42,7 @@ def init(settings: Settings, chain: str, origin: str | None, operator: str, disp
         entry = create_ledger(
             settings, chain=chain, origin=origin, operator=operator, display_name=display_name
         )
-    except (Rejected, KeyFileError, ValueError, LedgerBusy) as exc:
+    except (Rejected, KeyFileError, ValueError, LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
     click.echo(f"ledger {chain!r} created in {settings.data_dir} ({settings.engine})")
     click.echo(f"genesis entry 1, leaf hash {entry.leaf_hash.hex()}")

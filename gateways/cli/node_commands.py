@@ -30,8 +30,9 @@ from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
-from infra.node import NotAReplica, open_node
+from infra.node import open_node
 from infra.settings import Settings
+from infra.store_role import WrongStoreRole, refuse_replica
 from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
@@ -110,6 +111,11 @@ def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_fac
     _logging()
     require_ledger(settings)
     store = open_store(settings)
+    try:
+        refuse_replica(store, settings)
+    except WrongStoreRole as exc:
+        store.close()
+        fail(str(exc))
     chain = _chain_of(store)
     topics = Topics.for_ledger(chain, topic_prefix)
     kafka = KafkaSettings(bootstrap, client_id=f"dfg-relay-{chain}", replication_factor=replication_factor)
@@ -233,7 +239,7 @@ def follow(
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except AuditFailure as exc:  # the replica held is not of the ledger named
         fail(f"the replica in {settings.data_dir} cannot follow this ledger: {exc}")
-    except (LedgerBusy, NotAReplica) as exc:
+    except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
@@ -360,7 +366,7 @@ def node_serve(
         fail(f"--chain: {exc}", 2)
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
-    except (LedgerBusy, NotAReplica) as exc:
+    except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
     stop = threading.Event()
     if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them
