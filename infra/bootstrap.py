@@ -30,14 +30,15 @@ def open_store(settings: Settings, *, scan: bool = False, read_only: bool = Fals
     """The ledger's store. ``scan``: for reading the whole log once, in order (an
     audit), which wants a small page cache on SQLite (PostgreSQL's is the server's).
     ``read_only``: an existing ledger that this process only reads (the audit tools),
-    which a database role allowed only to read can then open."""
+    which a database role allowed only to read, or a user who may not write the file
+    (a copy on read-only media), can then open; nothing is written to it."""
     if settings.database_url:
         from infra.storage.postgres import PostgresLedgerStore
 
         return PostgresLedgerStore(settings.database_url, read_only=read_only)
     from infra.storage.sqlite import SQLiteLedgerStore
 
-    return SQLiteLedgerStore(settings.ledger_file, scan=scan)
+    return SQLiteLedgerStore(settings.ledger_file, scan=scan, read_only=read_only)
 
 
 def checkpoint_key(settings: Settings) -> SignerKey | None:

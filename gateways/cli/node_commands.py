@@ -414,7 +414,7 @@ def node_serve(
 def status(settings: Settings, as_json: bool) -> None:
     """Replica size, lag, last verified checkpoint and violations of a node."""
     require_ledger(settings, making="`dfg node follow` makes a replica there")
-    store = open_store(settings)
+    store = open_store(settings, read_only=True)  # beside a running follower
     try:
         size = store.head()[0]
         topic_end = max(store.marker(TOPIC_END_MARKER), size)

@@ -8,6 +8,8 @@ commit durable before the sequencer answers.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -130,22 +132,50 @@ class _ScanPool(_TunedPool):
     cache_kib = SCAN_CACHE_KIB
 
 
-def tuned_datastore(path: Path, *, durable: bool = True, scan: bool = False) -> SQLiteDatastore:
-    datastore = SQLiteDatastore(str(path), lock_timeout=30)
+def tuned_datastore(
+    path: Path, *, durable: bool = True, scan: bool = False, read_only: bool = False
+) -> SQLiteDatastore:
+    name = read_only_uri(path) if read_only else str(path)
+    datastore = SQLiteDatastore(name, lock_timeout=30)
     datastore.pool.close()
     pool_class = _ViewsPool if not durable else _ScanPool if scan else _TunedPool
-    datastore.pool = pool_class(db_name=str(path), lock_timeout=30)
+    datastore.pool = pool_class(db_name=name, lock_timeout=30)
+    if read_only:  # the library would switch the file to WAL mode: a reader changes nothing
+        datastore.pool.is_journal_mode_wal = True
     return datastore
 
 
+def read_only_uri(path: Path) -> str:
+    """The database opened so that nothing can be written to it: an auditor's copy on
+    read-only media, or a live ledger read by a user who may not write it. A database
+    in WAL mode is read through its ``-shm`` index, which SQLite creates beside it; in
+    a directory this process cannot write, with no log there (no writer has it open),
+    the file is read as immutable instead: nobody can be changing it."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not wal.exists():
+        uri += "&immutable=1"
+    return uri
+
+
+class NotALedgerFile(sqlite3.DatabaseError):
+    """A file opened read-only that does not hold a ledger's tables."""
+
+
 class SQLiteLedgerStore(EntryStoreMixin):
-    def __init__(self, path: Path, *, scan: bool = False) -> None:
-        """``scan``: the store is opened to read the log once, in order (``SCAN_CACHE_KIB``)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, scan: bool = False, read_only: bool = False) -> None:
+        """``scan``: the store is opened to read the log once, in order (``SCAN_CACHE_KIB``).
+        ``read_only``: an existing ledger that this process only reads (the audit tools),
+        opened so that SQLite itself refuses any write."""
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.datastore = tuned_datastore(path, scan=scan)
+        self.datastore = tuned_datastore(path, scan=scan, read_only=read_only)
         recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
         if not self._schema_ready():
+            if read_only:
+                self.datastore.close()
+                raise NotALedgerFile(f"{path} holds no ledger (its tables are missing)")
             recorder.create_table()
         self._wire(recorder)
 
