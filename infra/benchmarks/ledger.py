@@ -202,10 +202,12 @@ def _audit_process_setup() -> None:
 
 
 def _audit_rate_here(settings: Settings) -> float:
-    store = open_store(settings, scan=True)
+    # opened as `dfg audit verify` opens it (read-only)
+    store = open_store(settings, scan=True, read_only=True)
     try:
         started = time.perf_counter()
-        report = audit_in_segments(store, partial(open_store, settings, scan=True), setup=tune_for_throughput)
+        segment_store = partial(open_store, settings, scan=True, read_only=True)
+        report = audit_in_segments(store, segment_store, setup=tune_for_throughput)
         elapsed = time.perf_counter() - started
         if not report.ok:
             raise RuntimeError(f"the benchmark ledger does not verify: {report.first_problem}")
