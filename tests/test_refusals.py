@@ -1445,3 +1445,45 @@ def test_batch_of_only_refusals_changes_nothing(any_ledger: Ledger) -> None:
     assert [o.code for o in outcomes] == ["non_canonical_base64", "expired", "unknown_type"]
     assert any_ledger.head() == head
     assert any_ledger.sequencer.store.last_nonce("sp:app") == 0
+
+
+def test_ledgers_made_with_default_options_do_not_share_an_id(tmp_path: Path) -> None:
+    """`dfg init` without --chain names each ledger anew: a fixed default gave every such
+    ledger one id (a staging ledger and the production one, say), and a transaction
+    signed for one was valid on the other for a provider whose key both admitted."""
+    from click.testing import CliRunner
+    from conftest import give_level1
+
+    from gateways.cli.main import cli
+    from infra.bootstrap import open_sequencer
+
+    app_key = OKPKey.generate_key("Ed25519")
+    ledgers: list[Ledger] = []
+    for name in ("staging", "production"):
+        settings = Settings(data_dir=tmp_path / name)
+        assert CliRunner().invoke(cli, ["init", "--data", str(settings.data_dir)]).exit_code == 0
+        sequencer = open_sequencer(settings)
+        assert sequencer.chain is not None
+        operator = root_signer(settings, sequencer.chain, OPERATOR)
+        operator.nonce = 1
+        ledger = Ledger(settings, sequencer, operator)
+        body = {"principal": "sp:app", "kind": "service_provider", "display_name": "App"}
+        ledger.accept(
+            ledger.sign(operator, "principal.admit", {**body, "jwk": public_jwk(app_key).as_dict()})
+        )
+        ledgers.append(ledger)
+    staging, production = ledgers
+    try:
+        assert staging.sequencer.chain != production.sequencer.chain
+        assert all(len(led.sequencer.chain or "") == len("dfg-") + 8 for led in ledgers)
+        for_staging = give_level1(
+            staging, TransactionSigner("sp:app", app_key, staging.sequencer.chain or ""), "p-1"
+        )
+        staging.accept(for_staging)
+        before = production.head()
+        (outcome,) = production.submit(for_staging)
+        assert isinstance(outcome, Rejected) and outcome.code == "wrong_chain"
+        assert production.head() == before
+    finally:
+        for led in ledgers:
+            led.sequencer.store.close()

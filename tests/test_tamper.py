@@ -73,7 +73,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     exe = Path(sys.executable).parent / "dfg"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from gateways.cli.main import main; main()"]
     for args in (
-        ["init", "--data", str(data)],
+        ["init", "--data", str(data), "--chain", "dfg-local"],
         ["demo", "populate", "--data", str(data), "--entries", str(POPULATED)],
     ):
         done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)

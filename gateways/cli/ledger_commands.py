@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +28,12 @@ DEFAULT_OPERATOR = "op:federation"
 
 @click.command("init")
 @ledger_options
-@click.option("--chain", default="dfg-local", show_default=True, help="Ledger id (no replay across ledgers).")
+@click.option(
+    "--chain",
+    default=None,
+    help="Ledger id, named in every signed transaction, so that none is valid on another"
+    " ledger [default: dfg-<8 random hex digits>, unique to this ledger].",
+)
 @click.option("--origin", default=None, help="Checkpoint origin line [default: dfg.local/<chain>].")
 @click.option(
     "--operator",
@@ -36,8 +42,12 @@ DEFAULT_OPERATOR = "op:federation"
     help="Principal id of the first operator.",
 )
 @click.option("--name", "display_name", default="DfG federation", show_default=True)
-def init(settings: Settings, chain: str, origin: str | None, operator: str, display_name: str) -> None:
+def init(settings: Settings, chain: str | None, origin: str | None, operator: str, display_name: str) -> None:
     """Create a ledger: root key, checkpoint key and the genesis entry."""
+    # A fixed default would give every ledger made with defaults one id (a staging
+    # ledger and the production one, say), and a transaction signed for one would be
+    # valid on the other for a principal whose key is admitted to both.
+    chain = f"dfg-{secrets.token_hex(4)}" if chain is None else chain
     try:
         entry = create_ledger(
             settings, chain=chain, origin=origin, operator=operator, display_name=display_name
