@@ -81,6 +81,9 @@ class AuditReport:
     final_checkpoints: int = 0
     #: Contiguous ranges the entries were replayed in, side by side (1: one pass).
     segments: int = 1
+    #: A live ledger: its size when the audit ended, beyond the head it audited (0: it
+    #: did not grow). Entries appended meanwhile are left to the next audit.
+    grown_to: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -351,7 +354,7 @@ class Auditor:
         size = self._frontier.size
         if size == 0:  # nothing to trust: no genesis entry names the chain or its keys
             self._fail(1, "is missing: the log is empty, it has no genesis entry")
-        if self._segment_end is not None and size < self._segment_end:
+        if self._segment_end is not None and size < self._segment_end and head is None:
             self._fail(size + 1, f"is missing: the log ends at {size}, before the segment's last entry")
         if self._next_checkpoint < len(self._checkpoints):
             cp = self._checkpoints[self._next_checkpoint]
@@ -700,10 +703,15 @@ def audit_store(
     progress: Callable[[int], None] | None = None,
     witnesses: WitnessPolicy | None = None,
 ) -> AuditReport:
-    """Audit a ledger in its database: entries, stored tree, checkpoints, head, nonce index."""
+    """Audit a ledger in its database: entries, stored tree, checkpoints, head, nonce
+    index; as it stood at its head when the audit began (a live ledger grows meanwhile)."""
+    # The checkpoints are read before the head: a checkpoint is saved after the entries
+    # it covers, so the head read next covers every one of them.
+    checkpoints = list(all_checkpoints(store))
+    head = store.head()
     auditor = Auditor(
         load=store.load_aggregate_before,
-        checkpoints=list(all_checkpoints(store)),
+        checkpoints=checkpoints,
         read_nodes=store.read_nodes,
         read_node_range=store.read_node_range,
         verifier=verifier,
@@ -711,10 +719,29 @@ def audit_store(
         expected_chain=expected_chain,
         witnesses=witnesses,
     )
-    return audit(
-        batched(store.read_entries),
+    report = audit(
+        batched(store.read_entries, stop=head[0]),
         auditor,
-        head=store.head(),
-        tx_index=store.tx_index_summary,
+        head=head,
+        tx_index=lambda: store.tx_index_summary(upto=head[0]),
         progress=progress,
     )
+    if report.ok:
+        check_beyond_head(store, head[0], report)
+    return report
+
+
+def check_beyond_head(store: LedgerStore, size: int, report: AuditReport) -> None:
+    """Entries stored after the head the audit began from: new ones, if the head has
+    moved on since (the sequencer commits an entry and the head together; the entry is
+    read first, so a head read after it covers it), else entries outside the ledger,
+    written behind the sequencer's back."""
+    if not store.read_entries(size + 1, 1):
+        return
+    now = store.head()[0]
+    if now > size:
+        report.grown_to = now
+    else:
+        report.problems.append(
+            Problem(size + 1, f"is stored beyond the ledger's head (size {size}): no head covers it")
+        )

@@ -103,8 +103,9 @@ class LedgerStore(Protocol):
 
     def last_nonce(self, signer: str) -> int: ...
 
-    def tx_index_summary(self) -> tuple[int, dict[str, int]]:
-        """(rows, last nonce per signer) of the nonce index, for the audit."""
+    def tx_index_summary(self, upto: int | None = None) -> tuple[int, dict[str, int]]:
+        """(rows, last nonce per signer) of the nonce index, for the audit (of the
+        entries up to ``upto``: the audit's head)."""
         ...
 
     def find_tx(self, signer: str, nonce: int) -> int | None: ...

@@ -283,6 +283,11 @@ def _print_report(
         )
     if held:
         click.echo(f"the ledger extends the {held} checkpoint(s) you hold (--known-checkpoint)")
+    if report.grown_to:
+        click.echo(
+            f"the ledger grew to {report.grown_to} entries while it was read: this audit covers it as it"
+            f" stood at {report.entries}; the next one checks the rest"
+        )
 
 
 @audit.command("export")

@@ -317,12 +317,14 @@ class PostgresLedgerStore(EntryStoreMixin):
         row = self._one("SELECT MAX(nonce) AS n FROM {s}.ledger_tx WHERE signer = %s", (signer,))
         return int(row["n"]) if row and row["n"] is not None else 0
 
-    def tx_index_summary(self) -> tuple[int, dict[str, int]]:
+    def tx_index_summary(self, upto: int | None = None) -> tuple[int, dict[str, int]]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(
                 self._recorder.q(
-                    "SELECT signer, COUNT(*) AS n, MAX(nonce) AS m FROM {s}.ledger_tx GROUP BY signer"
-                )
+                    "SELECT signer, COUNT(*) AS n, MAX(nonce) AS m FROM {s}.ledger_tx"
+                    " WHERE seq <= %s GROUP BY signer"
+                ),
+                (NO_END if upto is None else upto,),
             )
             rows = curs.fetchall()
         return sum(int(r["n"]) for r in rows), {r["signer"]: int(r["m"]) for r in rows}

@@ -269,9 +269,12 @@ class SQLiteLedgerStore(EntryStoreMixin):
             row = c.fetchone()
             return int(row[0]) if row and row[0] is not None else 0
 
-    def tx_index_summary(self) -> tuple[int, dict[str, int]]:
+    def tx_index_summary(self, upto: int | None = None) -> tuple[int, dict[str, int]]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT signer, COUNT(*), MAX(nonce) FROM ledger_tx GROUP BY signer")
+            c.execute(
+                "SELECT signer, COUNT(*), MAX(nonce) FROM ledger_tx WHERE seq <= ? GROUP BY signer",
+                (NO_END if upto is None else upto,),
+            )
             rows = c.fetchall()
         return sum(r[1] for r in rows), {r[0]: int(r[2]) for r in rows}
 
