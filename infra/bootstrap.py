@@ -11,7 +11,7 @@ from joserfc.jwk import OKPKey
 
 from infra.keyfiles import KeyFileError, read_jwk, read_secret, write_jwk, write_secret
 from infra.settings import Settings
-from infra.store_role import StoreRole, claim_store_role, refuse_replica
+from infra.store_role import StoreRole, check_store_role, claim_store_role
 from infra.writer_lock import take_writer_lock
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -62,12 +62,13 @@ def required_checkpoint_key(settings: Settings) -> SignerKey:
 
 
 def open_writer_store(
-    settings: Settings, *, doing: str, role: StoreRole | None, store: LedgerStore | None = None
+    settings: Settings, *, doing: str, role: StoreRole, store: LedgerStore | None = None
 ) -> LedgerStore:
     """The ledger's store (``store``, or one opened here) holding the ledger's writer lock
     until it is closed; ``LedgerBusy`` while another process writes the ledger,
-    ``WrongStoreRole`` if the store is not of ``role`` (a replica given to a sequencer,
-    or the reverse); ``None`` leaves the role to the caller."""
+    ``WrongStoreRole`` if the store is of the other role than ``role`` (a replica given
+    to a sequencer, or the reverse). The caller records the role (``claim_store_role``)
+    once its own checks have passed."""
     lock = take_writer_lock(settings, doing=doing)
     try:
         store = store or open_store(settings)
@@ -75,24 +76,27 @@ def open_writer_store(
         lock.release()
         raise
     store.hold_writer_lock(lock)
-    if role is not None:
-        try:
-            claim_store_role(store, role, settings)
-        except BaseException:
-            store.close()
-            raise
+    try:
+        check_store_role(store, role, settings)
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
 def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
     """The ledger's sequencer; its store holds the ledger's writer lock."""
+    key = required_checkpoint_key(settings)  # before the store: a refused start leaves no mark
     store = open_writer_store(settings, doing="writing to it", role=StoreRole.LEDGER, store=store)
     try:
-        return Sequencer(
+        sequencer = Sequencer(
             store,
-            checkpoint_key=required_checkpoint_key(settings),
+            checkpoint_key=key,
             policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_ms),
         )
+        if sequencer.ledger is not None:  # an empty store is claimed with its genesis entry
+            claim_store_role(store, StoreRole.LEDGER, settings)
+        return sequencer
     except BaseException:
         store.close()
         raise
@@ -131,9 +135,8 @@ def create_ledger(
     )
     parse_transaction(genesis)  # a bad chain, operator or name is refused here
     # two inits must not race; the role is recorded with the genesis entry, not before
-    store = open_writer_store(settings, doing="creating a ledger in it", role=None)
+    store = open_writer_store(settings, doing="creating a ledger in it", role=StoreRole.LEDGER)
     try:
-        refuse_replica(store, settings)
         if store.head()[0] != 0:
             raise Rejected("genesis_exists", "this ledger already exists; nothing was changed")
         written = [settings.keys_dir / ROOT_KEY_FILE, settings.keys_dir / CHECKPOINT_KEY_FILE]

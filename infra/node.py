@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from infra.bootstrap import CHECKPOINT_KEY_FILE, open_views, open_writer_store
 from infra.settings import Settings
-from infra.store_role import StoreRole, WrongStoreRole
+from infra.store_role import StoreRole, WrongStoreRole, claim_store_role
 from ledger.replica import Replica
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
@@ -54,9 +54,15 @@ def open_node(
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_writer_store(settings, doing="following into it", role=StoreRole.REPLICA)
-    views = open_views(settings)
+    try:
+        # the replica first: it refuses a store holding another ledger than the one named
+        replica = Replica(store, verifier=verifier, expected_checkpoint_key=ledger_key, expected_chain=chain)
+        claim_store_role(store, StoreRole.REPLICA, settings)
+        views = open_views(settings)
+    except BaseException:
+        store.close()
+        raise
     view_list = all_views()
     for view in view_list:
         prepare(views, view, store.read_entries)
-    replica = Replica(store, verifier=verifier, expected_checkpoint_key=ledger_key, expected_chain=chain)
     return NodeReplica(store, views, view_list, replica)

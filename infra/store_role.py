@@ -5,8 +5,8 @@ nothing else tells them apart once a data directory or a schema is given to the 
 command: a sequencer started on a replica would append entries the ledger never had (a
 fork under the ledger's name), and a follower started on a ledger would write its
 markers and any violation it found into the ledger's own database. The role is
-recorded in the store by the first writer (under the writer lock) and checked by every
-later one.
+recorded in the store by the first writer whose own checks pass (under the writer
+lock), and checked by every writer before it writes anything.
 """
 
 from __future__ import annotations
@@ -36,21 +36,41 @@ def store_role(store: LedgerStore) -> StoreRole | None:
     return StoreRole(value) if value in (StoreRole.LEDGER, StoreRole.REPLICA) else None
 
 
+#: Progress markers only a ledger's relay writes, and only a node's follower writes
+#: (``gateways.kafka.relay``, ``gateways.kafka.follower``): what tells the two apart in
+#: a store written before roles were recorded.
+LEDGER_EVIDENCE = ("relay.entries", "relay.checkpoints")
+REPLICA_EVIDENCE = ("follower.checkpoints", "follower.topic_end", "follower.cosigned")
+
+
+def _evident_role(store: LedgerStore) -> StoreRole | None:
+    recorded = store_role(store)
+    if recorded is not None:
+        return recorded
+    if any(store.marker(name) for name in REPLICA_EVIDENCE) or store.violations():
+        return StoreRole.REPLICA
+    if any(store.marker(name) for name in LEDGER_EVIDENCE):
+        return StoreRole.LEDGER
+    return None
+
+
+def check_store_role(store: LedgerStore, role: StoreRole, settings: Settings) -> None:
+    """``WrongStoreRole`` if the store is of the other role, as recorded or, in a store
+    from before roles were recorded, as its markers show. Writes nothing: a command
+    records the role (``claim_store_role``) once its own checks have passed, so that a
+    refused one leaves no mark."""
+    evident = _evident_role(store)
+    if evident is not None and evident is not role:
+        raise WrongStoreRole(_wrong_role_message(evident, settings))
+
+
 def claim_store_role(store: LedgerStore, role: StoreRole, settings: Settings) -> None:
-    """Record ``role`` in an unclaimed store, or raise ``WrongStoreRole`` if the store
-    holds the other one. Call with the writer lock held, so that two writers cannot
-    both claim it."""
-    held = store_role(store)
-    if held is None:
+    """Record ``role`` in a store not yet recorded as anything (after
+    ``check_store_role``'s check). Call with the writer lock held, so that two writers
+    cannot both claim it."""
+    check_store_role(store, role, settings)
+    if store_role(store) is None:
         store.set_marker(ROLE_MARKER, role)
-    elif held is not role:
-        raise WrongStoreRole(_wrong_role_message(held, settings))
-
-
-def refuse_replica(store: LedgerStore, settings: Settings) -> None:
-    """For a reader that must only ever serve a ledger (the relay publishes it)."""
-    if store_role(store) is StoreRole.REPLICA:
-        raise WrongStoreRole(_wrong_role_message(StoreRole.REPLICA, settings))
 
 
 def describe_store(settings: Settings) -> str:

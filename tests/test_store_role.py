@@ -17,10 +17,23 @@ from click.testing import CliRunner
 from conftest import CHAIN, Ledger, give_level1, make_ledger
 
 from gateways.cli.main import cli
+from gateways.kafka.follower import CHECKPOINTS_MARKER as FOLLOWER_CHECKPOINTS
+from gateways.kafka.follower import COSIGNED_MARKER, TOPIC_END_MARKER
+from gateways.kafka.relay import CHECKPOINTS_MARKER
+from gateways.kafka.relay import ENTRIES_MARKER as RELAY_ENTRIES
 from infra.bootstrap import checkpoint_key, open_sequencer, open_store
+from infra.keyfiles import KeyFileError
 from infra.node import open_node
 from infra.settings import Settings
-from infra.store_role import ROLE_MARKER, StoreRole, WrongStoreRole, store_role
+from infra.store_role import (
+    LEDGER_EVIDENCE,
+    REPLICA_EVIDENCE,
+    ROLE_MARKER,
+    StoreRole,
+    WrongStoreRole,
+    store_role,
+)
+from ledger.audit import AuditFailure
 from ledger.verifier import ParallelVerifier
 
 
@@ -129,15 +142,58 @@ def test_a_node_refuses_a_ledgers_store(places: tuple[Settings, Settings]) -> No
         assert store.violations() == [] and store_role(store) is StoreRole.LEDGER
 
 
-def test_a_store_from_before_roles_is_claimed_by_its_first_writer(any_ledger: Ledger) -> None:
-    store = any_ledger.sequencer.store
-    store.set_marker(ROLE_MARKER, 0)
-    store.close()
-    sequencer = open_sequencer(any_ledger.settings)
-    try:
-        assert store_role(sequencer.store) is StoreRole.LEDGER
-    finally:
-        any_ledger.sequencer = sequencer  # for the fixture's teardown
+def test_a_store_from_before_roles_is_known_by_its_markers(places: tuple[Settings, Settings]) -> None:
+    """A store written before roles were recorded: a node's follower leaves its
+    position, a ledger's relay its own; a store with neither is claimed by the first
+    writer whose checks pass."""
+    ledger_at, node_at = places
+    ledger = _ledger_with_entries(ledger_at)
+    _replicate(ledger, node_at)
+    ledger.sequencer.store.close()
+    shutil.copytree(ledger_at.keys_dir, node_at.keys_dir)
+    for settings, evidence in ((ledger_at, RELAY_ENTRIES), (node_at, FOLLOWER_CHECKPOINTS)):
+        with closing(open_store(settings)) as store:
+            store.set_marker(ROLE_MARKER, 0)
+            store.set_marker(evidence, 3)
+    with pytest.raises(WrongStoreRole, match="is a node's replica of a ledger"):
+        open_sequencer(node_at)
+    node_keys = Settings(data_dir=ledger_at.data_dir.with_name("node2"), database_url=ledger_at.database_url)
+    if ledger_at.database_url:  # (on SQLite the ledger's own keys directory is refused first)
+        with pytest.raises(WrongStoreRole, match="is a ledger's own store"):
+            open_node(node_keys, ledger_key=None, chain=None, verifier=ParallelVerifier(0))
+    for settings in places:
+        with closing(open_store(settings)) as store:
+            assert store_role(store) is None  # refusals record nothing
+    open_sequencer(ledger_at).store.close()
+    with closing(open_store(ledger_at)) as store:
+        assert store_role(store) is StoreRole.LEDGER
+
+
+def test_a_refused_start_records_no_role(places: tuple[Settings, Settings]) -> None:
+    """A sequencer without its checkpoint key, a node named another chain: refused, and
+    the store is as it was (a role recorded then would lock its real owner out)."""
+    ledger_at, node_at = places
+    ledger = _ledger_with_entries(ledger_at)
+    _replicate(ledger, node_at)
+    ledger.sequencer.store.close()
+    for settings in places:
+        with closing(open_store(settings)) as store:
+            store.set_marker(ROLE_MARKER, 0)
+    with pytest.raises(KeyFileError, match=r"checkpoint\.key is missing"):
+        open_sequencer(node_at)  # the node's directory holds no ledger keys
+    node_keys = Settings(data_dir=ledger_at.data_dir.with_name("node2"), database_url=ledger_at.database_url)
+    if ledger_at.database_url:
+        with pytest.raises(AuditFailure, match="not the expected 'another-chain'"):
+            open_node(node_keys, ledger_key=None, chain="another-chain", verifier=ParallelVerifier(0))
+    for settings in places:
+        with closing(open_store(settings)) as store:
+            assert store_role(store) is None
+    open_sequencer(ledger_at).store.close()  # and the ledger still starts
+
+
+def test_the_evidence_names_the_markers_the_relay_and_the_follower_write() -> None:
+    assert RELAY_ENTRIES in LEDGER_EVIDENCE and CHECKPOINTS_MARKER in LEDGER_EVIDENCE
+    assert {FOLLOWER_CHECKPOINTS, TOPIC_END_MARKER, COSIGNED_MARKER} == set(REPLICA_EVIDENCE)
 
 
 def _place_options(settings: Settings) -> list[str]:

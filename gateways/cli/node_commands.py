@@ -32,7 +32,7 @@ from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import open_node
 from infra.settings import Settings
-from infra.store_role import WrongStoreRole, refuse_replica
+from infra.store_role import StoreRole, WrongStoreRole, check_store_role
 from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
@@ -112,7 +112,7 @@ def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_fac
     require_ledger(settings)
     store = open_store(settings)
     try:
-        refuse_replica(store, settings)
+        check_store_role(store, StoreRole.LEDGER, settings)
     except WrongStoreRole as exc:
         store.close()
         fail(str(exc))
