@@ -4,21 +4,23 @@ as a regulator or an operator's monitoring would get) runs every audit tool."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import PG_URL, make_ledger
+from conftest import CHAIN, OPERATOR, PG_URL, Ledger, make_ledger
 
-import infra.storage.sqlite as sqlite_storage
 from gateways.cli.main import cli
-from infra.bootstrap import open_store
+from infra.bootstrap import open_sequencer, open_store, root_signer
 from infra.settings import Settings
 from infra.storage.postgres import database_url_schema
-from infra.storage.sqlite import read_only_uri
+from infra.storage.sqlite_read_only import ChangedWhileRead, read_only_uri
 
 
 @pytest.mark.postgres
@@ -91,30 +93,92 @@ def test_the_audit_tools_open_a_sqlite_ledger_so_that_nothing_can_be_written(tmp
     assert settings.ledger_file.read_bytes() == before
 
 
-def test_a_ledger_in_a_directory_the_auditor_cannot_write_is_read_as_immutable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Read-only media, or a directory of another user: SQLite cannot create the index
-    of a write-ahead log there, and a plain read-only open fails ("unable to open
-    database file"). With no log beside it, no writer has the file open."""
-    settings = _small_ledger(tmp_path)
-    assert "immutable" not in read_only_uri(settings.ledger_file)
-    real_access = os.access
-
-    def access(path: Any, mode: int) -> bool:
-        return (
-            mode != os.W_OK and real_access(path, mode)
-            if Path(path) == settings.data_dir
-            else real_access(path, mode)
-        )
-
-    monkeypatch.setattr(sqlite_storage.os, "access", access)
-    assert read_only_uri(settings.ledger_file).endswith("?mode=ro&immutable=1")
-    store = open_store(settings, read_only=True)
+@contextmanager
+def _read_only_view(source: Path, at: Path) -> Iterator[Path]:
+    """``source`` seen read-only at ``at`` (a bind mount): what an auditor meets on
+    read-only media or in another user's directory. The tests run as root, who may
+    write anywhere else."""
+    at.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "--bind", source, at], capture_output=True)
+    if not mounted or mounted.returncode != 0:
+        pytest.skip("a read-only view of a directory needs root and mount(8) (a bind mount)")
     try:
-        assert store.head()[0] == 2 and len(store.read_entries(1, 10)) == 2
+        subprocess.run(["mount", "-o", "remount,ro,bind", at], check=True, capture_output=True)
+        yield at
     finally:
-        store.close()
+        subprocess.run(["umount", "--lazy", at], capture_output=True)  # even with a file left open
+
+
+def test_a_closed_ledger_on_read_only_media_is_read_as_immutable(tmp_path: Path) -> None:
+    """SQLite cannot create a write-ahead log's index there, and a plain read-only open
+    failed ("unable to open database file"); with no log beside it, no writer has it."""
+    settings = _small_ledger(tmp_path)
+    with _read_only_view(settings.data_dir, tmp_path / "media") as media:
+        uri, stamp = read_only_uri(media / "ledger.sqlite")
+        assert uri.endswith("?mode=ro&immutable=1") and stamp is not None
+        for command in (
+            ["audit", "verify", "--no-progress", "--segments", "2"],
+            ["audit", "export", "--out", str(tmp_path / "bundle.jsonl")],
+            ["audit", "prove", "--seq", "2"],
+            ["node", "status"],
+        ):
+            result = CliRunner().invoke(cli, [*command, "--data", str(media)])
+            assert result.exit_code == 0, (command, result.output)
+
+
+def test_a_writer_starting_during_an_immutable_read_is_named(tmp_path: Path) -> None:
+    settings = _small_ledger(tmp_path)
+    with _read_only_view(settings.data_dir, tmp_path / "media") as media:
+        store = open_store(Settings(data_dir=media), read_only=True)
+        try:
+            assert len(store.read_entries(1, 10)) == 2
+            led = Ledger(settings, open_sequencer(settings), root_signer(settings, CHAIN, OPERATOR))
+            led.operator.nonce = 2
+            led.admit("sp:other", "service_provider")
+            led.sequencer.store.close()
+            with pytest.raises(ChangedWhileRead, match="changed while it was read as an immutable file"):
+                store.read_entries(1, 10)
+        finally:
+            store.close()
+
+
+def test_a_copy_whose_log_lacks_its_index_is_named(tmp_path: Path) -> None:
+    """A backup of a live ledger without its -shm file, on read-only media: read as
+    immutable, its log's transactions would silently be left out."""
+    settings = Settings(data_dir=tmp_path / "data")
+    led = make_ledger(settings)
+    led.admit("sp:app", "service_provider")
+    led.sequencer.checkpoint_now()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("ledger.sqlite", "ledger.sqlite-wal"):
+        shutil.copy(settings.data_dir / name, copy / name)
+    led.sequencer.store.close()
+    assert (copy / "ledger.sqlite-wal").stat().st_size > 0
+    with _read_only_view(copy, tmp_path / "media") as media:
+        result = CliRunner().invoke(cli, ["audit", "verify", "--no-progress", "--data", str(media)])
+    assert result.exit_code == 1, result.output
+    assert "ledger.sqlite-wal holds transactions not yet copied into ledger.sqlite" in result.output
+
+
+def test_a_ledger_file_reached_through_a_symbolic_link_is_read_with_its_own_log(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    led = make_ledger(settings)
+    led.admit("sp:app", "service_provider")
+    led.sequencer.checkpoint_now()
+    try:
+        link = tmp_path / "link"
+        link.mkdir()
+        (link / "ledger.sqlite").symlink_to(settings.ledger_file)
+        uri, stamp = read_only_uri(link / "ledger.sqlite")
+        assert uri == f"{settings.ledger_file.resolve().as_uri()}?mode=ro" and stamp is None
+        store = open_store(Settings(data_dir=link), read_only=True)
+        try:
+            assert store.head() == led.head()
+        finally:
+            store.close()
+    finally:
+        led.sequencer.store.close()
 
 
 def test_a_sqlite_file_without_a_ledger_is_named(tmp_path: Path) -> None:

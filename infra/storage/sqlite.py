@@ -8,7 +8,6 @@ commit durable before the sequencer answers.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 import uuid
@@ -26,6 +25,7 @@ from eventsourcing.sqlite import (
 )
 
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
+from infra.storage.sqlite_read_only import FileStamp, check_unchanged, read_only_uri
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint, StoredEntry
 
 CACHE_KIB = 64 * 1024
@@ -133,29 +133,18 @@ class _ScanPool(_TunedPool):
 
 
 def tuned_datastore(
-    path: Path, *, durable: bool = True, scan: bool = False, read_only: bool = False
+    path: Path, *, durable: bool = True, scan: bool = False, read_only_uri: str | None = None
 ) -> SQLiteDatastore:
-    name = read_only_uri(path) if read_only else str(path)
+    """``read_only_uri``: the file opened read-only, through this URI
+    (``sqlite_read_only``)."""
+    name = read_only_uri or str(path)
     datastore = SQLiteDatastore(name, lock_timeout=30)
     datastore.pool.close()
     pool_class = _ViewsPool if not durable else _ScanPool if scan else _TunedPool
     datastore.pool = pool_class(db_name=name, lock_timeout=30)
-    if read_only:  # the library would switch the file to WAL mode: a reader changes nothing
+    if read_only_uri:  # the library would switch the file to WAL mode: a reader changes nothing
         datastore.pool.is_journal_mode_wal = True
     return datastore
-
-
-def read_only_uri(path: Path) -> str:
-    """The database opened so that nothing can be written to it: an auditor's copy on
-    read-only media, or a live ledger read by a user who may not write it. A database
-    in WAL mode is read through its ``-shm`` index, which SQLite creates beside it; in
-    a directory this process cannot write, with no log there (no writer has it open),
-    the file is read as immutable instead: nobody can be changing it."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    wal = path.with_name(path.name + "-wal")
-    if not os.access(path.parent, os.W_OK) and not wal.exists():
-        uri += "&immutable=1"
-    return uri
 
 
 class NotALedgerFile(sqlite3.DatabaseError):
@@ -167,10 +156,15 @@ class SQLiteLedgerStore(EntryStoreMixin):
         """``scan``: the store is opened to read the log once, in order (``SCAN_CACHE_KIB``).
         ``read_only``: an existing ledger that this process only reads (the audit tools),
         opened so that SQLite itself refuses any write."""
-        if not read_only:
+        uri: str | None = None
+        #: A file read as immutable: its stamp, checked at every page of entries read.
+        self._immutable: FileStamp | None = None
+        if read_only:
+            uri, self._immutable = read_only_uri(path)
+        else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.datastore = tuned_datastore(path, scan=scan, read_only=read_only)
+        self.datastore = tuned_datastore(path, scan=scan, read_only_uri=uri)
         recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
         if not self._schema_ready():
             if read_only:
@@ -216,6 +210,8 @@ class SQLiteLedgerStore(EntryStoreMixin):
         """As the event store's notification log reads them (notification id = rowid),
         without its notification objects: a third less time per entry for the audit's
         and the relay's sequential reads."""
+        if self._immutable is not None:
+            check_unchanged(self.path, self._immutable)
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 f"SELECT rowid, originator_id, originator_version, topic, state FROM {EVENTS_TABLE}"
