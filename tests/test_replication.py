@@ -563,7 +563,7 @@ def _step_until(follower: Follower, condition: Callable[[], bool], what: str) ->
 def test_a_replica_pointed_at_another_ledger_with_its_chain_id_stops_and_records_nothing(
     ledger: Ledger, kafka: KafkaSettings, tmp_path: Path
 ) -> None:
-    """Every `dfg init` defaults to one chain id. A replica of ledger A pointed at the
+    """Two ledgers may be given one chain id. A replica of ledger A pointed at the
     topics of ledger B, which is longer, used to skip B's entries up to its own size
     unread, verify B's next entries against A's keys and record a violation against A
     (after which it accepted nothing, for good)."""

@@ -32,7 +32,7 @@ from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import open_node
 from infra.settings import Settings
-from infra.store_role import StoreRole, WrongStoreRole, check_store_role
+from infra.store_role import StoreRole, WrongStoreRole, check_store_role, describe_store
 from infra.writer_lock import LedgerBusy
 from ledger.audit import AuditFailure
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
@@ -238,7 +238,7 @@ def follow(
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except AuditFailure as exc:  # the replica held is not of the ledger named
-        fail(f"the replica in {settings.data_dir} cannot follow this ledger: {exc}")
+        fail(f"the replica in {describe_store(settings)} cannot follow this ledger: {exc}")
     except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica

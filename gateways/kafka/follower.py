@@ -217,7 +217,7 @@ class Follower:
         """The topic must hold the newest entry this replica holds, byte for byte, before
         anything after it is taken from there. Skipped unread, the entries before the
         replica's size let a node pointed at another ledger with the same chain id
-        (every `dfg init` defaults to one) verify that ledger's next entries against its
+        (two ledgers given one `--chain`) verify that ledger's next entries against its
         own and record a violation against the ledger it follows. Not evidence (records
         are not signed by the ledger), so it stops as for another ledger's topics."""
         assert self._check_held is not None
