@@ -35,10 +35,14 @@ def open_store(settings: Settings, *, scan: bool = False, read_only: bool = Fals
     if settings.database_url:
         from infra.storage.postgres import PostgresLedgerStore
 
-        return PostgresLedgerStore(settings.database_url, read_only=read_only)
+        return PostgresLedgerStore(
+            settings.database_url, read_only=read_only, lock_timeout_s=settings.lock_timeout_s
+        )
     from infra.storage.sqlite import SQLiteLedgerStore
 
-    return SQLiteLedgerStore(settings.ledger_file, scan=scan, read_only=read_only)
+    return SQLiteLedgerStore(
+        settings.ledger_file, scan=scan, read_only=read_only, lock_timeout_s=settings.lock_timeout_s
+    )
 
 
 def checkpoint_key(settings: Settings) -> SignerKey | None:

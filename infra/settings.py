@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+#: How long a writer waits for a database lock that another process holds (an
+#: administrator's ``LOCK TABLE``, ``VACUUM FULL`` or ``CREATE INDEX`` on PostgreSQL, a
+#: ``BEGIN IMMEDIATE`` in a SQLite shell) before its batch fails: the batch's submitters
+#: are then told to resubmit (HTTP 503) rather than kept waiting for as long as the lock
+#: is held. Backups (``pg_dump``) and readers take no lock that a writer waits for.
+LOCK_TIMEOUT_S = 30
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -12,6 +19,7 @@ class Settings:
     database_url: str | None = None
     checkpoint_every: int = 1000
     checkpoint_interval_ms: int = 1000
+    lock_timeout_s: int = LOCK_TIMEOUT_S
 
     @property
     def ledger_file(self) -> Path:

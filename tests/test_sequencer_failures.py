@@ -306,3 +306,71 @@ def test_a_writer_lock_lost_with_its_connection_is_taken_again_or_stops_the_writ
         led.admit("sp:after-release", "service_provider")  # the other writer has gone
     finally:
         led.sequencer.store.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_lock_held_by_another_process_fails_the_batch_with_a_503_after_the_lock_timeout(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An administrator's lock on the ledger's tables (``CREATE INDEX`` or ``VACUUM FULL``
+    on PostgreSQL, a ``BEGIN IMMEDIATE`` in a SQLite shell) held the PostgreSQL
+    sequencer for as long as it was held, and every submitter with it. A batch now fails
+    after the lock timeout with nothing written, its submitter is told to resubmit, and
+    the same transaction is accepted once the lock is gone."""
+    import json
+    import sqlite3
+    import urllib.error
+    import urllib.request
+
+    import psycopg
+    from conftest import PG_URL, make_ledger
+    from http_server import running_server
+
+    from infra.bootstrap import open_store
+    from infra.settings import Settings
+    from infra.storage.common import EVENTS_TABLE
+    from infra.storage.postgres import database_url_schema
+
+    url = request.getfixturevalue("pg_schema_url") if engine == "postgres" else None
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, lock_timeout_s=1)
+    led = make_ledger(settings)
+    app = led.admit("sp:app", "service_provider")
+    token = _consent(led, app, "p-1")
+    head = led.head()
+    led.sequencer.store.close()  # the server opens its own
+
+    def post() -> tuple[int, Any]:
+        call = urllib.request.Request(
+            f"{base}/v1/transactions",
+            data=token.encode(),
+            method="POST",
+            headers={"Content-Type": "application/jose"},
+        )
+        try:  # the client's timeout fails the test if the server waits for the lock's holder
+            with urllib.request.urlopen(call, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    with running_server(settings) as base:
+        if url is None:
+            holder: Any = sqlite3.connect(settings.ledger_file, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+        else:
+            holder = psycopg.connect(PG_URL)
+            holder.execute(f'LOCK TABLE "{database_url_schema(url)}".{EVENTS_TABLE} IN SHARE MODE')
+        try:
+            status, problem = post()
+            assert (status, problem["code"]) == (503, "ledger_unavailable"), problem
+            assert "resubmit" in problem["detail"]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        status, answer = post()
+        assert status == 201 and answer["seq"] == head[0] + 1, answer
+    store = open_store(settings)
+    try:
+        assert store.head()[0] == head[0] + 1  # the failed batch left nothing behind
+        _audit_ok(store)
+    finally:
+        store.close()

@@ -25,6 +25,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
+from infra.settings import LOCK_TIMEOUT_S
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite import _contiguous
 from ledger.known_ids import KnownIds
@@ -86,13 +87,16 @@ def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(**params, **options)
 
 
-def datastore_from_url(url: str, *, pool_size: int = 4) -> PostgresDatastore:
-    """The library's pooled datastore for ``url`` (see ``connection_params``)."""
+def datastore_from_url(url: str, *, pool_size: int = 4, lock_timeout_s: int = 0) -> PostgresDatastore:
+    """The library's pooled datastore for ``url`` (see ``connection_params``).
+    ``lock_timeout_s``: how long an append waits for the lock on the entries table (the
+    library's ``LOCK TABLE``, which serialises inserts; 0 waits for ever)."""
     return PostgresDatastore(
         **connection_params(url),
         schema=database_url_schema(url),
         pool_size=pool_size,
         max_overflow=pool_size,
+        lock_timeout=lock_timeout_s,
     )
 
 
@@ -223,10 +227,11 @@ def _schema_lock(url: str, schema: str) -> Iterator[None]:
 
 
 class PostgresLedgerStore(EntryStoreMixin):
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, lock_timeout_s: int = LOCK_TIMEOUT_S) -> None:
         """``read_only``: for an existing ledger, read by a role that may only SELECT (an
-        auditor's); PostgreSQL refuses "create if not exists" to such a role."""
-        self.datastore = datastore_from_url(url)
+        auditor's); PostgreSQL refuses "create if not exists" to such a role.
+        ``lock_timeout_s``: see ``LOCK_TIMEOUT_S``."""
+        self.datastore = datastore_from_url(url, lock_timeout_s=lock_timeout_s)
         self._url = url
         self._listener: psycopg.Connection[Any] | None = None
         self._recorder = PostgresLedgerRecorder(self.datastore)

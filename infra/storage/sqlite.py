@@ -24,6 +24,7 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
+from infra.settings import LOCK_TIMEOUT_S
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite_read_only import FileStamp, check_unchanged, read_only_uri
 from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint, StoredEntry
@@ -133,15 +134,21 @@ class _ScanPool(_TunedPool):
 
 
 def tuned_datastore(
-    path: Path, *, durable: bool = True, scan: bool = False, read_only_uri: str | None = None
+    path: Path,
+    *,
+    durable: bool = True,
+    scan: bool = False,
+    read_only_uri: str | None = None,
+    lock_timeout_s: int = LOCK_TIMEOUT_S,
 ) -> SQLiteDatastore:
     """``read_only_uri``: the file opened read-only, through this URI
-    (``sqlite_read_only``)."""
+    (``sqlite_read_only``). ``lock_timeout_s``: how long a write waits for another
+    connection's write lock (SQLite's busy timeout)."""
     name = read_only_uri or str(path)
-    datastore = SQLiteDatastore(name, lock_timeout=30)
+    datastore = SQLiteDatastore(name, lock_timeout=lock_timeout_s)
     datastore.pool.close()
     pool_class = _ViewsPool if not durable else _ScanPool if scan else _TunedPool
-    datastore.pool = pool_class(db_name=name, lock_timeout=30)
+    datastore.pool = pool_class(db_name=name, lock_timeout=lock_timeout_s)
     if read_only_uri:  # the library would switch the file to WAL mode: a reader changes nothing
         datastore.pool.is_journal_mode_wal = True
     return datastore
@@ -152,10 +159,13 @@ class NotALedgerFile(sqlite3.DatabaseError):
 
 
 class SQLiteLedgerStore(EntryStoreMixin):
-    def __init__(self, path: Path, *, scan: bool = False, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, scan: bool = False, read_only: bool = False, lock_timeout_s: int = LOCK_TIMEOUT_S
+    ) -> None:
         """``scan``: the store is opened to read the log once, in order (``SCAN_CACHE_KIB``).
         ``read_only``: an existing ledger that this process only reads (the audit tools),
-        opened so that SQLite itself refuses any write."""
+        opened so that SQLite itself refuses any write. ``lock_timeout_s``: see
+        ``LOCK_TIMEOUT_S``."""
         uri: str | None = None
         #: A file read as immutable: its stamp, checked at every page of entries read.
         self._immutable: FileStamp | None = None
@@ -164,7 +174,7 @@ class SQLiteLedgerStore(EntryStoreMixin):
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.datastore = tuned_datastore(path, scan=scan, read_only_uri=uri)
+        self.datastore = tuned_datastore(path, scan=scan, read_only_uri=uri, lock_timeout_s=lock_timeout_s)
         recorder = SQLiteLedgerRecorder(self.datastore, events_table_name=EVENTS_TABLE)
         if not self._schema_ready():
             if read_only:
