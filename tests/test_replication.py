@@ -432,6 +432,141 @@ def test_a_relay_refuses_a_checkpoints_topic_that_ends_with_a_stranger(
         Relay(ledger.sequencer.store, kafka, topics).connect()
 
 
+def test_a_relay_waits_for_each_batch_before_sending_the_next(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """The idempotent producer makes each batch exactly-once, not a run of them: when a
+    batch failed for good, kafka-python sent the ones queued behind it under a new
+    epoch, so later entries landed where the failed ones belonged (a gap no topic can
+    lose). The relay sent a whole page (2,000 entries, several batches) before waiting;
+    it now sends at most one batch's worth at a time, and waits for it."""
+    from gateways.kafka.client import CHUNK_BYTES
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(400)])
+    relay = Relay(ledger.sequencer.store, kafka, topics)
+    relay.connect()
+    assert relay._producer is not None
+    producer = relay._producer
+    outstanding: list[int] = []  # bytes sent since the last flush
+    runs: list[int] = []
+    real_send, real_flush = producer.send, producer.flush
+
+    def send(topic: str, **record: Any) -> Any:
+        outstanding.append(len(record["value"]))
+        return real_send(topic, **record)
+
+    def flush(*args: Any, **kwargs: Any) -> None:
+        real_flush(*args, **kwargs)
+        if outstanding:
+            runs.append(sum(outstanding))
+            outstanding.clear()
+
+    try:
+        with mock.patch.object(producer, "send", send), mock.patch.object(producer, "flush", flush):
+            while relay.step():
+                pass
+    finally:
+        relay.close()
+    assert relay.stats.entries_published == ledger.head()[0]
+    assert len(runs) > 1 and max(runs) <= CHUNK_BYTES, runs  # one batch's worth at most
+
+
+def test_chunks_keep_the_order_and_one_batchs_worth_at_most() -> None:
+    from gateways.kafka.client import CHUNK_BYTES, chunks
+
+    sizes = [900] * 500 + [300_000, 10]
+    records = [(b"k", bytes(size), [("seq", str(i).encode())]) for i, size in enumerate(sizes)]
+    runs = list(chunks(records))
+    assert [r for run in runs for r in run] == records
+    assert all(sum(len(v) for _, v, _ in run) <= CHUNK_BYTES for run in runs if len(run) > 1)
+    assert [len(run) for run in runs][-2:] == [1, 1]  # a record larger than a batch goes alone
+    assert list(chunks([])) == []
+
+
+def test_a_relay_refuses_topics_that_would_delete_or_compact_entries(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """Topics created beforehand, by hand or by a broker's defaults, were taken as they
+    were: a compacted entries topic keeps only each aggregate's newest entry, and a
+    retention limit (Kafka's default is seven days) deletes the history new followers
+    start from. The relay now reads their settings and names what is wrong. (Tansu
+    describes no settings, so the broker's answer is stood in for here.)"""
+    from gateways.kafka import client
+
+    assert client.topic_config_problems({}) == []  # settings a broker does not describe are not judged
+    fit = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1", "segment.ms": "8640"}
+    assert client.topic_config_problems(fit) == []
+    unfit = {"cleanup.policy": "compact,delete", "retention.ms": "604800000", "retention.bytes": "-1"}
+    problems = client.topic_config_problems(unfit)
+    assert len(problems) == 2 and "compaction" in problems[0] and "retention.ms is 604800000" in problems[1]
+
+    Relay(ledger.sequencer.store, kafka, topics).connect()  # creates the topics
+    described = lambda _admin, name: unfit if name == topics.entries else fit  # noqa: E731
+    with mock.patch.object(client, "_described", described):
+        relay = Relay(ledger.sequencer.store, kafka, topics)
+        with pytest.raises(RelayError, match=f"{topics.entries}: cleanup.policy is 'compact,delete'"):
+            relay.connect()
+    assert KafkaSettings("x", replication_factor=3).topic_configs()["min.insync.replicas"] == "2"
+    assert "min.insync.replicas" not in KafkaSettings("x").topic_configs()
+
+
+def test_a_relay_refuses_an_entries_topic_that_ends_with_a_stranger_under_the_right_header(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """The relay adopts the topic's end as published after checking its last record's
+    `seq` header, which anyone can write: a stranger's record there passed for the
+    ledger's entry. Its bytes are now compared with the entry."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(give(ledger, app, "p-1"))
+    relay = Relay(ledger.sequencer.store, kafka, topics)
+    relay.connect()
+    while relay.step():
+        pass
+    relay.close()
+    (accepted,) = ledger.accept(give(ledger, app, "p-2"))
+    (stored,) = ledger.sequencer.store.read_entries(accepted.seq, 1)
+    key, _value, headers = entry_record(stored)
+    _send(kafka, topics.entries, key, b'{"not": "this ledger\'s entry"}', headers)
+    with pytest.raises(RelayError, match=f"is not this ledger's entry {accepted.seq}"):
+        Relay(ledger.sequencer.store, kafka, topics).connect()
+
+
+def test_a_follower_whose_topic_lost_its_first_records_says_so_and_stops(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """A topic whose retention deleted its first records: a new replica's consumer was
+    reset to the topic's start, the entries came with a gap, and the follower read
+    them again and again for ever, saying nothing above INFO. It now stops (exit
+    status 2) and says how to start the replica instead. (Tansu deletes no records, so
+    the broker's answer for the topic's start is stood in for.)"""
+    from kafka import KafkaConsumer
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
+    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
+    running.halt()
+    follower = _manual_follower(tmp_path / "node", kafka, topics, None)
+    deleted = mock.patch.object(KafkaConsumer, "beginning_offsets", lambda _c, tps: dict.fromkeys(tps, 3))
+    try:
+        stop = threading.Event()  # set only if the follower never stops by itself
+        timer = threading.Timer(30, stop.set)
+        timer.start()
+        with deleted:
+            assert follower.run(stop) == 2
+        timer.cancel()
+        refused = follower.cannot_follow
+        assert refused is not None and "starts at offset 3, after entry 1" in refused
+        assert follower.replica.size == 0 and follower.replica.halted is None  # nothing recorded
+    finally:
+        follower.replica.store.close()
+        follower.views.close()
+
+    with deleted, pytest.raises(RelayError, match="holds no record: they were deleted"):
+        Relay(ledger.sequencer.store, kafka, topics).connect()  # all of them, as far as the relay sees
+
+
 # --- witnesses ---------------------------------------------------------------------------
 
 
@@ -585,7 +720,7 @@ def test_a_replica_pointed_at_another_ledger_with_its_chain_id_stops_and_records
         follower.topics = topics_b
         stop = threading.Event()
         assert follower.run(stop, exit_on_violation=True) == 2
-        refused = follower.not_this_ledger
+        refused = follower.cannot_follow
         assert refused is not None and "is not this replica's entry" in refused
         assert follower.replica.halted is None and follower.replica.size == held
         follower.replica.store.close()

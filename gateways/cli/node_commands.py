@@ -260,8 +260,8 @@ def follow(
     finally:
         views.close()
         store.close()
-    if follower.not_this_ledger is not None:
-        fail(f"these topics cannot be followed into this replica: {follower.not_this_ledger}", 2)
+    if follower.cannot_follow is not None:
+        fail(f"these topics cannot be followed into this replica: {follower.cannot_follow}", 2)
     if code:
         halted = follower.status.halted or {}
         click.secho(

@@ -9,19 +9,35 @@ topic really ends (see ``topic_end``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from gateways.kafka.topics import PARTITION
+from gateways.kafka.topics import PARTITION, Headers
+
+log = logging.getLogger("dfg.kafka")
 
 #: Largest record the relay sends: an entry holds one transaction of at most 16 KiB,
 #: base64 inside JSON, plus the event; 1 MiB leaves room and is Kafka's default.
 MAX_RECORD_BYTES = 1024 * 1024
+#: The producer's batch for one partition (a batch is appended whole, or not at all).
+BATCH_BYTES = 256 * 1024
+#: Records sent before waiting for them: at most one batch's worth, with room for the
+#: batch's framing, so that one batch at most is ever outstanding (see ``chunks``).
+CHUNK_BYTES = BATCH_BYTES * 3 // 4
+#: Per record, above its key, value and headers: the record's framing in a batch.
+_RECORD_FRAMING = 64
+
+#: Settings a ledger topic must have, with the value that is wrong for each: its
+#: records are the only copy new followers can start from, so they are kept for ever
+#: and never compacted (compaction keeps one record per key, an aggregate's newest).
+REQUIRED_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,10 @@ class KafkaSettings:
     client_id: str = "dfg"
     replication_factor: int = 1
     request_timeout_ms: int = 15_000
+    #: How long the producer retries a batch (same producer id and sequence, so the
+    #: broker drops a copy it already has) before failing it. Long, so that it outlasts
+    #: a leader election or a stalled replica: a new producer could not be deduplicated.
+    delivery_timeout_ms: int = 600_000
 
     def producer(self, **overrides: Any) -> KafkaProducer:
         options: dict[str, Any] = {
@@ -38,9 +58,10 @@ class KafkaSettings:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
-            "batch_size": 256 * 1024,
+            "batch_size": BATCH_BYTES,
             "max_request_size": MAX_RECORD_BYTES,
             "request_timeout_ms": self.request_timeout_ms,
+            "delivery_timeout_ms": self.delivery_timeout_ms,
             "retry_backoff_ms": 200,
             "allow_auto_create_topics": False,  # auto-created topics get several partitions
         }
@@ -64,8 +85,20 @@ class KafkaSettings:
         options.update(overrides)
         return KafkaConsumer(**options)
 
-    def ensure_topics(self, names: tuple[str, ...]) -> None:
-        """Create missing topics: one partition, never deleted, never compacted."""
+    def topic_configs(self) -> dict[str, str]:
+        """The settings of a topic the relay creates: kept for ever, never compacted;
+        never a replica that missed acknowledged records as leader; and, with three
+        replicas or more, a write acknowledged only once two hold it (``acks=all`` waits
+        for the in-sync replicas only, which may be the leader alone)."""
+        configs = dict(REQUIRED_TOPIC_CONFIGS)
+        configs["unclean.leader.election.enable"] = "false"
+        if self.replication_factor >= 3:
+            configs["min.insync.replicas"] = "2"
+        return configs
+
+    def ensure_topics(self, names: tuple[str, ...]) -> dict[str, list[str]]:
+        """Create missing topics (one partition, ``topic_configs``); return what is wrong
+        with the settings of those that exist, by topic (``topic_config_problems``)."""
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
         try:
             existing = set(admin.list_topics())
@@ -74,7 +107,7 @@ class KafkaSettings:
                     name,
                     num_partitions=1,
                     replication_factor=self.replication_factor,
-                    topic_configs={"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
+                    topic_configs=self.topic_configs(),
                 )
                 for name in names
                 if name not in existing
@@ -82,8 +115,66 @@ class KafkaSettings:
             if wanted:
                 with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile elsewhere
                     admin.create_topics(wanted)
+            return {n: topic_config_problems(_described(admin, n)) for n in names if n in existing}
         finally:
             admin.close()
+
+
+def _described(admin: KafkaAdminClient, name: str) -> dict[str, str | None]:
+    """A topic's effective settings, as far as the broker describes them (some, such as
+    Tansu, describe none)."""
+    try:
+        answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)], config_filter="all")
+    except KafkaError as exc:
+        log.warning("could not read the settings of %s (%s): check them yourself", name, exc)
+        return {}
+    configs = answer.get("topic", {}).get(name, {})
+    return {key: (value or {}).get("value") for key, value in configs.items()}
+
+
+def topic_config_problems(configs: Mapping[str, str | None]) -> list[str]:
+    """What makes a ledger topic unfit, one sentence each, from its effective settings.
+    A setting the broker did not describe is not judged."""
+    problems = []
+    for key, wanted in REQUIRED_TOPIC_CONFIGS.items():
+        value = configs.get(key)
+        if key == "cleanup.policy" and value is not None and "compact" in value.split(","):
+            problems.append(f"cleanup.policy is {value!r}: compaction keeps only an aggregate's newest entry")
+        elif key != "cleanup.policy" and value is not None and value != wanted:
+            problems.append(f"{key} is {value}: records would be deleted; it must be -1 (kept for ever)")
+    return problems
+
+
+Record = tuple[bytes, bytes, Headers]
+
+
+def chunks(records: Sequence[Record]) -> Iterator[Sequence[Record]]:
+    """The records cut into runs that fit one producer batch each, to be sent one run at
+    a time, each waited for before the next.
+
+    Why: the idempotent producer only makes each *batch* exactly-once. When a batch fails
+    for good (a broker that lost data answers out-of-order, the delivery timeout runs
+    out) kafka-python starts a new producer epoch and sends the batches still queued,
+    so a later run of entries would land where the failed one should have: a gap that
+    Kafka cannot remove (it deletes records only from a topic's start). With one batch
+    outstanding, nothing is queued behind a failure."""
+    run: list[Record] = []
+    size = 0
+    for record in records:
+        key, value, headers = record
+        cost = len(key) + len(value) + sum(len(k) + len(v) for k, v in headers) + _RECORD_FRAMING
+        if run and size + cost > CHUNK_BYTES:
+            yield run
+            run, size = [], 0
+        run.append(record)
+        size += cost
+    if run:
+        yield run
+
+
+class TopicTruncated(RuntimeError):
+    """A ledger topic no longer holds records it held (its retention deleted them): a
+    configuration error, which retrying does not mend."""
 
 
 def partition(topic: str) -> TopicPartition:
@@ -102,6 +193,11 @@ def topic_end(consumer: KafkaConsumer, topic: str, *, timeout: float = 10.0) -> 
     hint = consumer.end_offsets([tp])[tp]
     if hint == 0:
         return 0, None
+    if consumer.beginning_offsets([tp])[tp] >= hint:
+        raise TopicTruncated(
+            f"{topic} ends at offset {hint} but holds no record: they were deleted (retention, or"
+            " kafka-delete-records); its records must be kept for ever"
+        )
     consumer.seek(tp, hint - 1)
     last = None
     deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from gateways.kafka.client import KafkaSettings, partition
+from gateways.kafka.client import KafkaSettings, TopicTruncated, partition
 from gateways.kafka.relay import cosignature_is_valid
 from gateways.kafka.topics import (
     PARTITION,
@@ -132,7 +132,8 @@ class Follower:
         #: Offsets of checkpoint records that wait for their entries, by size.
         self._waiting_at: dict[int, int] = {}
         #: Why it stopped, when the topics hold another ledger's entries.
-        self.not_this_ledger: str | None = None
+        #: Why these topics cannot be followed into this replica, if so (exit status 2).
+        self.cannot_follow: str | None = None
         #: (offset, bytes) of the newest entry held, which the topic must hold too
         #: before anything after it is taken from there (``_same_log``).
         self._check_held: tuple[int, bytes] | None = None
@@ -146,8 +147,8 @@ class Follower:
     def run(self, stop: threading.Event, *, exit_on_violation: bool = False) -> int:
         """Follow until ``stop`` is set. Returns 0; 3 when it stopped on a violation and
         ``exit_on_violation`` (otherwise it keeps serving its status, idle); 2 when the
-        topics hold another ledger than the one it was told to follow (``not_this_ledger``
-        says which)."""
+        topics hold another ledger than the one it was told to follow, or no longer the
+        entries it needs next (``cannot_follow`` says which)."""
         for view in self.view_list:  # a crash between replica and views: finish applying
             catch_up(self.views, view, self.store.read_entries)
         self._refresh_status()
@@ -170,7 +171,12 @@ class Follower:
                 self._refresh_status()
             except NotThisLedger as exc:
                 log.error("the topics hold another ledger than the one named: %s", exc)
-                self.not_this_ledger = str(exc)
+                self.cannot_follow = str(exc)
+                self.close()
+                return 2
+            except TopicTruncated as exc:
+                log.error("%s", exc)
+                self.cannot_follow = str(exc)
                 self.close()
                 return 2
             except KafkaError as exc:
@@ -211,7 +217,17 @@ class Follower:
         has not been seen to hold it."""
         assert self._consumer is not None
         held = self._check_held
-        self._consumer.seek(partition(self.topics.entries), held[0] if held else self.replica.size)
+        tp = partition(self.topics.entries)
+        offset = held[0] if held else self.replica.size
+        start = self._consumer.beginning_offsets([tp])[tp]
+        if start > offset:  # the consumer would start at the topic's start, after a gap
+            raise TopicTruncated(
+                f"{self.topics.entries} starts at offset {start}, after entry {offset + 1} that this"
+                " replica needs next: its records were deleted (a retention limit). Start the"
+                " replica from an audit bundle or the ledger's API (--from-bundle, --from-url),"
+                " and have the topic keep its records for ever"
+            )
+        self._consumer.seek(tp, offset)
 
     def _same_log(self, record: Any) -> None:
         """The topic must hold the newest entry this replica holds, byte for byte, before

@@ -17,16 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from domain.identifiers import principal_aggregate_id
 from domain.principal import Principal
-from gateways.kafka.client import KafkaSettings, partition, topic_end
+from gateways.kafka.client import KafkaSettings, Record, TopicTruncated, chunks, partition, topic_end
 from gateways.kafka.topics import (
     PARTITION,
     CosignatureMessage,
@@ -39,7 +39,7 @@ from gateways.kafka.topics import (
 )
 from ledger.note import verify_cosignature_line
 from ledger.replica import claimed_size
-from ledger.store import LedgerStore, StoredCheckpoint
+from ledger.store import LedgerStore
 from ledger.witness import WITNESS_KIND, checkpoint_body, witness_verifier
 
 log = logging.getLogger("dfg.relay")
@@ -51,7 +51,8 @@ COSIGNATURES_MARKER = "relay.cosignatures"
 
 
 class RelayError(RuntimeError):
-    """The topic does not hold what this ledger published: refuse to go on blindly."""
+    """The topic does not hold what this ledger published, or is not fit to hold it:
+    refuse to go on blindly."""
 
 
 class OffsetUnknown(KafkaError):  # type: ignore[misc]  # kafka-python has no types
@@ -89,11 +90,13 @@ class Relay:
         self._producer: KafkaProducer | None = None
         self._reader: KafkaConsumer | None = None
         self._cosignatures: KafkaConsumer | None = None
+        self._stop = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
         """Publish until ``stop`` is set; survive broker outages by reconnecting."""
+        self._stop = stop
         backoff = 0.2
         while not stop.is_set():
             try:
@@ -111,7 +114,12 @@ class Relay:
         self.close()
 
     def connect(self) -> None:
-        self.kafka.ensure_topics(self.topics.all())
+        unfit = self.kafka.ensure_topics(self.topics.all())
+        if any(unfit.values()):
+            raise RelayError(
+                "; ".join(f"{name}: {', '.join(problems)}" for name, problems in unfit.items() if problems)
+                + " (change it with kafka-configs.sh --alter; see the README's topics)"
+            )
         self._reader = self.kafka.consumer()
         for name in self.topics.all():
             found = self._reader.partitions_for_topic(name)
@@ -166,26 +174,43 @@ class Relay:
         """Align the markers with what the topics really hold (see the module docstring).
         True when a topic holds less than was published (the broker lost data)."""
         assert self._reader is not None
-        end, last = topic_end(self._reader, self.topics.entries)
-        if last is not None:
-            try:
-                seq = record_seq(last.headers)
-            except MessageError as exc:
-                message = f"{self.topics.entries} ends with a record that is not an entry: {exc}"
-                raise RelayError(message) from exc
-            if seq != end:
-                raise RelayError(
-                    f"{self.topics.entries} does not hold this ledger's entries in order: offset"
-                    f" {end - 1} holds entry {seq}, expected {end}"
-                )
+        try:
+            end, last = topic_end(self._reader, self.topics.entries)
+        except TopicTruncated as exc:
+            raise RelayError(str(exc)) from exc
         head = self.store.head()[0]
         if end > head:
             raise RelayError(f"{self.topics.entries} holds {end} entries but this ledger has only {head}")
+        if last is not None:
+            self._check_last_entry(end, last)
         lost = self._adopt(ENTRIES_MARKER, end, self.topics.entries)
-        end, last = topic_end(self._reader, self.topics.checkpoints)
+        try:
+            end, last = topic_end(self._reader, self.topics.checkpoints)
+        except TopicTruncated as exc:
+            raise RelayError(str(exc)) from exc
         lost = self._adopt(CHECKPOINTS_MARKER, end, self.topics.checkpoints) or lost
         self.store.set_marker(CHECKPOINT_SIZE_MARKER, self._published_size(last, end))
         return lost
+
+    def _check_last_entry(self, end: int, last: Any) -> None:
+        """The topic's last record must be this ledger's entry ``end``, byte for byte: its
+        end is adopted as what was published, so a stranger's record there (a header
+        is anyone's to write) would pass for it."""
+        try:
+            seq = record_seq(last.headers)
+        except MessageError as exc:
+            raise RelayError(f"{self.topics.entries} ends with a record that is not an entry: {exc}") from exc
+        if seq != end:
+            raise RelayError(
+                f"{self.topics.entries} does not hold this ledger's entries in order: offset"
+                f" {end - 1} holds entry {seq}, expected {end}"
+            )
+        (held,) = self.store.read_entries(end, 1)
+        if last.value != held.canonical:
+            raise RelayError(
+                f"{self.topics.entries} ends (offset {end - 1}) with a record that is not this"
+                f" ledger's entry {end}"
+            )
 
     def _published_size(self, last: Any, end: int) -> int:
         """The size of the newest checkpoint on the topic, which must be one of this
@@ -231,29 +256,44 @@ class Relay:
         sent = 0
         while published < head:
             page = self.store.read_entries(published + 1, min(self.batch, head - published))
-            futures = []
-            for stored in page:
-                key, value, headers = entry_record(stored)
-                futures.append(
-                    self._producer.send(
-                        self.topics.entries, key=key, value=value, headers=headers, partition=PARTITION
-                    )
-                )
-            self._producer.flush()
-            for stored, future in zip(page, futures, strict=True):
-                metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)
-                if metadata.offset < 0:
-                    raise OffsetUnknown(f"the broker did not say where entry {stored.seq} landed")
-                if metadata.offset != stored.seq - 1:
-                    raise RelayError(
-                        f"entry {stored.seq} landed at offset {metadata.offset} of {self.topics.entries}:"
-                        " another producer writes to this topic"
-                    )
-            published = page[-1].seq
-            self.store.set_marker(ENTRIES_MARKER, published)
-            sent += len(page)
+            for run in chunks([entry_record(stored) for stored in page]):
+                first = published + 1
+                what = f"entries {first}-{published + len(run)}"
+                offsets = self._send_and_wait(self.topics.entries, run, what)
+                for seq, offset in enumerate(offsets, start=first):
+                    if offset != seq - 1:
+                        raise RelayError(
+                            f"entry {seq} landed at offset {offset} of {self.topics.entries}:"
+                            " another producer writes to this topic"
+                        )
+                published += len(run)
+                self.store.set_marker(ENTRIES_MARKER, published)
+                sent += len(run)
         self.stats.entries_published += sent
         return sent
+
+    def _send_and_wait(self, topic: str, run: Sequence[Record], what: str) -> list[int]:
+        """Send one run of records (``chunks``) and wait until the broker has them all;
+        the offsets they landed at."""
+        assert self._producer is not None
+        futures = [
+            self._producer.send(topic, key=key, value=value, headers=headers, partition=PARTITION)
+            for key, value, headers in run
+        ]
+        while True:  # the producer retries each batch until its delivery timeout
+            try:
+                self._producer.flush(timeout=1.0)
+                break
+            except KafkaTimeoutError:
+                if self._stop.is_set():
+                    raise
+        offsets = []
+        for future in futures:
+            metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)  # done: flushed
+            if metadata.offset < 0:
+                raise OffsetUnknown(f"the broker did not say where {what} of {topic} landed")
+            offsets.append(metadata.offset)
+        return offsets
 
     def publish_checkpoints(self) -> int:
         assert self._producer is not None
@@ -264,25 +304,17 @@ class Relay:
         pending = [c for c in self.store.checkpoints(after, 1000) if c.size <= entries]
         if not pending:
             return 0
-        futures = [self._send_checkpoint(c) for c in pending]
-        self._producer.flush()
-        for index, future in enumerate(futures):
-            metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)
-            if metadata.offset < 0:
-                raise OffsetUnknown(f"the broker did not say where checkpoint {pending[index].size} landed")
-            if metadata.offset != published + index:
+        done = 0
+        for run in chunks([checkpoint_record(c.size, c.note) for c in pending]):
+            sizes = f"checkpoints {pending[done].size}-{pending[done + len(run) - 1].size}"
+            offsets = self._send_and_wait(self.topics.checkpoints, run, sizes)
+            if offsets != list(range(published + done, published + done + len(run))):
                 raise RelayError(f"{self.topics.checkpoints}: another producer writes to this topic")
-        self.store.set_marker(CHECKPOINTS_MARKER, published + len(pending))
-        self.store.set_marker(CHECKPOINT_SIZE_MARKER, pending[-1].size)
-        self.stats.checkpoints_published += len(pending)
-        return len(pending)
-
-    def _send_checkpoint(self, checkpoint: StoredCheckpoint) -> Any:
-        assert self._producer is not None
-        key, value, headers = checkpoint_record(checkpoint.size, checkpoint.note)
-        return self._producer.send(
-            self.topics.checkpoints, key=key, value=value, headers=headers, partition=PARTITION
-        )
+            done += len(run)
+            self.store.set_marker(CHECKPOINTS_MARKER, published + done)
+            self.store.set_marker(CHECKPOINT_SIZE_MARKER, pending[done - 1].size)
+            self.stats.checkpoints_published += len(run)
+        return done
 
     # --- cosignatures --------------------------------------------------------------
 
