@@ -534,6 +534,11 @@ def test_a_receipt_is_checked_against_the_keys_given(env: Env, receipt: dict[str
     ring = KeyRing()
     with pytest.raises(ReceiptError, match="another thumbprint"):
         ring.pin(env.provider.kid, public_jwk(generate_key()))
+    # A malformed key is a reason the receipt cannot be checked, not a crash (it raised
+    # pydantic's ValidationError, which callers catching ReceiptError did not expect).
+    for bad in ({"kty": "OKP"}, {"kty": "RSA", "n": "x", "e": "AQAB"}, {env.provider.kid: {"kty": "OKP"}}):
+        with pytest.raises(ReceiptError, match="not a public JWK"):
+            verify_receipt(receipt, env.checkpoint_key, bad)
 
 
 def test_a_receipt_does_not_verify_with_another_ledgers_checkpoint_key(

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from domain.identifiers import split_kid
 from domain.jwk import PublicJwk
 from ledger.entry import Entry, EntryFormatError
@@ -60,7 +62,7 @@ class KeyRing:
 
     def pin(self, kid: str, jwk: Mapping[str, str]) -> None:
         """Remember ``jwk`` as the key of ``kid``; refused unless its thumbprint matches."""
-        public = PublicJwk.model_validate({k: v for k, v in jwk.items() if k in {"kty", "crv", "x", "y"}})
+        public = _public_jwk(jwk)
         try:
             _, thumbprint = split_kid(kid)
         except ValueError as exc:
@@ -71,7 +73,7 @@ class KeyRing:
 
     def add(self, principal: str, jwk: Mapping[str, str]) -> str:
         """Pin ``jwk`` as a key of ``principal``; returns its kid."""
-        public = PublicJwk.model_validate({k: v for k, v in jwk.items() if k in {"kty", "crv", "x", "y"}})
+        public = _public_jwk(jwk)
         kid = f"{principal}#{public.thumbprint()}"
         self.pin(kid, public.as_dict())
         return kid
@@ -100,6 +102,15 @@ class KeyRing:
     def as_dict(self) -> dict[str, dict[str, str]]:
         """kid -> public JWK: store it, and pass it back to ``KeyRing(...)`` to restore the pins."""
         return {kid: dict(jwk) for kid, jwk in self._keys.items()}
+
+
+def _public_jwk(jwk: Mapping[str, str]) -> PublicJwk:
+    """The public part of ``jwk``; anything that is not a supported public JWK is a
+    ``ReceiptError`` like any other reason a receipt cannot be checked."""
+    try:
+        return PublicJwk.model_validate({k: v for k, v in jwk.items() if k in {"kty", "crv", "x", "y"}})
+    except (ValidationError, AttributeError, TypeError) as exc:
+        raise ReceiptError(f"not a public JWK the ledger accepts: {exc}") from None
 
 
 @dataclass(frozen=True)
