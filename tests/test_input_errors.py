@@ -109,6 +109,37 @@ def test_bad_audit_options_are_refused(ledger: Ledger, args: list[str], message:
     assert result.exit_code != 0 and message in result.output
 
 
+_ASKED = ["--controller", "sp:app", "--purpose", "dpv:X"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "--subject", "p-…", *_ASKED], "is not a pseudonym"),
+        (["check", "--subject", "a@b.org", *_ASKED], "is not a pseudonym"),
+        (["check", "--subject", "p-1", "--controller", "app", "--purpose", "dpv:X"], "is not a principal id"),
+        (["check", "--subject", "p-1", "--controller", "sp:a", "--purpose", "a b"], "is not a purpose code"),
+        (["check", "--subject", "p-1", *_ASKED, "--category", "x y"], "is not a data category code"),
+        (["history", "--subject", "alice@example.org"], "is not a pseudonym"),
+    ],
+)
+def test_consent_questions_the_api_refuses_are_refused_by_the_cli_too(
+    ledger: Ledger, args: list[str], message: str
+) -> None:
+    """They were answered as if asked: "never given" (exit 3), or an empty history."""
+    result = CliRunner().invoke(cli, ["consents", *args, "--data", str(ledger.settings.data_dir)])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_consent_check_takes_an_instant_with_fractional_seconds(ledger: Ledger) -> None:
+    question = ["--subject", "p-1", "--controller", "sp:app", "--purpose", "dpv:X"]
+    for at in ("2026-11-25T01:31:52.5Z", "2026-11-25T01:31:52.123456+00:00"):
+        result = CliRunner().invoke(
+            cli, ["consents", "check", "--data", str(ledger.settings.data_dir), *question, "--at", at]
+        )
+        assert result.exit_code == 3 and json.loads(result.output)["reason"] == "never_given", result.output
+
+
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:abc", "http://[::1", "ftp://host"])
 def test_a_follower_refuses_a_from_url_that_is_not_one_before_creating_anything(
     tmp_path: Path, ledger: Ledger, url: str

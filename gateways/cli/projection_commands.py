@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 from eventsourcing.persistence import PersistenceError
+from pydantic import TypeAdapter, ValidationError
 
+from domain.commands import Code, PrincipalId, Pseudonym
 from gateways.cli.options import fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views, set_aside_views
 from infra.settings import Settings
@@ -76,16 +79,37 @@ def consents() -> None:
     """Consent checks and histories (read from the projections)."""
 
 
+def _checked(kind: Any, what: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback refusing what the API refuses (exit 2): a question about a
+    subject that cannot be a pseudonym answered "never given" (exit 3) as if asked."""
+    adapter = TypeAdapter(kind)
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        for item in value if isinstance(value, tuple) else [value]:
+            try:
+                adapter.validate_python(item)
+            except ValidationError:
+                raise click.BadParameter(f"{item!r} is not {what}") from None
+        return value
+
+    return check
+
+
+_SUBJECT = _checked(Pseudonym, "a pseudonym (letters, digits and . _ : ~ -, such as p-4x2k…)")
+
+
 @consents.command("check")
 @ledger_options
-@click.option("--subject", required=True)
-@click.option("--controller", required=True)
-@click.option("--purpose", required=True)
-@click.option("--category", "categories", multiple=True)
+@click.option("--subject", required=True, callback=_SUBJECT)
+@click.option("--controller", required=True, callback=_checked(PrincipalId, "a principal id (kind:name)"))
+@click.option("--purpose", required=True, callback=_checked(Code, "a purpose code (dpv:ServiceProvision)"))
+@click.option("--category", "categories", multiple=True, callback=_checked(Code, "a data category code"))
 @click.option(
     "--at",
     "at",
-    type=click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"]),
+    type=click.DateTime(
+        ["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
+    ),
     default=None,
     help="Instant to check at (RFC 3339, UTC) [default: now].",
 )
@@ -97,7 +121,8 @@ def check(
     categories: tuple[str, ...],
     at: datetime | None,
 ) -> None:
-    """Is the subject's consent to the controller valid for this purpose and categories?"""
+    """Is the subject's consent to the controller valid for this purpose and categories?
+    Prints the answer as JSON; exit status 0 if granted, 3 if not."""
     store, db = _open(settings, [ConsentStateView()])
     when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else _log_time_now(store)
     try:
@@ -121,7 +146,7 @@ def _log_time_now(store: LedgerStore) -> datetime:
 
 @consents.command("history")
 @ledger_options
-@click.option("--subject", required=True)
+@click.option("--subject", required=True, callback=_SUBJECT)
 @click.option("--limit", type=click.IntRange(1, 1000), default=50)
 def subject_history(settings: Settings, subject: str, limit: int) -> None:
     """The subject's consents and every use of them, newest first."""
