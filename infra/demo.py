@@ -264,6 +264,15 @@ class DemoFederation:
             return consent
         return None
 
+    def example_question(self) -> tuple[str, str, str] | None:
+        """(subject, controller, purpose) of a consent given and neither withdrawn nor
+        expired (for a minute more, at least): something a newcomer can ask about."""
+        now = self.clock()
+        for consent in self.active:
+            if consent.valid_until is None or consent.valid_until > now + 60:
+                return consent.subject, consent.controller, consent.purposes[0]
+        return None
+
     def _use(self) -> str | None:
         consent = self._pick_active()
         if consent is None:

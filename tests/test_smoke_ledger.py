@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 
+from click.testing import CliRunner
 from conftest import TERMS, Ledger
 
+from gateways.cli.main import cli
 from ledger.audit import audit_store
 from ledger.errors import Rejected
 
@@ -42,3 +46,16 @@ def test_level1_consent_life_and_audit(any_ledger: Ledger) -> None:
     report = audit_store(store)
     assert report.ok, report.problems
     assert (report.entries, report.checkpoints) == (5, 2)
+
+
+def test_the_demo_ends_with_a_question_the_ledger_answers_yes(tmp_path: Path) -> None:
+    """A newcomer's tour needs a subject to ask about; pseudonyms are not guessable."""
+    data = ["--data", str(tmp_path / "demo")]
+    assert CliRunner().invoke(cli, ["init", *data]).exit_code == 0
+    populated = CliRunner().invoke(cli, ["demo", "populate", *data, "--entries", "500"])
+    assert populated.exit_code == 0, populated.output
+    line = populated.output.strip().splitlines()[-1]
+    prefix = "a consent to ask about: dfg consents check "
+    assert line.startswith(prefix), populated.output
+    answer = CliRunner().invoke(cli, ["consents", "check", *data, *line.removeprefix(prefix).split()])
+    assert answer.exit_code == 0 and json.loads(answer.output)["granted"] is True, answer.output

@@ -115,6 +115,13 @@ def _populate(settings: Settings, sequencer: Sequencer, entries: int, seed: int,
         f"appended {accepted} entries ({refused} refused by the rules) in {elapsed:.1f}s;"
         f" ledger size {sequencer.size}"
     )
+    example = federation.example_question()
+    if example is not None:
+        subject, controller, purpose = example
+        click.echo(
+            f"a consent to ask about: dfg consents check --subject {subject} --controller {controller}"
+            f" --purpose {purpose}"
+        )
 
 
 def _chain_streams(federation: DemoFederation) -> Iterator[str]:
