@@ -610,3 +610,51 @@ def test_a_writer_without_its_keys_stops_with_the_reason(
     result = CliRunner().invoke(cli, ["demo", "populate", *data, "--entries", "5"])
     assert result.exit_code == 1 and said in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kafka-ca-file", "{ca}"], "need TLS (SSL or SASL_SSL), not PLAINTEXT"),
+        (["--kafka-security-protocol", "SSL", "--kafka-cert-file", "{ca}"], "go together"),
+        (["--kafka-security-protocol", "SSL", "--kafka-sasl-username", "relay"], "SASL options need"),
+        (
+            ["--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", "SCRAM-SHA-512"],
+            "needs --kafka-sasl-username, --kafka-sasl-password-file",
+        ),
+        (
+            [
+                "--kafka-security-protocol",
+                "SASL_SSL",
+                "--kafka-sasl-mechanism",
+                "PLAIN",
+                "--kafka-sasl-username",
+                "relay",
+                "--kafka-sasl-password-file",
+                "{empty}",
+            ],
+            "is empty",
+        ),
+        (["--kafka-security-protocol", "TLS"], "Invalid value for '--kafka-security-protocol'"),
+        (["--kafka-security-protocol", "SSL", "--kafka-ca-file", "{missing}"], "does not exist"),
+    ],
+)
+@pytest.mark.parametrize("command", [["relay"], ["node", "follow", "--chain", "c"]])
+def test_kafka_security_options_that_cannot_be_meant_are_refused_before_connecting(
+    tmp_path: Path, command: list[str], args: list[str], message: str
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ledger.note import SignerKey
+
+    if command[0] == "node":
+        key = SignerKey("c", Ed25519PrivateKey.generate()).verifier().to_string()
+        command = [*command, "--ledger-key", key]
+    files = {"ca": tmp_path / "ca.pem", "empty": tmp_path / "empty", "missing": tmp_path / "missing.pem"}
+    files["ca"].write_text("-----BEGIN CERTIFICATE-----\n")
+    files["empty"].write_text("\n")
+    filled = [a.format(**files) for a in args]
+    data = ["--data", str(tmp_path / "d"), "--kafka", "127.0.0.1:9"]
+    result = CliRunner().invoke(cli, [*command, *data, *filled])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "d").exists()  # refused before anything was created

@@ -887,3 +887,50 @@ def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows()
     shown["halted"]["seq"] = 99
     assert status.halted == {"kind": "equivocation", "seq": 3}
     json.dumps(shown)
+
+
+def test_tls_and_sasl_options_reach_every_kafka_client(tmp_path: Path) -> None:
+    """A production cluster takes clients over TLS with SASL: the producer, the consumers
+    and the admin client must all present the same credentials. (Tansu 0.6 serves no
+    TLS listener that completes a handshake here, so the clients' options are what this
+    shows; kafka-python does the rest.)"""
+    from gateways.cli.kafka_security import kafka_security
+    from gateways.kafka import client
+
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    security = kafka_security("SASL_SSL", ca, None, None, "SCRAM-SHA-512", "relay", password)
+    assert security == {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": str(ca),
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "relay",
+        "sasl_plain_password": "s3cret",
+    }
+    seen: list[dict[str, Any]] = []
+
+    class Client:
+        def __init__(self, **options: Any) -> None:
+            seen.append(options)
+
+        def list_topics(self) -> list[str]:
+            return []
+
+        def create_topics(self, _topics: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    settings = KafkaSettings("broker:9093", security=security)
+    with (
+        mock.patch.object(client, "KafkaProducer", Client),
+        mock.patch.object(client, "KafkaConsumer", Client),
+        mock.patch.object(client, "KafkaAdminClient", Client),
+    ):
+        settings.producer()
+        settings.consumer()
+        settings.ensure_topics(("t",))
+    assert len(seen) == 3 and all(options.items() >= security.items() for options in seen)

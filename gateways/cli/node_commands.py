@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from domain.identifiers import is_principal_id
+from gateways.cli.kafka_security import kafka_security_options
 from gateways.cli.options import (
     checkpoint_verifier_key,
     fail,
@@ -97,6 +98,7 @@ def _stop_on_signals() -> threading.Event:
 @click.command("relay")
 @ledger_options
 @kafka_option
+@kafka_security_options
 @prefix_option
 @click.option(
     "--replication-factor",
@@ -105,7 +107,13 @@ def _stop_on_signals() -> threading.Event:
     show_default=True,
     help="For topics the relay creates (use 3 on a production cluster).",
 )
-def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_factor: int) -> None:
+def relay(
+    settings: Settings,
+    bootstrap: str,
+    kafka_security: dict[str, Any],
+    topic_prefix: str,
+    replication_factor: int,
+) -> None:
     """Publish every entry and checkpoint of the ledger to Kafka, in order, once; keep
     the witnesses' cosignatures that come back."""
     _logging()
@@ -118,7 +126,12 @@ def relay(settings: Settings, bootstrap: str, topic_prefix: str, replication_fac
         fail(str(exc))
     chain = _chain_of(store)
     topics = Topics.for_ledger(chain, topic_prefix)
-    kafka = KafkaSettings(bootstrap, client_id=f"dfg-relay-{chain}", replication_factor=replication_factor)
+    kafka = KafkaSettings(
+        bootstrap,
+        client_id=f"dfg-relay-{chain}",
+        replication_factor=replication_factor,
+        security=kafka_security,
+    )
     publisher = Relay(store, kafka, topics)
     click.echo(f"dfg relay: {chain} -> {topics.entries}, {topics.checkpoints} on {bootstrap}")
     try:
@@ -184,6 +197,7 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
 @node.command("follow")
 @ledger_options
 @kafka_option
+@kafka_security_options
 @prefix_option
 @click.option(
     "--chain", required=True, callback=_topic_name_part, help="The ledger's chain id (names its topics)."
@@ -221,6 +235,7 @@ def keygen(out: Path, name: str, encryption_out: Path | None) -> None:
 def follow(
     settings: Settings,
     bootstrap: str,
+    kafka_security: dict[str, Any],
     topic_prefix: str,
     chain: str,
     ledger_key: str,
@@ -244,7 +259,7 @@ def follow(
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
         _seed(replica, from_bundle, from_url)
-    kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
+    kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}", security=kafka_security)
     follower = Follower(replica, views, view_list, kafka, topics, witness=witness)
     stop = _stop_on_signals()
     if status_port is not None:
@@ -310,6 +325,7 @@ def follow(
     envvar="DFG_KAFKA",
     help="Follow the ledger's Kafka topics (host:port,...) instead of the coordinator's HTTP log.",
 )
+@kafka_security_options
 @click.option(
     "--topic-prefix",
     default="dfg",
@@ -338,6 +354,7 @@ def node_serve(
     mpc_port: int,
     peers: tuple[str, ...],
     bootstrap: str | None,
+    kafka_security: dict[str, Any],
     topic_prefix: str,
     task_timeout: float,
 ) -> None:
@@ -370,7 +387,7 @@ def node_serve(
         fail(str(exc))
     stop = threading.Event()
     if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them
-        settings_kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}")
+        settings_kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}", security=kafka_security)
         kafka = Follower(node.replica, node.views, node.view_list, settings_kafka, topics)
         follower = threading.Thread(target=kafka.run, args=(stop,), name="dfg-node-follow", daemon=True)
         source = f"Kafka at {bootstrap}"

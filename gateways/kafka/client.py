@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -50,6 +50,9 @@ class KafkaSettings:
     #: broker drops a copy it already has) before failing it. Long, so that it outlasts
     #: a leader election or a stalled replica: a new producer could not be deduplicated.
     delivery_timeout_ms: int = 600_000
+    #: TLS and SASL client options (``security_protocol``, ``ssl_cafile``,
+    #: ``sasl_mechanism``...), the same for the producer, consumers and admin client.
+    security: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def producer(self, **overrides: Any) -> KafkaProducer:
         options: dict[str, Any] = {
@@ -65,6 +68,7 @@ class KafkaSettings:
             "retry_backoff_ms": 200,
             "allow_auto_create_topics": False,  # auto-created topics get several partitions
         }
+        options.update(self.security)
         options.update(overrides)
         return KafkaProducer(**options)
 
@@ -82,6 +86,7 @@ class KafkaSettings:
             "allow_auto_create_topics": False,
             "request_timeout_ms": max(self.request_timeout_ms, 30_000),
         }
+        options.update(self.security)
         options.update(overrides)
         return KafkaConsumer(**options)
 
@@ -99,7 +104,7 @@ class KafkaSettings:
     def ensure_topics(self, names: tuple[str, ...]) -> dict[str, list[str]]:
         """Create missing topics (one partition, ``topic_configs``); return what is wrong
         with the settings of those that exist, by topic (``topic_config_problems``)."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id, **self.security)
         try:
             existing = set(admin.list_topics())
             wanted = [
