@@ -80,8 +80,8 @@ def consents() -> None:
 
 
 def _checked(kind: Any, what: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback refusing what the API refuses (exit 2): a question about a
-    subject that cannot be a pseudonym answered "never given" (exit 3) as if asked."""
+    """A click callback refusing what the API refuses (exit 2), so that a question about
+    a subject that cannot be a pseudonym is not answered "never given" (exit 3)."""
     adapter = TypeAdapter(kind)
 
     def check(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:

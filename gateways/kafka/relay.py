@@ -174,23 +174,24 @@ class Relay:
         """Align the markers with what the topics really hold (see the module docstring).
         True when a topic holds less than was published (the broker lost data)."""
         assert self._reader is not None
-        try:
-            end, last = topic_end(self._reader, self.topics.entries)
-        except TopicTruncated as exc:
-            raise RelayError(str(exc)) from exc
+        end, last = self._topic_end(self.topics.entries)
         head = self.store.head()[0]
         if end > head:
             raise RelayError(f"{self.topics.entries} holds {end} entries but this ledger has only {head}")
         if last is not None:
             self._check_last_entry(end, last)
         lost = self._adopt(ENTRIES_MARKER, end, self.topics.entries)
-        try:
-            end, last = topic_end(self._reader, self.topics.checkpoints)
-        except TopicTruncated as exc:
-            raise RelayError(str(exc)) from exc
+        end, last = self._topic_end(self.topics.checkpoints)
         lost = self._adopt(CHECKPOINTS_MARKER, end, self.topics.checkpoints) or lost
         self.store.set_marker(CHECKPOINT_SIZE_MARKER, self._published_size(last, end))
         return lost
+
+    def _topic_end(self, topic: str) -> tuple[int, Any | None]:
+        assert self._reader is not None
+        try:
+            return topic_end(self._reader, topic)
+        except TopicTruncated as exc:  # retrying would not bring the records back
+            raise RelayError(str(exc)) from exc
 
     def _check_last_entry(self, end: int, last: Any) -> None:
         """The topic's last record must be this ledger's entry ``end``, byte for byte: its
