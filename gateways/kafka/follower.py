@@ -169,13 +169,8 @@ class Follower:
             except ReplicaHalted as halted:
                 log.error("stopped accepting: %s", halted)
                 self._refresh_status()
-            except NotThisLedger as exc:
-                log.error("the topics hold another ledger than the one named: %s", exc)
-                self.cannot_follow = str(exc)
-                self.close()
-                return 2
-            except TopicTruncated as exc:
-                log.error("%s", exc)
+            except (NotThisLedger, TopicTruncated) as exc:  # configuration, not evidence
+                log.error("these topics cannot be followed into this replica: %s", exc)
                 self.cannot_follow = str(exc)
                 self.close()
                 return 2
