@@ -729,6 +729,49 @@ def test_a_replica_pointed_at_another_ledger_with_its_chain_id_stops_and_records
         other.sequencer.store.close()
 
 
+def test_an_entry_the_topic_holds_twice_stops_a_follower_without_evidence_against_the_ledger(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, prefix: str, tmp_path: Path
+) -> None:
+    """A producer that gave up on a batch the cluster committed later, after the relay
+    sent it again, leaves an entry twice in the topic. Followers used to record it as a
+    bad entry, a violation of the ledger that halted the replica for good, although the
+    signed history is sound. Now the node stops as for topics it cannot follow, records
+    nothing, and goes on from its replica once the topics are recreated."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
+    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
+    running.halt()
+    follower = _manual_follower(tmp_path / "node", kafka, topics, None)
+    try:
+        follower.connect()
+        held = ledger.head()[0]
+        _step_until(follower, lambda: follower.replica.size == held, "the honest history")
+        follower.close()
+        (repeated,) = ledger.sequencer.store.read_entries(3, 1)
+        _send(kafka, topics.entries, *entry_record(repeated))  # lands at offset `held`
+        assert follower.run(threading.Event(), exit_on_violation=True) == 2
+        refused = follower.cannot_follow
+        assert refused is not None and f"offset {held} of {topics.entries} repeats entry 3" in refused
+        assert follower.replica.halted is None and follower.replica.size == held
+        assert not follower.replica.store.violations()
+
+        # the operator recreates the topics (here: new ones) and the relay republishes
+        (next_one,) = ledger.accept(give(ledger, app, "p-next"))
+        recreated = Topics.for_ledger(CHAIN, f"{prefix}r")
+        relay, running = start_relay(ledger.sequencer.store, kafka, recreated)
+        wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="republished")
+        running.halt()
+        follower.topics, follower.cannot_follow = recreated, None
+        follower.connect()
+        _step_until(follower, lambda: follower.replica.size == next_one.seq, "the entry after the copy")
+        assert follower.replica.halted is None and not follower.replica.store.violations()
+    finally:
+        follower.close()
+        follower.replica.store.close()
+        follower.views.close()
+
+
 def test_a_follower_that_cannot_see_its_topics_says_so_and_how_long(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:

@@ -182,6 +182,12 @@ class TopicTruncated(RuntimeError):
     configuration error, which retrying does not mend."""
 
 
+class TopicRepeatsEntry(RuntimeError):
+    """The entries topic holds an entry twice (a producer sent a batch again after it had
+    given up on it), so every record after the copy is one place off: the topic's
+    fault, not the ledger's, and only recreating the topics mends it."""
+
+
 def partition(topic: str) -> TopicPartition:
     return TopicPartition(topic, PARTITION)
 

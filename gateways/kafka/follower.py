@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from gateways.kafka.client import KafkaSettings, TopicTruncated, partition
+from gateways.kafka.client import KafkaSettings, TopicRepeatsEntry, TopicTruncated, partition
 from gateways.kafka.relay import cosignature_is_valid
 from gateways.kafka.topics import (
     PARTITION,
@@ -43,7 +43,7 @@ from ledger.replica import (
     ViolationKind,
     claimed_size,
 )
-from ledger.store import LedgerStore, newest_entry_time
+from ledger.store import LedgerStore, StoredEntry, newest_entry_time
 from ledger.witness import cosign
 from projections.base import View, ViewDatabase, apply_new, catch_up
 
@@ -169,7 +169,7 @@ class Follower:
             except ReplicaHalted as halted:
                 log.error("stopped accepting: %s", halted)
                 self._refresh_status()
-            except (NotThisLedger, TopicTruncated) as exc:  # configuration, not evidence
+            except (NotThisLedger, TopicTruncated, TopicRepeatsEntry) as exc:  # not evidence
                 log.error("these topics cannot be followed into this replica: %s", exc)
                 self.cannot_follow = str(exc)
                 self.close()
@@ -272,6 +272,7 @@ class Follower:
             return []
         incoming = []
         bad: tuple[Any, str] | None = None
+        misplaced: StoredEntry | None = None
         for record in records:
             if self._check_held is not None and record.offset == self._check_held[0]:
                 self._same_log(record)
@@ -289,6 +290,7 @@ class Follower:
                 break
             if entry.seq != record.offset + 1:  # the offset, not a header, says which entry
                 bad = (record, f"the record at offset {record.offset} claims to be entry {entry.seq}")
+                misplaced = entry
                 break
             incoming.append(entry)
         try:
@@ -305,6 +307,8 @@ class Follower:
                 del self.status.recent_lags[:-200_000]
         if bad is not None:
             record, message = bad
+            if misplaced is not None:
+                self._refuse_a_repeat(misplaced, record.offset)
             self.replica.report_violation(
                 ViolationKind.BAD_ENTRY,
                 record.offset + 1,
@@ -312,6 +316,25 @@ class Follower:
                 {"record": (record.value or b"").decode("utf-8", "replace")},
             )
         return appended
+
+    def _refuse_a_repeat(self, entry: StoredEntry, offset: int) -> None:
+        """A record at the wrong offset that is, byte for byte, an entry this replica
+        holds: a producer sent it again (the relay stops on it too), which says nothing
+        against the ledger's signed history, so nothing is recorded against the ledger
+        and the node stops as for topics it cannot follow. Once the topics are created
+        again and the relay has republished, it goes on from its replica."""
+        if not 1 <= entry.seq <= self.replica.size:
+            return
+        (held,) = self.store.read_entries(entry.seq, 1)
+        if held.canonical == entry.canonical:
+            raise TopicRepeatsEntry(
+                f"the record at offset {offset} of {self.topics.entries} repeats entry {entry.seq},"
+                f" which this replica holds (the topic has it at offset {entry.seq - 1}): it holds an entry"
+                " twice (a producer sent it again), so every record after it is one place off."
+                " Nothing was recorded against the ledger. Recreate the topics and restart the"
+                " relay, which publishes everything again; this replica then goes on from where"
+                " it is"
+            )
 
     def _checkpoint(self, record: Any) -> None:
         try:
