@@ -11,6 +11,11 @@ from pathlib import Path
 #: are then told to resubmit (HTTP 503) rather than kept waiting for as long as the lock
 #: is held. Backups (``pg_dump``) and readers take no lock that a writer waits for.
 LOCK_TIMEOUT_S = 30
+#: How long a read of the read models (a consent check, a subject's history) waits for a
+#: lock an administrator holds on their tables on PostgreSQL (``VACUUM FULL``, ``ALTER
+#: TABLE``, ``LOCK TABLE``). The API answers these on its event loop, so every other
+#: request waits with one; after this it answers 503 ``storage_unavailable`` instead.
+READ_LOCK_TIMEOUT_S = 2
 
 
 @dataclass(frozen=True)

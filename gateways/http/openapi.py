@@ -76,6 +76,15 @@ def build_openapi(version: str) -> dict[str, Any]:
             }
         responses = dict(route.responses)
         responses.setdefault(400, ("a problem document: a malformed request", m.ProblemDocument))
+        if route.path.startswith("/v1/"):  # every one of them reads the ledger's database
+            responses.setdefault(
+                503,
+                (
+                    "a problem document: the ledger's database cannot answer now"
+                    " (`storage_unavailable`); retry after the `Retry-After` seconds",
+                    m.ProblemDocument,
+                ),
+            )
         for status, (description, model) in sorted(responses.items()):
             if model is None:
                 content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from infra.storage.errors import storage_unavailable
+
 PROBLEM_TYPE = "application/problem+json"
 
 
@@ -59,7 +61,14 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         cause = exc.__cause__ or exc
         detail = f"the request body cannot be read: {getattr(cause, 'message', '') or cause}"
         return problem_response(400, "malformed_body", detail)
-    except Exception:
+    except Exception as exc:
+        if storage_unavailable(exc):
+            request.app.logger.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)
+            response = problem_response(
+                503, "storage_unavailable", "the ledger's database cannot answer now; try again shortly"
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         request.app.logger.exception("unhandled error in %s %s", request.method, request.path)
         return problem_response(
             500, "internal_error", "the server failed; nothing was changed by this request"

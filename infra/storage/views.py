@@ -12,8 +12,9 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
+from infra.settings import READ_LOCK_TIMEOUT_S
 from infra.storage.postgres import datastore_from_url
 from infra.storage.sqlite import tuned_datastore
 
@@ -77,8 +78,13 @@ class _PgCursor:
 
 
 class PostgresViews:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_lock_timeout_s: float = READ_LOCK_TIMEOUT_S) -> None:
         self.datastore = datastore_from_url(url)
+        # one statement with the search path, so a read costs no extra round trip
+        self._read_settings = SQL("SET LOCAL search_path TO {s}; SET LOCAL lock_timeout = {ms}").format(
+            s=Identifier(self.datastore.schema), ms=Literal(f"{int(read_lock_timeout_s * 1000)}ms")
+        )
+        self._write_settings = SQL("SET LOCAL search_path TO {s}").format(s=Identifier(self.datastore.schema))
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=Identifier(self.datastore.schema)))
         self.recorder = PostgresTrackingRecorder(self.datastore, tracking_table_name="view_tracking")
@@ -87,7 +93,7 @@ class PostgresViews:
     @contextmanager
     def transaction(self, *, commit: bool) -> Iterator[Any]:
         with self.datastore.transaction(commit=commit) as cursor:
-            cursor.execute(SQL("SET LOCAL search_path TO {s}").format(s=Identifier(self.datastore.schema)))
+            cursor.execute(self._write_settings if commit else self._read_settings)
             yield _PgCursor(cursor, self.datastore.schema)
 
     def position(self, view: str) -> int:
