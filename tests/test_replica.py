@@ -459,6 +459,35 @@ def test_a_node_following_a_lying_api_stops_and_keeps_the_evidence(
         store.close()
 
 
+def test_a_computation_nodes_health_check_fails_once_its_replica_found_a_violation(tmp_path: Path) -> None:
+    """A node's /healthz said ok however its replica stood: one that found a violation
+    accepts nothing more, so the node serves a frozen copy, and monitoring should see it."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateways.http.node_app import build_node_app
+
+    settings = Settings(data_dir=tmp_path / "node")
+    node = open_node(settings, ledger_key=None, chain=None, verifier=ParallelVerifier(0))
+
+    async def health() -> tuple[int, dict[str, Any]]:
+        app = build_node_app(node.store, node.views, node.view_list, "http://127.0.0.1:9")
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/healthz")
+            return response.status, await response.json()
+
+    try:
+        assert asyncio.run(health()) == (200, {"status": "ok", "role": "node", "size": 0})
+        with pytest.raises(ReplicaHalted):
+            node.replica.report_violation(ViolationKind.BAD_ENTRY, 1, "not an entry", {"record": "x"})
+        status, body = asyncio.run(health())
+        assert status == 503 and body["status"] == "halted"
+        assert body["halted"] == {"kind": "bad_entry", "seq": 1, "message": "not an entry"}
+    finally:
+        node.close()
+
+
 class _Consumer:
     """A consumer that hands out prepared polls (the broker is not what is tested)."""
 

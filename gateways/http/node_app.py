@@ -86,7 +86,16 @@ def build_node_app(
     mount(app, node_context(store, views, view_list, coordinator, sealed_results))
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "role": "node", "size": store.head()[0]})
+        """503 once the replica found a violation: it accepts nothing more, so what the
+        node serves is frozen at the entry before it (``dfg node status`` has the evidence)."""
+        size = store.head()[0]
+        found = store.violations()
+        if not found:
+            return web.json_response({"status": "ok", "role": "node", "size": size})
+        first = found[0]
+        halted = {"kind": first.kind, "seq": first.seq, "message": first.message}
+        body = {"status": "halted", "role": "node", "size": size, "halted": halted}
+        return web.json_response(body, status=503)
 
     app.router.add_get("/healthz", healthz)
     if bundles is not None:
