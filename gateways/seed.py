@@ -98,22 +98,24 @@ def follow_api(
     stop: threading.Event,
     *,
     interval: float = 0.2,
-) -> None:
+) -> str | None:
     """Keep a replica (and its views) up to date by pulling from a ledger's API: the
     same verification as from Kafka, for a node that reaches the coordinator over
-    HTTP only. Stops on ``stop``; a violation stops it for good (ReplicaHalted)."""
+    HTTP only. Stops on ``stop``; a violation stops it for good (ReplicaHalted). Returns
+    why the API cannot be followed into this replica (another ledger), else None."""
     while not stop.is_set():
         try:
             seed_from_api(replica, base_url)
             apply_views()
         except ReplicaHalted as halted:
             log.error("stopped following %s: %s (evidence kept; dfg node status shows it)", base_url, halted)
-            return
+            return None
         except NotThisLedger as exc:
             log.error("stopped following %s: it serves another ledger than the one named: %s", base_url, exc)
-            return
+            return f"{base_url} serves another ledger than the one named: {exc}"
         except SeedError as exc:
             log.warning("cannot reach the ledger's API (%s); retrying", exc)
             stop.wait(min(5.0, interval * 10))
             continue
         stop.wait(interval)
+    return None

@@ -917,6 +917,39 @@ def test_a_computation_node_follows_the_topics_when_kafka_is_configured(
         relay_running.halt()
 
 
+def test_a_computation_node_given_another_ledgers_topics_stops_with_the_reason(
+    ledger: Ledger, kafka: KafkaSettings, prefix: str, topics: Topics, tmp_path: Path
+) -> None:
+    """``dfg node serve --kafka`` whose topics cannot be followed into its replica (here:
+    another ledger's, by its checkpoint key) used to log it and go on serving GraphQL
+    from a replica that never moved again. It now stops, as ``dfg node follow`` does
+    (exit status 2, the reason on stderr), so that its supervisor sees it."""
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    try:
+        assert other.sequencer.ledger is not None
+        wrong_key = other.sequencer.ledger["checkpoint_key"]
+    finally:
+        other.sequencer.store.close()
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(give(ledger, app, "k-1"))
+    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
+    relay_running.halt()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(tmp_path / "node"),
+         "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN, "--ledger-key", wrong_key,
+         "--port", str(free_port()), "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True,
+    )  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2, stderr
+    assert "cannot be followed into this replica" in stderr and "checkpoint key" in stderr, stderr
+
+
 def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows() -> None:
     """The status is served while the follower verifies: it must not copy (or expose)
     the up to 200,000 lag samples kept for the benchmark, nor share mutable state."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -386,19 +387,30 @@ def node_serve(
     except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
     stop = threading.Event()
+    kafka: Follower | None = None
     if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them
         settings_kafka = KafkaSettings(bootstrap, client_id=f"dfg-node-{chain}", security=kafka_security)
         kafka = Follower(node.replica, node.views, node.view_list, settings_kafka, topics)
-        follower = threading.Thread(target=kafka.run, args=(stop,), name="dfg-node-follow", daemon=True)
         source = f"Kafka at {bootstrap}"
     else:
-        follower = threading.Thread(
-            target=follow_api,
-            args=(node.replica, node.apply_views, coordinator, stop),
-            name="dfg-node-follow",
-            daemon=True,
-        )
         source = coordinator
+    gave_up: list[str] = []
+
+    def follow() -> None:
+        """Topics or an API that cannot be followed into this replica (another ledger's,
+        records deleted, an entry twice) stop the node, as they stop `dfg node follow`:
+        serving on from a replica that no longer moves would go unnoticed. A violation
+        does not: the node serves its evidence (``/healthz``)."""
+        if kafka is not None:
+            kafka.run(stop)
+            reason = kafka.cannot_follow
+        else:
+            reason = follow_api(node.replica, node.apply_views, coordinator, stop)
+        if reason is not None and not stop.is_set():
+            gave_up.append(reason)
+            os.kill(os.getpid(), signal.SIGTERM)  # web.run_app stops on it, as on Ctrl-C
+
+    follower = threading.Thread(target=follow, name="dfg-node-follow", daemon=True)
     follower.start()
     mesh = None
     if key is not None and name is not None and encryption_key is not None:
@@ -423,6 +435,8 @@ def node_serve(
             mesh.close()
         follower.join(10)
         node.close()
+    if gave_up:
+        fail(f"the node stopped: {source} cannot be followed into this replica: {gave_up[0]}", 2)
 
 
 @node.command("status")
