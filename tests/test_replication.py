@@ -544,9 +544,7 @@ def test_a_follower_whose_topic_lost_its_first_records_says_so_and_stops(
 
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
-    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
-    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
-    running.halt()
+    _publish_all(ledger, kafka, topics)
     follower = _manual_follower(tmp_path / "node", kafka, topics, None)
     deleted = mock.patch.object(KafkaConsumer, "beginning_offsets", lambda _c, tps: dict.fromkeys(tps, 3))
     try:
@@ -679,6 +677,13 @@ def test_cosignatures_sent_after_the_broker_lost_everything_are_kept(
     assert relay.stats.republished_from, "the relay never noticed the broker lost its topics"
 
 
+def _publish_all(ledger: Ledger, kafka: KafkaSettings, topics: Topics) -> None:
+    """Run a relay until everything the ledger holds is on ``topics``, then stop it."""
+    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
+    running.halt()
+
+
 def _manual_follower(
     directory: Path, kafka: KafkaSettings, topics: Topics, witness: Witness | None
 ) -> Follower:
@@ -739,9 +744,7 @@ def test_an_entry_the_topic_holds_twice_stops_a_follower_without_evidence_agains
     nothing, and goes on from its replica once the topics are recreated."""
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
-    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
-    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
-    running.halt()
+    _publish_all(ledger, kafka, topics)
     follower = _manual_follower(tmp_path / "node", kafka, topics, None)
     try:
         follower.connect()
@@ -759,9 +762,7 @@ def test_an_entry_the_topic_holds_twice_stops_a_follower_without_evidence_agains
         # the operator recreates the topics (here: new ones) and the relay republishes
         (next_one,) = ledger.accept(give(ledger, app, "p-next"))
         recreated = Topics.for_ledger(CHAIN, f"{prefix}r")
-        relay, running = start_relay(ledger.sequencer.store, kafka, recreated)
-        wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="republished")
-        running.halt()
+        _publish_all(ledger, kafka, recreated)
         follower.topics, follower.cannot_follow = recreated, None
         follower.connect()
         _step_until(follower, lambda: follower.replica.size == next_one.seq, "the entry after the copy")
@@ -932,9 +933,7 @@ def test_a_computation_node_given_another_ledgers_topics_stops_with_the_reason(
         other.sequencer.store.close()
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(give(ledger, app, "k-1"))
-    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
-    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="published")
-    relay_running.halt()
+    _publish_all(ledger, kafka, topics)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(tmp_path / "node"),
          "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN, "--ledger-key", wrong_key,
