@@ -78,11 +78,11 @@ class _PgCursor:
 
 
 class PostgresViews:
-    def __init__(self, url: str, *, read_lock_timeout_s: float = READ_LOCK_TIMEOUT_S) -> None:
+    def __init__(self, url: str) -> None:
         self.datastore = datastore_from_url(url)
         # one statement with the search path, so a read costs no extra round trip
-        self._read_settings = SQL("SET LOCAL search_path TO {s}; SET LOCAL lock_timeout = {ms}").format(
-            s=Identifier(self.datastore.schema), ms=Literal(f"{int(read_lock_timeout_s * 1000)}ms")
+        self._read_settings = SQL("SET LOCAL search_path TO {s}; SET LOCAL lock_timeout = {timeout}").format(
+            s=Identifier(self.datastore.schema), timeout=Literal(f"{READ_LOCK_TIMEOUT_S}s")
         )
         self._write_settings = SQL("SET LOCAL search_path TO {s}").format(s=Identifier(self.datastore.schema))
         with self.datastore.transaction(commit=True) as curs:
