@@ -32,9 +32,10 @@ import tempfile
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 LOG_FILE = "tansu.log"
 # Tansu reads these from the environment; a developer's shell must not change what tests see.
@@ -100,9 +101,16 @@ class TansuBroker:
         cluster_id: str = "dfg-tansu",
         startup_timeout: float = 20.0,
         binary: Path | None = None,
+        advertised: str | None = None,
+        probe_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port if port is not None else free_port(self.host)
+        #: ``host:port`` the broker tells clients to connect to, when they reach it
+        #: through something in front of it (a TLS-terminating proxy); its own otherwise.
+        self.advertised = advertised if advertised is not None else self.bootstrap
+        #: kafka-python options the readiness probe needs to get through that (TLS).
+        self.probe_options = dict(probe_options or {})
         self.cluster_id = cluster_id
         self.startup_timeout = startup_timeout
         self.binary = binary if binary is not None else tansu_binary()
@@ -138,7 +146,7 @@ class TansuBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -255,10 +263,11 @@ class TansuBroker:
             attempt_ms = min(max(int((deadline - time.monotonic()) * 1000), 100), 1000)
             try:
                 admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap,
+                    bootstrap_servers=self.advertised,
                     client_id="dfg-tansu-probe",
                     bootstrap_timeout_ms=attempt_ms,
                     request_timeout_ms=attempt_ms,
+                    **self.probe_options,
                 )
                 try:
                     admin.list_topics()
@@ -268,7 +277,7 @@ class TansuBroker:
             except KafkaError as exc:
                 last = exc
                 time.sleep(0.1)
-        self._fail(f"no Kafka answer from {self.bootstrap} within {self.startup_timeout:.0f} s ({last!r})")
+        self._fail(f"no Kafka answer from {self.advertised} within {self.startup_timeout:.0f} s ({last!r})")
 
     def _accepts_tcp(self) -> bool:
         try:

@@ -1,0 +1,137 @@
+"""The relay and a node over TLS with client certificates.
+
+The broker is the real Tansu behind a TLS front (``tls_front``) that demands a client
+certificate; the relay and the follower are the real ``dfg`` commands, given the files
+an operator would give them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CHAIN, Ledger, give_level1
+from replication import wait_for
+from tls_front import Pki, TlsFront, make_pki, server_context
+
+from infra.bootstrap import open_store
+from infra.settings import Settings
+from infra.tansu import TansuBroker, free_port
+
+pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def mutual_tls(pki: Pki) -> dict[str, str]:
+    """kafka-python's options for this PKI's client certificate."""
+    return {
+        "security_protocol": "SSL",
+        "ssl_cafile": str(pki.ca),
+        "ssl_certfile": str(pki.client_cert),
+        "ssl_keyfile": str(pki.client_key),
+    }
+
+
+@pytest.fixture(scope="module")
+def tls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TlsFront, TansuBroker]]:
+    """Tansu, reachable only through a front that requires a client certificate
+    from the PKI's CA (the broker's own port stays plaintext, for the wrong-way tests)."""
+    port = free_port()
+    with (
+        TlsFront(f"127.0.0.1:{port}", server_context(pki, require_client_cert=True)) as front,
+        TansuBroker(
+            port=port,
+            advertised=front.address,
+            probe_options=mutual_tls(pki),
+            log_dir=tmp_path_factory.mktemp("tansu"),
+        ) as broker,
+    ):
+        yield front, broker
+
+
+def tls_options(pki: Pki, *, ca: Path | None = None, certificate: bool = True) -> list[str]:
+    options = ["--kafka-security-protocol", "SSL", "--kafka-ca-file", str(ca or pki.ca)]
+    if certificate:
+        options += ["--kafka-cert-file", str(pki.client_cert), "--kafka-key-file", str(pki.client_key)]
+    return options
+
+
+def _dfg(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _replica_size(node_dir: Path) -> int:
+    if not (node_dir / "ledger.sqlite").exists():
+        return 0
+    store = open_store(Settings(data_dir=node_dir))
+    try:
+        return store.head()[0]
+    finally:
+        store.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> tuple[int, str]:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        _, errors = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, errors = process.communicate()
+    return process.returncode, errors.decode(errors="replace")
+
+
+def test_relay_and_node_replicate_over_mutual_tls(
+    ledger: Ledger, pki: Pki, tls_broker: tuple[TlsFront, TansuBroker], tmp_path: Path
+) -> None:
+    """What an operator runs against a cluster that takes clients over TLS with client
+    certificates: every entry reaches the node, verified, through the TLS front only."""
+    front, _ = tls_broker
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"tls-{i}") for i in range(30)])
+    assert ledger.sequencer.ledger is not None
+    prefix, node_dir = "tls", tmp_path / "node"
+    kafka = ["--kafka", front.address, "--topic-prefix", prefix, *tls_options(pki)]
+    relay = _dfg("relay", "--data", str(ledger.settings.data_dir), *kafka)
+    follower = _dfg(
+        "node",
+        "follow",
+        "--data",
+        str(node_dir),
+        *kafka,
+        "--chain",
+        CHAIN,
+        "--ledger-key",
+        ledger.sequencer.ledger["checkpoint_key"],
+    )
+    try:
+        size = ledger.head()[0]
+        wait_for(lambda: _replica_size(node_dir) == size, timeout=60, what="the node to follow over TLS")
+        ledger.accept(*[give_level1(ledger, app, f"tls-more-{i}") for i in range(10)])
+        size = ledger.head()[0]
+        wait_for(lambda: _replica_size(node_dir) == size, timeout=60, what="the newer entries")
+    finally:
+        follower_exit = _stop(follower)
+        relay_exit = _stop(relay)
+    assert follower_exit[0] == 0, follower_exit[1]
+    assert relay_exit[0] == 0, relay_exit[1]
+    store = open_store(Settings(data_dir=node_dir))
+    try:
+        held = [e.canonical for e in store.read_entries(1, 1000)]
+    finally:
+        store.close()
+    assert held == [e.canonical for e in ledger.sequencer.store.read_entries(1, 1000)]
