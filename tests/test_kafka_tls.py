@@ -1,4 +1,4 @@
-"""The relay and a node over TLS with client certificates.
+"""The relay and a node over TLS with client certificates, and settings that cannot work.
 
 The broker is the real Tansu behind a TLS front (``tls_front``) that demands a client
 certificate; the relay and the follower are the real ``dfg`` commands, given the files
@@ -14,10 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import CHAIN, Ledger, give_level1
 from replication import wait_for
 from tls_front import Pki, TlsFront, make_pki, server_context
 
+from gateways.cli.main import cli
+from gateways.kafka import preflight
+from gateways.kafka.preflight import connection_problem
 from infra.bootstrap import open_store
 from infra.settings import Settings
 from infra.tansu import TansuBroker, free_port
@@ -135,3 +139,68 @@ def test_relay_and_node_replicate_over_mutual_tls(
     finally:
         store.close()
     assert held == [e.canonical for e in ledger.sequencer.store.read_entries(1, 1000)]
+
+
+def _follow(node_dir: Path, bootstrap: str, *options: str) -> list[str]:
+    return ["node", "follow", "--data", str(node_dir), "--kafka", bootstrap, "--chain", CHAIN, *options]
+
+
+def test_settings_that_cannot_reach_the_brokers_stop_the_commands_at_once(
+    ledger: Ledger,
+    pki: Pki,
+    tls_broker: tuple[TlsFront, TansuBroker],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CA that did not sign the brokers' certificate, a missing client certificate,
+    TLS spoken to a plaintext listener or plaintext to a TLS one: the clients would
+    retry each for ever as if the brokers were down. The commands exit 2 instead,
+    naming the option to fix, and leave nothing behind."""
+    front, broker = tls_broker
+    monkeypatch.setattr(preflight, "TIMEOUT_S", 1.0)  # Tansu waits silently on a TLS hello
+    assert ledger.sequencer.ledger is not None
+    key = ["--ledger-key", ledger.sequencer.ledger["checkpoint_key"]]
+    node_dir = tmp_path / "node"
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    relay = ["relay", "--data", str(ledger.settings.data_dir), "--kafka", front.address]
+    serve = [
+        "node",
+        "serve",
+        "--data",
+        str(node_dir),
+        "--coordinator",
+        "http://127.0.0.1:9",
+        "--chain",
+        CHAIN,
+    ]
+    cases = [
+        ("does not trust", _follow(node_dir, front.address, *tls_options(pki, ca=pki.stranger_ca), *key)),
+        ("client certificate", _follow(node_dir, front.address, *tls_options(pki, certificate=False), *key)),
+        ("is it a TLS listener", _follow(node_dir, front.address, *key)),
+        ("is it a plaintext listener", _follow(node_dir, broker.bootstrap, *tls_options(pki), *key)),
+        ("holds no CA certificate", _follow(node_dir, front.address, *tls_options(pki, ca=not_pem), *key)),
+        ("does not trust", [*relay, *tls_options(pki, ca=pki.stranger_ca)]),
+        ("does not trust", [*serve, "--kafka", front.address, *tls_options(pki, ca=pki.stranger_ca), *key]),
+    ]
+    before = ledger.head()
+    for expected, args in cases:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (expected, result.output)
+        assert expected in result.output, (expected, result.output)
+        assert f"cannot use Kafka at {args[args.index('--kafka') + 1]}" in result.output
+        assert not node_dir.exists(), "a refused node left a replica behind"
+    assert ledger.head() == before
+    assert ledger.sequencer.store.marker("relay.entries") == 0
+
+
+def test_a_broker_that_is_down_is_not_taken_for_a_mistake(pki: Pki) -> None:
+    """Brokers restart: nothing listening is for the clients to retry, not a reason to stop."""
+    assert connection_problem(f"127.0.0.1:{free_port()}", mutual_tls(pki), timeout=1) is None
+    assert connection_problem(f"127.0.0.1:{free_port()}", {}, timeout=1) is None
+
+
+def test_one_server_that_answers_is_enough(pki: Pki, tls_broker: tuple[TlsFront, TansuBroker]) -> None:
+    front, _ = tls_broker
+    bootstrap = f"127.0.0.1:{free_port()},{front.address}"
+    assert connection_problem(bootstrap, mutual_tls(pki), timeout=1) is None

@@ -28,6 +28,7 @@ from gateways.cli.options import (
 )
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
+from gateways.kafka.preflight import connection_problem
 from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
@@ -52,6 +53,15 @@ def _bootstrap(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         if match is None or not 1 <= int(match.group(2)) <= 65535:
             raise click.BadParameter(f"{server.strip()!r} is not host:port")
     return value
+
+
+def _refuse_unusable_kafka(bootstrap: str, security: dict[str, Any]) -> None:
+    """Exit 2 naming settings that can never reach the brokers (a CA that does not sign
+    their certificates, TLS to a plaintext listener...), which the clients would retry
+    for ever as if the brokers were down."""
+    problem = connection_problem(bootstrap, security)
+    if problem is not None:
+        fail(f"cannot use Kafka at {bootstrap}: {problem}", 2)
 
 
 kafka_option = click.option(
@@ -119,6 +129,7 @@ def relay(
     the witnesses' cosignatures that come back."""
     _logging()
     require_ledger(settings)
+    _refuse_unusable_kafka(bootstrap, kafka_security)
     store = open_store(settings)
     try:
         check_store_role(store, StoreRole.LEDGER, settings)
@@ -251,6 +262,7 @@ def follow(
     _logging()
     witness = _witness(witness_key, witness_name)
     topics = Topics.for_ledger(chain, topic_prefix)
+    _refuse_unusable_kafka(bootstrap, kafka_security)
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except AuditFailure as exc:  # the replica held is not of the ledger named
@@ -382,6 +394,8 @@ def node_serve(
         topics = Topics.for_ledger(chain, topic_prefix) if bootstrap is not None else None
     except ValueError as exc:
         fail(f"--chain: {exc}", 2)
+    if bootstrap is not None:
+        _refuse_unusable_kafka(bootstrap, kafka_security)
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except (LedgerBusy, WrongStoreRole) as exc:
