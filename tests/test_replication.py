@@ -589,6 +589,33 @@ def test_a_relay_warns_of_topics_with_more_than_one_partition(
     assert f"{topics.entries} has 4 partitions; dfg uses partition 0 only" in caplog.text
 
 
+def test_a_refusal_by_the_brokers_acls_is_logged_as_one_not_as_an_outage(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay or node without the ACLs it needs used to log "broker unavailable" while
+    it retried. It still retries (an administrator may grant them), but says what is
+    wrong. (Tansu enforces no ACLs: the refusal is kafka-python's error, raised here.)"""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    refused = TopicAuthorizationFailedError(f"Write on {topics.entries}")
+
+    def refusals() -> set[str]:
+        return {r.name for r in caplog.records if "the brokers refused this client access" in r.getMessage()}
+
+    with (
+        mock.patch.object(KafkaSettings, "ensure_topics", side_effect=refused),
+        mock.patch.object(KafkaSettings, "consumer", side_effect=refused),
+    ):
+        _, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+        try:
+            with nodes(tmp_path, kafka, topics, 1):
+                wait_for(lambda: {"dfg.relay", "dfg.follower"} <= refusals(), what="both to log the refusal")
+        finally:
+            relay_running.halt()
+    assert "check its ACLs" in caplog.text
+    assert "broker unavailable" not in caplog.text
+
+
 def _witness_identity(ledger: Ledger, name: str, *, register: bool) -> tuple[Witness, str]:
     """A node key; admitted on the ledger as a node operator when ``register``."""
     key = OKPKey.generate_key("Ed25519")

@@ -17,7 +17,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    AuthorizationError,
+    KafkaError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+)
 
 from gateways.kafka.topics import PARTITION, Headers
 
@@ -38,6 +43,17 @@ _RECORD_FRAMING = 64
 #: records are the only copy new followers can start from, so they are kept for ever
 #: and never compacted (compaction keeps one record per key, an aggregate's newest).
 REQUIRED_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def why_disconnected(exc: KafkaError) -> str:
+    """What a relay or a node logs before reconnecting: a refusal by the brokers'
+    ACLs or SASL is named as one (it lasts until an administrator changes something),
+    not as a broker that is down."""
+    if isinstance(exc, AuthorizationError):
+        return f"the brokers refused this client access ({exc}): check its ACLs (the README's Security)"
+    if isinstance(exc, SaslAuthenticationFailedError):
+        return f"the brokers refused this client's SASL credentials ({exc}): check --kafka-sasl-*"
+    return f"broker unavailable ({exc})"
 
 
 @dataclass(frozen=True)

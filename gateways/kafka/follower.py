@@ -22,7 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from gateways.kafka.client import KafkaSettings, TopicRepeatsEntry, TopicTruncated, partition
+from gateways.kafka.client import (
+    KafkaSettings,
+    TopicRepeatsEntry,
+    TopicTruncated,
+    partition,
+    why_disconnected,
+)
 from gateways.kafka.relay import cosignature_is_valid
 from gateways.kafka.topics import (
     PARTITION,
@@ -175,7 +181,7 @@ class Follower:
                 self.close()
                 return 2
             except KafkaError as exc:
-                log.warning("broker unavailable (%s); reconnecting in %.1fs", exc, backoff)
+                log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
                 self.close()
                 self._refresh_status()
                 stop.wait(backoff)

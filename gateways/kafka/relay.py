@@ -26,7 +26,15 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from domain.identifiers import principal_aggregate_id
 from domain.principal import Principal
-from gateways.kafka.client import KafkaSettings, Record, TopicTruncated, chunks, partition, topic_end
+from gateways.kafka.client import (
+    KafkaSettings,
+    Record,
+    TopicTruncated,
+    chunks,
+    partition,
+    topic_end,
+    why_disconnected,
+)
 from gateways.kafka.topics import (
     PARTITION,
     CosignatureMessage,
@@ -107,7 +115,7 @@ class Relay:
                 if not busy:
                     self.store.wait_for_append(idle_wait)
             except KafkaError as exc:
-                log.warning("broker unavailable (%s); reconnecting in %.1fs", exc, backoff)
+                log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
                 self.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
