@@ -18,6 +18,7 @@ from gateways.cli.demo_mpc import mpc
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.node_commands import node, relay
 from gateways.cli.options import fail
+from gateways.cli.principal_commands import principals
 from gateways.cli.projection_commands import consents, projections
 from gateways.cli.provider_commands import provider
 from gateways.cli.serve_command import serve
@@ -55,6 +56,7 @@ cli.add_command(demo)
 cli.add_command(audit)
 cli.add_command(projections)
 cli.add_command(consents)
+cli.add_command(principals)
 cli.add_command(bench)
 cli.add_command(serve)
 cli.add_command(relay)

@@ -47,7 +47,7 @@ def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
     except LedgerBusy as exc:
         fail(str(exc))
     try:
-        store, db = _open(settings, catch=False, set_aside_unreadable=True)
+        store, db = open_caught_up(settings, catch=False, set_aside_unreadable=True)
         try:
             for view in views:
                 position = rebuild_view(db, view, store.read_entries)
@@ -63,7 +63,7 @@ def rebuild(settings: Settings, names: tuple[str, ...]) -> None:
 @ledger_options
 def status(settings: Settings) -> None:
     """Each view's position and lag behind the log."""
-    store, db = _open(settings)
+    store, db = open_caught_up(settings)
     try:
         size = store.head()[0]
         for view in all_views():
@@ -123,7 +123,7 @@ def check(
 ) -> None:
     """Is the subject's consent to the controller valid for this purpose and categories?
     Prints the answer as JSON; exit status 0 if granted, 3 if not."""
-    store, db = _open(settings, [ConsentStateView()])
+    store, db = open_caught_up(settings, [ConsentStateView()])
     when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else _log_time_now(store)
     try:
         with db.transaction(commit=False) as cursor:
@@ -150,7 +150,7 @@ def _log_time_now(store: LedgerStore) -> datetime:
 @click.option("--limit", type=click.IntRange(1, 1000), default=50)
 def subject_history(settings: Settings, subject: str, limit: int) -> None:
     """The subject's consents and every use of them, newest first."""
-    store, db = _open(settings, [TimelineView()])
+    store, db = open_caught_up(settings, [TimelineView()])
     try:
         with db.transaction(commit=False) as cursor:
             for item in history(cursor, subject, limit=limit):
@@ -160,7 +160,7 @@ def subject_history(settings: Settings, subject: str, limit: int) -> None:
         store.close()
 
 
-def _open(
+def open_caught_up(
     settings: Settings,
     views: Sequence[View] | None = None,
     *,
@@ -204,7 +204,7 @@ def follow(settings: Settings, poll: float) -> None:
 
     from projections.follow import Follower
 
-    store, db = _open(settings, [])
+    store, db = open_caught_up(settings, [])
     follower = Follower(db, all_views(), store.read_entries, store.wait_for_append, poll_s=poll)
     stop = threading.Event()
     click.echo("following the log; Ctrl-C to stop")
