@@ -634,7 +634,7 @@ def _witness_identity(ledger: Ledger, name: str, *, register: bool) -> tuple[Wit
 
 
 def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_count(
-    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     registered = [_witness_identity(ledger, f"node:w{i}", register=True) for i in range(3)]
     rogue, rogue_vkey = _witness_identity(ledger, "node:rogue", register=False)
@@ -653,6 +653,9 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
             assert [n.follower.status.witness_registered for n in started] == [True, True, True, False]
     finally:
         relay_running.halt()
+    # the relay and the rogue node each say why its cosignatures do not count
+    assert "by node:rogue: node:rogue is not admitted on this ledger" in caplog.text
+    assert "dfg principals admit node:rogue --kind node_operator" in caplog.text
     checkpoint = store.latest_checkpoint()
     assert checkpoint is not None and checkpoint.size == size
     assert {line.split()[1] for line in checkpoint.cosignatures} == {"node:w0", "node:w1", "node:w2"}
@@ -677,6 +680,32 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     strict = [*witness_args[:2], "--witness", rogue_vkey, "--witness-quorum", "2"]
     result = CliRunner().invoke(cli, ["audit", "verify", *data, *strict])
     assert result.exit_code == 1 and "no checkpoint carries cosignatures of 2" in result.output
+
+
+def test_why_a_cosignature_does_not_count_is_named(ledger: Ledger) -> None:
+    """The relay's log used to say "not a valid witness signature" for a node nobody
+    admitted, which reads as a forgery."""
+    from gateways.kafka.relay import cosignature_problem
+    from gateways.kafka.topics import CosignatureMessage
+
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    ledger.admit("sp:app", "service_provider")
+    ledger.sequencer.checkpoint_now()
+    checkpoint = ledger.sequencer.store.latest_checkpoint()
+    assert checkpoint is not None
+    store, note, size = ledger.sequencer.store, checkpoint.note, checkpoint.size
+
+    def problem(name: str, key: Any) -> str | None:
+        line = cosign(note, name, key, int(time.time()))
+        return cosignature_problem(store, CosignatureMessage(name, size, line), note)
+
+    assert problem("node:w0", witness.key) is None
+    stranger = OKPKey.generate_key("Ed25519").private_key
+    assert problem("node:w0", stranger) == (
+        "no current key of node:w0 verifies it (signed with a key revoked, or never added)"
+    )
+    assert problem("sp:app", stranger) == "sp:app is not a node operator (it lacks the role node_operator)"
+    assert problem("node:nobody", stranger) == "node:nobody is not admitted on this ledger"
 
 
 @pytest.mark.slow

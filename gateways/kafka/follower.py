@@ -29,7 +29,7 @@ from gateways.kafka.client import (
     partition,
     why_disconnected,
 )
-from gateways.kafka.relay import cosignature_is_valid
+from gateways.kafka.relay import cosignature_problem
 from gateways.kafka.topics import (
     PARTITION,
     CosignatureMessage,
@@ -383,14 +383,17 @@ class Follower:
         node cosigning with a key nobody admitted would otherwise never find out (the
         relay refuses its cosignatures, in the relay's log)."""
         assert self.witness is not None
-        registered = cosignature_is_valid(self.store, CosignatureMessage(self.witness.name, size, line), note)
-        if not registered and self.status.witness_registered is not False:
+        problem = cosignature_problem(self.store, CosignatureMessage(self.witness.name, size, line), note)
+        registered = problem is None
+        if problem is not None and self.status.witness_registered is not False:
             log.warning(
-                "%s's key is not a current key of a node operator on this ledger (as of entry %d):"
-                " its cosignatures do not count until the operator admits it (principal.admit,"
-                " kind node_operator, with the JWK `dfg node keygen` printed)",
+                "%s's key is not a current key of a node operator on this ledger (as of entry %d: %s):"
+                " its cosignatures do not count until the operator admits it (dfg principals admit"
+                " %s --kind node_operator --jwk, with what `dfg node keygen` printed)",
                 self.witness.name,
                 size,
+                problem,
+                self.witness.name,
             )
         elif registered and self.status.witness_registered is False:
             log.info("%s's key is now registered on the ledger: its cosignatures count", self.witness.name)

@@ -354,18 +354,14 @@ class Relay:
             self.stats.cosignatures_refused += 1
             return False
         try:
-            valid = cosignature_is_valid(self.store, message, checkpoint.note)
+            problem = cosignature_problem(self.store, message, checkpoint.note)
         except Exception:  # whatever a hostile record holds, it must not stop the relay
             log.warning(
                 "refusing a cosignature of size %d: it cannot be checked", message.size, exc_info=True
             )
-            valid = False
-        if not valid:
-            log.warning(
-                "refusing a cosignature of size %d by %s: not a valid witness signature",
-                message.size,
-                message.witness,
-            )
+            problem = "it cannot be checked"
+        if problem is not None:
+            log.warning("refusing a cosignature of size %d by %s: %s", message.size, message.witness, problem)
             self.stats.cosignatures_refused += 1
             return False
         if self.store.save_cosignature(message.size, message.witness, message.cosignature):
@@ -373,17 +369,19 @@ class Relay:
         return True
 
 
-def cosignature_is_valid(store: LedgerStore, message: CosignatureMessage, note: str) -> bool:
-    """A cosignature counts if its key is a current Ed25519 key of a principal that is a
-    node operator on this ledger."""
+def cosignature_problem(store: LedgerStore, message: CosignatureMessage, note: str) -> str | None:
+    """Why a cosignature does not count, or None when it does: it counts if its key is
+    a current Ed25519 key of a principal that is a node operator on this ledger."""
     aggregate = store.load_aggregate(principal_aggregate_id(message.witness))
-    if not isinstance(aggregate, Principal) or WITNESS_KIND not in aggregate.roles:
-        return False
+    if not isinstance(aggregate, Principal):
+        return f"{message.witness} is not admitted on this ledger"
+    if WITNESS_KIND not in aggregate.roles:
+        return f"{message.witness} is not a node operator (it lacks the role {WITNESS_KIND})"
     body = checkpoint_body(note)
     for key in aggregate.keys.values():
         if key.revoked is not None:
             continue
         verifier = witness_verifier(message.witness, key.jwk)
         if verifier is not None and verify_cosignature_line(body, message.cosignature, verifier) is not None:
-            return True
-    return False
+            return None
+    return f"no current key of {message.witness} verifies it (signed with a key revoked, or never added)"
