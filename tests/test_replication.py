@@ -616,6 +616,18 @@ def test_a_refusal_by_the_brokers_acls_is_logged_as_one_not_as_an_outage(
     assert "broker unavailable" not in caplog.text
 
 
+def test_topics_not_there_are_named_not_taken_for_an_outage(
+    kafka: KafkaSettings, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node given a --chain or --topic-prefix no relay publishes to waits for the
+    topics, and says so: it used to log "broker unavailable" while the broker answered."""
+    with nodes(tmp_path, kafka, Topics.for_ledger(CHAIN, prefix), 1) as started:
+        wait_for(lambda: "are --chain and --topic-prefix right?" in caplog.text, what="the warning")
+        assert started[0].follower is not None and not started[0].follower.status.connected
+    assert f"no topic {prefix}." in caplog.text
+    assert "broker unavailable" not in caplog.text
+
+
 def _witness_identity(ledger: Ledger, name: str, *, register: bool) -> tuple[Witness, str]:
     """A node key; admitted on the ledger as a node operator when ``register``."""
     key = OKPKey.generate_key("Ed25519")

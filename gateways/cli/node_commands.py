@@ -97,6 +97,9 @@ prefix_option = click.option(
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python says a great deal at INFO (some 70 lines as a relay starts), which
+    # buried dfg's own lines; its warnings and errors (a failed TLS handshake) stay.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -45,12 +45,18 @@ _RECORD_FRAMING = 64
 REQUIRED_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 
 
+class TopicsMissing(KafkaError):  # type: ignore[misc]  # kafka-python has no types
+    """The ledger's topics are not on the broker (yet): retried, as a broker outage."""
+
+
 def why_disconnected(exc: KafkaError) -> str:
     """What a relay or a node logs before reconnecting: a refusal by the brokers'
-    ACLs or SASL is named as one (it lasts until an administrator changes something),
-    not as a broker that is down."""
+    ACLs or SASL, or topics not there, is named as such (it lasts until someone changes
+    something), not as a broker that is down."""
     if isinstance(exc, AuthorizationError):
         return f"the brokers refused this client access ({exc}): check its ACLs (the README's Security)"
+    if isinstance(exc, TopicsMissing):  # the broker answered
+        return str(exc.args[0]) if exc.args else "the ledger's topics are missing"
     if isinstance(exc, SaslAuthenticationFailedError):
         return f"the brokers refused this client's SASL credentials ({exc}): check --kafka-sasl-*"
     return f"broker unavailable ({exc})"

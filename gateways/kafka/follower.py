@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 from gateways.kafka.client import (
     KafkaSettings,
     TopicRepeatsEntry,
+    TopicsMissing,
     TopicTruncated,
     partition,
     why_disconnected,
@@ -60,10 +61,6 @@ TOPIC_END_MARKER = "follower.topic_end"
 SEEN_AT_MARKER = "follower.seen_at_ms"
 #: The size of the newest checkpoint whose cosignature the broker acknowledged.
 COSIGNED_MARKER = "follower.cosigned"
-
-
-class TopicsMissing(KafkaError):  # type: ignore[misc]  # kafka-python has no types
-    """The ledger's topics are not on the broker (yet): retried, as a broker outage."""
 
 
 @dataclass(frozen=True)
