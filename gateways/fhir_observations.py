@@ -45,6 +45,16 @@ def parse_codes(values: Sequence[str]) -> dict[tuple[str, str], str]:
     return codes
 
 
+def _first_problem(exc: ValidationError) -> str:
+    """Where and what, e.g. "entry.0.resource.subject: Value is expected ...", and how
+    many more there are (pydantic's text starts with a count line that names neither)."""
+    problems = exc.errors()
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "root")
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where + ': ' if where else ''}{first['msg']}{more}"
+
+
 def read_bundle(
     path: Path, key_column: str, variables: Sequence[Variable], codes: Mapping[tuple[str, str], str]
 ) -> list[dict[str, str]]:
@@ -53,8 +63,10 @@ def read_bundle(
 
     try:
         bundle = Bundle.model_validate_json(path.read_bytes())
-    except (ValidationError, ValueError) as exc:
-        raise UploadError(f"{path} is not a valid FHIR Bundle: {str(exc).splitlines()[0]}") from exc
+    except ValidationError as exc:
+        raise UploadError(f"{path} is not a valid FHIR Bundle: {_first_problem(exc)}") from exc
+    except ValueError as exc:
+        raise UploadError(f"{path} is not a valid FHIR Bundle: {exc}") from exc
     by_name = {v.name: v for v in variables}
     records: dict[str, dict[str, str]] = {}
     when: dict[tuple[str, str], datetime | None] = {}

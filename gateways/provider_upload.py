@@ -100,8 +100,24 @@ class Variable:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    """The file's records, each with exactly the header's fields: a row with fewer or
+    more is refused by its line (``DictReader`` would fill the gap with "missing" or
+    drop the surplus, and a shifted row would be uploaded as someone's values)."""
+    rows: list[dict[str, str]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                if None in row:
+                    raise UploadError(f"line {reader.line_num}: more fields than the header has")
+                if any(value is None for value in row.values()):
+                    raise UploadError(f"line {reader.line_num}: fewer fields than the header has")
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise UploadError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 CSV") from exc
+    except csv.Error as exc:
+        raise UploadError(f"{path} is not a CSV file: {exc}") from exc
+    return rows
 
 
 def columns_of(

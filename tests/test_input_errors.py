@@ -349,6 +349,31 @@ def test_provider_upload_refuses_a_malformed_node_argument(tmp_path: Path) -> No
     assert result.exit_code == 1 and "error:" in result.output
 
 
+def test_provider_upload_and_node_serve_refuse_ids_and_urls_that_cannot_be_ones(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A datasource id that is no UUID was sent to the coordinator (which answered with
+    a sentence saying the same twice); a coordinator URL that is no URL was retried
+    every two seconds for ever."""
+    records, key = tmp_path / "r.csv", tmp_path / "k.jwk"
+    records.write_text("subject,x\np-1,1\n")
+    key.write_text("{}")
+    upload = CliRunner().invoke(
+        cli,
+        ["provider", "upload", str(records), "--url", "http://127.0.0.1:9", "--datasource", "blah",
+         "--principal", "dp:x", "--key", str(key), "--node", "node:a=http://127.0.0.1:9"],
+    )  # fmt: skip
+    assert upload.exit_code == 2 and "'blah' is not a valid UUID" in upload.output, upload.output
+    assert ledger.sequencer.ledger is not None
+    serve = CliRunner().invoke(
+        cli,
+        ["node", "serve", "--data", str(tmp_path / "node"), "--coordinator", "notaurl", "--chain", "c",
+         "--ledger-key", ledger.sequencer.ledger["checkpoint_key"]],
+    )  # fmt: skip
+    assert serve.exit_code == 2 and "Invalid value for '--coordinator'" in serve.output, serve.output
+    assert not (tmp_path / "node").exists()
+
+
 def _keys(tmp_path: Path) -> tuple[Path, Path]:
     from joserfc.jwk import OKPKey
 

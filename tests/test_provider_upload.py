@@ -130,6 +130,9 @@ def test_upload_seals_shares_to_each_node_and_commits_them(
         ("subject,sbp,smoker\np-1,120,maybe\n", "line 2: smoker is a boolean"),
         ("subject,sbp\np-1,120\n", "lacks the column(s) smoker"),
         ("subject,sbp,smoker\np-1,120,1\np-1,130,0\n", "a subject appears twice"),
+        ("subject,sbp,smoker\np-1,120,1\np-2,130\n", "line 3: fewer fields than the header has"),
+        ("subject,sbp,smoker\np-1,120,1,9\n", "line 2: more fields than the header has"),
+        ("subject,sbp,smoker\np-1," + "9" * 140_000 + ",1\n", "is not a CSV file: field larger than"),
     ],
 )
 def test_bad_records_stop_the_upload_before_anything_is_sent(
@@ -226,6 +229,17 @@ def test_a_fhir_bundle_of_observations_is_uploaded_latest_value_per_subject(
             "valid FHIR",
         ),
         ([], "no Observation of the datasource's variables"),
+        (
+            [
+                {
+                    "resource": {
+                        **_observation("p-1", "2026-01-01T08:00:00Z", **_pressure(120))["resource"],
+                        "subject": 5,
+                    }
+                }
+            ],
+            "entry.0.resource.subject: ",
+        ),
     ],
 )
 def test_a_bad_fhir_bundle_stops_the_upload_before_anything_is_sent(
@@ -237,3 +251,24 @@ def test_a_bad_fhir_bundle_stops_the_upload_before_anything_is_sent(
     )
     assert result.exit_code == 1 and message in result.output, result.output
     assert not any((d / "bundles").exists() for d in federation["dirs"].values())
+
+
+def test_a_file_that_is_not_utf8_is_refused_before_anything_is_sent(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    records = tmp_path / "records.csv"
+    records.write_bytes(CSV.encode("utf-16"))  # starts with the bytes ff fe
+    result = CliRunner().invoke(cli, ["provider", "upload", str(records), *federation["args"]])
+    assert result.exit_code == 1, result.output
+    assert "is not UTF-8 text (byte 0): save it as UTF-8 CSV" in result.output
+    assert not any((d / "bundles").exists() for d in federation["dirs"].values())
+
+
+def test_a_bundle_file_that_is_not_json_is_named_so(federation: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "observations.json"
+    path.write_text("{not json")
+    args = ["provider", "upload", str(path), *federation["args"], "--code", "sbp=http://loinc.org|8480-6"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "is not a valid FHIR Bundle: Invalid JSON" in result.output, (
+        result.output
+    )

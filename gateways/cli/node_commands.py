@@ -22,6 +22,7 @@ from gateways.cli.kafka_security import kafka_security_options
 from gateways.cli.options import (
     checkpoint_verifier_key,
     fail,
+    http_url,
     ledger_options,
     optional_http_url,
     require_ledger,
@@ -306,7 +307,10 @@ def follow(
 @node.command("serve")
 @ledger_options
 @click.option(
-    "--coordinator", required=True, help="The coordinator's URL (dfg serve), e.g. http://ledger:8080."
+    "--coordinator",
+    required=True,
+    callback=http_url,
+    help="The coordinator's URL (dfg serve), e.g. http://ledger:8080.",
 )
 @click.option("--chain", required=True, help="The ledger's chain id.")
 @click.option(

@@ -24,7 +24,14 @@ def provider() -> None:
 @click.option(
     "--url", default="http://127.0.0.1:8080", show_default=True, callback=http_url, help="The coordinator."
 )
-@click.option("--datasource", "datasource_id", required=True, help="The datasource's UUID.")
+@click.option(
+    "--datasource",
+    "datasource_id",
+    required=True,
+    type=click.UUID,
+    callback=lambda _c, _p, value: str(value),
+    help="The datasource's UUID.",
+)
 @click.option("--principal", required=True, help="The data provider's principal id.")
 @click.option(
     "--key",
