@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from domain.calculations import CalculationError, check_calculation
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from infra.node import NodeReplica
+from infra.share_bundles import find_bundle
 from mpc.bundles import BundleError, ShareBundle, open_sealed
 from mpc.engine import Column, EngineError, agree_on_rows, check_bundles, eligible_rows, shared_table
 from mpc.field import FieldError, FixedPoint, PrimeField
@@ -227,10 +228,14 @@ class NodeEngine:
             expected = (source.get("commitments") or {}).get(self.name)
             if expected is None:
                 raise EngineError(f"datasource {datasource_id} has no shares committed for {self.name}")
-            path = self.settings.bundles / f"{datasource_id}.sealed"
-            if not path.exists():
+            try:
+                path = find_bundle(self.settings.bundles, datasource_id, expected)
+            except ValueError as exc:
+                raise EngineError(f"datasource {datasource_id}: {exc}") from exc
+            if path is None:
                 raise EngineError(
-                    f"no share bundle of datasource {datasource_id} was delivered to {self.name}"
+                    f"the share bundle of datasource {datasource_id} committed for {self.name}"
+                    f" ({expected[:12]}...) was not delivered to it"
                 )
             opened[datasource_id] = open_sealed(
                 path.read_bytes(), self.settings.encryption_key, expected_commitment=expected

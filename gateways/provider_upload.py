@@ -29,6 +29,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from gateways.deliveries import HEADER as DELIVERY_HEADER
+from gateways.deliveries import delivery_statement
 from gateways.sdk import ConsentClient, TransactionBuilder
 from mpc.bundles import ShareBundle, commitment, seal
 from mpc.field import MERSENNE_127, FixedPoint, PrimeField
@@ -157,24 +159,33 @@ def node_key(client: ConsentClient, node: str) -> X25519PublicKey:
     return X25519PublicKey.from_public_bytes(raw)
 
 
-def deliver(url: str, datasource_id: str, sealed: bytes) -> None:
+def deliver(url: str, datasource_id: str, sealed: bytes, statement: str) -> None:
+    """POST the sealed bundle with the provider's signed statement (``gateways.deliveries``)."""
     request = urllib.request.Request(
         f"{url.rstrip('/')}/v1/bundles/{datasource_id}",
         data=sealed,
-        headers={"Content-Type": "application/octet-stream"},
+        headers={"Content-Type": "application/octet-stream", DELIVERY_HEADER: statement},
         method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise UploadError(
-            f"the node at {url} refused the bundle: {exc.read().decode(errors='replace')}"
-        ) from exc
+        raise UploadError(f"the node at {url} refused the bundle {_problem_text(exc)}") from exc
     except OSError as exc:
         raise UploadError(f"cannot reach the node at {url}: {exc}") from exc
     if answer.get("sha256") != commitment(sealed):
         raise UploadError(f"the node at {url} stored other bytes than were sent")
+
+
+def _problem_text(error: urllib.error.HTTPError) -> str:
+    """``(code): detail`` from the node's problem document, or its status and body."""
+    raw = error.read()
+    try:
+        problem = json.loads(raw)
+        return f"({problem['code']}): {problem['detail']}"
+    except (ValueError, KeyError, TypeError):
+        return f"(HTTP {error.code}): {raw.decode(errors='replace')[:200]}"
 
 
 def upload(
@@ -222,7 +233,10 @@ def upload(
         sealed_for[node] = seal(bundle, keys[node])
         commitments[node] = commitment(sealed_for[node])
     for node in names:
-        deliver(nodes[node], datasource["datasource_id"], sealed_for[node])
+        statement = delivery_statement(
+            provider, datasource["datasource_id"], node, commitments[node], time.time()
+        )
+        deliver(nodes[node], datasource["datasource_id"], sealed_for[node], statement)
     body = {
         "datasource_id": datasource["datasource_id"],
         "commitments": commitments,

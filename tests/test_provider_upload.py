@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,11 +21,17 @@ from conftest import Ledger
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from http_server import running_node_server, running_server
+from joserfc.jwk import OKPKey
+from replication import wait_for
 
 from gateways.cli.main import cli
+from gateways.deliveries import HEADER as DELIVERY_HEADER
+from gateways.deliveries import delivery_statement
+from gateways.sdk import TransactionBuilder
 from infra.keyfiles import write_jwk
 from infra.settings import Settings
-from mpc.bundles import open_sealed
+from infra.share_bundles import KEEP_UNCOMMITTED, find_bundle
+from mpc.bundles import ShareBundle, commitment, open_sealed, seal
 from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
 
@@ -78,6 +86,8 @@ def federation(ledger: Ledger, tmp_path: Path) -> Iterator[dict[str, Any]]:
                      "--key", str(key_file),
                      *[a for n, u in node_urls.items() for a in ("--node", f"{n}={u}")]],
             "dirs": {node.principal: tmp_path / f"node{i}" for i, node in enumerate(nodes)},
+            "signers": {s.principal: TransactionBuilder(s.principal, s.key, chain)
+                        for s in [provider, *nodes]},
         }  # fmt: skip
 
 
@@ -85,6 +95,12 @@ def _upload(federation: dict[str, Any], tmp_path: Path, text: str) -> Any:
     records = tmp_path / "records.csv"
     records.write_text(text)
     return CliRunner().invoke(cli, ["provider", "upload", str(records), *federation["args"]])
+
+
+def delivered(node_dir: Path, datasource: str) -> Path:
+    """The one bundle a node holds for the datasource (kept under its SHA-256)."""
+    (path,) = (node_dir / "bundles" / datasource).glob("*.sealed")
+    return path
 
 
 def test_upload_seals_shares_to_each_node_and_commits_them(
@@ -106,7 +122,7 @@ def test_upload_seals_shares_to_each_node_and_commits_them(
     recorded = {c["node"]: c["sha256"] for c in source["commitments"]}
     opened = {}
     for node, directory in federation["dirs"].items():
-        sealed = (directory / "bundles" / f"{federation['datasource']}.sealed").read_bytes()
+        sealed = (directory / "bundles" / federation["datasource"] / f"{recorded[node]}.sealed").read_bytes()
         # nothing in clear ("135" alone also occurs, by chance, in the random datasource id
         # the bundle names in clear: about one run in two hundred)
         assert b"p-1" not in sealed and b"135.5" not in sealed
@@ -195,13 +211,13 @@ def test_a_fhir_bundle_of_observations_is_uploaded_latest_value_per_subject(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     node = "node:n0"
-    sealed = (federation["dirs"][node] / "bundles" / f"{federation['datasource']}.sealed").read_bytes()
+    sealed = delivered(federation["dirs"][node], federation["datasource"]).read_bytes()
     from mpc.bundles import bundle_header, commitment
 
     assert bundle_header(sealed)["rows"] == 2
     shares = {}
     for name in ("node:n0", "node:n2"):
-        sealed = (federation["dirs"][name] / "bundles" / f"{federation['datasource']}.sealed").read_bytes()
+        sealed = delivered(federation["dirs"][name], federation["datasource"]).read_bytes()
         shares[name] = open_sealed(
             sealed, federation["private"][name], expected_commitment=commitment(sealed)
         )
@@ -272,3 +288,106 @@ def test_a_bundle_file_that_is_not_json_is_named_so(federation: dict[str, Any], 
     assert result.exit_code == 1 and "is not a valid FHIR Bundle: Invalid JSON" in result.output, (
         result.output
     )
+
+
+def test_a_delivery_signed_with_an_unknown_key_leaves_the_committed_bundle_in_place(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    """A provider delivers its bundles before it signs their commitments. A delivery
+    whose commitment the ledger then refused (here: signed with a key the ledger does not
+    know) used to replace the committed bundle, and the next analysis failed as if it had
+    been tampered with. The node now refuses the delivery itself, and the committed
+    bundle stays."""
+    assert _upload(federation, tmp_path, CSV).exit_code == 0
+    committed = {node: delivered(directory, federation["datasource"]).stem
+                 for node, directory in federation["dirs"].items()}  # fmt: skip
+    stranger = tmp_path / "stranger.jwk"
+    write_jwk(stranger, OKPKey.generate_key("Ed25519"))
+    args = list(federation["args"])
+    args[args.index("--key") + 1] = str(stranger)
+    records = tmp_path / "other.csv"
+    records.write_text("subject,sbp,smoker\np-9,150,0\n")
+    refused = CliRunner().invoke(cli, ["provider", "upload", str(records), *args])
+    assert refused.exit_code == 1, refused.output
+    assert "refused the bundle (unknown_key): dp:clinic#" in refused.output
+    for node, directory in federation["dirs"].items():
+        path = find_bundle(directory / "bundles", federation["datasource"], committed[node])
+        assert path is not None
+        opened = open_sealed(
+            path.read_bytes(), federation["private"][node], expected_commitment=committed[node]
+        )
+        assert opened.keys == ("p-1", "p-2", "p-3")
+
+
+def _junk(federation: dict[str, Any], node: str, datasource: str, subject: str) -> bytes:
+    """A well-formed bundle sealed to the node's public key, as anyone could make."""
+    bundle = ShareBundle(datasource_id=datasource, node=node, keys=(subject,), columns={"sbp": [1]})
+    return seal(bundle, federation["private"][node].public_key())
+
+
+def _post(url: str, body: bytes, statement: str | None) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/octet-stream"}
+    if statement is not None:
+        headers[DELIVERY_HEADER] = statement
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _caught_up(federation: dict[str, Any], node: str) -> bool:
+    def size(url: str) -> int:
+        with urllib.request.urlopen(f"{url}/healthz") as response:
+            return int(json.loads(response.read())["size"])
+
+    return size(federation["nodes"][node]) >= size(federation["url"])
+
+
+def test_only_the_datasource_owner_delivers_and_the_committed_bundle_stays(
+    federation: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox used to take bundles from anyone who knew the node's public key, under
+    one name per datasource: junk displaced the bundle the ledger names. Deliveries now
+    carry the owner's signed statement, and the owner's own extra deliveries are kept
+    only a few deep, never the committed one."""
+    from gateways.http import node_app
+
+    assert _upload(federation, tmp_path, CSV).exit_code == 0
+    node, datasource = "node:n0", federation["datasource"]
+    directory, inbox = federation["dirs"][node], f"{federation['nodes'][node]}/v1/bundles/{datasource}"
+    committed = delivered(directory, datasource).stem
+    owner, other = federation["signers"]["dp:clinic"], federation["signers"]["node:n1"]
+    junk = _junk(federation, node, datasource, "x")
+
+    def statement(signer: TransactionBuilder, body: bytes, **changes: Any) -> str:
+        fields = {"datasource_id": datasource, "node": node, "digest": commitment(body), "now": time.time()}
+        return delivery_statement(signer, **{**fields, **changes})
+
+    refusals = {
+        "delivery_unsigned": None,
+        "invalid_delivery": "not.a.jws",
+        "not_the_owner": statement(other, junk),
+        "delivery_mismatch": statement(owner, junk, digest=committed),
+        "delivery_expired": statement(owner, junk, now=time.time() - 3600),
+    }
+    for code, header in refusals.items():
+        status, answer = _post(inbox, junk, header)
+        assert status in (400, 401, 403) and answer["code"] == code, (code, answer)
+    assert [p.stem for p in (directory / "bundles" / datasource).glob("*.sealed")] == [committed]
+
+    wait_for(lambda: _caught_up(federation, node), what="the node's replica to hold the commitment")
+    for index in range(KEEP_UNCOMMITTED + 3):
+        body = _junk(federation, node, datasource, f"x-{index}")
+        status, answer = _post(inbox, body, statement(owner, body))
+        assert status == 201, answer
+    kept = {p.stem for p in (directory / "bundles" / datasource).glob("*.sealed")}
+    assert committed in kept and len(kept) == 1 + KEEP_UNCOMMITTED
+
+    monkeypatch.setattr(node_app, "REPLICA_WAIT_S", 0.3)
+    unknown = str(uuid.uuid4())
+    body = _junk(federation, node, unknown, "x")
+    status, answer = _post(f"{federation['nodes'][node]}/v1/bundles/{unknown}", body, None)
+    assert status == 404 and answer["code"] == "unknown_datasource"
+    assert not (directory / "bundles" / unknown).exists()

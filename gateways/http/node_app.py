@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -21,14 +20,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateways.deliveries import HEADER as DELIVERY_HEADER
+from gateways.deliveries import DeliveryRefused, check_delivery
 from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
 from gateways.http.problems import PROBLEM_TYPE, problem_body
+from infra.share_bundles import keep_bundle, prune_bundles
 from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.sequencer import Accepted
 from ledger.store import LedgerStore
 from mpc.bundles import BundleError, bundle_header, commitment
+from projections import analyses, keys
 from projections.base import View, ViewDatabase
 
 #: How long a mutation waits for the node's replica to show what the coordinator accepted.
@@ -99,14 +102,17 @@ def build_node_app(
 
     app.router.add_get("/healthz", healthz)
     if bundles is not None:
-        app.router.add_post("/v1/bundles/{datasource_id}", _bundle_inbox(bundles, name))
+        app.router.add_post("/v1/bundles/{datasource_id}", _bundle_inbox(bundles, name, views))
     return app
 
 
-def _bundle_inbox(directory: Path, name: str | None) -> Any:
-    """Providers deliver each datasource's sealed bundle for this node here. It is kept
-    as delivered; the node opens it only when computing, after checking it against the
-    commitment the provider signed on the ledger."""
+def _bundle_inbox(directory: Path, name: str | None, views: ViewDatabase) -> Any:
+    """Providers deliver each datasource's sealed bundle for this node here, with a
+    statement signed by the datasource's owner (``gateways.deliveries``): nobody else
+    can fill the node's disk or displace a bundle. It is kept as delivered, under its
+    SHA-256 (``infra.share_bundles``); the node opens it only when computing, and only
+    the one whose hash its provider committed on the ledger. The datasource must be in
+    this node's replica (which may be a moment behind the provider: it waits)."""
 
     async def receive(request: web.Request) -> web.Response:
         datasource_id = request.match_info["datasource_id"]
@@ -123,14 +129,42 @@ def _bundle_inbox(directory: Path, name: str | None) -> Any:
             return _problem(400, "invalid_bundle", "the bundle is for another datasource")
         if name is not None and header["node"] != name:
             return _problem(400, "invalid_bundle", f"the bundle is sealed for {header['node']}, not {name}")
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{datasource_id}.sealed"
-        temporary = target.with_suffix(".partial")
-        temporary.write_bytes(sealed)
-        os.replace(temporary, target)  # a crash leaves the old bundle or the new, never half
-        return web.json_response({"sha256": commitment(sealed), "rows": header["rows"]}, status=201)
+        source = await _datasource_once_known(views, datasource_id)
+        if source is None:
+            return _problem(
+                404, "unknown_datasource", f"this node's replica has no datasource {datasource_id}"
+            )
+        owner, digest = str(source.get("owner")), commitment(sealed)
+        with views.transaction(commit=False) as cursor:
+            found = keys.principal(cursor, owner) or {}
+        try:
+            check_delivery(
+                request.headers.get(DELIVERY_HEADER),
+                owner=owner,
+                owner_keys=found.get("keys", []),
+                datasource_id=datasource_id,
+                node=str(header["node"]),
+                digest=digest,
+                now=time.time(),
+            )
+        except DeliveryRefused as refused:
+            return _problem(refused.status, refused.code, refused.message)
+        keep_bundle(directory, datasource_id, sealed)
+        committed = (source.get("commitments") or {}).get(str(header["node"]))
+        prune_bundles(directory, datasource_id, committed)
+        return web.json_response({"sha256": digest, "rows": header["rows"]}, status=201)
 
     return receive
+
+
+async def _datasource_once_known(views: ViewDatabase, datasource_id: str) -> dict[str, Any] | None:
+    deadline = time.monotonic() + REPLICA_WAIT_S
+    while True:
+        with views.transaction(commit=False) as cursor:
+            found = analyses.document(cursor, "Datasource", datasource_id)
+        if found is not None or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
 
 
 def _problem(status: int, code: str, detail: str) -> web.Response:

@@ -22,7 +22,8 @@ from domain.commands import ConsentTerms
 from domain.handlers import COMMANDS
 from gateways.sdk.keys import PrivateKey, load_key, public_jwk
 from gateways.sdk.nonces import NonceSource
-from ledger.jws import parse_compact
+from ledger.canonical import canonical_json
+from ledger.jws import parse_compact, sign_compact
 from ledger.signing import DEFAULT_VALIDITY_S, TransactionSigner
 
 JwkLike = PrivateKey | Mapping[str, str]
@@ -139,6 +140,13 @@ class TransactionBuilder:
             valid_for=self.valid_for,
             nonce=nonce,
         )
+
+    def sign_statement(self, payload: Mapping[str, Any]) -> str:
+        """A compact JWS over ``payload`` (canonical JSON) with this builder's key and
+        kid, for a statement made to someone other than the ledger (a share bundle's
+        delivery to a node, ``gateways.deliveries``). It is not a transaction: no chain,
+        nonce or type, so the ledger would refuse it."""
+        return sign_compact(canonical_json(dict(payload)), self.kid, self._signer.key)
 
     # --- consents ----------------------------------------------------------------------
 

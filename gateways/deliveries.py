@@ -1,0 +1,98 @@
+"""Signed deliveries: only a datasource's owner may hand a node share bundles for it.
+
+Why: a bundle proves nothing until it matches the commitment its provider signs on the
+ledger, and a provider delivers before it commits. A node's inbox that took bundles
+from anyone could be filled, or made to drop the bundle the ledger names, by anyone who
+knows the node's public key. So each delivery carries a statement signed with the
+provider's ledger key: this datasource, this node, these bytes (their SHA-256), now.
+The node checks it against the keys its own replica holds for the datasource's owner,
+as it checks everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from gateways.sdk.builders import TransactionBuilder
+from ledger.errors import Rejected
+from ledger.jws import parse_compact, verify_signature
+
+#: The HTTP request header that carries the statement.
+HEADER = "Dfg-Delivery"
+#: How far a statement's time may be from the node's clock (seconds).
+MAX_SKEW_S = 600
+
+
+class DeliveryRefused(Exception):
+    """Why a node refuses a delivery: an HTTP status, a stable code and a message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def delivery_statement(
+    provider: TransactionBuilder, datasource_id: str, node: str, digest: str, now: float
+) -> str:
+    """What the provider sends with the bundle sealed for ``node`` (``digest``: its SHA-256)."""
+    return provider.sign_statement(
+        {"datasource": datasource_id, "node": node, "sha256": digest, "signed_at": int(now)}
+    )
+
+
+def check_delivery(
+    token: str | None,
+    *,
+    owner: str,
+    owner_keys: Sequence[Mapping[str, Any]],
+    datasource_id: str,
+    node: str,
+    digest: str,
+    now: float,
+) -> None:
+    """``DeliveryRefused`` unless ``token`` is the owner's signed statement for exactly
+    this delivery, made with a key of the owner that is not revoked, recently."""
+    if not token:
+        raise DeliveryRefused(401, "delivery_unsigned", f"a delivery needs the provider's {HEADER} header")
+    try:
+        jws = parse_compact(token)
+        statement = json.loads(jws.payload)
+    except (Rejected, ValueError) as exc:
+        raise DeliveryRefused(
+            400, "invalid_delivery", f"the {HEADER} header is not a signed statement"
+        ) from exc
+    signer = jws.kid.partition("#")[0]
+    if signer != owner:
+        raise DeliveryRefused(
+            403, "not_the_owner", f"{signer} signed this delivery; datasource {datasource_id} is {owner}'s"
+        )
+    key = next((k for k in owner_keys if k.get("kid") == jws.kid), None)
+    if key is None or key.get("revoked_seq") is not None or not _valid_at(key, now):
+        raise DeliveryRefused(403, "unknown_key", f"{jws.kid} is not a current key of {owner}")
+    if not verify_signature(jws, key["jwk"]):
+        raise DeliveryRefused(403, "bad_signature", "the delivery's signature does not verify")
+    if not isinstance(statement, dict):
+        raise DeliveryRefused(400, "invalid_delivery", "the signed statement is not a JSON object")
+    expected = {"datasource": datasource_id, "node": node, "sha256": digest}
+    wrong = [name for name, value in expected.items() if statement.get(name) != value]
+    if wrong:
+        raise DeliveryRefused(
+            403, "delivery_mismatch", f"the signed statement names another {', '.join(wrong)} than delivered"
+        )
+    signed_at = statement.get("signed_at")
+    if not isinstance(signed_at, int) or abs(now - signed_at) > MAX_SKEW_S:
+        raise DeliveryRefused(
+            403, "delivery_expired", f"the statement was not signed within {MAX_SKEW_S} s of the node's clock"
+        )
+
+
+def _valid_at(key: Mapping[str, Any], now: float) -> bool:
+    """Within the key's not_before .. not_after, when it has them (RFC 3339 text)."""
+    moment = datetime.fromtimestamp(now, UTC)
+    start, end = key.get("not_before"), key.get("not_after")
+    if start and moment < datetime.fromisoformat(str(start).replace("Z", "+00:00")):
+        return False
+    return not (end and moment > datetime.fromisoformat(str(end).replace("Z", "+00:00")))
