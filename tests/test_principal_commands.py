@@ -207,3 +207,73 @@ def test_a_ledger_held_by_a_server_is_written_through_its_api(data: Path, tmp_pa
         elsewhere = dfg(*admit, "--api", url, "--data", str(tmp_path / "none"))
         assert elsewhere.exit_code == 2 and "give --signer" in elsewhere.output
     assert size_of(data) == seq
+
+
+def test_a_node_operator_records_its_encryption_key_and_policy(data: Path, tmp_path: Path) -> None:
+    """What `dfg node keygen --encryption-out` prepares, recorded with the node's own
+    key through the ledger's server: providers seal to the X25519 key, and the node's
+    engine approves results under the policy."""
+    printed = dfg(
+        "node",
+        "keygen",
+        "--out",
+        str(tmp_path / "node.jwk"),
+        "--name",
+        "node:a",
+        "--encryption-out",
+        str(tmp_path / "x25519.jwk"),
+    )
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "node-a.json").write_text(printed.output)
+    node = ["--name", "node:a", "--key", str(tmp_path / "node.jwk")]
+    with running_server(Settings(data_dir=data)) as url:
+        early = dfg("node", "set-policy", "--coordinator", url, *node)
+        assert early.exit_code == 1 and "refused (unknown_signer)" in early.output, early.output
+        admit = [
+            "principals",
+            "admit",
+            "node:a",
+            "--kind",
+            "node_operator",
+            "--jwk",
+            str(tmp_path / "node-a.json"),
+        ]
+        assert dfg(*admit, "--data", str(data), "--api", url).exit_code == 0
+        wrong_file = dfg(
+            "node",
+            "set-encryption-key",
+            "--coordinator",
+            url,
+            *node,
+            "--encryption-key",
+            str(tmp_path / "node.jwk"),
+        )
+        assert wrong_file.exit_code == 1 and "is not a private X25519 key" in wrong_file.output
+        recorded = dfg(
+            "node",
+            "set-encryption-key",
+            "--coordinator",
+            url,
+            *node,
+            "--encryption-key",
+            str(tmp_path / "x25519.jwk"),
+        )
+        assert recorded.exit_code == 0, recorded.output
+        policy = dfg(
+            "node",
+            "set-policy",
+            "--coordinator",
+            url,
+            *node,
+            "--min-cell",
+            "5",
+            "--release-extremes",
+            "--approval",
+            "automatic",
+        )
+        assert policy.exit_code == 0, policy.output
+        out_of_range = dfg("node", "set-policy", "--coordinator", url, *node, "--min-cell", "0")
+        assert out_of_range.exit_code == 2
+        shown = json.loads(dfg("principals", "show", "node:a", "--api", url).output)
+    assert shown["encryption_key"]["x"] == json.loads(printed.output)["encryption_jwk"]["x"]
+    assert shown["policy"] == {"min_cell": 5, "release_extremes": True, "approval": "automatic"}

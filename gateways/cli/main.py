@@ -17,6 +17,7 @@ from gateways.cli.demo_level1 import level1
 from gateways.cli.demo_mpc import mpc
 from gateways.cli.ledger_commands import demo, init
 from gateways.cli.node_commands import node, relay
+from gateways.cli.node_registration import set_encryption_key, set_policy
 from gateways.cli.options import fail
 from gateways.cli.principal_commands import principals
 from gateways.cli.projection_commands import consents, projections
@@ -60,6 +61,8 @@ cli.add_command(principals)
 cli.add_command(bench)
 cli.add_command(serve)
 cli.add_command(relay)
+node.add_command(set_encryption_key)
+node.add_command(set_policy)
 cli.add_command(node)
 cli.add_command(provider)
 cli.add_command(analyst)

@@ -48,7 +48,7 @@ def parse_peers(values: tuple[str, ...]) -> dict[str, tuple[str, int]]:
     return peers
 
 
-def _okp(path: Path, curve: str, option: str) -> OKPKey:
+def okp_key(path: Path, curve: str, option: str) -> OKPKey:
     try:
         key = read_jwk(path)
     except KeyFileError as exc:
@@ -89,8 +89,8 @@ def start_engine(
     data_dir: Path,
     stop: threading.Event,
 ) -> tuple[Mesh, threading.Thread]:
-    signing = _okp(options.key, "Ed25519", "--key")
-    sealing = _okp(options.encryption_key, "X25519", "--encryption-key")
+    signing = okp_key(options.key, "Ed25519", "--key")
+    sealing = okp_key(options.encryption_key, "X25519", "--encryption-key")
     signing_private, sealing_private = signing.private_key, sealing.private_key
     assert isinstance(signing_private, Ed25519PrivateKey) and isinstance(sealing_private, X25519PrivateKey)
     mesh_type = CorruptingMesh if os.environ.get(FAULT_VARIABLE) == "corrupt-opening" else Mesh

@@ -27,22 +27,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from domain.commands import Kind, PrincipalId
 from domain.jwk import PublicJwk
-from gateways.cli.options import fail, ledger_options, optional_http_url, require_ledger
-from gateways.sdk.builders import TransactionBuilder
+from gateways.cli.options import fail, ledger_options, optional_http_url
+from gateways.cli.signed_submit import Build, append_to_ledger, ledger_identity, submit_through_api
 from gateways.sdk.client import ConsentClient
 from gateways.sdk.errors import DfgApiError
-from gateways.sdk.keys import load_key
-from infra.bootstrap import ROOT_KEY_FILE, open_sequencer, open_store
-from infra.keyfiles import KeyFileError
+from infra.bootstrap import ROOT_KEY_FILE, open_store
 from infra.settings import Settings
-from infra.writer_lock import LedgerBusy
-from ledger.entry import Entry
-from ledger.errors import Rejected
-from ledger.sequencer import Accepted
-from ledger.store import LedgerStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-Build = Callable[[TransactionBuilder], str]
 _KINDS = click.Choice([kind.value for kind in Kind])
 _TIME = click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"])
 
@@ -50,7 +42,7 @@ _TIME = click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"])
 _PRINCIPAL_ID: TypeAdapter[str] = TypeAdapter(PrincipalId)
 
 
-def _principal_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def principal_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
     try:
@@ -88,7 +80,7 @@ def signing_options(func: F) -> F:
     )
     @click.option(
         "--signer",
-        callback=_principal_id,
+        callback=principal_id,
         help="Who signs [default: the ledger's first operator, from its genesis entry].",
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -114,7 +106,7 @@ def principals() -> None:
 
 @principals.command("admit")
 @signing_options
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 @click.option("--kind", required=True, type=_KINDS, help="What the principal is; also its first role.")
 @click.option(
     "--jwk",
@@ -124,7 +116,7 @@ def principals() -> None:
     " `dfg node keygen` printed. Citizens held by a custodian may have none.",
 )
 @click.option("--display-name", help="The name shown for an organisation (never for a citizen).")
-@click.option("--custodian", callback=_principal_id, help="Who holds a citizen's key for them.")
+@click.option("--custodian", callback=principal_id, help="Who holds a citizen's key for them.")
 def admit(
     signing: Signing,
     principal: str,
@@ -146,7 +138,7 @@ def admit(
 
 @principals.command("grant-role")
 @signing_options
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 @click.argument("role", type=_KINDS)
 def grant_role(signing: Signing, principal: str, role: str) -> None:
     """Grant PRINCIPAL the ROLE (principal.grant_role)."""
@@ -156,7 +148,7 @@ def grant_role(signing: Signing, principal: str, role: str) -> None:
 
 @principals.command("revoke-role")
 @signing_options
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 @click.argument("role", type=_KINDS)
 def revoke_role(signing: Signing, principal: str, role: str) -> None:
     """Take the ROLE from PRINCIPAL (principal.revoke_role)."""
@@ -166,7 +158,7 @@ def revoke_role(signing: Signing, principal: str, role: str) -> None:
 
 @principals.command("add-key")
 @signing_options
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 @click.option(
     "--jwk",
     "jwk_file",
@@ -194,7 +186,7 @@ def add_key(
 
 @principals.command("rotate-key")
 @signing_options
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 @click.option("--old-kid", required=True, help="The key id to replace (principal#thumbprint).")
 @click.option(
     "--jwk",
@@ -212,7 +204,7 @@ def rotate_key(signing: Signing, principal: str, old_kid: str, jwk_file: Path) -
 
 @principals.command("revoke-key")
 @signing_options
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 @click.option("--kid", required=True, help="The key id to revoke (principal#thumbprint).")
 @click.option(
     "--reason",
@@ -229,7 +221,7 @@ def revoke_key(signing: Signing, principal: str, kid: str, reason: str) -> None:
 @principals.command("show")
 @ledger_options
 @click.option("--api", callback=optional_http_url, help="Ask this running server instead of --data.")
-@click.argument("principal", callback=_principal_id)
+@click.argument("principal", callback=principal_id)
 def show(settings: Settings, api: str | None, principal: str) -> None:
     """PRINCIPAL's kind, roles and keys (with when each was added or revoked), as JSON."""
     if api is not None:
@@ -288,51 +280,11 @@ def read_public_jwk(path: Path) -> dict[str, str]:
 
 def _submit(signing: Signing, build: Build) -> int:
     """Sign with the signer's key and append; the new entry's number."""
+    key = signing.key if signing.key is not None else signing.settings.keys_dir / ROOT_KEY_FILE
     if signing.api is not None:
-        return _submit_to_api(signing, signing.api, build)
-    return _append_here(signing, build)
-
-
-def _append_here(signing: Signing, build: Build) -> int:
-    settings = signing.settings
-    require_ledger(settings)
-    try:
-        sequencer = open_sequencer(settings)
-    except LedgerBusy as exc:
-        fail(f"{exc}; if dfg serve holds it, submit through it with --api URL")
-    except (KeyFileError, RuntimeError) as exc:
-        fail(str(exc))
-    try:
-        chain, operator = _ledger_identity(sequencer.store)
-        signer = signing.signer or operator
-        builder = _builder(signing, signer, chain, last_nonce=sequencer.store.last_nonce(signer))
-        jws = _signed(build, builder)
-        (outcome,) = sequencer.submit([jws])
-        if isinstance(outcome, Rejected):
-            fail(f"refused ({outcome.code}): {outcome.message}")
-        assert isinstance(outcome, Accepted)
-        sequencer.checkpoint_now()
-        return outcome.seq
-    finally:  # the ledger's writer lock goes with the store
-        sequencer.verifier.close()
-        sequencer.store.close()
-
-
-def _submit_to_api(signing: Signing, api: str, build: Build) -> int:
-    client = ConsentClient(api)
-    try:
-        chain = client.health().get("chain")
-    except DfgApiError as exc:
-        fail(f"{api} did not answer as a dfg server: {exc}")
-    if not isinstance(chain, str):
-        fail(f"{api} names no ledger (is it a computation node, not the ledger's server?)")
-    signer = signing.signer or _operator_here(signing.settings)
-    builder = _builder(signing, signer, chain, last_nonce=0)
-    try:
-        accepted = client.submit(_signed(build, builder))
-    except DfgApiError as exc:
-        fail(f"refused ({exc.code}): {exc.detail}")
-    return accepted.seq
+        signer = signing.signer or _operator_here(signing.settings)
+        return submit_through_api(signing.api, key, signer, build)
+    return append_to_ledger(signing.settings, key, signing.signer, build)
 
 
 def _operator_here(settings: Settings) -> str:
@@ -341,36 +293,9 @@ def _operator_here(settings: Settings) -> str:
         fail(f"no ledger in {settings.data_dir} to take the signer from: give --signer", 2)
     store = open_store(settings, read_only=True)
     try:
-        return _ledger_identity(store)[1]
+        return ledger_identity(store)[1]
     finally:
         store.close()
-
-
-def _ledger_identity(store: LedgerStore) -> tuple[str, str]:
-    first = store.read_entries(1, 1)
-    if not first:
-        fail("this ledger has no genesis entry")
-    genesis = Entry.decode(first[0].canonical)
-    return str(genesis.data["ledger"]["chain"]), str(genesis.data["principal"])
-
-
-def _builder(signing: Signing, signer: str, chain: str, *, last_nonce: int) -> TransactionBuilder:
-    path = signing.key if signing.key is not None else signing.settings.keys_dir / ROOT_KEY_FILE
-    try:
-        key = load_key(path)
-    except (KeyFileError, OSError) as exc:
-        fail(f"the signer's key: {exc}")
-    return TransactionBuilder(signer, key, chain, last_nonce=last_nonce)
-
-
-def _signed(build: Build, builder: TransactionBuilder) -> str:
-    try:
-        return build(builder)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        fail(f"not a valid transaction: {problems}", 2)
-    except ValueError as exc:
-        fail(str(exc), 2)
 
 
 def _say(signing: Signing, seq: int, what: str, *, principal: str) -> None:
