@@ -321,6 +321,14 @@ def test_graphql_and_the_bundle_inbox_refuse_bad_input_with_codes(ledger: Ledger
         assert code(create, t=genesis_jws) == "wrong_transaction_type"  # a valid JWS, another type
         assert code("query($id: ID!) { analysis(id: $id) { id } }", id="bm90LWFuLWlk") == "invalid_id"
         assert code("query { approvalInbox(orgId: 999) { id } }") == "unknown_organisation"
+        for document in ("{ nope }", "{ analyses("):  # a field the schema lacks; no parse
+            request = urllib.request.Request(
+                f"{url}/graphql",
+                json.dumps({"query": document}).encode(),
+                {"Content-Type": "application/json"},
+            )
+            answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
+            assert answer["errors"][0]["extensions"]["code"] == "invalid_query", answer
         page = "query($a: String!) { analyses(analysisFilter: {first: 10, after: $a}) { totalCount } }"
         for cursor in ("99999999999999999999999", "-5", "x"):
             assert code(page, a=cursor) == "invalid_argument"

@@ -733,6 +733,8 @@ async def _calculation(ctx: Context, token: str, tx_type: str, given_id: str | N
 
 
 refusals = logging.getLogger("dfg.graphql")
+#: The code of an error in the query document itself (a syntax error, an unknown field).
+INVALID_QUERY = "invalid_query"
 
 
 class _Schema(strawberry.Schema):
@@ -746,6 +748,8 @@ class _Schema(strawberry.Schema):
         for error in errors:
             code = (error.extensions or {}).get("code")
             ours = error.original_error is None or isinstance(error.original_error, GraphQLError)
+            if code is None and error.original_error is None and not error.path:
+                code = INVALID_QUERY  # the document: it does not parse or validate
             if code is not None and ours:  # a refusal the API answers with, not a crash
                 refusals.info("GraphQL refused %s: %s", code, error.message)
             else:

@@ -7,8 +7,10 @@ from typing import Any
 from aiohttp import web
 from cross_web import HTTPException  # what strawberry raises for a request it refuses
 from strawberry.aiohttp.views import GraphQLView
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
 
-from gateways.graphql.schema import Context, schema
+from gateways.graphql.schema import INVALID_QUERY, Context, schema
 from gateways.http.problems import problem_response
 
 #: Codes for the HTTP errors strawberry raises before a query runs (a query that runs
@@ -23,6 +25,18 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
 
     async def get_context(self, request: web.Request, response: Any) -> Context:
         return self._context
+
+    async def process_result(self, request: web.Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """Errors of the document itself (it does not parse, or asks for a field the
+        schema lacks) get a code too, like every refusal of the API: ``invalid_query``."""
+        answer = await super().process_result(request, result)
+        for error in answer.get("errors") or []:
+            if not isinstance(error, dict):
+                continue
+            extensions = dict(error.get("extensions") or {})
+            if not error.get("path") and "code" not in extensions:
+                error["extensions"] = {**extensions, "code": INVALID_QUERY}
+        return answer
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """A request refused before its query runs gets a problem document like every
