@@ -248,7 +248,7 @@ def mpc_bench(rows: int, million: int, pipeline_rows: int, as_json: bool) -> Non
         value = report[key]
         table.add_row(key, "n/a" if value is None else f"{value:,.3f}", goals.get(key, ""))
     for key, value in report["pipeline"].items():
-        table.add_row(f"pipeline {key}", f"{value:,.3f}", "")
+        table.add_row(f"pipeline {key}", f"{value:,}" if isinstance(value, int) else f"{value:,.3f}", "")
     Console().print(table)
     for note in figures.notes:
         click.echo(f"note: {note}")
