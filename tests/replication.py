@@ -46,6 +46,19 @@ class Running:
         assert not self.thread.is_alive(), "component did not stop"
 
 
+def replica_size(node_dir: Path) -> int:
+    """How many entries the replica a ``dfg node`` process writes in ``node_dir`` holds."""
+    from infra.bootstrap import open_store
+
+    if not (node_dir / "ledger.sqlite").exists():
+        return 0
+    store = open_store(Settings(data_dir=node_dir))
+    try:
+        return store.head()[0]
+    finally:
+        store.close()
+
+
 def start_relay(store: LedgerStore, kafka: KafkaSettings, topics: Topics) -> tuple[Relay, Running]:
     relay = Relay(store, kafka, topics, batch=500)
     stop = threading.Event()

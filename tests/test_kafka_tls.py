@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import CHAIN, Ledger, give_level1
-from replication import wait_for
+from replication import replica_size, wait_for
 from tls_front import Pki, TlsFront, make_pki, server_context
 
 from gateways.cli.main import cli
@@ -78,16 +78,6 @@ def _dfg(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _replica_size(node_dir: Path) -> int:
-    if not (node_dir / "ledger.sqlite").exists():
-        return 0
-    store = open_store(Settings(data_dir=node_dir))
-    try:
-        return store.head()[0]
-    finally:
-        store.close()
-
-
 def _stop(process: subprocess.Popen[bytes]) -> tuple[int, str]:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -124,10 +114,10 @@ def test_relay_and_node_replicate_over_mutual_tls(
     )
     try:
         size = ledger.head()[0]
-        wait_for(lambda: _replica_size(node_dir) == size, timeout=60, what="the node to follow over TLS")
+        wait_for(lambda: replica_size(node_dir) == size, timeout=60, what="the node to follow over TLS")
         ledger.accept(*[give_level1(ledger, app, f"tls-more-{i}") for i in range(10)])
         size = ledger.head()[0]
-        wait_for(lambda: _replica_size(node_dir) == size, timeout=60, what="the newer entries")
+        wait_for(lambda: replica_size(node_dir) == size, timeout=60, what="the newer entries")
     finally:
         follower_exit = _stop(follower)
         relay_exit = _stop(relay)

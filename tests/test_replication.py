@@ -22,7 +22,7 @@ from conftest import CHAIN, Ledger, give_level1, make_ledger
 from joserfc.jwk import OKPKey
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from replication import nodes, start_relay, wait_for
+from replication import nodes, replica_size, start_relay, wait_for
 
 from gateways.cli.main import cli
 from gateways.http.node_status import serve_status
@@ -250,21 +250,13 @@ def test_follower_killed_and_restarted_resumes_to_an_equal_replica(
         from infra.bootstrap import open_store
         from infra.settings import Settings
 
-        def replica_size() -> int:
-            if not (node_dir / "ledger.sqlite").exists():
-                return 0
-            store = open_store(Settings(data_dir=node_dir))
-            try:
-                return store.head()[0]
-            finally:
-                store.close()
-
-        wait_for(lambda: replica_size() > 200, timeout=60, what="the follower to start")
+        wait_for(lambda: replica_size(node_dir) > 200, timeout=60, what="the follower to start")
         follower.send_signal(signal.SIGKILL)
         follower.wait(10)
-        assert replica_size() < ledger.head()[0]
+        assert replica_size(node_dir) < ledger.head()[0]
         follower = _dfg(*follow)
-        wait_for(lambda: replica_size() == ledger.head()[0], timeout=90, what="the restarted follower")
+        size = ledger.head()[0]
+        wait_for(lambda: replica_size(node_dir) == size, timeout=90, what="the restarted follower")
         follower.send_signal(signal.SIGINT)
         assert follower.wait(20) == 0
         store = open_store(Settings(data_dir=node_dir))
