@@ -99,6 +99,17 @@ def signing_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _jwk_option(help_text: str, *, required: bool = True) -> Callable[[F], F]:
+    """``--jwk FILE`` (or ``-``), passed as ``jwk_file``; read with ``read_public_jwk``."""
+    return click.option(
+        "--jwk",
+        "jwk_file",
+        required=required,
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        help=help_text,
+    )
+
+
 @click.group("principals")
 def principals() -> None:
     """Admit principals, grant roles and manage keys (the operator); look one up."""
@@ -108,12 +119,10 @@ def principals() -> None:
 @signing_options
 @click.argument("principal", callback=principal_id)
 @click.option("--kind", required=True, type=_KINDS, help="What the principal is; also its first role.")
-@click.option(
-    "--jwk",
-    "jwk_file",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    help="Its public JWK: a file (or - for stdin) holding the JWK, or what"
-    " `dfg node keygen` printed. Citizens held by a custodian may have none.",
+@_jwk_option(
+    "Its public JWK: a file (or - for stdin) holding the JWK, or what `dfg node keygen`"
+    " printed. Citizens held by a custodian may have none.",
+    required=False,
 )
 @click.option("--display-name", help="The name shown for an organisation (never for a citizen).")
 @click.option("--custodian", callback=principal_id, help="Who holds a citizen's key for them.")
@@ -159,13 +168,7 @@ def revoke_role(signing: Signing, principal: str, role: str) -> None:
 @principals.command("add-key")
 @signing_options
 @click.argument("principal", callback=principal_id)
-@click.option(
-    "--jwk",
-    "jwk_file",
-    required=True,
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    help="The new public JWK (a file, or - for stdin).",
-)
+@_jwk_option("The new public JWK (a file, or - for stdin).")
 @click.option("--not-before", type=_TIME, help="Valid from (RFC 3339, UTC).")
 @click.option("--not-after", type=_TIME, help="Valid until (RFC 3339, UTC).")
 def add_key(
@@ -188,13 +191,7 @@ def add_key(
 @signing_options
 @click.argument("principal", callback=principal_id)
 @click.option("--old-kid", required=True, help="The key id to replace (principal#thumbprint).")
-@click.option(
-    "--jwk",
-    "jwk_file",
-    required=True,
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    help="The replacing public JWK (a file, or - for stdin).",
-)
+@_jwk_option("The replacing public JWK (a file, or - for stdin).")
 def rotate_key(signing: Signing, principal: str, old_kid: str, jwk_file: Path) -> None:
     """Replace one of PRINCIPAL's keys; the old one is revoked as superseded (key.rotate)."""
     jwk = read_public_jwk(jwk_file)
