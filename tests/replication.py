@@ -7,6 +7,8 @@ views under its own directory.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +24,8 @@ from infra.node import open_node
 from infra.settings import Settings
 from ledger.store import LedgerStore
 from ledger.verifier import ParallelVerifier
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -44,6 +48,15 @@ class Running:
         self.stop.set()
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "component did not stop"
+
+
+def dfg_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """A ``dfg`` command in its own process, as an operator runs it; what it logs
+    (stderr) goes to ``log``, where a test can read it without the pipe filling up."""
+    with open(log, "ab") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateways.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink
+        )
 
 
 def replica_size(node_dir: Path) -> int:

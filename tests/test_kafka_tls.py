@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import CHAIN, Ledger, give_level1
-from replication import replica_size, wait_for
+from replication import dfg_process, replica_size, wait_for
 from tls_front import Pki, TlsFront, make_pki, server_context
 
 from gateways.cli.main import cli
@@ -27,7 +26,6 @@ from infra.settings import Settings
 from infra.tansu import TansuBroker, free_port
 
 pytestmark = pytest.mark.kafka
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -69,24 +67,15 @@ def tls_options(pki: Pki, *, ca: Path | None = None, certificate: bool = True) -
     return options
 
 
-def _dfg(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> tuple[int, str]:
+def _stop(process: subprocess.Popen[bytes], log: Path) -> tuple[int, str]:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     try:
-        _, errors = process.communicate(timeout=30)
+        process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-        _, errors = process.communicate()
-    return process.returncode, errors.decode(errors="replace")
+        process.wait()
+    return process.returncode, log.read_text(errors="replace")
 
 
 def test_relay_and_node_replicate_over_mutual_tls(
@@ -100,8 +89,8 @@ def test_relay_and_node_replicate_over_mutual_tls(
     assert ledger.sequencer.ledger is not None
     prefix, node_dir = "tls", tmp_path / "node"
     kafka = ["--kafka", front.address, "--topic-prefix", prefix, *tls_options(pki)]
-    relay = _dfg("relay", "--data", str(ledger.settings.data_dir), *kafka)
-    follower = _dfg(
+    relay = dfg_process("relay", "--data", str(ledger.settings.data_dir), *kafka, log=tmp_path / "relay.log")
+    follower = dfg_process(
         "node",
         "follow",
         "--data",
@@ -111,6 +100,7 @@ def test_relay_and_node_replicate_over_mutual_tls(
         CHAIN,
         "--ledger-key",
         ledger.sequencer.ledger["checkpoint_key"],
+        log=tmp_path / "follower.log",
     )
     try:
         size = ledger.head()[0]
@@ -119,8 +109,8 @@ def test_relay_and_node_replicate_over_mutual_tls(
         size = ledger.head()[0]
         wait_for(lambda: replica_size(node_dir) == size, timeout=60, what="the newer entries")
     finally:
-        follower_exit = _stop(follower)
-        relay_exit = _stop(relay)
+        follower_exit = _stop(follower, tmp_path / "follower.log")
+        relay_exit = _stop(relay, tmp_path / "relay.log")
     assert follower_exit[0] == 0, follower_exit[1]
     assert relay_exit[0] == 0, relay_exit[1]
     for _, log in (follower_exit, relay_exit):  # dfg's own lines, not kafka-python's chatter

@@ -22,7 +22,7 @@ from conftest import CHAIN, Ledger, give_level1, make_ledger
 from joserfc.jwk import OKPKey
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from replication import nodes, replica_size, start_relay, wait_for
+from replication import dfg_process, nodes, replica_size, start_relay, wait_for
 
 from gateways.cli.main import cli
 from gateways.http.node_status import serve_status
@@ -185,15 +185,6 @@ def test_a_broker_that_stalls_mid_stream_leaves_the_relay_running(
         relay_running.halt()
 
 
-def _dfg(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.slow
 def test_relay_killed_mid_batch_resumes_without_gap_or_duplicate(
     ledger: Ledger, kafka: KafkaSettings, prefix: str, tmp_path: Path
@@ -201,16 +192,17 @@ def test_relay_killed_mid_batch_resumes_without_gap_or_duplicate(
     app = ledger.admit("sp:app", "service_provider")
     for batch in range(8):
         ledger.accept(*[give(ledger, app, f"k{batch}-{i}") for i in range(500)])
-    data = str(ledger.settings.data_dir)
+    data, log = str(ledger.settings.data_dir), tmp_path / "relay.log"
     chain_topics = Topics.for_ledger(CHAIN, prefix)
-    relay = _dfg("relay", "--data", data, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+    relay_args = ("relay", "--data", data, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+    relay = dfg_process(*relay_args, log=log)
     try:
         store = ledger.sequencer.store
         wait_for(lambda: 0 < store.marker("relay.entries") < ledger.head()[0] - 500, what="relay mid-way")
         relay.send_signal(signal.SIGKILL)
         relay.wait(10)
         killed_at = store.marker("relay.entries")
-        relay = _dfg("relay", "--data", data, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+        relay = dfg_process(*relay_args, log=log)
         with nodes(tmp_path, kafka, chain_topics, 1) as started:
             _converged(ledger, started)
         assert killed_at < ledger.head()[0]
@@ -245,7 +237,7 @@ def test_follower_killed_and_restarted_resumes_to_an_equal_replica(
         "--ledger-key",
         ledger.sequencer.ledger["checkpoint_key"],
     )
-    follower = _dfg(*follow)
+    follower = dfg_process(*follow, log=tmp_path / "follower.log")
     try:
         from infra.bootstrap import open_store
         from infra.settings import Settings
@@ -254,7 +246,7 @@ def test_follower_killed_and_restarted_resumes_to_an_equal_replica(
         follower.send_signal(signal.SIGKILL)
         follower.wait(10)
         assert replica_size(node_dir) < ledger.head()[0]
-        follower = _dfg(*follow)
+        follower = dfg_process(*follow, log=tmp_path / "follower.log")
         size = ledger.head()[0]
         wait_for(lambda: replica_size(node_dir) == size, timeout=90, what="the restarted follower")
         follower.send_signal(signal.SIGINT)
