@@ -43,18 +43,17 @@ def delivery_statement(
     )
 
 
-def check_delivery(
+def verified_statement(
     token: str | None,
     *,
     owner: str,
     owner_keys: Sequence[Mapping[str, Any]],
     datasource_id: str,
-    node: str,
-    digest: str,
     now: float,
-) -> None:
-    """``DeliveryRefused`` unless ``token`` is the owner's signed statement for exactly
-    this delivery, made with a key of the owner that is not revoked, recently."""
+) -> dict[str, Any]:
+    """The statement, once it is shown to be the datasource owner's, made recently with a
+    current key of the owner, for this datasource; else ``DeliveryRefused``. Checked
+    before the bundle is read, so that nobody else can make a node read one."""
     if not token:
         raise DeliveryRefused(401, "delivery_unsigned", f"a delivery needs the provider's {HEADER} header")
     try:
@@ -74,18 +73,27 @@ def check_delivery(
         raise DeliveryRefused(403, "unknown_key", f"{jws.kid} is not a current key of {owner}")
     if not verify_signature(jws, key["jwk"]):
         raise DeliveryRefused(403, "bad_signature", "the delivery's signature does not verify")
-    if not isinstance(statement, dict):
-        raise DeliveryRefused(400, "invalid_delivery", "the signed statement is not a JSON object")
-    expected = {"datasource": datasource_id, "node": node, "sha256": digest}
-    wrong = [name for name, value in expected.items() if statement.get(name) != value]
-    if wrong:
+    if not isinstance(statement, dict) or statement.get("datasource") != datasource_id:
         raise DeliveryRefused(
-            403, "delivery_mismatch", f"the signed statement names another {', '.join(wrong)} than delivered"
+            403, "delivery_mismatch", f"the signed statement is not for datasource {datasource_id}"
         )
     signed_at = statement.get("signed_at")
     if not isinstance(signed_at, int) or abs(now - signed_at) > MAX_SKEW_S:
         raise DeliveryRefused(
             403, "delivery_expired", f"the statement was not signed within {MAX_SKEW_S} s of the node's clock"
+        )
+    return statement
+
+
+def check_matches(statement: Mapping[str, Any], *, node: str, digest: str) -> None:
+    """``DeliveryRefused`` unless the verified statement names this bundle: sealed for
+    ``node``, with SHA-256 ``digest``."""
+    wrong = [name for name, value in (("node", node), ("sha256", digest)) if statement.get(name) != value]
+    if wrong:
+        raise DeliveryRefused(
+            403,
+            "delivery_mismatch",
+            f"the signed statement names another {' and '.join(wrong)} than delivered",
         )
 
 

@@ -303,7 +303,11 @@ def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
-def test_graphql_and_the_bundle_inbox_refuse_bad_input_with_codes(ledger: Ledger, tmp_path: Path) -> None:
+def test_graphql_and_the_bundle_inbox_refuse_bad_input_with_codes(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateways.http import node_app
+
     assert ledger.sequencer.ledger is not None
     key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
     genesis_jws = json.loads(ledger.sequencer.store.read_entries(1, 1)[0].canonical)["tx"]
@@ -339,8 +343,9 @@ def test_graphql_and_the_bundle_inbox_refuse_bad_input_with_codes(ledger: Ledger
         with running_node_server(settings, url, chain, key, name="node:a") as node_url:
             status, body = _post(f"{node_url}/v1/bundles/not-a-uuid", b"x")
             assert status == 400 and body["code"] == "invalid_parameter"
+            monkeypatch.setattr(node_app, "REPLICA_WAIT_S", 0.3)  # for the replica to know it
             status, body = _post(f"{node_url}/v1/bundles/{uuid.uuid4()}", b"garbage")
-            assert status == 400 and body["code"] == "invalid_bundle"
+            assert status == 404 and body["code"] == "unknown_datasource"
         assert not (tmp_path / "node" / "bundles").exists()
 
 

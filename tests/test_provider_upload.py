@@ -375,6 +375,8 @@ def test_only_the_datasource_owner_delivers_and_the_committed_bundle_stays(
     for code, header in refusals.items():
         status, answer = _post(inbox, junk, header)
         assert status in (400, 401, 403) and answer["code"] == code, (code, answer)
+    status, answer = _post(inbox, b"garbage", statement(owner, b"garbage"))  # the owner's, but no bundle
+    assert status == 400 and answer["code"] == "invalid_bundle"
     assert [p.stem for p in (directory / "bundles" / datasource).glob("*.sealed")] == [committed]
 
     wait_for(lambda: _caught_up(federation, node), what="the node's replica to hold the commitment")

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from gateways.deliveries import HEADER as DELIVERY_HEADER
-from gateways.deliveries import DeliveryRefused, check_delivery
+from gateways.deliveries import DeliveryRefused, check_matches, verified_statement
 from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
 from gateways.http.problems import PROBLEM_TYPE, problem_body
@@ -120,6 +120,24 @@ def _bundle_inbox(directory: Path, name: str | None, views: ViewDatabase) -> Any
             uuid.UUID(datasource_id)
         except ValueError:
             return _problem(400, "invalid_parameter", "the path names a datasource by its UUID")
+        source = await _datasource_once_known(views, datasource_id)
+        if source is None:
+            return _problem(
+                404, "unknown_datasource", f"this node's replica has no datasource {datasource_id}"
+            )
+        owner = str(source.get("owner"))
+        with views.transaction(commit=False) as cursor:
+            found = keys.principal(cursor, owner) or {}
+        try:
+            statement = verified_statement(
+                request.headers.get(DELIVERY_HEADER),
+                owner=owner,
+                owner_keys=found.get("keys", []),
+                datasource_id=datasource_id,
+                now=time.time(),
+            )
+        except DeliveryRefused as refused:  # before the body is read
+            return _problem(refused.status, refused.code, refused.message)
         sealed = await request.read()
         try:
             header = bundle_header(sealed)
@@ -129,24 +147,9 @@ def _bundle_inbox(directory: Path, name: str | None, views: ViewDatabase) -> Any
             return _problem(400, "invalid_bundle", "the bundle is for another datasource")
         if name is not None and header["node"] != name:
             return _problem(400, "invalid_bundle", f"the bundle is sealed for {header['node']}, not {name}")
-        source = await _datasource_once_known(views, datasource_id)
-        if source is None:
-            return _problem(
-                404, "unknown_datasource", f"this node's replica has no datasource {datasource_id}"
-            )
-        owner, digest = str(source.get("owner")), commitment(sealed)
-        with views.transaction(commit=False) as cursor:
-            found = keys.principal(cursor, owner) or {}
+        digest = commitment(sealed)
         try:
-            check_delivery(
-                request.headers.get(DELIVERY_HEADER),
-                owner=owner,
-                owner_keys=found.get("keys", []),
-                datasource_id=datasource_id,
-                node=str(header["node"]),
-                digest=digest,
-                now=time.time(),
-            )
+            check_matches(statement, node=str(header["node"]), digest=digest)
         except DeliveryRefused as refused:
             return _problem(refused.status, refused.code, refused.message)
         keep_bundle(directory, datasource_id, sealed)
