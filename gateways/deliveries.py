@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.identifiers import split_kid
+from domain.principal import KeyState
+from domain.times import parse_time
 from gateways.sdk.builders import TransactionBuilder
 from ledger.errors import Rejected
 from ledger.jws import parse_compact, verify_signature
@@ -63,13 +66,16 @@ def verified_statement(
         raise DeliveryRefused(
             400, "invalid_delivery", f"the {HEADER} header is not a signed statement"
         ) from exc
-    signer = jws.kid.partition("#")[0]
+    try:
+        signer = split_kid(jws.kid)[0]
+    except ValueError as exc:
+        raise DeliveryRefused(400, "invalid_delivery", str(exc)) from exc
     if signer != owner:
         raise DeliveryRefused(
             403, "not_the_owner", f"{signer} signed this delivery; datasource {datasource_id} is {owner}'s"
         )
     key = next((k for k in owner_keys if k.get("kid") == jws.kid), None)
-    if key is None or key.get("revoked_seq") is not None or not _valid_at(key, now):
+    if key is None or _key_state(key).usable_at(datetime.fromtimestamp(now, UTC)) is not None:
         raise DeliveryRefused(403, "unknown_key", f"{jws.kid} is not a current key of {owner}")
     if not verify_signature(jws, key["jwk"]):
         raise DeliveryRefused(403, "bad_signature", "the delivery's signature does not verify")
@@ -97,10 +103,14 @@ def check_matches(statement: Mapping[str, Any], *, node: str, digest: str) -> No
         )
 
 
-def _valid_at(key: Mapping[str, Any], now: float) -> bool:
-    """Within the key's not_before .. not_after, when it has them (RFC 3339 text)."""
-    moment = datetime.fromtimestamp(now, UTC)
-    start, end = key.get("not_before"), key.get("not_after")
-    if start and moment < datetime.fromisoformat(str(start).replace("Z", "+00:00")):
-        return False
-    return not (end and moment > datetime.fromisoformat(str(end).replace("Z", "+00:00")))
+def _key_state(row: Mapping[str, Any]) -> KeyState:
+    """A key as the read model lists it (``projections.keys.principal``), in the domain's
+    terms, so that whether it may sign now is decided as the ledger decides it."""
+    start, end = row.get("not_before"), row.get("not_after")
+    return KeyState(
+        kid=str(row["kid"]),
+        jwk=dict(row["jwk"]),
+        not_before=parse_time(start) if start else None,
+        not_after=parse_time(end) if end else None,
+        revoked=(row.get("revoked_reason") or "revoked") if row.get("revoked_seq") is not None else None,
+    )
