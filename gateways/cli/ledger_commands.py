@@ -13,13 +13,13 @@ import click
 from rich.progress import Progress
 
 from gateways.cli.options import checkpoint_options, fail, ledger_options, require_ledger
+from gateways.cli.signed_submit import ledger_identity
 from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.demo import DemoFederation
 from infra.keyfiles import KeyFileError
 from infra.settings import Settings
 from infra.store_role import WrongStoreRole
 from infra.writer_lock import LedgerBusy
-from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.sequencer import Accepted, Sequencer
 
@@ -88,7 +88,7 @@ def populate(settings: Settings, entries: int, seed: int, batch: int) -> None:
 
 
 def _populate(settings: Settings, sequencer: Sequencer, entries: int, seed: int, batch: int) -> None:
-    chain, operator = _ledger_identity(sequencer)
+    chain, operator = ledger_identity(sequencer.store)
     try:
         op = root_signer(settings, chain, operator)
     except KeyFileError as exc:
@@ -135,10 +135,3 @@ def _open(settings: Settings) -> Sequencer:
         return open_sequencer(settings)
     except (KeyFileError, RuntimeError) as exc:
         fail(str(exc))
-
-
-def _ledger_identity(sequencer: Sequencer) -> tuple[str, str]:
-    if sequencer.ledger is None:
-        fail("this ledger has no genesis entry")
-    genesis = Entry.decode(sequencer.store.read_entries(1, 1)[0].canonical)
-    return sequencer.ledger["chain"], genesis.data["principal"]
