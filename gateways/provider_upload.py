@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from gateways.deliveries import HEADER as DELIVERY_HEADER
 from gateways.deliveries import delivery_statement
-from gateways.sdk import ConsentClient, TransactionBuilder
+from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from mpc.bundles import ShareBundle, commitment, seal
 from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
@@ -183,9 +183,12 @@ def _problem_text(error: urllib.error.HTTPError) -> str:
     raw = error.read()
     try:
         problem = json.loads(raw)
-        return f"({problem['code']}): {problem['detail']}"
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
         return f"(HTTP {error.code}): {raw.decode(errors='replace')[:200]}"
+    refused = DfgApiError.from_problem(error.code, problem)
+    return f"({refused.code}): {refused.detail}"
 
 
 def upload(

@@ -46,7 +46,8 @@ REQUIRED_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1", "ret
 
 
 class TopicsMissing(KafkaError):  # type: ignore[misc]  # kafka-python has no types
-    """The ledger's topics are not on the broker (yet): retried, as a broker outage."""
+    """The ledger's topics are not on the broker (yet): retried, as the relay may not
+    have created them; logged as what it is (``why_disconnected``)."""
 
 
 def why_disconnected(exc: KafkaError) -> str:
