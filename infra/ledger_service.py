@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from infra.storage.errors import storage_unavailable
+from infra.storage.postgres import check_pools
 from ledger.sequencer import Accepted, Outcome, PreparedBatch, Sequencer
+from ledger.store import HeadMoved
 from projections.base import View, ViewDatabase, apply_new, catch_up, prepare
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,9 @@ class LedgerService:
         self._stop_checkpointer: threading.Event | None = None
         self.positions: dict[str, int] = {}
         self._views_lock = threading.Lock()
+        #: Why the sequencer thread stopped appending for good (another process
+        #: appended to the ledger under it), else None.
+        self.stopped: HeadMoved | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -72,6 +78,7 @@ class LedgerService:
         for view in self.view_list:
             prepare(self.views, view, self.sequencer.store.read_entries)
         self.catch_up_views()
+        self.sequencer.is_outage = storage_unavailable
         self._stop_checkpointer = self.sequencer.start_checkpointer()
         self._views_thread.start()
         self._thread.start()
@@ -82,14 +89,36 @@ class LedgerService:
         self._views_thread.join(timeout=30)
         if self._stop_checkpointer is not None:
             self._stop_checkpointer.set()
-        self.sequencer.checkpoint_now()
-        self.sequencer.verifier.close()
+        try:
+            if self.stopped is None:  # else its head is stale: the other writer signs the ledger's
+                self._final_checkpoint()
+        finally:
+            self.sequencer.verifier.close()
+
+    def _final_checkpoint(self) -> None:
+        """Sign what the log holds before stopping, unless the database cannot be used
+        now: the entries are durable, and the next writer's checkpointer signs them
+        within its interval, so a server stopped during an outage (or just after the
+        database ended its sessions) stops cleanly instead of failing its exit."""
+        for attempt in (1, 2):
+            try:
+                self.sequencer.checkpoint_now()
+                return
+            except Exception as exc:
+                if not storage_unavailable(exc):
+                    raise
+                if attempt == 2:
+                    log.warning("no checkpoint signed at shutdown: the database cannot be used (%s)", exc)
+                else:  # pooled connections the database ended fail once each: replace them
+                    check_pools(wait=True)
 
     # --- API -------------------------------------------------------------------------
 
     def submit(self, tokens: Sequence[str]) -> Future[list[Outcome]]:
         future: Future[list[Outcome]] = Future()
         self._queue.put(_Request(list(tokens), future))
+        if self.stopped is not None:  # nobody takes it from the queue any more
+            self._fail_queued(self.stopped)
         return future
 
     def catch_up_views(self) -> None:
@@ -133,7 +162,11 @@ class LedgerService:
                 item = _NOTHING
             if item is None:  # stop: finish what is pending first
                 if pending is not None:
-                    self._commit(*pending)
+                    try:
+                        self._commit(*pending)
+                    except HeadMoved as exc:  # its submitters are told; stop() signs nothing
+                        self._stop_appending(exc, pending[0])
+                        return
                 self._committed.put(None)
                 return
             nxt = None
@@ -144,19 +177,54 @@ class LedgerService:
                 except Exception as exc:  # this batch's submitters hear of it; the thread lives on
                     _failed(requests, exc)
             if pending is not None:
-                self._commit(*pending)
+                try:
+                    self._commit(*pending)
+                except HeadMoved as exc:
+                    self._stop_appending(exc, [*pending[0], *(nxt[0] if nxt else [])])
+                    return
             pending = nxt
 
     def _prepare(self, requests: list[_Request]) -> PreparedBatch:
         return self.sequencer.prepare([t for r in requests for t in r.tokens])
 
     def _commit(self, requests: list[_Request], batch: PreparedBatch) -> None:
+        """Raises ``HeadMoved`` (its submitters not yet told): every later append would
+        fail the same way."""
         try:
             outcomes = self.sequencer.commit(batch)
+        except HeadMoved:
+            raise
         except Exception as exc:
             _failed(requests, exc)
             return
         self._committed.put(_Committed(requests, outcomes))
+
+    def _stop_appending(self, exc: HeadMoved, requests: list[_Request]) -> None:
+        """Another process appended to the ledger under this one (on PostgreSQL, while the
+        writer lock's session was gone): this process's tree, aggregates and nonces are
+        stale, so it stops appending instead of answering every submitter "resubmit" for
+        good, and /healthz says so (the sequencer thread has stopped)."""
+        stale = HeadMoved(
+            "another process appended to the ledger while this server held no writer lock;"
+            " this server has stopped appending: restart it"
+        )
+        log.error("%s (%s)", stale, exc)
+        self.stopped = stale
+        if self._stop_checkpointer is not None:
+            self._stop_checkpointer.set()
+        for request in requests:
+            request.future.set_exception(stale)
+        self._fail_queued(stale)
+        self._committed.put(None)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None and not request.future.done():
+                request.future.set_exception(exc)
 
     # --- the views thread ------------------------------------------------------------
 
@@ -188,6 +256,9 @@ class LedgerService:
 
 
 def _failed(requests: list[_Request], exc: Exception) -> None:
-    log.exception("a batch failed; its submitters get the error and may resubmit", exc_info=exc)
+    if storage_unavailable(exc):  # an outage, not a fault: one line, not a traceback per batch
+        log.warning("a batch failed, the database cannot be used (%s); its submitters may resubmit", exc)
+    else:
+        log.exception("a batch failed; its submitters get the error and may resubmit", exc_info=exc)
     for request in requests:
         request.future.set_exception(exc)

@@ -138,6 +138,10 @@ class Sequencer:
         self.clock = clock
         self.policy = policy or CheckpointPolicy()
         self.verifier = verifier or ParallelVerifier()
+        #: Tells the storage's "cannot be used now" errors (logged in one line when a
+        #: checkpoint cannot be signed) from faults (logged with their traceback); the
+        #: storage is the caller's to know.
+        self.is_outage: Callable[[BaseException], bool] = lambda exc: False
         self._checkpoint_key = checkpoint_key
         self._cache = AggregateCache(store, cache_size)
         self._nonces: dict[str, int] = {}
@@ -231,8 +235,8 @@ class Sequencer:
                 try:
                     self.tick()
                     failures = 0
-                except Exception:  # e.g. the database locked or gone for a while: try again
-                    log.exception("signing a checkpoint failed; trying again")
+                except Exception as exc:  # e.g. the database locked or gone for a while: try again
+                    self._log_signing_failure(exc, "trying again")
                     failures = min(failures + 1, 10)
 
         threading.Thread(target=loop, name="dfg-checkpointer", daemon=True).start()
@@ -414,10 +418,16 @@ class Sequencer:
         not their submitters' error: it is logged, and the checkpointer signs later."""
         try:
             self._sign_checkpoint(size, root)
-        except Exception:
-            log.exception("signing the checkpoint of size %d failed; the checkpointer will sign later", size)
+        except Exception as exc:
+            self._log_signing_failure(exc, f"size {size}; the checkpointer will sign later")
             return False
         return True
+
+    def _log_signing_failure(self, exc: Exception, then: str) -> None:
+        if self.is_outage(exc):
+            log.warning("no checkpoint now, the database cannot be used (%s); %s", exc, then)
+        else:
+            log.exception("signing a checkpoint failed (%s)", then)
 
     def _sign_checkpoint(self, size: int, root: bytes) -> None:
         if self._checkpoint_key is None or self.ledger is None:

@@ -25,6 +25,12 @@ class StoreConflict(Exception):
     """The head moved under us: another writer appended to this ledger."""
 
 
+class HeadMoved(StoreConflict):
+    """The ledger's head is not where this writer left it: another process appended
+    meanwhile, so what this writer holds in memory (the tree, aggregates, nonces) is
+    stale and none of its appends can succeed again."""
+
+
 class WriterLockHandle(Protocol):
     """The ledger's writer lock, as a store holds it (``infra.writer_lock``)."""
 

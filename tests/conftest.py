@@ -152,3 +152,11 @@ def give_level1(ledger: Ledger, app: TransactionSigner, subject: str, controller
         "terms": LEVEL1_TERMS,
     }
     return ledger.sign(app, "consent.give", body)
+
+
+def assert_outage_then_fault_logged(caplog: pytest.LogCaptureFixture, logger: str, cause: str) -> None:
+    """A storage outage was logged in one line naming its cause, then a fault with its
+    traceback, and nothing else by ``logger``."""
+    outage, fault = [r for r in caplog.records if r.name == logger]
+    assert f"the database cannot be used ({cause})" in outage.getMessage()
+    assert outage.exc_info is None and fault.exc_info is not None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from conftest import TERMS, Ledger
+import pytest
+from conftest import TERMS, Ledger, assert_outage_then_fault_logged
 
 from infra.bootstrap import checkpoint_key
 from ledger.checkpoint import open_checkpoint
@@ -110,9 +111,43 @@ def test_steady_traffic_gets_a_checkpoint_within_the_interval(ledger: Ledger, mo
     assert [c.size for c in store.checkpoints(covered)] == [covered + 4, covered + 8]
 
 
-def test_a_failing_checkpoint_write_does_not_stop_the_checkpointer(ledger: Ledger) -> None:
-    """The database locked for longer than its timeout once: the next tick signs it."""
+def test_a_failing_checkpoint_write_does_not_stop_the_checkpointer(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database locked for longer than its timeout once, then a fault: the next tick
+    signs it. The outage is logged in one line (it was a traceback), the fault with its
+    traceback."""
     store, app, sequencer = _sequencer(ledger, 1000, 50)
+    real_save = store.save_checkpoint
+    failures = iter([RuntimeError("database is locked"), ValueError("a bug")])
+
+    def save_failing_once(size: int, root: bytes, note: str) -> None:
+        for failure in failures:
+            raise failure
+        real_save(size, root, note)
+
+    store.save_checkpoint = save_failing_once  # type: ignore[method-assign]
+    caplog.set_level("WARNING", logger="dfg.sequencer")
+    sequencer.is_outage = lambda exc: "locked" in str(exc)
+    stop = sequencer.start_checkpointer()
+    try:
+        sequencer.submit(_give(ledger, app, 2))
+        latest = _wait_until_covered(store, 10)
+        assert latest is not None and latest.size == store.head()[0]
+        assert next(failures, None) is None  # it did fail twice
+    finally:
+        stop.set()
+        store.save_checkpoint = real_save  # type: ignore[method-assign]
+    assert_outage_then_fault_logged(caplog, "dfg.sequencer", "database is locked")
+
+
+def test_a_checkpoint_a_commit_could_not_sign_in_an_outage_is_logged_in_one_line(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint a commit makes due, failing in a database outage: its entries are
+    durable, and the failure was logged with a traceback (the checkpointer's path is
+    tested above)."""
+    store, app, sequencer = _sequencer(ledger, 1, 60_000)
     real_save = store.save_checkpoint
     failures = iter([RuntimeError("database is locked")])
 
@@ -122,12 +157,11 @@ def test_a_failing_checkpoint_write_does_not_stop_the_checkpointer(ledger: Ledge
         real_save(size, root, note)
 
     store.save_checkpoint = save_failing_once  # type: ignore[method-assign]
-    stop = sequencer.start_checkpointer()
+    sequencer.is_outage = lambda exc: "locked" in str(exc)
+    caplog.set_level("WARNING", logger="dfg.sequencer")
     try:
         sequencer.submit(_give(ledger, app, 2))
-        latest = _wait_until_covered(store, 10)
-        assert latest is not None and latest.size == store.head()[0]
-        assert next(failures, None) is None  # it did fail once
     finally:
-        stop.set()
         store.save_checkpoint = real_save  # type: ignore[method-assign]
+    (record,) = [r for r in caplog.records if r.name == "dfg.sequencer"]
+    assert "the checkpointer will sign later" in record.getMessage() and record.exc_info is None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+import psycopg
 import pytest
-from conftest import TERMS, Ledger
+from conftest import TERMS, Ledger, assert_outage_then_fault_logged
 
 from infra.bootstrap import open_views
 from infra.ledger_service import LedgerService
-from ledger.sequencer import Accepted, PreparedBatch
+from ledger.sequencer import Accepted, Outcome, PreparedBatch
+from ledger.store import HeadMoved
 from projections.registry import all_views
 
 
@@ -50,6 +52,36 @@ def test_a_batch_that_cannot_be_prepared_fails_alone(ledger: Ledger, monkeypatch
         service.stop()
         views.close()
     assert not service.running
+
+
+def test_a_batch_failing_in_a_database_outage_is_logged_in_one_line(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage is expected in operation: it was logged with a 40-line traceback per
+    batch (by the service and again by the HTTP API). A fault stays a traceback."""
+    app = ledger.admit("sp:app", "service_provider")
+    token = ledger.sign(
+        app, "consent.request", {"consent_id": str(uuid.uuid4()), "subject": "p-1", "terms": TERMS}
+    )
+    views = open_views(ledger.settings)
+    service = LedgerService(ledger.sequencer, views, all_views())
+    failures = iter([psycopg.OperationalError("server closed the connection"), RuntimeError("a bug")])
+
+    def commit_failing(batch: PreparedBatch) -> list[Outcome]:
+        raise next(failures)
+
+    monkeypatch.setattr(ledger.sequencer, "commit", commit_failing)
+    caplog.set_level("WARNING", logger="infra.ledger_service")
+    service.start()
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            service.submit([token]).result(timeout=30)
+        with pytest.raises(RuntimeError):
+            service.submit([token]).result(timeout=30)
+    finally:
+        service.stop()
+        views.close()
+    assert_outage_then_fault_logged(caplog, "infra.ledger_service", "server closed the connection")
 
 
 def test_a_resubmitted_entry_the_views_missed_is_in_the_next_answer(
@@ -99,3 +131,41 @@ def test_a_resubmitted_entry_the_views_missed_is_in_the_next_answer(
     finally:
         service.stop()
         views.close()
+
+
+def test_a_batch_whose_head_moved_as_the_server_stops_is_answered(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch still pending when stop() was asked is committed on the way out; a
+    HeadMoved there escaped the sequencer thread: its submitters waited for ever, the
+    views thread was never told to end (stop() waited 30 s for it) and stop() then
+    signed a checkpoint with the stale head."""
+    app = ledger.admit("sp:app", "service_provider")
+    token = ledger.sign(
+        app, "consent.request", {"consent_id": str(uuid.uuid4()), "subject": "p-1", "terms": TERMS}
+    )
+    views = open_views(ledger.settings)
+    service = LedgerService(ledger.sequencer, views, all_views())
+
+    def commit_moved(batch: PreparedBatch) -> list[Outcome]:
+        raise HeadMoved("the ledger head moved: is another sequencer writing here?")
+
+    monkeypatch.setattr(ledger.sequencer, "commit", commit_moved)
+    checkpoints: list[int] = []
+
+    def checkpoint_now() -> bool:
+        checkpoints.append(ledger.sequencer.size)
+        return True
+
+    monkeypatch.setattr(ledger.sequencer, "checkpoint_now", checkpoint_now)
+    future = service.submit([token])
+    # what stop() puts first: the batch is prepared, then committed on the way out
+    service._queue.put(None)
+    service.start()
+    try:
+        assert isinstance(future.exception(timeout=10), HeadMoved)
+        assert service.stopped is not None
+    finally:
+        service.stop()
+        views.close()
+    assert not service.running and not checkpoints

@@ -374,3 +374,63 @@ def test_a_lock_held_by_another_process_fails_the_batch_with_a_503_after_the_loc
         _audit_ok(store)
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_server_whose_ledger_another_process_appended_to_meanwhile_stops_appending_and_says_so(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """The server's lock session ended (pg_terminate_backend), another writer took the
+    free lock, appended and left; the server then took the lock again at its next append
+    and, its head stale, answered every submission "resubmit" for good while /healthz
+    said "ok". It now stops appending: submitters are answered at once, and /healthz
+    answers 503 ledger_stopped, so a liveness probe restarts it."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from conftest import make_ledger
+    from http_server import running_server
+
+    from infra.bootstrap import open_sequencer
+    from infra.settings import Settings
+    from infra.storage.postgres import database_url_schema
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_schema_url)
+    led = make_ledger(settings)
+    app = led.admit("sp:app", "service_provider")
+    tokens = [_consent(led, app, f"p-{i}") for i in range(3)]
+    led.sequencer.store.close()  # the server opens its own
+
+    def call(url: str, token: str | None = None) -> tuple[int, Any]:
+        data = token.encode() if token is not None else None
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/jose"})
+        try:  # the client's timeout fails the test if a submission is left waiting
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    with running_server(settings) as base:
+        assert call(f"{base}/v1/transactions", tokens[0])[0] == 201
+        (session,) = _writer_lock_sessions(database_url_schema(pg_schema_url))
+        _end_session(session)
+        other = Ledger(settings, open_sequencer(settings), led.operator)  # takes the free lock
+        try:
+            other.admit("sp:meanwhile", "service_provider")
+        finally:
+            other.sequencer.verifier.close()
+            other.sequencer.store.close()  # and leaves: the server may take the lock again
+        for token in tokens[1:]:
+            status, problem = call(f"{base}/v1/transactions", token)
+            assert (status, problem["code"]) == (503, "ledger_unavailable"), problem
+        status, health = call(f"{base}/healthz")
+        assert (status, health["code"]) == (503, "ledger_stopped"), health
+    restarted = open_sequencer(settings)  # a restarted server appends again
+    try:
+        (accepted,) = restarted.submit([tokens[1]])
+        assert isinstance(accepted, Accepted) and not accepted.duplicate
+        _audit_ok(restarted.store)
+    finally:
+        restarted.verifier.close()
+        restarted.store.close()

@@ -25,13 +25,14 @@ from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUOR
 from gateways.http.problems import Problem, problem_body
 from gateways.http.responses import json_response
 from infra.ledger_service import LedgerService
+from infra.storage.errors import storage_unavailable
 from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.jws import MAX_JWS_BYTES
 from ledger.merkle import consistency_proof
 from ledger.receipt import ReceiptError, make_receipt
 from ledger.sequencer import Accepted
-from ledger.store import StoredCheckpoint
+from ledger.store import HeadMoved, StoredCheckpoint
 from ledger.witness import WitnessPolicy, with_cosignatures, witness_verifier
 from projections import keys, timeline
 from projections.consent_state import check as check_consent
@@ -195,8 +196,11 @@ def _json_text(text: str, status: int = 200) -> web.Response:
 async def _submit(request: web.Request, tokens: list[str]) -> list[Accepted | Rejected]:
     try:
         outcomes = await asyncio.wrap_future(service(request).submit(tokens))
-    except Exception:
-        request.app.logger.exception("the ledger could not commit a batch")
+    except HeadMoved as exc:  # logged once, when the sequencer stopped
+        raise Problem(503, "ledger_unavailable", f"the ledger could not store this now: {exc}") from None
+    except Exception as exc:
+        if not storage_unavailable(exc):  # an outage was logged by the ledger service, in one line
+            request.app.logger.exception("the ledger could not commit a batch")
         raise Problem(
             503, "ledger_unavailable", "the ledger could not store this now; resubmit the same JWS"
         ) from None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from contextlib import suppress
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from infra.storage.errors import storage_unavailable
+from infra.storage.postgres import check_pools
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -64,6 +67,10 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
     except Exception as exc:
         if storage_unavailable(exc):
             request.app.logger.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)
+            # the next requests get working connections, not the pools' other dead ones
+            # (check_pools raises nothing; the executor refuses new work while shutting down)
+            with suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(None, check_pools)
             response = problem_response(
                 503, "storage_unavailable", "the ledger's database cannot answer now; try again shortly"
             )

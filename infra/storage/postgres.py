@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -31,6 +33,7 @@ from infra.storage.sqlite import _contiguous
 from ledger.known_ids import KnownIds
 from ledger.store import (
     AppendBatch,
+    HeadMoved,
     RecordedViolation,
     StoreConflict,
     StoredCheckpoint,
@@ -91,13 +94,38 @@ def datastore_from_url(url: str, *, pool_size: int = 4, lock_timeout_s: int = 0)
     """The library's pooled datastore for ``url`` (see ``connection_params``).
     ``lock_timeout_s``: how long an append waits for the lock on the entries table (the
     library's ``LOCK TABLE``, which serialises inserts; 0 waits for ever)."""
-    return PostgresDatastore(
+    datastore = PostgresDatastore(
         **connection_params(url),
         schema=database_url_schema(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         lock_timeout=lock_timeout_s,
     )
+    _datastores.add(datastore)
+    return datastore
+
+
+#: Every pool of this process, for ``check_pools``.
+_datastores: weakref.WeakSet[PostgresDatastore] = weakref.WeakSet()
+_checking = threading.Lock()
+
+
+def check_pools(*, wait: bool = False) -> None:
+    """Test the idle connections of every pool of this process, replacing those that are
+    broken. After the database ended its sessions (a restart, ``pg_terminate_backend``)
+    each pooled connection fails once when next used, so one request after another got
+    503 until every connection of every pool had failed once, more than a client's few
+    retries. Called (in a worker thread) after such a failure; one check at a time: a
+    request's call returns at once when one is under way, ``wait`` waits for it (and
+    checks again) before a last attempt that must not meet a dead connection."""
+    if not _checking.acquire(blocking=wait):
+        return
+    try:
+        for datastore in list(_datastores):
+            with suppress(Exception):  # a pool closed meanwhile, or not opened yet
+                datastore.pool.check()
+    finally:
+        _checking.release()
 
 
 def ledger_exists(url: str) -> bool:
@@ -188,7 +216,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             (batch.new_size, batch.new_root, batch.old_size),
         )
         if curs.fetchone() is None:
-            raise StoreConflict("the ledger head moved: is another sequencer writing here?")
+            raise HeadMoved("the ledger head moved: is another sequencer writing here?")
         curs.execute(
             "SELECT setval(pg_get_serial_sequence(%s, 'notification_id'), %s, false)",
             (self._qualified_table, batch.old_size + 1),

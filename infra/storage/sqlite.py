@@ -27,7 +27,14 @@ from eventsourcing.sqlite import (
 from infra.settings import LOCK_TIMEOUT_S
 from infra.storage.common import EMPTY_ROOT, EVENTS_TABLE, NO_END, EntryStoreMixin, utc_now_text
 from infra.storage.sqlite_read_only import FileStamp, check_unchanged, read_only_uri
-from ledger.store import AppendBatch, RecordedViolation, StoreConflict, StoredCheckpoint, StoredEntry
+from ledger.store import (
+    AppendBatch,
+    HeadMoved,
+    RecordedViolation,
+    StoreConflict,
+    StoredCheckpoint,
+    StoredEntry,
+)
 
 CACHE_KIB = 64 * 1024
 #: The page cache of a store that reads the log once, in order (an audit). Pages are
@@ -89,7 +96,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             (batch.new_size, batch.new_root, batch.old_size),
         )
         if c.sqlite_cursor.rowcount != 1:
-            raise StoreConflict("the ledger head moved: is another sequencer writing here?")
+            raise HeadMoved("the ledger head moved: is another sequencer writing here?")
         # One executemany instead of the library's row-by-row inserts: the ids are known
         # (the head's compare-and-set above serialises writers) and checked right after.
         c.executemany(
