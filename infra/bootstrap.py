@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
-from infra.keyfiles import KeyFileError, read_jwk, read_secret, write_jwk, write_secret
+from infra.keyfiles import KeyFileError, make_private_dirs, read_jwk, read_secret, write_jwk, write_secret
 from infra.settings import Settings
 from infra.store_role import StoreRole, check_store_role, claim_store_role
 from infra.writer_lock import take_writer_lock
@@ -138,12 +138,53 @@ def create_ledger(
         now=time.time(),
     )
     parse_transaction(genesis)  # a bad chain, operator or name is refused here
+    written = [settings.keys_dir / ROOT_KEY_FILE, settings.keys_dir / CHECKPOINT_KEY_FILE]
+    # Opening the store creates the ledger's tables (ledger.sqlite, or the schema on
+    # PostgreSQL): what would refuse the keys is checked before, so that a refused init
+    # writes nothing, there or in --data.
+    if any(path.exists() for path in written) and not _ledger_present(settings):
+        raise KeyFileError(f"{_existing(written)} exists but there is no ledger; move it away first")
+    try:  # SQLite's data directory as the writer lock would make it; the keys' 0700
+        created = [] if settings.database_url else _make_dirs(settings.data_dir)
+        created += make_private_dirs(settings.keys_dir)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write the keys in {settings.keys_dir}: {exc.strerror or exc}") from exc
+    try:
+        return _append_genesis(settings, genesis, note_key, root, written)
+    except BaseException:
+        for path in reversed(created):  # those the keys were not written to
+            with suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _ledger_present(settings: Settings) -> bool:
+    """Whether the store holds a ledger's tables, asked without creating them."""
+    if settings.database_url:
+        from infra.storage.postgres import ledger_exists
+
+        return ledger_exists(settings.database_url)
+    return settings.ledger_file.exists()
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+def _existing(paths: list[Path]) -> Path:
+    return next(path for path in paths if path.exists())
+
+
+def _append_genesis(
+    settings: Settings, genesis: str, note_key: SignerKey, root: OKPKey, written: list[Path]
+) -> Entry:
     # two inits must not race; the role is recorded with the genesis entry, not before
     store = open_writer_store(settings, doing="creating a ledger in it", role=StoreRole.LEDGER)
     try:
         if store.head()[0] != 0:
             raise Rejected("genesis_exists", "this ledger already exists; nothing was changed")
-        written = [settings.keys_dir / ROOT_KEY_FILE, settings.keys_dir / CHECKPOINT_KEY_FILE]
         for path in written:
             if path.exists():
                 raise KeyFileError(f"{path} exists but the ledger is empty; move it away first")

@@ -18,21 +18,24 @@ class KeyFileError(Exception):
     pass
 
 
-def _make_private_dirs(directory: Path) -> None:
+def make_private_dirs(directory: Path) -> list[Path]:
     """Create the missing directories as 0700 whatever the umask, and leave existing
     ones as they are: a key written into /tmp or a shared folder must not change who
-    may use that folder (the file itself is 0600)."""
+    may use that folder (the file itself is 0600). Returns those created, outermost
+    first."""
     missing: list[Path] = []
     while not directory.exists():
         missing.append(directory)
         directory = directory.parent
-    for created in reversed(missing):
-        created.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(created, 0o700)
+    created = list(reversed(missing))
+    for path in created:
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    return created
 
 
 def write_secret(path: Path, content: str) -> None:
-    _make_private_dirs(path.parent)
+    make_private_dirs(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:

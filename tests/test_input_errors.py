@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import CHAIN, OPERATOR, Ledger
+from conftest import CHAIN, OPERATOR, Ledger, make_ledger
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
@@ -473,6 +475,19 @@ def test_a_damaged_database_and_a_bad_database_url_are_one_line_errors(ledger: L
         assert refused.exit_code == 2 and "--database-url" in refused.output
 
 
+def test_a_database_that_refuses_the_connection_is_a_one_line_error(tmp_path: Path) -> None:
+    """libpq's message for a port nobody listens on goes on over two lines (a tab and
+    "Is the server running on that host ...?"), and was printed as it came."""
+    from http_server import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    result = CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "d"), "--database-url", url])
+    assert result.exit_code == 1 and result.output.startswith("error: the database cannot be used:")
+    assert result.output.count("\n") == 1 and "\t" not in result.output, result.output
+    assert "Is the server running" in result.output
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize(
     ("query", "named"),
     [
@@ -532,6 +547,46 @@ def test_a_refused_init_writes_nothing_and_can_be_retried(tmp_path: Path) -> Non
         assert not (data / "keys").exists() or not any((data / "keys").iterdir())
     assert CliRunner().invoke(cli, ["init", "--data", str(data)]).exit_code == 0
     assert CliRunner().invoke(cli, ["audit", "verify", "--data", str(data), "--no-progress"]).exit_code == 0
+
+
+def test_an_init_refused_for_its_keys_creates_no_ledger_file(tmp_path: Path) -> None:
+    """Keys left in --data without a ledger: the refusal came after the store was
+    opened, which left an empty ledger.sqlite (and the lock file) behind."""
+    data = tmp_path / "d"
+    (data / "keys").mkdir(parents=True, mode=0o700)
+    (data / "keys" / "root.jwk").write_text("{}")
+    refused = CliRunner().invoke(cli, ["init", "--data", str(data)])
+    assert refused.exit_code == 1 and "root.jwk exists but there is no ledger" in refused.output
+    assert sorted(p.name for p in data.iterdir()) == ["keys"]
+
+
+@pytest.mark.postgres
+def test_an_init_refused_for_its_keys_or_its_data_directory_creates_no_schema(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the store was opened first, creating the schema and the ledger's
+    tables, and only then were keys found in --data, or --data found unwritable."""
+    url = ["--database-url", pg_schema_url]
+    kept = tmp_path / "kept"
+    (kept / "keys").mkdir(parents=True, mode=0o700)
+    (kept / "keys" / "checkpoint.key").write_text("a key of another ledger")
+    refused = CliRunner().invoke(cli, ["init", "--data", str(kept), *url])
+    assert refused.exit_code == 1 and "checkpoint.key exists but there is no ledger" in refused.output
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    unwritable = CliRunner().invoke(cli, ["init", "--data", str(a_file / "d"), *url])
+    assert unwritable.exit_code == 1, unwritable.output
+    assert f"cannot write the keys in {a_file / 'd' / 'keys'}" in unwritable.output
+    assert not ledger_exists(pg_schema_url)
+    import psycopg
+    from conftest import PG_URL
+
+    from infra.storage.postgres import database_url_schema
+
+    with psycopg.connect(PG_URL) as conn:
+        schema = database_url_schema(pg_schema_url)
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+    assert CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "new"), *url]).exit_code == 0
 
 
 def test_an_init_beside_another_writer_is_refused_and_writes_nothing(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ class _Commands(click.Group):
         except ViewsNotOfThisLog as exc:
             fail(str(exc))
         except (sqlite3.DatabaseError, PersistenceError, psycopg.Error) as exc:
-            fail(f"the database cannot be used: {exc}")
+            # one line: libpq's messages go on over lines ("Is the server running ...?")
+            fail(f"the database cannot be used: {' '.join(str(exc).split())}")
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
 
