@@ -138,6 +138,11 @@ class BundleReader:
                 if position == 1:
                     self._check_header_against(canonical)
                 aggregate_id, version, event_type = _columns(canonical)
+                if event_type == "?" and canonical.startswith((b'{"checkpoint"', b'{"principals"')):
+                    raise BundleError(
+                        f"the bundle holds {position - 1} entries, not the {size} its header counts"
+                        f" (line {position + 1} is a checkpoint or the principals line)"
+                    )
                 pending.append((aggregate_id.bytes, position, canonical))
                 stored = StoredEntry(position, aggregate_id, version, event_type, canonical)
                 page.append(stored)
@@ -150,13 +155,18 @@ class BundleReader:
             self.checkpoints, self._ended = [], False
             for number, line in enumerate(handle, start=size + 2):
                 self._read_tail_line(number, line)
-        counted = self.header.get("checkpoints")
-        if counted is not None and counted != len(self.checkpoints):
+        counted = self.header["checkpoints"]
+        if counted != len(self.checkpoints):
             raise BundleError(
                 f"the header counts {counted!r} checkpoints, the bundle holds {len(self.checkpoints)}"
             )
         if principals is not None:
-            self.principals_problem = _principals_problem(self.principals, principals.snapshot())
+            derived = principals.snapshot()
+            self.principals_problem = (
+                _principals_problem(self.principals, derived)
+                if self._ended
+                else "the bundle has no principals line (its last line, after the checkpoints)"
+            )
 
     def _check_header_against(self, genesis: bytes) -> None:
         """The header's ledger fields are those the genesis entry names (the audit checks
@@ -165,8 +175,10 @@ class BundleReader:
             ledger = json.loads(genesis)["data"]["ledger"]
         except (ValueError, RecursionError, KeyError, TypeError):
             return  # not a genesis entry: the audit names entry 1
+        if not isinstance(ledger, dict):
+            return  # nor is this one
         for name in ("chain", "origin", "checkpoint_key"):
-            if name in self.header and self.header[name] != ledger.get(name):
+            if self.header[name] != ledger.get(name):
                 raise BundleError(
                     f"the header's {name} ({self.header[name]!r}) is not the one the genesis entry"
                     f" names ({ledger.get(name)!r})"
@@ -198,6 +210,12 @@ class BundleReader:
             self.checkpoints.append(StoredCheckpoint(size, b"", note, tuple(cosignatures)))
         elif isinstance(item, dict) and set(item) == {"principals"} and isinstance(item["principals"], dict):
             self.principals, self._ended = item["principals"], True
+        elif isinstance(item, dict) and "checkpoint" in item:
+            raise BundleError(f"line {number}: a checkpoint line's checkpoint is its signed note, as text")
+        elif isinstance(item, dict) and "principals" in item:
+            raise BundleError(
+                f"line {number}: the principals line has one member, principals, an object by principal id"
+            )
         else:
             raise BundleError(
                 f"line {number} is neither a checkpoint nor the principals: more entries than the header's"
@@ -257,13 +275,16 @@ def _read_header(path: Path) -> dict[str, Any]:
     unknown = sorted(set(header) - _HEADER_MEMBERS)
     if unknown:
         raise BundleError(f"{path}: the header has members a {FORMAT} header has not: {unknown}")
+    missing = sorted(_HEADER_MEMBERS - set(header))
+    if missing:  # each is checked against the contents: one left out would go unchecked
+        raise BundleError(f"{path}: the header lacks members every {FORMAT} header has: {missing}")
     size, root = header.get("size"), header.get("root")
     if type(size) is not int or size < 0:
         raise BundleError(f"{path}: the header's size is not a number of entries: {size!r}")
     if not isinstance(root, str) or not _ROOT.fullmatch(root):
         raise BundleError(f"{path}: the header's root is not a SHA-256 hash in hex: {root!r}")
-    counted = header.get("checkpoints")
-    if counted is not None and (type(counted) is not int or counted < 0):
+    counted = header["checkpoints"]
+    if type(counted) is not int or counted < 0:
         raise BundleError(f"{path}: the header's checkpoints is not a number of checkpoints: {counted!r}")
     return header
 

@@ -106,6 +106,17 @@ class NotTheExpectedLedger(AuditFailure):
     the log is another ledger's (for a replica: a configuration error, not evidence)."""
 
 
+def genesis_mismatch(ledger: dict[str, Any], *, chain: str | None, checkpoint_key: str | None) -> str | None:
+    """Why a genesis entry's ``ledger`` object is not the ledger expected, or None:
+    one wording for the audit and for a node that checks its source before it keeps
+    anything."""
+    if chain and ledger.get("chain") != chain:
+        return f"this is chain {ledger.get('chain')!r}, not the expected {chain!r}"
+    if checkpoint_key and ledger.get("checkpoint_key") != checkpoint_key:
+        return "the genesis entry names a different checkpoint key than the one you trust"
+    return None
+
+
 class _ReplayState(AggregateLookups):
     """Aggregates as of the entry being replayed; bounded so memory stays flat."""
 
@@ -364,7 +375,8 @@ class Auditor:
         if head is not None and head != (size, self._frontier.root()):
             self._fail(
                 0,
-                f"the stored head (size {head[0]}, root {head[1].hex()}) does not match the entries"
+                # recorded: in the database's head, or in a bundle's header
+                f"the recorded head (size {head[0]}, root {head[1].hex()}) does not match the entries"
                 f" (size {size}, root {self._frontier.root().hex()})",
             )
         if tx_index is not None:
@@ -452,15 +464,9 @@ class Auditor:
         self.report.origin = ledger["origin"]
         self.report.checkpoint_key = ledger["checkpoint_key"]
         self.report.operator_kid = parse_transaction(entry.tx).jws.kid
-        if self._expected_chain and ledger["chain"] != self._expected_chain:
-            self._fail(
-                1,
-                f"this is chain {ledger['chain']!r}, not the expected {self._expected_chain!r}",
-                NotTheExpectedLedger,
-            )
-        if self._expected_key and ledger["checkpoint_key"] != self._expected_key:
-            message = "the genesis entry names a different checkpoint key than the one you trust"
-            self._fail(1, message, NotTheExpectedLedger)
+        mismatch = genesis_mismatch(ledger, chain=self._expected_chain, checkpoint_key=self._expected_key)
+        if mismatch is not None:
+            self._fail(1, mismatch, NotTheExpectedLedger)
         self._note_verifier = Verifier.from_string(ledger["checkpoint_key"])
 
     # --- signatures ----------------------------------------------------------------
@@ -614,10 +620,10 @@ def tx_index_problem(
     if rows == entries and last_nonces == replayed:
         return None
     differing = sorted(s for s in set(last_nonces) | set(replayed) if last_nonces.get(s) != replayed.get(s))
-    return (
-        f"the stored nonce index does not match the log ({rows} rows for"
-        f" {entries} entries; signers differing: {differing[:5]})"
-    )
+    # A row deleted below a signer's newest nonce changes no signer's newest one: then the
+    # count is the news (an empty list of signers read as if none differed).
+    named = f"; signers whose newest nonce differs: {differing[:5]}" if differing else ""
+    return f"the stored nonce index does not match the log ({rows} rows for {entries} entries{named})"
 
 
 _TAIL: Final = re.compile(rb'","v":[0-9]+,"version":[0-9]+}')

@@ -290,10 +290,28 @@ def test_a_node_refuses_to_start_from_a_bundle_that_is_not_one(tmp_path: Path, l
 )
 def test_a_bundle_header_with_a_bad_size_or_root_is_named(tmp_path: Path, size: Any, root: Any) -> None:
     bundle = tmp_path / "bad.jsonl"
-    header = {"format": "dfg-audit-bundle/1", "size": size, "root": root}
+    header = {"format": "dfg-audit-bundle/1", "chain": CHAIN, "origin": "o", "checkpoint_key": "k"}
+    header |= {"size": size, "root": root, "checkpoints": 0}
     bundle.write_text(json.dumps(header) + "\n")
     result = CliRunner().invoke(cli, ["audit", "verify", "--bundle", str(bundle), "--no-progress"])
     assert result.exit_code == 1 and "the header's" in result.output, result.output
+
+
+@pytest.mark.parametrize("ledger_member", [["not", "an", "object"], "text", 7])
+def test_a_bundle_whose_first_entry_holds_a_ledger_that_is_no_object_is_named(
+    tmp_path: Path, ledger_member: Any
+) -> None:
+    """The header's chain, origin and checkpoint_key are compared with the genesis
+    entry's ledger object: one that is no object ended the audit (and a node's
+    --from-bundle) with an AttributeError traceback; the audit now names entry 1."""
+    bundle = tmp_path / "bad.jsonl"
+    header = {"format": "dfg-audit-bundle/1", "chain": CHAIN, "origin": "o", "checkpoint_key": "k"}
+    header |= {"size": 1, "root": "0" * 64, "checkpoints": 0}
+    first = {"data": {"ledger": ledger_member}, "seq": 1}
+    bundle.write_text("\n".join(json.dumps(line) for line in (header, first, {"principals": {}})) + "\n")
+    result = CliRunner().invoke(cli, ["audit", "verify", "--bundle", str(bundle), "--no-progress"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "entry 1" in result.output, result.output
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -615,6 +633,37 @@ def test_export_leaves_other_files_alone_and_names_a_missing_folder(ledger: Ledg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "b.jsonl.partial", "data"]
     missing = CliRunner().invoke(cli, ["audit", "export", *data, "--out", str(tmp_path / "no" / "b.jsonl")])
     assert missing.exit_code == 1 and "there is no folder" in missing.output
+
+
+def test_export_to_standard_output_writes_the_bundle_there(ledger: Ledger, tmp_path: Path) -> None:
+    """``--out -`` used to write a file named "-" in the current folder."""
+    data = ["--data", str(ledger.settings.data_dir)]
+    to_file = CliRunner().invoke(cli, ["audit", "export", *data, "--out", str(tmp_path / "b.jsonl")])
+    assert to_file.exit_code == 0, to_file.output
+    piped = subprocess.run(
+        [sys.executable, "-m", "gateways.cli", "audit", "export", *data, "--out", "-"],
+        capture_output=True, cwd=tmp_path, check=False, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == (tmp_path / "b.jsonl").read_bytes()
+    assert b"exported" in piped.stderr and not (tmp_path / "-").exists()
+
+
+def test_export_to_a_reader_that_stops_early_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """``dfg audit export --out - | head`` ended with Python's "Exception ignored ...
+    BrokenPipeError" lines."""
+    data = ["--data", str(tmp_path / "d")]
+    assert CliRunner().invoke(cli, ["init", *data]).exit_code == 0
+    populated = CliRunner().invoke(cli, ["demo", "populate", *data, "--entries", "600"])
+    assert populated.exit_code == 0, populated.output  # a bundle larger than a pipe's buffer
+    command = [sys.executable, "-m", "gateways.cli", "audit", "export", *data, "--out", "-"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as early:
+        assert early.stdout is not None and early.stderr is not None
+        early.stdout.read(10)
+        early.stdout.close()  # the reader stops, as `| head -c 10` does
+        stderr = early.stderr.read()
+    assert early.returncode == 1 and b"standard output was closed" in stderr, stderr
+    assert b"Traceback" not in stderr and b"Exception ignored" not in stderr, stderr
 
 
 @pytest.mark.parametrize("command", [["demo", "level1"], ["demo", "analysis"]])

@@ -1,7 +1,7 @@
 """An auditor reading a ledger while its sequencer appends: the audit covers the ledger
 as it stood at the head it began from, and says how far it grew. Reads used to go past
 that head (entries, the nonce index, newer checkpoints), and a live ledger failed as if
-tampered with ("the stored head does not match the entries")."""
+tampered with ("the recorded head does not match the entries")."""
 
 from __future__ import annotations
 

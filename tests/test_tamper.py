@@ -241,7 +241,8 @@ def test_deleted_nonce_index_rows_fail(copy: Path) -> None:
     tamper(copy, ("DELETE FROM ledger_tx WHERE seq = ?", (MIDDLE,)))
     result = verify(copy)
     assert result.exit_code != 0
-    assert "nonce index" in result.output
+    assert f"nonce index does not match the log ({SIZE - 1} rows for {SIZE} entries)" in result.output
+    assert "[]" not in result.output  # it used to end "signers differing: []"
 
 
 # --- entries removed or moved --------------------------------------------------------
@@ -613,6 +614,20 @@ def test_a_bundle_missing_an_entry_names_it(base: Base, tmp_path: Path) -> None:
     assert_names(result, MIDDLE)
 
 
+def test_a_header_counting_more_entries_than_the_bundle_holds_says_so(base: Base, tmp_path: Path) -> None:
+    """The first checkpoint line used to be read as the next entry and named as "not a
+    version 1 entry"."""
+    lines = base.bundle.read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    header["size"] = SIZE + 1
+    lines[0] = json.dumps(header, sort_keys=True).encode()
+    bundle = tmp_path / "long.bundle"
+    bundle.write_bytes(b"\n".join(lines))
+    result = dfg("audit", "verify", "--bundle", str(bundle), "--no-progress")
+    assert result.exit_code == 1
+    assert f"the bundle holds {SIZE} entries, not the {SIZE + 1} its header counts" in result.output
+
+
 def test_a_changed_header_root_is_named_with_both_roots(base: Base, tmp_path: Path) -> None:
     lines = base.bundle.read_bytes().split(b"\n")
     header = json.loads(lines[0])
@@ -854,6 +869,41 @@ def test_a_bundle_without_its_checkpoint_lines_is_refused(base: Base, tmp_path: 
     assert result.exit_code != 0 and "the header counts 2 checkpoints, the bundle holds 0" in result.output
 
 
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        (b'{"checkpoint": 5}\n', "a checkpoint line's checkpoint is its signed note, as text"),
+        (
+            b'{"principals": []}\n',
+            "the principals line has one member, principals, an object by principal id",
+        ),
+        (b'{"principals": {}, "x": 1}\n', "the principals line has one member, principals"),
+    ],
+)
+def test_a_malformed_checkpoint_or_principals_line_is_named_as_such(
+    base: Base, tmp_path: Path, line: bytes, named: str
+) -> None:
+    """These used to be named as a line that is neither a checkpoint nor the principals,
+    with a guess that the bundle held more entries than its header says."""
+    lines = _bundle_lines(base)
+    if line.startswith(b'{"checkpoint"'):
+        lines[1 + SIZE] = line
+    else:
+        lines[-1] = line
+    result = _verify_bundle_lines(lines, tmp_path)
+    assert result.exit_code == 1 and named in result.output, result.output
+    assert "more entries than the header's size" not in result.output
+
+
+def test_a_bundle_without_its_principals_line_says_so(base: Base, tmp_path: Path) -> None:
+    """It used to be named as a principals line that differs from the entries, naming
+    the first principal as the one that differs."""
+    lines = _bundle_lines(base)
+    assert lines[-1].startswith(b'{"principals"')
+    result = _verify_bundle_lines(lines[:-1], tmp_path)
+    assert result.exit_code == 1 and "the bundle has no principals line" in result.output, result.output
+
+
 @pytest.mark.parametrize("member", ["chain", "checkpoint_key"])
 def test_a_bundle_header_that_misnames_the_ledger_is_refused(base: Base, tmp_path: Path, member: str) -> None:
     lines = _bundle_lines(base)
@@ -862,6 +912,19 @@ def test_a_bundle_header_that_misnames_the_ledger_is_refused(base: Base, tmp_pat
     lines[0] = json.dumps(header, sort_keys=True).encode() + b"\n"
     result = _verify_bundle_lines(lines, tmp_path)
     assert result.exit_code != 0 and f"the header's {member}" in result.output
+
+
+@pytest.mark.parametrize("member", ["chain", "origin", "checkpoint_key", "checkpoints"])
+def test_a_bundle_header_without_a_member_is_refused(base: Base, tmp_path: Path, member: str) -> None:
+    """Each of these is checked against the bundle's contents; a header without one
+    used to verify (exit 0) with that check left out."""
+    lines = _bundle_lines(base)
+    header = json.loads(lines[0])
+    del header[member]
+    lines[0] = json.dumps(header, sort_keys=True).encode() + b"\n"
+    result = _verify_bundle_lines(lines, tmp_path)
+    assert result.exit_code == 1 and "the header lacks members" in result.output, result.output
+    assert repr([member]) in result.output
 
 
 @pytest.mark.parametrize("where", ["header", "tail"])
@@ -965,6 +1028,23 @@ def test_the_entries_verified_before_a_failure_are_those_before_it(copy: Path) -
     result = verify(copy)
     assert_names(result, MIDDLE)
     assert f"{MIDDLE - 1} entries verified before the failure" in result.output
+
+
+def test_require_final_counts_the_entries_before_the_first_uncovered_one(copy: Path) -> None:
+    """As for every other failure; it used to say all 301 were verified before entry 2."""
+    tamper(copy, ("DELETE FROM checkpoints WHERE size = ?", (SIZE,)))
+    result = dfg(
+        "audit",
+        "verify",
+        "--data",
+        str(copy),
+        "--no-progress",
+        "--segments",
+        str(_segments[0]),
+        "--require-final",
+    )
+    assert_names(result, 2)
+    assert "\n1 entries verified before the failure" in result.output, result.output
 
 
 def test_prove_over_a_damaged_tree_says_what_to_do(copy: Path) -> None:

@@ -191,6 +191,7 @@ def _check_all_final(report: AuditReport, witnesses: WitnessPolicy | None) -> No
         report.problems.append(
             Problem(covered + 1, f"is not covered by {what} (--require-final), nor is any entry after it")
         )
+        report.entries = covered  # "verified before the failure": those before the entry it names
 
 
 def _verify_bundle(
@@ -297,11 +298,21 @@ def _print_report(
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="File to write (JSON Lines; see docs/ledger-format.md).",
+    help="File to write (JSON Lines; see docs/ledger-format.md), or - for standard output.",
 )
 def export(settings: Settings, out_path: Path) -> None:
     """Write a self-contained audit bundle: entries, checkpoints and public keys."""
     store = _existing_store(settings)
+    if str(out_path) == "-":  # to a pipe (compress, copy to the auditor): the summary on stderr
+        try:
+            size = export_bundle(store, sys.stdout.buffer)
+        except BrokenPipeError:  # the reader stopped early (| head): no traceback at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            fail("standard output was closed before the whole bundle was written")
+        finally:
+            store.close()
+        click.echo(f"exported {size} entries to standard output", err=True)
+        return
     if out_path.exists():
         fail(f"{out_path} exists; refusing to overwrite it")
     if not out_path.parent.is_dir():
