@@ -8,6 +8,7 @@ the follower then continues from the replica's size.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import urllib.error
@@ -16,7 +17,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from infra.bundle import BundleReader
+from infra.bundle import BundleError, BundleReader
+from ledger.audit import genesis_mismatch
 from ledger.entry import Entry, EntryFormatError
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.store import StoredEntry
@@ -60,7 +62,9 @@ def _get(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=30) as response:
             body: bytes = response.read()
             return body
-    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: e.g. http.client.InvalidURL
+    # ValueError: e.g. http.client.InvalidURL; HTTPException: a server that does not answer
+    # HTTP, or a body cut short (neither is an OSError, and either ended follow_api's thread)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         raise SeedError(f"cannot read {url}: {exc}") from exc
 
 
@@ -89,6 +93,59 @@ def seed_from_api(replica: Replica, base_url: str, progress: Callable[[int], Non
         return replica.size  # no checkpoint yet: the topic brings them
     replica.accept_checkpoint(note)
     return replica.size
+
+
+def _genesis_problem(entry: Entry, chain: str | None, checkpoint_key: str | None) -> str | None:
+    ledger = entry.data.get("ledger")
+    if entry.seq != 1 or not isinstance(ledger, dict):
+        return f"its first entry ({entry.seq}) is not a genesis entry"
+    return genesis_mismatch(ledger, chain=chain, checkpoint_key=checkpoint_key)
+
+
+def api_ledger_problem(base_url: str, *, chain: str | None, checkpoint_key: str | None) -> str | None:
+    """Why the API at ``base_url`` serves another ledger than the one named, asked before
+    a replica is made for it: a node would otherwise say it serves, create its files
+    and only then stop. None when it is the one, or cannot be asked now (a ledger still
+    starting; the follower retries)."""
+    url = f"{base_url.rstrip('/')}/v1/log?start=1&limit=1"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body: bytes = response.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return f"it is no dfg ledger's API (GET /v1/log answered {exc.code})" if exc.code == 404 else None
+    except (urllib.error.URLError, OSError, ValueError):  # RemoteDisconnected is an OSError
+        return None
+    except http.client.BadStatusLine:  # it answered, but not in HTTP (another service's port)
+        return "it is no dfg ledger's API (it does not answer HTTP)"
+    except http.client.HTTPException:  # e.g. a body cut short: ask again later
+        return None
+    first = body.split(b"\n", 1)[0]
+    if not first:
+        return None
+    try:
+        entry = Entry.decode(first)
+    except EntryFormatError:
+        return "it is no dfg ledger's API (GET /v1/log sent no entry)"
+    return _genesis_problem(entry, chain, checkpoint_key)
+
+
+def bundle_ledger_problem(path: Path, *, chain: str | None, checkpoint_key: str | None) -> str | None:
+    """Why an audit bundle holds another ledger than the one named (its genesis), or
+    None; an unreadable bundle is left to seeding, which says what is wrong with it."""
+    try:
+        reader = BundleReader(path)
+    except (BundleError, OSError):
+        return None
+    try:
+        first = next(reader.entries(check_principals=False), None)
+        if first is None:
+            return None
+        return _genesis_problem(Entry.decode(first.canonical), chain, checkpoint_key)
+    except (BundleError, EntryFormatError, OSError):
+        return None
+    finally:
+        reader.close()
 
 
 def follow_api(

@@ -433,6 +433,45 @@ def test_node_serve_refuses_an_incomplete_engine_setup_before_creating_anything(
     assert not (tmp_path / "node").exists()
 
 
+def test_a_node_refuses_another_ledgers_api_or_bundle_before_creating_anything(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """``dfg node serve`` given a wrong --chain used to print that it served, create an
+    empty replica and only then stop; ``dfg node follow --from-url/--from-bundle`` left
+    the same empty files. The source's genesis entry is now asked first."""
+    assert ledger.sequencer.ledger is not None
+    key = ledger.sequencer.ledger["checkpoint_key"]
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    assert other.sequencer.ledger is not None
+    other_key = other.sequencer.ledger["checkpoint_key"]
+    other.sequencer.store.close()
+    bundle = tmp_path / "ledger.bundle"
+    exported = CliRunner().invoke(
+        cli, ["audit", "export", "--data", str(ledger.settings.data_dir), "--out", str(bundle)]
+    )
+    assert exported.exit_code == 0, exported.output
+    ledger.sequencer.store.close()
+    node = tmp_path / "node"
+    with running_server(ledger.settings) as url:
+        serve = ["node", "serve", "--data", str(node), "--coordinator", url, "--port", "9"]
+        wrong_chain = CliRunner().invoke(cli, [*serve, "--chain", "not-it", "--ledger-key", key])
+        assert wrong_chain.exit_code == 2, wrong_chain.output
+        named = f"--coordinator {url}: this is chain {CHAIN!r}, not the expected 'not-it'"
+        assert named in wrong_chain.output
+        assert "serving" not in wrong_chain.output
+        wrong_key = CliRunner().invoke(cli, [*serve, "--chain", CHAIN, "--ledger-key", other_key])
+        assert wrong_key.exit_code == 2 and "a different checkpoint key" in wrong_key.output
+        follow = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", "not-it",
+                  "--ledger-key", key]  # fmt: skip
+        from_url = CliRunner().invoke(cli, [*follow, "--from-url", url])
+        assert from_url.exit_code == 2 and f"--from-url {url}: this is chain" in from_url.output
+        not_a_ledger = CliRunner().invoke(cli, [*follow, "--from-url", f"{url}/no/such/prefix"])
+        assert not_a_ledger.exit_code == 2 and "no dfg ledger's API" in not_a_ledger.output
+    from_bundle = CliRunner().invoke(cli, [*follow, "--from-bundle", str(bundle)])
+    assert from_bundle.exit_code == 2 and f"--from-bundle {bundle}: this is chain" in from_bundle.output
+    assert not node.exists()
+
+
 def test_analyst_results_and_fhir_codes_refuse_bad_input(ledger: Ledger, tmp_path: Path) -> None:
     signing, sealing = _keys(tmp_path)
     ledger.sequencer.store.close()
@@ -800,3 +839,49 @@ def test_kafka_security_options_that_cannot_be_meant_are_refused_before_connecti
     result = CliRunner().invoke(cli, [*command, *data, *filled])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "d").exists()  # refused before anything was created
+
+
+def test_a_node_pointed_at_a_port_that_does_not_answer_http_is_refused_not_a_traceback(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """http.client's errors are no OSError: a --from-url or --coordinator on another
+    service's port (an SSH banner) ended `dfg node follow` and `dfg node serve` with a
+    BadStatusLine traceback, and a body cut short (IncompleteRead) ended the thread of a
+    node following a ledger's API, which then served a replica that no longer moved."""
+    import threading
+
+    from gateways.seed import SeedError, seed_from_api
+    from ledger.replica import Replica
+
+    def serving(answer: bytes) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def serve() -> None:
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(answer)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    banner = serving(b"SSH-2.0-OpenSSH_9.6\r\n")
+    cut_short = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}")
+    assert ledger.sequencer.ledger is not None
+    key = ledger.sequencer.ledger["checkpoint_key"]
+    node = tmp_path / "node"
+    follow = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", CHAIN,
+              "--ledger-key", key, "--from-url", banner]  # fmt: skip
+    refused = CliRunner().invoke(cli, follow)
+    assert refused.exit_code == 2, refused.output
+    assert f"--from-url {banner}: it is no dfg ledger's API (it does not answer HTTP)" in refused.output
+    serve = ["node", "serve", "--data", str(node), "--coordinator", banner, "--chain", CHAIN,
+             "--ledger-key", key, "--port", "9"]  # fmt: skip
+    refused = CliRunner().invoke(cli, serve)
+    assert refused.exit_code == 2 and "does not answer HTTP" in refused.output, refused.output
+    assert not node.exists()
+    replica = Replica(ledger.sequencer.store)
+    for url in (banner, cut_short):
+        with pytest.raises(SeedError, match="cannot read"):  # follow_api retries it
+            seed_from_api(replica, url)

@@ -267,6 +267,7 @@ def follow(
     witness = _witness(witness_key, witness_name)
     topics = Topics.for_ledger(chain, topic_prefix)
     _refuse_unusable_kafka(bootstrap, kafka_security)
+    _refuse_another_ledger(chain, ledger_key, bundle=from_bundle, url=from_url, url_option="--from-url")
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except AuditFailure as exc:  # the replica held is not of the ledger named
@@ -403,6 +404,7 @@ def node_serve(
         fail(f"--chain: {exc}", 2)
     if bootstrap is not None:
         _refuse_unusable_kafka(bootstrap, kafka_security)
+    _refuse_another_ledger(chain, ledger_key, url=coordinator, url_option="--coordinator")
     try:
         node = open_node(settings, ledger_key=ledger_key, chain=chain)
     except (LedgerBusy, WrongStoreRole) as exc:
@@ -464,7 +466,8 @@ def node_serve(
 @ledger_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(settings: Settings, as_json: bool) -> None:
-    """Replica size, lag, last verified checkpoint and violations of a node."""
+    """Replica size, lag, last verified checkpoint and violations of a node; exit status 3
+    when a violation is recorded (for a supervisor's health check)."""
     require_ledger(settings, making="`dfg node follow` makes a replica there")
     store = open_store(settings, read_only=True)  # beside a running follower
     try:
@@ -511,6 +514,24 @@ def _ago(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s ago"
     return f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.0f} h ago"
+
+
+def _refuse_another_ledger(
+    chain: str, ledger_key: str, *, bundle: Path | None = None, url: str | None = None, url_option: str
+) -> None:
+    """Exit 2 before any file is made when the bundle or the ledger's API holds another
+    ledger than --chain and --ledger-key name (an API that cannot be reached now is not
+    refused: the node retries it)."""
+    from gateways.seed import api_ledger_problem, bundle_ledger_problem
+
+    if bundle is not None:
+        problem = bundle_ledger_problem(bundle, chain=chain, checkpoint_key=ledger_key)
+        if problem is not None:
+            fail(f"--from-bundle {bundle}: {problem} (check --chain and --ledger-key)", 2)
+    if url is not None:
+        problem = api_ledger_problem(url, chain=chain, checkpoint_key=ledger_key)
+        if problem is not None:
+            fail(f"{url_option} {url}: {problem} (check --chain and --ledger-key)", 2)
 
 
 def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:

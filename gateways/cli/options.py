@@ -88,7 +88,7 @@ def ledger_options(func: F) -> F:
         envvar="DFG_DATA",
         show_default=True,
         show_envvar=True,
-        help="Directory of the ledger (SQLite files and keys).",
+        help="Directory of the ledger, or of a node's replica (SQLite files and keys).",
     )
     @click.option(
         "--database-url",
