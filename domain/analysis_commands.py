@@ -370,6 +370,10 @@ class RequestResultAccess(Command):
     def _okp_or_ec(cls, jwk: dict[str, str]) -> dict[str, str]:
         if jwk.get("kty") not in ("OKP", "EC") or "d" in jwk:
             raise ValueError("a public OKP (X25519) or EC key, without private parts")
+        # JWK member names are ASCII (RFC 7517's registry); any other would sort one way
+        # in an entry's canonical JSON (by code point) and another in RFC 8785 (UTF-16).
+        if len(jwk) > 16 or not all(name.isascii() for name in jwk):
+            raise ValueError("a JWK has at most 16 members, with ASCII names")
         return jwk
 
 

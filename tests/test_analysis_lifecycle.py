@@ -258,6 +258,9 @@ def test_releasing_results_before_results_approval_is_refused(fed: Federation) -
     jwk = {"kty": "OKP", "crv": "X25519", "x": "A" * 43}
     access = {"analysis_id": analysis, "recipient_jwk": jwk}
     fed.refused(fed.analyst, "results.request_access", access, "results_not_approved")
+    for odd in ({**jwk, "ключ": "v"}, {**jwk, **{f"m{i}": "v" for i in range(14)}}):
+        # a member name that is not ASCII would sort differently in RFC 8785's JSON
+        fed.refused(fed.analyst, "results.request_access", {**access, "recipient_jwk": odd}, "invalid_body")
     fed.refused(fed.nodes[0], "results.approve", {"analysis_id": analysis}, "results_not_ready")
     fed.refused(fed.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 2}, "merge_first")
     fed.refused(
