@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= dfg-data
+PORT ?= 8080
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench clean
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 
 ## run: the product on the embedded default (SQLite under ./dfg-data): create the demo
 ## federation on first run, fill it with signed activity, verify it end to end, then
-## serve the consent API on http://127.0.0.1:8080 (Ctrl-C stops it).
+## serve the consent API on http://127.0.0.1:$(PORT), 8080 unless PORT=... (Ctrl-C stops it).
 run: $(STAMP)
 	@if [ ! -f $(DATA)/ledger.sqlite ]; then \
 		$(BIN)/dfg init --data $(DATA) && \
@@ -23,7 +24,7 @@ run: $(STAMP)
 	fi
 	$(BIN)/dfg audit verify --data $(DATA)
 	$(BIN)/dfg projections status --data $(DATA)
-	$(BIN)/dfg serve --data $(DATA) --host 127.0.0.1 --port 8080
+	$(BIN)/dfg serve --data $(DATA) --host 127.0.0.1 --port $(PORT)
 
 ## test: the whole suite (PostgreSQL from DFG_TEST_DATABASE_URL; slow tests included).
 test: $(STAMP)

@@ -43,7 +43,7 @@ def could_be_principal(name: str) -> bool:
 
 
 def is_principal_id(value: str) -> bool:
-    return bool(_PRINCIPAL_RE.match(value))
+    return bool(_PRINCIPAL_RE.fullmatch(value))  # not match: its $ also matches before a final "\n"
 
 
 @lru_cache(maxsize=100_000)

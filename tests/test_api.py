@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -10,12 +13,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from conftest import CHAIN, TERMS, Ledger
 from http_server import running_server
 from joserfc.jwk import OKPKey
 
+from gateways.http.openapi import build_openapi
 from infra.bootstrap import open_store
 from ledger.merkle import root_at, verify_consistency
 from ledger.receipt import Receipt, verify_receipt
@@ -122,6 +127,11 @@ def test_submit_check_receipt_and_history(api: tuple[Http, Ledger]) -> None:
     assert status == 200 and [e["kind"] for e in page["events"]] == ["used", "used"]
     status, _, rest = http.call("GET", f"/v1/subjects/p-1/history?limit=2&before={page['next_before']}")
     assert [e["kind"] for e in rest["events"]] == ["given"] and rest["next_before"] is None
+    # a page that ends with the oldest event says there is no next page
+    status, _, whole = http.call("GET", "/v1/subjects/p-1/history?limit=3")
+    assert [e["kind"] for e in whole["events"]] == ["used", "used", "given"] and whole["next_before"] is None
+    status, _, last = http.call("GET", f"/v1/subjects/p-1/history?limit=1&before={page['next_before']}")
+    assert [e["kind"] for e in last["events"]] == ["given"] and last["next_before"] is None
     assert isinstance(proof["hashes"], list)
 
 
@@ -145,6 +155,19 @@ def test_batches_are_not_all_or_nothing(api: tuple[Http, Ledger]) -> None:
     assert status == 200
     assert [a["reason"] for a in answers["answers"]] == [None, "never_given", "purpose_not_covered"]
 
+
+#: ISO 8601 forms that are not RFC 3339 (a space for the "T", no seconds, an offset
+#: without its colon or minutes, a week date): refused by both consent checks alike.
+NOT_RFC_3339 = [
+    (at, "invalid_parameter")
+    for at in (
+        "2026-11-23%2021:00:00Z",
+        "2026-11-23T21:00Z",
+        "2026-11-23T21:00:00%2B0100",
+        "2026-11-23T21:00:00%2B01",
+        "2026-W47-1T21:00:00Z",
+    )
+]
 
 BAD_REQUESTS = [
     ("POST", "/v1/transactions", b"{", "application/json", 400, "malformed_json"),
@@ -185,6 +208,23 @@ BAD_REQUESTS = [
         400,
         "invalid_parameter",
     ),
+    *(
+        ("GET", f"/v1/consents/check?subject=p&controller=sp:app&purpose=x&at={at}", None, "", 400, code)
+        for at, code in NOT_RFC_3339
+    ),
+    *(
+        (
+            "POST",
+            "/v1/consents/check",
+            json.dumps(
+                {"questions": [{"subject": "p", "controller": "sp:app", "purpose": "x", "at": unquote(at)}]}
+            ).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+        )
+        for at, _ in NOT_RFC_3339
+    ),
     (
         "GET",
         "/v1/consents/check?subject=a%40b.com&controller=sp:app&purpose=x",
@@ -220,6 +260,11 @@ BAD_REQUESTS = [
     ("GET", "/v1/proofs/consistency?first=1&second=99999", None, "", 404, "unknown_tree_size"),
     ("GET", "/v1/proofs/consistency?first=x&second=2", None, "", 400, "invalid_parameter"),
     ("GET", "/v1/principals/sp:nobody", None, "", 404, "unknown_principal"),
+    ("GET", "/v1/principals/ALICE@x", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/badge/nothing", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/principals/sp:nobody%0A", None, "", 400, "invalid_parameter"),  # $ before a newline
+    ("GET", "/v1/badge/sp:app%0A", None, "", 400, "invalid_parameter"),
+    ("GET", "/v1/badge/sp:nobody", None, "", 404, "unknown_principal"),
     ("GET", "/v1/subjects/a%20b/history", None, "", 400, "invalid_parameter"),
     ("GET", "/v1/badge/sp:app?format=png", None, "", 400, "invalid_parameter"),
     ("DELETE", "/v1/transactions", None, "", 405, "method_not_allowed"),
@@ -245,8 +290,22 @@ def test_bad_requests_get_a_problem_and_change_nothing(
     before = http.call("GET", "/healthz")[2]["size"]
     got, content_type, problem = http.call(method, path, body, kind)
     assert (got, content_type) == (status, "application/problem+json"), problem
+    operation = _documented_operation(method, path)
+    if operation is not None:  # the answer is one the OpenAPI document lists for the route
+        assert str(status) in operation["responses"], (method, path, sorted(operation["responses"]))
     assert problem["code"] == code and problem["status"] == status and problem["detail"]
     assert http.call("GET", "/healthz")[2]["size"] == before
+
+
+def _documented_operation(method: str, path: str) -> dict[str, Any] | None:
+    """The OpenAPI operation that serves ``method path``, if the document has one."""
+    document = build_openapi("test")
+    route = urlsplit(path).path
+    for template, operations in document["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(template)), route):
+            found: dict[str, Any] | None = operations.get(method.lower())
+            return found
+    return None
 
 
 def test_protocol_errors_are_problems_too(api: tuple[Http, Ledger]) -> None:
@@ -270,6 +329,41 @@ def test_protocol_errors_are_problems_too(api: tuple[Http, Ledger]) -> None:
         urllib.request.urlopen(request, timeout=30)
     problem = json.loads(unreadable.value.read())
     assert (unreadable.value.code, problem["code"]) == (400, "malformed_body")
+
+
+def test_an_undecodable_body_leaves_no_traceback_in_the_log(
+    api: tuple[Http, Ledger], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 400 is the whole story: aiohttp must not then try to drain the body it could
+    not decode, which raised the same error again and logged it as an unhandled one."""
+    http, _ = api
+    caplog.set_level(logging.DEBUG)
+    for path in ("/v1/consents/check", "/v1/transactions"):
+        request = urllib.request.Request(
+            http.url + path,
+            data=b"this is not gzip",
+            method="POST",
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as unreadable:
+            urllib.request.urlopen(request, timeout=30)
+        assert unreadable.value.code == 400 and unreadable.value.headers["Connection"] == "close"
+        assert json.loads(unreadable.value.read())["code"] == "malformed_body"
+    assert http.call("GET", "/healthz")[0] == 200  # the server is fine, and answers after
+    time.sleep(0.2)  # aiohttp logged its drain failure just after the answer was sent
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def test_both_consent_checks_take_rfc_3339_instants(api: tuple[Http, Ledger]) -> None:
+    http, _ = api
+    question = "subject=p-1&controller=sp:app&purpose=dpv:ServiceProvision"
+    for at in ("2026-11-23T21:00:00Z", "2026-11-23T22:00:00.5+01:00", "2026-11-23T16:00:00.123456-05:00"):
+        status, _, answer = http.call("GET", f"/v1/consents/check?{question}&at={quote(at)}")
+        assert (status, answer["reason"]) == (200, "never_given"), answer
+        body = {"questions": [{"subject": "p-1", "controller": "sp:app", "purpose": "x", "at": at}]}
+        status, _, answers = http.post_json("/v1/consents/check", body)
+        assert (status, answers["answers"][0]["reason"]) == (200, "never_given"), answers
 
 
 def test_refused_transaction_is_422_with_its_code(api: tuple[Http, Ledger]) -> None:

@@ -35,3 +35,9 @@ def test_every_principal_id_could_name_a_principal(principal: str) -> None:
 
 def test_a_pseudonym_without_a_colon_never_names_a_principal() -> None:
     assert not could_be_principal("p-1-4498") and not is_principal_id("p-1-4498")
+
+
+def test_a_principal_id_followed_by_a_newline_is_none() -> None:
+    """``$`` also matches before a final newline: ``re.match`` took "sp:app\\n" for a
+    principal id, which the transactions' pattern (pydantic's) refuses."""
+    assert not is_principal_id("sp:app\n") and is_principal_id("sp:app")

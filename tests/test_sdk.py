@@ -219,6 +219,14 @@ def test_a_secp256k1_provider(env: Env) -> None:
     )
 
 
+def test_a_token_that_is_not_ascii_is_refused_by_the_server_as_any_bad_jws(env: Env) -> None:
+    """It used to raise UnicodeEncodeError in the SDK, before any request."""
+    _, _, token = env.give()
+    with pytest.raises(DfgApiError) as refused:
+        env.client.submit(token[:-1] + "é")
+    assert refused.value.status == 400 and refused.value.code, refused.value
+
+
 def test_resubmitting_the_same_jws_returns_the_same_entry(env: Env) -> None:
     _, _, token = env.give()
     first = env.client.submit(token)
@@ -539,6 +547,14 @@ def test_a_receipt_is_checked_against_the_keys_given(env: Env, receipt: dict[str
     for bad in ({"kty": "OKP"}, {"kty": "RSA", "n": "x", "e": "AQAB"}, {env.provider.kid: {"kty": "OKP"}}):
         with pytest.raises(ReceiptError, match="not a public JWK"):
             verify_receipt(receipt, env.checkpoint_key, bad)
+
+
+@pytest.mark.parametrize("document", [[1], ["seq"], "receipt", 42, None])
+def test_a_document_that_is_not_an_object_is_not_a_receipt(env: Env, document: Any) -> None:
+    """What ``json.load`` reads from a file that is not a receipt is refused with the
+    documented ``ReceiptError`` (it raised ``dict()``'s TypeError or ValueError)."""
+    with pytest.raises(ReceiptError, match="not a receipt"):
+        verify_receipt(document, env.checkpoint_key, env.provider.public_jwk)
 
 
 def test_a_receipt_does_not_verify_with_another_ledgers_checkpoint_key(

@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from domain.identifiers import CODE_PATTERN, PRINCIPAL_ID_PATTERN, PSEUDONYM_PATTERN
+from domain.commands import Instant
+from domain.identifiers import CODE_PATTERN, PRINCIPAL_ID_PATTERN, PSEUDONYM_PATTERN, is_principal_id
 from gateways.http import models as m
 from gateways.http.badge import badge_svg
 from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUORUM
@@ -104,19 +105,21 @@ def _parse(param: Param, value: str) -> Any:
             raise Problem(400, "invalid_parameter", f"{param.name} is out of range")
         return number
     if param.type == "date-time":
+        # The same form as in a batch check's body and in transactions: ``fromisoformat``
+        # alone also read ISO 8601 forms that are not RFC 3339 (a space for the "T",
+        # minutes without seconds, "+0100", week dates), which the batch check refused.
         try:
-            instant = datetime.fromisoformat(value)
-        except ValueError:
-            raise Problem(400, "invalid_parameter", f"{param.name} is not an RFC 3339 date-time") from None
-        if instant.tzinfo is None:
-            raise Problem(400, "invalid_parameter", f"{param.name} needs a time zone (e.g. Z)")
-        return instant
+            return _INSTANT.validate_python(value)
+        except ValidationError as exc:
+            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise Problem(400, "invalid_parameter", f"{param.name}: {reason}") from None
     if param.enum and value not in param.enum:
         raise Problem(400, "invalid_parameter", f"{param.name} must be one of {', '.join(param.enum)}")
     return value
 
 
 MAX_INT = 2**53 - 1  # exact in every JSON implementation
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(Instant)
 #: An integer as written in a URL: ASCII digits only (``int`` would also take spaces,
 #: underscores and other scripts' digits), and few enough that ``int`` never refuses
 #: them (it does above 4,300 digits); the range is checked after.
@@ -401,13 +404,25 @@ async def get_history(request: web.Request) -> web.StreamResponse:
         raise Problem(400, "invalid_parameter", "subject is not a valid pseudonym") from None
     limit = params.get("limit", 50)
     with request.app[VIEWS].transaction(commit=False) as cursor:
-        events = timeline.history(cursor, subject, before=params.get("before"), limit=limit)
-    next_before = events[-1]["seq"] if len(events) == limit else None
+        # One more than a page: next_before is given only when an older page exists
+        # (a page that happened to end with the oldest event led to an empty page).
+        events = timeline.history(cursor, subject, before=params.get("before"), limit=limit + 1)
+    more, events = len(events) > limit, events[:limit]
+    next_before = events[-1]["seq"] if more else None
     return json_response({"subject": subject, "events": events, "next_before": next_before})
 
 
+def _principal_in_path(request: web.Request, name: str) -> str:
+    """A principal id from the path: one that cannot be one is a bad request (400), as
+    the subject in a history's path is, not an unknown principal (404)."""
+    value = request.match_info[name]
+    if not is_principal_id(value):
+        raise Problem(400, "invalid_parameter", f"{name} is not a principal id (kind:name, e.g. sp:app)")
+    return value
+
+
 async def get_principal(request: web.Request) -> web.StreamResponse:
-    principal_id = request.match_info["principal"]
+    principal_id = _principal_in_path(request, "principal")
     with request.app[VIEWS].transaction(commit=False) as cursor:
         found = keys.principal(cursor, principal_id)
     if found is None:
@@ -417,7 +432,7 @@ async def get_principal(request: web.Request) -> web.StreamResponse:
 
 async def get_badge(request: web.Request) -> web.StreamResponse:
     params = query_params(request, ROUTE_BADGE)
-    controller = request.match_info["controller"]
+    controller = _principal_in_path(request, "controller")
     store = service(request).sequencer.store
     with request.app[VIEWS].transaction(commit=False) as cursor:
         found = keys.principal(cursor, controller)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from domain.commands import Code, PrincipalId, Pseudonym
+from domain.commands import Code, Instant, PrincipalId, Pseudonym
 
 MAX_BATCH_TRANSACTIONS = 1000
 MAX_BATCH_CHECKS = 10_000
@@ -54,7 +54,7 @@ class ConsentQuestion(Strict):
     controller: PrincipalId
     purpose: Code
     categories: Annotated[list[Code], Field(max_length=64)] = []
-    at: AwareDatetime | None = None
+    at: Instant | None = None  # RFC 3339 with a time zone, as in transactions
 
 
 class ConsentQuestions(Strict):

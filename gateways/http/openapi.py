@@ -76,6 +76,18 @@ def build_openapi(version: str) -> dict[str, Any]:
             }
         responses = dict(route.responses)
         responses.setdefault(400, ("a problem document: a malformed request", m.ProblemDocument))
+        if route.body:  # every body is read the same way (gateways/http/app.py, api.json_body)
+            responses.setdefault(
+                413, ("a problem document: the body is larger than the server reads", m.ProblemDocument)
+            )
+            responses.setdefault(
+                415,
+                (
+                    "a problem document: the body is not of a media type listed here"
+                    " (`unsupported_media_type`)",
+                    m.ProblemDocument,
+                ),
+            )
         if route.path.startswith("/v1/"):  # every one of them reads the ledger's database
             responses.setdefault(
                 503,

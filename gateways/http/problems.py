@@ -63,7 +63,14 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         # the body cannot be read: e.g. it is not in the Content-Encoding it names
         cause = exc.__cause__ or exc
         detail = f"the request body cannot be read: {getattr(cause, 'message', '') or cause}"
-        return problem_response(400, "malformed_body", detail)
+        response = problem_response(400, "malformed_body", detail)
+        # Nothing more of this body can be read, and the parser has given up on the
+        # connection: close it after the answer, and mark the body as ended so that
+        # aiohttp does not try to drain it first (reading it again raised the same
+        # error, which aiohttp logged as an unhandled exception with its traceback).
+        response.force_close()
+        request.content.feed_eof()
+        return response
     except Exception as exc:
         if storage_unavailable(exc):
             request.app.logger.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)

@@ -82,7 +82,9 @@ def read_answer(status: int, content_type: str, raw: bytes) -> Any:
 
 
 def submit(token: str) -> Call:
-    return Call("POST", "/v1/transactions", Accepted.from_json, token.strip().encode("ascii"), JOSE)
+    # UTF-8, not ASCII: a token that is no JWS is the server's to refuse (DfgApiError), not a
+    # UnicodeEncodeError here
+    return Call("POST", "/v1/transactions", Accepted.from_json, token.strip().encode(), JOSE)
 
 
 def submit_batch(tokens: Sequence[str]) -> Call:

@@ -158,7 +158,9 @@ def verify_receipt(
     ``witnesses`` (``WitnessPolicy.from_keys(vkeys, quorum)``), when given, requires
     that many of those node operators to have cosigned the checkpoint.
     """
-    receipt = Receipt.from_json(dict(receipt_json))
+    # A JSON file may hold anything: what is not an object is "not a receipt" (a
+    # ReceiptError, as documented), not the TypeError or ValueError of ``dict()``.
+    receipt = Receipt.from_json(dict(receipt_json) if isinstance(receipt_json, Mapping) else receipt_json)
     try:
         is_object = isinstance(json.loads(receipt.entry), dict)
     except ValueError:
