@@ -72,8 +72,10 @@ def replica_size(node_dir: Path) -> int:
         store.close()
 
 
-def start_relay(store: LedgerStore, kafka: KafkaSettings, topics: Topics) -> tuple[Relay, Running]:
-    relay = Relay(store, kafka, topics, batch=500)
+def start_relay(
+    store: LedgerStore, kafka: KafkaSettings, topics: Topics, *, recheck_every: float = 10.0
+) -> tuple[Relay, Running]:
+    relay = Relay(store, kafka, topics, batch=500, recheck_every=recheck_every)
     stop = threading.Event()
     thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"idle_wait": 0.05}, daemon=True)
     thread.start()

@@ -157,6 +157,29 @@ def test_broker_lost_everything_mid_stream_and_replicas_still_equal_the_log(
 
 
 @pytest.mark.slow
+def test_a_relay_publishes_again_what_the_broker_lost_while_the_ledger_was_idle(
+    ledger: Ledger, broker: TansuBroker, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """The relay read where the topics end only at start and after a send failed: with
+    no new entry, nothing failed, and topics a broker had lost stayed empty (no new
+    node could start from them) until the ledger's next entry."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(30)])
+    ledger.sequencer.checkpoint_now()
+    size = ledger.head()[0]
+    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics, recheck_every=0.5)
+    try:
+        wait_for(lambda: relay.stats.entries_published == size, what="published")
+        wait_for(lambda: relay.stats.checkpoints_published >= 1, what="checkpoint published")
+        broker.restart(kill=True)  # memory storage: every topic is gone; no entry comes after
+        wait_for(lambda: bool(relay.stats.republished_from), timeout=60, what="the relay to notice")
+        _topic_is_exact(kafka, topics.entries, size)
+    finally:
+        relay_running.halt()
+    assert ledger.head()[0] == size
+
+
+@pytest.mark.slow
 def test_a_broker_that_stalls_mid_stream_leaves_the_relay_running(
     ledger: Ledger, broker: TansuBroker, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:
@@ -678,6 +701,34 @@ def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_c
     assert result.exit_code == 1 and "no checkpoint carries cosignatures of 2" in result.output
 
 
+def test_a_cosignature_line_sent_without_its_newline_is_kept_with_it(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """A witness of another implementation may send the line without its final newline
+    (it parses); the relay kept it so, and the audit bundle then carried an element
+    that is not a whole line, to be appended to the note as it is."""
+    import io
+
+    from gateways.kafka.topics import CosignatureMessage
+    from infra.bundle import export_bundle
+
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    ledger.sequencer.checkpoint_now()
+    store = ledger.sequencer.store
+    checkpoint = store.latest_checkpoint()
+    assert checkpoint is not None
+    line = cosign(checkpoint.note, witness.name, witness.key, int(time.time()))
+    _, value, _ = CosignatureMessage(witness.name, checkpoint.size, line.rstrip("\n")).record()
+    assert Relay(store, kafka, topics).keep_cosignature(value)
+    assert store.cosignatures(checkpoint.size) == (line,)
+    out = io.BytesIO()
+    export_bundle(store, out)
+    kept = [
+        json.loads(row)["cosignatures"] for row in out.getvalue().splitlines() if b'"cosignatures"' in row
+    ]
+    assert kept == [[line]]
+
+
 def test_why_a_cosignature_does_not_count_is_named(ledger: Ledger) -> None:
     """The relay's log used to say "not a valid witness signature" for a node nobody
     admitted, which reads as a forgery."""
@@ -1014,6 +1065,17 @@ def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows()
     shown["halted"]["seq"] = 99
     assert status.halted == {"kind": "equivocation", "seq": 3}
     json.dumps(shown)
+
+
+@pytest.mark.parametrize("command", [["relay"], ["node", "follow"], ["node", "serve"]])
+def test_help_lists_the_environment_variable_of_every_kafka_option(command: list[str]) -> None:
+    """The README says each TLS and SASL option has a DFG_KAFKA_ variable that --help
+    lists; it listed DFG_KAFKA_SECURITY_PROTOCOL only."""
+    result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    options = ("SECURITY_PROTOCOL", "CA_FILE", "CERT_FILE", "KEY_FILE", "SASL_MECHANISM", "SASL_USERNAME")
+    for name in (*options, "SASL_PASSWORD_FILE"):
+        assert f"DFG_KAFKA_{name}" in result.output
 
 
 def test_tls_and_sasl_options_reach_every_kafka_client(tmp_path: Path) -> None:

@@ -80,15 +80,38 @@ def kafka_security_options(func: F) -> F:
         show_envvar=True,
         help="How to reach the brokers (production: SASL_SSL or SSL).",
     )
-    @click.option("--kafka-ca-file", type=_FILE, envvar="DFG_KAFKA_CA_FILE", help="Brokers' CA (PEM).")
-    @click.option("--kafka-cert-file", type=_FILE, envvar="DFG_KAFKA_CERT_FILE", help="Client cert (PEM).")
-    @click.option("--kafka-key-file", type=_FILE, envvar="DFG_KAFKA_KEY_FILE", help="Client key (PEM).")
-    @click.option("--kafka-sasl-mechanism", type=click.Choice(MECHANISMS), envvar="DFG_KAFKA_SASL_MECHANISM")
-    @click.option("--kafka-sasl-username", envvar="DFG_KAFKA_SASL_USERNAME", help="SASL user name.")
+    @click.option(
+        "--kafka-ca-file", type=_FILE, envvar="DFG_KAFKA_CA_FILE", show_envvar=True, help="Brokers' CA (PEM)."
+    )
+    @click.option(
+        "--kafka-cert-file",
+        type=_FILE,
+        envvar="DFG_KAFKA_CERT_FILE",
+        show_envvar=True,
+        help="Client cert (PEM).",
+    )
+    @click.option(
+        "--kafka-key-file",
+        type=_FILE,
+        envvar="DFG_KAFKA_KEY_FILE",
+        show_envvar=True,
+        help="Client key (PEM).",
+    )
+    @click.option(
+        "--kafka-sasl-mechanism",
+        type=click.Choice(MECHANISMS),
+        envvar="DFG_KAFKA_SASL_MECHANISM",
+        show_envvar=True,
+        help="SASL mechanism (with SASL_SSL or SASL_PLAINTEXT).",
+    )
+    @click.option(
+        "--kafka-sasl-username", envvar="DFG_KAFKA_SASL_USERNAME", show_envvar=True, help="SASL user name."
+    )
     @click.option(
         "--kafka-sasl-password-file",
         type=_FILE,
         envvar="DFG_KAFKA_SASL_PASSWORD_FILE",
+        show_envvar=True,
         help="File holding the SASL password (never given on the command line).",
     )
     @functools.wraps(func)

@@ -50,13 +50,19 @@ class TopicsMissing(KafkaError):  # type: ignore[misc]  # kafka-python has no ty
     have created them; logged as what it is (``why_disconnected``)."""
 
 
+class TopicsChanged(KafkaError):  # type: ignore[misc]  # kafka-python has no types
+    """A ledger topic no longer ends where the relay left it while it had nothing to
+    send (a broker that lost data, a record someone else wrote): it reconnects, which
+    reads where the topics end again and publishes what they lost."""
+
+
 def why_disconnected(exc: KafkaError) -> str:
     """What a relay or a node logs before reconnecting: a refusal by the brokers'
     ACLs or SASL, or topics not there, is named as such (it lasts until someone changes
     something), not as a broker that is down."""
     if isinstance(exc, AuthorizationError):
         return f"the brokers refused this client access ({exc}): check its ACLs (the README's Security)"
-    if isinstance(exc, TopicsMissing):  # the broker answered
+    if isinstance(exc, (TopicsMissing, TopicsChanged)):  # the broker answered
         return str(exc.args[0]) if exc.args else "the ledger's topics are missing"
     if isinstance(exc, SaslAuthenticationFailedError):
         return f"the brokers refused this client's SASL credentials ({exc}): check --kafka-sasl-*"

@@ -7,7 +7,9 @@ truth. At start and after every broker error the relay reads where the topic rea
 ends and checks its last record: if the topic holds *less* than was published (a
 broker that lost data, an unclean leader election) it publishes again from there; if
 it holds more (the relay died after sending, before noting it) it adopts the topic's
-end. Checkpoints follow the same rule with their own marker. Witnesses' cosignatures
+end. While it has nothing to send it reads where the topics end every
+``recheck_every`` seconds, since no send fails to tell it that the broker lost what it
+holds. Checkpoints follow the same rule with their own marker. Witnesses' cosignatures
 come back on a third topic; the relay verifies each against the witness's key on the
 ledger and keeps the valid ones with the checkpoint.
 """
@@ -29,6 +31,7 @@ from domain.principal import Principal
 from gateways.kafka.client import (
     KafkaSettings,
     Record,
+    TopicsChanged,
     TopicTruncated,
     chunks,
     partition,
@@ -88,12 +91,16 @@ class Relay:
         *,
         batch: int = 2000,
         clock: Callable[[], float] = time.time,
+        recheck_every: float = 10.0,
     ) -> None:
         self.store = store
         self.kafka = kafka
         self.topics = topics
         self.batch = batch
         self.clock = clock
+        #: Seconds between two readings of where the topics end while nothing is sent.
+        self.recheck_every = recheck_every
+        self._checked_at = float("-inf")
         self.stats = RelayStats()
         self._producer: KafkaProducer | None = None
         self._reader: KafkaConsumer | None = None
@@ -113,6 +120,7 @@ class Relay:
                 busy = self.step()
                 backoff = 0.2
                 if not busy:
+                    self.check_topics()
                     self.store.wait_for_append(idle_wait)
             except KafkaError as exc:
                 log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
@@ -143,6 +151,7 @@ class Relay:
                 )
         self._producer = self.kafka.producer()
         lost = self.reconcile()
+        self._checked_at = time.monotonic()
         self._cosignatures = self.kafka.consumer()
         self._cosignatures.seek(partition(self.topics.cosignatures), self._cosignatures_from(lost))
 
@@ -163,6 +172,29 @@ class Relay:
         return bool(published or kept)
 
     # --- where the topics stand ----------------------------------------------------
+
+    def check_topics(self) -> None:
+        """While the ledger is idle: every ``recheck_every`` seconds, that the entries and
+        checkpoints topics still end where the relay left them. Nothing else would tell:
+        a broker that lost data (restarted empty, an unclean leader election) fails no
+        send while there is none, so the topics stayed short, and new nodes could not
+        start from them, until the ledger's next entry. ``TopicsChanged`` makes ``run``
+        reconnect: a new producer (the broker forgot the old one's id), and
+        ``reconcile`` publishes again what was lost, or stops on a stranger's record."""
+        now = time.monotonic()
+        if now - self._checked_at < self.recheck_every:
+            return
+        self._checked_at = now
+        for topic, marker in (
+            (self.topics.entries, ENTRIES_MARKER),
+            (self.topics.checkpoints, CHECKPOINTS_MARKER),
+        ):
+            end, _ = self._topic_end(topic)
+            published = self.store.marker(marker)
+            if end != published:
+                raise TopicsChanged(
+                    f"{topic} holds {end} records but {published} were published; reading it again"
+                )
 
     def _cosignatures_from(self, lost: bool) -> int:
         """Where to read cosignatures from: after the last one read, unless the broker
@@ -364,7 +396,10 @@ class Relay:
             log.warning("refusing a cosignature of size %d by %s: %s", message.size, message.witness, problem)
             self.stats.cosignatures_refused += 1
             return False
-        if self.store.save_cosignature(message.size, message.witness, message.cosignature):
+        # Kept as a whole signature line, ending in its newline, as bundles carry it and
+        # readers append it to the note: a witness may send it without (the line parses).
+        line = message.cosignature if message.cosignature.endswith("\n") else message.cosignature + "\n"
+        if self.store.save_cosignature(message.size, message.witness, line):
             self.stats.cosignatures_kept += 1
         return True
 
