@@ -34,6 +34,7 @@ from infra.share_bundles import KEEP_UNCOMMITTED, find_bundle
 from mpc.bundles import ShareBundle, commitment, open_sealed, seal
 from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
+from projections.base import catch_up
 
 CSV = "subject,sbp,smoker\np-1,120,true\np-2,135.5,false\np-3,,1\n"
 
@@ -351,9 +352,16 @@ def test_only_the_datasource_owner_delivers_and_the_committed_bundle_stays(
     """The inbox used to take bundles from anyone who knew the node's public key, under
     one name per datasource: junk displaced the bundle the ledger names. Deliveries now
     carry the owner's signed statement, and the owner's own extra deliveries are kept
-    only a few deep, never the committed one."""
+    only a few deep, never the committed one, even while the node's views are behind
+    its replica (they named no commitment yet, and the committed bundle was pruned)."""
     from gateways.http import node_app
+    from infra import node as node_module
 
+    def catch_up_late(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)
+        return catch_up(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, "catch_up", catch_up_late)
     assert _upload(federation, tmp_path, CSV).exit_code == 0
     node, datasource = "node:n0", federation["datasource"]
     directory, inbox = federation["dirs"][node], f"{federation['nodes'][node]}/v1/bundles/{datasource}"
@@ -379,7 +387,7 @@ def test_only_the_datasource_owner_delivers_and_the_committed_bundle_stays(
     assert status == 400 and answer["code"] == "invalid_bundle"
     assert [p.stem for p in (directory / "bundles" / datasource).glob("*.sealed")] == [committed]
 
-    wait_for(lambda: _caught_up(federation, node), what="the node's replica to hold the commitment")
+    wait_for(lambda: _caught_up(federation, node), what="the node's replica (not its views) to hold it")
     for index in range(KEEP_UNCOMMITTED + 3):
         body = _junk(federation, node, datasource, f"x-{index}")
         status, answer = _post(inbox, body, statement(owner, body))

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from ledger.store import LedgerStore
 from mpc.bundles import BundleError, bundle_header, commitment
 from projections import analyses, keys
 from projections.base import View, ViewDatabase
+
+log = logging.getLogger(__name__)
 
 #: How long a mutation waits for the node's replica to show what the coordinator accepted.
 REPLICA_WAIT_S = 15.0
@@ -58,13 +61,8 @@ def node_context(
         if response.status >= 400:
             return Rejected(str(body.get("code", "refused")), str(body.get("detail", "refused")))
         seq = int(body["seq"])
-        deadline = time.monotonic() + REPLICA_WAIT_S
-        while min(views.position(v.name) for v in view_list) < seq:
-            if time.monotonic() > deadline:
-                return Rejected(
-                    "replica_behind", f"accepted as entry {seq}; this node has not verified it yet"
-                )
-            await asyncio.sleep(0.05)
+        if not await views_hold(views, view_list, seq):
+            return Rejected("replica_behind", f"accepted as entry {seq}; this node has not verified it yet")
         (stored,) = store.read_entries(seq, 1)
         return Accepted(Entry.decode(stored.canonical), duplicate=bool(body.get("duplicate")))
 
@@ -102,11 +100,25 @@ def build_node_app(
 
     app.router.add_get("/healthz", healthz)
     if bundles is not None:
-        app.router.add_post("/v1/bundles/{datasource_id}", _bundle_inbox(bundles, name, views))
+        inbox = _bundle_inbox(bundles, name, views, lambda: views_hold(views, view_list, store.head()[0]))
+        app.router.add_post("/v1/bundles/{datasource_id}", inbox)
     return app
 
 
-def _bundle_inbox(directory: Path, name: str | None, views: ViewDatabase) -> Any:
+async def views_hold(views: ViewDatabase, view_list: list[View], seq: int) -> bool:
+    """Waits up to ``REPLICA_WAIT_S`` until every view has applied entry ``seq``; says
+    whether they have. The views follow the replica a moment behind."""
+    deadline = time.monotonic() + REPLICA_WAIT_S
+    while min(views.position(v.name) for v in view_list) < seq:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _bundle_inbox(
+    directory: Path, name: str | None, views: ViewDatabase, views_current: Callable[[], Awaitable[bool]]
+) -> Any:
     """Providers deliver each datasource's sealed bundle for this node here, with a
     statement signed by the datasource's owner (``gateways.deliveries``): nobody else
     can fill the node's disk or displace a bundle. It is kept as delivered, under its
@@ -153,8 +165,18 @@ def _bundle_inbox(directory: Path, name: str | None, views: ViewDatabase) -> Any
         except DeliveryRefused as refused:
             return _problem(refused.status, refused.code, refused.message)
         keep_bundle(directory, datasource_id, sealed)
-        committed = (source.get("commitments") or {}).get(str(header["node"]))
-        prune_bundles(directory, datasource_id, committed)
+        # Pruning keeps the committed bundle: the one the views name once they hold all
+        # the replica does (the datasource read above may predate its commitment, and
+        # the committed bundle was deleted as if it were an old delivery).
+        if await views_current():  # all the replica holds
+            with views.transaction(commit=False) as cursor:
+                source = analyses.document(cursor, "Datasource", datasource_id) or source
+            committed = (source.get("commitments") or {}).get(str(header["node"]))
+            prune_bundles(directory, datasource_id, committed)
+        else:  # housekeeping: the next delivery prunes
+            log.warning(
+                "not pruning the bundles of %s: this node's views are behind its replica", datasource_id
+            )
         return web.json_response({"sha256": digest, "rows": header["rows"]}, status=201)
 
     return receive
