@@ -146,8 +146,23 @@ class NodeEngine:
     # --- one task --------------------------------------------------------------------------
 
     def _run_task(self, analysis_id: str, task_id: int, stage: str, calculation_id: str | None) -> None:
-        if not self._submit("task.claim", {"analysis_id": analysis_id, "task_id": task_id}):
-            self._fail(analysis_id, task_id, "the claim was refused")
+        claim = {"analysis_id": analysis_id, "task_id": task_id}
+        refusal = self._refusal("task.claim", claim, expected=("not_computing",))
+        if refusal is not None and refusal.code == "not_computing":
+            # another node failed the analysis before this one claimed its task (the
+            # replica had not caught up): nothing to run, nor to fail
+            self._done.add((analysis_id, task_id))
+            log.info(
+                "%s: task %d of analysis %s not started: the analysis stopped computing before"
+                " this node claimed it (%s)",
+                self.name,
+                task_id,
+                analysis_id,
+                refusal,
+            )
+            return
+        if refusal is not None:
+            self._fail(analysis_id, task_id, f"the claim was refused: {refusal}")
             return
         log.info("%s: task %d (%s) of analysis %s claimed", self.name, task_id, stage, analysis_id)
         plan: Plan | None = None
@@ -187,16 +202,24 @@ class NodeEngine:
 
     def _submit(self, tx_type: str, body: dict[str, Any]) -> bool:
         """Sign and submit; a refusal is logged and reported (False), never raised."""
+        return self._refusal(tx_type, body) is None
+
+    def _refusal(
+        self, tx_type: str, body: dict[str, Any], *, expected: tuple[str, ...] = ()
+    ) -> DfgApiError | None:
+        """Sign and submit; the ledger's refusal is returned, never raised, and logged
+        as a warning unless its code is one of ``expected`` (the caller says why)."""
         for attempt in (1, 2):
             try:
                 self.client.submit(self.settings.signer.sign(tx_type, body))
-                return True
+                return None
             except DfgApiError as exc:
                 if exc.code.startswith("nonce") and attempt == 1:
                     continue  # another process of this organisation signed in between: sign again
-                log.warning("%s: %s refused: %s", self.name, tx_type, exc)
-                return False
-        return False
+                if exc.code not in expected:
+                    log.warning("%s: %s refused: %s", self.name, tx_type, exc)
+                return exc
+        raise AssertionError("unreachable: the second attempt returns")
 
     # --- what the ledger says about an analysis ------------------------------------------------
 

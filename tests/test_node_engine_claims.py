@@ -1,0 +1,76 @@
+"""What a node's engine does when the ledger refuses its claim of a task. Another node
+may fail the analysis (a tampered bundle, say) before this node's replica has learnt
+of it: the claim is then refused as ``not_computing``, and there is nothing to run and
+nothing to fail. Any other refusal is a failure of the task, with the ledger's reason."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from gateways.node_engine import EngineSettings, NodeEngine
+from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
+from infra.node import NodeReplica
+from mpc.transport import Mesh
+
+ANALYSIS = "5f0c2a52-9a3e-4a43-a3f4-cf3b1c4a0e11"
+
+
+class _Signer:
+    def sign(self, tx_type: str, body: dict[str, Any]) -> str:
+        return f"{tx_type}:{body['task_id']}"
+
+
+class _Ledger:
+    """Refuses claims with ``code``; records what was submitted."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.submitted: list[str] = []
+
+    def submit(self, token: str) -> None:
+        self.submitted.append(token)
+        if token.startswith("task.claim"):
+            raise DfgApiError(409, self.code, "refused")
+
+
+def _engine(ledger: _Ledger, tmp_path: Path) -> NodeEngine:
+    settings = EngineSettings(
+        name="node:a",
+        signer=cast(TransactionBuilder, _Signer()),
+        encryption_key=X25519PrivateKey.generate(),
+        data_dir=tmp_path,
+    )
+    return NodeEngine(settings, cast(NodeReplica, None), cast(Mesh, None), cast(ConsentClient, ledger))
+
+
+def test_a_claim_refused_because_the_analysis_stopped_computing_starts_and_fails_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = _Ledger("not_computing")
+    engine = _engine(ledger, tmp_path)
+    with caplog.at_level(logging.INFO, logger="dfg.node.engine"):
+        engine._run_task(ANALYSIS, 1, "merge", None)
+    assert ledger.submitted == ["task.claim:1"]  # no task.fail, which the ledger would refuse too
+    assert (ANALYSIS, 1) in engine._done
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert f"task 1 of analysis {ANALYSIS} not started: the analysis stopped computing" in record.getMessage()
+
+
+def test_any_other_refused_claim_fails_the_task_with_the_ledgers_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = _Ledger("task_already_claimed")
+    engine = _engine(ledger, tmp_path)
+    with caplog.at_level(logging.INFO, logger="dfg.node.engine"):
+        engine._run_task(ANALYSIS, 1, "merge", None)
+    assert ledger.submitted == ["task.claim:1", "task.fail:1"]
+    (failed,) = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+    assert failed.endswith(
+        f"analysis {ANALYSIS} failed: the claim was refused: 409 task_already_claimed: refused"
+    )
