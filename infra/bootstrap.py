@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -40,6 +41,7 @@ def open_store(settings: Settings, *, scan: bool = False, read_only: bool = Fals
         )
     from infra.storage.sqlite import SQLiteLedgerStore
 
+    _require_file_or_nothing(settings.ledger_file)
     return SQLiteLedgerStore(
         settings.ledger_file, scan=scan, read_only=read_only, lock_timeout_s=settings.lock_timeout_s
     )
@@ -139,6 +141,8 @@ def create_ledger(
     )
     parse_transaction(genesis)  # a bad chain, operator or name is refused here
     written = [settings.keys_dir / ROOT_KEY_FILE, settings.keys_dir / CHECKPOINT_KEY_FILE]
+    if not settings.database_url:
+        _require_file_or_nothing(settings.ledger_file)  # before the writer lock's file is made
     # Opening the store creates the ledger's tables (ledger.sqlite, or the schema on
     # PostgreSQL): what would refuse the keys is checked before, so that a refused init
     # writes nothing, there or in --data.
@@ -231,4 +235,15 @@ def open_views(settings: Settings) -> ViewDatabase:
         return PostgresViews(settings.database_url)
     from infra.storage.views import SQLiteViews
 
+    _require_file_or_nothing(settings.views_file)
     return SQLiteViews(settings.views_file)
+
+
+def _require_file_or_nothing(path: Path) -> None:
+    """SQLite says "disk I/O error" or "unable to open database file" when its file is a
+    directory (or a socket, a FIFO): name what is there instead."""
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise OSError(
+            errno.EISDIR if path.is_dir() else errno.EINVAL, f"the database's file is {what}", str(path)
+        )

@@ -532,6 +532,27 @@ def test_a_damaged_database_and_a_bad_database_url_are_one_line_errors(ledger: L
         assert refused.exit_code == 2 and "--database-url" in refused.output
 
 
+@pytest.mark.parametrize("name", ["ledger.sqlite", "views.sqlite"])
+def test_a_database_file_that_is_a_directory_is_named_as_such(
+    ledger: Ledger, tmp_path: Path, name: str
+) -> None:
+    """SQLite said "disk I/O error" (or "unable to open database file") for a directory
+    where its file should be; init wrote its writer lock's file before refusing."""
+    ledger.sequencer.store.close()
+    data = ledger.settings.data_dir
+    (data / name).unlink(missing_ok=True)
+    (data / name).mkdir()
+    command = ["audit", "verify"] if name == "ledger.sqlite" else ["projections", "status"]
+    result = CliRunner().invoke(cli, [*command, "--data", str(data)])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"error: the database's file is a directory: {data / name}\n"
+    fresh = tmp_path / "fresh"
+    (fresh / "ledger.sqlite").mkdir(parents=True)
+    refused = CliRunner().invoke(cli, ["init", "--data", str(fresh)])
+    assert refused.exit_code == 1 and "the database's file is a directory" in refused.output
+    assert [p.name for p in fresh.iterdir()] == ["ledger.sqlite"]
+
+
 def test_a_database_that_refuses_the_connection_is_a_one_line_error(tmp_path: Path) -> None:
     """libpq's message for a port nobody listens on goes on over two lines (a tab and
     "Is the server running on that host ...?"), and was printed as it came."""
