@@ -76,12 +76,14 @@ def _payload_value(payload: bytes) -> Any:
     the value is the one ``json`` would give. Payloads signed in compact form (the
     SDK's, ``JSON.stringify``'s) take it; anything else (white space, escapes, big
     integers, repeated names, malformed text) is read by ``json`` as before, which
-    also names the problem."""
+    also names the problem. orjson reads 1,024 levels of nesting but writes only 254:
+    a payload between the two is not written back (``JSONEncodeError``, a
+    ``TypeError``) and is also left to ``json``, or it would fail its whole batch."""
     try:
         value = orjson.loads(payload)
         if orjson.dumps(value) == payload:
             return value
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         pass
     return _payload_decoder.decode(payload.decode("utf-8"))
 

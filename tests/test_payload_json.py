@@ -92,3 +92,32 @@ def test_one_call_validation_gives_what_two_steps_give() -> None:
             _validated({**raw, "type": name})
         assert refused.value.code == ("malformed_payload" if len(name) > 64 else "unknown_type")
     assert _typed_payload.cache_info().currsize == built  # unknown types build nothing
+
+
+@pytest.mark.parametrize("depth", [255, 600, 1024])
+def test_nesting_orjson_reads_but_cannot_write_is_read_by_the_standard_reader(depth: int) -> None:
+    """orjson reads 1,024 levels but writes 254: in between, the fast path's check
+    raised a TypeError that failed the sequencer's whole batch (503 for everyone in it)."""
+    payload = b'{"a":' * depth + b"1" + b"}" * depth
+    try:
+        expected: Any = json.loads(payload)
+    except RecursionError:
+        with pytest.raises(RecursionError):
+            _payload_value(payload)
+    else:
+        assert _payload_value(payload) == expected
+
+
+def test_a_deeply_nested_body_is_refused_as_malformed_not_failing_its_batch() -> None:
+    from ledger.errors import Rejected
+    from ledger.jws import b64url_encode
+    from ledger.transaction import parse_transaction
+
+    header = b64url_encode(b'{"alg":"EdDSA","kid":"sp:app#x","typ":"dfg-tx"}')
+    body = b'{"a":' * 300 + b"1" + b"}" * 300
+    envelope = b'{"chain":"c","signer":"sp:app","nonce":1,"valid_until":1,"type":"consent.give","body":'
+    raw = envelope + body + b"}"
+    token = f"{header}.{b64url_encode(raw)}.{b64url_encode(bytes(64))}"
+    with pytest.raises(Rejected) as refused:
+        parse_transaction(token)
+    assert refused.value.code in {"invalid_body", "malformed_payload"}
