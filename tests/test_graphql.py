@@ -537,3 +537,13 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
         transport = RequestsHTTPTransport(url=f"{copy_url}/graphql", timeout=30)
         with Client(transport=transport, fetch_schema_from_transport=False) as copy_session:
             assert _run(copy_session, everything, id=gid) == before
+
+
+@pytest.mark.parametrize("bad_id", ["bad", "Q2FsY3VsYXRpb246YWJj"])  # not base64; "Calculation:abc"
+def test_node_with_a_malformed_id_is_refused_as_invalid_id_not_a_server_error(
+    platform: Any, bad_id: str
+) -> None:
+    """``node(id)`` raised a bare ValueError: an error without a code, logged at ERROR
+    with a traceback and the whole client-chosen id (megabytes if the client wished)."""
+    _, session, _, _ = platform
+    assert _error_code(session, "query($id: ID!) { node(id: $id) { id } }", id=bad_id) == "invalid_id"

@@ -276,6 +276,19 @@ def _binder(ctx: Context, analysis_id: str) -> t.Binder | None:
     )
 
 
+def _any_id(value: str) -> tuple[str, str]:
+    """(type name, entity id) of any global id, or the client's ``invalid_id``: an id
+    is the caller's input, so a malformed one is a refusal, not a server error (which
+    was logged with its traceback and the whole id)."""
+    try:
+        type_name, entity_id = t.parse_global_id(value)
+    except ValueError as exc:
+        raise fail("invalid_id", str(exc)) from None
+    if type_name == "Calculation" and "/" not in entity_id:
+        raise fail("invalid_id", "a Calculation's id is of <analysis uuid>/<calculation uuid>")
+    return type_name, entity_id
+
+
 def _id_of(value: str, type_name: str) -> str:
     try:
         return t.parse_global_id(value, type_name)[1]
@@ -477,7 +490,7 @@ class Query:
     @_field("(Shared in coordinator and node) Any object by its global id.")
     def node(self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None) -> t.Node | None:
         ctx = _ctx(info)
-        type_name, entity_id = t.parse_global_id(id)
+        type_name, entity_id = _any_id(id)
         readers: dict[str, Callable[[], t.Node]] = {
             "Analysis": lambda: _analysis(ctx, entity_id),
             "Catalog": lambda: _catalog(ctx, entity_id),
