@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -351,6 +352,27 @@ def test_an_undecodable_body_leaves_no_traceback_in_the_log(
         assert json.loads(unreadable.value.read())["code"] == "malformed_body"
     assert http.call("GET", "/healthz")[0] == 200  # the server is fine, and answers after
     time.sleep(0.2)  # aiohttp logged its drain failure just after the answer was sent
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize("path", ["/v1/transactions", "/v1/consents/check"])
+def test_a_client_that_leaves_mid_body_is_no_server_error(
+    api: tuple[Http, Ledger], caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """A client that hangs up before sending the body it announced is not a bug of the
+    server: it was logged at ERROR, with a traceback, as an unhandled error (a 500)."""
+    http, _ = api
+    caplog.set_level(logging.DEBUG)
+    host, port = urlsplit(http.url).hostname, urlsplit(http.url).port
+    with socket.create_connection((host, port), timeout=10) as client:
+        client.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n{".encode()
+        )
+        time.sleep(0.2)  # the handler is reading the body
+    time.sleep(0.3)
+    assert http.call("GET", "/healthz")[0] == 200
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == [], [r.getMessage() for r in errors]
 

@@ -72,6 +72,8 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         request.content.feed_eof()
         return response
     except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            return _client_left(request)
         if storage_unavailable(exc):
             request.app.logger.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)
             # the next requests get working connections, not the pools' other dead ones
@@ -87,3 +89,18 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         return problem_response(
             500, "internal_error", "the server failed; nothing was changed by this request"
         )
+
+
+def _client_left(request: web.Request) -> web.Response:
+    """The client hung up while its body was being read: nobody is left to answer (the
+    response is never sent). That is the client's doing, not an unhandled error to log
+    with a traceback."""
+    request.app.logger.info("client left during %s %s", request.method, request.path)
+    response = problem_response(400, "client_disconnected", "the connection closed mid-request")
+    response.force_close()
+    return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
