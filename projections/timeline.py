@@ -30,8 +30,8 @@ _KINDS = {
 class TimelineView:
     name = NAME
     tables = ("subject_timeline", "timeline_consents")
-    #: 2: consents' details carry valid_from.
-    version = 2
+    #: 2: consents' details carry valid_from; 3: a consent given directly names given_by.
+    version = 3
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -95,6 +95,8 @@ def _details(entry: Entry) -> dict[str, Any]:
             "valid_until": terms["valid_until"],
             "notice": terms["notice"],
             **({"level": data["level"], "method": data["method"]} if "level" in data else {}),
+            # who gave it: the subject, their custodial wallet, or (level 1) the controller
+            **({"given_by": data["given_by"]} if "given_by" in data else {}),
         }
     return {k: v for k, v in data.items() if k.endswith("_by") or k in ("level", "method", "valid_from")}
 

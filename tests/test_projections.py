@@ -133,6 +133,11 @@ def test_checks_rebuild_and_history(any_ledger: Ledger) -> None:
             assert events[0]["details"]["purpose"] == "dpv:ServiceProvision"
             given_terms = events[1]["details"]
             assert given_terms["valid_from"] is not None and given_terms["valid_until"] == ids["later"]
+            # who gave a consent is shown whichever way it was given (directly here; in
+            # answer to a request for cit:anna), as the entry records it
+            assert given_terms["given_by"] == "sp:app"
+            (accepted,) = [e for e in history(cursor, "cit:anna") if e["kind"] == "given"]
+            assert accepted["details"]["given_by"] == "ids:wallet"
             anna = principal(cursor, "cit:anna")
             assert anna is not None and anna["custodian"] == "ids:wallet"
             assert [k["revoked_reason"] for k in anna["keys"]] == ["superseded", None]
