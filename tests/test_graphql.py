@@ -547,3 +547,24 @@ def test_node_with_a_malformed_id_is_refused_as_invalid_id_not_a_server_error(
     with a traceback and the whole client-chosen id (megabytes if the client wished)."""
     _, session, _, _ = platform
     assert _error_code(session, "query($id: ID!) { node(id: $id) { id } }", id=bad_id) == "invalid_id"
+
+
+def test_a_document_with_too_many_aliases_or_tokens_is_refused_before_it_runs(platform: Any) -> None:
+    """Resolvers run on the server's event loop: one document of 10,000 aliases held
+    every other request, REST ones included, for 10 s. Such documents are refused as
+    ``invalid_query`` before anything is resolved."""
+    from gateways.graphql.schema import MAX_ALIASES, MAX_TOKENS
+
+    _, session, _, _ = platform
+    aliased = (
+        "{"
+        + " ".join(
+            f"a{i}: analyses(analysisFilter: {{first: 100}}) {{ totalCount }}" for i in range(MAX_ALIASES + 1)
+        )
+        + "}"
+    )
+    assert _error_code(session, aliased) == "invalid_query"
+    long = "{" + " __typename" * MAX_TOKENS + "}"
+    assert _error_code(session, long) == "invalid_query"
+    within = "{" + " ".join(f"a{i}: __typename" for i in range(MAX_ALIASES)) + "}"
+    assert len(_run(session, within)) == MAX_ALIASES

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 
@@ -771,9 +772,21 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
 
 
+#: Resolvers read the read models on the event loop, so one document's cost is every
+#: client's wait: 10,000 aliases of ``analyses`` held every other request (REST
+#: included) for 10 s. Aliases are what multiply a document's work (a field asked for
+#: twice under one name is resolved once); the token cap bounds parsing and
+#: validation. Introspection, GraphiQL's included, takes a few hundred tokens.
+MAX_ALIASES = 50
+MAX_TOKENS = 10_000
+
 schema = _Schema(
     query=Query,
     mutation=Mutation,
     types=[t.Calculation],
     config=StrawberryConfig(scalar_map={t.TIME: t.TIME_SCALAR}),
+    extensions=[
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+    ],
 )
