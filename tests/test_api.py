@@ -377,6 +377,32 @@ def test_a_client_that_leaves_mid_body_is_no_server_error(
     assert errors == [], [r.getMessage() for r in errors]
 
 
+@pytest.mark.parametrize("path", ["/v1/transactions", "/v1/consents/check"])
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
+    api: tuple[Http, Ledger], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A client that announced a body and sent part of it held its connection and
+    handler for as long as it liked (a slow-client attack)."""
+    from gateways.http import api as api_module
+
+    monkeypatch.setattr(api_module, "BODY_TIMEOUT_S", 0.5)
+    http, _ = api
+    kind = "application/jose" if path == "/v1/transactions" else "application/json"
+    host, port = urlsplit(http.url).hostname, urlsplit(http.url).port
+    with socket.create_connection((host, port), timeout=10) as client:
+        client.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+            "Content-Length: 1000\r\n\r\n{".encode()
+        )
+        answer = b""
+        while chunk := client.recv(65536):  # until the server closes the connection
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(body)["code"] == "body_timeout"
+    assert http.call("GET", "/healthz")[0] == 200
+
+
 def test_both_consent_checks_take_rfc_3339_instants(api: tuple[Http, Ledger]) -> None:
     http, _ = api
     question = "subject=p-1&controller=sp:app&purpose=dpv:ServiceProvision"

@@ -133,10 +133,29 @@ def path_int(request: web.Request, name: str) -> int:
     return int(raw)
 
 
+#: How long the server waits for a request's whole body (the API's bodies are at most
+#: 16 MiB). Without a bound a client that announces a body and sends it slowly, or
+#: never, holds its connection and handler for good (aiohttp has no such timeout).
+BODY_TIMEOUT_S = 60.0
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, or 408 ``body_timeout`` (and the connection closed) when it
+    has not all arrived within ``BODY_TIMEOUT_S``."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.read()
+    except TimeoutError:
+        late = Problem(408, "body_timeout", f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
+        late.force_close()  # the rest of the body is not read: this connection is done
+        request.content.feed_eof()
+        raise late from None
+
+
 async def json_body(request: web.Request, model: type[BaseModel]) -> Any:
     if _content_type(request) != "application/json":
         raise Problem(415, "unsupported_media_type", "send the request body as application/json")
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -224,7 +243,7 @@ def _without_line_end(body: bytes) -> bytes:
 async def post_transactions(request: web.Request) -> web.StreamResponse:
     kind = _content_type(request)
     if kind == "application/jose":
-        raw = _without_line_end(await request.read())
+        raw = _without_line_end(await read_body(request))
         if len(raw) > MAX_JWS_BYTES:
             raise Problem(413, "too_large", f"a transaction is at most {MAX_JWS_BYTES} bytes")
         try:

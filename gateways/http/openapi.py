@@ -78,6 +78,10 @@ def build_openapi(version: str) -> dict[str, Any]:
         responses.setdefault(400, ("a problem document: a malformed request", m.ProblemDocument))
         if route.body:  # every body is read the same way (gateways/http/app.py, api.json_body)
             responses.setdefault(
+                408,
+                ("a problem document: the body did not arrive in time (`body_timeout`)", m.ProblemDocument),
+            )
+            responses.setdefault(
                 413, ("a problem document: the body is larger than the server reads", m.ProblemDocument)
             )
             responses.setdefault(
