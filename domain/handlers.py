@@ -107,7 +107,12 @@ def admit(cmd: c.AdmitPrincipal, signer: Principal | None, at: datetime, state: 
         raise DomainError("principal_exists", f"{cmd.principal} is already admitted")
     if cmd.custodian is not None:
         custodian = _existing_principal(state, cmd.custodian)
-        _require_role(custodian, c.Kind.IDENTITY_SERVICE)
+        if c.Kind.IDENTITY_SERVICE not in custodian.roles:  # said so: it is not the signer's role
+            raise DomainError(
+                "role_not_allowed",
+                f"the custodian {custodian.principal} is no identity service"
+                f" (roles {', '.join(sorted(custodian.roles)) or 'none'})",
+            )
     return Principal.admit(
         aggregate_id=principal_aggregate_id(cmd.principal),
         principal=cmd.principal,

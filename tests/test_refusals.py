@@ -1272,6 +1272,17 @@ def test_service_provider_admitting_is_role_not_allowed(ledger: Ledger, app: Tra
         refuse(ledger, ledger.sign(app, "principal.admit", body), "role_not_allowed", signer="sp:app")
 
 
+def test_a_custodian_that_is_no_identity_service_is_named(ledger: Ledger, app: TransactionSigner) -> None:
+    """The refusal named the signer's roles ("ids:wallet (roles identity_service) may not
+    do this"), as if the signer were at fault, not the custodian it named."""
+    ids = ledger.admit("ids:wallet", "identity_service")
+    body = {"principal": "ctz:new", "kind": "citizen", "custodian": "sp:app"}
+    refused = refuse(
+        ledger, ledger.sign(ids, "principal.admit", body), "role_not_allowed", signer="ids:wallet"
+    )
+    assert refused.message == "the custodian sp:app is no identity service (roles service_provider)"
+
+
 def test_identity_service_admitting_a_non_citizen_is_role_not_allowed(ledger: Ledger) -> None:
     ids = ledger.admit("ids:wallet", "identity_service")
     for kind in ("service_provider", "operator", "identity_service"):
