@@ -414,6 +414,10 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
     assert _error_code(session, approve, o=1, t=token) == "wrong_role"
     inbox = "query($o: Int!) { approvalInbox(orgId: $o) { id } }"
     _wait_until(lambda: _run(node_sessions[0], inbox, o=org_ids[0])["approvalInbox"] == [{"id": gid}])
+    # orgId names the signing organisation: an unknown number or another node's is refused
+    token = sign(p["node0"], "analysis.approve", {"analysis_id": ids["analysis"]})
+    assert _error_code(node_sessions[0], approve, o=999_999, t=token) == "unknown_organisation"
+    assert _error_code(node_sessions[0], approve, o=org_ids[1], t=token) == "id_mismatch"
     statuses = []
     for index, node_session in enumerate(node_sessions):  # each on its own node's server
         token = sign(p[f"node{index}"], "analysis.approve", {"analysis_id": ids["analysis"]})

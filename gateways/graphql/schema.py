@@ -303,9 +303,7 @@ def _id_of(value: str, type_name: str) -> str:
 async def _submit(ctx: Context, token: str, tx_types: tuple[str, ...], role: str = COORDINATOR) -> Accepted:
     """Submit one signed transaction of one of ``tx_types``; the read models have
     applied it when this returns (read-your-writes)."""
-    if ctx.role != role:
-        where = "computation nodes (dfg node serve)" if role == NODE else "the coordinator (dfg serve)"
-        raise fail("wrong_role", f"this mutation is served by {where}; this server is a {ctx.role}")
+    _require_role(ctx, role)
     try:
         tx = parse_transaction(token)
     except Rejected as exc:
@@ -316,6 +314,25 @@ async def _submit(ctx: Context, token: str, tx_types: tuple[str, ...], role: str
     if isinstance(outcome, Rejected):
         raise fail(outcome.code, outcome.message)
     return outcome
+
+
+def _require_role(ctx: Context, role: str) -> None:
+    if ctx.role != role:
+        where = "computation nodes (dfg node serve)" if role == NODE else "the coordinator (dfg serve)"
+        raise fail("wrong_role", f"this mutation is served by {where}; this server is a {ctx.role}")
+
+
+def _require_signing_organisation(ctx: Context, org_id: int, token: str) -> None:
+    """The ``orgId`` of a node's mutation names the organisation that signed it, so that a
+    wrong number is refused instead of silently ignored."""
+    _require_role(ctx, NODE)
+    organisation = _organisation(ctx, org_id)
+    try:
+        signer = parse_transaction(token).signer
+    except Rejected as exc:
+        raise fail(exc.code, exc.message) from None
+    if signer != organisation:
+        raise fail("id_mismatch", f"orgId {org_id} is {organisation}, not {signer}, who signed this")
 
 
 def _payload_body(token: str) -> dict[str, Any]:
@@ -696,12 +713,14 @@ class Mutation:
     async def approve_analysis(
         self, info: Info[Context, None], org_id: int, signed_transaction: str
     ) -> t.Analysis:
+        _require_signing_organisation(_ctx(info), org_id, signed_transaction)
         return await _analysis_move(_ctx(info), signed_transaction, ("analysis.approve",), None, role=NODE)
 
     @_mutation("CC Nodes")
     async def approve_results(
         self, info: Info[Context, None], org_id: int, signed_transaction: str
     ) -> t.Analysis:
+        _require_signing_organisation(_ctx(info), org_id, signed_transaction)
         return await _analysis_move(_ctx(info), signed_transaction, ("results.approve",), None, role=NODE)
 
     @_mutation("CC Nodes")
