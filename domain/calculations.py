@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final, cast
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from domain.errors import DomainError
@@ -41,6 +41,7 @@ from domain.errors import DomainError
 MAX_TEXT: Final = 2000
 MAX_BINS: Final = 1000
 MAX_REGRESSORS: Final = 16
+MAX_NESTING: Final = 50
 
 _GRAMMAR = r"""
 ?filter: or_expr
@@ -224,12 +225,27 @@ def _check_text(text: str, what: str) -> str:
     return text
 
 
+def _nesting(tree: Tree[Token]) -> int:
+    """The most parentheses and negations around any comparison, counted without
+    recursion: building the filter recurses, and a deep enough one would exhaust the stack."""
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        depth += node.data in ("negation", "any_of")
+        deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
+    return deepest - 1  # the whole filter is one any_of
+
+
 def parse_filter(text: str) -> Filter:
     """Parse a filter expression, or raise ``CalculationError('filter_syntax', ...)``."""
     try:
         tree = _PARSER.parse(_check_text(text, "filter"), start="filter")
     except UnexpectedInput as exc:
         raise _syntax_error("filter_syntax", text, exc) from None
+    if _nesting(tree) > MAX_NESTING:
+        message = f"nested too deeply: at most {MAX_NESTING} levels of parentheses and '!'"
+        raise CalculationError("filter_syntax", message)
     result = _Build().transform(tree)
     assert isinstance(result, Compare | Not | AllOf | AnyOf)
     return result

@@ -39,6 +39,13 @@ def test_precedence_not_binds_tighter_than_and_than_or() -> None:
     )
 
 
+def test_nesting_up_to_the_limit_parses() -> None:
+    deepest = "(" * 25 + "!" * 25 + "a < 1" + ")" * 25
+    assert filter_variables(parse_filter(deepest)) == {"a"}
+    with pytest.raises(CalculationError, match="nested too deeply"):
+        parse_filter("!" + deepest)
+
+
 def test_parentheses_and_every_comparison() -> None:
     tree = parse_filter("(age >= 18 & age <= 65) & (bmi != 0 | -1.5 < score) & x == y")
     assert isinstance(tree, AllOf)
@@ -60,6 +67,8 @@ def test_parentheses_and_every_comparison() -> None:
         ("a < 01", "found '1'", 6),
         ("", "the filter is empty", None),
         ("a < 1\n| b > 2", "one line", None),
+        ("(" * 500 + "a < 1" + ")" * 500, "nested too deeply", None),
+        ("!" * 1500 + "a < 1", "nested too deeply", None),
     ],
 )
 def test_bad_filters_say_what_where_and_what_was_found(text: str, message: str, column: int | None) -> None:
