@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import logging
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -148,6 +149,20 @@ def bundle_ledger_problem(path: Path, *, chain: str | None, checkpoint_key: str 
         reader.close()
 
 
+def _note_the_end(replica: Replica, noted: float) -> float:
+    """Record, about once a second, that the replica reached the end of the ledger's log,
+    as a Kafka follower does for its topic: `dfg node status` reports the lag and when
+    the end was last seen from these, and would otherwise say "never seen" forever."""
+    from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER
+
+    now = time.time()
+    if now - noted < 1.0:
+        return noted
+    replica.store.set_marker(TOPIC_END_MARKER, replica.size)
+    replica.store.set_marker(SEEN_AT_MARKER, int(now * 1000))
+    return now
+
+
 def follow_api(
     replica: Replica,
     apply_views: Callable[[], None],
@@ -160,10 +175,12 @@ def follow_api(
     same verification as from Kafka, for a node that reaches the coordinator over
     HTTP only. Stops on ``stop``; a violation stops it for good (ReplicaHalted). Returns
     why the API cannot be followed into this replica (another ledger), else None."""
+    noted = 0.0
     while not stop.is_set():
         try:
             seed_from_api(replica, base_url)
             apply_views()
+            noted = _note_the_end(replica, noted)
         except ReplicaHalted as halted:
             log.error("stopped following %s: %s (evidence kept; dfg node status shows it)", base_url, halted)
             return None

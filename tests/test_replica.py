@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -553,3 +554,38 @@ def test_a_checkpoint_waiting_for_its_entries_is_read_again_after_a_restart(
     assert second.store.marker(CHECKPOINTS_MARKER) == len(notes)
     second.store.close()
     second.views.close()
+
+
+def test_a_node_following_the_api_records_when_it_last_reached_the_log_end(
+    source: Ledger, tmp_path: Path
+) -> None:
+    import threading
+
+    from click.testing import CliRunner
+    from http_server import running_server
+
+    import gateways.seed
+    from gateways.cli.main import cli
+
+    size = source.sequencer.store.head()[0]
+    source.sequencer.store.close()
+    with running_server(source.settings) as url:
+        store = open_store(Settings(data_dir=tmp_path / "node"))
+        replica = Replica(store)
+        stop = threading.Event()
+        follower = threading.Thread(
+            target=gateways.seed.follow_api,
+            args=(replica, lambda: None, url, stop),
+            kwargs={"interval": 0.01},
+        )
+        follower.start()
+        deadline = time.monotonic() + 20
+        while not store.marker("follower.seen_at_ms") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        follower.join(10)
+        store.close()
+    result = CliRunner().invoke(cli, ["node", "status", "--data", str(tmp_path / "node"), "--json"])
+    report = json.loads(result.output)
+    assert report["size"] == report["topic_end"] == size and report["lag_entries"] == 0
+    assert report["topic_end_seen_age_s"] is not None and report["topic_end_seen_age_s"] < 20
