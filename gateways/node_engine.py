@@ -174,7 +174,7 @@ class NodeEngine:
                 commitment = self._compute(plan, task_id, calculation_id or "")
         except _FAILURES as exc:
             nodes = plan.nodes if plan else []
-            self._give_up(analysis_id, task_id, _name_parties(str(exc), nodes), nodes)
+            self._give_up(analysis_id, task_id, self._failure_reason(exc, nodes), nodes)
             return
         except Exception as exc:  # a bug must fail the task cleanly, not leave it claimed
             log.exception("%s: task %d of analysis %s crashed", self.name, task_id, analysis_id)
@@ -187,6 +187,13 @@ class NodeEngine:
         body = {"analysis_id": analysis_id, "task_id": task_id, "commitment": commitment}
         self._submit("task.finish", body)
         log.info("%s: task %d of analysis %s finished", self.name, task_id, analysis_id)
+
+    def _failure_reason(self, exc: Exception, nodes: list[str]) -> str:
+        """What the task.fail says: a node being stopped breaks its own connections, and
+        must not blame the peer it happened to be talking to ("cannot reach node:b")."""
+        if self.mesh.closed:
+            return f"{self.name} was stopped during the task"
+        return _name_parties(str(exc), nodes)
 
     def _give_up(self, analysis_id: str, task_id: int, reason: str, nodes: list[str]) -> None:
         """Fail the task on the ledger first (so that the root cause is what the analysis

@@ -277,6 +277,11 @@ class Mesh:
         self._acceptor.start()
         return self
 
+    @property
+    def closed(self) -> bool:
+        """This node is stopping: its own connections break, whatever its peers do."""
+        return self._closed.is_set()
+
     def close(self) -> None:
         self._closed.set()
         self._server.close()

@@ -74,3 +74,46 @@ def test_any_other_refused_claim_fails_the_task_with_the_ledgers_reason(
     assert failed.endswith(
         f"analysis {ANALYSIS} failed: the claim was refused: 409 task_already_claimed: refused"
     )
+
+
+class _AcceptingLedger:
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, token: str) -> None:
+        self.submitted.append(token)
+
+
+class _ClosedMesh:
+    closed = True
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def give_up(self, session: str, members: list[str], reason: str) -> None:
+        self.told.append(reason)
+
+    def forget(self, session: str) -> None:
+        pass
+
+
+def test_a_node_stopped_mid_task_says_so_instead_of_blaming_a_peer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mpc.runtime import ProtocolTimeout
+
+    ledger = _AcceptingLedger()
+    engine = _engine(cast(_Ledger, ledger), tmp_path)
+    mesh = _ClosedMesh()
+    engine.mesh = cast(Mesh, mesh)
+
+    def broken(analysis_id: str) -> None:  # what closing the mesh does to a running round
+        raise ProtocolTimeout("cannot reach node:b: [Errno 9] Bad file descriptor")
+
+    monkeypatch.setattr(engine, "_plan", broken)
+    with caplog.at_level(logging.INFO, logger="dfg.node.engine"):
+        engine._run_task(ANALYSIS, 2, "compute", "c1")
+    assert ledger.submitted == ["task.claim:2", "task.fail:2"]
+    assert mesh.told == ["node:a was stopped during the task"]
+    (failed,) = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+    assert failed.endswith("failed: node:a was stopped during the task")
