@@ -345,17 +345,22 @@ class Mesh:
         return inbox
 
     def _peer_gave_up(self, session: str, peer: str, why: bytes) -> None:
-        """Wake a ``receive`` waiting for this peer, or remember it for one to come (the
-        session may not have started here yet). Only an inbox that exists is woken, so a
-        give-up for a session this node never runs leaves a bounded record, not an inbox."""
+        """Wake every ``receive`` of the session -- the one waiting for a peer that died is
+        as stuck as one waiting for the peer that gave up -- or remember it for one to come
+        (the session may not have started here yet). Only inboxes that exist are woken, so
+        a give-up for a session this node never runs leaves a bounded record, not an inbox."""
         reason = why[:500]
         with self._inbox_lock:
             self._aborts[(session, peer)] = reason
             while len(self._aborts) > _MAX_ABORTS_KEPT:
                 del self._aborts[next(iter(self._aborts))]
-            inbox = self._inboxes.get((session, peer))
-        if inbox is not None:
+            inboxes = [inbox for (s, _), inbox in self._inboxes.items() if s == session]
+        for inbox in inboxes:
             inbox.put((_ABORTED, reason))
+
+    def _abort_of(self, session: str) -> tuple[str, bytes] | None:
+        """Who gave the session up first, and why (with ``_inbox_lock`` held)."""
+        return next(((p, why) for (s, p), why in self._aborts.items() if s == session), None)
 
     def forget(self, session: str) -> None:
         """The session is over: drop its queued frames and close its connections."""
@@ -433,16 +438,19 @@ class Mesh:
     def receive(self, peer: str, session: str, number: int, timeout: float) -> Message:
         with self._inbox_lock:  # with the give-up check, so that no give-up slips between
             inbox = self._inbox_locked(session, peer)
-            reason = self._aborts.get((session, peer))
+            abort = self._abort_of(session)
         try:
-            item = (_ABORTED, reason) if reason is not None else inbox.get(timeout=timeout)
+            item = (_ABORTED, abort[1]) if abort is not None else inbox.get(timeout=timeout)
         except queue.Empty:
             raise ProtocolTimeout(
                 f"{peer} did not answer round {number} of {session} in {timeout:g} s"
             ) from None
         if item is not None and item[0] == _ABORTED:
+            with self._inbox_lock:
+                abort = self._abort_of(session)
+            giver = abort[0] if abort is not None else peer
             why = bytes(item[1]).decode(errors="replace")
-            raise ProtocolAborted(f"{peer} gave up round {number} of {session}: {why}")
+            raise ProtocolAborted(f"{giver} gave up round {number} of {session}: {why}")
         if item is None or item[0] != number:
             got = item and item[0]
             raise TransportError(f"{peer} is out of step in {session} (round {got}, not {number})")

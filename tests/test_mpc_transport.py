@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -93,6 +94,28 @@ def test_a_party_that_gives_up_stops_the_others_waiting_and_says_why() -> None:
     for outcome in (outcomes[0], outcomes[2]):
         assert isinstance(outcome, ProtocolAborted), outcome
         assert "node:b gave up round 1 of s1: the bundle does not match its commitment" in str(outcome)
+
+
+def test_a_give_up_also_stops_a_wait_for_another_peer_that_went_silent() -> None:
+    """node:c died mid-session; node:b gives up on it. node:a, waiting for node:c's
+    share, stops at once too, instead of holding up its next task for the time-out."""
+
+    def program(party: Party) -> object:
+        if party.index == 3:
+            return "died"
+        if party.index == 2:  # it sends its round, so node:a goes on to wait for node:c
+            made[1].send("node:a", "s1", 1, b"")
+            time.sleep(0.3)
+            made[1].give_up("s1", NAMES, "node:c did not answer")
+            return "gave up"
+        return open_values(party, [party.index])
+
+    with meshes(timeout=60) as made:
+        started = time.monotonic()
+        outcomes = _run_all(made, program)
+        assert time.monotonic() - started < 20
+    assert isinstance(outcomes[0], ProtocolAborted), outcomes[0]
+    assert "node:b gave up round 1 of s1: node:c did not answer" in str(outcomes[0])
 
 
 def test_a_give_up_before_the_session_starts_here_is_kept_until_it_does() -> None:
