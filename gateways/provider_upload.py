@@ -18,14 +18,15 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -37,6 +38,9 @@ from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
 
 PRESENT = "__present"
+#: A number as a CSV cell writes it: Python's Decimal would also read NaN, Infinity and
+#: 1_000, which no spreadsheet means and which the range check cannot compare.
+_NUMBER: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 class UploadError(ValueError):
@@ -88,10 +92,9 @@ class Variable:
                     f"{where}: {text!r} is not a category of {self.name} ({', '.join(self.categories)})"
                 )
             return Decimal(self.categories.index(text))
-        try:
-            number = Decimal(text)
-        except InvalidOperation:
-            raise UploadError(f"{where}: {self.name} is a number, not {text!r}") from None
+        if not _NUMBER.fullmatch(text):
+            raise UploadError(f"{where}: {self.name} is a number, not {text!r}")
+        number = Decimal(text)
         if self.type == "integer" and number != number.to_integral_value():
             raise UploadError(f"{where}: {self.name} is an integer, not {text}")
         if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
