@@ -110,7 +110,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     drop the surplus, and a shifted row would be uploaded as someone's values)."""
     rows: list[dict[str, str]] = []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which
+        # would otherwise be part of the first column's name
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             for row in reader:
                 if None in row:

@@ -274,6 +274,15 @@ def test_a_bad_fhir_bundle_stops_the_upload_before_anything_is_sent(
     assert not any((d / "bundles").exists() for d in federation["dirs"].values())
 
 
+def test_a_spreadsheets_utf8_csv_with_a_byte_order_mark_is_read(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    records = tmp_path / "records.csv"
+    records.write_bytes(CSV.encode("utf-8-sig"))
+    result = CliRunner().invoke(cli, ["provider", "upload", str(records), *federation["args"]])
+    assert result.exit_code == 0, result.output
+
+
 def test_a_file_that_is_not_utf8_is_refused_before_anything_is_sent(
     federation: dict[str, Any], tmp_path: Path
 ) -> None:
