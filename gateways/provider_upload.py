@@ -104,6 +104,14 @@ class Variable:
         return number
 
 
+def _refuse_repeated_columns(header: Sequence[str]) -> None:
+    """``DictReader`` keeps the last of two columns of one name: which value is uploaded
+    would depend on the column order, unnoticed."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise UploadError(f"line 1: the header names the column(s) {', '.join(repeated)} more than once")
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """The file's records, each with exactly the header's fields: a row with fewer or
     more is refused by its line (``DictReader`` would fill the gap with "missing" or
@@ -114,6 +122,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         # would otherwise be part of the first column's name
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
+            _refuse_repeated_columns(reader.fieldnames or [])
             for row in reader:
                 if None in row:
                     raise UploadError(f"line {reader.line_num}: more fields than the header has")

@@ -149,6 +149,7 @@ def test_upload_seals_shares_to_each_node_and_commits_them(
         ("subject,sbp,smoker\np-1,sNaN,1\n", "line 2: sbp is a number, not 'sNaN'"),
         ("subject,sbp,smoker\np-1,Infinity,1\n", "line 2: sbp is a number, not 'Infinity'"),
         ("subject,sbp,smoker\np-1,1_20,1\n", "line 2: sbp is a number, not '1_20'"),
+        ("subject,sbp,sbp,smoker\np-1,120,130,1\n", "line 1: the header names the column(s) sbp more"),
         ("subject,sbp\np-1,120\n", "lacks the column(s) smoker"),
         ("subject,sbp,smoker\np-1,120,1\np-1,130,0\n", "a subject appears twice"),
         ("subject,sbp,smoker\np-1,120,1\np-2,130\n", "line 3: fewer fields than the header has"),
