@@ -3,6 +3,7 @@ platform: each gets a clear error, and nothing is written."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -345,6 +346,9 @@ def test_graphql_and_the_bundle_inbox_refuse_bad_input_with_codes(
         assert code(create, t=genesis_jws) == "wrong_transaction_type"  # a valid JWS, another type
         assert code("query($id: ID!) { analysis(id: $id) { id } }", id="bm90LWFuLWlk") == "invalid_id"
         assert code("query { approvalInbox(orgId: 999) { id } }") == "unknown_organisation"
+        node = "query($id: ID!) { node(id: $id) { id } }"
+        assert code(node, id="bm90LWFuLWlk") == "invalid_id"
+        assert code(node, id=base64.b64encode(b"Calculation:abc").decode()) == "invalid_id"
         for document in ("{ nope }", "{ analyses("):  # a field the schema lacks; no parse
             request = urllib.request.Request(
                 f"{url}/graphql",
