@@ -272,6 +272,8 @@ BAD_REQUESTS = [
     ("GET", "/v2/nothing", None, "", 404, "not_found"),
     ("POST", "/graphql", b"{", "application/json", 400, "invalid_graphql_request"),
     ("POST", "/graphql", b'{"variables": {}}', "application/json", 400, "invalid_graphql_request"),
+    ("POST", "/graphql", b'"{ __typename }"', "application/json", 400, "invalid_graphql_request"),
+    ("POST", "/graphql", b"42", "application/json", 400, "invalid_graphql_request"),
     ("GET", "/graphql?query=mutation%7Bx%7D", None, "", 400, "invalid_graphql_request"),
     ("PUT", "/graphql", None, "", 405, "method_not_allowed"),
 ]

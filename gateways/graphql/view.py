@@ -26,6 +26,14 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
     async def get_context(self, request: web.Request, response: Any) -> Context:
         return self._context
 
+    def parse_json(self, data: str | bytes) -> Any:
+        """A JSON body must be an object (or a batch, which strawberry refuses by name):
+        strawberry would read a string or a number as one, and fail with a 500."""
+        parsed = super().parse_json(data)
+        if not isinstance(parsed, dict | list):
+            raise HTTPException(400, "the request body is a JSON object with a query")
+        return parsed
+
     async def process_result(self, request: web.Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         """Errors of the document itself (it does not parse, or asks for a field the
         schema lacks) get a code too, like every refusal of the API: ``invalid_query``."""
