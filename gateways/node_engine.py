@@ -336,6 +336,8 @@ class NodeEngine:
         self._answered.add(analysis_id)
         with self.node.views.transaction(commit=False) as cursor:
             policy = {**DEFAULT_POLICY, **((keys.principal(cursor, self.name) or {}).get("policy") or {})}
+            calculations = (views.document(cursor, "Analysis", analysis_id) or {}).get("calculations") or []
+        names = {c["id"]: c.get("name") or c["id"] for c in calculations}
         if policy["approval"] != "automatic":
             log.info("%s: results of analysis %s wait for a person's approval", self.name, analysis_id)
             return
@@ -344,17 +346,12 @@ class NodeEngine:
             reason = "this node holds no result shares for the analysis"
             approve = False
         else:
-            small = [
-                o["function"]
-                for r in results
-                for o in r.outputs
-                if (o.get("suppressed") or "").startswith("fewer")
-            ]
+            small = _below_minimum_cell_size(results, names)
             approve = not small
             reason = (
                 "every released statistic aggregates at least the minimum cell size"
                 if approve
-                else f"below the minimum cell size: {', '.join(small)}"
+                else f"below the minimum cell size: {small}"
             )
         self._submit(
             "results.approve", {"analysis_id": analysis_id, "approve": approve, "reason": reason[:500]}
@@ -381,6 +378,17 @@ def _name_parties(reason: str, nodes: list[str]) -> str:
     for number, node in enumerate(nodes, start=1):
         reason = reason.replace(f"party {number}'s", f"{node}'s").replace(f"party {number} ", f"{node} ")
     return reason
+
+
+def _below_minimum_cell_size(results: list[ResultShares], names: dict[str, str]) -> str:
+    """The suppressed functions by calculation ("Older: count(), mean(sbp)"), as several
+    calculations may hold the same function; empty when none was suppressed."""
+    parts = []
+    for result in results:
+        small = [o["function"] for o in result.outputs if (o.get("suppressed") or "").startswith("fewer")]
+        if small:
+            parts.append(f"{names.get(result.calculation_id, result.calculation_id)}: {', '.join(small)}")
+    return "; ".join(parts)
 
 
 def stored_results(work: Path, analysis_id: str) -> list[ResultShares]:

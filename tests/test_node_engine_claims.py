@@ -6,7 +6,10 @@ nothing to fail. Any other refusal is a failure of the task, with the ledger's r
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -15,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from infra.node import NodeReplica
+from mpc.results import ResultShares
 from mpc.transport import Mesh
 
 ANALYSIS = "5f0c2a52-9a3e-4a43-a3f4-cf3b1c4a0e11"
@@ -117,3 +121,39 @@ def test_a_node_stopped_mid_task_says_so_instead_of_blaming_a_peer(
     assert mesh.told == ["node:a was stopped during the task"]
     (failed,) = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
     assert failed.endswith("failed: node:a was stopped during the task")
+
+
+class _Views:
+    """A node's views, as far as answering for results reads them."""
+
+    @contextmanager
+    def transaction(self, commit: bool = False) -> Iterator[None]:
+        yield None
+
+
+def _result(task_id: int, calculation_id: str, functions: dict[str, str | None]) -> ResultShares:
+    outputs = tuple({"function": f, "suppressed": why} for f, why in functions.items())
+    return ResultShares(ANALYSIS, task_id, calculation_id, "node:a", 1, 3, 2**127 - 1, 16, outputs, ())
+
+
+def test_a_decline_names_the_calculation_of_each_function_below_the_minimum_cell_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateways.node_engine as engine_module
+
+    calculations = [{"id": "c1", "name": "All"}, {"id": "c2", "name": "Older"}]
+    monkeypatch.setattr(engine_module.keys, "principal", lambda c, n: {"policy": {"approval": "automatic"}})
+    monkeypatch.setattr(engine_module.views, "document", lambda c, k, i: {"calculations": calculations})
+    results = [
+        _result(2, "c1", {"count()": None, "min(age)": "the nodes' policies do not release min/max"}),
+        _result(3, "c2", {"count()": "fewer than 10 records", "mean(sbp)": "fewer than 10 records"}),
+    ]
+    monkeypatch.setattr(engine_module, "stored_results", lambda work, analysis_id: results)
+    submitted: list[dict[str, Any]] = []
+    engine = _engine(_Ledger("unused"), tmp_path)
+    engine.node = cast(NodeReplica, SimpleNamespace(views=_Views()))
+    monkeypatch.setattr(engine, "_submit", lambda tx_type, body: submitted.append(body) or True)
+    engine._answer_results(ANALYSIS)
+    (body,) = submitted
+    assert body["approve"] is False
+    assert body["reason"] == "below the minimum cell size: Older: count(), mean(sbp)"
