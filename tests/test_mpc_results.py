@@ -96,3 +96,10 @@ def test_nodes_that_disagree_on_the_outputs_are_refused() -> None:
     changed = replace(shares[1], outputs=(*shares[1].outputs[:-1], {**shares[1].outputs[-1], "name": "min"}))
     with pytest.raises(ResultError, match="disagree"):
         reconstruct([shares[0], changed, shares[2]])
+
+
+def test_a_histograms_last_bin_is_shown_closed_as_it_holds_the_top_of_the_range() -> None:
+    from gateways.cli.analyst_commands import describe
+
+    shown = describe({"function": "histogram(smoker, 2)", "edges": ["0", "1/2", "1"], "counts": [8, None]})
+    assert shown == "[0, 0.5): 8  [0.5, 1]: <k"

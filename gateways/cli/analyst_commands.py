@@ -94,9 +94,10 @@ def describe(result: dict[str, Any]) -> str:
     if "suppressed" in result:
         return f"(suppressed: {result['suppressed']})"
     if "counts" in result:
-        edges = result["edges"]
+        edges, last = result["edges"], len(result["counts"]) - 1
+        closes = [")"] * last + ["]"]  # the last bin holds the range's top value too
         return "  ".join(
-            f"[{_short(edges[i])}, {_short(edges[i + 1])}): {'<k' if c is None else c}"
+            f"[{_short(edges[i])}, {_short(edges[i + 1])}{closes[i]}: {'<k' if c is None else c}"
             for i, c in enumerate(result["counts"])
         )
     if "slopes" in result:
