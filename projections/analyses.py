@@ -252,6 +252,25 @@ def documents(
     return [dict(json.loads(r[0])) for r in cursor.fetchall()]
 
 
+def count_analyses(
+    cursor: Cursor, *, owner: str | None = None, statuses: Sequence[str] = (), node: str | None = None
+) -> int:
+    """How many analyses the filters select on every page (a connection's totalCount)."""
+    sql = "SELECT COUNT(*) FROM platform_documents d WHERE d.kind = 'Analysis'"
+    params: list[Any] = []
+    if owner is not None:
+        sql += " AND d.owner = ?"
+        params.append(owner)
+    if statuses:
+        sql += f" AND d.status IN ({', '.join('?' * len(statuses))})"
+        params.extend(statuses)
+    if node is not None:
+        sql += " AND EXISTS (SELECT 1 FROM analysis_nodes n WHERE n.analysis_id = d.id AND n.node = ?)"
+        params.append(node)
+    cursor.execute(sql, params)
+    return int(cursor.fetchone()[0])
+
+
 def approval_inbox(cursor: Cursor, node: str) -> list[str]:
     """Analyses waiting for ``node``'s approval, oldest first."""
     cursor.execute(

@@ -497,12 +497,24 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
     assert [e["node"]["status"] for e in page["edges"]] == ["RELEASED"] and not page["pageInfo"][
         "hasNextPage"
     ]
+    copy = {"analysis_id": ids["analysis"], "new_analysis_id": str(uuid.uuid4()), "name": "Pilot 2"}
+    _run(
+        session,
+        "mutation($t: String!) { duplicateAnalysis(signedTransaction: $t) { id } }",
+        t=sign(p["analyst"], "analysis.duplicate", copy),
+    )
+    first = _run(
+        session,
+        "query($f: AnalysisFilter!) { analyses(analysisFilter: $f) { totalCount edges { cursor } } }",
+        f={"first": 1},
+    )["analyses"]
+    assert len(first["edges"]) == 1 and first["totalCount"] == 2  # every page's, not this page's
     none = _run(
         session,
-        "query($f: AnalysisFilter!) { analyses(analysisFilter: $f) { edges { cursor } } }",
+        "query($f: AnalysisFilter!) { analyses(analysisFilter: $f) { totalCount edges { cursor } } }",
         f={"first": 5, "statuses": ["DRAFT"], "node": "node:n0"},
     )["analyses"]
-    assert none["edges"] == []
+    assert none["edges"] == [] and none["totalCount"] == 0
     by_node = _run(session, "query($id: ID!) { node(id: $id) { id ... on Analysis { name } } }", id=gid)[
         "node"
     ]

@@ -385,6 +385,9 @@ class Query:
                 after_seq=after,
                 limit=100_000 if analysis_filter.node else analysis_filter.first + 1,
             )
+            total = views.count_analyses(
+                cursor, owner=analysis_filter.owner, statuses=statuses, node=analysis_filter.node
+            )
         if analysis_filter.node:
             docs = [d for d in docs if analysis_filter.node in d["nodes"]][: analysis_filter.first + 1]
         more = len(docs) > analysis_filter.first
@@ -400,7 +403,7 @@ class Query:
                 start_cursor=edges[0].cursor if edges else None,
                 end_cursor=edges[-1].cursor if edges else None,
             ),
-            total_count=len(edges),
+            total_count=total,
         )
 
     @strawberry.field
