@@ -59,6 +59,7 @@ def running_node_server(
     """A computation node's server (what ``dfg node serve`` runs): its own replica kept
     up to date from the coordinator's API in a thread, GraphQL on a free port."""
     from gateways.http.node_app import build_node_app
+    from gateways.node_engine import result_sealer
     from gateways.seed import follow_api
     from infra.node import open_node
 
@@ -79,6 +80,7 @@ def running_node_server(
             coordinator,
             bundles=settings.data_dir / "bundles",
             name=name,
+            sealed_results=result_sealer(settings.data_dir / "work"),  # as dfg node serve
         ),
         access_log=None,
     )

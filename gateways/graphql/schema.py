@@ -12,6 +12,8 @@ with ``wrong_role``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -497,6 +499,8 @@ class Query:
         unknown = set(task_ids) - known
         if unknown:
             raise fail("unknown_task", f"no finished tasks {sorted(unknown)}")
+        if ctx.sealed_results is not None:
+            _require_sealable(recipients[-1])
         if ctx.sealed_results is not None and analysis.results:
             reader, recipient = ctx.sealed_results, recipients[-1]
             wanted = set(task_ids) or known
@@ -567,6 +571,22 @@ class Query:
             )
             for task in queue
         ]
+
+
+def _require_sealable(recipient: dict[str, str]) -> None:
+    """Nodes seal result shares to an X25519 key only, while the ledger records any public
+    OKP or EC key: say so, instead of answering with no shares or a base64 error."""
+    x = recipient.get("x", "")
+    try:
+        raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)) if x.isascii() else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if recipient.get("kty") != "OKP" or recipient.get("crv") != "X25519" or len(raw) != 32:
+        named = f"{recipient.get('kty')}/{recipient.get('crv')}"
+        raise fail(
+            "recipient_not_x25519",
+            f"the nodes seal result shares to a public X25519 key (32 bytes); the request names {named}",
+        )
 
 
 def _organisation(ctx: Context, org_id: int) -> str:
