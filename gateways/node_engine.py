@@ -51,7 +51,7 @@ from mpc.field import FieldError, FixedPoint, PrimeField
 from mpc.protocols import ProtocolError
 from mpc.results import ResultShares, seal_result
 from mpc.runtime import Party, ProtocolTimeout
-from mpc.shamir import Scheme
+from mpc.shamir import Scheme, SharingError
 from mpc.statistics import Ranges, SharedTable, aggregate
 from mpc.transport import Mesh, TransportError
 from mpc.vectors import VectorOps
@@ -65,6 +65,7 @@ MERGE_TASK = 1
 DEFAULT_POLICY: dict[str, Any] = {"min_cell": 10, "release_extremes": False, "approval": "manual"}
 _FAILURES = (
     EngineError, ProtocolTimeout, ProtocolError, TransportError, BundleError, CalculationError, FieldError,
+    SharingError,  # e.g. an analysis sent to two nodes: no honest majority
 )  # fmt: skip
 
 

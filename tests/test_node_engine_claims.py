@@ -88,10 +88,9 @@ class _AcceptingLedger:
         self.submitted.append(token)
 
 
-class _ClosedMesh:
-    closed = True
-
-    def __init__(self) -> None:
+class _Mesh:
+    def __init__(self, *, closed: bool) -> None:
+        self.closed = closed  # this node is being stopped
         self.told: list[str] = []
 
     def give_up(self, session: str, members: list[str], reason: str) -> None:
@@ -108,7 +107,7 @@ def test_a_node_stopped_mid_task_says_so_instead_of_blaming_a_peer(
 
     ledger = _AcceptingLedger()
     engine = _engine(cast(_Ledger, ledger), tmp_path)
-    mesh = _ClosedMesh()
+    mesh = _Mesh(closed=True)
     engine.mesh = cast(Mesh, mesh)
 
     def broken(analysis_id: str) -> None:  # what closing the mesh does to a running round
@@ -157,3 +156,21 @@ def test_a_decline_names_the_calculation_of_each_function_below_the_minimum_cell
     (body,) = submitted
     assert body["approve"] is False
     assert body["reason"] == "below the minimum cell size: Older: count(), mean(sbp)"
+
+
+def test_an_analysis_of_two_nodes_fails_saying_it_has_no_honest_majority(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """analysis.send takes two nodes; sharing among two cannot keep a value secret."""
+    from gateways.node_engine import Plan
+
+    ledger = _AcceptingLedger()
+    engine = _engine(cast(_Ledger, ledger), tmp_path)
+    engine.mesh = cast(Mesh, _Mesh(closed=False))
+    doc = {"analysis_id": ANALYSIS, "nodes": ["node:a", "node:b"], "modulus": str(2**127 - 1)}
+    doc |= {"fixed_point_precision": 16, "calculations": []}
+    monkeypatch.setattr(engine, "_plan", lambda analysis_id: Plan.of("node:a", doc, {}, {}, [], set()))
+    with caplog.at_level(logging.INFO, logger="dfg.node.engine"):
+        engine._run_task(ANALYSIS, 1, "merge", None)
+    (failed,) = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+    assert failed.endswith("failed: an honest majority needs 1 <= t < n/2 (n = 2, t = 0)")
