@@ -437,6 +437,18 @@ def test_node_serve_refuses_an_incomplete_engine_setup_before_creating_anything(
     assert not (tmp_path / "node").exists()
 
 
+def test_node_serve_on_a_port_in_use_does_not_say_it_serves(ledger: Ledger, tmp_path: Path) -> None:
+    assert ledger.sequencer.ledger is not None
+    key = ledger.sequencer.ledger["checkpoint_key"]
+    ledger.sequencer.store.close()
+    with running_server(ledger.settings) as url, socket.create_server(("127.0.0.1", 0)) as taken:
+        serve = ["node", "serve", "--data", str(tmp_path / "node"), "--coordinator", url, "--chain", CHAIN,
+                 "--ledger-key", key, "--port", str(taken.getsockname()[1])]  # fmt: skip
+        result = CliRunner().invoke(cli, serve)
+    assert result.exit_code != 0 and "address already in use" in result.output, result.output
+    assert "serving" not in result.output
+
+
 def test_a_node_refuses_another_ledgers_api_or_bundle_before_creating_anything(
     ledger: Ledger, tmp_path: Path
 ) -> None:

@@ -440,7 +440,7 @@ def node_serve(
         options = EngineOptions(name, key, encryption_key, mpc_host, mpc_port, peers, task_timeout)
         mesh, _ = start_engine(options, node, coordinator, chain, settings.data_dir, stop)
         click.echo(f"dfg node {name}: MPC engine listening for peers on {mpc_host}:{mesh.address[1]}")
-    click.echo(f"dfg node serving {chain} on http://{host}:{port}/graphql, following {source}")
+    serving = f"dfg node serving {chain} on http://{host}:{port}/graphql, following {source}"
     app = build_node_app(
         node.store,
         node.views,
@@ -451,7 +451,8 @@ def node_serve(
         sealed_results=result_sealer(settings.data_dir / "work"),
     )
     try:
-        web.run_app(app, host=host, port=port, print=None)
+        # said once the port is bound, as dfg serve does: not before a bind that fails
+        web.run_app(app, host=host, port=port, print=lambda _: click.echo(serving))
     finally:
         stop.set()
         if mesh is not None:
