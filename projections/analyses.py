@@ -240,30 +240,31 @@ def documents(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Documents of a kind in creation order (``after_seq`` is the cursor)."""
-    sql = "SELECT doc FROM platform_documents WHERE kind = ? AND created_seq > ?"
-    params: list[Any] = [kind, after_seq]
+    where, params = _owner_and_statuses(owner, statuses)
+    sql = f"SELECT doc FROM platform_documents WHERE kind = ? AND created_seq > ?{where}"
+    cursor.execute(sql + " ORDER BY created_seq LIMIT ?", (kind, after_seq, *params, limit))
+    return [dict(json.loads(r[0])) for r in cursor.fetchall()]
+
+
+def _owner_and_statuses(owner: str | None, statuses: Sequence[str]) -> tuple[str, list[Any]]:
+    """The SQL conditions (each after an AND) and parameters of a listing's filters, one
+    wording for a page of documents and for the count of every page."""
+    sql, params = "", []
     if owner is not None:
         sql += " AND owner = ?"
         params.append(owner)
     if statuses:
         sql += f" AND status IN ({', '.join('?' * len(statuses))})"
         params.extend(statuses)
-    cursor.execute(sql + " ORDER BY created_seq LIMIT ?", (*params, limit))
-    return [dict(json.loads(r[0])) for r in cursor.fetchall()]
+    return sql, params
 
 
 def count_analyses(
     cursor: Cursor, *, owner: str | None = None, statuses: Sequence[str] = (), node: str | None = None
 ) -> int:
     """How many analyses the filters select on every page (a connection's totalCount)."""
-    sql = "SELECT COUNT(*) FROM platform_documents d WHERE d.kind = 'Analysis'"
-    params: list[Any] = []
-    if owner is not None:
-        sql += " AND d.owner = ?"
-        params.append(owner)
-    if statuses:
-        sql += f" AND d.status IN ({', '.join('?' * len(statuses))})"
-        params.extend(statuses)
+    where, params = _owner_and_statuses(owner, statuses)
+    sql = f"SELECT COUNT(*) FROM platform_documents d WHERE d.kind = 'Analysis'{where}"
     if node is not None:
         sql += " AND EXISTS (SELECT 1 FROM analysis_nodes n WHERE n.analysis_id = d.id AND n.node = ?)"
         params.append(node)
