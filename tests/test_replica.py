@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -398,7 +399,6 @@ def test_follower_finishes_applying_its_views_after_a_crash_between_replica_and_
     source: Ledger, tmp_path: Path
 ) -> None:
     import sqlite3
-    import threading
 
     from gateways.kafka.client import KafkaSettings
     from gateways.kafka.follower import Follower
@@ -429,8 +429,6 @@ def test_follower_finishes_applying_its_views_after_a_crash_between_replica_and_
 def test_a_node_following_a_lying_api_stops_and_keeps_the_evidence(
     source: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import threading
-
     from http_server import running_server
 
     import gateways.seed
@@ -445,14 +443,7 @@ def test_a_node_following_a_lying_api_stops_and_keeps_the_evidence(
 
         monkeypatch.setattr(gateways.seed, "_get", lying)
         store = open_store(Settings(data_dir=tmp_path / "node"))
-        replica = Replica(store)
-        stop = threading.Event()
-        follower = threading.Thread(
-            target=gateways.seed.follow_api,
-            args=(replica, lambda: None, url, stop),
-            kwargs={"interval": 0.01},
-        )
-        follower.start()
+        replica, _, follower = _following_api(store, url)
         follower.join(20)
         assert not follower.is_alive()  # it stopped by itself, on the violation, and said why
         assert replica.halted is not None and replica.halted.kind == "bad_entry"
@@ -559,26 +550,17 @@ def test_a_checkpoint_waiting_for_its_entries_is_read_again_after_a_restart(
 def test_a_node_following_the_api_records_when_it_last_reached_the_log_end(
     source: Ledger, tmp_path: Path
 ) -> None:
-    import threading
 
     from click.testing import CliRunner
     from http_server import running_server
 
-    import gateways.seed
     from gateways.cli.main import cli
 
     size = source.sequencer.store.head()[0]
     source.sequencer.store.close()
     with running_server(source.settings) as url:
         store = open_store(Settings(data_dir=tmp_path / "node"))
-        replica = Replica(store)
-        stop = threading.Event()
-        follower = threading.Thread(
-            target=gateways.seed.follow_api,
-            args=(replica, lambda: None, url, stop),
-            kwargs={"interval": 0.01},
-        )
-        follower.start()
+        _, stop, follower = _following_api(store, url)
         deadline = time.monotonic() + 20
         while not store.marker("follower.seen_at_ms") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -589,3 +571,16 @@ def test_a_node_following_the_api_records_when_it_last_reached_the_log_end(
     report = json.loads(result.output)
     assert report["size"] == report["topic_end"] == size and report["lag_entries"] == 0
     assert report["topic_end_seen_age_s"] is not None and report["topic_end_seen_age_s"] < 20
+
+
+def _following_api(store: LedgerStore, url: str) -> tuple[Replica, threading.Event, threading.Thread]:
+    """A replica of ``store`` following the ledger's API at ``url`` in a thread (polling
+    often), as ``dfg node serve`` follows it."""
+    import gateways.seed
+
+    replica, stop = Replica(store), threading.Event()
+    follower = threading.Thread(
+        target=gateways.seed.follow_api, args=(replica, lambda: None, url, stop), kwargs={"interval": 0.01}
+    )
+    follower.start()
+    return replica, stop, follower
