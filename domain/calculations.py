@@ -35,13 +35,19 @@ from typing import Final, cast
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.visitors import Transformer_NonRecursive
 
 from domain.errors import DomainError
 
 MAX_TEXT: Final = 2000
 MAX_BINS: Final = 1000
 MAX_REGRESSORS: Final = 16
-MAX_NESTING: Final = 50
+#: Levels of parentheses and ``!`` around a comparison. Before there was a limit, a
+#: filter was accepted as long as building it did not exhaust Python's stack (1,000
+#: frames): at most ~490 ``!`` (two frames each) or ~245 parentheses (four each), so no
+#: filter recorded on a ledger nests 500 levels. A lower limit would refuse entries
+#: that ``dfg audit verify`` must replay as they were accepted.
+MAX_NESTING: Final = 500
 
 _GRAMMAR = r"""
 ?filter: or_expr
@@ -200,6 +206,12 @@ class _Build(Transformer[Token, object]):
         return str(name), arguments, name.column or 0
 
 
+class _BuildFilter(Transformer_NonRecursive[Token, object], _Build):
+    """The filter's tree built without recursion, so that any nesting up to
+    ``MAX_NESTING`` builds whatever the caller's stack depth (the sequencer's and the
+    audit's differ)."""
+
+
 def _syntax_error(code: str, text: str, exc: UnexpectedInput) -> CalculationError:
     column = getattr(exc, "column", None)
     if isinstance(exc, UnexpectedCharacters):
@@ -227,7 +239,7 @@ def _check_text(text: str, what: str) -> str:
 
 def _nesting(tree: Tree[Token]) -> int:
     """The most parentheses and negations around any comparison, counted without
-    recursion: building the filter recurses, and a deep enough one would exhaust the stack."""
+    recursion."""
     deepest, stack = 0, [(tree, 0)]
     while stack:
         node, depth = stack.pop()
@@ -246,7 +258,7 @@ def parse_filter(text: str) -> Filter:
     if _nesting(tree) > MAX_NESTING:
         message = f"nested too deeply: at most {MAX_NESTING} levels of parentheses and '!'"
         raise CalculationError("filter_syntax", message)
-    result = _Build().transform(tree)
+    result = _BuildFilter().transform(tree)
     assert isinstance(result, Compare | Not | AllOf | AnyOf)
     return result
 
@@ -317,11 +329,19 @@ def _signature(name: str, arguments: list[object], column: int) -> Function:
 
 
 def filter_variables(tree: Filter) -> set[str]:
-    if isinstance(tree, Compare):
-        return {o.name for o in (tree.left, tree.right) if isinstance(o, Variable)}
-    if isinstance(tree, Not):
-        return filter_variables(tree.inner)
-    return set().union(*(filter_variables(p) for p in tree.parts))
+    """The variables a filter compares, found without recursion (a filter may nest
+    ``MAX_NESTING`` levels, which recursing on would come close to the stack's limit)."""
+    names: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Compare):
+            names.update(o.name for o in (node.left, node.right) if isinstance(o, Variable))
+        elif isinstance(node, Not):
+            stack.append(node.inner)
+        else:
+            stack.extend(node.parts)
+    return names
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,31 @@ def test_precedence_not_binds_tighter_than_and_than_or() -> None:
 
 
 def test_nesting_up_to_the_limit_parses() -> None:
-    deepest = "(" * 25 + "!" * 25 + "a < 1" + ")" * 25
+    deepest = "(" * 250 + "!" * 250 + "a < 1" + ")" * 250
     assert filter_variables(parse_filter(deepest)) == {"a"}
     with pytest.raises(CalculationError, match="nested too deeply"):
         parse_filter("!" + deepest)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "!" * 490 + "a < 1",  # the deepest a ledger could hold: accepted before the limit
+        "(" * 245 + "a < 1" + ")" * 245,
+        "a<1&(" * 245 + "b>2" + ")" * 245,
+    ],
+)
+def test_filters_accepted_before_the_nesting_limit_still_parse(text: str) -> None:
+    """Filters are checked in transaction bodies: one that an older version accepted
+    (it built within Python's stack) must replay under dfg audit verify, however deep
+    the stack of the caller (the audit's is not the sequencer's)."""
+
+    def deep(frames: int) -> set[str]:
+        if frames:
+            return deep(frames - 1)
+        return filter_variables(parse_filter(text))
+
+    assert deep(600) <= {"a", "b"}
 
 
 def test_parentheses_and_every_comparison() -> None:
@@ -67,7 +88,7 @@ def test_parentheses_and_every_comparison() -> None:
         ("a < 01", "found '1'", 6),
         ("", "the filter is empty", None),
         ("a < 1\n| b > 2", "one line", None),
-        ("(" * 500 + "a < 1" + ")" * 500, "nested too deeply", None),
+        ("(" * 501 + "a < 1" + ")" * 501, "nested too deeply", None),
         ("!" * 1500 + "a < 1", "nested too deeply", None),
     ],
 )
