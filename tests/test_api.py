@@ -379,7 +379,7 @@ def test_a_client_that_leaves_mid_body_is_no_server_error(
     assert errors == [], [r.getMessage() for r in errors]
 
 
-@pytest.mark.parametrize("path", ["/v1/transactions", "/v1/consents/check"])
+@pytest.mark.parametrize("path", ["/v1/transactions", "/v1/consents/check", "/graphql"])
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     api: tuple[Http, Ledger], monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:

@@ -11,6 +11,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
 from gateways.graphql.schema import INVALID_QUERY, Context, schema
+from gateways.http.api import read_body
 from gateways.http.problems import problem_response
 
 #: Codes for the HTTP errors strawberry raises before a query runs (a query that runs
@@ -49,6 +50,11 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """A request refused before its query runs gets a problem document like every
         other error of the API; strawberry's own answer is plain text."""
+        if request.body_exists and request.content_type != "multipart/form-data":
+            # read within the API's body time-out (408 body_timeout), like every other
+            # body: a client sending it slowly held its connection and handler for good.
+            # aiohttp keeps the bytes, which strawberry's own read then gets.
+            await read_body(request)
         try:
             return await self.run(request=request)
         except HTTPException as exc:
