@@ -279,6 +279,15 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.parametrize("params", ["variables=null", "extensions=null", "variables=%7B%7D"])
+def test_a_graphql_get_may_send_null_variables_and_extensions(api: tuple[Http, Ledger], params: str) -> None:
+    """Only a POST body must be a JSON object: a GET's variables and extensions are JSON
+    values that may be null (GraphQL over HTTP), and were read as such before."""
+    http, _ = api
+    status, _, answer = http.call("GET", f"/graphql?query=%7B__typename%7D&{params}")
+    assert (status, answer) == (200, {"data": {"__typename": "Query"}}), answer
+
+
 @pytest.mark.parametrize(("method", "path", "body", "kind", "status", "code"), BAD_REQUESTS)
 def test_bad_requests_get_a_problem_and_change_nothing(
     api: tuple[Http, Ledger],

@@ -8,6 +8,7 @@ from aiohttp import web
 from cross_web import HTTPException  # what strawberry raises for a request it refuses
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.types import QueryParams
 from strawberry.types import ExecutionResult
 
 from gateways.graphql.schema import INVALID_QUERY, Context, schema
@@ -33,6 +34,16 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
         parsed = super().parse_json(data)
         if not isinstance(parsed, dict | list):
             raise HTTPException(400, "the request body is a JSON object with a query")
+        return parsed
+
+    def parse_query_params(self, params: QueryParams) -> dict[str, Any]:
+        """A GET's ``variables`` and ``extensions`` are JSON values that may be null:
+        they are read without ``parse_json``'s check of a body (strawberry checks their
+        kinds itself, with its own message)."""
+        parsed: dict[str, Any] = dict(params)
+        for name in ("variables", "extensions"):
+            if parsed.get(name):
+                parsed[name] = super().parse_json(parsed[name])
         return parsed
 
     async def process_result(self, request: web.Request, result: ExecutionResult) -> GraphQLHTTPResponse:
