@@ -38,9 +38,11 @@ from mpc.field import MERSENNE_127, FixedPoint, PrimeField
 from mpc.shamir import Scheme
 
 PRESENT = "__present"
-#: A number as a CSV cell writes it: Python's Decimal would also read NaN, Infinity and
-#: 1_000, which no spreadsheet means and which the range check cannot compare.
-_NUMBER: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+#: A number as a CSV cell writes it: Python's Decimal would also read NaN, Infinity,
+#: 1_000 and other scripts' digits, which no spreadsheet means and which the range check
+#: cannot compare; an exponent of a few digits, since encoding 1e-999999999 as a fixed-point
+#: number would compute 10^999999999 (the upload hung).
+_NUMBER: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?", re.ASCII)
 
 
 class UploadError(ValueError):

@@ -149,6 +149,11 @@ def test_upload_seals_shares_to_each_node_and_commits_them(
         ("subject,sbp,smoker\np-1,sNaN,1\n", "line 2: sbp is a number, not 'sNaN'"),
         ("subject,sbp,smoker\np-1,Infinity,1\n", "line 2: sbp is a number, not 'Infinity'"),
         ("subject,sbp,smoker\np-1,1_20,1\n", "line 2: sbp is a number, not '1_20'"),
+        (
+            "subject,sbp,smoker\np-1,\u0661\u0662\u0660,1\n",
+            "line 2: sbp is a number, not '\u0661\u0662\u0660'",
+        ),
+        ("subject,sbp,smoker\np-1,1e-999999999,1\n", "line 2: sbp is a number, not '1e-999999999'"),
         ("subject,sbp,sbp,smoker\np-1,120,130,1\n", "line 1: the header names the column(s) sbp more"),
         ("subject,sbp\np-1,120\n", "lacks the column(s) smoker"),
         ("subject,sbp,smoker\np-1,120,1\np-1,130,0\n", "a subject appears twice"),
