@@ -86,38 +86,62 @@ def _presence(table: SharedTable, compare: Compare) -> list[Vec]:
     return [table.columns[o.name + PRESENT] for o in (compare.left, compare.right) if isinstance(o, Variable)]
 
 
-def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits: int) -> Vec:
-    """Shares of 1 for rows the filter keeps, 0 for the others."""
+def _compare(party: Party, tree: Compare, table: SharedTable, fixed: FixedPoint, bits: int) -> Vec:
     ops = party.ops
-    if isinstance(tree, Compare):
-        a, b = _operand(party, table, tree.left, fixed), _operand(party, table, tree.right, fixed)
-        a_minus_b, b_minus_a = ops.sub(a, b), ops.sub(b, a)
-        if tree.op == "<":
-            result = less_than_zero(party, a_minus_b, bits)
-        elif tree.op == ">":
-            result = less_than_zero(party, b_minus_a, bits)
-        elif tree.op == "<=":
-            result = _not(party, less_than_zero(party, b_minus_a, bits))
-        elif tree.op == ">=":
-            result = _not(party, less_than_zero(party, a_minus_b, bits))
-        else:  # both comparisons in one batch
-            n = table.rows
-            both = less_than_zero(party, ops.concat([a_minus_b, b_minus_a]), bits)
-            below, above = ops.take(both, 0, n), ops.take(both, n, 2 * n)
-            equal = multiply(party, _not(party, below), _not(party, above))
-            result = equal if tree.op == "==" else _not(party, equal)
-        for present in _presence(table, tree):
-            result = multiply(party, result, present)
-        return result
-    if isinstance(tree, Not):  # a comparison on a missing value is false, so its negation is true
-        return _not(party, mask(party, tree.inner, table, fixed, bits))
-    parts = [mask(party, part, table, fixed, bits) for part in tree.parts]
+    a, b = _operand(party, table, tree.left, fixed), _operand(party, table, tree.right, fixed)
+    a_minus_b, b_minus_a = ops.sub(a, b), ops.sub(b, a)
+    if tree.op == "<":
+        result = less_than_zero(party, a_minus_b, bits)
+    elif tree.op == ">":
+        result = less_than_zero(party, b_minus_a, bits)
+    elif tree.op == "<=":
+        result = _not(party, less_than_zero(party, b_minus_a, bits))
+    elif tree.op == ">=":
+        result = _not(party, less_than_zero(party, a_minus_b, bits))
+    else:  # both comparisons in one batch
+        n = table.rows
+        both = less_than_zero(party, ops.concat([a_minus_b, b_minus_a]), bits)
+        below, above = ops.take(both, 0, n), ops.take(both, n, 2 * n)
+        equal = multiply(party, _not(party, below), _not(party, above))
+        result = equal if tree.op == "==" else _not(party, equal)
+    for present in _presence(table, tree):
+        result = multiply(party, result, present)
+    return result
+
+
+def _combine(party: Party, tree: AllOf | AnyOf, parts: list[Vec]) -> Vec:
+    ops = party.ops
     combined = parts[0]
     for part in parts[1:]:
         both = multiply(party, combined, part)
         combined = both if isinstance(tree, AllOf) else ops.sub(ops.add(combined, part), both)
-    assert isinstance(tree, AllOf | AnyOf)
     return combined
+
+
+def mask(party: Party, tree: Filter, table: SharedTable, fixed: FixedPoint, bits: int) -> Vec:
+    """Shares of 1 for rows the filter keeps, 0 for the others.
+
+    Evaluated without recursion, children before their parent and left to right (every
+    party runs the same protocol steps in the same order): a filter may be nested as
+    deep as the ledger accepts (500 levels), deeper than the caller's stack allows."""
+    done: list[Vec] = []
+    todo: list[tuple[Filter, bool]] = [(tree, False)]
+    while todo:
+        node, children_done = todo.pop()
+        if isinstance(node, Compare):
+            done.append(_compare(party, node, table, fixed, bits))
+        elif not children_done:
+            todo.append((node, True))
+            children = (node.inner,) if isinstance(node, Not) else node.parts
+            todo.extend((child, False) for child in reversed(children))
+        elif isinstance(node, Not):  # a comparison on a missing value is false, its negation true
+            done.append(_not(party, done.pop()))
+        else:
+            parts = done[len(done) - len(node.parts) :]
+            del done[len(done) - len(node.parts) :]
+            done.append(_combine(party, node, parts))
+    (result,) = done
+    return result
 
 
 @dataclass(frozen=True)

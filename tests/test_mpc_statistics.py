@@ -30,8 +30,9 @@ VIEW = {"age": "integer", "sbp": "decimal", "hrv": "decimal"}
 
 
 def run(
-    rows: list[dict[str, float | None]], filter_text: str | None, functions: list[str]
+    rows: list[dict[str, float | None]], filter_text: str | None, functions: list[str], *, stack: int = 0
 ) -> list[dict[str, Any]]:
+    """The parties' results; ``stack``: frames each party's program runs below."""
     calculation = check_calculation(filter_text, functions, VIEW)
     columns: dict[str, list[int]] = {}
     for name in VIEW:
@@ -47,7 +48,10 @@ def run(
         }
         return evaluate(party, calculation, SharedTable(shared, len(rows)), fixed=FIXED, ranges=RANGES)
 
-    results = run_local(SCHEME, program)
+    def below(party: Party, frames: int) -> list[dict[str, Any]]:
+        return below(party, frames - 1) if frames else program(party)
+
+    results = run_local(SCHEME, lambda party: below(party, stack))
     assert results[0] == results[1] == results[2]
     return results[0]
 
@@ -152,3 +156,21 @@ def test_histogram_bins_below_k_are_suppressed_one_by_one() -> None:
     (histogram,) = _run_with_min_cell(None, ["histogram(age, 4)"], min_cell=3)
     plain, _ = np.histogram([r["age"] for r in ROWS], bins=4, range=(0, 120))
     assert histogram["counts"] == [int(c) if c >= 3 else None for c in plain]
+
+
+@pytest.mark.parametrize(
+    ("filter_text", "keep"),
+    [
+        ("!" * 490 + "age < 60", lambda r: r["age"] < 60),
+        pytest.param(  # 245 secure comparisons one after the other: ~10 s
+            "age>1&(" * 245 + "age<60" + ")" * 245, lambda r: r["age"] < 60, marks=pytest.mark.slow
+        ),
+    ],
+    ids=["negations", "conjunctions"],
+)
+def test_a_filter_nested_as_deep_as_the_ledger_accepts_is_evaluated(filter_text: str, keep: Any) -> None:
+    """The ledger accepts filters nested up to 500 levels (within 2,000 characters); the
+    nodes must evaluate them however deep the caller's stack (a node's is deeper than a
+    test's): a recursive evaluation ran out of Python's stack and crashed the task."""
+    results = run(ROWS, filter_text, ["count()"], stack=500)
+    assert results[0]["count"] == sum(1 for r in ROWS if keep(r))
