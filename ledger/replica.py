@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import pairwise
 from typing import NoReturn
@@ -75,8 +76,13 @@ class Replica:
         verifier: ParallelVerifier | None = None,
         expected_checkpoint_key: str | None = None,
         expected_chain: str | None = None,
+        keep_evidence: bool = True,
     ) -> None:
+        """``keep_evidence``: record a violation in the store (a node operator's replica,
+        which then accepts nothing more); False for a ledger recovering its own published
+        entries, whose store is the ledger's and must not be marked by a bad source."""
         self.store = store
+        self._keep_evidence = keep_evidence
         self._verifier = verifier or ParallelVerifier()
         self._expected_key = expected_checkpoint_key
         self._expected_chain = expected_chain
@@ -277,7 +283,11 @@ class Replica:
             raise ReplicaHalted(violation)
 
     def _halt(self, kind: ViolationKind, seq: int, message: str, evidence: dict[str, str]) -> NoReturn:
-        self.store.record_violation(kind.value, seq, message, json.dumps(evidence, sort_keys=True))
+        text = json.dumps(evidence, sort_keys=True)
+        if not self._keep_evidence:
+            now = datetime.now(UTC).isoformat()
+            raise ReplicaHalted(RecordedViolation(now, kind.value, seq, message, text))
+        self.store.record_violation(kind.value, seq, message, text)
         violation = self.halted
         assert violation is not None
         raise ReplicaHalted(violation)

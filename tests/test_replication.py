@@ -1067,7 +1067,7 @@ def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows()
     json.dumps(shown)
 
 
-@pytest.mark.parametrize("command", [["relay"], ["node", "follow"], ["node", "serve"]])
+@pytest.mark.parametrize("command", [["relay"], ["node", "follow"], ["node", "serve"], ["recover"]])
 def test_help_lists_the_environment_variable_of_every_kafka_option(command: list[str]) -> None:
     """The README says each TLS and SASL option has a DFG_KAFKA_ variable that --help
     lists; it listed DFG_KAFKA_SECURITY_PROTOCOL only."""

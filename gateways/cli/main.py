@@ -22,6 +22,7 @@ from gateways.cli.options import fail
 from gateways.cli.principal_commands import principals
 from gateways.cli.projection_commands import consents, projections
 from gateways.cli.provider_commands import provider
+from gateways.cli.recover_command import recover
 from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
 from projections.base import ViewsNotOfThisLog
@@ -62,6 +63,7 @@ cli.add_command(principals)
 cli.add_command(bench)
 cli.add_command(serve)
 cli.add_command(relay)
+cli.add_command(recover)
 node.add_command(set_encryption_key)
 node.add_command(set_policy)
 cli.add_command(node)

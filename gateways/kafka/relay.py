@@ -217,7 +217,12 @@ class Relay:
         end, last = self._topic_end(self.topics.entries)
         head = self.store.head()[0]
         if end > head:
-            raise RelayError(f"{self.topics.entries} holds {end} entries but this ledger has only {head}")
+            raise RelayError(
+                f"{self.topics.entries} holds {end} entries but this ledger has only {head}: was its"
+                " database restored from an older backup? Do not delete the topics, they hold what it"
+                " published since. Stop `dfg serve` before it accepts anything more, run `dfg recover"
+                ' --kafka ...` (the README\'s "Backups and recovery"), then start the relay again'
+            )
         if last is not None:
             self._check_last_entry(end, last)
         lost = self._adopt(ENTRIES_MARKER, end, self.topics.entries)

@@ -1,0 +1,206 @@
+"""A ledger restored from an older backup takes back what it had published (``dfg recover``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateways.cli.main import cli
+from gateways.kafka.client import KafkaSettings
+from gateways.kafka.relay import Relay, RelayError
+from gateways.kafka.topics import Topics
+from infra.bootstrap import open_sequencer, open_store
+from infra.bundle import export_bundle
+from infra.settings import Settings
+from infra.tansu import TansuBroker
+from ledger.segmented_audit import audit_in_segments
+from tests.conftest import CHAIN, Ledger, give_level1, make_ledger
+from tests.replication import nodes, start_relay, wait_for
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    with TansuBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
+        yield running
+
+
+@pytest.fixture
+def kafka(broker: TansuBroker) -> KafkaSettings:
+    return KafkaSettings(bootstrap=broker.bootstrap, request_timeout_ms=5000)
+
+
+def _backup(ledger: Ledger, to: Path) -> Path:
+    """An online backup of the ledger's SQLite database, as `sqlite3 .backup` takes it."""
+    source = sqlite3.connect(ledger.settings.data_dir / "ledger.sqlite")
+    target = sqlite3.connect(to)
+    with target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return to
+
+
+def _restore(ledger: Ledger, backup: Path) -> None:
+    """Stop the sequencer and put the backup in place of its database."""
+    ledger.sequencer.verifier.close()
+    ledger.sequencer.store.close()
+    database = ledger.settings.data_dir / "ledger.sqlite"
+    for extra in ("-wal", "-shm"):
+        Path(f"{database}{extra}").unlink(missing_ok=True)
+    database.write_bytes(backup.read_bytes())
+
+
+def _head(settings: Settings) -> tuple[int, bytes]:
+    store = open_store(settings)
+    try:
+        return store.head()
+    finally:
+        store.close()
+
+
+def _recover(settings: Settings, *source: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["recover", "--data", str(settings.data_dir), *source])
+    return result.exit_code, result.output
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_ledger_restored_from_an_older_backup_takes_back_from_its_topics_what_it_published(
+    ledger: Ledger, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """Restored and served again without recovery, the ledger would number new entries in
+    the places of those its replica holds (a fork). Recovered, it continues the log the
+    replica verified, which follows it on without a violation."""
+    topics = Topics.for_ledger(CHAIN, "recover")
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(30)])
+    ledger.sequencer.checkpoint_now()
+    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+    with nodes(tmp_path, kafka, topics, 1) as (node,):
+        wait_for(lambda: node.size == ledger.head()[0], what="the replica to catch up")
+        backup = _backup(ledger, tmp_path / "backup.sqlite")
+        ledger.accept(*[give_level1(ledger, app, f"q-{i}") for i in range(40)])
+        ledger.sequencer.checkpoint_now()
+        published = ledger.head()
+        wait_for(lambda: relay.stats.entries_published == published[0], what="the relay")
+        running.halt()
+        wait_for(lambda: node.size == published[0], what="the replica to hold everything")
+        _restore(ledger, backup)
+        restored = _head(ledger.settings)
+        assert restored[0] == published[0] - 40
+
+        store = open_store(ledger.settings)
+        try:
+            with pytest.raises(RelayError, match=r"restored from an older backup.*dfg recover"):
+                Relay(store, kafka, topics).connect()
+        finally:
+            store.close()
+
+        code, output = _recover(ledger.settings, "--kafka", kafka.bootstrap, "--topic-prefix", "recover")
+        assert code == 0, output
+        assert f"recovered entries {restored[0] + 1} to {published[0]}" in output
+        assert _head(ledger.settings) == published
+        code, output = _recover(ledger.settings, "--kafka", kafka.bootstrap, "--topic-prefix", "recover")
+        assert code == 0 and "nothing to recover" in output, output
+
+        ledger.sequencer = open_sequencer(ledger.settings)
+        ledger.accept(*[give_level1(ledger, app, f"r-{i}") for i in range(5)])
+        ledger.sequencer.checkpoint_now()
+        relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+        try:
+            wait_for(lambda: node.size == published[0] + 5, what="the replica to follow on")
+            assert node.follower is not None
+            wait_for(lambda: node.follower.status.last_checkpoint == published[0] + 5, what="checkpoint")
+            assert node.follower.status.halted is None
+            assert node.follower.replica.store.head() == ledger.head()
+        finally:
+            running.halt()
+    report = audit_in_segments(ledger.sequencer.store, lambda: open_store(ledger.settings))
+    assert report.ok, report.first_problem
+
+
+@pytest.mark.kafka
+def test_a_restored_ledger_that_accepted_transactions_since_is_not_mended_by_recovery(
+    ledger: Ledger, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """Its new entries took the places of published ones: appending the topic's later
+    entries would hide the fork, so nothing is written and the operator is told why."""
+    topics = Topics.for_ledger(CHAIN, "forked")
+    app = ledger.admit("sp:app", "service_provider")
+    backup = _backup(ledger, tmp_path / "backup.sqlite")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(10)])
+    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="the relay")
+    running.halt()
+    _restore(ledger, backup)
+    ledger.sequencer = open_sequencer(ledger.settings)
+    other = ledger.admit("sp:other", "service_provider")  # served before recovering: a fork
+    ledger.accept(give_level1(ledger, other, "x", controller="sp:other"))
+    forked = ledger.head()
+    ledger.sequencer.store.close()
+
+    code, output = _recover(ledger.settings, "--kafka", kafka.bootstrap, "--topic-prefix", "forked")
+    assert code == 1
+    assert "accepted transactions after it was restored" in output and "Nothing was written" in output
+    assert _head(ledger.settings) == forked
+    ledger.sequencer = open_sequencer(ledger.settings)
+
+
+def test_a_restored_ledger_takes_back_what_it_published_from_an_audit_bundle(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Without Kafka: from `dfg audit export` of a node operator's replica (here of the
+    ledger as it stood, which is what a replica holds)."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(5)])
+    backup = _backup(ledger, tmp_path / "backup.sqlite")
+    ledger.accept(*[give_level1(ledger, app, f"q-{i}") for i in range(20)])
+    ledger.sequencer.checkpoint_now()
+    published = ledger.head()
+    bundle = tmp_path / "replica.jsonl"
+    with bundle.open("wb") as out:
+        export_bundle(ledger.sequencer.store, out)
+    _restore(ledger, backup)
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 0, output
+    assert _head(ledger.settings) == published
+    ledger.sequencer = open_sequencer(ledger.settings)
+    ledger.accept(give_level1(ledger, app, "after"))
+    assert ledger.head()[0] == published[0] + 1
+
+
+def test_recovery_refuses_another_ledgers_bundle_and_writes_nothing(ledger: Ledger, tmp_path: Path) -> None:
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    try:
+        app = other.admit("sp:app", "service_provider")
+        other.accept(*[give_level1(other, app, f"p-{i}") for i in range(3)])
+        bundle = tmp_path / "other.jsonl"
+        with bundle.open("wb") as out:
+            export_bundle(other.sequencer.store, out)
+    finally:
+        other.sequencer.store.close()
+    ledger.sequencer.store.close()
+    held = _head(ledger.settings)
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 1 and "entry 1 of this ledger is not the one the bundle" in output, output
+    assert _head(ledger.settings) == held
+    ledger.sequencer = open_sequencer(ledger.settings)
+
+
+def test_recover_needs_one_source_and_the_ledger_itself(ledger: Ledger, tmp_path: Path) -> None:
+    ledger.sequencer.store.close()
+    data = ["--data", str(ledger.settings.data_dir)]
+    for args in ([], ["--kafka", "127.0.0.1:9", "--from-bundle", __file__]):
+        result = CliRunner().invoke(cli, ["recover", *data, *args])
+        assert result.exit_code == 2 and "give one source" in result.output
+    result = CliRunner().invoke(cli, ["recover", "--data", str(tmp_path / "none"), "--from-bundle", __file__])
+    assert result.exit_code == 1 and "no ledger" in result.output.lower(), result.output
+    ledger.sequencer = open_sequencer(ledger.settings)
+    result = CliRunner().invoke(cli, ["recover", *data, "--from-bundle", __file__])  # while it serves
+    assert result.exit_code == 1 and "recovering it" in result.output, result.output
