@@ -591,3 +591,14 @@ def test_a_document_with_too_many_aliases_or_tokens_is_refused_before_it_runs(pl
     assert _error_code(session, long) == "invalid_query"
     within = "{" + " ".join(f"a{i}: __typename" for i in range(MAX_ALIASES)) + "}"
     assert len(_run(session, within)) == MAX_ALIASES
+
+
+def test_a_document_of_several_operations_runs_the_one_named_and_needs_a_name(platform: Any) -> None:
+    """strawberry ran the first operation when none was named: a client that meant
+    another got an answer to a question it did not ask (GraphQL's GetOperation says
+    to refuse)."""
+    _, session, _, _ = platform
+    document = "query First { __typename } query Second { second: __typename }"
+    assert _error_code(session, document) == "invalid_query"
+    answer = session.execute(GraphQLRequest(document, operation_name="Second"))
+    assert answer == {"second": "Query"}

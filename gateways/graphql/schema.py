@@ -16,14 +16,14 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter
+from graphql import GraphQLError, OperationDefinitionNode
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 
@@ -822,6 +822,25 @@ class _Schema(strawberry.Schema):
 MAX_ALIASES = 50
 MAX_TOKENS = 10_000
 
+
+class OperationNameRequired(SchemaExtension):
+    """A document of several operations needs ``operationName`` to say which one to
+    run (GraphQL's "GetOperation"); strawberry ran the first, so a client that meant
+    another, a mutation perhaps, got an answer to a question it did not ask."""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        # what the request named (``operation_name`` falls back to the first operation's)
+        named = getattr(context, "_provided_operation_name", None)
+        if named is None and document is not None:
+            operations = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+            if operations > 1:
+                message = f"the document has {operations} operations: say which to run with operationName"
+                context.pre_execution_errors = [GraphQLError(message, extensions={"code": INVALID_QUERY})]
+        yield
+
+
 schema = _Schema(
     query=Query,
     mutation=Mutation,
@@ -830,5 +849,6 @@ schema = _Schema(
     extensions=[
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        OperationNameRequired,
     ],
 )
