@@ -602,3 +602,36 @@ def test_a_document_of_several_operations_runs_the_one_named_and_needs_a_name(pl
     assert _error_code(session, document) == "invalid_query"
     answer = session.execute(GraphQLRequest(document, operation_name="Second"))
     assert answer == {"second": "Query"}
+
+
+def test_a_slow_query_does_not_hold_the_other_requests(
+    platform: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queries read the read models; run on the server's event loop, one that takes long
+    (a large page, a slow disk) held every other request, REST ones included."""
+    import threading
+
+    from gateways.graphql import schema as served
+
+    _, session, url, _ = platform
+    entered, release = threading.Event(), threading.Event()
+    documents = served.views.documents
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return documents(*args, **kwargs)
+
+    monkeypatch.setattr(served.views, "documents", slow)
+    answers: list[Any] = []
+    document = "{ analyses(analysisFilter: {first: 5}) { totalCount } }"
+    query = threading.Thread(target=lambda: answers.append(_run(session, document)))
+    query.start()
+    try:
+        assert entered.wait(10), "the query never reached the read models"
+        with urllib.request.urlopen(f"{url}/v1/checkpoint", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        release.set()
+        query.join(30)
+    assert answers and answers[0]["analyses"]["totalCount"] == 0

@@ -16,16 +16,19 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import strawberry
-from graphql import GraphQLError, OperationDefinitionNode
+from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext, Info
+from strawberry.types import ExecutionContext, ExecutionResult, Info
+from strawberry.types.graphql import OperationType as StrawberryOperationType
 
 from domain.analysis import AnalysisStatus
 from gateways.graphql import types as t
@@ -793,9 +796,49 @@ refusals = logging.getLogger("dfg.graphql")
 INVALID_QUERY = "invalid_query"
 
 
+#: Queries run in these threads, not on the server's event loop, where a slow one (a
+#: large page, a slow disk) held every other request, REST ones included. Two: the
+#: read models answer from one core anyway, and GraphQL cannot take the REST API's
+#: threads (the default executor) from it.
+_QUERY_THREADS = ThreadPoolExecutor(2, thread_name_prefix="dfg-graphql")
+
+
+def _query_only(document: str, operation_name: str | None) -> bool:
+    """Whether the operation to run is a query (its resolvers are synchronous); False
+    when the document does not parse, which the normal path then reports."""
+    try:
+        parsed = parse(document, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return False
+    operations = [d for d in parsed.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [d for d in operations if d.name is not None and d.name.value == operation_name]
+    return bool(operations) and all(d.operation == OperationType.QUERY for d in operations)
+
+
 class _Schema(strawberry.Schema):
     """Refusals with a code (``fail``) are answers to the client, not server errors:
-    they are logged at INFO without a traceback; anything else stays an ERROR."""
+    they are logged at INFO without a traceback; anything else stays an ERROR.
+    Queries are answered in threads of their own (``_QUERY_THREADS``)."""
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        arguments = (
+            query, variable_values, context_value, root_value, operation_name, allowed_operation_types,
+            operation_extensions,
+        )  # fmt: skip
+        if query is not None and _query_only(query, operation_name):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(_QUERY_THREADS, partial(self.execute_sync, *arguments))
+        return await super().execute(*arguments)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -814,8 +857,8 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
 
 
-#: Resolvers read the read models on the event loop, so one document's cost is every
-#: client's wait: 10,000 aliases of ``analyses`` held every other request (REST
+#: A document's cost is shared by every client (two query threads, and the GIL the
+#: event loop needs too): 10,000 aliases of ``analyses`` held every other request (REST
 #: included) for 10 s. Aliases are what multiply a document's work (a field asked for
 #: twice under one name is resolved once); the token cap bounds parsing and
 #: validation. Introspection, GraphiQL's included, takes a few hundred tokens.
