@@ -151,8 +151,10 @@ class NodeEngine:
         refusal = self._refusal("task.claim", claim, expected=("not_computing",))
         if refusal is not None and refusal.code == "not_computing":
             # another node failed the analysis before this one claimed its task (the
-            # replica had not caught up): nothing to run, nor to fail
+            # replica had not caught up): nothing to run, nor to fail -- but a peer that
+            # claimed first may have sent its round: the session is over here
             self._done.add((analysis_id, task_id))
+            self.mesh.forget(f"{analysis_id}/{task_id}")
             log.info(
                 "%s: task %d of analysis %s not started: the analysis stopped computing before"
                 " this node claimed it (%s)",
@@ -204,7 +206,9 @@ class NodeEngine:
         self.mesh.give_up(f"{analysis_id}/{task_id}", nodes, reason)
 
     def _fail(self, analysis_id: str, task_id: int, reason: str) -> None:
+        """Also ends the session here, so that rounds peers still send are dropped."""
         self._done.add((analysis_id, task_id))
+        self.mesh.forget(f"{analysis_id}/{task_id}")
         log.warning("%s: task %d of analysis %s failed: %s", self.name, task_id, analysis_id, reason)
         self._submit("task.fail", {"analysis_id": analysis_id, "task_id": task_id, "reason": reason[:500]})
 

@@ -57,6 +57,9 @@ _MORE, _LAST, _ABORT = 0, 1, 2
 _MAX_ABORTS_KEPT: Final = 1024
 #: How an inbox marks a give-up (rounds are numbered from 1).
 _ABORTED: Final = -1
+#: How many sessions over here are remembered, so that a peer's late frames for one
+#: (it had not yet heard of the give-up or time-out) are dropped.
+_MAX_FORGOTTEN_KEPT: Final = 1024
 
 log = logging.getLogger("dfg.mpc.transport")
 
@@ -265,6 +268,7 @@ class Mesh:
         self._inbox_lock = threading.Lock()
         self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, Message] | None]] = {}
         self._aborts: dict[tuple[str, str], bytes] = {}  # (session, peer) -> why it gave up
+        self._forgotten: dict[str, None] = {}  # sessions over here, oldest first
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept_loop, name="dfg-mpc-accept", daemon=True)
 
@@ -320,7 +324,7 @@ class Mesh:
                 pieces.append(frame[7 + size :])
                 if frame[6 + size] == _LAST:
                     message: Message = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                    self._inbox(session, channel.peer).put((number, message))
+                    self._deliver(session, channel.peer, number, message)
                     pieces = []
         except (TransportError, OSError, ValueError) as exc:
             if pieces and not self._closed.is_set():  # it broke in the middle of a message
@@ -332,9 +336,15 @@ class Mesh:
             with self._inbox_lock:
                 self._incoming.remove(channel)
 
-    def _inbox(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
+    def _deliver(self, session: str, peer: str, number: int, message: Message) -> None:
+        """Queue a peer's round for the session -- unless the session is over here: an
+        inbox made for it now would never be read nor forgotten, and would count against
+        the limit of open sessions until the node refused every new one."""
         with self._inbox_lock:
-            return self._inbox_locked(session, peer)
+            if session in self._forgotten:
+                log.debug("dropped round %d of %s from %s: the session is over here", number, session, peer)
+                return
+            self._inbox_locked(session, peer).put((number, message))
 
     def _inbox_locked(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
         inbox = self._inboxes.get((session, peer))
@@ -351,6 +361,8 @@ class Mesh:
         a give-up for a session this node never runs leaves a bounded record, not an inbox."""
         reason = why[:500]
         with self._inbox_lock:
+            if session in self._forgotten:  # over here already: nothing waits for it
+                return
             self._aborts[(session, peer)] = reason
             while len(self._aborts) > _MAX_ABORTS_KEPT:
                 del self._aborts[next(iter(self._aborts))]
@@ -363,8 +375,12 @@ class Mesh:
         return next(((p, why) for (s, p), why in self._aborts.items() if s == session), None)
 
     def forget(self, session: str) -> None:
-        """The session is over: drop its queued frames and close its connections."""
+        """The session is over: drop its queued frames and close its connections; frames
+        that still come for it are dropped."""
         with self._inbox_lock:
+            self._forgotten[session] = None
+            while len(self._forgotten) > _MAX_FORGOTTEN_KEPT:
+                del self._forgotten[next(iter(self._forgotten))]
             for key in [k for k in self._inboxes if k[0] == session]:
                 del self._inboxes[key]
             for key in [k for k in self._aborts if k[0] == session]:
@@ -459,6 +475,8 @@ class Mesh:
     def endpoint(self, session: str, members: Sequence[str]) -> SessionEndpoint:
         if self.me.name not in members:
             raise TransportError(f"{self.me.name} is not a party of {session}")
+        with self._inbox_lock:  # a session started again under its name takes frames again
+            self._forgotten.pop(session, None)
         return SessionEndpoint(self, session, list(members))
 
 

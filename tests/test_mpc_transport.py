@@ -209,3 +209,32 @@ def test_an_altered_frame_ends_the_connection() -> None:
     channel.sock.sendall(len(tampered).to_bytes(4, "big") + tampered)
     with pytest.raises(TransportError, match="failed authentication"):
         server.receive()
+
+
+def _frame(session: str, number: int, payload: bytes) -> bytes:
+    """A round's last (here: only) frame, as ``Mesh.send`` frames it."""
+    name = session.encode()
+    return len(name).to_bytes(2, "big") + name + number.to_bytes(4, "big") + b"\x01" + payload
+
+
+def test_frames_that_arrive_after_a_session_is_over_are_dropped_not_kept_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """node:a gave a session up (or timed out) while node:b still sent its round. The late
+    frames must not make an inbox nobody reads: kept, they would hold their data for
+    ever and, once as many as the limit of open sessions, refuse every new session."""
+    import mpc.transport
+
+    monkeypatch.setattr(mpc.transport, "_MAX_WAITING_SESSIONS", 1)  # two inboxes with two peers
+    with meshes(timeout=60) as made:
+        a, b = made[0], made[1]
+        for session in ("over-1", "over-2"):
+            a.forget(session)  # its task failed here
+            b.send("node:a", session, 1, b"late")
+            # on the same connection, after the late frame: once it is here, that one was read
+            b._channel("node:a", session).send(_frame(f"probe-{session}", 1, b"ok"))
+            assert a.receive("node:b", f"probe-{session}", 1, timeout=10) == b"ok"
+            a.forget(f"probe-{session}")
+        assert not [key for key in a._inboxes if key[0].startswith("over")]
+        b.send("node:a", "next", 1, b"fresh")
+        assert a.receive("node:b", "next", 1, timeout=10) == b"fresh"

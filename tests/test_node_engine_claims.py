@@ -42,6 +42,19 @@ class _Ledger:
             raise DfgApiError(409, self.code, "refused")
 
 
+class _Mesh:
+    def __init__(self, *, closed: bool = False) -> None:
+        self.closed = closed  # this node is being stopped
+        self.told: list[str] = []
+        self.forgotten: set[str] = set()  # sessions over here
+
+    def give_up(self, session: str, members: list[str], reason: str) -> None:
+        self.told.append(reason)
+
+    def forget(self, session: str) -> None:
+        self.forgotten.add(session)
+
+
 def _engine(ledger: _Ledger, tmp_path: Path) -> NodeEngine:
     settings = EngineSettings(
         name="node:a",
@@ -49,7 +62,7 @@ def _engine(ledger: _Ledger, tmp_path: Path) -> NodeEngine:
         encryption_key=X25519PrivateKey.generate(),
         data_dir=tmp_path,
     )
-    return NodeEngine(settings, cast(NodeReplica, None), cast(Mesh, None), cast(ConsentClient, ledger))
+    return NodeEngine(settings, cast(NodeReplica, None), cast(Mesh, _Mesh()), cast(ConsentClient, ledger))
 
 
 def test_a_claim_refused_because_the_analysis_stopped_computing_starts_and_fails_nothing(
@@ -61,6 +74,7 @@ def test_a_claim_refused_because_the_analysis_stopped_computing_starts_and_fails
         engine._run_task(ANALYSIS, 1, "merge", None)
     assert ledger.submitted == ["task.claim:1"]  # no task.fail, which the ledger would refuse too
     assert (ANALYSIS, 1) in engine._done
+    assert cast(_Mesh, engine.mesh).forgotten == {f"{ANALYSIS}/1"}  # a peer's round for it is dropped
     (record,) = caplog.records
     assert record.levelno == logging.INFO
     assert f"task 1 of analysis {ANALYSIS} not started: the analysis stopped computing" in record.getMessage()
@@ -74,6 +88,7 @@ def test_any_other_refused_claim_fails_the_task_with_the_ledgers_reason(
     with caplog.at_level(logging.INFO, logger="dfg.node.engine"):
         engine._run_task(ANALYSIS, 1, "merge", None)
     assert ledger.submitted == ["task.claim:1", "task.fail:1"]
+    assert cast(_Mesh, engine.mesh).forgotten == {f"{ANALYSIS}/1"}
     (failed,) = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
     assert failed.endswith(
         f"analysis {ANALYSIS} failed: the claim was refused: 409 task_already_claimed: refused"
@@ -86,18 +101,6 @@ class _AcceptingLedger:
 
     def submit(self, token: str) -> None:
         self.submitted.append(token)
-
-
-class _Mesh:
-    def __init__(self, *, closed: bool) -> None:
-        self.closed = closed  # this node is being stopped
-        self.told: list[str] = []
-
-    def give_up(self, session: str, members: list[str], reason: str) -> None:
-        self.told.append(reason)
-
-    def forget(self, session: str) -> None:
-        pass
 
 
 def test_a_node_stopped_mid_task_says_so_instead_of_blaming_a_peer(
