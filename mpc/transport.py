@@ -264,6 +264,8 @@ class Mesh:
         self._server = socket.create_server(listen, reuse_port=False)
         self._outgoing: dict[tuple[str, str], SecureChannel] = {}  # (peer, session)
         self._incoming: list[SecureChannel] = []
+        self._handshaking: set[socket.socket] = set()  # accepted, not yet authenticated
+        self._serving: set[threading.Thread] = set()
         self._dial_lock = threading.Lock()
         self._inbox_lock = threading.Lock()
         self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, Message] | None]] = {}
@@ -287,10 +289,26 @@ class Mesh:
         return self._closed.is_set()
 
     def close(self) -> None:
+        """Stop listening and end every connection, one still in its handshake too.
+        Shutting the listening socket down is what wakes a thread blocked in accept()."""
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
-        for channel in [*self._outgoing.values(), *self._incoming]:
+        if self._acceptor.is_alive():
+            self._acceptor.join(HANDSHAKE_TIMEOUT_S)
+        with self._inbox_lock:
+            channels = [*self._incoming]
+            half_open = [*self._handshaking]
+            serving = [*self._serving]
+        channels += self._outgoing.values()  # not under the dial lock, which a dial may hold
+        for channel in channels:
             channel.close()
+        for sock in half_open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in serving:
+            thread.join(HANDSHAKE_TIMEOUT_S)
 
     # incoming
 
@@ -300,17 +318,39 @@ class Mesh:
                 sock, _ = self._server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(sock,), name="dfg-mpc-peer", daemon=True).start()
+            thread = threading.Thread(target=self._serve, args=(sock,), name="dfg-mpc-peer", daemon=True)
+            with self._inbox_lock:
+                if self._closed.is_set():
+                    sock.close()
+                    return
+                self._serving.add(thread)
+                self._handshaking.add(sock)
+            thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
         try:
+            self._serve_channel(sock)
+        finally:
+            with self._inbox_lock:
+                self._serving.discard(threading.current_thread())
+
+    def _serve_channel(self, sock: socket.socket) -> None:
+        try:
             channel = accept(sock, self.me, self.keys_of, self.context)
         except (TransportError, OSError, ValueError) as exc:
-            log.warning("refused an MPC connection: %s", exc)
+            if not self._closed.is_set():
+                log.warning("refused an MPC connection: %s", exc)
+            channel = None
+        with self._inbox_lock:
+            self._handshaking.discard(sock)
+            if channel is not None and not self._closed.is_set():
+                self._incoming.append(channel)
+            elif channel is not None:  # closed during the handshake: close() did not see it
+                channel.close()
+                return
+        if channel is None:
             sock.close()
             return
-        with self._inbox_lock:
-            self._incoming.append(channel)
         pieces: list[memoryview] = []
         try:
             while True:

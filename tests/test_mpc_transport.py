@@ -238,3 +238,33 @@ def test_frames_that_arrive_after_a_session_is_over_are_dropped_not_kept_for_eve
         assert not [key for key in a._inboxes if key[0].startswith("over")]
         b.send("node:a", "next", 1, b"fresh")
         assert a.receive("node:b", "next", 1, timeout=10) == b"fresh"
+
+
+def _ended(sock: socket.socket) -> bool:
+    """Whether the other side closed (or reset) the connection within the socket's time-out."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_closed_mesh_stops_listening_and_ends_a_connection_still_in_its_handshake() -> None:
+    """SIGTERM while a peer's connection is half open: closing the mesh ends it at once
+    (not at the handshake time-out), its acceptor stops, and its port takes no more
+    connections -- which a thread still blocked in accept() went on taking."""
+    with meshes() as made:
+        a = made[0]
+        half_open = socket.create_connection(a.address, timeout=5)  # it says nothing
+        deadline = time.monotonic() + 5
+        while not any(t.name == "dfg-mpc-peer" for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the mesh never took the connection"
+            time.sleep(0.01)
+        a.close()
+        assert _ended(half_open)
+        half_open.close()
+        assert not a._acceptor.is_alive()
+        with pytest.raises(OSError):
+            socket.create_connection(a.address, timeout=5).close()
+        assert not any(t.name == "dfg-mpc-peer" for t in threading.enumerate())
