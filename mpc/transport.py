@@ -289,7 +289,8 @@ class Mesh:
         return self._closed.is_set()
 
     def close(self) -> None:
-        """Stop listening and end every connection, one still in its handshake too.
+        """Stop listening, end every connection (one still in its handshake too) and wake
+        every ``receive``: a node being stopped fails its task now, not at the time-out.
         Shutting the listening socket down is what wakes a thread blocked in accept()."""
         self._closed.set()
         with contextlib.suppress(OSError):
@@ -301,6 +302,8 @@ class Mesh:
             channels = [*self._incoming]
             half_open = [*self._handshaking]
             serving = [*self._serving]
+            for inbox in self._inboxes.values():
+                inbox.put(None)
         channels += self._outgoing.values()  # not under the dial lock, which a dial may hold
         for channel in channels:
             channel.close()
@@ -438,6 +441,8 @@ class Mesh:
         with self._dial_lock:
             channel = self._outgoing.get((peer, session))
             if channel is None:
+                if self._closed.is_set():
+                    raise TransportError(f"{self.me.name} is stopping")
                 if peer not in self.peers:
                     raise TransportError(f"no address for {peer} (give it with --peer)")
                 sock = self._dial(peer) if patient else self._dial_once(peer)
@@ -455,7 +460,7 @@ class Mesh:
             try:
                 return socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
             except ConnectionRefusedError:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + delay > deadline or self._closed.is_set():
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -493,6 +498,8 @@ class Mesh:
 
     def receive(self, peer: str, session: str, number: int, timeout: float) -> Message:
         with self._inbox_lock:  # with the give-up check, so that no give-up slips between
+            if self._closed.is_set():  # close() has woken the inboxes that existed
+                raise TransportError(f"{self.me.name} is stopping")
             inbox = self._inbox_locked(session, peer)
             abort = self._abort_of(session)
         try:
@@ -501,15 +508,16 @@ class Mesh:
             raise ProtocolTimeout(
                 f"{peer} did not answer round {number} of {session} in {timeout:g} s"
             ) from None
-        if item is not None and item[0] == _ABORTED:
+        if item is None:  # put by close()
+            raise TransportError(f"{self.me.name} is stopping")
+        if item[0] == _ABORTED:
             with self._inbox_lock:
                 abort = self._abort_of(session)
             giver = abort[0] if abort is not None else peer
             why = bytes(item[1]).decode(errors="replace")
             raise ProtocolAborted(f"{giver} gave up round {number} of {session}: {why}")
-        if item is None or item[0] != number:
-            got = item and item[0]
-            raise TransportError(f"{peer} is out of step in {session} (round {got}, not {number})")
+        if item[0] != number:
+            raise TransportError(f"{peer} is out of step in {session} (round {item[0]}, not {number})")
         return item[1]
 
     def endpoint(self, session: str, members: Sequence[str]) -> SessionEndpoint:

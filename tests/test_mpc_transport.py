@@ -268,3 +268,26 @@ def test_a_closed_mesh_stops_listening_and_ends_a_connection_still_in_its_handsh
         with pytest.raises(OSError):
             socket.create_connection(a.address, timeout=5).close()
         assert not any(t.name == "dfg-mpc-peer" for t in threading.enumerate())
+
+
+def test_closing_a_mesh_ends_a_wait_for_a_round_at_once_saying_the_node_is_stopping() -> None:
+    """Else a node stopped mid-task waits out the task time-out for a round that cannot
+    come -- and its process is gone before it fails the task."""
+    with meshes(timeout=60) as made:
+        raised: list[Exception] = []
+
+        def wait() -> None:
+            try:
+                made[0].receive("node:b", "s1", 1, timeout=60)
+            except Exception as exc:  # the test inspects it
+                raised.append(exc)
+
+        waiting = threading.Thread(target=wait)
+        waiting.start()
+        made[0].close()
+        waiting.join(10)
+        assert not waiting.is_alive()
+        (exc,) = raised
+        assert isinstance(exc, TransportError) and str(exc) == "node:a is stopping", exc
+        with pytest.raises(TransportError, match="node:a is stopping"):  # and any wait after it
+            made[0].receive("node:c", "s1", 1, timeout=60)
