@@ -126,12 +126,13 @@ class NodeEngine:
             statuses = {
                 q.analysis_id: (views.document(cursor, "Analysis", q.analysis_id) or {}) for q in queue
             }
-        waiting = {q.analysis_id for q in queue}
-        for analysis_id in [a for a in self._tables if a not in waiting]:
-            del self._tables[analysis_id]  # its tasks are done: free the merged table
+        # a failed analysis's later tasks stay queued for ever: only a computing one waits
+        active = {a for a, doc in statuses.items() if doc.get("status") in ("queued", "computing")}
+        for analysis_id in [a for a in self._tables if a not in active]:
+            del self._tables[analysis_id]  # its tasks are done, or it failed: free the merged table
         for task in queue:
             key = (task.analysis_id, task.task_id)
-            if key in self._done or statuses[task.analysis_id].get("status") not in ("queued", "computing"):
+            if key in self._done or task.analysis_id not in active:
                 continue
             if task.state == "claimed":  # claimed before this process started: it crashed mid-task
                 self._fail(task.analysis_id, task.task_id, "the node restarted during the task")

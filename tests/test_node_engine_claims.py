@@ -19,6 +19,7 @@ from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from infra.node import NodeReplica
 from mpc.results import ResultShares
+from mpc.statistics import SharedTable
 from mpc.transport import Mesh
 
 ANALYSIS = "5f0c2a52-9a3e-4a43-a3f4-cf3b1c4a0e11"
@@ -177,3 +178,22 @@ def test_an_analysis_of_two_nodes_fails_saying_it_has_no_honest_majority(
         engine._run_task(ANALYSIS, 1, "merge", None)
     (failed,) = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
     assert failed.endswith("failed: an honest majority needs 1 <= t < n/2 (n = 2, t = 0)")
+
+
+def test_the_merged_table_of_an_analysis_that_failed_is_freed_though_its_later_tasks_stay_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed analysis's tasks after the failed one are never claimed: the node's queue
+    lists them for ever, and the merged table was kept for ever with them."""
+    import gateways.node_engine as engine_module
+    from projections.analyses import QueuedTask
+
+    later = QueuedTask(ANALYSIS, 3, "compute", "c2", "queued", None, False)
+    monkeypatch.setattr(engine_module.views, "node_queue", lambda cursor, node, **_: [later])
+    monkeypatch.setattr(engine_module.views, "results_inbox", lambda cursor, node: [])
+    monkeypatch.setattr(engine_module.views, "document", lambda cursor, kind, i: {"status": "failed"})
+    engine = _engine(_Ledger("unused"), tmp_path)
+    engine.node = cast(NodeReplica, SimpleNamespace(views=_Views()))
+    engine._tables[ANALYSIS] = cast(SharedTable, object())  # merged by task 1; task 2 failed
+    assert engine.step() is False  # nothing to run
+    assert ANALYSIS not in engine._tables
