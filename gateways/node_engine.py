@@ -99,6 +99,7 @@ class NodeEngine:
         self._done: set[tuple[str, int]] = set()  # tasks this process finished or failed
         self._answered: set[str] = set()  # analyses whose results this process answered
         self._tables: dict[str, SharedTable] = {}
+        self._unsent: list[tuple[str, str]] = []  # (type, token) the ledger may not have received
 
     @property
     def name(self) -> str:
@@ -119,6 +120,8 @@ class NodeEngine:
 
     def step(self) -> bool:
         """Work on the first task that can run now, or answer for computed results."""
+        if not self._resubmitted():
+            return False  # the ledger is still out of reach: the next task would fail
         now = self.settings.clock()
         with self.node.views.transaction(commit=False) as cursor:
             queue = views.node_queue(cursor, self.name, now=now, stale_after=self.settings.stale_after)
@@ -214,25 +217,48 @@ class NodeEngine:
         self._submit("task.fail", {"analysis_id": analysis_id, "task_id": task_id, "reason": reason[:500]})
 
     def _submit(self, tx_type: str, body: dict[str, Any]) -> bool:
-        """Sign and submit; a refusal is logged and reported (False), never raised."""
-        return self._refusal(tx_type, body) is None
+        """Sign and submit; a refusal is logged and reported (False), never raised. A
+        submission the ledger may not have received (no answer, or 502/503/504) is kept
+        and resubmitted before any other work: a lost task.finish, task.fail or
+        results.approve would leave the analysis waiting until this node restarted."""
+        return self._refusal(tx_type, body, keep=True) is None
 
     def _refusal(
-        self, tx_type: str, body: dict[str, Any], *, expected: tuple[str, ...] = ()
+        self, tx_type: str, body: dict[str, Any], *, expected: tuple[str, ...] = (), keep: bool = False
     ) -> DfgApiError | None:
         """Sign and submit; the ledger's refusal is returned, never raised, and logged
         as a warning unless its code is one of ``expected`` (the caller says why)."""
         for attempt in (1, 2):
+            token = self.settings.signer.sign(tx_type, body)
             try:
-                self.client.submit(self.settings.signer.sign(tx_type, body))
+                self.client.submit(token)
                 return None
             except DfgApiError as exc:
                 if exc.code.startswith("nonce") and attempt == 1:
                     continue  # another process of this organisation signed in between: sign again
+                if keep and exc.retryable:
+                    log.warning("%s: %s not submitted, will submit it again: %s", self.name, tx_type, exc)
+                    self._unsent.append((tx_type, token))
+                    return exc
                 if exc.code not in expected:
                     log.warning("%s: %s refused: %s", self.name, tx_type, exc)
                 return exc
         raise AssertionError("unreachable: the second attempt returns")
+
+    def _resubmitted(self) -> bool:
+        """Submit the kept tokens again, in order and unchanged (the ledger answers one it
+        had recorded as a duplicate); False while the ledger is still out of reach."""
+        while self._unsent:
+            tx_type, token = self._unsent[0]
+            try:
+                self.client.submit(token)
+                log.info("%s: %s submitted again", self.name, tx_type)
+            except DfgApiError as exc:
+                if exc.retryable:
+                    return False
+                log.warning("%s: %s refused: %s", self.name, tx_type, exc)
+            self._unsent.pop(0)
+        return True
 
     # --- what the ledger says about an analysis ------------------------------------------------
 

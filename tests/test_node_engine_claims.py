@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
+from gateways.sdk.errors import DfgConnectionError
 from infra.node import NodeReplica
 from mpc.results import ResultShares
 from mpc.statistics import SharedTable
@@ -197,3 +198,61 @@ def test_the_merged_table_of_an_analysis_that_failed_is_freed_though_its_later_t
     engine._tables[ANALYSIS] = cast(SharedTable, object())  # merged by task 1; task 2 failed
     assert engine.step() is False  # nothing to run
     assert ANALYSIS not in engine._tables
+
+
+class _NumberingSigner:
+    """Each signature a new token, as each carries a new nonce."""
+
+    def __init__(self) -> None:
+        self.signed = 0
+
+    def sign(self, tx_type: str, body: dict[str, Any]) -> str:
+        self.signed += 1
+        return f"{tx_type}:{body['task_id']}#{self.signed}"
+
+
+class _UnreachableLedger:
+    """Answers nothing while ``down`` (the coordinator is restarting)."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.submitted: list[str] = []
+
+    def submit(self, token: str) -> None:
+        self.submitted.append(token)
+        if self.down:
+            raise DfgConnectionError("POST /v1/transactions: [Errno 111] Connection refused")
+
+
+def test_a_task_finish_the_ledger_did_not_answer_is_submitted_again_before_any_other_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was logged as refused and dropped: the node had finished its task, the ledger
+    never heard of it, and the analysis stayed computing until the node restarted."""
+    import gateways.node_engine as engine_module
+    from projections.analyses import QueuedTask
+
+    ledger = _UnreachableLedger()
+    engine = _engine(cast(_Ledger, ledger), tmp_path)
+    engine.settings.signer = cast(TransactionBuilder, _NumberingSigner())
+    engine.node = cast(NodeReplica, SimpleNamespace(views=_Views()))
+    monkeypatch.setattr(engine, "_plan", lambda analysis_id: SimpleNamespace(nodes=["node:a", "node:b"]))
+
+    def merge(plan: object, task_id: int) -> str:  # the coordinator goes down during the task
+        ledger.down = True
+        return "c0ffee"
+
+    monkeypatch.setattr(engine, "_merge", merge)
+    engine._run_task(ANALYSIS, 1, "merge", None)
+    assert ledger.submitted == ["task.claim:1#1", "task.finish:1#2"]
+
+    next_task = QueuedTask(ANALYSIS, 2, "compute", "c1", "queued", None, False)
+    monkeypatch.setattr(engine_module.views, "node_queue", lambda cursor, node, **_: [next_task])
+    monkeypatch.setattr(engine_module.views, "results_inbox", lambda cursor, node: [])
+    monkeypatch.setattr(engine_module.views, "document", lambda cursor, kind, i: {"status": "computing"})
+    assert engine.step() is False  # still down: the next task waits
+    assert ledger.submitted[2:] == ["task.finish:1#2"]  # the same token: a duplicate if it was recorded
+    ledger.down = False
+    monkeypatch.setattr(engine, "_compute", lambda plan, task_id, calculation_id: "beef")
+    assert engine.step() is True
+    assert ledger.submitted[3:] == ["task.finish:1#2", "task.claim:2#3", "task.finish:2#4"]
