@@ -105,9 +105,28 @@ def _receive_block(sock: socket.socket, limit: int = MAX_FRAME) -> bytearray:
     return _receive_exactly(sock, size)
 
 
-def _receive_message(sock: socket.socket) -> bytes:
-    """A (small) handshake message."""
-    return bytes(_receive_block(sock, 4096))
+def _receive_message(sock: socket.socket, deadline: float) -> bytes:
+    """A (small) handshake message, whole by ``deadline`` (time.monotonic()): a socket
+    time-out bounds each read only, and a peer sending a byte now and then would
+    hold the connection for ever."""
+    size = int.from_bytes(_receive_by(sock, 4, deadline), "big")
+    if size > 4096:
+        raise TransportError(f"a frame of {size} bytes is over the limit of 4096")
+    return _receive_by(sock, size, deadline)
+
+
+def _receive_by(sock: socket.socket, size: int, deadline: float) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransportError(f"the handshake took over {HANDSHAKE_TIMEOUT_S:g} s")
+        sock.settimeout(left)
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            raise TransportError("the connection closed")
+        received += chunk
+    return bytes(received)
 
 
 def _fields(block: bytes, count: int) -> list[bytes]:
@@ -189,12 +208,13 @@ def connect(
     sock: socket.socket, me: NodeIdentity, expected_peer: str, keys_of: KeysOf, context: bytes
 ) -> SecureChannel:
     """The initiator's side of the handshake on a connected socket."""
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
     ephemeral = X25519PrivateKey.generate()
     identity = _length_prefixed(context) + _length_prefixed(me.name.encode())
     hello = MAGIC + identity + _raw(ephemeral.public_key())
     sock.sendall(_length_prefixed(hello))
-    reply = _receive_message(sock)
+    reply = _receive_message(sock, deadline)
     name, their_ephemeral, their_signature = _fields(reply, 3)
     peer = name.decode()
     if len(their_ephemeral) != 32:
@@ -213,8 +233,9 @@ def connect(
 
 def accept(sock: socket.socket, me: NodeIdentity, keys_of: KeysOf, context: bytes) -> SecureChannel:
     """The responder's side of the handshake on an accepted socket."""
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
-    hello = _receive_message(sock)
+    hello = _receive_message(sock, deadline)
     if not hello.startswith(MAGIC):
         raise TransportError("not a dfg MPC connection")
     their_context, name = _fields(hello[len(MAGIC) : -32], 2)
@@ -229,7 +250,7 @@ def accept(sock: socket.socket, me: NodeIdentity, keys_of: KeysOf, context: byte
     reply = mine + _length_prefixed(signature)
     sock.sendall(_length_prefixed(reply))
     transcript = hello + reply
-    _verify(keys_of, peer, _receive_message(sock), b"initiator" + transcript)
+    _verify(keys_of, peer, _receive_message(sock, deadline), b"initiator" + transcript)
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(their_ephemeral))
     incoming, outgoing = _channel_keys(shared, transcript)
     sock.settimeout(None)

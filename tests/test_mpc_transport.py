@@ -291,3 +291,28 @@ def test_closing_a_mesh_ends_a_wait_for_a_round_at_once_saying_the_node_is_stopp
         assert isinstance(exc, TransportError) and str(exc) == "node:a is stopping", exc
         with pytest.raises(TransportError, match="node:a is stopping"):  # and any wait after it
             made[0].receive("node:c", "s1", 1, timeout=60)
+
+
+def test_a_peer_that_trickles_its_handshake_is_cut_off_at_the_handshake_time_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The time-out bounded each read, so a connection that sends a byte now and then --
+    nobody needs a key for that -- held its thread and socket for ever."""
+    import mpc.transport
+
+    monkeypatch.setattr(mpc.transport, "HANDSHAKE_TIMEOUT_S", 1.0)
+    with meshes() as made:
+        trickle = socket.create_connection(made[0].address, timeout=5)
+        trickle.sendall((4000).to_bytes(4, "big"))  # a hello of 4,000 bytes, a byte at a time
+        trickle.settimeout(0.1)
+        started = time.monotonic()
+        ended = False
+        while not ended and time.monotonic() - started < 5:
+            try:
+                trickle.sendall(b"x")
+            except OSError:  # reset
+                ended = True
+                break
+            ended = _ended(trickle)
+        trickle.close()
+        assert ended and time.monotonic() - started < 5
