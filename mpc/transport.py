@@ -380,6 +380,8 @@ class Mesh:
             while True:
                 frame = memoryview(channel.receive())
                 size = int.from_bytes(frame[:2], "big")
+                if len(frame) < 7 + size or frame[6 + size] not in (_MORE, _LAST, _ABORT):
+                    raise TransportError(f"a frame of {len(frame)} bytes is not a round's frame")
                 session = bytes(frame[2 : 2 + size]).decode()
                 number = int.from_bytes(frame[2 + size : 6 + size], "big")
                 if frame[6 + size] == _ABORT:

@@ -316,3 +316,21 @@ def test_a_peer_that_trickles_its_handshake_is_cut_off_at_the_handshake_time_out
             ended = _ended(trickle)
         trickle.close()
         assert ended and time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x00", b"\x00\x05ab", _frame("s", 1, b"")[:-1] + b"\x07"])
+def test_a_frame_that_is_not_a_rounds_frame_ends_the_connection_without_a_crash(
+    frame: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer's frame shorter than its header raised an IndexError in the thread that
+    serves the connection: a traceback instead of a refusal."""
+    with meshes() as made:
+        a, b = made[0], made[1]
+        channel = b._channel("node:a", "s")
+        with caplog.at_level("DEBUG", logger="dfg.mpc.transport"):
+            channel.send(frame)
+            channel.sock.settimeout(10)
+            assert _ended(channel.sock)
+        assert "is not a round's frame" in caplog.text
+        b.send("node:a", "next", 1, b"fresh")  # the node goes on with a new connection
+        assert a.receive("node:b", "next", 1, timeout=10) == b"fresh"
