@@ -44,6 +44,9 @@ from ledger.signing import public_jwk
 from ledger.store import genesis_parameters, newest_entry_time
 from ledger.witness import witness_verifier
 
+#: How long a stopping node waits for its engine to record a task it was running as
+#: failed (one submission, with the client's retries).
+ENGINE_STOP_S = 20.0
 _BOOTSTRAP_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
 
 
@@ -435,10 +438,10 @@ def node_serve(
 
     follower = threading.Thread(target=follow, name="dfg-node-follow", daemon=True)
     follower.start()
-    mesh = None
+    mesh, engine = None, None
     if key is not None and name is not None and encryption_key is not None:
         options = EngineOptions(name, key, encryption_key, mpc_host, mpc_port, peers, task_timeout)
-        mesh, _ = start_engine(options, node, coordinator, chain, settings.data_dir, stop)
+        mesh, engine = start_engine(options, node, coordinator, chain, settings.data_dir, stop)
         click.echo(f"dfg node {name}: MPC engine listening for peers on {mpc_host}:{mesh.address[1]}")
     serving = f"dfg node serving {chain} on http://{host}:{port}/graphql, following {source}"
     app = build_node_app(
@@ -456,7 +459,9 @@ def node_serve(
     finally:
         stop.set()
         if mesh is not None:
-            mesh.close()
+            mesh.close()  # a task under way fails now ("stopped during the task") ...
+        if engine is not None:  # ... and its task.fail reaches the ledger before the exit
+            engine.join(ENGINE_STOP_S)
         follower.join(10)
         node.close()
     if gave_up:
