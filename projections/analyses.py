@@ -26,7 +26,8 @@ KINDS = ("Catalog", "Datasource", "DataView", "Analysis")
 class AnalysesView:
     name = NAME
     tables = ("platform_documents", "analysis_nodes", "mpc_tasks")
-    version = 1
+    #: 2: the queued tasks of a failed analysis are ``cancelled`` (they stayed queued)
+    version = 2
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -207,6 +208,11 @@ class AnalysesView:
             statement = "UPDATE mpc_tasks SET state = 'failed', finished_ts = ?, reason = ?"
             params = (ts, data["reason"])
         cursor.execute(statement + " WHERE analysis_id = ? AND task_id = ? AND node = ?", (*params, *key))
+        if event == "TaskFailed":  # the analysis failed: what no node has claimed will never run
+            cursor.execute(
+                "UPDATE mpc_tasks SET state = 'cancelled' WHERE analysis_id = ? AND state = 'queued'",
+                (analysis_id,),
+            )
 
     def _doc_by_aggregate(self, cursor: Cursor, kind: str, entry: Entry) -> dict[str, Any]:
         """The document of the aggregate an event belongs to."""

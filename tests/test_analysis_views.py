@@ -94,3 +94,26 @@ def test_documents_inboxes_and_queues_follow_the_lifecycle(fed: Federation) -> N
     rebuild(db, view, f.ledger.sequencer.store.read_entries)
     assert _snapshot(db) == before
     db.close()
+
+
+def test_a_failed_analysis_leaves_no_task_in_any_nodes_queue(fed: Federation) -> None:  # noqa: F811
+    """Its later tasks stayed queued for ever: every node's queue (GraphQL taskQueue, and
+    what a node's engine reads at every step) listed work that can never run."""
+    f = fed
+    analysis = _draft(f)
+    _send(f, analysis)
+    for node in f.nodes:
+        f.do(node, "analysis.approve", {"analysis_id": analysis})
+    f.do(f.analyst, "analysis.queue", {"analysis_id": analysis})
+    f.do(f.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 1})
+    f.do(f.nodes[1], "task.claim", {"analysis_id": analysis, "task_id": 1})
+    f.do(f.nodes[0], "task.fail", {"analysis_id": analysis, "task_id": 1, "reason": "a peer cheated"})
+    db, _ = _views(f)
+    with db.transaction(commit=False) as c:
+        for node in f.nodes:
+            queue = views.node_queue(c, node.principal, now=NOW, stale_after=timedelta(minutes=5))
+            # node:n1 claimed task 1 before the failure: its claim stays, for it to fail or finish
+            assert [(t.task_id, t.state) for t in queue] == ([(1, "claimed")] if node == f.nodes[1] else [])
+        states = {(t["task_id"], t["node"]): t["state"] for t in views.analysis_tasks(c, analysis)}
+        assert states[(1, "node:n0")] == "failed" and states[(2, "node:n0")] == "cancelled"
+    db.close()
