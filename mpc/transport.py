@@ -469,8 +469,12 @@ class Mesh:
                 if peer not in self.peers:
                     raise TransportError(f"no address for {peer} (give it with --peer)")
                 sock = self._dial(peer) if patient else self._dial_once(peer)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                channel = connect(sock, self.me, peer, self.keys_of, self.context)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    channel = connect(sock, self.me, peer, self.keys_of, self.context)
+                except BaseException:  # a refused handshake: not left to the garbage collector
+                    sock.close()
+                    raise
                 self._outgoing[(peer, session)] = channel
             return channel
 
