@@ -28,7 +28,7 @@ from typing import Any
 from gateways.kafka.client import KafkaSettings, partition, topic_end
 from gateways.kafka.topics import MessageError, Topics, checkpoint_from_record, entry_from_record
 from infra.bundle import BundleError, BundleReader
-from ledger.replica import Replica, ReplicaHalted
+from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.store import LedgerStore, StoredEntry
 from ledger.verifier import ParallelVerifier
 
@@ -49,8 +49,20 @@ class Recovered:
     checkpoints: int  # checkpoints it did not hold, verified and kept
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What an empty ledger (rebuilt from nothing but its keys) must find in the source's
+    genesis entry: its own checkpoint key, and the chain id its topics are named by."""
+
+    checkpoint_key: str | None = None
+    chain: str | None = None
+
+
 def recover_from_bundle(
-    store: LedgerStore, path: Path, progress: Callable[[int], None] | None = None
+    store: LedgerStore,
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    expected: Expected = Expected(),
 ) -> Recovered:
     """Recover from an audit bundle, e.g. ``dfg audit export`` of a node operator's replica."""
     try:
@@ -64,6 +76,7 @@ def recover_from_bundle(
             lambda: [checkpoint.note for checkpoint in reader.checkpoints],
             f"the bundle {path}",
             progress,
+            expected,
         )
     except BundleError as exc:
         raise RecoveryRefused(f"the bundle {path} cannot be read: {exc}") from exc
@@ -76,6 +89,7 @@ def recover_from_topics(
     kafka: KafkaSettings,
     topics: Topics,
     progress: Callable[[int], None] | None = None,
+    expected: Expected = Expected(),
 ) -> Recovered:
     """Recover from the ledger's own entries and checkpoints topics."""
     consumer = kafka.consumer()
@@ -96,7 +110,7 @@ def recover_from_topics(
         # read lazily, while the ledger's own entries are compared with them
         entries = (_entry(record) for record in _records(consumer, topics.entries, entries_end))
         notes = lambda: _notes(consumer, topics.checkpoints)  # noqa: E731
-        return _recover(store, entries, notes, topics.entries, progress)
+        return _recover(store, entries, notes, topics.entries, progress, expected)
     finally:
         consumer.close()
 
@@ -107,11 +121,18 @@ def _recover(
     notes: Callable[[], Iterable[str]],
     name: str,
     progress: Callable[[int], None] | None,
+    expected: Expected,
 ) -> Recovered:
     held = store.head()[0]
     _same_entries(store, source, held, name)
     verifier = ParallelVerifier()
-    replica = Replica(store, verifier=verifier, keep_evidence=False)
+    replica = Replica(
+        store,
+        verifier=verifier,
+        keep_evidence=False,
+        expected_checkpoint_key=expected.checkpoint_key,
+        expected_chain=expected.chain,
+    )
     kept = 0
     try:
         while batch := list(islice(source, PAGE)):
@@ -128,6 +149,8 @@ def _recover(
             f" {found.message}. The ledger now holds {replica.size} entries ({replica.size - held}"
             " recovered), every one verified"
         ) from halted
+    except NotThisLedger as exc:
+        raise RecoveryRefused(f"{name} holds another ledger than this one: {exc}") from exc
     finally:
         verifier.close()
     return Recovered(held, replica.size, kept)

@@ -146,7 +146,7 @@ def create_ledger(
     # Opening the store creates the ledger's tables (ledger.sqlite, or the schema on
     # PostgreSQL): what would refuse the keys is checked before, so that a refused init
     # writes nothing, there or in --data.
-    if any(path.exists() for path in written) and not _ledger_present(settings):
+    if any(path.exists() for path in written) and not ledger_present(settings):
         raise KeyFileError(f"{_existing(written)} exists but there is no ledger; move it away first")
     try:  # SQLite's data directory as the writer lock would make it; the keys' 0700
         created = [] if settings.database_url else _make_dirs(settings.data_dir)
@@ -162,7 +162,7 @@ def create_ledger(
         raise
 
 
-def _ledger_present(settings: Settings) -> bool:
+def ledger_present(settings: Settings) -> bool:
     """Whether the store holds a ledger's tables, asked without creating them."""
     if settings.database_url:
         from infra.storage.postgres import ledger_exists

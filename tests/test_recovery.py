@@ -204,3 +204,77 @@ def test_recover_needs_one_source_and_the_ledger_itself(ledger: Ledger, tmp_path
     ledger.sequencer = open_sequencer(ledger.settings)
     result = CliRunner().invoke(cli, ["recover", *data, "--from-bundle", __file__])  # while it serves
     assert result.exit_code == 1 and "recovering it" in result.output, result.output
+
+
+def _lose_the_database(ledger: Ledger) -> None:
+    ledger.sequencer.verifier.close()
+    ledger.sequencer.store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ledger.settings.ledger_file}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_keys_and_a_replicas_bundle(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(12)])
+    ledger.sequencer.checkpoint_now()
+    published = ledger.head()
+    bundle = tmp_path / "replica.jsonl"
+    with bundle.open("wb") as out:
+        export_bundle(ledger.sequencer.store, out)
+    _lose_the_database(ledger)
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 0, output
+    assert f"recovered entries 1 to {published[0]}" in output
+    assert _head(ledger.settings) == published
+    ledger.sequencer = open_sequencer(ledger.settings)
+    ledger.accept(give_level1(ledger, app, "after"))
+    assert ledger.head()[0] == published[0] + 1
+
+
+def test_a_lost_ledger_is_not_rebuilt_from_another_ledgers_bundle_nor_without_its_keys(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    try:
+        bundle = tmp_path / "other.jsonl"
+        with bundle.open("wb") as out:
+            export_bundle(other.sequencer.store, out)
+    finally:
+        other.sequencer.store.close()
+    _lose_the_database(ledger)
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 1 and "another ledger" in output, output
+    assert not ledger.settings.ledger_file.exists()  # no empty ledger left behind
+    code, output = _recover(ledger.settings, "--kafka", "127.0.0.1:9092")
+    assert code == 2 and "give --chain" in output, output
+
+    for key in ledger.settings.keys_dir.iterdir():
+        key.unlink()
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 1 and "nothing to rebuild it with" in output, output
+    assert not ledger.settings.ledger_file.exists()
+
+
+@pytest.mark.kafka
+def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_topics(
+    ledger: Ledger, kafka: KafkaSettings
+) -> None:
+    topics = Topics.for_ledger(CHAIN, "rebuild")
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(8)])
+    ledger.sequencer.checkpoint_now()
+    relay, running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.checkpoints_published > 0, what="the relay")
+    running.halt()
+    published = ledger.head()
+    _lose_the_database(ledger)
+
+    args = ("--kafka", kafka.bootstrap, "--topic-prefix", "rebuild", "--chain", CHAIN)
+    code, output = _recover(ledger.settings, *args)
+    assert code == 0, output
+    assert _head(ledger.settings) == published
+    ledger.sequencer = open_sequencer(ledger.settings)

@@ -8,14 +8,21 @@ from typing import Any
 import click
 
 from gateways.cli.kafka_security import kafka_security_options
-from gateways.cli.node_commands import _bootstrap, _chain_of, _refuse_unusable_kafka, prefix_option
-from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.cli.node_commands import (
+    _bootstrap,
+    _chain_of,
+    _refuse_unusable_kafka,
+    _topic_name_part,
+    prefix_option,
+)
+from gateways.cli.options import fail, ledger_options
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.topics import Topics
-from gateways.recovery import Recovered, RecoveryRefused, recover_from_bundle, recover_from_topics
-from infra.bootstrap import open_writer_store
+from gateways.recovery import Expected, Recovered, RecoveryRefused, recover_from_bundle, recover_from_topics
+from infra.bootstrap import ledger_present, open_writer_store, required_checkpoint_key
+from infra.keyfiles import KeyFileError
 from infra.settings import Settings
-from infra.store_role import StoreRole, WrongStoreRole
+from infra.store_role import StoreRole, WrongStoreRole, claim_store_role, describe_store
 from infra.writer_lock import LedgerBusy
 
 
@@ -40,12 +47,19 @@ def _optional_bootstrap(ctx: click.Context, param: click.Parameter, value: str |
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Take them back from an audit bundle (`dfg audit export` of a node operator's replica).",
 )
+@click.option(
+    "--chain",
+    callback=_topic_name_part,
+    help="The ledger's chain id, which names its topics: needed with --kafka when the database"
+    " is lost altogether (the ledger is then rebuilt from nothing but its keys).",
+)
 def recover(
     settings: Settings,
     bootstrap: str | None,
     kafka_security: dict[str, Any],
     topic_prefix: str,
     from_bundle: Path | None,
+    chain: str | None,
 ) -> None:
     """After restoring the ledger's database from a backup, and before `dfg serve`:
     verify and append every entry (and checkpoint) it had published since the backup.
@@ -53,29 +67,60 @@ def recover(
     Without this, the ledger would give new transactions the places of entries that
     replicas hold and witnesses cosigned, and its checkpoints would contradict theirs
     (a fork). Nothing is appended unless every entry the ledger holds is the source's
-    at that place; exit status 1 says why not."""
+    at that place; exit status 1 says why not. With the database lost altogether
+    and no backup, the ledger is rebuilt from nothing but its keys (`keys/`)."""
     if (bootstrap is None) == (from_bundle is None):
         raise click.UsageError("give one source: --kafka (the ledger's topics) or --from-bundle")
-    require_ledger(settings)
+    expected = None if ledger_present(settings) else _rebuilding(settings, chain, bootstrap)
     if bootstrap is not None:
         _refuse_unusable_kafka(bootstrap, kafka_security)
     try:
         store = open_writer_store(settings, doing="recovering it", role=StoreRole.LEDGER)
     except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
+    refused = None
     try:
         if from_bundle is not None:
-            done = recover_from_bundle(store, from_bundle)
+            done = recover_from_bundle(store, from_bundle, expected=expected or Expected())
         else:
             assert bootstrap is not None
-            chain = _chain_of(store)
+            chain = chain or _chain_of(store)
             kafka = KafkaSettings(bootstrap, client_id=f"dfg-recover-{chain}", security=kafka_security)
-            done = recover_from_topics(store, kafka, Topics.for_ledger(chain, topic_prefix))
+            topics = Topics.for_ledger(chain, topic_prefix)
+            done = recover_from_topics(store, kafka, topics, expected=expected or Expected())
+        if expected is not None and done.size == 0:
+            raise RecoveryRefused("the source holds no entry to rebuild the ledger from")
+        if expected is not None:
+            claim_store_role(store, StoreRole.LEDGER, settings)
     except RecoveryRefused as exc:
-        fail(f"cannot recover: {exc}")
+        refused = str(exc)
     finally:
         store.close()
+    if refused is not None:
+        if expected is not None:
+            _remove_rebuilt(settings)
+        fail(f"cannot recover: {refused}")
     click.echo(_summary(done))
+
+
+def _rebuilding(settings: Settings, chain: str | None, bootstrap: str | None) -> Expected:
+    """There is no ledger here: it is rebuilt from the source, which must hold the ledger
+    whose checkpoint key is in ``keys/`` (without it, it could not sign again)."""
+    try:
+        key = required_checkpoint_key(settings)
+    except KeyFileError as exc:
+        fail(f"no ledger in {describe_store(settings)} to recover, and nothing to rebuild it with: {exc}")
+    if bootstrap is not None and chain is None:
+        raise click.UsageError("there is no ledger here to read its chain id from: give --chain")
+    return Expected(checkpoint_key=key.verifier().to_string(), chain=chain)
+
+
+def _remove_rebuilt(settings: Settings) -> None:
+    """A rebuild that failed leaves no empty ledger behind (``dfg init`` and the next
+    attempt would take it for one). PostgreSQL's empty tables are the next attempt's."""
+    if not settings.database_url:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{settings.ledger_file}{suffix}").unlink(missing_ok=True)
 
 
 def _summary(done: Recovered) -> str:
