@@ -26,8 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from gateways.kafka.client import KafkaSettings, partition, topic_end
-from gateways.kafka.topics import MessageError, Topics, checkpoint_from_record, entry_from_record
+from gateways.kafka.relay import cosignature_problem
+from gateways.kafka.topics import (
+    CosignatureMessage,
+    MessageError,
+    Topics,
+    checkpoint_from_record,
+    entry_from_record,
+)
 from infra.bundle import BundleError, BundleReader
+from ledger.note import NoteError, parse_signature_line
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.store import LedgerStore, StoredEntry
 from ledger.verifier import ParallelVerifier
@@ -73,7 +81,7 @@ def recover_from_bundle(
         return _recover(
             store,
             reader.entries(),
-            lambda: [checkpoint.note for checkpoint in reader.checkpoints],
+            lambda: [(checkpoint.note, checkpoint.cosignatures) for checkpoint in reader.checkpoints],
             f"the bundle {path}",
             progress,
             expected,
@@ -109,7 +117,8 @@ def recover_from_topics(
             )
         # read lazily, while the ledger's own entries are compared with them
         entries = (_entry(record) for record in _records(consumer, topics.entries, entries_end))
-        notes = lambda: _notes(consumer, topics.checkpoints)  # noqa: E731
+        # no cosignatures: the relay takes them from their topic again, from where it was
+        notes = lambda: ((note, ()) for note in _notes(consumer, topics.checkpoints))  # noqa: E731
         return _recover(store, entries, notes, topics.entries, progress, expected)
     finally:
         consumer.close()
@@ -118,7 +127,7 @@ def recover_from_topics(
 def _recover(
     store: LedgerStore,
     source: Iterator[StoredEntry],
-    notes: Callable[[], Iterable[str]],
+    notes: Callable[[], Iterable[tuple[str, tuple[str, ...]]]],
     name: str,
     progress: Callable[[int], None] | None,
     expected: Expected,
@@ -139,9 +148,11 @@ def _recover(
             replica.accept_entries(batch)
             if progress is not None:
                 progress(replica.size)
-        for note in notes():
+        for note, cosignatures in notes():
             accepted = replica.accept_checkpoint(note)
             kept += accepted is not None and accepted.new
+            if accepted is not None:
+                _keep_cosignatures(store, accepted.checkpoint.size, note, cosignatures)
     except ReplicaHalted as halted:
         found = halted.violation
         raise RecoveryRefused(
@@ -154,6 +165,19 @@ def _recover(
     finally:
         verifier.close()
     return Recovered(held, replica.size, kept)
+
+
+def _keep_cosignatures(store: LedgerStore, size: int, note: str, lines: Iterable[str]) -> None:
+    """The witnesses' cosignatures a bundle carries with a checkpoint, those that count
+    (as the relay keeps them from their topic): a checkpoint final before the loss is
+    final again."""
+    for line in lines:
+        try:
+            name = parse_signature_line(line).name
+        except NoteError:
+            continue
+        if cosignature_problem(store, CosignatureMessage(name, size, line), note) is None:
+            store.save_cosignature(size, name, line)
 
 
 def _same_entries(store: LedgerStore, source: Iterator[StoredEntry], held: int, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from infra.bundle import export_bundle
 from infra.settings import Settings
 from infra.tansu import TansuBroker
 from ledger.segmented_audit import audit_in_segments
+from ledger.witness import cosign
 from tests.conftest import CHAIN, Ledger, give_level1, make_ledger
 from tests.replication import nodes, start_relay, wait_for
 
@@ -217,18 +219,30 @@ def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_keys_and_a_replicas
     ledger: Ledger, tmp_path: Path
 ) -> None:
     app = ledger.admit("sp:app", "service_provider")
+    witness = ledger.admit("node:w", "node_operator")
     ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(12)])
     ledger.sequencer.checkpoint_now()
     published = ledger.head()
+    store = ledger.sequencer.store
+    newest = store.latest_checkpoint()
+    assert newest is not None and newest.size == published[0]
+    line = cosign(newest.note, "node:w", witness.key.private_key, int(time.time()))
+    store.save_cosignature(newest.size, "node:w", line)
     bundle = tmp_path / "replica.jsonl"
     with bundle.open("wb") as out:
-        export_bundle(ledger.sequencer.store, out)
+        export_bundle(store, out)
     _lose_the_database(ledger)
 
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 0, output
     assert f"recovered entries 1 to {published[0]}" in output
     assert _head(ledger.settings) == published
+    rebuilt = open_store(ledger.settings)
+    try:  # final before the loss, final again: its witness's cosignature came back with it
+        kept = rebuilt.latest_checkpoint()
+        assert kept is not None and kept.cosignatures == (line,)
+    finally:
+        rebuilt.close()
     ledger.sequencer = open_sequencer(ledger.settings)
     ledger.accept(give_level1(ledger, app, "after"))
     assert ledger.head()[0] == published[0] + 1
