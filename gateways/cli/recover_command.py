@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import Progress, SpinnerColumn, TextColumn
 
 from gateways.cli.kafka_security import kafka_security_options
 from gateways.cli.node_commands import (
@@ -79,15 +82,23 @@ def recover(
     except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
     refused = None
+    columns = (TextColumn("recovering: the ledger holds {task.completed:,.0f} entries"), SpinnerColumn())
     try:
-        if from_bundle is not None:
-            done = recover_from_bundle(store, from_bundle, expected=expected or Expected())
-        else:
-            assert bootstrap is not None
-            chain = chain or _chain_of(store)
-            kafka = KafkaSettings(bootstrap, client_id=f"dfg-recover-{chain}", security=kafka_security)
-            topics = Topics.for_ledger(chain, topic_prefix)
-            done = recover_from_topics(store, kafka, topics, expected=expected or Expected())
+        with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as bar:
+            task = bar.add_task("recover", total=None, completed=store.head()[0])
+            tick = partial(bar.update, task)
+            if from_bundle is not None:
+                done = recover_from_bundle(
+                    store, from_bundle, lambda size: tick(completed=size), expected or Expected()
+                )
+            else:
+                assert bootstrap is not None
+                chain = chain or _chain_of(store)
+                kafka = KafkaSettings(bootstrap, client_id=f"dfg-recover-{chain}", security=kafka_security)
+                topics = Topics.for_ledger(chain, topic_prefix)
+                done = recover_from_topics(
+                    store, kafka, topics, lambda size: tick(completed=size), expected or Expected()
+                )
         if expected is not None and done.size == 0:
             raise RecoveryRefused("the source holds no entry to rebuild the ledger from")
         if expected is not None:
