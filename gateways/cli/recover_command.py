@@ -138,9 +138,13 @@ def _summary(done: Recovered) -> str:
     if done.size == done.held:
         return (
             f"nothing to recover: every entry of the source is one this ledger holds ({done.held}"
-            f" entries; {done.checkpoints} checkpoints taken back)"
+            f" entries; {_checkpoints(done.checkpoints)} taken back)"
         )
     return (
-        f"recovered entries {done.held + 1} to {done.size}, each verified, and {done.checkpoints}"
-        " checkpoints; the ledger can serve again"
+        f"recovered entries {done.held + 1} to {done.size}, each verified, and"
+        f" {_checkpoints(done.checkpoints)}; the ledger can serve again"
     )
+
+
+def _checkpoints(count: int) -> str:
+    return f"{count} checkpoint{'' if count == 1 else 's'}"
