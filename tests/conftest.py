@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 from joserfc.jwk import ECKey, OKPKey
 
+from gateways.kafka.client import KafkaSettings
 from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.settings import Settings
+from infra.tansu import TansuBroker
 from ledger.sequencer import Accepted, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
 
@@ -160,3 +162,16 @@ def assert_outage_then_fault_logged(caplog: pytest.LogCaptureFixture, logger: st
     outage, fault = [r for r in caplog.records if r.name == logger]
     assert f"the database cannot be used ({cause})" in outage.getMessage()
     assert outage.exc_info is None and fault.exc_info is not None
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """A real Kafka-protocol broker (Tansu) on a free loopback port, shared by a module's
+    tests (each uses topics of its own)."""
+    with TansuBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
+        yield running
+
+
+@pytest.fixture
+def kafka(broker: TansuBroker) -> KafkaSettings:
+    return KafkaSettings(bootstrap=broker.bootstrap, request_timeout_ms=5000)

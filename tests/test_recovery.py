@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,10 @@ from gateways.kafka.topics import Topics
 from infra.bootstrap import open_sequencer, open_store
 from infra.bundle import export_bundle
 from infra.settings import Settings
-from infra.tansu import TansuBroker
 from ledger.segmented_audit import audit_in_segments
 from ledger.witness import cosign
 from tests.conftest import CHAIN, Ledger, give_level1, make_ledger
 from tests.replication import nodes, start_relay, wait_for
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    with TansuBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
-        yield running
-
-
-@pytest.fixture
-def kafka(broker: TansuBroker) -> KafkaSettings:
-    return KafkaSettings(bootstrap=broker.bootstrap, request_timeout_ms=5000)
 
 
 def _backup(ledger: Ledger, to: Path) -> Path:

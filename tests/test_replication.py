@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -42,17 +42,6 @@ from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_ver
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    with TansuBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
-        yield running
-
-
-@pytest.fixture
-def kafka(broker: TansuBroker) -> KafkaSettings:
-    return KafkaSettings(bootstrap=broker.bootstrap, request_timeout_ms=5000)
 
 
 @pytest.fixture
