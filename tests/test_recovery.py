@@ -279,3 +279,43 @@ def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_topics(
     assert code == 0, output
     assert _head(ledger.settings) == published
     ledger.sequencer = open_sequencer(ledger.settings)
+
+
+@pytest.mark.postgres
+def test_a_ledger_whose_postgres_schema_is_lost_is_rebuilt_from_a_replicas_bundle(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_schema_url)
+    ledger = make_ledger(settings)
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
+    ledger.sequencer.checkpoint_now()
+    published = ledger.head()
+    bundle = tmp_path / "replica.jsonl"
+    with bundle.open("wb") as out:
+        export_bundle(ledger.sequencer.store, out)
+    ledger.sequencer.verifier.close()
+    ledger.sequencer.store.close()
+    url, _, schema = pg_schema_url.partition("?schema=")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "recover",
+            "--data",
+            str(settings.data_dir),
+            "--database-url",
+            pg_schema_url,
+            "--from-bundle",
+            str(bundle),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert _head(settings) == published
+    sequencer = open_sequencer(settings)
+    sequencer.verifier.close()
+    sequencer.store.close()
