@@ -25,7 +25,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from gateways.kafka.client import KafkaSettings, partition, topic_end
+from kafka.errors import KafkaError
+
+from gateways.kafka.client import KafkaSettings, partition, topic_end, why_disconnected
 from gateways.kafka.relay import cosignature_problem
 from gateways.kafka.topics import (
     CosignatureMessage,
@@ -100,6 +102,22 @@ def recover_from_topics(
     expected: Expected = Expected(),
 ) -> Recovered:
     """Recover from the ledger's own entries and checkpoints topics."""
+    try:
+        return _recover_from_topics(store, kafka, topics, progress, expected)
+    except KafkaError as exc:  # what was verified by then is kept: running it again goes on
+        raise RecoveryRefused(
+            f"cannot read the topics: {why_disconnected(exc)}. The ledger holds {store.head()[0]}"
+            " entries, every one verified; run it again once the brokers answer"
+        ) from exc
+
+
+def _recover_from_topics(
+    store: LedgerStore,
+    kafka: KafkaSettings,
+    topics: Topics,
+    progress: Callable[[int], None] | None,
+    expected: Expected,
+) -> Recovered:
     consumer = kafka.consumer()
     try:
         missing = [t for t in (topics.entries, topics.checkpoints) if not consumer.partitions_for_topic(t)]

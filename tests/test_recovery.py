@@ -319,3 +319,19 @@ def test_a_ledger_whose_postgres_schema_is_lost_is_rebuilt_from_a_replicas_bundl
     sequencer = open_sequencer(settings)
     sequencer.verifier.close()
     sequencer.store.close()
+
+
+def test_brokers_that_do_not_answer_end_recovery_with_a_message_not_a_traceback(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    def unreachable(self: KafkaSettings, **_: object) -> None:
+        raise KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:9")
+
+    monkeypatch.setattr(KafkaSettings, "consumer", unreachable)
+    ledger.sequencer.store.close()
+    code, output = _recover(ledger.settings, "--kafka", "127.0.0.1:9")
+    assert code == 1, output
+    assert "broker unavailable" in output and "run it again once the brokers answer" in output
+    ledger.sequencer = open_sequencer(ledger.settings)
