@@ -420,3 +420,37 @@ def test_only_the_datasource_owner_delivers_and_the_committed_bundle_stays(
     status, answer = _post(f"{federation['nodes'][node]}/v1/bundles/{unknown}", body, None)
     assert status == 404 and answer["code"] == "unknown_datasource"
     assert not (directory / "bundles" / unknown).exists()
+
+
+def test_a_delivery_whose_body_does_not_all_arrive_is_answered_408_and_its_connection_closed(
+    federation: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's statement passed, a delivery's body was read without a time-out: a
+    client that sent part of it held the connection and its handler for good."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from gateways.http import api as api_module
+
+    monkeypatch.setattr(api_module, "BODY_TIMEOUT_S", 0.5)
+    node, datasource = "node:n0", federation["datasource"]
+    wait_for(lambda: _caught_up(federation, node), what="the node's replica to hold the datasource")
+    body = _junk(federation, node, datasource, "x")
+    owner = federation["signers"]["dp:clinic"]
+    statement = delivery_statement(
+        owner, datasource_id=datasource, node=node, digest=commitment(body), now=time.time()
+    )
+    url = urlsplit(federation["nodes"][node])
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=10) as client:
+        client.sendall(
+            f"POST /v1/bundles/{datasource} HTTP/1.1\r\nHost: x\r\n{DELIVERY_HEADER}: {statement}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
+        answer = b""
+        while chunk := client.recv(65536):  # until the server closes the connection
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(rest)["code"] == "body_timeout"

@@ -25,6 +25,7 @@ from gateways.deliveries import HEADER as DELIVERY_HEADER
 from gateways.deliveries import DeliveryRefused, check_matches, verified_statement
 from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
+from gateways.http.api import read_body
 from gateways.http.problems import PROBLEM_TYPE, problem_body
 from infra.share_bundles import keep_bundle, prune_bundles
 from ledger.entry import Entry
@@ -150,7 +151,7 @@ def _bundle_inbox(
             )
         except DeliveryRefused as refused:  # before the body is read
             return _problem(refused.status, refused.code, refused.message)
-        sealed = await request.read()
+        sealed = await read_body(request)  # 408 body_timeout, as every body of the API
         try:
             header = bundle_header(sealed)
         except BundleError as exc:
