@@ -744,6 +744,32 @@ def test_why_a_cosignature_does_not_count_is_named(ledger: Ledger) -> None:
     assert problem("node:nobody", stranger) == "node:nobody is not admitted on this ledger"
 
 
+def test_a_witness_whose_key_was_rotated_is_told_to_cosign_with_its_current_key(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node still cosigning with a key the ledger rotated was told to have itself
+    admitted (dfg principals admit), which the ledger refuses: it is admitted already."""
+    signer = ledger.admit("node:w0", "node_operator")
+    assert isinstance(signer.key, OKPKey)
+    old = Witness("node:w0", signer.key.private_key)
+    new_jwk = OKPKey.generate_key("Ed25519").as_dict(private=False)
+    ledger.accept(
+        ledger.sign(
+            ledger.operator, "key.rotate", {"principal": "node:w0", "old_kid": signer.kid, "jwk": new_jwk}
+        )
+    )
+    ledger.sequencer.checkpoint_now()
+    _, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 0, witnesses=[old]) as started:
+            wait_for(lambda: started[0].follower.status.witness_registered is False, what="the warning")
+    finally:
+        relay_running.halt()
+    assert "dfg principals admit node:w0" not in caplog.text
+    assert "current key of node:w0 (--witness-key)" in caplog.text
+    assert "dfg principals add-key node:w0" in caplog.text
+
+
 @pytest.mark.slow
 def test_cosignatures_sent_after_the_broker_lost_everything_are_kept(
     ledger: Ledger, broker: TansuBroker, kafka: KafkaSettings, topics: Topics, tmp_path: Path

@@ -30,7 +30,7 @@ from gateways.kafka.client import (
     partition,
     why_disconnected,
 )
-from gateways.kafka.relay import cosignature_problem
+from gateways.kafka.relay import cosignature_problem, witness_remedy
 from gateways.kafka.topics import (
     PARTITION,
     CosignatureMessage,
@@ -385,12 +385,11 @@ class Follower:
         if problem is not None and self.status.witness_registered is not False:
             log.warning(
                 "%s's key is not a current key of a node operator on this ledger (as of entry %d: %s):"
-                " its cosignatures do not count until the operator admits it (dfg principals admit"
-                " %s --kind node_operator --jwk, with what `dfg node keygen` printed)",
+                " its cosignatures do not count %s",
                 self.witness.name,
                 size,
                 problem,
-                self.witness.name,
+                witness_remedy(self.store, self.witness.name),
             )
         elif registered and self.status.witness_registered is False:
             log.info("%s's key is now registered on the ledger: its cosignatures count", self.witness.name)

@@ -425,3 +425,20 @@ def cosignature_problem(store: LedgerStore, message: CosignatureMessage, note: s
         if verifier is not None and verify_cosignature_line(body, message.cosignature, verifier) is not None:
             return None
     return f"no current key of {message.witness} verifies it (signed with a key revoked, or never added)"
+
+
+def witness_remedy(store: LedgerStore, witness: str) -> str:
+    """What makes a witness's cosignatures count, by the problem ``cosignature_problem``
+    names: admitting a principal that is admitted already is refused."""
+    aggregate = store.load_aggregate(principal_aggregate_id(witness))
+    if not isinstance(aggregate, Principal):
+        return (
+            f"until the operator admits it (dfg principals admit {witness} --kind {WITNESS_KIND} --jwk,"
+            " with what `dfg node keygen` printed)"
+        )
+    if WITNESS_KIND not in aggregate.roles:
+        return f"until the operator grants it the role (dfg principals grant-role {witness} {WITNESS_KIND})"
+    return (
+        f"until this node cosigns with a current key of {witness} (--witness-key), or the operator adds"
+        f" this one (dfg principals add-key {witness} --jwk, with what `dfg node keygen` printed)"
+    )
