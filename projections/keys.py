@@ -32,6 +32,8 @@ class PrincipalsView:
             " kid TEXT PRIMARY KEY, principal TEXT NOT NULL, jwk TEXT NOT NULL, added_seq INTEGER NOT NULL,"
             " not_before TEXT, not_after TEXT, revoked_seq INTEGER, revoked_reason TEXT)"
         )
+        # a principal's keys are read by principal: without it each lookup reads every key
+        cursor.execute("CREATE INDEX IF NOT EXISTS principal_keys_principal ON principal_keys (principal)")
         cursor.execute(
             "CREATE TABLE IF NOT EXISTS principal_encryption_keys ("
             " principal TEXT PRIMARY KEY, jwk TEXT NOT NULL, set_seq INTEGER NOT NULL)"
