@@ -355,6 +355,33 @@ def test_replica_starts_from_an_audit_bundle(source: Ledger, tmp_path: Path) -> 
     store.close()
 
 
+def test_a_node_started_again_from_the_same_bundle_says_it_had_nothing_to_add(
+    source: Ledger, tmp_path: Path
+) -> None:
+    """A node restarted with its --from-bundle printed "seeded: verified entries 61..60"."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+
+    assert source.sequencer.ledger is not None
+    bundle = tmp_path / "ledger.bundle"
+    result = CliRunner().invoke(
+        cli, ["audit", "export", "--data", str(source.settings.data_dir), "--out", str(bundle)]
+    )
+    assert result.exit_code == 0, result.output
+    key = source.sequencer.ledger["checkpoint_key"]
+    follow = ["node", "follow", "--data", str(tmp_path / "node"), "--kafka", "127.0.0.1:9", "--chain", CHAIN,
+              "--ledger-key", key, "--from-bundle", str(bundle)]  # fmt: skip
+    with mock.patch.object(Follower, "run", return_value=0):
+        first = CliRunner().invoke(cli, follow)
+        again = CliRunner().invoke(cli, follow)
+    assert first.exit_code == 0 and "seeded: verified entries 1..60" in first.output, first.output
+    assert again.exit_code == 0, again.output
+    assert "seeded: nothing new: the replica already holds 60 entries" in again.output
+
+
 def test_replica_starts_from_the_ledger_api_and_refuses_a_lying_server(
     source: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

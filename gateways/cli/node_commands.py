@@ -557,7 +557,10 @@ def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:
         fail(f"the seed holds another ledger than the one named: {exc}", code=2)
     except (SeedError, BundleError) as exc:
         fail(f"{exc} (the replica keeps the {replica.size} entries it verified)")
-    click.echo(f"seeded: verified entries {before + 1}..{replica.size}")
+    if replica.size == before:  # a restart with the same --from-bundle or --from-url
+        click.echo(f"seeded: nothing new: the replica already holds {before} entries")
+    else:
+        click.echo(f"seeded: verified entries {before + 1}..{replica.size}")
 
 
 def _witness(path: Path | None, name: str | None) -> Witness | None:
