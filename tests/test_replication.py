@@ -926,6 +926,36 @@ def test_a_follower_that_cannot_see_its_topics_says_so_and_how_long(
     assert report["size"] == ledger.head()[0] and report["topic_end_seen_age_s"] < 60
 
 
+@pytest.mark.slow
+def test_a_follower_whose_broker_went_away_says_it_is_not_connected(ledger: Ledger, tmp_path: Path) -> None:
+    """kafka-python's poll logs a broker that went away and returns nothing, and its
+    highwater stays where it was: the status said connected, lag 0 and the topic's end
+    seen just now for as long as the broker was down, so no alert on it could fire."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
+    topics = Topics.for_ledger(CHAIN, "away")
+    with TansuBroker(log_dir=tmp_path / "tansu") as own:  # its own: this test stops it
+        kafka = KafkaSettings(bootstrap=own.bootstrap, request_timeout_ms=5000)
+        _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+        try:
+            with nodes(tmp_path, kafka, topics, 1) as started:
+                follower = started[0].follower
+                assert follower is not None
+                size = ledger.head()[0]
+                wait_for(lambda: follower.replica.size == size and follower.status.connected, what="up")
+                own.kill()
+                down_at = time.time()
+                wait_for(lambda: not follower.status.connected, timeout=60, what="the outage seen")
+                wait_for(lambda: follower.status.lag_seconds >= 1, what="the lag to grow")
+                seen = follower.status.topic_end_seen_at
+                assert seen is not None and seen <= down_at
+                own.start()
+                wait_for(lambda: follower.status.connected, timeout=60, what="connected again")
+                wait_for(lambda: follower.status.lag_seconds == 0, what="no lag once connected")
+        finally:
+            relay_running.halt()
+
+
 def test_a_witness_sends_its_cosignature_again_when_the_broker_did_not_take_it(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:

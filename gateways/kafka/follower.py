@@ -61,6 +61,10 @@ TOPIC_END_MARKER = "follower.topic_end"
 SEEN_AT_MARKER = "follower.seen_at_ms"
 #: The size of the newest checkpoint whose cosignature the broker acknowledged.
 COSIGNED_MARKER = "follower.cosigned"
+#: While no record comes, the broker is asked where the entries topic ends this often
+#: (seconds), and given this long to answer (ms): a poll says nothing of a broker gone.
+PROBE_EVERY = 2.0
+PROBE_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,8 @@ class Follower:
         self._checkpoints_read: int | None = None
         self._started_at = clock()
         self._noted_at = float("-inf")
+        #: When the broker last answered this follower (Unix seconds).
+        self._answered_at: float | None = None
         self._checkpoints_saved: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------
@@ -206,6 +212,7 @@ class Follower:
         self._consumer = consumer
         self._seek_entries()
         consumer.seek(checkpoints, self.store.marker(CHECKPOINTS_MARKER))
+        self._answered_at = self.clock()
         if self.witness is not None:
             self._producer = self.kafka.producer()
             self._cosign_newest()
@@ -261,6 +268,7 @@ class Follower:
         assert self._consumer is not None
         polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
         entries_tp, checkpoints_tp = partition(self.topics.entries), partition(self.topics.checkpoints)
+        self._check_answering(bool(polled))
         appended = self._entries(polled.get(entries_tp, []))
         for record in polled.get(checkpoints_tp, []):
             self._checkpoint(record)
@@ -269,6 +277,18 @@ class Follower:
         self._cosign(self.replica.take_verified_checkpoints())
         self._refresh_status()
         return len(appended)
+
+    def _check_answering(self, got_records: bool) -> None:
+        """Note when the broker last answered. kafka-python's poll only logs a broker
+        that went away, and keeps its last highwater: without asking, the node would say
+        it is connected and sees the topic's end for as long as the broker is down. No
+        answer raises ``KafkaTimeoutError``, and the run loop reconnects."""
+        assert self._consumer is not None
+        if got_records:
+            self._answered_at = self.clock()
+        elif self._answered_at is None or self.clock() - self._answered_at >= PROBE_EVERY:
+            self._consumer.end_offsets([partition(self.topics.entries)], timeout_ms=PROBE_TIMEOUT_MS)
+            self._answered_at = self.clock()
 
     def _entries(self, records: Sequence[Any]) -> list[Entry]:
         if not records:
@@ -441,9 +461,9 @@ class Follower:
         status.connected = self._consumer is not None
         if self._consumer is not None:
             high = self._consumer.highwater(partition(self.topics.entries))
-            if high is not None:
+            if high is not None and self._answered_at is not None:
                 status.topic_end = max(high, status.size)
-                status.topic_end_seen_at = now = self.clock()
+                status.topic_end_seen_at = now = self._answered_at
                 if now - self._noted_at >= 1.0:  # for `dfg node status`; a commit each, so seldom
                     self.store.set_marker(TOPIC_END_MARKER, status.topic_end)
                     self.store.set_marker(SEEN_AT_MARKER, int(now * 1000))
