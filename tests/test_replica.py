@@ -598,6 +598,9 @@ def test_a_node_following_the_api_records_when_it_last_reached_the_log_end(
     report = json.loads(result.output)
     assert report["size"] == report["topic_end"] == size and report["lag_entries"] == 0
     assert report["topic_end_seen_age_s"] is not None and report["topic_end_seen_age_s"] < 20
+    shown = CliRunner().invoke(cli, ["node", "status", "--data", str(tmp_path / "node")]).output
+    assert f"replica size       {size:,}" in shown
+    assert f"last checkpoint    size {report['last_checkpoint']:,}" in shown, shown
 
 
 def _following_api(store: LedgerStore, url: str) -> tuple[Replica, threading.Event, threading.Thread]:

@@ -503,7 +503,8 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(f"replica size       {size:,}")
         seen = "never seen" if seen_age is None else f"seen {_ago(seen_age)}"
         click.echo(f"behind the topic   {report['lag_entries']:,} entries (topic end {topic_end:,}, {seen})")
-        click.echo(f"last checkpoint    {report['last_checkpoint']}")
+        last = report["last_checkpoint"]
+        click.echo(f"last checkpoint    {'none yet' if last is None else f'size {last:,}'}")
         for v in violations:
             click.secho(
                 f"VIOLATION {v['kind']} at entry {v['seq']}: {v['message']} ({v['recorded_at']})", fg="red"
