@@ -922,3 +922,24 @@ def test_a_node_pointed_at_a_port_that_does_not_answer_http_is_refused_not_a_tra
     for url in (banner, cut_short):
         with pytest.raises(SeedError, match="cannot read"):  # follow_api retries it
             seed_from_api(replica, url)
+
+
+def test_a_read_only_database_is_named_with_what_sqlite_needs_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite says only "attempt to write a readonly database": an operator who made the
+    files writable but not their directory (the -wal and -shm files are made there) had
+    nothing to go on. (Simulated: file permissions do not stop root, who runs the tests.)"""
+    import sqlite3
+
+    import infra.bootstrap
+
+    def read_only(*_: Any, **__: Any) -> Any:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    data = tmp_path / "d"
+    assert CliRunner().invoke(cli, ["init", "--data", str(data)]).exit_code == 0
+    monkeypatch.setattr(infra.bootstrap, "open_store", read_only)
+    result = CliRunner().invoke(cli, ["demo", "populate", "--data", str(data), "--entries", "10"])
+    assert result.exit_code == 1, result.output
+    assert "readonly database" in result.output and "write access to the data directory" in result.output

@@ -27,6 +27,13 @@ from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
 from projections.base import ViewsNotOfThisLog
 
+#: SQLite says only "attempt to write a readonly database", which names neither the file
+#: nor that its directory counts too.
+_READ_ONLY_HINT = (
+    " (SQLite writes the database file and, beside it in its directory, its -wal and -shm"
+    " files: this user needs write access to the data directory and to every file in it)"
+)
+
 
 class _Commands(click.Group):
     """What the machine refuses (a database that cannot be opened or read, a file that
@@ -40,7 +47,8 @@ class _Commands(click.Group):
             fail(str(exc))
         except (sqlite3.DatabaseError, PersistenceError, psycopg.Error) as exc:
             # one line: libpq's messages go on over lines ("Is the server running ...?")
-            fail(f"the database cannot be used: {' '.join(str(exc).split())}")
+            message = " ".join(str(exc).split())
+            fail(f"the database cannot be used: {message}{_READ_ONLY_HINT if 'readonly' in message else ''}")
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
 
