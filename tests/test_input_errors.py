@@ -238,7 +238,8 @@ def test_a_follower_whose_status_port_is_taken_stops_with_the_reason(tmp_path: P
 
 def test_a_replica_of_another_ledger_is_named_not_a_traceback(tmp_path: Path, ledger: Ledger) -> None:
     """A node whose replica holds one ledger, started with another ledger's key, fails
-    with a message (exit 1), not a traceback."""
+    with a message and exit status 2 (a configuration mistake, as topics of another
+    ledger are), not a traceback -- `dfg node serve` gave one."""
     other = Settings(data_dir=tmp_path / "other")
     create_ledger(other, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Another")
     signer = checkpoint_key(other)
@@ -248,9 +249,12 @@ def test_a_replica_of_another_ledger_is_named_not_a_traceback(tmp_path: Path, le
     replica = open_node(Settings(data_dir=node), ledger_key=None, chain=None, verifier=ParallelVerifier(0))
     replica.replica.accept_entries(list(ledger.sequencer.store.read_entries(1, 100)))  # a replica of it
     replica.close()
-    args = ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", CHAIN]
-    result = CliRunner().invoke(cli, [*args, "--ledger-key", other_key])
-    assert result.exit_code == 1 and "cannot follow this ledger" in result.output, result.output
+    for command in (
+        ["node", "follow", "--data", str(node), "--kafka", "127.0.0.1:9", "--chain", CHAIN],
+        ["node", "serve", "--data", str(node), "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN],
+    ):
+        result = CliRunner().invoke(cli, [*command, "--ledger-key", other_key])
+        assert result.exit_code == 2 and "cannot follow this ledger" in result.output, result.output
 
 
 def test_a_node_refuses_the_sequencers_own_directory(ledger: Ledger) -> None:

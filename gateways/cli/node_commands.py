@@ -34,7 +34,7 @@ from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
 from infra.keyfiles import KeyFileError, read_jwk, write_jwk
-from infra.node import open_node
+from infra.node import NodeReplica, open_node
 from infra.settings import Settings
 from infra.store_role import StoreRole, WrongStoreRole, check_store_role, describe_store
 from infra.writer_lock import LedgerBusy
@@ -271,12 +271,7 @@ def follow(
     topics = Topics.for_ledger(chain, topic_prefix)
     _refuse_unusable_kafka(bootstrap, kafka_security)
     _refuse_another_ledger(chain, ledger_key, bundle=from_bundle, url=from_url, url_option="--from-url")
-    try:
-        node = open_node(settings, ledger_key=ledger_key, chain=chain)
-    except AuditFailure as exc:  # the replica held is not of the ledger named
-        fail(f"the replica in {describe_store(settings)} cannot follow this ledger: {exc}")
-    except (LedgerBusy, WrongStoreRole) as exc:
-        fail(str(exc))
+    node = _open_node(settings, ledger_key, chain)
     store, views, view_list, replica = node.store, node.views, node.view_list, node.replica
     if from_bundle is not None or from_url is not None:
         _seed(replica, from_bundle, from_url)
@@ -408,10 +403,7 @@ def node_serve(
     if bootstrap is not None:
         _refuse_unusable_kafka(bootstrap, kafka_security)
     _refuse_another_ledger(chain, ledger_key, url=coordinator, url_option="--coordinator")
-    try:
-        node = open_node(settings, ledger_key=ledger_key, chain=chain)
-    except (LedgerBusy, WrongStoreRole) as exc:
-        fail(str(exc))
+    node = _open_node(settings, ledger_key, chain)
     stop = threading.Event()
     kafka: Follower | None = None
     if bootstrap is not None and topics is not None:  # the topics, as dfg node follow reads them
@@ -466,6 +458,18 @@ def node_serve(
         node.close()
     if gave_up:
         fail(f"the node stopped: {source} cannot be followed into this replica: {gave_up[0]}", 2)
+
+
+def _open_node(settings: Settings, ledger_key: str, chain: str) -> NodeReplica:
+    """The node's replica and views; exit 2 when the replica holds another ledger than
+    the one named (a configuration mistake, as for topics of another ledger), 1 when
+    another process holds it or it is a ledger's store."""
+    try:
+        return open_node(settings, ledger_key=ledger_key, chain=chain)
+    except AuditFailure as exc:  # the replica held is not of the ledger named
+        fail(f"the replica in {describe_store(settings)} cannot follow this ledger: {exc}", 2)
+    except (LedgerBusy, WrongStoreRole) as exc:
+        fail(str(exc))
 
 
 @node.command("status")
