@@ -335,3 +335,35 @@ def test_brokers_that_do_not_answer_end_recovery_with_a_message_not_a_traceback(
     assert code == 1, output
     assert "broker unavailable" in output and "run it again once the brokers answer" in output
     ledger.sequencer = open_sequencer(ledger.settings)
+
+
+@pytest.mark.postgres
+def test_a_second_rebuild_of_a_postgres_schema_still_refuses_another_ledgers_bundle(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """A failed rebuild leaves PostgreSQL's empty tables behind: the next attempt is still
+    a rebuild, checked against the keys, not a recovery of a ledger that has none."""
+    import psycopg
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_schema_url)
+    ledger = make_ledger(settings)
+    ledger.sequencer.verifier.close()
+    ledger.sequencer.store.close()
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    try:
+        bundle = tmp_path / "other.jsonl"
+        with bundle.open("wb") as out:
+            export_bundle(other.sequencer.store, out)
+    finally:
+        other.sequencer.store.close()
+    url, _, schema = pg_schema_url.partition("?schema=")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    args = ["recover", "--data", str(settings.data_dir), "--database-url", pg_schema_url]
+
+    for _ in range(2):
+        result = CliRunner().invoke(cli, [*args, "--from-bundle", str(bundle)])
+        assert result.exit_code == 1 and "another ledger" in result.output, result.output
+        assert _head(settings)[0] == 0
+    result = CliRunner().invoke(cli, [*args, "--kafka", "127.0.0.1:9"])
+    assert result.exit_code == 2 and "give --chain" in result.output, result.output

@@ -81,6 +81,14 @@ def recover(
         store = open_writer_store(settings, doing="recovering it", role=StoreRole.LEDGER)
     except (LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))
+    if expected is None and store.head()[0] == 0:
+        # Tables without a ledger (PostgreSQL keeps those of a failed rebuild): still a
+        # rebuild, checked against the keys, or any ledger's source would be taken.
+        try:
+            expected = _rebuilding(settings, chain, bootstrap)
+        except BaseException:
+            store.close()
+            raise
     refused = None
     columns = (TextColumn("recovering: the ledger holds {task.completed:,.0f} entries"), SpinnerColumn())
     try:
