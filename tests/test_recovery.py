@@ -367,3 +367,23 @@ def test_a_second_rebuild_of_a_postgres_schema_still_refuses_another_ledgers_bun
         assert _head(settings)[0] == 0
     result = CliRunner().invoke(cli, [*args, "--kafka", "127.0.0.1:9"])
     assert result.exit_code == 2 and "give --chain" in result.output, result.output
+
+
+def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The message says how many entries the ledger holds and that running it again goes
+    on: a rebuilt ledger.sqlite removed after that contradicted it."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
+    bundle = tmp_path / "replica.jsonl"
+    with bundle.open("wb") as out:
+        export_bundle(ledger.sequencer.store, out)
+    lines = bundle.read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b'"subject":"p-', b'"subject":"z-', 1)  # entry 6 changed
+    bundle.write_bytes(b"\n".join(lines))
+    _lose_the_database(ledger)
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 1 and "bad_entry at entry 6" in output and "holds 5 entries" in output, output
+    assert _head(ledger.settings)[0] == 5

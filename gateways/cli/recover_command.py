@@ -112,11 +112,11 @@ def recover(
         if expected is not None:
             claim_store_role(store, StoreRole.LEDGER, settings)
     except RecoveryRefused as exc:
-        refused = str(exc)
+        refused, held = str(exc), store.head()[0]
     finally:
         store.close()
     if refused is not None:
-        if expected is not None:
+        if expected is not None and held == 0:  # what was verified is kept, as the message says
             _remove_rebuilt(settings)
         fail(f"cannot recover: {refused}")
     click.echo(_summary(done))
@@ -135,8 +135,8 @@ def _rebuilding(settings: Settings, chain: str | None, bootstrap: str | None) ->
 
 
 def _remove_rebuilt(settings: Settings) -> None:
-    """A rebuild that failed leaves no empty ledger behind (``dfg init`` and the next
-    attempt would take it for one). PostgreSQL's empty tables are the next attempt's."""
+    """A rebuild that failed before its genesis entry leaves no empty ledger behind
+    (``dfg init`` would take it for one). PostgreSQL's empty tables are the next attempt's."""
     if not settings.database_url:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{settings.ledger_file}{suffix}").unlink(missing_ok=True)
