@@ -99,7 +99,8 @@ class NodeEngine:
         self._done: set[tuple[str, int]] = set()  # tasks this process finished or failed
         self._answered: set[str] = set()  # analyses whose results this process answered
         self._tables: dict[str, SharedTable] = {}
-        self._unsent: list[tuple[str, str]] = []  # (type, token) the ledger may not have received
+        #: (type, body, token) the ledger may not have received
+        self._unsent: list[tuple[str, dict[str, Any], str]] = []
 
     @property
     def name(self) -> str:
@@ -238,7 +239,7 @@ class NodeEngine:
                     continue  # another process of this organisation signed in between: sign again
                 if keep and exc.retryable:
                     log.warning("%s: %s not submitted, will submit it again: %s", self.name, tx_type, exc)
-                    self._unsent.append((tx_type, token))
+                    self._unsent.append((tx_type, body, token))
                     return exc
                 if exc.code not in expected:
                     log.warning("%s: %s refused: %s", self.name, tx_type, exc)
@@ -247,15 +248,26 @@ class NodeEngine:
 
     def _resubmitted(self) -> bool:
         """Submit the kept tokens again, in order and unchanged (the ledger answers one it
-        had recorded as a duplicate); False while the ledger is still out of reach."""
+        had recorded as a duplicate, even expired); False while the ledger is still out of
+        reach. One refused as expired (a token is valid for minutes, an outage may last
+        longer) or for its nonce (another process of this organisation signed since) was
+        never recorded: it is signed again, once (a clock far behind the ledger's would
+        sign expired tokens for ever)."""
+        signed_again: set[str] = set()
         while self._unsent:
-            tx_type, token = self._unsent[0]
+            tx_type, body, token = self._unsent[0]
             try:
                 self.client.submit(token)
                 log.info("%s: %s submitted again", self.name, tx_type)
             except DfgApiError as exc:
                 if exc.retryable:
                     return False
+                stale = exc.code == "expired" or exc.code.startswith("nonce")
+                if stale and token not in signed_again:
+                    token = self.settings.signer.sign(tx_type, body)
+                    signed_again.add(token)
+                    self._unsent[0] = (tx_type, body, token)
+                    continue
                 log.warning("%s: %s refused: %s", self.name, tx_type, exc)
             self._unsent.pop(0)
         return True

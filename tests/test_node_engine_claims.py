@@ -256,3 +256,40 @@ def test_a_task_finish_the_ledger_did_not_answer_is_submitted_again_before_any_o
     monkeypatch.setattr(engine, "_compute", lambda plan, task_id, calculation_id: "beef")
     assert engine.step() is True
     assert ledger.submitted[3:] == ["task.finish:1#2", "task.claim:2#3", "task.finish:2#4"]
+
+
+class _ExpiringLedger(_UnreachableLedger):
+    """Back after longer than a token is valid: one it never recorded is refused as expired
+    (one it recorded would be answered as a duplicate, expired or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expired: set[str] = set()
+
+    def submit(self, token: str) -> None:
+        super().submit(token)
+        if token in self.expired:
+            raise DfgApiError(422, "expired", "valid_until has passed")
+
+
+def test_a_kept_submission_that_expired_while_the_ledger_was_away_is_signed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token is valid for 5 minutes: after a longer outage, submitting the same one again
+    was refused and the task.finish dropped, as before it was kept."""
+    ledger = _ExpiringLedger()
+    engine = _engine(cast(_Ledger, ledger), tmp_path)
+    engine.settings.signer = cast(TransactionBuilder, _NumberingSigner())
+    engine.node = cast(NodeReplica, SimpleNamespace(views=_Views()))
+    monkeypatch.setattr(engine, "_plan", lambda analysis_id: SimpleNamespace(nodes=["node:a", "node:b"]))
+
+    def merge(plan: object, task_id: int) -> str:
+        ledger.down = True
+        return "c0ffee"
+
+    monkeypatch.setattr(engine, "_merge", merge)
+    engine._run_task(ANALYSIS, 1, "merge", None)
+    ledger.down, ledger.expired = False, {"task.finish:1#2"}
+    assert engine._resubmitted() is True
+    assert ledger.submitted[2:] == ["task.finish:1#2", "task.finish:1#3"]
+    assert engine._unsent == []
