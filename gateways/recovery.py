@@ -57,6 +57,9 @@ class Recovered:
     held: int  # entries the ledger held before
     size: int  # entries it holds now
     checkpoints: int  # checkpoints it did not hold, verified and kept
+    #: Recovered entries beyond the newest checkpoint: each transaction's signature is
+    #: checked, but no signature of the ledger's shows that it sequenced them.
+    uncovered: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,9 @@ def _recover(
         raise RecoveryRefused(f"{name} holds another ledger than this one: {exc}") from exc
     finally:
         verifier.close()
-    return Recovered(held, replica.size, kept)
+    newest = store.latest_checkpoint()
+    covered = max(held, newest.size if newest is not None else 0)
+    return Recovered(held, replica.size, kept, max(0, replica.size - covered))
 
 
 def _keep_cosignatures(store: LedgerStore, size: int, note: str, lines: Iterable[str]) -> None:

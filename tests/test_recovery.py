@@ -387,3 +387,25 @@ def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 1 and "bad_entry at entry 6" in output and "holds 5 entries" in output, output
     assert _head(ledger.settings)[0] == 5
+
+
+def test_recovered_entries_no_checkpoint_covers_are_counted_and_named(ledger: Ledger, tmp_path: Path) -> None:
+    """Entries beyond the newest checkpoint carry their signers' signatures but nothing of
+    the ledger's: whoever made the source could have added them. The operator is told."""
+    app = ledger.admit("sp:app", "service_provider")
+    backup = _backup(ledger, tmp_path / "backup.sqlite")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(4)])
+    ledger.sequencer.checkpoint_now()
+    ledger.accept(*[give_level1(ledger, app, f"q-{i}") for i in range(3)])
+    store = ledger.sequencer.store
+    newest = store.latest_checkpoint()
+    assert newest is not None and newest.size == ledger.head()[0] - 3
+    bundle = tmp_path / "replica.jsonl"
+    with bundle.open("wb") as out:
+        export_bundle(store, out)
+    _restore(ledger, backup)
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 0, output
+    assert "Warning: the last 3 are beyond the newest checkpoint the ledger signed" in output
+    ledger.sequencer = open_sequencer(ledger.settings)

@@ -109,10 +109,12 @@ def recover(
                 )
         if expected is not None and done.size == 0:
             raise RecoveryRefused("the source holds no entry to rebuild the ledger from")
-        if expected is not None:
-            claim_store_role(store, StoreRole.LEDGER, settings)
     except RecoveryRefused as exc:
-        refused, held = str(exc), store.head()[0]
+        refused = str(exc)
+    held = store.head()[0]
+    try:
+        if expected is not None and held:  # a rebuilt ledger, if only in part: no replica's
+            claim_store_role(store, StoreRole.LEDGER, settings)
     finally:
         store.close()
     if refused is not None:
@@ -148,10 +150,18 @@ def _summary(done: Recovered) -> str:
             f"nothing to recover: every entry of the source is one this ledger holds ({done.held}"
             f" entries; {_checkpoints(done.checkpoints)} taken back)"
         )
-    return (
+    summary = (
         f"recovered entries {done.held + 1} to {done.size}, each verified, and"
         f" {_checkpoints(done.checkpoints)}; the ledger can serve again"
     )
+    if done.uncovered:
+        summary += (
+            f". Warning: the last {done.uncovered} are beyond the newest checkpoint the ledger signed:"
+            " their signers' signatures are checked, but nothing the ledger signed shows that it"
+            " sequenced them (its relay stopped before their checkpoint, or the source added"
+            " them); served again, the ledger adopts them, so this source must be one you trust"
+        )
+    return summary
 
 
 def _checkpoints(count: int) -> str:
