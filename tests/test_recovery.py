@@ -16,6 +16,7 @@ from gateways.kafka.topics import Topics
 from infra.bootstrap import open_sequencer, open_store
 from infra.bundle import export_bundle
 from infra.settings import Settings
+from infra.store_role import StoreRole, store_role
 from ledger.segmented_audit import audit_in_segments
 from ledger.witness import cosign
 from tests.conftest import CHAIN, Ledger, give_level1, make_ledger
@@ -387,6 +388,11 @@ def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 1 and "bad_entry at entry 6" in output and "holds 5 entries" in output, output
     assert _head(ledger.settings)[0] == 5
+    kept = open_store(ledger.settings)
+    try:  # the ledger's, if only in part: `dfg node follow` may not take it for a replica
+        assert store_role(kept) is StoreRole.LEDGER
+    finally:
+        kept.close()
 
 
 def test_recovered_entries_no_checkpoint_covers_are_counted_and_named(ledger: Ledger, tmp_path: Path) -> None:
