@@ -18,6 +18,7 @@ from infra.bundle import export_bundle
 from infra.settings import Settings
 from infra.store_role import StoreRole, store_role
 from ledger.segmented_audit import audit_in_segments
+from ledger.store import LedgerStore
 from ledger.witness import cosign
 from tests.conftest import CHAIN, Ledger, give_level1, make_ledger
 from tests.replication import nodes, start_relay, wait_for
@@ -50,6 +51,30 @@ def _head(settings: Settings) -> tuple[int, bytes]:
         return store.head()
     finally:
         store.close()
+
+
+def _export(store: LedgerStore, path: Path) -> Path:
+    """An audit bundle of ``store``, as `dfg audit export` writes it."""
+    with path.open("wb") as out:
+        export_bundle(store, out)
+    return path
+
+
+def _another_ledgers_bundle(tmp_path: Path) -> Path:
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    try:
+        return _export(other.sequencer.store, tmp_path / "other.jsonl")
+    finally:
+        other.sequencer.store.close()
+
+
+def _drop_schema(url_with_schema: str) -> None:
+    """Lose a PostgreSQL ledger altogether."""
+    import psycopg
+
+    url, _, schema = url_with_schema.partition("?schema=")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _recover(settings: Settings, *source: str) -> tuple[int, str]:
@@ -151,9 +176,7 @@ def test_a_restored_ledger_takes_back_what_it_published_from_an_audit_bundle(
     ledger.accept(*[give_level1(ledger, app, f"q-{i}") for i in range(20)])
     ledger.sequencer.checkpoint_now()
     published = ledger.head()
-    bundle = tmp_path / "replica.jsonl"
-    with bundle.open("wb") as out:
-        export_bundle(ledger.sequencer.store, out)
+    bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
     _restore(ledger, backup)
 
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
@@ -216,9 +239,7 @@ def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_keys_and_a_replicas
     assert newest is not None and newest.size == published[0]
     line = cosign(newest.note, "node:w", witness.key.private_key, int(time.time()))
     store.save_cosignature(newest.size, "node:w", line)
-    bundle = tmp_path / "replica.jsonl"
-    with bundle.open("wb") as out:
-        export_bundle(store, out)
+    bundle = _export(store, tmp_path / "replica.jsonl")
     _lose_the_database(ledger)
 
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
@@ -239,13 +260,7 @@ def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_keys_and_a_replicas
 def test_a_lost_ledger_is_not_rebuilt_from_another_ledgers_bundle_nor_without_its_keys(
     ledger: Ledger, tmp_path: Path
 ) -> None:
-    other = make_ledger(Settings(data_dir=tmp_path / "other"))
-    try:
-        bundle = tmp_path / "other.jsonl"
-        with bundle.open("wb") as out:
-            export_bundle(other.sequencer.store, out)
-    finally:
-        other.sequencer.store.close()
+    bundle = _another_ledgers_bundle(tmp_path)
     _lose_the_database(ledger)
 
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
@@ -286,7 +301,6 @@ def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_topics(
 def test_a_ledger_whose_postgres_schema_is_lost_is_rebuilt_from_a_replicas_bundle(
     pg_schema_url: str, tmp_path: Path
 ) -> None:
-    import psycopg
 
     settings = Settings(data_dir=tmp_path / "data", database_url=pg_schema_url)
     ledger = make_ledger(settings)
@@ -294,14 +308,10 @@ def test_a_ledger_whose_postgres_schema_is_lost_is_rebuilt_from_a_replicas_bundl
     ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
     ledger.sequencer.checkpoint_now()
     published = ledger.head()
-    bundle = tmp_path / "replica.jsonl"
-    with bundle.open("wb") as out:
-        export_bundle(ledger.sequencer.store, out)
+    bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
     ledger.sequencer.verifier.close()
     ledger.sequencer.store.close()
-    url, _, schema = pg_schema_url.partition("?schema=")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    _drop_schema(pg_schema_url)
 
     result = CliRunner().invoke(
         cli,
@@ -344,22 +354,13 @@ def test_a_second_rebuild_of_a_postgres_schema_still_refuses_another_ledgers_bun
 ) -> None:
     """A failed rebuild leaves PostgreSQL's empty tables behind: the next attempt is still
     a rebuild, checked against the keys, not a recovery of a ledger that has none."""
-    import psycopg
 
     settings = Settings(data_dir=tmp_path / "data", database_url=pg_schema_url)
     ledger = make_ledger(settings)
     ledger.sequencer.verifier.close()
     ledger.sequencer.store.close()
-    other = make_ledger(Settings(data_dir=tmp_path / "other"))
-    try:
-        bundle = tmp_path / "other.jsonl"
-        with bundle.open("wb") as out:
-            export_bundle(other.sequencer.store, out)
-    finally:
-        other.sequencer.store.close()
-    url, _, schema = pg_schema_url.partition("?schema=")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    bundle = _another_ledgers_bundle(tmp_path)
+    _drop_schema(pg_schema_url)
     args = ["recover", "--data", str(settings.data_dir), "--database-url", pg_schema_url]
 
     for _ in range(2):
@@ -377,9 +378,7 @@ def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
     on: a rebuilt ledger.sqlite removed after that contradicted it."""
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
-    bundle = tmp_path / "replica.jsonl"
-    with bundle.open("wb") as out:
-        export_bundle(ledger.sequencer.store, out)
+    bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
     lines = bundle.read_bytes().split(b"\n")
     lines[6] = lines[6].replace(b'"subject":"p-', b'"subject":"z-', 1)  # entry 6 changed
     bundle.write_bytes(b"\n".join(lines))
@@ -406,9 +405,7 @@ def test_recovered_entries_no_checkpoint_covers_are_counted_and_named(ledger: Le
     store = ledger.sequencer.store
     newest = store.latest_checkpoint()
     assert newest is not None and newest.size == ledger.head()[0] - 3
-    bundle = tmp_path / "replica.jsonl"
-    with bundle.open("wb") as out:
-        export_bundle(store, out)
+    bundle = _export(store, tmp_path / "replica.jsonl")
     _restore(ledger, backup)
 
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
