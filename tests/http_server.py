@@ -7,11 +7,26 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from gateways.cli.serve_command import make_server
 from infra.settings import Settings
+
+
+def send_raw(url: str, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as it is (e.g. a body shorter than its Content-Length) and read
+    until the server closes the connection: the answer's (head, body)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    answer = b""
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as client:
+        client.sendall(request)
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
 
 
 def free_port() -> int:

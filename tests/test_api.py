@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from conftest import CHAIN, TERMS, Ledger
-from http_server import running_server
+from http_server import running_server, send_raw
 from joserfc.jwk import OKPKey
 
 from gateways.http.openapi import build_openapi
@@ -399,17 +399,11 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     monkeypatch.setattr(api_module, "BODY_TIMEOUT_S", 0.5)
     http, _ = api
     kind = "application/jose" if path == "/v1/transactions" else "application/json"
-    host, port = urlsplit(http.url).hostname, urlsplit(http.url).port
-    with socket.create_connection((host, port), timeout=10) as client:
-        client.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
-            "Content-Length: 1000\r\n\r\n{".encode()
-        )
-        answer = b""
-        while chunk := client.recv(65536):  # until the server closes the connection
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), answer
+    head, body = send_raw(
+        http.url,
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\nContent-Length: 1000\r\n\r\n{{".encode(),
+    )
+    assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(body)["code"] == "body_timeout"
     assert http.call("GET", "/healthz")[0] == 200
 

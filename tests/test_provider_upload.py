@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from conftest import Ledger
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from http_server import running_node_server, running_server
+from http_server import running_node_server, running_server, send_raw
 from joserfc.jwk import OKPKey
 from replication import wait_for
 
@@ -427,9 +427,6 @@ def test_a_delivery_whose_body_does_not_all_arrive_is_answered_408_and_its_conne
 ) -> None:
     """The owner's statement passed, a delivery's body was read without a time-out: a
     client that sent part of it held the connection and its handler for good."""
-    import socket
-    from urllib.parse import urlsplit
-
     from gateways.http import api as api_module
 
     monkeypatch.setattr(api_module, "BODY_TIMEOUT_S", 0.5)
@@ -440,17 +437,11 @@ def test_a_delivery_whose_body_does_not_all_arrive_is_answered_408_and_its_conne
     statement = delivery_statement(
         owner, datasource_id=datasource, node=node, digest=commitment(body), now=time.time()
     )
-    url = urlsplit(federation["nodes"][node])
-    assert url.hostname is not None and url.port is not None
-    with socket.create_connection((url.hostname, url.port), timeout=10) as client:
-        client.sendall(
-            f"POST /v1/bundles/{datasource} HTTP/1.1\r\nHost: x\r\n{DELIVERY_HEADER}: {statement}\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body[: len(body) // 2]
-        )
-        answer = b""
-        while chunk := client.recv(65536):  # until the server closes the connection
-            answer += chunk
-    head, _, rest = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), answer
+    head, rest = send_raw(
+        federation["nodes"][node],
+        f"POST /v1/bundles/{datasource} HTTP/1.1\r\nHost: x\r\n{DELIVERY_HEADER}: {statement}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[: len(body) // 2],
+    )
+    assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(rest)["code"] == "body_timeout"
