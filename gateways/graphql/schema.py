@@ -18,15 +18,18 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
 
 import strawberry
-from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
+from graphql import GraphQLError, OperationDefinitionNode
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.types import ExecutionContext, ExecutionResult, Info
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
@@ -803,19 +806,6 @@ INVALID_QUERY = "invalid_query"
 _QUERY_THREADS = ThreadPoolExecutor(2, thread_name_prefix="dfg-graphql")
 
 
-def _query_only(document: str, operation_name: str | None) -> bool:
-    """Whether the operation to run is a query (its resolvers are synchronous); False
-    when the document does not parse, which the normal path then reports."""
-    try:
-        parsed = parse(document, max_tokens=MAX_TOKENS)
-    except GraphQLError:
-        return False
-    operations = [d for d in parsed.definitions if isinstance(d, OperationDefinitionNode)]
-    if operation_name is not None:
-        operations = [d for d in operations if d.name is not None and d.name.value == operation_name]
-    return bool(operations) and all(d.operation == OperationType.QUERY for d in operations)
-
-
 class _Schema(strawberry.Schema):
     """Refusals with a code (``fail``) are answers to the client, not server errors:
     they are logged at INFO without a traceback; anything else stays an ERROR.
@@ -831,14 +821,20 @@ class _Schema(strawberry.Schema):
         allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
     ) -> ExecutionResult:
-        arguments = (
+        allowed = set(allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES)
+        if query is not None and StrawberryOperationType.QUERY in allowed:
+            # Run as a query (its resolvers are synchronous); a mutation is refused before
+            # anything runs, and goes to the loop, where its asynchronous resolvers run.
+            run = partial(
+                self.execute_sync, query, variable_values, context_value, root_value, operation_name,
+                {StrawberryOperationType.QUERY}, operation_extensions,
+            )  # fmt: skip
+            with suppress(InvalidOperationTypeError):
+                return await asyncio.get_running_loop().run_in_executor(_QUERY_THREADS, run)
+        return await super().execute(
             query, variable_values, context_value, root_value, operation_name, allowed_operation_types,
             operation_extensions,
         )  # fmt: skip
-        if query is not None and _query_only(query, operation_name):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(_QUERY_THREADS, partial(self.execute_sync, *arguments))
-        return await super().execute(*arguments)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
