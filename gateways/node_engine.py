@@ -130,6 +130,10 @@ class NodeEngine:
             statuses = {
                 q.analysis_id: (views.document(cursor, "Analysis", q.analysis_id) or {}) for q in queue
             }
+        # what left the replica's queue and inbox is settled there: forget it, or a node
+        # that runs for months keeps every task it ever ran
+        self._done &= {(q.analysis_id, q.task_id) for q in queue}
+        self._answered &= set(inbox)
         # a failed analysis's later tasks stay queued for ever: only a computing one waits
         active = {a for a, doc in statuses.items() if doc.get("status") in ("queued", "computing")}
         for analysis_id in [a for a in self._tables if a not in active]:

@@ -200,6 +200,27 @@ def test_the_merged_table_of_an_analysis_that_failed_is_freed_though_its_later_t
     assert ANALYSIS not in engine._tables
 
 
+def test_tasks_and_answers_the_replica_no_longer_lists_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the engine remembers so as not to run a task or answer results twice is only
+    needed until the replica shows them settled; it grew with every task ever run."""
+    import gateways.node_engine as engine_module
+    from projections.analyses import QueuedTask
+
+    engine = _engine(_Ledger("unused"), tmp_path)
+    engine.node = cast(NodeReplica, SimpleNamespace(views=_Views()))
+    engine._done = {(ANALYSIS, 1), (ANALYSIS, 2)}
+    engine._answered = {ANALYSIS, "an-analysis-approved-long-ago"}
+    still_listed = QueuedTask(ANALYSIS, 2, "compute", "c1", "queued", None, False)
+    monkeypatch.setattr(engine_module.views, "node_queue", lambda cursor, node, **_: [still_listed])
+    monkeypatch.setattr(engine_module.views, "results_inbox", lambda cursor, node: [ANALYSIS])
+    monkeypatch.setattr(engine_module.views, "document", lambda cursor, kind, i: {"status": "computing"})
+    assert engine.step() is False  # task 2 finished here and the inbox's analysis answered
+    assert engine._done == {(ANALYSIS, 2)}
+    assert engine._answered == {ANALYSIS}
+
+
 class _NumberingSigner:
     """Each signature a new token, as each carries a new nonce."""
 
