@@ -526,3 +526,68 @@ def test_concurrent_submitters_are_grouped_and_all_answered(api: tuple[Http, Led
     seqs = sorted(body["seq"] for _, _, body in results)
     assert seqs == list(range(before + 1, before + 1 + len(work)))
     assert _size(http) == before + len(work)
+
+
+def test_a_receipt_can_be_asked_for_against_the_newest_checkpoint_the_witnesses_made_final(
+    ledger: Ledger,
+) -> None:
+    """A client that requires witnesses could only get receipts against the latest
+    checkpoint, which on a busy ledger is rarely cosigned yet: its check failed."""
+    from gateways.sdk import ConsentClient, DfgApiError, ReceiptError, WitnessPolicy
+    from infra.bootstrap import checkpoint_key
+    from ledger.witness import cosign, witness_verifier
+
+    witnesses = []
+    for name in ("node:w0", "node:w1"):
+        key = OKPKey.generate_key("Ed25519")
+        jwk = public_jwk(key).as_dict()
+        body = {"principal": name, "kind": "node_operator", "display_name": name, "jwk": jwk}
+        ledger.accept(ledger.sign(ledger.operator, "principal.admit", body))
+        verifier = witness_verifier(name, jwk)
+        assert verifier is not None
+        witnesses.append((name, key, verifier.to_string()))
+    ledger.app = ledger.admit("sp:app", "service_provider")  # type: ignore[attr-defined]
+    (given,) = ledger.accept(_give(ledger))
+    assert ledger.sequencer.checkpoint_now()
+    ledger.sequencer.store.close()
+    signer_key = checkpoint_key(ledger.settings)
+    assert signer_key is not None
+    policy = WitnessPolicy.from_keys([vkey for _, _, vkey in witnesses], 2)
+    with running_server(ledger.settings) as url:
+        http = Http(url)
+        status, _, problem = http.call("GET", f"/v1/entries/{given.seq}?checkpoint=final")
+        assert (status, problem["code"]) == (409, "not_yet_final")
+        assert "none is final yet" in problem["detail"]
+        bad = http.call("GET", f"/v1/entries/{given.seq}?checkpoint=newest")
+        assert (bad[0], bad[2]["code"]) == (400, "invalid_parameter")
+
+        (status, _, latest) = http.call("GET", f"/v1/entries/{given.seq}")
+        note, size = Receipt.from_json(latest).checkpoint, Receipt.from_json(latest).tree_size
+        store = open_store(ledger.settings)
+        try:  # one cosignature: not yet the quorum of two
+            name, key, _ = witnesses[0]
+            store.save_cosignature(size, name, cosign(note, name, key.private_key, 1))
+            status, _, problem = http.call("GET", f"/v1/entries/{given.seq}?checkpoint=final")
+            assert (status, problem["code"]) == (409, "not_yet_final")
+            name, key, _ = witnesses[1]
+            store.save_cosignature(size, name, cosign(note, name, key.private_key, 1))
+        finally:
+            store.close()
+        status, _, final = http.call("GET", f"/v1/entries/{given.seq}?checkpoint=final")
+        assert status == 200
+        assert verify_receipt(Receipt.from_json(final), signer_key.verifier(), witnesses=policy) == given.seq
+        client = ConsentClient(url, checkpoint_key=signer_key.verifier().to_string())
+        assert client.receipt(given.seq, witnesses=policy).seq == given.seq
+        other = witness_verifier("node:w9", public_jwk(OKPKey.generate_key("Ed25519")).as_dict())
+        assert other is not None  # the client's own policy decides: a witness it trusts did not cosign
+        with pytest.raises(ReceiptError, match="cosign"):
+            client.receipt(given.seq, witnesses=WitnessPolicy.from_keys([other.to_string()], 1))
+        with pytest.raises(DfgApiError) as refused:
+            client.entry(given.seq + 1, final=True)
+        assert refused.value.code == "unknown_entry"
+
+
+def test_no_receipt_is_final_on_a_ledger_without_witnesses(api: tuple[Http, Ledger]) -> None:
+    http, _ = api
+    status, _, problem = http.call("GET", "/v1/entries/1?checkpoint=final")
+    assert (status, problem["code"]) == (409, "no_witnesses")

@@ -33,7 +33,7 @@ from ledger.jws import MAX_JWS_BYTES
 from ledger.merkle import consistency_proof
 from ledger.receipt import ReceiptError, make_receipt
 from ledger.sequencer import Accepted
-from ledger.store import HeadMoved, StoredCheckpoint
+from ledger.store import HeadMoved, LedgerStore, StoredCheckpoint
 from ledger.witness import WitnessPolicy, with_cosignatures, witness_verifier
 from projections import keys, timeline
 from projections.consent_state import check as check_consent
@@ -306,16 +306,20 @@ async def post_checks(request: web.Request) -> web.StreamResponse:
 
 async def get_entry(request: web.Request) -> web.StreamResponse:
     seq = path_int(request, "seq")
+    final = query_params(request, ROUTE_ENTRY).get("checkpoint") == "final"
     ledger = service(request)
     store = ledger.sequencer.store
     if seq > ledger.sequencer.size:
         raise Problem(404, "unknown_entry", f"the ledger has {ledger.sequencer.size} entries")
-    loop = asyncio.get_running_loop()
-    checkpoint = store.latest_checkpoint()
-    if checkpoint is None or checkpoint.size < seq:
-        # Checkpoints follow within a second anyway; a reader asking now gets one now.
-        await loop.run_in_executor(None, ledger.sequencer.checkpoint_now)
+    checkpoint: StoredCheckpoint | None
+    if final:
+        checkpoint = _final_checkpoint_covering(request, seq)
+    else:
         checkpoint = store.latest_checkpoint()
+        if checkpoint is None or checkpoint.size < seq:
+            # Checkpoints follow within a second anyway; a reader asking now gets one now.
+            await asyncio.get_running_loop().run_in_executor(None, ledger.sequencer.checkpoint_now)
+            checkpoint = store.latest_checkpoint()
     assert checkpoint is not None
     (stored,) = store.read_entries(seq, 1)
     try:
@@ -357,6 +361,33 @@ def _witness_policy(request: web.Request) -> WitnessPolicy | None:
     return WitnessPolicy(witnesses, min(quorum, len(witnesses)))
 
 
+def _newest_final(store: LedgerStore, policy: WitnessPolicy) -> StoredCheckpoint | None:
+    """The newest checkpoint the policy's quorum of witnesses cosigned (among the
+    store's newest cosigned ones)."""
+    for candidate in store.cosigned_checkpoints(policy.quorum):
+        if policy.is_final(candidate.note, candidate.cosignatures):
+            return candidate
+    return None
+
+
+def _final_checkpoint_covering(request: web.Request, seq: int) -> StoredCheckpoint:
+    """A receipt for a client that requires witnesses: the latest checkpoint is rarely
+    cosigned yet on a busy ledger, so its receipt would fail such a client's check."""
+    policy = _witness_policy(request)
+    if policy is None:
+        raise Problem(409, "no_witnesses", "no witness is registered: no checkpoint can be final")
+    final = _newest_final(service(request).sequencer.store, policy)
+    if final is None or final.size < seq:
+        newest = f"the newest final checkpoint has size {final.size}" if final else "none is final yet"
+        raise Problem(
+            409,
+            "not_yet_final",
+            f"no checkpoint that {policy.quorum} of the {len(policy.witnesses)} witnesses cosigned"
+            f" covers entry {seq} yet ({newest}); ask again once they have cosigned a newer one",
+        )
+    return final
+
+
 def _witnessed(checkpoint: StoredCheckpoint, policy: WitnessPolicy | None) -> dict[str, Any]:
     note = with_cosignatures(checkpoint.note, checkpoint.cosignatures)
     return {
@@ -371,18 +402,13 @@ async def get_witnessed_checkpoint(request: web.Request) -> web.StreamResponse:
     store = service(request).sequencer.store
     policy = _witness_policy(request)
     latest = store.latest_checkpoint()
-    final = None
-    if policy is not None:
-        for candidate in store.cosigned_checkpoints(policy.quorum):
-            if policy.is_final(candidate.note, candidate.cosignatures):
-                final = _witnessed(candidate, policy)
-                break
+    final = _newest_final(store, policy) if policy is not None else None
     return json_response(
         {
             "witnesses": sorted(policy.witnesses) if policy else [],
             "quorum": policy.quorum if policy else 0,
             "latest": _witnessed(latest, policy) if latest else None,
-            "final": final,
+            "final": _witnessed(final, policy) if final else None,
         }
     )
 
@@ -593,6 +619,24 @@ ROUTE_HISTORY = Route(
     responses={200: ("a page of events", m.SubjectHistory), 400: _problem},
     tag="consents",
 )
+ROUTE_ENTRY = Route(
+    "GET",
+    "/v1/entries/{seq}",
+    get_entry,
+    "An entry with its inclusion proof and signed checkpoint",
+    path_params=(Param("seq", "integer", True, minimum=1, maximum=MAX_INT),),
+    query=(
+        Param(
+            "checkpoint",
+            "string",
+            enum=("latest", "final"),
+            description="latest (default): the newest checkpoint, with the cosignatures it has;"
+            " final: the newest checkpoint the witnesses' quorum cosigned (409 not_yet_final"
+            " until one covers the entry, 409 no_witnesses when none is registered)",
+        ),
+    ),
+    responses={200: ("the receipt", m.EntryReceipt), 400: _problem, 404: _problem, 409: _problem},
+)
 ROUTE_BADGE = Route(
     "GET",
     "/v1/badge/{controller}",
@@ -634,14 +678,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: ("answers, in order", m.ConsentAnswers), 400: _problem},
         tag="consents",
     ),
-    Route(
-        "GET",
-        "/v1/entries/{seq}",
-        get_entry,
-        "An entry with its inclusion proof and signed checkpoint",
-        path_params=(Param("seq", "integer", True, minimum=1, maximum=MAX_INT),),
-        responses={200: ("the receipt", m.EntryReceipt), 400: _problem, 404: _problem},
-    ),
+    ROUTE_ENTRY,
     Route(
         "GET",
         "/v1/checkpoint",

@@ -25,6 +25,7 @@ from gateways.sdk.verify import (
     required_checkpoint_key,
     verify_receipt,
 )
+from ledger.witness import WitnessPolicy
 
 
 class AsyncConsentClient:
@@ -105,19 +106,25 @@ class AsyncConsentClient:
 
     # --- proofs and read models ------------------------------------------------------------
 
-    async def entry(self, seq: int) -> dict[str, Any]:
-        doc: dict[str, Any] = await self._do(protocol.entry(seq))
+    async def entry(self, seq: int, *, final: bool = False) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._do(protocol.entry(seq, final=final))
         return doc
 
     async def receipt(
-        self, seq: int, *, checkpoint_key: str | None = None, keys: Keys | None = None
+        self,
+        seq: int,
+        *,
+        checkpoint_key: str | None = None,
+        keys: Keys | None = None,
+        witnesses: WitnessPolicy | None = None,
     ) -> VerifiedReceipt:
         """Fetch entry ``seq`` and verify it offline (see ``ConsentClient.receipt``)."""
-        doc = await self.entry(seq)
+        doc = await self.entry(seq, final=witnesses is not None)
         ring = keys if keys is not None else self.keyring
         if isinstance(ring, KeyRing) and (owner := principal_to_fetch(doc, ring)):
             ring.pin_principal(await self.principal(owner))
-        return verify_receipt(doc, required_checkpoint_key(checkpoint_key or self.checkpoint_key), ring)
+        pinned = required_checkpoint_key(checkpoint_key or self.checkpoint_key)
+        return verify_receipt(doc, pinned, ring, witnesses=witnesses)
 
     async def checkpoint(self) -> str:
         note: str = await self._do(protocol.checkpoint())

@@ -23,6 +23,7 @@ from gateways.sdk.verify import (
     required_checkpoint_key,
     verify_receipt,
 )
+from ledger.witness import WitnessPolicy
 
 USER_AGENT = "dfg-sdk-python/1"
 
@@ -98,24 +99,34 @@ class ConsentClient:
 
     # --- proofs and read models ------------------------------------------------------------
 
-    def entry(self, seq: int) -> dict[str, Any]:
-        """The receipt document of entry ``seq`` as served (store it as your receipt)."""
-        doc: dict[str, Any] = self._do(protocol.entry(seq))
+    def entry(self, seq: int, *, final: bool = False) -> dict[str, Any]:
+        """The receipt document of entry ``seq`` as served (store it as your receipt);
+        ``final``: proven against the newest checkpoint the witnesses' quorum cosigned
+        (``DfgApiError`` ``not_yet_final`` until one covers the entry)."""
+        doc: dict[str, Any] = self._do(protocol.entry(seq, final=final))
         return doc
 
     def receipt(
-        self, seq: int, *, checkpoint_key: str | None = None, keys: Keys | None = None
+        self,
+        seq: int,
+        *,
+        checkpoint_key: str | None = None,
+        keys: Keys | None = None,
+        witnesses: WitnessPolicy | None = None,
     ) -> VerifiedReceipt:
         """Fetch entry ``seq`` and verify it offline (``verify_receipt``).
 
         Without ``keys``, the signer's keys come from the client's keyring; a signer
         not pinned yet is fetched once from /v1/principals and pinned (each key is
-        checked against the thumbprint in its kid)."""
-        doc = self.entry(seq)
+        checked against the thumbprint in its kid). With ``witnesses``, the receipt is
+        fetched against the newest final checkpoint (``entry(seq, final=True)``), which
+        must carry cosignatures of the policy's quorum."""
+        doc = self.entry(seq, final=witnesses is not None)
         ring = keys if keys is not None else self.keyring
         if isinstance(ring, KeyRing) and (owner := principal_to_fetch(doc, ring)):
             ring.pin_principal(self.principal(owner))
-        return verify_receipt(doc, required_checkpoint_key(checkpoint_key or self.checkpoint_key), ring)
+        pinned = required_checkpoint_key(checkpoint_key or self.checkpoint_key)
+        return verify_receipt(doc, pinned, ring, witnesses=witnesses)
 
     def checkpoint(self) -> str:
         """The latest signed checkpoint note (C2SP tlog-checkpoint)."""

@@ -120,8 +120,9 @@ def check_many(questions: Sequence[ConsentQuestion]) -> Call:
     return Call("POST", "/v1/consents/check", read, body, JSON)
 
 
-def entry(seq: int) -> Call:
-    return Call("GET", f"/v1/entries/{int(seq)}", _identity)
+def entry(seq: int, *, final: bool = False) -> Call:
+    query = "?checkpoint=final" if final else ""
+    return Call("GET", f"/v1/entries/{int(seq)}{query}", _identity)
 
 
 def checkpoint() -> Call:
