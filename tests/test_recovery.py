@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -392,6 +393,53 @@ def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
         assert store_role(kept) is StoreRole.LEDGER
     finally:
         kept.close()
+
+
+def test_a_rebuild_interrupted_with_ctrl_c_keeps_what_it_verified_as_the_ledgers(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted, it printed click's "Aborted!" and left the entries in a store it had
+    not marked as the ledger's; an interruption before any entry left an empty file."""
+    import gateways.cli.recover_command as command
+    import gateways.recovery as recovery
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
+    bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
+    _lose_the_database(ledger)
+    monkeypatch.setattr(recovery, "PAGE", 2)
+    real = recovery.recover_from_bundle
+
+    def interrupted_at(size: int) -> Any:
+        def recover(store: Any, path: Path, progress: Any, expected: Any) -> Any:
+            def tick(held: int) -> None:
+                if held >= size:
+                    raise KeyboardInterrupt
+                progress(held)
+
+            return real(store, path, tick, expected)
+
+        return recover
+
+    def at_once(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "recover_from_bundle", at_once)
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 130 and "holds 0 verified entries" in output, output
+    assert not ledger.settings.ledger_file.exists()  # dfg init would take an empty file for a ledger
+    monkeypatch.setattr(command, "recover_from_bundle", interrupted_at(1))
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 130 and "interrupted: the ledger holds 2 verified entries" in output, output
+    kept = open_store(ledger.settings)
+    try:
+        assert kept.head()[0] == 2 and store_role(kept) is StoreRole.LEDGER
+    finally:
+        kept.close()
+    monkeypatch.setattr(command, "recover_from_bundle", real)
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 0 and "recovered entries 3 to" in output, output
+    assert _head(ledger.settings)[0] == 8
 
 
 def test_recovered_entries_no_checkpoint_covers_are_counted_and_named(ledger: Ledger, tmp_path: Path) -> None:

@@ -89,37 +89,43 @@ def recover(
         except BaseException:
             store.close()
             raise
-    refused = None
+    refused, interrupted, held = None, False, 0
     columns = (TextColumn("recovering: the ledger holds {task.completed:,.0f} entries"), SpinnerColumn())
     try:
-        with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as bar:
-            task = bar.add_task("recover", total=None, completed=store.head()[0])
-            tick = partial(bar.update, task)
-            if from_bundle is not None:
-                done = recover_from_bundle(
-                    store, from_bundle, lambda size: tick(completed=size), expected or Expected()
-                )
-            else:
-                assert bootstrap is not None
-                chain = chain or _chain_of(store)
-                kafka = KafkaSettings(bootstrap, client_id=f"dfg-recover-{chain}", security=kafka_security)
-                topics = Topics.for_ledger(chain, topic_prefix)
-                done = recover_from_topics(
-                    store, kafka, topics, lambda size: tick(completed=size), expected or Expected()
-                )
-        if expected is not None and done.size == 0:
-            raise RecoveryRefused("the source holds no entry to rebuild the ledger from")
-    except RecoveryRefused as exc:
-        refused = str(exc)
-    held = store.head()[0]
-    try:
-        if expected is not None and held:  # a rebuilt ledger, if only in part: no replica's
-            claim_store_role(store, StoreRole.LEDGER, settings)
+        try:
+            with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as bar:
+                task = bar.add_task("recover", total=None, completed=store.head()[0])
+                tick = partial(bar.update, task)
+                if from_bundle is not None:
+                    done = recover_from_bundle(
+                        store, from_bundle, lambda size: tick(completed=size), expected or Expected()
+                    )
+                else:
+                    assert bootstrap is not None
+                    chain = chain or _chain_of(store)
+                    client_id = f"dfg-recover-{chain}"
+                    kafka = KafkaSettings(bootstrap, client_id=client_id, security=kafka_security)
+                    topics = Topics.for_ledger(chain, topic_prefix)
+                    done = recover_from_topics(
+                        store, kafka, topics, lambda size: tick(completed=size), expected or Expected()
+                    )
+            if expected is not None and done.size == 0:
+                raise RecoveryRefused("the source holds no entry to rebuild the ledger from")
+        except RecoveryRefused as exc:
+            refused = str(exc)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:  # stopped for whatever reason: what was verified is kept, as the ledger's
+            held = store.head()[0]
+            if expected is not None and held:  # a rebuilt ledger, if only in part: no replica's
+                claim_store_role(store, StoreRole.LEDGER, settings)
     finally:
         store.close()
+    if (refused is not None or interrupted) and expected is not None and held == 0:
+        _remove_rebuilt(settings)
+    if interrupted:
+        fail(f"interrupted: the ledger holds {held:,} verified entries; run dfg recover again to go on", 130)
     if refused is not None:
-        if expected is not None and held == 0:  # what was verified is kept, as the message says
-            _remove_rebuilt(settings)
         fail(f"cannot recover: {refused}")
     click.echo(_summary(done))
 
