@@ -6,6 +6,7 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import TERMS, Ledger
 
@@ -59,3 +60,40 @@ def test_the_demo_ends_with_a_question_the_ledger_answers_yes(tmp_path: Path) ->
     assert line.startswith(prefix), populated.output
     answer = CliRunner().invoke(cli, ["consents", "check", *data, *line.removeprefix(prefix).split()])
     assert answer.exit_code == 0 and json.loads(answer.output)["granted"] is True, answer.output
+
+
+def test_ctrl_c_during_populate_says_what_the_ledger_keeps_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """click printed "Aborted!" and exit status 1, as for a failure, and said nothing of
+    the entries already appended."""
+    from ledger.sequencer import Sequencer
+
+    data = ["--data", str(tmp_path / "demo")]
+    assert CliRunner().invoke(cli, ["init", *data]).exit_code == 0
+    real, calls = Sequencer.submit, []
+
+    def submit(self: Sequencer, tokens: list[str]) -> list[object]:
+        calls.append(len(tokens))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, tokens)
+
+    monkeypatch.setattr(Sequencer, "submit", submit)
+    result = CliRunner().invoke(cli, ["demo", "populate", *data, "--entries", "500", "--batch", "100"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: the ledger keeps the 200 entries appended so far" in result.output
+    assert "Aborted" not in result.output
+    monkeypatch.setattr(Sequencer, "submit", real)
+    assert CliRunner().invoke(cli, ["audit", "verify", *data]).exit_code == 0
+
+
+def test_ctrl_c_ends_any_command_with_exit_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateways.cli.ledger_commands as commands
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "create_ledger", interrupted)
+    result = CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "d")])
+    assert (result.exit_code, result.output.strip()) == (130, "error: interrupted")

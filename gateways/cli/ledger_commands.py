@@ -102,13 +102,21 @@ def _populate(settings: Settings, sequencer: Sequencer, entries: int, seed: int,
     started = time.perf_counter()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("appending signed transactions", total=entries)
-        while accepted < entries:
-            chunk = list(islice(stream, min(batch, entries - accepted)))
-            outcomes = sequencer.submit(chunk)
-            ok = sum(isinstance(o, Accepted) for o in outcomes)
-            accepted += ok
-            refused += len(outcomes) - ok
-            progress.update(task, advance=ok)
+        try:
+            while accepted < entries:
+                chunk = list(islice(stream, min(batch, entries - accepted)))
+                outcomes = sequencer.submit(chunk)
+                ok = sum(isinstance(o, Accepted) for o in outcomes)
+                accepted += ok
+                refused += len(outcomes) - ok
+                progress.update(task, advance=ok)
+        except KeyboardInterrupt:
+            sequencer.checkpoint_now()
+            fail(
+                f"interrupted: the ledger keeps the {accepted:,} entries appended so far (size"
+                f" {sequencer.size:,}, verifiable); demo populate works on a fresh ledger only",
+                130,
+            )
     sequencer.checkpoint_now()
     elapsed = time.perf_counter() - started
     click.echo(

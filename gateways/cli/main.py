@@ -38,7 +38,7 @@ _READ_ONLY_HINT = (
 class _Commands(click.Group):
     """What the machine refuses (a database that cannot be opened or read, a file that
     cannot be written, an address in use, read models of another ledger) ends every
-    command as one line and exit status 1, not a traceback."""
+    command as one line and exit status 1, not a traceback; Ctrl-C ends it with 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -51,6 +51,8 @@ class _Commands(click.Group):
             fail(f"the database cannot be used: {message}{_READ_ONLY_HINT if 'readonly' in message else ''}")
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, as for a failure
+            fail("interrupted", 130)
 
 
 @click.group(cls=_Commands)
