@@ -30,6 +30,7 @@ from gateways.cli.options import (
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
 from gateways.kafka.preflight import connection_problem
+from gateways.kafka.quiet_logs import quiet_kafka_repeats
 from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics, check_topic_part
 from infra.bootstrap import open_store
@@ -104,6 +105,7 @@ def _logging() -> None:
     # kafka-python says a great deal at INFO (some 70 lines as a relay starts), which
     # buried dfg's own lines; its warnings and errors (a failed TLS handshake) stay.
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    quiet_kafka_repeats()  # and while a broker is down it repeats them several times a second
 
 
 def _stop_on_signals() -> threading.Event:
