@@ -926,6 +926,37 @@ def test_a_follower_that_cannot_see_its_topics_says_so_and_how_long(
     assert report["size"] == ledger.head()[0] and report["topic_end_seen_age_s"] < 60
 
 
+def test_entries_after_an_idle_night_are_not_reported_hours_behind(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lag was the newest verified entry's age while newer ones waited: after a night
+    without entries, the first of the morning made it hours for a moment, and an alert on
+    it fired. The replica was caught up a moment before: that bounds the lag too."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(3)])
+    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    follower = _manual_follower(tmp_path / "node", kafka, topics, None)
+    try:
+        follower.connect()
+        _step_until(follower, lambda: follower.replica.size == ledger.head()[0], "the ledger's size")
+        night = time.time() + 10 * 3600
+        follower.clock = lambda: night  # ten idle hours on, the replica still caught up
+        follower.step(timeout_ms=100)
+        assert follower.status.connected and follower.status.lag_seconds == 0
+        consumer = follower._consumer
+        assert consumer is not None  # the morning's first entries are on the topic, not yet read
+        monkeypatch.setattr(consumer, "highwater", lambda tp: follower.replica.size + 2)
+        follower.clock = lambda: night + 5
+        follower._refresh_status()
+        assert follower.status.lag_entries == 2
+        assert 4 <= follower.status.lag_seconds <= 6
+    finally:
+        relay_running.halt()
+        follower.close()
+        follower.replica.store.close()
+        follower.views.close()
+
+
 @pytest.mark.slow
 def test_a_follower_whose_broker_went_away_says_it_is_not_connected(ledger: Ledger, tmp_path: Path) -> None:
     """kafka-python's poll logs a broker that went away and returns nothing, and its

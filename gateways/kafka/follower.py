@@ -149,6 +149,8 @@ class Follower:
         self._noted_at = float("-inf")
         #: When the broker last answered this follower (Unix seconds).
         self._answered_at: float | None = None
+        #: When the replica was last seen to hold every entry on the topic (Unix seconds).
+        self._caught_up_at: float | None = None
         self._checkpoints_saved: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------
@@ -483,6 +485,8 @@ class Follower:
             else None
         )
         status.updated_at = self.clock()
+        if status.connected and not status.lag_entries:
+            self._caught_up_at = status.updated_at
         if status.connected:
             status.lag_seconds = self._lag_seconds() if status.lag_entries else 0.0
         else:
@@ -490,10 +494,13 @@ class Follower:
             status.lag_seconds = max(0.0, status.updated_at - seen)
 
     def _lag_seconds(self) -> float:
-        """How old the newest verified entry is while newer ones wait: an upper bound on
-        how far this replica is behind in time."""
+        """While newer entries wait, an upper bound on how old the oldest of them is: none
+        is older than the newest verified entry, nor than the moment the replica was last
+        seen caught up. (The newest entry's age alone said hours, for a moment, when
+        entries came after an idle night: an alert on it fired at each such morning.)"""
         newest = newest_entry_time(self.store, self.replica.size)
-        return 0.0 if newest is None else max(0.0, self.clock() - newest.timestamp())
+        since = max(newest.timestamp() if newest else float("-inf"), self._caught_up_at or float("-inf"))
+        return 0.0 if since == float("-inf") else max(0.0, self.clock() - since)
 
     def take_lags(self) -> list[float]:
         """Append-to-verified seconds of entries verified since the last call."""
