@@ -63,7 +63,10 @@ class Route:
     query: tuple[Param, ...] = ()
     path_params: tuple[Param, ...] = ()
     body: dict[str, type[BaseModel] | str] = field(default_factory=dict)  # content type -> model
-    responses: dict[int, tuple[str, type[BaseModel] | str | None]] = field(default_factory=dict)
+    # status -> (description, model); a tuple of models is any one of them
+    responses: dict[int, tuple[str, type[BaseModel] | tuple[type[BaseModel], ...] | str | None]] = field(
+        default_factory=dict
+    )
     tag: str = "ledger"
 
 
@@ -658,7 +661,10 @@ ROUTES: tuple[Route, ...] = (
             "application/json": m.TransactionBatch,
         },
         responses={
-            200: ("batch results, or a resubmitted transaction's existing entry", m.BatchResults),
+            200: (
+                "batch results, or a resubmitted transaction's existing entry (`duplicate: true`)",
+                (m.BatchResults, m.AcceptedResult),
+            ),
             201: ("accepted: the new entry", m.AcceptedResult),
             400: _problem,
             413: _problem,

@@ -106,6 +106,8 @@ def build_openapi(version: str) -> dict[str, Any]:
                 content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
             elif isinstance(model, str):
                 content = {model: {"schema": {"type": "string"}}}
+            elif isinstance(model, tuple):
+                content = {"application/json": {"schema": {"anyOf": [ref(one) for one in model]}}}
             elif model.__name__ == "ProblemDocument":
                 content = {PROBLEM: {"schema": ref(model)}}
             else:
