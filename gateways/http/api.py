@@ -593,10 +593,24 @@ ROUTE_CONSISTENCY = Route(
     get_consistency,
     "RFC 9162 consistency proof between two tree sizes",
     query=(
-        Param("first", "integer", True, minimum=1, maximum=MAX_INT),
-        Param("second", "integer", True, minimum=1, maximum=MAX_INT),
+        Param("first", "integer", True, description="the older tree size", minimum=1, maximum=MAX_INT),
+        Param(
+            "second",
+            "integer",
+            True,
+            description="the newer tree size, at least `first`",
+            minimum=1,
+            maximum=MAX_INT,
+        ),
     ),
-    responses={200: ("the proof", m.ConsistencyProof), 400: _problem, 404: _problem},
+    responses={
+        200: ("the proof (no hashes when first = second)", m.ConsistencyProof),
+        400: _problem,
+        404: (
+            "a problem document: `second` is beyond the ledger's size (`unknown_tree_size`)",
+            m.ProblemDocument,
+        ),
+    },
 )
 ROUTE_LOG = Route(
     "GET",
@@ -604,10 +618,23 @@ ROUTE_LOG = Route(
     get_log,
     "The log itself: up to `limit` canonical entries from `start`, one per line",
     query=(
-        Param("start", "integer", True, minimum=1, maximum=MAX_INT),
-        Param("limit", "integer", minimum=1, maximum=5000),
+        Param("start", "integer", True, description="the first entry's seq", minimum=1, maximum=MAX_INT),
+        Param(
+            "limit",
+            "integer",
+            description="at most this many entries (default 1000)",
+            minimum=1,
+            maximum=5000,
+        ),
     ),
-    responses={200: ("entries, one JSON object per line", "application/x-ndjson"), 400: _problem},
+    responses={
+        200: (
+            "entries from `start`, each line exactly an entry's bytes and a newline"
+            " (empty beyond the ledger's size)",
+            "application/x-ndjson",
+        ),
+        400: _problem,
+    },
 )
 ROUTE_HISTORY = Route(
     "GET",
