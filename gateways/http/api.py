@@ -694,6 +694,7 @@ ROUTES: tuple[Route, ...] = (
             ),
             201: ("accepted: the new entry", m.AcceptedResult),
             400: _problem,
+            408: _problem,
             413: _problem,
             415: _problem,
             422: ("refused: nothing was recorded", m.ProblemDocument),
@@ -717,7 +718,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/checkpoint",
         get_checkpoint,
         "The latest signed checkpoint (C2SP tlog-checkpoint)",
-        responses={200: ("the signed note with witnesses' cosignature lines", "text/plain")},
+        responses={200: ("the signed note with witnesses' cosignature lines", "text/plain"), 404: _problem},
     ),
     Route(
         "GET",
