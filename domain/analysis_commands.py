@@ -189,12 +189,20 @@ class SetEncryptionKey(Command):
     @field_validator("jwk")
     @classmethod
     def _x25519(cls, jwk: dict[str, str]) -> dict[str, str]:
-        if set(jwk) - {"kty", "crv", "x", "use"} or jwk.get("kty") != "OKP" or jwk.get("crv") != "X25519":
-            raise ValueError("an X25519 public key: {kty: OKP, crv: X25519, x}, nothing private")
-        x = jwk.get("x", "")
-        if len(x) != 43 or not x.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("x is 32 bytes, unpadded base64url")
+        problem = x25519_problem(jwk)
+        if problem is not None:
+            raise ValueError(problem)
         return jwk
+
+
+def x25519_problem(jwk: dict[str, str]) -> str | None:
+    """Why ``jwk`` is not a public X25519 key as the nodes use them, or None."""
+    if set(jwk) - {"kty", "crv", "x", "use"} or jwk.get("kty") != "OKP" or jwk.get("crv") != "X25519":
+        return "an X25519 public key: {kty: OKP, crv: X25519, x}, nothing private"
+    x = jwk.get("x", "")
+    if len(x) != 43 or not x.replace("-", "").replace("_", "").isalnum():
+        return "x is 32 bytes, unpadded base64url"
+    return None
 
 
 # --- data views ---------------------------------------------------------------------------

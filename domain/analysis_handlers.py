@@ -29,6 +29,8 @@ class AnalysisState(Protocol):
 
     def aggregate(self, aggregate_id: UUID) -> Aggregate | None: ...
 
+    def rules(self) -> int: ...
+
 
 PROVIDER = frozenset({Kind.DATA_PROVIDER})
 ANALYST = frozenset({Kind.ANALYST_ORG})
@@ -425,6 +427,12 @@ def send_analysis(
     cmd: a.SendAnalysis, signer: Principal | None, at: datetime, state: AnalysisState
 ) -> Aggregate:
     analysis = _analysis(state, cmd.analysis_id)
+    if len(cmd.nodes) < 3 and state.rules() >= 2:
+        raise DomainError(
+            "too_few_nodes",
+            f"an analysis needs at least 3 nodes (rules version 2): shares split among"
+            f" {len(cmd.nodes)} keep no value secret from a node and its peer",
+        )
     for node in cmd.nodes:
         principal = state.principal(node)
         if principal is None or Kind.NODE_OPERATOR not in principal.roles:
@@ -484,6 +492,11 @@ def request_access(
     cmd: a.RequestResultAccess, signer: Principal | None, at: datetime, state: AnalysisState
 ) -> Aggregate:
     analysis = _analysis(state, cmd.analysis_id)
+    if (problem := a.x25519_problem(dict(cmd.recipient_jwk))) is not None and state.rules() >= 2:
+        raise DomainError(
+            "unusable_key",
+            f"recipient_jwk: {problem}; the nodes seal results to no other key (rules version 2)",
+        )
     analysis.request_access(by=_by(signer), recipient_jwk=dict(cmd.recipient_jwk), at=at)
     return analysis
 

@@ -103,6 +103,9 @@ class LedgerParameters(Command):
     chain: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{2,62}$")]
     origin: Annotated[str, Field(min_length=3, max_length=200, pattern=r"^[^\s+]+$")]
     checkpoint_key: Annotated[str, Field(min_length=10, max_length=300)]
+    #: The rules version the ledger follows from its first entry (``domain.rules``);
+    #: absent, as in the first release's genesis entries: version 1.
+    rules: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class Genesis(Command):
@@ -112,6 +115,12 @@ class Genesis(Command):
     operator: PrincipalId
     display_name: ShortText
     jwk: PublicJwk
+
+
+class AdoptRules(Command):
+    """The operator moves the ledger to a newer version of its rules, from the next entry."""
+
+    version: Annotated[int, Field(ge=2, le=1_000_000)]
 
 
 class AdmitPrincipal(Command):
@@ -245,6 +254,7 @@ class UtilizeConsent(Command):
 #: platform's are in ``domain.analysis_commands``; ``domain.handlers.COMMANDS`` has all).
 LEDGER_COMMANDS: dict[str, type[Command]] = {
     "ledger.genesis": Genesis,
+    "ledger.adopt_rules": AdoptRules,
     "principal.admit": AdmitPrincipal,
     "principal.grant_role": GrantRole,
     "principal.revoke_role": RevokeRole,

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain import analysis_handlers
+from domain import analysis_handlers, rules
 from domain import commands as c
 from domain.analysis_commands import ANALYSIS_COMMANDS
 from domain.consent import Consent
@@ -29,6 +29,7 @@ ORGANISATION_ROLES = frozenset({c.Kind.SERVICE_PROVIDER, c.Kind.DATA_PROVIDER, c
 #: that it is itself, or an operator). Documented in docs/transactions.md.
 MAY_SIGN: dict[str, frozenset[str]] = {
     "ledger.genesis": frozenset({"genesis"}),
+    "ledger.adopt_rules": frozenset({c.Kind.OPERATOR}),
     "principal.admit": frozenset({c.Kind.OPERATOR, c.Kind.IDENTITY_SERVICE}),
     "principal.grant_role": frozenset({c.Kind.OPERATOR}),
     "principal.revoke_role": frozenset({c.Kind.OPERATOR}),
@@ -58,6 +59,10 @@ class State(Protocol):
 
     def is_empty(self) -> bool: ...
 
+    def rules(self) -> int:
+        """The rules version in effect for the entry being decided (``domain.rules``)."""
+        ...
+
 
 def _require_role(signer: Principal, *roles: str) -> None:
     if not signer.roles.intersection(roles):
@@ -84,6 +89,8 @@ def _signer(signer: Principal | None) -> Principal:
 def genesis(cmd: c.Genesis, signer: Principal | None, at: datetime, state: State) -> Aggregate:
     if not state.is_empty():
         raise DomainError("genesis_exists", "this ledger already has a genesis entry")
+    if cmd.ledger.rules is not None:
+        rules.require_known(cmd.ledger.rules)
     return Principal.admit(
         aggregate_id=principal_aggregate_id(cmd.operator),
         principal=cmd.operator,
@@ -93,8 +100,21 @@ def genesis(cmd: c.Genesis, signer: Principal | None, at: datetime, state: State
         jwk=cmd.jwk,
         admitted_by=cmd.operator,
         at=at,
-        ledger=cmd.ledger.model_dump(),
+        ledger=cmd.ledger.model_dump(exclude_none=True),  # no "rules" in a version 1 genesis
     )
+
+
+def adopt_rules(cmd: c.AdoptRules, signer: Principal | None, at: datetime, state: State) -> Aggregate:
+    by = _signer(signer)
+    current = state.rules()
+    if cmd.version <= current:
+        raise DomainError("rules_not_newer", f"this ledger follows rules version {current} already")
+    rules.require_known(cmd.version)
+    adopted = state.aggregate(rules.RULES_AGGREGATE_ID)
+    if isinstance(adopted, rules.LedgerRules):
+        adopted.adopt(version=cmd.version, by=by.principal, at=at)
+        return adopted
+    return rules.LedgerRules.adopt_first(version=cmd.version, by=by.principal, at=at)
 
 
 def admit(cmd: c.AdmitPrincipal, signer: Principal | None, at: datetime, state: State) -> Aggregate:
@@ -282,12 +302,17 @@ def utilize_consent(cmd: c.UtilizeConsent, signer: Principal | None, at: datetim
     consent = state.consent(consent_aggregate_id(by.principal, cmd.consent_id))
     if consent is None:
         raise DomainError("unknown_consent", f"{by.principal} has no consent {cmd.consent_id}")
+    if len(set(cmd.data_categories)) != len(cmd.data_categories) and state.rules() >= 2:
+        raise DomainError(
+            "repeated_category", "data_categories names a category more than once (rules version 2)"
+        )
     consent.utilize(purpose=cmd.purpose, data_categories=list(cmd.data_categories), at=at)
     return consent
 
 
 HANDLERS: dict[str, Callable[..., Aggregate]] = {
     "ledger.genesis": genesis,
+    "ledger.adopt_rules": adopt_rules,
     "principal.admit": admit,
     "principal.grant_role": grant_role,
     "principal.revoke_role": revoke_role,
@@ -304,6 +329,8 @@ HANDLERS: dict[str, Callable[..., Aggregate]] = {
 
 #: Every event type that may appear in an entry, by its wire name.
 EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
+    "LedgerRules.Adopted": rules.LedgerRules.Adopted,
+    "LedgerRules.Upgraded": rules.LedgerRules.Upgraded,
     "Principal.Admitted": Principal.Admitted,
     "Principal.KeyAdded": Principal.KeyAdded,
     "Principal.KeyRotated": Principal.KeyRotated,
@@ -338,6 +365,7 @@ def decide(
 
 #: Aggregate classes by the prefix of their event names.
 AGGREGATES: dict[str, type[Aggregate]] = {
+    "LedgerRules": rules.LedgerRules,
     "Principal": Principal,
     "Consent": Consent,
     **analysis_handlers.AGGREGATES,

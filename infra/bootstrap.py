@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
+from domain import rules as rules_versions
 from infra.keyfiles import KeyFileError, make_private_dirs, read_jwk, read_secret, write_jwk, write_secret
 from infra.settings import Settings
 from infra.store_role import StoreRole, check_store_role, claim_store_role
@@ -121,6 +122,7 @@ def create_ledger(
     origin: str | None,
     operator: str,
     display_name: str,
+    rules: int | None = rules_versions.NEWEST,
 ) -> Entry:
     """Generate the root and checkpoint keys and append the genesis entry, holding the
     ledger's writer lock (``LedgerBusy`` while another process writes it). Bad
@@ -132,7 +134,14 @@ def create_ledger(
     genesis = TransactionSigner(principal=operator, key=root, chain=chain).sign(
         "ledger.genesis",
         {
-            "ledger": {"chain": chain, "origin": origin, "checkpoint_key": note_key.verifier().to_string()},
+            "ledger": {
+                "chain": chain,
+                "origin": origin,
+                "checkpoint_key": note_key.verifier().to_string(),
+                # a new ledger follows the newest rules from its first entry (None: a
+                # genesis entry as the first release wrote it, which follows version 1)
+                **({} if rules is None else {"rules": rules}),
+            },
             "operator": operator,
             "display_name": display_name,
             "jwk": public_jwk(root).as_dict(),

@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate
 
 from domain.errors import DomainError
 from domain.handlers import decide
+from domain.rules import genesis_version
 from domain.times import parse_time
 from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import CheckpointError, open_checkpoint
@@ -460,6 +461,7 @@ class Auditor:
         ledger = entry.data.get("ledger")
         assert isinstance(ledger, dict)
         self._ledger = ledger
+        self._state.genesis_rules = genesis_version(ledger)
         self.report.chain = ledger["chain"]
         self.report.origin = ledger["origin"]
         self.report.checkpoint_key = ledger["checkpoint_key"]

@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate
 from domain.commands import Genesis
 from domain.errors import DomainError
 from domain.handlers import decide
+from domain.rules import genesis_version
 from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.entry import Entry
@@ -248,6 +249,7 @@ class Sequencer:
         self, parsed: Sequence[Transaction | Rejected], signatures: Sequence[bool]
     ) -> list[Outcome]:
         state = _BatchState(self._cache, self._frontier.size)
+        state.genesis_rules = genesis_version(self.ledger)
         try:
             return self._decide_and_append(parsed, signatures, state)
         except BaseException:
@@ -313,7 +315,8 @@ class Sequencer:
             self._last_ts = now
             if ledger is None and item.type == "ledger.genesis":
                 assert isinstance(item.command, Genesis)
-                ledger = item.command.ledger.model_dump()
+                ledger = item.command.ledger.model_dump(exclude_none=True)
+                state.genesis_rules = genesis_version(ledger)
             outcomes.append(Accepted(entry))
 
         if not entries:

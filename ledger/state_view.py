@@ -10,12 +10,19 @@ from eventsourcing.domain import Aggregate
 from domain.consent import Consent
 from domain.identifiers import could_be_principal, principal_aggregate_id
 from domain.principal import Principal
+from domain.rules import RULES_AGGREGATE_ID, LedgerRules
 
 
 class AggregateLookups:
-    """Subclasses provide ``_get`` (an aggregate by id, or None) and ``size``."""
+    """Subclasses provide ``_get`` (an aggregate by id, or None) and ``size``; their owner
+    sets ``genesis_rules`` from the genesis entry (``domain.rules.genesis_version``)."""
 
     size: int
+    genesis_rules: int = 1
+
+    def rules(self) -> int:
+        adopted = self._get(RULES_AGGREGATE_ID)
+        return adopted.version if isinstance(adopted, LedgerRules) else self.genesis_rules
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         raise NotImplementedError

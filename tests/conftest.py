@@ -112,8 +112,13 @@ class Ledger:
         return self.sequencer.store.head()
 
 
-def make_ledger(settings: Settings) -> Ledger:
-    create_ledger(settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Test federation")
+def make_ledger(settings: Settings, *, first_release: bool = False) -> Ledger:
+    """``first_release``: a genesis entry as the first release wrote it (no ``rules``:
+    version 1); by default, one that names the newest rules."""
+    extra = {"rules": None} if first_release else {}
+    create_ledger(
+        settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="Test federation", **extra
+    )
     sequencer = open_sequencer(settings)
     operator = root_signer(settings, CHAIN, OPERATOR)
     operator.nonce = 1

@@ -18,6 +18,7 @@ from domain.consent import Consent
 from domain.data_view import DataView
 from domain.handlers import AGGREGATES, EVENT_TYPES
 from domain.principal import Principal
+from domain.rules import LedgerRules
 
 AT = datetime(2026, 11, 24, 10, 30, tzinfo=UTC)
 BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
@@ -36,6 +37,7 @@ KEY = {
 }
 #: Every created event, with the fields its aggregate's factory would give it.
 SAMPLES: dict[type[Aggregate.Created], tuple[type[LedgerAggregate], dict[str, Any]]] = {
+    LedgerRules.Adopted: (LedgerRules, {"version": 2, "adopted_by": "operator:federation"}),
     Consent.Requested: (
         Consent,
         {"consent_id": str(uuid.uuid4()), "controller": "sp:app", "subject": "p-1", "terms": TERMS},

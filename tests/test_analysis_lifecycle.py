@@ -74,6 +74,12 @@ def _datasource(
 
 @pytest.fixture
 def fed(ledger: Ledger) -> Federation:
+    return make_federation(ledger)
+
+
+def make_federation(ledger: Ledger) -> Federation:
+    """Two data providers, an analyst organisation, three nodes and one more, with their
+    catalogs, datasources and a data view."""
     provider_a = ledger.admit("dp:meteda", "data_provider")
     provider_b = ledger.admit("dp:cardiolyse", "data_provider")
     analyst = ledger.admit("ao:lab", "analyst_org")
@@ -185,6 +191,13 @@ def test_the_whole_lifecycle_and_it_audits(fed: Federation) -> None:
     assert [m.entry.data["status"] for m in moves] == ["computing"] * (len(moves) - 1) + ["computed"]
     results = [f.do(node, "results.approve", {"analysis_id": analysis}).entry for node in f.nodes]
     assert [e.data["status"] for e in results] == ["computed", "computed", "results_approved"]
+    ec_key = {"kty": "EC", "crv": "P-256", "x": "A" * 43, "y": "B" * 43}  # rules version 2: refused
+    f.refused(
+        f.analyst,
+        "results.request_access",
+        {"analysis_id": analysis, "recipient_jwk": ec_key},
+        "unusable_key",
+    )
     released = f.do(
         f.analyst,
         "results.request_access",

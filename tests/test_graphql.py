@@ -487,13 +487,13 @@ def test_the_lifecycle_through_graphql_with_signed_transactions(
         {"analysis_id": ids["analysis"], "recipient_jwk": {"kty": "OKP", "crv": "X25519", "x": "C" * 43}},
     )
     assert _error_code(session, result_doc, a=gid, r=[[forged]], k=[2]) == "access_not_recorded"
-    # the ledger records any public OKP or EC key; a node seals to X25519 keys only, and says so
     assert _run(node_sessions[1], result_doc, a=gid, r=[[access]], k=[2])["result"]["status"] == "RELEASED"
+    # a key the nodes cannot seal to is refused on the ledger (rules version 2; a node
+    # still says recipient_not_x25519 for one a version 1 ledger recorded)
     for jwk in ({"kty": "OKP", "crv": "Ed25519", "x": "B" * 43}, {"kty": "OKP", "crv": "X25519", "x": "B"}):
         body = {"analysis_id": ids["analysis"], "recipient_jwk": jwk}
         odd = sign(p["analyst"], "results.request_access", body)
-        _run(node_sessions[1], access_doc, a=odd)
-        assert _error_code(node_sessions[1], result_doc, a=gid, r=[[odd]], k=[2]) == "recipient_not_x25519"
+        assert _error_code(node_sessions[1], access_doc, a=odd) == "unusable_key"
 
     page = _run(
         session,

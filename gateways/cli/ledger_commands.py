@@ -12,6 +12,7 @@ from itertools import islice
 import click
 from rich.progress import Progress
 
+from domain import rules as rules_versions
 from gateways.cli.options import checkpoint_options, fail, ledger_options, require_ledger
 from gateways.cli.signed_submit import ledger_identity
 from infra.bootstrap import create_ledger, open_sequencer, root_signer
@@ -42,7 +43,17 @@ DEFAULT_OPERATOR = "op:federation"
     help="Principal id of the first operator.",
 )
 @click.option("--name", "display_name", default="DfG federation", show_default=True)
-def init(settings: Settings, chain: str | None, origin: str | None, operator: str, display_name: str) -> None:
+@click.option(
+    "--rules",
+    type=click.IntRange(1, rules_versions.NEWEST),
+    default=rules_versions.NEWEST,
+    show_default=True,
+    help="The rules version the ledger follows from its first entry (`dfg rules show` says what"
+    " each changes); an earlier one while members' tools still send what newer rules refuse.",
+)
+def init(
+    settings: Settings, chain: str | None, origin: str | None, operator: str, display_name: str, rules: int
+) -> None:
     """Create a ledger: root key, checkpoint key and the genesis entry."""
     # A fixed default would give every ledger made with defaults one id (a staging
     # ledger and the production one, say), and a transaction signed for one would be
@@ -50,7 +61,7 @@ def init(settings: Settings, chain: str | None, origin: str | None, operator: st
     chain = f"dfg-{secrets.token_hex(4)}" if chain is None else chain
     try:
         entry = create_ledger(
-            settings, chain=chain, origin=origin, operator=operator, display_name=display_name
+            settings, chain=chain, origin=origin, operator=operator, display_name=display_name, rules=rules
         )
     except (Rejected, KeyFileError, ValueError, LedgerBusy, WrongStoreRole) as exc:
         fail(str(exc))

@@ -23,6 +23,7 @@ from gateways.cli.principal_commands import principals
 from gateways.cli.projection_commands import consents, projections
 from gateways.cli.provider_commands import provider
 from gateways.cli.recover_command import recover
+from gateways.cli.rules_commands import rules_group
 from gateways.cli.serve_command import serve
 from infra.runtime import tune_for_throughput
 from projections.base import ViewsNotOfThisLog
@@ -70,6 +71,7 @@ cli.add_command(audit)
 cli.add_command(projections)
 cli.add_command(consents)
 cli.add_command(principals)
+cli.add_command(rules_group)
 cli.add_command(bench)
 cli.add_command(serve)
 cli.add_command(relay)

@@ -136,7 +136,7 @@ def admit(
 ) -> None:
     """Admit PRINCIPAL with its public key (principal.admit)."""
     jwk = None if jwk_file is None else read_public_jwk(jwk_file)
-    seq = _submit(
+    seq = submit_signed(
         signing,
         lambda b: b.admit_principal(
             principal=principal, kind=kind, jwk=jwk, display_name=display_name, custodian=custodian
@@ -151,7 +151,7 @@ def admit(
 @click.argument("role", type=_KINDS)
 def grant_role(signing: Signing, principal: str, role: str) -> None:
     """Grant PRINCIPAL the ROLE (principal.grant_role)."""
-    seq = _submit(signing, lambda b: b.grant_role(principal=principal, role=role))
+    seq = submit_signed(signing, lambda b: b.grant_role(principal=principal, role=role))
     _say(signing, seq, f"granted {role} to {principal}", principal=principal)
 
 
@@ -161,7 +161,7 @@ def grant_role(signing: Signing, principal: str, role: str) -> None:
 @click.argument("role", type=_KINDS)
 def revoke_role(signing: Signing, principal: str, role: str) -> None:
     """Take the ROLE from PRINCIPAL (principal.revoke_role)."""
-    seq = _submit(signing, lambda b: b.revoke_role(principal=principal, role=role))
+    seq = submit_signed(signing, lambda b: b.revoke_role(principal=principal, role=role))
     _say(signing, seq, f"revoked {role} from {principal}", principal=principal)
 
 
@@ -180,7 +180,7 @@ def add_key(
 ) -> None:
     """Add a key to PRINCIPAL, usable from the next entry (key.add)."""
     jwk = read_public_jwk(jwk_file)
-    seq = _submit(
+    seq = submit_signed(
         signing,
         lambda b: b.add_key(principal=principal, jwk=jwk, not_before=not_before, not_after=not_after),
     )
@@ -195,7 +195,7 @@ def add_key(
 def rotate_key(signing: Signing, principal: str, old_kid: str, jwk_file: Path) -> None:
     """Replace one of PRINCIPAL's keys; the old one is revoked as superseded (key.rotate)."""
     jwk = read_public_jwk(jwk_file)
-    seq = _submit(signing, lambda b: b.rotate_key(principal=principal, old_kid=old_kid, jwk=jwk))
+    seq = submit_signed(signing, lambda b: b.rotate_key(principal=principal, old_kid=old_kid, jwk=jwk))
     _say(signing, seq, f"rotated {old_kid}", principal=principal)
 
 
@@ -211,7 +211,7 @@ def rotate_key(signing: Signing, principal: str, old_kid: str, jwk_file: Path) -
 )
 def revoke_key(signing: Signing, principal: str, kid: str, reason: str) -> None:
     """Revoke one of PRINCIPAL's keys from the next entry on (key.revoke)."""
-    seq = _submit(signing, lambda b: b.revoke_key(principal=principal, kid=kid, reason=reason))
+    seq = submit_signed(signing, lambda b: b.revoke_key(principal=principal, kid=kid, reason=reason))
     _say(signing, seq, f"revoked {kid} ({reason})", principal=principal)
 
 
@@ -275,7 +275,7 @@ def read_public_jwk(path: Path) -> dict[str, str]:
         fail(f"--jwk {where}: not a public key the ledger accepts ({problems})", 2)
 
 
-def _submit(signing: Signing, build: Build) -> int:
+def submit_signed(signing: Signing, build: Build) -> int:
     """Sign with the signer's key and append; the new entry's number."""
     key = signing.key if signing.key is not None else signing.settings.keys_dir / ROOT_KEY_FILE
     if signing.api is not None:
