@@ -29,6 +29,8 @@ from ledger.store import StoreConflict
 log = logging.getLogger("dfg.writer_lock")
 
 LOCK_FILE = "ledger.lock"
+#: The relay's own lock: it runs beside the ledger's writer, so it cannot take that one.
+RELAY_LOCK_FILE = "relay.lock"
 
 
 class LedgerBusy(RuntimeError):
@@ -68,20 +70,56 @@ def _busy(where: str, doing: str) -> LedgerBusy:
     )
 
 
-def _file_lock(settings: Settings, doing: str) -> WriterLock:
+class RelayBusy(RuntimeError):
+    """Another ``dfg relay`` publishes this ledger."""
+
+
+def take_relay_lock(settings: Settings) -> WriterLock:
+    """The ledger's relay lock, or ``RelayBusy``. Two relays of one ledger would each
+    publish every new entry: the topic would hold it twice, which stops both relays and
+    every follower until the topics are deleted and published again from entry 1. The
+    relay only reads the ledger, so it runs beside the writer and takes a lock of its
+    own (``DIR/relay.lock``, or a second advisory lock per schema)."""
+    if settings.database_url:
+        from infra.storage.postgres import database_url_schema
+
+        schema = database_url_schema(settings.database_url)
+        lock = _PostgresWriterLock(settings.database_url, _lock_key(schema, "relay"))
+        if lock.take():
+            return lock
+        where = f"schema {schema!r} of the database"
+    else:
+        taken = _take_file_lock(settings, RELAY_LOCK_FILE)
+        if taken is not None:
+            return taken
+        where = str(settings.data_dir)
+    raise RelayBusy(
+        f"another dfg relay publishes the ledger in {where}: two relays would publish every new"
+        " entry twice, and a topic that holds an entry twice stops every relay and follower"
+        " until the topics are recreated; stop it before starting another"
+    )
+
+
+def _take_file_lock(settings: Settings, name: str) -> WriterLock | None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    where = str(settings.data_dir)
-    fd = os.open(settings.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(settings.data_dir / name, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise _busy(where, doing) from None
+        return None
     return WriterLock(lambda: os.close(fd))
 
 
-def _lock_key(schema: str) -> int:
-    digest = hashlib.sha256(f"dfg-ledger-writer/{schema}".encode()).digest()
+def _file_lock(settings: Settings, doing: str) -> WriterLock:
+    taken = _take_file_lock(settings, LOCK_FILE)
+    if taken is None:
+        raise _busy(str(settings.data_dir), doing)
+    return taken
+
+
+def _lock_key(schema: str, kind: str = "writer") -> int:
+    digest = hashlib.sha256(f"dfg-ledger-{kind}/{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 

@@ -197,6 +197,40 @@ def test_a_broker_that_stalls_mid_stream_leaves_the_relay_running(
         relay_running.halt()
 
 
+def test_a_second_relay_of_one_ledger_is_refused_at_start(
+    any_ledger: Ledger, kafka: KafkaSettings, prefix: str, tmp_path: Path
+) -> None:
+    """Two relays each published the next entry: the topic held it twice, which stopped
+    both relays and every follower until the topics were recreated."""
+    ledger = any_ledger
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(give(ledger, app, "p-1"))
+    place = ["--data", str(ledger.settings.data_dir)]
+    if ledger.settings.database_url:
+        place += ["--database-url", ledger.settings.database_url]
+    relay_args = ("relay", *place, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+    store = ledger.sequencer.store
+    first = dfg_process(*relay_args, log=tmp_path / "relay.log")
+    try:
+        wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published")
+        second = dfg_process(*relay_args, log=tmp_path / "second.log")
+        try:
+            assert second.wait(30) == 1
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait(10)
+        assert "another dfg relay publishes the ledger" in (tmp_path / "second.log").read_text()
+        assert first.poll() is None
+        ledger.accept(give(ledger, app, "p-2"))
+        wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published")
+        _topic_is_exact(kafka, Topics.for_ledger(CHAIN, prefix).entries, ledger.head()[0])
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(20)
+    assert first.returncode == 0, (tmp_path / "relay.log").read_text()
+
+
 @pytest.mark.slow
 def test_relay_killed_mid_batch_resumes_without_gap_or_duplicate(
     ledger: Ledger, kafka: KafkaSettings, prefix: str, tmp_path: Path

@@ -38,7 +38,7 @@ from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import NodeReplica, open_node
 from infra.settings import Settings
 from infra.store_role import StoreRole, WrongStoreRole, check_store_role, describe_store
-from infra.writer_lock import LedgerBusy
+from infra.writer_lock import LedgerBusy, RelayBusy, take_relay_lock
 from ledger.audit import AuditFailure
 from ledger.replica import NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
@@ -142,25 +142,27 @@ def relay(
     store = open_store(settings)
     try:
         check_store_role(store, StoreRole.LEDGER, settings)
-    except WrongStoreRole as exc:
+        lock = take_relay_lock(settings)
+    except (WrongStoreRole, RelayBusy) as exc:
         store.close()
         fail(str(exc))
-    chain = _chain_of(store)
-    topics = Topics.for_ledger(chain, topic_prefix)
-    kafka = KafkaSettings(
-        bootstrap,
-        client_id=f"dfg-relay-{chain}",
-        replication_factor=replication_factor,
-        security=kafka_security,
-    )
-    publisher = Relay(store, kafka, topics)
-    click.echo(f"dfg relay: {chain} -> {topics.entries}, {topics.checkpoints} on {bootstrap}")
     try:
+        chain = _chain_of(store)
+        topics = Topics.for_ledger(chain, topic_prefix)
+        kafka = KafkaSettings(
+            bootstrap,
+            client_id=f"dfg-relay-{chain}",
+            replication_factor=replication_factor,
+            security=kafka_security,
+        )
+        publisher = Relay(store, kafka, topics)
+        click.echo(f"dfg relay: {chain} -> {topics.entries}, {topics.checkpoints} on {bootstrap}")
         publisher.run(_stop_on_signals())
     except RelayError as exc:
         fail(str(exc), code=2)
     finally:
         store.close()
+        lock.release()
 
 
 @click.group("node")
