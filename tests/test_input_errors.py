@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -584,6 +585,32 @@ def test_a_database_that_refuses_the_connection_is_a_one_line_error(tmp_path: Pa
     assert result.output.count("\n") == 1 and "\t" not in result.output, result.output
     assert "Is the server running" in result.output
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["audit", "verify"], ["consents", "history", "--subject", "p-1"], ["node", "status"], ["serve"]],
+)
+def test_every_command_names_why_the_database_cannot_be_reached(tmp_path: Path, command: list[str]) -> None:
+    """Only init said so: the others asked through a pool, which said "couldn't get a
+    connection after 5.00 sec", after waiting that long, whatever the cause."""
+    from http_server import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, [*command, "--data", str(tmp_path / "d"), "--database-url", url])
+    assert result.exit_code == 1 and result.output.startswith("error: the database cannot be used:")
+    assert "Is the server running" in result.output and result.output.count("\n") == 1, result.output
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.postgres
+def test_a_database_that_does_not_exist_is_named(pg_url: str, tmp_path: Path) -> None:
+    url = f"{pg_url.rsplit('/', 1)[0]}/dfg_no_such_database?schema=s"
+    data = ["--data", str(tmp_path / "d"), "--database-url", url]
+    result = CliRunner().invoke(cli, ["audit", "verify", *data])
+    assert result.exit_code == 1, result.output
+    assert 'database "dfg_no_such_database" does not exist' in result.output, result.output
 
 
 @pytest.mark.parametrize(

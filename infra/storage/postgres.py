@@ -128,19 +128,23 @@ def check_pools(*, wait: bool = False) -> None:
         _checking.release()
 
 
+#: How long the first connection of a command may take (the pools' own wait is 5 s).
+CONNECT_TIMEOUT_S = 5
+
+
 def ledger_exists(url: str) -> bool:
     """Whether the schema the URL names holds a ledger, asked without creating
-    anything (opening a store creates its tables; a mistyped schema should not)."""
-    datastore = datastore_from_url(url, pool_size=1)
-    try:
-        with datastore.transaction(commit=False) as cursor:
-            cursor.execute(
-                "SELECT to_regclass(%s) IS NOT NULL AS present", (f'"{datastore.schema}".ledger_head',)
-            )
-            row = cursor.fetchone()
-        return bool(row and row["present"])
-    finally:
-        datastore.close()
+    anything (opening a store creates its tables; a mistyped schema should not).
+
+    On a connection of its own, not a pool's: a pool that cannot connect says only
+    "couldn't get a connection after 5.00 sec", after waiting that long, where libpq
+    names the cause at once (nobody listening on the port, no such database or role,
+    a host name that does not resolve). Every command but ``init`` asks this first."""
+    with connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as connection:
+        row = connection.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f'"{database_url_schema(url)}".ledger_head',)
+        ).fetchone()
+    return bool(row and row[0])
 
 
 class PostgresLedgerRecorder(PostgresApplicationRecorder):
