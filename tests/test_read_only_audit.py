@@ -86,11 +86,20 @@ def test_the_audit_tools_open_a_sqlite_ledger_so_that_nothing_can_be_written(tmp
         ["audit", "verify", "--no-progress", "--segments", "2"],
         ["audit", "export", "--out", str(tmp_path / "bundle.jsonl")],
         ["audit", "prove", "--seq", "2"],
-        ["node", "status"],
     ):
         result = CliRunner().invoke(cli, [*command, *where])
         assert result.exit_code == 0, (command, result.output)
+    _node_status_refuses_a_ledger(where)
     assert settings.ledger_file.read_bytes() == before
+
+
+def _node_status_refuses_a_ledger(where: list[str]) -> None:
+    """Read (read-only) far enough to tell a ledger's store from a replica's: reported
+    as a replica, it looked like a healthy node that is never behind."""
+    result = CliRunner().invoke(cli, ["node", "status", *where])
+    assert result.exit_code == 1 and "is a ledger's own store, not a node's replica" in result.output, (
+        result.output
+    )
 
 
 @contextmanager
@@ -126,10 +135,10 @@ def test_a_closed_ledger_on_read_only_media_is_read_as_immutable(tmp_path: Path)
             ["audit", "verify", "--no-progress", "--segments", "2"],
             ["audit", "export", "--out", str(tmp_path / "bundle.jsonl")],
             ["audit", "prove", "--seq", "2"],
-            ["node", "status"],
         ):
             result = CliRunner().invoke(cli, [*command, "--data", str(media)])
             assert result.exit_code == 0, (command, result.output)
+        _node_status_refuses_a_ledger(["--data", str(media)])
 
 
 def test_a_writer_starting_during_an_immutable_read_is_named(tmp_path: Path) -> None:

@@ -199,3 +199,17 @@ def test_the_evidence_names_the_markers_the_relay_and_the_follower_write() -> No
 def _place_options(settings: Settings) -> list[str]:
     options = ["--data", str(settings.data_dir)]
     return [*options, "--database-url", settings.database_url] if settings.database_url else options
+
+
+def test_node_status_refuses_a_ledgers_store(places: tuple[Settings, Settings]) -> None:
+    """A supervisor's health check given the ledger's --data or --database-url: it was
+    shown as a replica of the ledger's own size, never behind, exit status 0."""
+    ledger_at, node_at = places
+    ledger = _ledger_with_entries(ledger_at)
+    _replicate(ledger, node_at)
+    ledger.sequencer.store.close()
+    refused = CliRunner().invoke(cli, ["node", "status", *_place_options(ledger_at)])
+    assert refused.exit_code == 1, refused.output
+    assert "is a ledger's own store, not a node's replica" in refused.output
+    shown = CliRunner().invoke(cli, ["node", "status", "--json", *_place_options(node_at)])
+    assert shown.exit_code == 0 and '"size": 7' in shown.output, shown.output

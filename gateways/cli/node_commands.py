@@ -485,6 +485,16 @@ def status(settings: Settings, as_json: bool) -> None:
     require_ledger(settings, making="`dfg node follow` makes a replica there")
     store = open_store(settings, read_only=True)  # beside a running follower
     try:
+        try:
+            check_store_role(store, StoreRole.REPLICA, settings)
+        except WrongStoreRole:
+            # a health check pointed at the ledger's own store would report a replica that
+            # is never behind and never finds a violation
+            fail(
+                f"{describe_store(settings)} is a ledger's own store, not a node's replica:"
+                " give dfg node status the node's --data or --database-url (the ledger's"
+                " health is dfg serve's GET /healthz)"
+            )
         size = store.head()[0]
         topic_end = max(store.marker(TOPIC_END_MARKER), size)
         seen_ms = store.marker(SEEN_AT_MARKER)
