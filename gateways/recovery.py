@@ -60,6 +60,9 @@ class Recovered:
     #: Recovered entries beyond the newest checkpoint: each transaction's signature is
     #: checked, but no signature of the ledger's shows that it sequenced them.
     uncovered: int = 0
+    #: How many entries the source held when it ended before the ledger's own end (an
+    #: older bundle, say): it can show nothing published after them.
+    short_source: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def _recover(
     expected: Expected,
 ) -> Recovered:
     held = store.head()[0]
-    _same_entries(store, source, held, name)
+    compared = _same_entries(store, source, held, name)
     verifier = ParallelVerifier()
     replica = Replica(
         store,
@@ -187,7 +190,8 @@ def _recover(
         verifier.close()
     newest = store.latest_checkpoint()
     covered = max(held, newest.size if newest is not None else 0)
-    return Recovered(held, replica.size, kept, max(0, replica.size - covered))
+    short = compared if compared < held else None
+    return Recovered(held, replica.size, kept, max(0, replica.size - covered), short)
 
 
 def _keep_cosignatures(store: LedgerStore, size: int, note: str, lines: Iterable[str]) -> None:
@@ -203,16 +207,16 @@ def _keep_cosignatures(store: LedgerStore, size: int, note: str, lines: Iterable
             store.save_cosignature(size, name, line)
 
 
-def _same_entries(store: LedgerStore, source: Iterator[StoredEntry], held: int, name: str) -> None:
+def _same_entries(store: LedgerStore, source: Iterator[StoredEntry], held: int, name: str) -> int:
     """Every entry the ledger holds must be the source's at its place, byte for byte
-    (consumes those from ``source``); the source may hold fewer."""
+    (consumes those from ``source``); the source may hold fewer. How many it compared."""
     seq = 1
     while seq <= held:
         page = store.read_entries(seq, min(PAGE, held - seq + 1))
         for own in page:
             theirs = next(source, None)
             if theirs is None:
-                return
+                return own.seq - 1
             if theirs.seq != own.seq or theirs.canonical != own.canonical:
                 raise RecoveryRefused(
                     f"entry {own.seq} of this ledger is not the one {name} holds there: the ledger"
@@ -221,6 +225,7 @@ def _same_entries(store: LedgerStore, source: Iterator[StoredEntry], held: int, 
                     " the backup again and recover before `dfg serve` accepts anything"
                 )
         seq += len(page)
+    return held
 
 
 def _entry(record: Any) -> StoredEntry:

@@ -188,6 +188,29 @@ def test_a_restored_ledger_takes_back_what_it_published_from_an_audit_bundle(
     assert ledger.head()[0] == published[0] + 1
 
 
+def test_a_source_older_than_the_restored_ledger_is_not_taken_for_a_check(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """An old replica's bundle, given to a ledger that was served after its restore:
+    recovery said "every entry of the source is one this ledger holds (N entries)",
+    N being the ledger's count, as if its entries past the bundle's end were checked."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(3)])
+    ledger.sequencer.checkpoint_now()
+    bundle = _export(ledger.sequencer.store, tmp_path / "old.jsonl")
+    old = ledger.head()[0]
+    ledger.accept(*[give_level1(ledger, app, f"q-{i}") for i in range(2)])
+    held = ledger.head()
+    ledger.sequencer.store.close()
+
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 0, output
+    assert f"the source holds {old} entries" in output, output
+    assert f"entries {old + 1} to {held[0]} are not in the source" in output, output
+    assert _head(ledger.settings) == held
+    ledger.sequencer = open_sequencer(ledger.settings)
+
+
 def test_recovery_refuses_another_ledgers_bundle_and_writes_nothing(ledger: Ledger, tmp_path: Path) -> None:
     other = make_ledger(Settings(data_dir=tmp_path / "other"))
     try:

@@ -151,6 +151,14 @@ def _remove_rebuilt(settings: Settings) -> None:
 
 
 def _summary(done: Recovered) -> str:
+    if done.short_source is not None:
+        n = done.short_source
+        return (
+            f"nothing to recover: the source holds {n} entries, each this ledger's at its place,"
+            f" and the ledger {done.held}; entries {n + 1} to {done.held} are not in the source,"
+            " so it cannot show that they are the ones published there (a bundle older than the"
+            " backup, or entries the relay had not published yet)"
+        )
     if done.size == done.held:
         return (
             f"nothing to recover: every entry of the source is one this ledger holds ({done.held}"
