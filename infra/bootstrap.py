@@ -91,11 +91,28 @@ def open_writer_store(
     return store
 
 
+#: Set while ``dfg recover`` appends entries, cleared when it has taken back every one
+#: its source holds (or appended none).
+RECOVERY_MARKER = "recovery.unfinished"
+
+
+class RecoveryUnfinished(RuntimeError):
+    """A ``dfg recover`` stopped part-way: the ledger holds fewer entries than were
+    published, and a new entry would take the place of one that replicas hold."""
+
+
 def open_sequencer(settings: Settings, store: LedgerStore | None = None) -> Sequencer:
     """The ledger's sequencer; its store holds the ledger's writer lock."""
     key = required_checkpoint_key(settings)  # before the store: a refused start leaves no mark
     store = open_writer_store(settings, doing="writing to it", role=StoreRole.LEDGER, store=store)
     try:
+        if store.marker(RECOVERY_MARKER):
+            raise RecoveryUnfinished(
+                f"a dfg recover of this ledger did not finish: it holds {store.head()[0]:,} entries, and"
+                " its replicas and topics may hold later ones, which new entries would contradict (a"
+                " fork). Run dfg recover again with a complete source, or `dfg recover --abandon` to"
+                " go on from what it holds"
+            )
         sequencer = Sequencer(
             store,
             checkpoint_key=key,

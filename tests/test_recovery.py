@@ -14,7 +14,7 @@ from gateways.cli.main import cli
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.relay import Relay, RelayError
 from gateways.kafka.topics import Topics
-from infra.bootstrap import open_sequencer, open_store
+from infra.bootstrap import RecoveryUnfinished, open_sequencer, open_store
 from infra.bundle import export_bundle
 from infra.settings import Settings
 from infra.store_role import StoreRole, store_role
@@ -459,10 +459,59 @@ def test_a_rebuild_interrupted_with_ctrl_c_keeps_what_it_verified_as_the_ledgers
         assert kept.head()[0] == 2 and store_role(kept) is StoreRole.LEDGER
     finally:
         kept.close()
+    # served as it is, its next entry would take the place of entry 3 that replicas hold
+    with pytest.raises(RecoveryUnfinished, match="dfg recover of this ledger did not finish"):
+        open_sequencer(ledger.settings)
     monkeypatch.setattr(command, "recover_from_bundle", real)
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 0 and "recovered entries 3 to" in output, output
     assert _head(ledger.settings)[0] == 8
+    open_sequencer(ledger.settings).store.close()  # finished: it serves again
+
+
+def test_an_unfinished_recovery_is_ended_on_purpose_with_abandon(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the source is lost or bad beyond some entry, the operator may go on from what
+    the ledger holds, knowing that replicas holding later entries will record a fork."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
+    bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
+    lines = bundle.read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b'"subject":"p-', b'"subject":"z-', 1)  # entry 6 changed
+    bundle.write_bytes(b"\n".join(lines))
+    _lose_the_database(ledger)
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 1 and "bad_entry at entry 6" in output, output
+    data = ["--data", str(ledger.settings.data_dir)]
+    assert CliRunner().invoke(cli, ["principals", "show", "op:federation", *data]).exit_code == 0  # reading
+    refused = CliRunner().invoke(cli, ["principals", "grant-role", "op:federation", "auditor", *data])
+    assert refused.exit_code == 1 and "did not finish" in refused.output, refused.output
+    with pytest.raises(RecoveryUnfinished):
+        open_sequencer(ledger.settings)
+    assert _recover(ledger.settings, "--abandon", "--from-bundle", str(bundle))[0] == 2
+    code, output = _recover(ledger.settings, "--abandon")
+    assert code == 0 and "goes on from its 5 entries" in output, output
+    assert "nothing to abandon" in _recover(ledger.settings, "--abandon")[1]
+    sequencer = open_sequencer(ledger.settings)
+    try:
+        assert sequencer.size == 5
+    finally:
+        sequencer.store.close()
+
+
+def test_a_refused_recovery_that_appended_nothing_leaves_the_ledger_as_it_was(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    other = make_ledger(Settings(data_dir=tmp_path / "other"))
+    try:
+        bundle = _export(other.sequencer.store, tmp_path / "other.jsonl")
+    finally:
+        other.sequencer.store.close()
+    ledger.sequencer.store.close()
+    code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
+    assert code == 1, output
+    open_sequencer(ledger.settings).store.close()
 
 
 def test_recovered_entries_no_checkpoint_covers_are_counted_and_named(ledger: Ledger, tmp_path: Path) -> None:

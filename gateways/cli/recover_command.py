@@ -22,7 +22,7 @@ from gateways.cli.options import fail, ledger_options
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.topics import Topics
 from gateways.recovery import Expected, Recovered, RecoveryRefused, recover_from_bundle, recover_from_topics
-from infra.bootstrap import ledger_present, open_writer_store, required_checkpoint_key
+from infra.bootstrap import RECOVERY_MARKER, ledger_present, open_writer_store, required_checkpoint_key
 from infra.keyfiles import KeyFileError
 from infra.settings import Settings
 from infra.store_role import StoreRole, WrongStoreRole, claim_store_role, describe_store
@@ -56,6 +56,12 @@ def _optional_bootstrap(ctx: click.Context, param: click.Parameter, value: str |
     help="The ledger's chain id, which names its topics: needed with --kafka when the database"
     " is lost altogether (the ledger is then rebuilt from nothing but its keys).",
 )
+@click.option(
+    "--abandon",
+    is_flag=True,
+    help="End a recovery that did not finish, without a source: the ledger goes on from the"
+    " entries it holds (replicas that hold later ones will record a fork).",
+)
 def recover(
     settings: Settings,
     bootstrap: str | None,
@@ -63,6 +69,7 @@ def recover(
     topic_prefix: str,
     from_bundle: Path | None,
     chain: str | None,
+    abandon: bool,
 ) -> None:
     """After restoring the ledger's database from a backup, and before `dfg serve`:
     verify and append every entry (and checkpoint) it had published since the backup.
@@ -72,6 +79,11 @@ def recover(
     (a fork). Nothing is appended unless every entry the ledger holds is the source's
     at that place; exit status 1 says why not. With the database lost altogether
     and no backup, the ledger is rebuilt from nothing but its keys (`keys/`)."""
+    if abandon:
+        if bootstrap is not None or from_bundle is not None:
+            raise click.UsageError("--abandon takes no source: it ends an unfinished recovery as it stands")
+        _abandon(settings)
+        return
     if (bootstrap is None) == (from_bundle is None):
         raise click.UsageError("give one source: --kafka (the ledger's topics) or --from-bundle")
     expected = None if ledger_present(settings) else _rebuilding(settings, chain, bootstrap)
@@ -89,7 +101,9 @@ def recover(
         except BaseException:
             store.close()
             raise
-    refused, interrupted, held = None, False, 0
+    refused, interrupted, completed, started = None, False, False, store.head()[0]
+    held = started
+    store.set_marker(RECOVERY_MARKER, 1)  # until it completes: `dfg serve` refuses a part-way ledger
     columns = (TextColumn("recovering: the ledger holds {task.completed:,.0f} entries"), SpinnerColumn())
     try:
         try:
@@ -111,6 +125,7 @@ def recover(
                     )
             if expected is not None and done.size == 0:
                 raise RecoveryRefused("the source holds no entry to rebuild the ledger from")
+            completed = True
         except RecoveryRefused as exc:
             refused = str(exc)
         except KeyboardInterrupt:
@@ -119,6 +134,8 @@ def recover(
             held = store.head()[0]
             if expected is not None and held:  # a rebuilt ledger, if only in part: no replica's
                 claim_store_role(store, StoreRole.LEDGER, settings)
+            if completed or held == started:  # all taken back, or the ledger as it was
+                store.set_marker(RECOVERY_MARKER, 0)
     finally:
         store.close()
     if (refused is not None or interrupted) and expected is not None and held == 0:
@@ -128,6 +145,28 @@ def recover(
     if refused is not None:
         fail(f"cannot recover: {refused}")
     click.echo(_summary(done))
+
+
+def _abandon(settings: Settings) -> None:
+    """End an unfinished recovery without its source (lost, or bad beyond repair): the
+    ledger goes on from the entries it holds, which contradicts any later ones its
+    replicas hold -- they will record it as a fork."""
+    try:
+        store = open_writer_store(settings, doing="recovering it", role=StoreRole.LEDGER)
+    except (LedgerBusy, WrongStoreRole) as exc:
+        fail(str(exc))
+    try:
+        if not store.marker(RECOVERY_MARKER):
+            click.echo("no unfinished recovery: nothing to abandon")
+            return
+        store.set_marker(RECOVERY_MARKER, 0)
+        held = store.head()[0]
+    finally:
+        store.close()
+    click.echo(
+        f"the unfinished recovery is abandoned: the ledger goes on from its {held:,} entries; replicas"
+        " that hold later ones will record the next entries as a fork"
+    )
 
 
 def _rebuilding(settings: Settings, chain: str | None, bootstrap: str | None) -> Expected:
