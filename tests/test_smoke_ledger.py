@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def test_the_demo_ends_with_a_question_the_ledger_answers_yes(tmp_path: Path) ->
     line = populated.output.strip().splitlines()[-1]
     prefix = "a consent to ask about: dfg consents check "
     assert line.startswith(prefix), populated.output
-    answer = CliRunner().invoke(cli, ["consents", "check", *data, *line.removeprefix(prefix).split()])
+    # pasted as printed, it finds the ledger it was printed for
+    answer = CliRunner().invoke(cli, ["consents", "check", *shlex.split(line.removeprefix(prefix))])
     assert answer.exit_code == 0 and json.loads(answer.output)["granted"] is True, answer.output
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -137,9 +138,13 @@ def _populate(settings: Settings, sequencer: Sequencer, entries: int, seed: int,
     example = federation.example_question()
     if example is not None:
         subject, controller, purpose = example
+        # where the ledger is, as given: pasted as printed, the question must find it
+        where = f" --data {shlex.quote(str(settings.data_dir))}"
+        if settings.database_url:
+            where += f" --database-url {shlex.quote(settings.database_url)}"
         click.echo(
-            f"a consent to ask about: dfg consents check --subject {subject} --controller {controller}"
-            f" --purpose {purpose}"
+            f"a consent to ask about: dfg consents check{where} --subject {subject}"
+            f" --controller {controller} --purpose {purpose}"
         )
 
 
