@@ -99,3 +99,22 @@ def test_ctrl_c_ends_any_command_with_exit_130(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(commands, "create_ledger", interrupted)
     result = CliRunner().invoke(cli, ["init", "--data", str(tmp_path / "d")])
     assert (result.exit_code, result.output.strip()) == (130, "error: interrupted")
+
+
+def test_ctrl_c_while_the_program_starts_is_no_traceback(tmp_path: Path) -> None:
+    """Importing the commands takes a moment; a Ctrl-C then printed an import's traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli", "rules", "show", "--data", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's & ignores it
+    )
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert (process.returncode, err.decode().strip()) == (130, "error: interrupted")

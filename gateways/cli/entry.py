@@ -12,6 +12,11 @@ from __future__ import annotations
 
 
 def main() -> None:
-    from gateways.cli.main import main as run
+    try:  # importing the commands takes about a second: Ctrl-C then is no traceback either
+        from gateways.cli.main import main as run
+    except KeyboardInterrupt:
+        import sys
 
+        sys.stderr.write("error: interrupted\n")
+        raise SystemExit(130) from None
     run()
