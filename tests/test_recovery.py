@@ -395,11 +395,8 @@ def test_a_second_rebuild_of_a_postgres_schema_still_refuses_another_ledgers_bun
     assert result.exit_code == 2 and "give --chain" in result.output, result.output
 
 
-def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
-    ledger: Ledger, tmp_path: Path
-) -> None:
-    """The message says how many entries the ledger holds and that running it again goes
-    on: a rebuilt ledger.sqlite removed after that contradicted it."""
+def _lost_with_a_bundle_bad_at_entry_6(ledger: Ledger, tmp_path: Path) -> Path:
+    """Seven entries; the database lost; a replica's bundle whose entry 6 was changed."""
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
     bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
@@ -407,6 +404,15 @@ def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
     lines[6] = lines[6].replace(b'"subject":"p-', b'"subject":"z-', 1)  # entry 6 changed
     bundle.write_bytes(b"\n".join(lines))
     _lose_the_database(ledger)
+    return bundle
+
+
+def test_a_rebuild_that_stops_at_a_bad_entry_keeps_what_it_says_it_holds(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The message says how many entries the ledger holds and that running it again goes
+    on: a rebuilt ledger.sqlite removed after that contradicted it."""
+    bundle = _lost_with_a_bundle_bad_at_entry_6(ledger, tmp_path)
 
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 1 and "bad_entry at entry 6" in output and "holds 5 entries" in output, output
@@ -474,13 +480,7 @@ def test_an_unfinished_recovery_is_ended_on_purpose_with_abandon(
 ) -> None:
     """When the source is lost or bad beyond some entry, the operator may go on from what
     the ledger holds, knowing that replicas holding later entries will record a fork."""
-    app = ledger.admit("sp:app", "service_provider")
-    ledger.accept(*[give_level1(ledger, app, f"p-{i}") for i in range(6)])
-    bundle = _export(ledger.sequencer.store, tmp_path / "replica.jsonl")
-    lines = bundle.read_bytes().split(b"\n")
-    lines[6] = lines[6].replace(b'"subject":"p-', b'"subject":"z-', 1)  # entry 6 changed
-    bundle.write_bytes(b"\n".join(lines))
-    _lose_the_database(ledger)
+    bundle = _lost_with_a_bundle_bad_at_entry_6(ledger, tmp_path)
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 1 and "bad_entry at entry 6" in output, output
     data = ["--data", str(ledger.settings.data_dir)]
