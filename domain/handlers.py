@@ -352,7 +352,11 @@ EVENT_TYPES: dict[str, type[Aggregate.Event]] = {
 def decide(
     tx_type: str, command: c.Command, signer: Principal | None, at: datetime, state: State
 ) -> Aggregate:
-    """The one entry point: the role gate of ``MAY_SIGN``, then the type's handler."""
+    """The one entry point: the role gate of ``MAY_SIGN``, then the type's handler;
+    nothing is decided by a rules version this software does not know (a ledger that a
+    newer release created or moved on, opened by this one): the rules it has could
+    accept what that version refuses."""
+    rules.require_known(state.rules())
     allowed = MAY_SIGN[tx_type]
     if signer is not None and "self" not in allowed and not signer.roles.intersection(allowed):
         raise DomainError(

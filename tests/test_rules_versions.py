@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import LEVEL1_TERMS, Ledger, give_level1, make_ledger
+from conftest import CHAIN, LEVEL1_TERMS, OPERATOR, Ledger, give_level1, make_ledger
 from test_analysis_lifecycle import Federation, _draft, make_federation
 
 from domain import rules
 from gateways.cli.main import cli
-from infra.bootstrap import open_sequencer, open_store
+from infra.bootstrap import create_ledger, open_sequencer, open_store, root_signer
 from infra.settings import Settings
 from ledger.audit import audit_store
 from ledger.errors import Rejected
@@ -182,3 +182,32 @@ def test_init_names_the_newest_rules_or_the_version_asked_for(tmp_path: Path) ->
         cli, ["init", "--data", str(tmp_path / "x"), "--rules", str(rules.NEWEST + 1)]
     )
     assert too_new.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("how", ["genesis", "adopted"])
+def test_an_older_dfg_decides_nothing_on_a_ledger_that_follows_newer_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A ledger a newer release made, or moved on, then opened by this one (a release
+    rolled back): the entries it would decide by the rules it has could be ones the
+    ledger's version refuses, and the ledger would fail its own audit once upgraded."""
+    settings = Settings(data_dir=tmp_path / how)
+    with monkeypatch.context() as newer:
+        newer.setattr(rules, "NEWEST", 3)
+        if how == "genesis":
+            create_ledger(settings, chain=CHAIN, origin=None, operator=OPERATOR, display_name="F", rules=3)
+        else:
+            led = make_ledger(settings)
+            assert isinstance(_adopt(led, 3), Accepted)
+            led.sequencer.store.close()
+    operator = root_signer(settings, CHAIN, OPERATOR)
+    operator.nonce = 2 if how == "adopted" else 1
+    # this release, which knows versions up to 2
+    led = Ledger(settings, open_sequencer(settings), operator)
+    try:
+        body = {"principal": "sp:app", "kind": "service_provider", "display_name": "App"}
+        (outcome,) = led.submit(led.sign(led.operator, "principal.admit", body))
+        assert _code(outcome) == "unknown_rules"
+        assert "upgrade dfg" in outcome.message
+    finally:
+        led.sequencer.store.close()
