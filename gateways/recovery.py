@@ -38,7 +38,7 @@ from gateways.kafka.topics import (
 )
 from infra.bundle import BundleError, BundleReader
 from ledger.note import NoteError, parse_signature_line
-from ledger.replica import NotThisLedger, Replica, ReplicaHalted
+from ledger.replica import NeedsNewerDfg, NotThisLedger, Replica, ReplicaHalted
 from ledger.store import LedgerStore, StoredEntry
 from ledger.verifier import ParallelVerifier
 
@@ -186,6 +186,11 @@ def _recover(
         ) from halted
     except NotThisLedger as exc:
         raise RecoveryRefused(f"{name} holds another ledger than this one: {exc}") from exc
+    except NeedsNewerDfg as exc:
+        raise RecoveryRefused(
+            f"{name}: {exc}. The ledger now holds {replica.size} entries ({replica.size - held}"
+            " recovered), every one verified"
+        ) from exc
     finally:
         verifier.close()
     newest = store.latest_checkpoint()

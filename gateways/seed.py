@@ -21,7 +21,7 @@ from pathlib import Path
 from infra.bundle import BundleError, BundleReader
 from ledger.audit import genesis_mismatch
 from ledger.entry import Entry, EntryFormatError
-from ledger.replica import NotThisLedger, Replica, ReplicaHalted
+from ledger.replica import NeedsNewerDfg, NotThisLedger, Replica, ReplicaHalted
 from ledger.store import StoredEntry
 
 PAGE = 2000
@@ -187,6 +187,9 @@ def follow_api(
         except NotThisLedger as exc:
             log.error("stopped following %s: it serves another ledger than the one named: %s", base_url, exc)
             return f"{base_url} serves another ledger than the one named: {exc}"
+        except NeedsNewerDfg as exc:
+            log.error("stopped following %s: %s", base_url, exc)
+            return f"{base_url}: {exc}"
         except SeedError as exc:
             log.warning("cannot reach the ledger's API (%s); retrying", exc)
             stop.wait(min(5.0, interval * 10))

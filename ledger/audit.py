@@ -102,6 +102,12 @@ class AuditFailure(Exception):
         self.problem = problem
 
 
+class NewerRules(AuditFailure):
+    """An entry follows, or moves the ledger to, a rules version newer than this software
+    knows (``domain.rules``): it cannot be judged here, which is not evidence against it
+    (a replica stops without recording a violation; a newer dfg replays it)."""
+
+
 class NotTheExpectedLedger(AuditFailure):
     """The genesis entry names another chain or checkpoint key than the one expected:
     the log is another ledger's (for a replica: a configuration error, not evidence)."""
@@ -425,6 +431,8 @@ class Auditor:
         except Rejected as exc:
             self._fail(seq, f"the transaction should have been refused: {exc}")
         except DomainError as exc:
+            if exc.code == "unknown_rules":
+                self._fail(seq, f"cannot be replayed by this dfg: {exc}", NewerRules)
             self._fail(seq, f"breaks a domain rule: {exc}")
         assert jwk is not None  # authorise() refused unknown keys
         self._pending.append((seq, tx.jws, jwk))

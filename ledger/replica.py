@@ -23,7 +23,7 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import NoReturn
 
-from ledger.audit import AuditFailure, Auditor, NotTheExpectedLedger
+from ledger.audit import AuditFailure, Auditor, NewerRules, NotTheExpectedLedger
 from ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint_body
 from ledger.entry import Entry
 from ledger.merkle import consistency_proof, root_at, verify_consistency
@@ -54,6 +54,12 @@ class NotThisLedger(Exception):
     """The entries are another ledger's than the one this replica was set up to follow
     (its genesis names another chain or checkpoint key): a configuration error, so
     nothing is recorded against the ledger."""
+
+
+class NeedsNewerDfg(Exception):
+    """The ledger follows a rules version newer than this software knows from an entry
+    on: the replica keeps the entries before it and stops, recording nothing (the
+    ledger is not at fault); upgrading dfg lets it go on from there."""
 
 
 class OutOfOrder(Exception):
@@ -148,12 +154,14 @@ class Replica:
         except NotTheExpectedLedger as exc:
             self._auditor = self._resume()
             raise NotThisLedger(exc.problem.message) from exc
-        except AuditFailure:
+        except AuditFailure as failure:
             auditor.settle()  # name the earliest bad entry, even if a signature check was pending
             problem = auditor.report.first_problem
             assert problem is not None
             self._auditor = self._resume()
             self.accept_entries([e for e in fresh if e.seq < problem.seq])  # keep the good prefix
+            if isinstance(failure, NewerRules) and auditor.report.problems == [failure.problem]:
+                raise NeedsNewerDfg(f"entry {problem.seq} {problem.message}") from failure
             bad = next((e for e in fresh if e.seq == problem.seq), fresh[0])
             evidence = {"entry": bad.canonical.decode("utf-8", "replace")}
             self._halt(ViolationKind.BAD_ENTRY, problem.seq, problem.message, evidence)

@@ -19,6 +19,7 @@ from infra.bootstrap import create_ledger, open_sequencer, open_store, root_sign
 from infra.settings import Settings
 from ledger.audit import audit_store
 from ledger.errors import Rejected
+from ledger.replica import NeedsNewerDfg, Replica
 from ledger.segmented_audit import audit_in_segments
 from ledger.sequencer import Accepted
 from ledger.signing import TransactionSigner
@@ -211,3 +212,31 @@ def test_an_older_dfg_decides_nothing_on_a_ledger_that_follows_newer_rules(
         assert "upgrade dfg" in outcome.message
     finally:
         led.sequencer.store.close()
+
+
+def test_a_replica_that_meets_newer_rules_stops_without_evidence_against_the_ledger(
+    first_release: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not knowing a version is this software's limit, not the ledger's fault: recorded
+    as a violation, it would mark an honest ledger and stop the node for good, even
+    after dfg is upgraded."""
+    led = first_release
+    led.admit("sp:app", "service_provider")
+    with monkeypatch.context() as newer:
+        newer.setattr(rules, "NEWEST", 3)
+        adopted = _adopt(led, 3)
+        assert isinstance(adopted, Accepted)
+        led.admit("sp:other", "service_provider")
+    entries = list(led.sequencer.store.read_entries(1, 100))
+    store = open_store(Settings(data_dir=tmp_path / "node"))
+    try:
+        replica = Replica(store)
+        with pytest.raises(NeedsNewerDfg, match="upgrade dfg"):
+            replica.accept_entries(entries)
+        assert replica.size == adopted.seq - 1  # the entries before it are kept
+        assert replica.halted is None and store.violations() == []
+        with monkeypatch.context() as upgraded:
+            upgraded.setattr(rules, "NEWEST", 3)
+            assert [e.seq for e in replica.accept_entries(entries)] == [adopted.seq, adopted.seq + 1]
+    finally:
+        store.close()

@@ -40,7 +40,7 @@ from infra.settings import Settings
 from infra.store_role import StoreRole, WrongStoreRole, check_store_role, describe_store
 from infra.writer_lock import LedgerBusy, RelayBusy, take_relay_lock
 from ledger.audit import AuditFailure
-from ledger.replica import NotThisLedger, Replica, ReplicaHalted
+from ledger.replica import NeedsNewerDfg, NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.store import genesis_parameters, newest_entry_time
 from ledger.witness import witness_verifier
@@ -574,6 +574,8 @@ def _seed(replica: Replica, bundle: Path | None, url: str | None) -> None:
         fail(f"VIOLATION while seeding: {exc}", code=3)
     except NotThisLedger as exc:
         fail(f"the seed holds another ledger than the one named: {exc}", code=2)
+    except NeedsNewerDfg as exc:
+        fail(f"{exc} (the replica keeps the {replica.size} entries it verified)", code=2)
     except (SeedError, BundleError) as exc:
         fail(f"{exc} (the replica keeps the {replica.size} entries it verified)")
     if replica.size == before:  # a restart with the same --from-bundle or --from-url

@@ -43,6 +43,7 @@ from ledger.entry import Entry
 from ledger.note import parse_signature_line
 from ledger.replica import (
     AcceptedCheckpoint,
+    NeedsNewerDfg,
     NotThisLedger,
     OutOfOrder,
     Replica,
@@ -180,7 +181,7 @@ class Follower:
             except ReplicaHalted as halted:
                 log.error("stopped accepting: %s", halted)
                 self._refresh_status()
-            except (NotThisLedger, TopicTruncated, TopicRepeatsEntry) as exc:  # not evidence
+            except (NotThisLedger, NeedsNewerDfg, TopicTruncated, TopicRepeatsEntry) as exc:  # not evidence
                 log.error("these topics cannot be followed into this replica: %s", exc)
                 self.cannot_follow = str(exc)
                 self.close()
