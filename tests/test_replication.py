@@ -991,6 +991,40 @@ def test_entries_after_an_idle_night_are_not_reported_hours_behind(
         follower.views.close()
 
 
+def test_a_follower_reconnected_after_hours_is_not_taken_for_caught_up_before_it_reads_the_topic(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new consumer knows no topic end until its first fetch: the follower's last known
+    one (from before it was stopped, or lost the broker) said it was caught up, and the
+    lag of the entries that arrived meanwhile was then counted from that moment, seconds,
+    instead of hours."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(3)])
+    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    follower = _manual_follower(tmp_path / "node", kafka, topics, None)
+    try:
+        follower.connect()
+        _step_until(follower, lambda: follower.replica.size == ledger.head()[0], "the ledger's size")
+        follower.close()  # stopped, or the broker lost, for ten hours; entries came meanwhile
+        later = time.time() + 10 * 3600
+        follower.clock = lambda: later
+        follower.connect()
+        consumer = follower._consumer
+        assert consumer is not None
+        monkeypatch.setattr(consumer, "highwater", lambda tp: None)  # nothing fetched yet
+        follower._refresh_status()
+        monkeypatch.setattr(consumer, "highwater", lambda tp: follower.replica.size + 2)  # fetched
+        follower.clock = lambda: later + 5
+        follower._refresh_status()
+        assert follower.status.lag_entries == 2
+        assert follower.status.lag_seconds >= 10 * 3600
+    finally:
+        relay_running.halt()
+        follower.close()
+        follower.replica.store.close()
+        follower.views.close()
+
+
 @pytest.mark.slow
 def test_a_follower_whose_broker_went_away_says_it_is_not_connected(ledger: Ledger, tmp_path: Path) -> None:
     """kafka-python's poll logs a broker that went away and returns nothing, and its

@@ -462,9 +462,14 @@ class Follower:
         status = self.status
         status.size = self.replica.size
         status.connected = self._consumer is not None
+        # Whether this consumer has said where the topic ends: a new one knows nothing
+        # until its first fetch, and the end known before (from before a restart or a
+        # reconnection) says nothing of the entries that came meanwhile.
+        end_seen = False
         if self._consumer is not None:
             high = self._consumer.highwater(partition(self.topics.entries))
             if high is not None and self._answered_at is not None:
+                end_seen = True
                 status.topic_end = max(high, status.size)
                 status.topic_end_seen_at = now = self._answered_at
                 if now - self._noted_at >= 1.0:  # for `dfg node status`; a commit each, so seldom
@@ -486,7 +491,7 @@ class Follower:
             else None
         )
         status.updated_at = self.clock()
-        if status.connected and not status.lag_entries:
+        if end_seen and not status.lag_entries:
             self._caught_up_at = status.updated_at
         if status.connected:
             status.lag_seconds = self._lag_seconds() if status.lag_entries else 0.0
