@@ -155,9 +155,10 @@ def create_ledger(
                 "chain": chain,
                 "origin": origin,
                 "checkpoint_key": note_key.verifier().to_string(),
-                # a new ledger follows the newest rules from its first entry (None: a
-                # genesis entry as the first release wrote it, which follows version 1)
-                **({} if rules is None else {"rules": rules}),
+                # a new ledger follows the newest rules from its first entry; version 1
+                # (or None) is written as the first release wrote it, without the member,
+                # which that release refuses: its replicas and audits can read the ledger
+                **({} if rules is None or rules == 1 else {"rules": rules}),
             },
             "operator": operator,
             "display_name": display_name,

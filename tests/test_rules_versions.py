@@ -3,6 +3,7 @@ effect before it -- the genesis entry's, then each one the operator adopts."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from functools import partial
@@ -240,3 +241,22 @@ def test_a_replica_that_meets_newer_rules_stops_without_evidence_against_the_led
             assert [e.seq for e in replica.accept_entries(entries)] == [adopted.seq, adopted.seq + 1]
     finally:
         store.close()
+
+
+def test_init_with_rules_1_writes_the_genesis_entry_as_the_first_release_did(tmp_path: Path) -> None:
+    """Version 1 is chosen for members whose tools are of the first release; that
+    release refuses a ``ledger`` object with any other member than these three (its
+    models forbid extra members), so its replicas and audits stopped at entry 1 of a
+    ledger made with --rules 1, on a member that changed nothing."""
+    data = ["--data", str(tmp_path / "v1")]
+    assert CliRunner().invoke(cli, ["init", *data, "--rules", "1"]).exit_code == 0
+    store = open_store(Settings(data_dir=tmp_path / "v1"), read_only=True)
+    try:
+        (genesis,) = store.read_entries(1, 1)
+    finally:
+        store.close()
+    ledger = json.loads(genesis.canonical)["data"]["ledger"]
+    assert set(ledger) == {"chain", "origin", "checkpoint_key"}
+    token = json.loads(genesis.canonical)["tx"]
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert set(payload["body"]["ledger"]) == {"chain", "origin", "checkpoint_key"}
