@@ -488,11 +488,22 @@ def approve_results(
     return analysis
 
 
+def _unsealable(jwk: dict[str, str]) -> str | None:
+    """Why the nodes cannot seal result shares to ``jwk`` (rules version 2), or None: the
+    shape ``x25519_problem`` checks, and ``x`` in ASCII, as a node decodes it (that
+    shape's ``str.isalnum`` lets other scripts' letters and digits pass; it is left as
+    it is for node.set_encryption_key, whose accepted entries are replayed for ever)."""
+    problem = a.x25519_problem(jwk)
+    if problem is None and not jwk.get("x", "").isascii():
+        return "x is 32 bytes, unpadded base64url"
+    return problem
+
+
 def request_access(
     cmd: a.RequestResultAccess, signer: Principal | None, at: datetime, state: AnalysisState
 ) -> Aggregate:
     analysis = _analysis(state, cmd.analysis_id)
-    if (problem := a.x25519_problem(dict(cmd.recipient_jwk))) is not None and state.rules() >= 2:
+    if (problem := _unsealable(dict(cmd.recipient_jwk))) is not None and state.rules() >= 2:
         raise DomainError(
             "unusable_key",
             f"recipient_jwk: {problem}; the nodes seal results to no other key (rules version 2)",

@@ -260,3 +260,23 @@ def test_init_with_rules_1_writes_the_genesis_entry_as_the_first_release_did(tmp
     token = json.loads(genesis.canonical)["tx"]
     payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert set(payload["body"]["ledger"]) == {"chain", "origin", "checkpoint_key"}
+
+
+@pytest.mark.parametrize("x", ["é" * 43, "٣" * 43, "A" * 42 + "ß"])
+def test_version_2_refuses_a_result_key_the_nodes_cannot_decode(ledger: Ledger, x: str) -> None:
+    """A node seals results to a key whose x is 32 bytes of ASCII base64url, and refuses
+    any other (recipient_not_x25519): version 2 is to refuse those on the ledger. Letters
+    and digits of other scripts passed its check (str.isalnum is Unicode's)."""
+    f, _ = _ready(ledger)
+    analysis = _draft(f)
+    good = {"kty": "OKP", "crv": "X25519", "x": "A" * 43}
+    f.refused(
+        f.analyst,
+        "results.request_access",
+        {"analysis_id": analysis, "recipient_jwk": good},
+        "results_not_approved",
+    )
+    bad = {"kty": "OKP", "crv": "X25519", "x": x}
+    f.refused(
+        f.analyst, "results.request_access", {"analysis_id": analysis, "recipient_jwk": bad}, "unusable_key"
+    )
