@@ -148,6 +148,12 @@ def test_an_older_dfg_refuses_to_replay_a_ledger_that_follows_newer_rules(
     assert not report.ok and report.first_problem is not None
     assert report.first_problem.seq == led.head()[0]
     assert "this dfg knows versions up to 2: upgrade dfg" in report.first_problem.message
+    led.sequencer.store.close()
+    data = ["--data", str(led.settings.data_dir)]
+    shown = CliRunner().invoke(cli, ["rules", "show", *data, "--json"])
+    assert shown.exit_code == 1 and json.loads(shown.output)["version"] == 3
+    shown = CliRunner().invoke(cli, ["rules", "show", *data])
+    assert shown.exit_code == 1 and "newer than this dfg knows: upgrade dfg" in shown.output
 
 
 def test_the_operator_sees_and_adopts_the_rules_from_the_command_line(first_release: Ledger) -> None:

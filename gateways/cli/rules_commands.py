@@ -47,6 +47,8 @@ def show(settings: Settings, as_json: bool) -> None:
     }
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
+        if version > rules.NEWEST:
+            raise SystemExit(1)  # as in text: this dfg cannot decide this ledger's entries
         return
     click.echo(f"rules version {version} decides new entries (the genesis entry named {genesis})")
     for number, text in rules.CHANGES.items():
