@@ -11,7 +11,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -960,12 +961,11 @@ def test_a_follower_that_cannot_see_its_topics_says_so_and_how_long(
     assert report["size"] == ledger.head()[0] and report["topic_end_seen_age_s"] < 60
 
 
-def test_entries_after_an_idle_night_are_not_reported_hours_behind(
-    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The lag was the newest verified entry's age while newer ones waited: after a night
-    without entries, the first of the morning made it hours for a moment, and an alert on
-    it fired. The replica was caught up a moment before: that bounds the lag too."""
+@contextmanager
+def _caught_up_follower(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> Iterator[Follower]:
+    """A follower driven by the test, caught up with three consents the relay published."""
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(3)])
     _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
@@ -973,6 +973,21 @@ def test_entries_after_an_idle_night_are_not_reported_hours_behind(
     try:
         follower.connect()
         _step_until(follower, lambda: follower.replica.size == ledger.head()[0], "the ledger's size")
+        yield follower
+    finally:
+        relay_running.halt()
+        follower.close()
+        follower.replica.store.close()
+        follower.views.close()
+
+
+def test_entries_after_an_idle_night_are_not_reported_hours_behind(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lag was the newest verified entry's age while newer ones waited: after a night
+    without entries, the first of the morning made it hours for a moment, and an alert on
+    it fired. The replica was caught up a moment before: that bounds the lag too."""
+    with _caught_up_follower(ledger, kafka, topics, tmp_path) as follower:
         night = time.time() + 10 * 3600
         follower.clock = lambda: night  # ten idle hours on, the replica still caught up
         follower.step(timeout_ms=100)
@@ -984,11 +999,6 @@ def test_entries_after_an_idle_night_are_not_reported_hours_behind(
         follower._refresh_status()
         assert follower.status.lag_entries == 2
         assert 4 <= follower.status.lag_seconds <= 6
-    finally:
-        relay_running.halt()
-        follower.close()
-        follower.replica.store.close()
-        follower.views.close()
 
 
 def test_a_follower_reconnected_after_hours_is_not_taken_for_caught_up_before_it_reads_the_topic(
@@ -998,13 +1008,7 @@ def test_a_follower_reconnected_after_hours_is_not_taken_for_caught_up_before_it
     one (from before it was stopped, or lost the broker) said it was caught up, and the
     lag of the entries that arrived meanwhile was then counted from that moment, seconds,
     instead of hours."""
-    app = ledger.admit("sp:app", "service_provider")
-    ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(3)])
-    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
-    follower = _manual_follower(tmp_path / "node", kafka, topics, None)
-    try:
-        follower.connect()
-        _step_until(follower, lambda: follower.replica.size == ledger.head()[0], "the ledger's size")
+    with _caught_up_follower(ledger, kafka, topics, tmp_path) as follower:
         follower.close()  # stopped, or the broker lost, for ten hours; entries came meanwhile
         later = time.time() + 10 * 3600
         follower.clock = lambda: later
@@ -1018,11 +1022,6 @@ def test_a_follower_reconnected_after_hours_is_not_taken_for_caught_up_before_it
         follower._refresh_status()
         assert follower.status.lag_entries == 2
         assert follower.status.lag_seconds >= 10 * 3600
-    finally:
-        relay_running.halt()
-        follower.close()
-        follower.replica.store.close()
-        follower.views.close()
 
 
 @pytest.mark.slow
