@@ -183,9 +183,7 @@ def test_a_restored_ledger_takes_back_what_it_published_from_an_audit_bundle(
     code, output = _recover(ledger.settings, "--from-bundle", str(bundle))
     assert code == 0, output
     assert _head(ledger.settings) == published
-    ledger.sequencer = open_sequencer(ledger.settings)
-    ledger.accept(give_level1(ledger, app, "after"))
-    assert ledger.head()[0] == published[0] + 1
+    _serves_on_from(ledger, app, published[0])
 
 
 def test_a_source_older_than_the_restored_ledger_is_not_taken_for_a_check(
@@ -243,6 +241,13 @@ def test_recover_needs_one_source_and_the_ledger_itself(ledger: Ledger, tmp_path
     assert result.exit_code == 1 and "recovering it" in result.output, result.output
 
 
+def _serves_on_from(ledger: Ledger, app: Any, size: int) -> None:
+    """The recovered ledger serves again: its next entry follows the ``size`` it took back."""
+    ledger.sequencer = open_sequencer(ledger.settings)
+    ledger.accept(give_level1(ledger, app, "after"))
+    assert ledger.head()[0] == size + 1
+
+
 def _lose_the_database(ledger: Ledger) -> None:
     ledger.sequencer.verifier.close()
     ledger.sequencer.store.close()
@@ -276,9 +281,7 @@ def test_a_ledger_whose_database_is_lost_is_rebuilt_from_its_keys_and_a_replicas
         assert kept is not None and kept.cosignatures == (line,)
     finally:
         rebuilt.close()
-    ledger.sequencer = open_sequencer(ledger.settings)
-    ledger.accept(give_level1(ledger, app, "after"))
-    assert ledger.head()[0] == published[0] + 1
+    _serves_on_from(ledger, app, published[0])
 
 
 def test_a_lost_ledger_is_not_rebuilt_from_another_ledgers_bundle_nor_without_its_keys(
