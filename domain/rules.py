@@ -49,6 +49,12 @@ def genesis_version(ledger: Mapping[str, object] | None) -> int:
     return found if isinstance(found, int) else 1
 
 
+def in_effect(adopted: object, genesis: int) -> int:
+    """The version deciding the next entry: the newest adopted (``adopted``: the
+    ``LedgerRules`` aggregate, or None while none was), else the genesis entry's."""
+    return adopted.version if isinstance(adopted, LedgerRules) else genesis
+
+
 def require_known(version: int) -> None:
     if version > NEWEST:
         raise DomainError(

@@ -10,7 +10,7 @@ from eventsourcing.domain import Aggregate
 from domain.consent import Consent
 from domain.identifiers import could_be_principal, principal_aggregate_id
 from domain.principal import Principal
-from domain.rules import RULES_AGGREGATE_ID, LedgerRules
+from domain.rules import RULES_AGGREGATE_ID, in_effect
 
 
 class AggregateLookups:
@@ -21,8 +21,7 @@ class AggregateLookups:
     genesis_rules: int = 1
 
     def rules(self) -> int:
-        adopted = self._get(RULES_AGGREGATE_ID)
-        return adopted.version if isinstance(adopted, LedgerRules) else self.genesis_rules
+        return in_effect(self._get(RULES_AGGREGATE_ID), self.genesis_rules)
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         raise NotImplementedError

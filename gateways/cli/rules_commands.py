@@ -38,7 +38,7 @@ def show(settings: Settings, as_json: bool) -> None:
         adopted = store.load_aggregate(rules.RULES_AGGREGATE_ID)
     finally:
         store.close()
-    version = adopted.version if isinstance(adopted, rules.LedgerRules) else genesis
+    version = rules.in_effect(adopted, genesis)
     report = {
         "version": version,
         "genesis_version": genesis,
