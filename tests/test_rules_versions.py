@@ -286,3 +286,11 @@ def test_version_2_refuses_a_result_key_the_nodes_cannot_decode(ledger: Ledger, 
     f.refused(
         f.analyst, "results.request_access", {"analysis_id": analysis, "recipient_jwk": bad}, "unusable_key"
     )
+
+
+@pytest.mark.parametrize("body", [{"version": "2"}, {"version": 1}, {"version": 2, "note": "x"}, {}])
+def test_a_malformed_adoption_is_refused_and_leaves_no_trace(ledger: Ledger, body: dict[str, object]) -> None:
+    before = ledger.head()
+    (outcome,) = ledger.submit(ledger.sign(ledger.operator, "ledger.adopt_rules", body))
+    assert _code(outcome) == "invalid_body"
+    assert ledger.head() == before
