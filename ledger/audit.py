@@ -57,6 +57,9 @@ _NODE_PAGE = 8192
 class Problem:
     seq: int
     message: str
+    #: The entry follows rules newer than this software knows: it cannot be judged
+    #: here, which is no evidence against the ledger (a newer dfg replays it).
+    newer_rules: bool = False
 
     def __str__(self) -> str:
         return f"entry {self.seq}: {self.message}" if self.seq else self.message
@@ -616,7 +619,7 @@ class Auditor:
             self._fail(new_size, f"the stored tree does not prove consistency with checkpoint {old_size}")
 
     def _fail(self, seq: int, message: str, kind: type[AuditFailure] = AuditFailure) -> Any:
-        problem = Problem(seq, message)
+        problem = Problem(seq, message, newer_rules=kind is NewerRules)
         self.report.problems.append(problem)
         raise kind(problem)
 

@@ -154,6 +154,11 @@ def test_an_older_dfg_refuses_to_replay_a_ledger_that_follows_newer_rules(
     assert shown.exit_code == 1 and json.loads(shown.output)["version"] == 3
     shown = CliRunner().invoke(cli, ["rules", "show", *data])
     assert shown.exit_code == 1 and "newer than this dfg knows: upgrade dfg" in shown.output
+    for layout in ([], ["--segments", "2"]):  # an auditor's script tells this from tampering
+        audited = CliRunner().invoke(cli, ["audit", "verify", *data, *layout])
+        assert audited.exit_code == 2, audited.output
+        assert "NOT VERIFIED: entry" in audited.output and "upgrade dfg and audit again" in audited.output
+        assert "FAILED" not in audited.output
 
 
 def test_the_operator_sees_and_adopts_the_rules_from_the_command_line(first_release: Ledger) -> None:

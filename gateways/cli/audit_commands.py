@@ -152,7 +152,8 @@ def verify(
     elapsed = time.perf_counter() - started
     _print_report(report, elapsed, witnesses, pinned=checkpoint_key is not None, held=len(held))
     if not report.ok:
-        raise SystemExit(1)
+        first = report.first_problem
+        raise SystemExit(2 if first is not None and first.newer_rules else 1)
 
 
 def _read_known_checkpoints(paths: tuple[Path, ...]) -> dict[str, tuple[int, str]]:
@@ -251,6 +252,14 @@ def _print_report(
     rate = report.entries / elapsed if elapsed > 0 else 0.0
     if not report.ok:
         problem = report.first_problem
+        if problem is not None and problem.newer_rules:  # no verdict on the rest: not a failure
+            click.secho(f"NOT VERIFIED: {problem}", fg="yellow", err=True)
+            click.echo(
+                f"{report.entries} entries verified before it; this dfg cannot judge the entries"
+                " from it on (no evidence against the ledger): upgrade dfg and audit again",
+                err=True,
+            )
+            return
         click.secho(f"FAILED: {problem}", fg="red", err=True)
         click.echo(f"{report.entries} entries verified before the failure", err=True)
         return
