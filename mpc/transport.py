@@ -46,9 +46,18 @@ from mpc.runtime import Message, ProtocolAborted, ProtocolTimeout
 
 MAGIC: Final = b"dfg-mpc/1"
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-MAX_FRAME: Final = 256 * 1024 * 1024
 #: A round's message is sent in frames of this many bytes (streamed, not buffered whole).
 PIECE: Final = 1 << 20
+#: The largest frame a peer may send: one piece and its header (the session's name, up
+#: to 65,535 bytes, the round's number and the piece's kind).
+MAX_FRAME: Final = PIECE + 2 + 0xFFFF + 5
+#: Peers' round messages this node holds, received and not yet taken by a session, at
+#: most (all sessions and peers together): an authenticated peer that streams pieces
+#: without end, or runs far ahead, cannot take the node's memory.
+DEFAULT_MAX_BUFFERED: Final = 2 << 30
+#: Undelivered rounds per session and peer: every member sends each round to every
+#: other and waits for theirs, so an honest peer is at most one round ahead.
+_MAX_ROUNDS_AHEAD: Final = 2
 _MAX_WAITING_SESSIONS: Final = 256
 #: A frame's last header byte: more pieces of the round follow, the round's last piece,
 #: or the sender has given up the session (the payload says why).
@@ -69,6 +78,10 @@ KeysOf = Callable[[str], Sequence[Ed25519PublicKey]]
 
 class TransportError(RuntimeError):
     """A connection could not be made or authenticated, or broke a rule of the protocol."""
+
+
+class _PeerOverLimit(TransportError):
+    """A peer sent more than this node holds for it: its connection is cut."""
 
 
 @dataclass(frozen=True)
@@ -276,12 +289,16 @@ class Mesh:
         listen: tuple[str, int],
         peers: Mapping[str, tuple[str, int]],
         timeout: float = 60.0,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
         self.me = me
         self.keys_of = keys_of
         self.context = context
         self.peers = dict(peers)
         self.timeout = timeout
+        self.max_buffered = max_buffered
+        self._buffered = 0  # bytes of peers' messages held (pieces and queued rounds)
+        self._rounds_queued: dict[tuple[str, str], int] = {}  # (session, peer) -> rounds
         self._server = socket.create_server(listen, reuse_port=False)
         self._outgoing: dict[tuple[str, str], SecureChannel] = {}  # (peer, session)
         self._incoming: list[SecureChannel] = []
@@ -387,20 +404,40 @@ class Mesh:
                 if frame[6 + size] == _ABORT:
                     self._peer_gave_up(session, channel.peer, bytes(frame[7 + size :]))
                     continue
-                pieces.append(frame[7 + size :])
+                piece = frame[7 + size :]
+                self._hold(len(piece), channel.peer)
+                pieces.append(piece)
                 if frame[6 + size] == _LAST:
                     message: Message = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    pieces = []  # held from here on as the queued round (or released)
                     self._deliver(session, channel.peer, number, message)
-                    pieces = []
         except (TransportError, OSError, ValueError) as exc:
-            if pieces and not self._closed.is_set():  # it broke in the middle of a message
+            if isinstance(exc, _PeerOverLimit) and not self._closed.is_set():
+                log.warning("cut the MPC connection from %s: %s", channel.peer, exc)
+            elif pieces and not self._closed.is_set():  # it broke in the middle of a message
                 log.warning("MPC connection from %s broke mid-message: %s", channel.peer, exc)
             else:  # a session's connection closes when its task is done
                 log.debug("MPC connection from %s ended: %s", channel.peer, exc)
         finally:
+            self._release(sum(len(piece) for piece in pieces))
             channel.close()
             with self._inbox_lock:
                 self._incoming.remove(channel)
+
+    def _hold(self, size: int, peer: str) -> None:
+        """Count a received piece against ``max_buffered``, or refuse it."""
+        with self._inbox_lock:
+            if self._buffered + size > self.max_buffered:
+                raise _PeerOverLimit(
+                    f"this node already holds {self._buffered:,} bytes of peers' messages not yet"
+                    f" read, and the limit is {self.max_buffered:,}"
+                )
+            self._buffered += size
+
+    def _release(self, size: int) -> None:
+        if size:
+            with self._inbox_lock:
+                self._buffered -= size
 
     def _deliver(self, session: str, peer: str, number: int, message: Message) -> None:
         """Queue a peer's round for the session -- unless the session is over here: an
@@ -408,9 +445,23 @@ class Mesh:
         the limit of open sessions until the node refused every new one."""
         with self._inbox_lock:
             if session in self._forgotten:
+                self._buffered -= len(message)
                 log.debug("dropped round %d of %s from %s: the session is over here", number, session, peer)
                 return
-            self._inbox_locked(session, peer).put((number, message))
+            queued = self._rounds_queued.get((session, peer), 0)
+            if queued >= _MAX_ROUNDS_AHEAD:
+                self._buffered -= len(message)
+                raise _PeerOverLimit(
+                    f"it sent round {number} of {session} while {queued} of its rounds wait to be"
+                    " read: an honest peer is at most one round ahead"
+                )
+            try:
+                inbox = self._inbox_locked(session, peer)
+            except TransportError:
+                self._buffered -= len(message)
+                raise
+            self._rounds_queued[(session, peer)] = queued + 1
+            inbox.put((number, message))
 
     def _inbox_locked(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
         inbox = self._inboxes.get((session, peer))
@@ -448,7 +499,10 @@ class Mesh:
             while len(self._forgotten) > _MAX_FORGOTTEN_KEPT:
                 del self._forgotten[next(iter(self._forgotten))]
             for key in [k for k in self._inboxes if k[0] == session]:
-                del self._inboxes[key]
+                for item in self._inboxes.pop(key).queue:
+                    if item is not None and item[0] != _ABORTED:  # rounds never taken: freed
+                        self._buffered -= len(item[1])
+                self._rounds_queued.pop(key, None)
             for key in [k for k in self._aborts if k[0] == session]:
                 del self._aborts[key]
         with self._dial_lock:
@@ -537,6 +591,14 @@ class Mesh:
             ) from None
         if item is None:  # put by close()
             raise TransportError(f"{self.me.name} is stopping")
+        if item[0] != _ABORTED:  # a round: no longer the transport's to hold
+            with self._inbox_lock:
+                self._buffered -= len(item[1])
+                key = (session, peer)
+                if self._rounds_queued.get(key, 0) > 1:
+                    self._rounds_queued[key] -= 1
+                else:
+                    self._rounds_queued.pop(key, None)
         if item[0] == _ABORTED:
             with self._inbox_lock:
                 abort = self._abort_of(session)

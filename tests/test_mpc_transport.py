@@ -334,3 +334,85 @@ def test_a_frame_that_is_not_a_rounds_frame_ends_the_connection_without_a_crash(
         assert "is not a round's frame" in caplog.text
         b.send("node:a", "next", 1, b"fresh")  # the node goes on with a new connection
         assert a.receive("node:b", "next", 1, timeout=10) == b"fresh"
+
+
+def _piece(session: str, number: int, payload: bytes) -> bytes:
+    """A frame that says more pieces of the round follow."""
+    return _frame(session, number, payload)[: -len(payload) - 1] + b"\x00" + payload
+
+
+def _cut_off(channel: SecureChannel, frames: Iterator[bytes]) -> bool:
+    """Send until the node cuts the connection (True) or the frames run out (False)."""
+    channel.sock.settimeout(10)
+    try:
+        for frame in frames:
+            channel.send(frame)
+    except OSError:
+        return True
+    return _ended(channel.sock)
+
+
+def test_a_peer_streaming_pieces_without_end_is_cut_off_at_the_nodes_buffer_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An authenticated peer could send a round's "more follows" pieces for ever: the node
+    kept every one until its memory was gone."""
+    from mpc.transport import PIECE
+
+    with meshes() as made:
+        a, b = made[0], made[1]
+        a.max_buffered = 3 * PIECE
+        endless = (_piece("s", 1, bytes(PIECE)) for _ in range(50))
+        with caplog.at_level("WARNING", logger="dfg.mpc.transport"):
+            assert _cut_off(b._channel("node:a", "s"), endless)
+            deadline = time.monotonic() + 10
+            while a._buffered and time.monotonic() < deadline:  # the serving thread ends
+                time.sleep(0.01)
+        assert "cut the MPC connection from node:b" in caplog.text and "the limit is" in caplog.text
+        assert a._buffered == 0  # what it held of the cut message is let go
+        b.send("node:a", "next", 1, bytes(2 * PIECE))  # a message under the limit still passes
+        assert len(a.receive("node:b", "next", 1, timeout=10)) == 2 * PIECE
+
+
+def test_a_peer_running_rounds_ahead_of_the_protocol_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
+    """An honest peer waits for this node's round before it sends its next, so at most two
+    of its rounds wait here: more are a peer filling the node's memory."""
+    with meshes() as made:
+        a, b = made[0], made[1]
+        rounds = (_frame("s", number, b"x" * 100) for number in range(1, 10))
+        with caplog.at_level("WARNING", logger="dfg.mpc.transport"):
+            assert _cut_off(b._channel("node:a", "s"), rounds)
+        assert "an honest peer is at most one round ahead" in caplog.text
+        assert [a.receive("node:b", "s", n, timeout=10) for n in (1, 2)] == [b"x" * 100] * 2
+        assert a._buffered == 0
+
+
+def test_the_bytes_a_node_holds_for_its_peers_are_let_go_when_read_or_forgotten() -> None:
+    def square(party: Party) -> object:
+        x = input_values(party, 1, [7] if party.index == 1 else None)
+        return open_values(party, multiply(party, x, x))
+
+    with meshes() as made:
+        assert [result == [49] for result in _run_all(made, square)] == [True] * 3
+        a, b = made[0], made[1]
+        b.send("node:a", "unread", 1, b"y" * 1000)
+        deadline = time.monotonic() + 10
+        while a._buffered != 1000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a._buffered == 1000
+        for mesh in made:
+            mesh.forget("unread")
+        assert [mesh._buffered for mesh in made] == [0, 0, 0]
+        assert not a._rounds_queued
+
+
+def test_a_frame_over_one_piece_and_its_header_ends_the_connection() -> None:
+    """Frames were taken up to 256 MiB each, where an honest one is a piece of 1 MiB."""
+    from mpc.transport import PIECE
+
+    with meshes() as made:
+        a, b = made[0], made[1]
+        longest_header = 2 + 0xFFFF + 5
+        assert _cut_off(b._channel("node:a", "s"), iter([bytes(PIECE + longest_header + 1)]))
+        b.send("node:a", "next", 1, b"fresh")
+        assert a.receive("node:b", "next", 1, timeout=10) == b"fresh"

@@ -44,6 +44,7 @@ from ledger.replica import NeedsNewerDfg, NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
 from ledger.store import genesis_parameters, newest_entry_time
 from ledger.witness import witness_verifier
+from mpc.transport import DEFAULT_MAX_BUFFERED
 
 #: How long a stopping node waits for its engine to record a task it was running as
 #: failed (one submission, with the client's retries).
@@ -363,6 +364,15 @@ def follow(
     show_default=True,
     help="Seconds to wait for another node in a protocol round before failing the task.",
 )
+@click.option(
+    "--mpc-buffer-mb",
+    type=click.IntRange(16, 1 << 20),
+    default=DEFAULT_MAX_BUFFERED >> 20,
+    show_default=True,
+    help="Other nodes' round messages held, not yet read, at most (MiB, all tasks together): a peer"
+    " that sends more has its connection cut and its task fails. Large analyses need a round's"
+    " vector from every peer, twice.",
+)
 def node_serve(
     settings: Settings,
     coordinator: str,
@@ -380,6 +390,7 @@ def node_serve(
     kafka_security: dict[str, Any],
     topic_prefix: str,
     task_timeout: float,
+    mpc_buffer_mb: int,
 ) -> None:
     """Serve the GraphQL API as a computation node: answers from this node's own
     verified replica (kept up to date from the ledger's Kafka topics with --kafka, else
@@ -436,7 +447,9 @@ def node_serve(
     follower.start()
     mesh, engine = None, None
     if key is not None and name is not None and encryption_key is not None:
-        options = EngineOptions(name, key, encryption_key, mpc_host, mpc_port, peers, task_timeout)
+        options = EngineOptions(
+            name, key, encryption_key, mpc_host, mpc_port, peers, task_timeout, mpc_buffer_mb << 20
+        )
         mesh, engine = start_engine(options, node, coordinator, chain, settings.data_dir, stop)
         click.echo(f"dfg node {name}: MPC engine listening for peers on {mpc_host}:{mesh.address[1]}")
     serving = f"dfg node serving {chain} on http://{host}:{port}/graphql, following {source}"

@@ -20,7 +20,7 @@ from gateways.sdk import ConsentClient, TransactionBuilder
 from infra.keyfiles import KeyFileError, read_jwk
 from infra.node import NodeReplica
 from mpc.runtime import Message
-from mpc.transport import KeysOf, Mesh, NodeIdentity, SessionEndpoint
+from mpc.transport import DEFAULT_MAX_BUFFERED, KeysOf, Mesh, NodeIdentity, SessionEndpoint
 from projections import keys
 from projections.base import ViewDatabase
 
@@ -34,6 +34,7 @@ class EngineOptions:
     mpc_port: int
     peers: tuple[str, ...]
     task_timeout: float
+    max_buffered: int = DEFAULT_MAX_BUFFERED
 
 
 def parse_peers(values: tuple[str, ...]) -> dict[str, tuple[str, int]]:
@@ -102,6 +103,7 @@ def start_engine(
             listen=(options.mpc_host, options.mpc_port),
             peers=parse_peers(options.peers),
             timeout=options.task_timeout,
+            max_buffered=options.max_buffered,
         ).start()
     except OSError as exc:
         fail(f"cannot listen for MPC peers on {options.mpc_host}:{options.mpc_port}: {exc}")
