@@ -635,3 +635,26 @@ def test_a_slow_query_does_not_hold_the_other_requests(
         release.set()
         query.join(30)
     assert answers and answers[0]["analyses"]["totalCount"] == 0
+
+
+@pytest.mark.parametrize(
+    "jwk",
+    [
+        {"kty": "OKP", "crv": "Ed25519", "x": "B" * 43},
+        {"kty": "EC", "crv": "P-256", "x": "B" * 43, "y": "B" * 43},
+        {"kty": "OKP", "crv": "X25519", "x": "B"},
+        {"kty": "OKP", "crv": "X25519", "x": "é" * 43},
+    ],
+)
+def test_a_node_refuses_to_seal_results_to_a_key_a_version_1_ledger_recorded(jwk: dict[str, str]) -> None:
+    """Rules version 1 records any public OKP or EC key in results.request_access; a node
+    of such a ledger says which key it cannot seal to, rather than answer with no shares."""
+    from graphql import GraphQLError
+
+    from gateways.graphql.schema import _require_sealable
+
+    with pytest.raises(GraphQLError) as refused:
+        _require_sealable(jwk)
+    assert refused.value.extensions == {"code": "recipient_not_x25519"}
+    assert f"{jwk['kty']}/{jwk['crv']}" in refused.value.message
+    _require_sealable({"kty": "OKP", "crv": "X25519", "x": "B" * 43})  # 32 bytes: sealed to
