@@ -603,6 +603,25 @@ def test_a_node_following_the_api_records_when_it_last_reached_the_log_end(
     assert f"last checkpoint    size {report['last_checkpoint']:,}" in shown, shown
 
 
+def test_node_status_says_the_lag_is_unknown_before_a_follower_has_read_the_log_end(
+    source: Ledger, tmp_path: Path
+) -> None:
+    """It reported "0 entries behind (topic end 5)": the replica's own size, never seen."""
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+
+    store = open_store(Settings(data_dir=tmp_path / "node"))
+    replica = Replica(store)
+    replica.accept_entries(source.sequencer.store.read_entries(1, 3))
+    store.close()
+    data = ["node", "status", "--data", str(tmp_path / "node")]
+    report = json.loads(CliRunner().invoke(cli, [*data, "--json"]).output)
+    assert (report["size"], report["topic_end"], report["lag_entries"]) == (3, None, None)
+    shown = CliRunner().invoke(cli, data).output
+    assert "behind the topic   unknown" in shown and "topic end" not in shown
+
+
 def _following_api(store: LedgerStore, url: str) -> tuple[Replica, threading.Event, threading.Thread]:
     """A replica of ``store`` following the ledger's API at ``url`` in a thread (polling
     often), as ``dfg node serve`` follows it."""

@@ -509,8 +509,9 @@ def status(settings: Settings, as_json: bool) -> None:
                 " health is dfg serve's GET /healthz)"
             )
         size = store.head()[0]
-        topic_end = max(store.marker(TOPIC_END_MARKER), size)
         seen_ms = store.marker(SEEN_AT_MARKER)
+        # unknown until a follower has read where the log ends (not the replica's size)
+        topic_end = max(store.marker(TOPIC_END_MARKER), size) if seen_ms else None
         seen_age = round(time.time() - seen_ms / 1000, 3) if seen_ms else None
         latest = store.latest_checkpoint()
         newest = newest_entry_time(store, size)
@@ -519,7 +520,7 @@ def status(settings: Settings, as_json: bool) -> None:
         report: dict[str, Any] = {
             "size": size,
             "topic_end": topic_end,
-            "lag_entries": topic_end - size,
+            "lag_entries": None if topic_end is None else topic_end - size,
             "topic_end_seen_age_s": seen_age,
             "newest_entry_age_s": None if last_ts is None else round(time.time() - last_ts, 3),
             "last_checkpoint": latest.size if latest else None,
@@ -532,8 +533,13 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(json.dumps(report, sort_keys=True))
     else:
         click.echo(f"replica size       {size:,}")
-        seen = "never seen" if seen_age is None else f"seen {_ago(seen_age)}"
-        click.echo(f"behind the topic   {report['lag_entries']:,} entries (topic end {topic_end:,}, {seen})")
+        if topic_end is None or seen_age is None:
+            click.echo("behind the topic   unknown (no follower has read where the log ends yet)")
+        else:
+            click.echo(
+                f"behind the topic   {report['lag_entries']:,} entries"
+                f" (topic end {topic_end:,}, seen {_ago(seen_age)})"
+            )
         last = report["last_checkpoint"]
         click.echo(f"last checkpoint    {'none yet' if last is None else f'size {last:,}'}")
         for v in violations:
