@@ -171,8 +171,14 @@ def node_key(client: ConsentClient, node: str) -> X25519PublicKey:
     jwk = found.get("encryption_key")
     if not jwk:
         raise UploadError(f"{node} has not registered an encryption key (node.set_encryption_key)")
-    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
-    return X25519PublicKey.from_public_bytes(raw)
+    try:  # version 1 and 2 rules let letters of other scripts into x: refused here
+        raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+        return X25519PublicKey.from_public_bytes(raw)
+    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise UploadError(
+            f"{node}'s registered encryption key is not a usable X25519 key ({exc}): its operator"
+            " must register one again (node.set_encryption_key)"
+        ) from exc
 
 
 def deliver(url: str, datasource_id: str, sealed: bytes, statement: str) -> None:

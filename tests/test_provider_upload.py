@@ -445,3 +445,17 @@ def test_a_delivery_whose_body_does_not_all_arrive_is_answered_408_and_its_conne
     )
     assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(rest)["code"] == "body_timeout"
+
+
+@pytest.mark.parametrize("x", ["é" * 43, "A" * 42 + "ß"])
+def test_a_node_key_the_ledger_recorded_but_no_one_can_seal_to_is_named(x: str) -> None:
+    """The ledger's check of node.set_encryption_key lets other scripts' letters through
+    (str.isalnum): the upload crashed in base64 with a bare ValueError."""
+    from gateways.provider_upload import UploadError, node_key
+
+    class Ledger:
+        def principal(self, principal_id: str) -> dict[str, Any]:
+            return {"encryption_key": {"kty": "OKP", "crv": "X25519", "x": x}}
+
+    with pytest.raises(UploadError, match="node:a's registered encryption key is not a usable X25519 key"):
+        node_key(Ledger(), "node:a")  # type: ignore[arg-type]
