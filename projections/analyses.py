@@ -17,7 +17,7 @@ from typing import Any
 
 from domain.times import format_time
 from ledger.entry import Entry
-from projections.base import Cursor
+from projections.base import Cursor, read_text, stored_text
 
 NAME = "analyses"
 KINDS = ("Catalog", "Datasource", "DataView", "Analysis")
@@ -26,8 +26,9 @@ KINDS = ("Catalog", "Datasource", "DataView", "Analysis")
 class AnalysesView:
     name = NAME
     tables = ("platform_documents", "analysis_nodes", "mpc_tasks")
-    #: 2: the queued tasks of a failed analysis are ``cancelled`` (they stayed queued)
-    version = 2
+    #: 2: the queued tasks of a failed analysis are ``cancelled`` (they stayed queued);
+    #: 3: names and reasons are stored as JSON (``stored_text``: PostgreSQL refuses U+0000)
+    version = 3
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -68,8 +69,8 @@ class AnalysesView:
         doc.update({"created_ts": ts, "modified_ts": ts, "created_seq": entry.seq, "modified_seq": entry.seq})
         cursor.execute(
             "INSERT INTO platform_documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (kind, entity_id, str(entry.aggregate_id), doc["owner"], doc["name"], doc.get("status", ""),
-             json.dumps(doc), entry.seq, ts, entry.seq, ts),
+            (kind, entity_id, str(entry.aggregate_id), doc["owner"], stored_text(doc["name"]),
+             doc.get("status", ""), json.dumps(doc), entry.seq, ts, entry.seq, ts),
         )  # fmt: skip
 
     def _save(self, cursor: Cursor, entry: Entry, kind: str, entity_id: str, doc: dict[str, Any]) -> None:
@@ -78,8 +79,9 @@ class AnalysesView:
         cursor.execute(
             "UPDATE platform_documents SET name = ?, status = ?, doc = ?, modified_seq = ?, modified_ts = ?"
             " WHERE kind = ? AND id = ?",
-            (doc["name"], doc.get("status", ""), json.dumps(doc), entry.seq, ts, kind, entity_id),
-        )
+            (stored_text(doc["name"]), doc.get("status", ""), json.dumps(doc), entry.seq, ts,
+             kind, entity_id),
+        )  # fmt: skip
 
     def _catalog(self, cursor: Cursor, entry: Entry, event: str, data: dict[str, Any]) -> None:
         if event == "Created":
@@ -206,7 +208,7 @@ class AnalysesView:
             params = (ts, data["commitment"])
         else:
             statement = "UPDATE mpc_tasks SET state = 'failed', finished_ts = ?, reason = ?"
-            params = (ts, data["reason"])
+            params = (ts, stored_text(data["reason"]))
         cursor.execute(statement + " WHERE analysis_id = ? AND task_id = ? AND node = ?", (*params, *key))
         if event == "TaskFailed":  # the analysis failed: what no node has claimed will never run
             cursor.execute(
@@ -351,7 +353,7 @@ def analysis_tasks(cursor: Cursor, analysis_id: str) -> list[dict[str, Any]]:
         "commitment",
         "reason",
     )
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return [{**dict(zip(names, row, strict=True)), "reason": read_text(row[8])} for row in cursor.fetchall()]
 
 
 def finished_tasks(cursor: Cursor, analysis_id: str) -> list[int]:

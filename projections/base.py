@@ -6,6 +6,7 @@ entry is applied exactly once and a restarted projection resumes where it stoppe
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -80,6 +81,18 @@ VERSIONS_TABLE = "view_versions"
 _VERSIONS_DDL = (
     f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (view TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 )
+
+
+def stored_text(value: str | None) -> str | None:
+    """Free text (a display name, a name, a reason) as a view's column holds it: as JSON,
+    whose escapes leave no U+0000. The ledger accepts that character in such text, and
+    PostgreSQL's ``text`` refuses it: one such entry stopped the read models there, and
+    every submission after it was answered 503. ``read_text`` reads it back."""
+    return None if value is None else json.dumps(value)
+
+
+def read_text(stored: str | None) -> str | None:
+    return None if stored is None else str(json.loads(stored))
 
 
 class ViewsNotOfThisLog(RuntimeError):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger.entry import Entry
-from projections.base import Cursor
+from projections.base import Cursor, read_text, stored_text
 
 NAME = "principals"
 #: The prefix of the event types this view reads.
@@ -18,7 +18,8 @@ PRINCIPAL_EVENTS = "Principal."
 class PrincipalsView:
     name = NAME
     tables = ("principals", "principal_keys", "principal_encryption_keys", "principal_policies")
-    version = 1
+    #: 2: display names are stored as JSON (``stored_text``: PostgreSQL refuses U+0000)
+    version = 2
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -62,7 +63,7 @@ class PrincipalsView:
                         data["principal"],
                         data["kind"],
                         json.dumps(sorted(data["roles"])),
-                        data["display_name"],
+                        stored_text(data["display_name"]),
                         data["custodian"],
                         entry.seq,
                         data["admitted_by"],
@@ -166,7 +167,7 @@ def principal(cursor: Cursor, principal_id: str) -> dict[str, Any] | None:
         "principal": row[0],
         "kind": row[1],
         "roles": json.loads(row[2]),
-        "display_name": row[3],
+        "display_name": read_text(row[3]),
         "custodian": row[4],
         "admitted_seq": row[5],
         "admitted_by": row[6],

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from test_analysis_lifecycle import Federation, _draft, _send, fed  # noqa: F401 - the fixture
+from conftest import Ledger
+from test_analysis_lifecycle import Federation, _draft, _send, fed, ids, make_federation  # noqa: F401 - the fixture
 
 from infra.bootstrap import open_views
 from projections import analyses as views
@@ -117,3 +118,27 @@ def test_a_failed_analysis_leaves_no_task_in_any_nodes_queue(fed: Federation) ->
         states = {(t["task_id"], t["node"]): t["state"] for t in views.analysis_tasks(c, analysis)}
         assert states[(1, "node:n0")] == "failed" and states[(2, "node:n0")] == "cancelled"
     db.close()
+
+
+def test_names_and_reasons_with_a_nul_character_are_kept_on_every_engine(any_ledger: Ledger) -> None:
+    """A catalog's name and a task's failure reason may hold U+0000, which PostgreSQL's text
+    refuses: one such entry stopped the read models (and every later submission) there."""
+    f = make_federation(any_ledger)
+    catalog = ids()
+    f.do(f.provider_a, "catalog.create", {"catalog_id": catalog, "name": "Nul\x00catalog"})
+    analysis = _draft(f)
+    _send(f, analysis)
+    for node in f.nodes:
+        f.do(node, "analysis.approve", {"analysis_id": analysis})
+    f.do(f.analyst, "analysis.queue", {"analysis_id": analysis})
+    f.do(f.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 1})
+    f.do(f.nodes[0], "task.fail", {"analysis_id": analysis, "task_id": 1, "reason": "bad\x00share"})
+    db, _ = _views(f)
+    try:
+        with db.transaction(commit=False) as c:
+            doc = views.document(c, "Catalog", catalog)
+            assert doc is not None and doc["name"] == "Nul\x00catalog"
+            reasons = {(t["task_id"], t["node"]): t["reason"] for t in views.analysis_tasks(c, analysis)}
+            assert reasons[(1, "node:n0")] == "bad\x00share" and reasons[(2, "node:n0")] is None
+    finally:
+        db.close()

@@ -378,3 +378,23 @@ def test_read_models_brought_up_to_date_by_several_at_once(any_ledger: Ledger) -
     finally:
         for db in dbs:
             db.close()
+
+
+def test_a_display_name_with_a_nul_character_is_kept_on_every_engine(any_ledger: Ledger) -> None:
+    """The ledger accepts U+0000 in a display name, and PostgreSQL's text refuses it: the
+    entry was committed but its read models could not apply it, so the server answered
+    that submission and every later one 503 and its views stayed behind for good."""
+    any_ledger.admit("sp:nul", "service_provider", display_name="Clinic\x00B")
+    store = any_ledger.sequencer.store
+    db = open_views(any_ledger.settings)
+    try:
+        view = PrincipalsView()
+        prepare(db, view, store.read_entries)
+        assert catch_up(db, view, store.read_entries) == store.head()[0]
+        with db.transaction(commit=False) as cursor:
+            found = principal(cursor, "sp:nul")
+            assert found is not None and found["display_name"] == "Clinic\x00B"
+            operator = principal(cursor, "op:federation")
+            assert operator is not None and operator["display_name"] == "Test federation"
+    finally:
+        db.close()
