@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +383,21 @@ def test_checks_see_every_accepted_transaction_at_once(env: Env) -> None:
 
 def given_at(env: Env, seq: int) -> datetime:
     return datetime.fromisoformat(env.client.entry(seq)["event"]["ts"])
+
+
+def test_a_check_at_an_instant_whose_offset_has_seconds_is_asked_in_utc(env: Env) -> None:
+    """Python's time zones may carry seconds in their offset (zoneinfo's local mean times:
+    Amsterdam was +00:19:32 until 1937), which RFC 3339 cannot write: the SDK sent them as
+    ``+00:19:32`` and the server refused a valid, aware instant (400 invalid_parameter)."""
+    subject, _, token = env.give()
+    given = given_at(env, env.client.submit(token).seq)
+    odd = timezone(timedelta(minutes=19, seconds=32))
+    for at, granted in ((given + timedelta(hours=1), True), (given - timedelta(hours=1), False)):
+        answer = env.client.check(subject, PROVIDER, PURPOSE, at=at.astimezone(odd))
+        (batched,) = env.client.check_many(
+            [ConsentQuestion.of(subject, PROVIDER, PURPOSE, at=at.astimezone(odd))]
+        )
+        assert answer.granted is batched.granted is granted
 
 
 def test_async_client(env: Env) -> None:

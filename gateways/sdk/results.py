@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateways.sdk.errors import DfgApiError
@@ -101,6 +101,11 @@ class ConsentAnswer:
 
 
 def _instant(value: datetime) -> str:
-    if value.tzinfo is None:
+    """RFC 3339 text of an aware instant; an offset with seconds (zoneinfo's local mean
+    times), which RFC 3339 cannot write, is given as the same instant in UTC."""
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError("consent checks need a timezone-aware instant")
+    if offset % timedelta(minutes=1):
+        value = value.astimezone(UTC)
     return value.isoformat()
