@@ -120,6 +120,47 @@ def test_the_operator_admits_a_node_grants_a_role_and_manages_its_keys(data: Pat
     assert audited.exit_code == 0, audited.output
 
 
+def test_a_key_s_validity_is_given_in_utc_with_z_or_with_an_offset(data: Path, tmp_path: Path) -> None:
+    """``--not-before 2026-01-01T00:00:00Z``, the first form the help names, was read as a
+    time without a zone and the transaction refused ("not_after: Input should have
+    timezone info")."""
+    keygen_output, _ = keygen(tmp_path, "node:alpha")
+    admitted = dfg(
+        "principals",
+        "admit",
+        "node:alpha",
+        "--kind",
+        "node_operator",
+        "--jwk",
+        str(keygen_output),
+        "--data",
+        str(data),
+    )
+    assert admitted.exit_code == 0, admitted.output
+    for name, times in (
+        ("z.json", ("2026-01-01T00:00:00Z", "2030-01-01T00:00:00Z")),
+        ("offset.json", ("2026-01-01T01:00:00+01:00", "2030-01-01T01:00:00+01:00")),
+    ):
+        key_file, key = public_key_file(tmp_path / name)
+        added = dfg(
+            "principals",
+            "add-key",
+            "node:alpha",
+            "--jwk",
+            str(key_file),
+            "--not-before",
+            times[0],
+            "--not-after",
+            times[1],
+            "--data",
+            str(data),
+        )
+        assert added.exit_code == 0, added.output
+        shown = json.loads(dfg("principals", "show", "node:alpha", "--data", str(data)).output)
+        (found,) = [k for k in shown["keys"] if k["kid"] == kid_of("node:alpha", key)]
+        assert (found["not_before"], found["not_after"]) == ("2026-01-01T00:00:00Z", "2030-01-01T00:00:00Z")
+
+
 def test_what_the_ledger_refuses_is_named_and_nothing_is_appended(data: Path, tmp_path: Path) -> None:
     keygen_output, _ = keygen(tmp_path, "node:alpha")
     admit = ["principals", "admit", "node:alpha", "--kind", "node_operator", "--jwk", str(keygen_output)]

@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,12 @@ from infra.settings import Settings
 F = TypeVar("F", bound=Callable[..., Any])
 _KINDS = click.Choice([kind.value for kind in Kind])
 _TIME = click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"])
+
+
+def _in_utc(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -> datetime | None:
+    """The ``Z`` form is read without a time zone, and a key's validity must name one:
+    it is UTC (without this the ledger refused it, "Input should have timezone info")."""
+    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 _PRINCIPAL_ID: TypeAdapter[str] = TypeAdapter(PrincipalId)
@@ -169,8 +175,8 @@ def revoke_role(signing: Signing, principal: str, role: str) -> None:
 @signing_options
 @click.argument("principal", callback=principal_id)
 @_jwk_option("The new public JWK (a file, or - for stdin).")
-@click.option("--not-before", type=_TIME, help="Valid from (RFC 3339, UTC).")
-@click.option("--not-after", type=_TIME, help="Valid until (RFC 3339, UTC).")
+@click.option("--not-before", type=_TIME, callback=_in_utc, help="Valid from (RFC 3339, UTC).")
+@click.option("--not-after", type=_TIME, callback=_in_utc, help="Valid until (RFC 3339, UTC).")
 def add_key(
     signing: Signing,
     principal: str,
