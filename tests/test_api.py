@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -343,6 +344,63 @@ def test_protocol_errors_are_problems_too(api: tuple[Http, Ledger]) -> None:
         urllib.request.urlopen(request, timeout=30)
     problem = json.loads(unreadable.value.read())
     assert (unreadable.value.code, problem["code"]) == (400, "malformed_body")
+
+
+def test_a_body_in_a_coding_the_server_does_not_decode_is_refused_not_read_as_plain(
+    api: tuple[Http, Ledger],
+) -> None:
+    """aiohttp decodes gzip and deflate and passes any other coding through: a body
+    labelled ``foo`` was answered as if it were plain JSON."""
+    http, _ = api
+    question = json.dumps({"questions": [{"subject": "p-1", "controller": "sp:app", "purpose": "x"}]})
+    for coding in ("foo", "gzip, gzip", "x-gzip"):
+        request = urllib.request.Request(
+            http.url + "/v1/consents/check",
+            data=question.encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Content-Encoding": coding},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 415 and refused.value.headers["Accept-Encoding"] == "gzip, deflate"
+        assert json.loads(refused.value.read())["code"] == "unsupported_content_encoding"
+    request = urllib.request.Request(
+        http.url + "/v1/consents/check",
+        data=gzip.compress(question.encode()),
+        method="POST",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answered:  # what it decodes, it takes
+        assert answered.status == 200
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: abc\r\n",
+        b"Transfer-Encoding: chunked\r\n",  # then a chunk size that is no number
+        b"X-Long: " + b"a" * 9000 + b"\r\n",
+    ],
+)
+def test_a_request_that_is_not_well_formed_http_is_one_warning_not_a_traceback(
+    api: tuple[Http, Ledger], caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    """aiohttp answers it with a plain 400 itself, and logged each as an error with its
+    traceback: a scanner could fill the operator's log."""
+    http, _ = api
+    caplog.set_level(logging.DEBUG)
+    answer, _ = send_raw(
+        http.url,
+        b"POST /v1/consents/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + head
+        + b"\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    time.sleep(0.2)
+    noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert noisy == [], [r.getMessage() for r in noisy]
+    assert any("refused a malformed request (400)" in r.getMessage() for r in caplog.records)
+    assert http.call("GET", "/healthz")[0] == 200
 
 
 def test_an_undecodable_body_leaves_no_traceback_in_the_log(

@@ -13,7 +13,7 @@ from gateways.http.context import METRICS, OPENAPI, SERVICE, VIEWS, WITNESS_QUOR
 from gateways.http.metrics import Metrics, metrics_middleware
 from gateways.http.models import MAX_BATCH_TRANSACTIONS
 from gateways.http.openapi import build_openapi
-from gateways.http.problems import problems_middleware
+from gateways.http.problems import content_coding_middleware, problems_middleware, quiet_malformed_requests
 from infra.ledger_service import LedgerService
 from ledger.jws import MAX_JWS_BYTES
 from projections.base import ViewDatabase
@@ -25,9 +25,15 @@ MAX_BODY = MAX_BATCH_TRANSACTIONS * (MAX_JWS_BYTES + 8) + 1024
 def build_app(
     service: LedgerService, views: ViewDatabase, *, witness_quorum: int | None = None
 ) -> web.Application:
+    quiet_malformed_requests()
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[metrics_middleware, problems_middleware, unknown_parameters_middleware],
+        middlewares=[
+            metrics_middleware,
+            problems_middleware,
+            content_coding_middleware,
+            unknown_parameters_middleware,
+        ],
     )
     app[SERVICE] = service
     app[VIEWS] = views

@@ -26,7 +26,7 @@ from gateways.deliveries import DeliveryRefused, check_matches, verified_stateme
 from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
 from gateways.http.api import read_body
-from gateways.http.problems import PROBLEM_TYPE, problem_body
+from gateways.http.problems import PROBLEM_TYPE, problem_body, quiet_malformed_requests
 from infra.share_bundles import keep_bundle, prune_bundles
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -84,6 +84,7 @@ def build_node_app(
     name: str | None = None,
     sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None,
 ) -> web.Application:
+    quiet_malformed_requests()
     app = web.Application(client_max_size=MAX_BUNDLE_BYTES)
     mount(app, node_context(store, views, view_list, coordinator, sealed_results))
 

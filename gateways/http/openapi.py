@@ -88,7 +88,8 @@ def build_openapi(version: str) -> dict[str, Any]:
                 415,
                 (
                     "a problem document: the body is not of a media type listed here"
-                    " (`unsupported_media_type`)",
+                    " (`unsupported_media_type`), or in a content coding other than gzip or"
+                    " deflate (`unsupported_content_encoding`)",
                     m.ProblemDocument,
                 ),
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from contextlib import suppress
 from typing import Any
 
@@ -14,6 +15,10 @@ from infra.storage.errors import storage_unavailable
 from infra.storage.postgres import check_pools
 
 PROBLEM_TYPE = "application/problem+json"
+#: The content codings a request body may be in: aiohttp decodes gzip and deflate as it
+#: reads (br and zstd only with optional libraries, not installed: it refuses those
+#: itself) and passes any other coding through undecoded, as if it were the body.
+ACCEPTED_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 
 class Problem(web.HTTPException):
@@ -89,6 +94,47 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         return problem_response(
             500, "internal_error", "the server failed; nothing was changed by this request"
         )
+
+
+@web.middleware
+async def content_coding_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A body in a coding the server does not decode is refused (415, RFC 9110 §15.5.16),
+    not read as if it were plain JSON."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ACCEPTED_CODINGS:
+        refused = Problem(
+            415,
+            "unsupported_content_encoding",
+            f"the request body's Content-Encoding {coding[:40]!r} is not one this server decodes:"
+            " send it as is, or as gzip or deflate",
+        )
+        refused.headers["Accept-Encoding"] = "gzip, deflate"
+        refused.force_close()  # its body is not read
+        request.content.feed_eof()
+        raise refused
+    return await handler(request)
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp answers a request that is not well-formed HTTP (a bad Content-Length or
+    chunk, a header over 8,190 bytes, a body it cannot decode) with a plain 400 and logs
+    it as an error with a traceback: a client's mistake, or a scanner's, that would fill
+    the log. Logged as one warning line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= (error.code or 0) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"refused a malformed request ({error.code}): {error.message}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install ``_MalformedRequests`` on aiohttp's server log (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequests())
 
 
 def _client_left(request: web.Request) -> web.Response:
