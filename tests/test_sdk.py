@@ -400,6 +400,20 @@ def test_a_check_at_an_instant_whose_offset_has_seconds_is_asked_in_utc(env: Env
         assert answer.granted is batched.granted is granted
 
 
+def test_a_question_given_as_a_dict_takes_its_instant_as_rfc_3339_text(env: Env) -> None:
+    """A question read from JSON names ``at`` as text: check_many raised AttributeError
+    ('str' object has no attribute 'utcoffset')."""
+    subject, _, token = env.give()
+    given = given_at(env, env.client.submit(token).seq)
+    later = (given + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    question = {"subject": subject, "controller": PROVIDER, "purpose": PURPOSE, "at": later}
+    (answer,) = env.client.check_many([question])
+    assert answer.granted
+    for at, error in (("yesterday", ValueError), ("2026-11-25T12:00:00", ValueError), (3, TypeError)):
+        with pytest.raises(error, match=r"at: |timezone-aware"):
+            env.client.check_many([{**question, "at": at}])
+
+
 def test_async_client(env: Env) -> None:
     async def main() -> None:
         async with AsyncConsentClient(env.url, checkpoint_key=env.checkpoint_key, retry=FAST_RETRY) as client:
