@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,27 @@ def test_python_dash_m_runs_the_command_line() -> None:
         [sys.executable, "-m", "gateways.cli", "--version"], capture_output=True, text=True, check=True
     )
     assert "version" in out.stdout
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``dfg consents history ... | head -1`` printed "error: Broken pipe": the reader
+    having had enough is no error of the command's."""
+    data = str(tmp_path / "data")
+    dfg = [sys.executable, "-m", "gateways.cli"]
+    subprocess.run([*dfg, "init", "--data", data], capture_output=True, check=True)
+    populated = subprocess.run(
+        [*dfg, "demo", "populate", "--data", data, "--entries", "300"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    subject = populated.stdout.split("--subject ")[1].split()[0]
+    reading = subprocess.Popen(
+        [*dfg, "consents", "history", "--data", data, "--subject", subject, "--limit", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reading.stdout is not None and reading.stderr is not None
+    reading.stdout.close()  # as head does once it has its line
+    complaint = reading.stderr.read().decode()
+    assert reading.wait(60) != 0 and complaint == ""

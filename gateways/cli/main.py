@@ -50,6 +50,8 @@ class _Commands(click.Group):
             # one line: libpq's messages go on over lines ("Is the server running ...?")
             message = " ".join(str(exc).split())
             fail(f"the database cannot be used: {message}{_READ_ONLY_HINT if 'readonly' in message else ''}")
+        except BrokenPipeError:  # stdout's reader stopped early (| head): click ends quietly
+            raise
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
         except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, as for a failure
