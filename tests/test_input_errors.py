@@ -135,13 +135,21 @@ def test_consent_questions_the_api_refuses_are_refused_by_the_cli_too(
     assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_a_consent_check_takes_an_instant_with_fractional_seconds(ledger: Ledger) -> None:
+def test_a_consent_check_takes_the_instants_the_api_takes_and_refuses_the_others(ledger: Ledger) -> None:
+    """It took "+0100", which is no RFC 3339 offset, and refused the nanoseconds the API
+    takes (and cuts to microseconds)."""
     question = ["--subject", "p-1", "--controller", "sp:app", "--purpose", "dpv:X"]
-    for at in ("2026-11-25T01:31:52.5Z", "2026-11-25T01:31:52.123456+00:00"):
-        result = CliRunner().invoke(
-            cli, ["consents", "check", "--data", str(ledger.settings.data_dir), *question, "--at", at]
-        )
+    check = ["consents", "check", "--data", str(ledger.settings.data_dir), *question, "--at"]
+    for at in (
+        "2026-11-25T01:31:52.5Z",
+        "2026-11-25T01:31:52.123456+00:00",
+        "2026-11-25T01:31:52.123456789Z",
+    ):
+        result = CliRunner().invoke(cli, [*check, at])
         assert result.exit_code == 3 and json.loads(result.output)["reason"] == "never_given", result.output
+    for at in ("2026-11-25T01:31:52+0100", "2026-11-25T01:31:52", "2026-11-25 01:31:52Z"):
+        result = CliRunner().invoke(cli, [*check, at])
+        assert result.exit_code == 2 and "an RFC 3339 date-time with a time zone" in result.output, at
 
 
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:abc", "http://[::1", "ftp://host"])

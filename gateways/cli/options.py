@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlparse
 
 import click
+from pydantic import TypeAdapter, ValidationError
 
+from domain.commands import Instant
 from infra.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -191,3 +194,24 @@ def require_ledger(settings: Settings, *, making: str | None = None) -> None:
                 f"no ledger at {_without_password(settings.database_url)}:"
                 f" {making or 'run `dfg init --database-url ...` first'}"
             )
+
+
+class Rfc3339(click.ParamType):
+    """An instant as the API and transactions take it (RFC 3339 with a time zone, such as
+    2026-11-25T12:00:00Z or ...+01:00, up to nanoseconds cut to microseconds): the same
+    parser, so that the command line takes no form the API refuses, nor refuses one it takes."""
+
+    name = "RFC3339"
+    _adapter: TypeAdapter[datetime] = TypeAdapter(Instant)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return self._adapter.validate_python(value)
+        except ValidationError as exc:
+            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            self.fail(f"{value!r}: {reason}", param, ctx)
+
+
+RFC3339 = Rfc3339()

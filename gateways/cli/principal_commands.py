@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from domain.commands import Kind, PrincipalId
 from domain.jwk import PublicJwk
-from gateways.cli.options import fail, ledger_options, optional_http_url
+from gateways.cli.options import RFC3339, fail, ledger_options, optional_http_url
 from gateways.cli.signed_submit import Build, append_to_ledger, ledger_identity, submit_through_api
 from gateways.sdk.client import ConsentClient
 from gateways.sdk.errors import DfgApiError
@@ -36,13 +36,6 @@ from infra.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 _KINDS = click.Choice([kind.value for kind in Kind])
-_TIME = click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"])
-
-
-def _in_utc(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -> datetime | None:
-    """The ``Z`` form is read without a time zone, and a key's validity must name one:
-    it is UTC (without this the ledger refused it, "Input should have timezone info")."""
-    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 _PRINCIPAL_ID: TypeAdapter[str] = TypeAdapter(PrincipalId)
@@ -175,8 +168,8 @@ def revoke_role(signing: Signing, principal: str, role: str) -> None:
 @signing_options
 @click.argument("principal", callback=principal_id)
 @_jwk_option("The new public JWK (a file, or - for stdin).")
-@click.option("--not-before", type=_TIME, callback=_in_utc, help="Valid from (RFC 3339, UTC).")
-@click.option("--not-after", type=_TIME, callback=_in_utc, help="Valid until (RFC 3339, UTC).")
+@click.option("--not-before", type=RFC3339, help="Valid from (RFC 3339, e.g. 2026-01-01T00:00:00Z).")
+@click.option("--not-after", type=RFC3339, help="Valid until (RFC 3339).")
 def add_key(
     signing: Signing,
     principal: str,

@@ -13,7 +13,7 @@ from eventsourcing.persistence import PersistenceError
 from pydantic import TypeAdapter, ValidationError
 
 from domain.commands import Code, PrincipalId, Pseudonym
-from gateways.cli.options import fail, ledger_options, require_ledger
+from gateways.cli.options import RFC3339, fail, ledger_options, require_ledger
 from infra.bootstrap import open_store, open_views, set_aside_views
 from infra.settings import Settings
 from infra.writer_lock import LedgerBusy, take_writer_lock
@@ -107,11 +107,9 @@ _SUBJECT = _checked(Pseudonym, "a pseudonym (letters, digits and . _ : ~ -, such
 @click.option(
     "--at",
     "at",
-    type=click.DateTime(
-        ["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
-    ),
+    type=RFC3339,
     default=None,
-    help="Instant to check at (RFC 3339, UTC) [default: now].",
+    help="Instant to check at (RFC 3339, e.g. 2026-11-25T12:00:00Z) [default: now].",
 )
 def check(
     settings: Settings,
@@ -124,7 +122,7 @@ def check(
     """Is the subject's consent to the controller valid for this purpose and categories?
     Prints the answer as JSON; exit status 0 if granted, 3 if not."""
     store, db = open_caught_up(settings, [ConsentStateView()])
-    when = (at.replace(tzinfo=at.tzinfo or UTC)) if at else _log_time_now(store)
+    when = at or _log_time_now(store)
     try:
         with db.transaction(commit=False) as cursor:
             answer = check_consent(cursor, subject, controller, purpose, categories, when)
