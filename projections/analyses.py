@@ -27,8 +27,10 @@ class AnalysesView:
     name = NAME
     tables = ("platform_documents", "analysis_nodes", "mpc_tasks")
     #: 2: the queued tasks of a failed analysis are ``cancelled`` (they stayed queued);
-    #: 3: names and reasons are stored as JSON (``stored_text``: PostgreSQL refuses U+0000)
-    version = 3
+    #: 3: names and reasons are stored as JSON (``stored_text``: PostgreSQL refuses U+0000);
+    #: 4: other nodes' claims under way are cancelled too when the analysis fails (they
+    #: stayed claimed)
+    version = 4
 
     def create(self, cursor: Cursor) -> None:
         cursor.execute(
@@ -210,9 +212,10 @@ class AnalysesView:
             statement = "UPDATE mpc_tasks SET state = 'failed', finished_ts = ?, reason = ?"
             params = (ts, stored_text(data["reason"]))
         cursor.execute(statement + " WHERE analysis_id = ? AND task_id = ? AND node = ?", (*params, *key))
-        if event == "TaskFailed":  # the analysis failed: what no node has claimed will never run
+        if event == "TaskFailed":  # the analysis failed: the ledger takes no claim, finish or fail now
             cursor.execute(
-                "UPDATE mpc_tasks SET state = 'cancelled' WHERE analysis_id = ? AND state = 'queued'",
+                "UPDATE mpc_tasks SET state = 'cancelled'"
+                " WHERE analysis_id = ? AND state IN ('queued', 'claimed')",
                 (analysis_id,),
             )
 
