@@ -135,7 +135,10 @@ def _receive_by(sock: socket.socket, size: int, deadline: float) -> bytes:
         if left <= 0:
             raise TransportError(f"the handshake took over {HANDSHAKE_TIMEOUT_S:g} s")
         sock.settimeout(left)
-        chunk = sock.recv(size - len(received))
+        try:
+            chunk = sock.recv(size - len(received))
+        except TimeoutError:  # the socket's own "timed out" says not which wait ran out
+            raise TransportError(f"the handshake took over {HANDSHAKE_TIMEOUT_S:g} s") from None
         if not chunk:
             raise TransportError("the connection closed")
         received += chunk

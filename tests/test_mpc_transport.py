@@ -416,3 +416,19 @@ def test_a_frame_over_one_piece_and_its_header_ends_the_connection() -> None:
         assert _cut_off(b._channel("node:a", "s"), iter([bytes(PIECE + longest_header + 1)]))
         b.send("node:a", "next", 1, b"fresh")
         assert a.receive("node:b", "next", 1, timeout=10) == b"fresh"
+
+
+def test_a_peer_that_takes_the_connection_and_never_answers_is_said_to_be_silent_in_its_handshake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hung node (stopped, swapping) still has its port open: the kernel takes the
+    connection. The task.fail then said only "cannot reach node:b: timed out", after
+    10 s rather than --task-timeout, with nothing to tell which wait had run out."""
+    import mpc.transport
+
+    monkeypatch.setattr(mpc.transport, "HANDSHAKE_TIMEOUT_S", 0.5)
+    with meshes() as made, socket.create_server(("127.0.0.1", 0)) as hung:
+        made[0].peers["node:b"] = hung.getsockname()[:2]
+        with pytest.raises(ProtocolTimeout) as raised:
+            made[0].send("node:b", "s1", 1, b"hello")
+    assert str(raised.value) == "cannot reach node:b: the handshake took over 0.5 s"
