@@ -20,6 +20,7 @@ from gql.transport.requests import RequestsHTTPTransport
 from http_server import running_node_server, running_server
 
 from gateways.graphql.schema import schema
+from gateways.graphql.types import global_id
 from infra.settings import Settings
 from ledger.signing import TransactionSigner
 
@@ -658,3 +659,35 @@ def test_a_node_refuses_to_seal_results_to_a_key_a_version_1_ledger_recorded(jwk
     assert refused.value.extensions == {"code": "recipient_not_x25519"}
     assert f"{jwk['kty']}/{jwk['crv']}" in refused.value.message
     _require_sealable({"kty": "OKP", "crv": "X25519", "x": "B" * 43})  # 32 bytes: sealed to
+
+
+def test_a_nodes_result_refuses_an_org_id_that_is_not_its_own(platform: Any) -> None:
+    """``result(orgId)`` says whose result shares the analyst wants; a node ignored it and
+    answered with its own. An analyst who swapped two nodes' URLs got them under the
+    other node's name, and then read "node:n1's result shares do not match the
+    commitment it signed": an honest node blamed for a typo."""
+    ledger, _, url, _ = platform
+    assert ledger.sequencer.ledger is not None
+    key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
+    settings = Settings(data_dir=ledger.settings.data_dir.parent / "node0")
+
+    def org_id(principal: str) -> int:
+        with urllib.request.urlopen(f"{url}/v1/principals/{principal}", timeout=10) as response:
+            return int(json.loads(response.read())["admitted_seq"])
+
+    document = (
+        'query($a: ID!, $o: Int) { result(analysisId: $a, orgId: $o, signedRequests: [["x"]], taskIds: [])'
+        " { status } }"
+    )
+    missing = global_id("Analysis", str(uuid.uuid4()))
+    with running_node_server(settings, url, chain, key, name="node:n0") as node_url:
+        transport = RequestsHTTPTransport(url=f"{node_url}/graphql", timeout=30)
+        with Client(transport=transport, fetch_schema_from_transport=False) as node:
+            # until its replica has caught up, node:n1's number names no organisation there
+            n1 = org_id("node:n1")
+            _wait_until(lambda: _error_code(node, document, a=missing, o=n1) != "unknown_organisation")
+            assert _error_code(node, document, a=missing, o=n1) == "id_mismatch"
+            assert _error_code(node, document, a=missing, o=999_999) == "unknown_organisation"
+            # its own number, or none, goes on to the analysis
+            assert _error_code(node, document, a=missing, o=org_id("node:n0")) == "not_found"
+            assert _error_code(node, document, a=missing, o=None) == "not_found"

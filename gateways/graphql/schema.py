@@ -63,6 +63,8 @@ class Context:
     #: On a computation node: (analysis id, task id, analyst's X25519 JWK) -> this node's
     #: result shares for the task sealed to that key (base64), or None.
     sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None
+    #: On a computation node started with --name: its principal id (``result``'s orgId).
+    name: str | None = None
 
 
 def coordinator_context(service: LedgerService, views: ViewDatabase) -> Context:
@@ -478,6 +480,10 @@ class Query:
         org_id: int | None = None,
     ) -> t.Analysis:
         ctx = _ctx(info)
+        if org_id is not None and ctx.name is not None:  # whose shares: a node has its own only
+            organisation = _organisation(ctx, org_id)
+            if organisation != ctx.name:
+                raise fail("id_mismatch", f"orgId {org_id} is {organisation}; this node is {ctx.name}")
         analysis = _analysis(ctx, _id_of(analysis_id, "Analysis"))
         if analysis.status not in (AnalysisStatus.RESULTS_APPROVED, AnalysisStatus.RELEASED):
             raise fail(

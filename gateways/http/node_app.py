@@ -48,6 +48,7 @@ def node_context(
     view_list: list[View],
     coordinator: str,
     sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None,
+    name: str | None = None,
 ) -> Context:
     base = coordinator.rstrip("/")
 
@@ -67,7 +68,9 @@ def node_context(
         (stored,) = store.read_entries(seq, 1)
         return Accepted(Entry.decode(stored.canonical), duplicate=bool(body.get("duplicate")))
 
-    return Context(views=views, store=store, submit=submit, role=NODE, sealed_results=sealed_results)
+    return Context(
+        views=views, store=store, submit=submit, role=NODE, sealed_results=sealed_results, name=name
+    )
 
 
 #: Largest share bundle a node accepts in one request.
@@ -86,7 +89,7 @@ def build_node_app(
 ) -> web.Application:
     quiet_malformed_requests()
     app = web.Application(client_max_size=MAX_BUNDLE_BYTES)
-    mount(app, node_context(store, views, view_list, coordinator, sealed_results))
+    mount(app, node_context(store, views, view_list, coordinator, sealed_results, name))
 
     async def healthz(request: web.Request) -> web.Response:
         """503 once the replica found a violation: it accepts nothing more, so what the
