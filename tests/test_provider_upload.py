@@ -459,3 +459,32 @@ def test_a_node_key_the_ledger_recorded_but_no_one_can_seal_to_is_named(x: str) 
 
     with pytest.raises(UploadError, match="node:a's registered encryption key is not a usable X25519 key"):
         node_key(Ledger(), "node:a")  # type: ignore[arg-type]
+
+
+def test_a_nodes_graphql_takes_no_larger_body_than_the_coordinators_while_bundles_may_be_larger(
+    federation: dict[str, Any],
+) -> None:
+    """The node's whole server took bodies of up to 512 MB, the share bundles' limit:
+    anyone, with no key, could post a GraphQL request that large (a 60 MB one grew the
+    node's memory by 180 MB for good), where the coordinator answers 413 past 16 MB.
+    Only the owner's signed deliveries may be that large."""
+    from gateways.http.app import MAX_BODY
+
+    node, datasource = "node:n0", federation["datasource"]
+    url = federation["nodes"][node]
+    padded = b'{"query": "{ __typename }", "pad": "' + b"x" * MAX_BODY + b'"}'
+    request = urllib.request.Request(
+        f"{url}/graphql", data=padded, headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=30)
+    assert raised.value.code == 413 and json.loads(raised.value.read())["code"] == "too_large"
+
+    wait_for(lambda: _caught_up(federation, node), what="the node's replica to hold the datasource")
+    large = b"x" * (MAX_BODY + 1)  # no bundle, but read: refused for what it is, not for its size
+    owner = federation["signers"]["dp:clinic"]
+    signed = delivery_statement(
+        owner, datasource_id=datasource, node=node, digest=commitment(large), now=time.time()
+    )
+    status, answer = _post(f"{url}/v1/bundles/{datasource}", large, signed)
+    assert status == 400 and answer["code"] == "invalid_bundle", answer

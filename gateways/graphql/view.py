@@ -65,7 +65,10 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
             # read within the API's body time-out (408 body_timeout), like every other
             # body: a client sending it slowly held its connection and handler for good.
             # aiohttp keeps the bytes, which strawberry's own read then gets.
-            await read_body(request)
+            try:
+                await read_body(request)
+            except web.HTTPRequestEntityTooLarge as exc:  # a node's server has no problems middleware
+                return problem_response(413, "too_large", exc.text or "the request body is too large")
         try:
             return await self.run(request=request)
         except HTTPException as exc:

@@ -26,6 +26,7 @@ from gateways.deliveries import DeliveryRefused, check_matches, verified_stateme
 from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
 from gateways.http.api import read_body
+from gateways.http.app import MAX_BODY
 from gateways.http.problems import PROBLEM_TYPE, problem_body, quiet_malformed_requests
 from infra.share_bundles import keep_bundle, prune_bundles
 from ledger.entry import Entry
@@ -73,7 +74,8 @@ def node_context(
     )
 
 
-#: Largest share bundle a node accepts in one request.
+#: Largest share bundle a node accepts in one request: the limit of a signed delivery's
+#: body only; every other request (GraphQL, to anyone) has the coordinator's, ``MAX_BODY``.
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 
 
@@ -88,7 +90,7 @@ def build_node_app(
     sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None,
 ) -> web.Application:
     quiet_malformed_requests()
-    app = web.Application(client_max_size=MAX_BUNDLE_BYTES)
+    app = web.Application(client_max_size=MAX_BODY)
     mount(app, node_context(store, views, view_list, coordinator, sealed_results, name))
 
     async def healthz(request: web.Request) -> web.Response:
@@ -155,7 +157,8 @@ def _bundle_inbox(
             )
         except DeliveryRefused as refused:  # before the body is read
             return _problem(refused.status, refused.code, refused.message)
-        sealed = await read_body(request)  # 408 body_timeout, as every body of the API
+        # 408 body_timeout, as every body of the API; a bundle may be larger than other bodies
+        sealed = await read_body(request.clone(client_max_size=MAX_BUNDLE_BYTES))
         try:
             header = bundle_header(sealed)
         except BundleError as exc:
