@@ -691,3 +691,35 @@ def test_a_nodes_result_refuses_an_org_id_that_is_not_its_own(platform: Any) -> 
             # its own number, or none, goes on to the analysis
             assert _error_code(node, document, a=missing, o=org_id("node:n0")) == "not_found"
             assert _error_code(node, document, a=missing, o=None) == "not_found"
+
+
+def test_a_nodes_mutation_says_with_a_code_when_the_coordinator_does_not_answer(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node forwards its organisation's mutations to the coordinator. With the
+    coordinator down, the answer was aiohttp's exception text with no code (and a
+    traceback in the node's log); with a coordinator that took the connection and said
+    nothing, the mutation waited for aiohttp's five minutes."""
+    import socket
+
+    from gateways.http import node_app
+
+    analyst = ledger.admit("ao:lab", "analyst_org")
+    assert ledger.sequencer.ledger is not None
+    key, chain = ledger.sequencer.ledger["checkpoint_key"], ledger.sequencer.ledger["chain"]
+    jwk = {"kty": "OKP", "crv": "X25519", "x": "B" * 43}
+    access = ledger.sign(
+        analyst, "results.request_access", {"analysis_id": str(uuid.uuid4()), "recipient_jwk": jwk}
+    )
+    document = "mutation($a: String!) { requestResultAccess(signedAccess: $a) { analysisId } }"
+    monkeypatch.setattr(node_app, "COORDINATOR_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        down = socket.create_server(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{down.getsockname()[1]}"
+        down.close()  # nothing listens there now
+        for index, coordinator in enumerate((dead, f"http://127.0.0.1:{silent.getsockname()[1]}")):
+            settings = Settings(data_dir=ledger.settings.data_dir.parent / f"node{index}")
+            with running_node_server(settings, coordinator, chain, key) as node_url:
+                transport = RequestsHTTPTransport(url=f"{node_url}/graphql", timeout=30)
+                with Client(transport=transport, fetch_schema_from_transport=False) as node:
+                    assert _error_code(node, document, a=access) == "coordinator_unavailable"

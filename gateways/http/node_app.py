@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: How long a mutation waits for the node's replica to show what the coordinator accepted.
 REPLICA_WAIT_S = 15.0
+#: How long a mutation waits for the coordinator to answer it (aiohttp's own is 5 minutes).
+COORDINATOR_TIMEOUT_S = 30.0
 
 
 def node_context(
@@ -54,13 +56,23 @@ def node_context(
     base = coordinator.rstrip("/")
 
     async def submit(token: str) -> Accepted | Rejected:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{base}/v1/transactions", data=token.encode(), headers={"Content-Type": "application/jose"}
-            ) as response,
-        ):
-            body = await response.json(content_type=None)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=COORDINATOR_TIMEOUT_S)) as session,
+                session.post(
+                    f"{base}/v1/transactions",
+                    data=token.encode(),
+                    headers={"Content-Type": "application/jose"},
+                ) as response,
+            ):
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # down, silent, or not a dfg server
+            why = str(exc) or type(exc).__name__
+            return Rejected(
+                "coordinator_unavailable",
+                f"the coordinator at {base} did not answer ({why}); send the same signed transaction"
+                " again (one the ledger has recorded is answered as a duplicate)",
+            )
         if response.status >= 400:
             return Rejected(str(body.get("code", "refused")), str(body.get("detail", "refused")))
         seq = int(body["seq"])
