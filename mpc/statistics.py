@@ -333,14 +333,19 @@ def _from_moments(name: str, n: int, sums: list[Fraction], cross: list[Fraction]
         return {**result, "value": cov[0][0]}
     if name == "stddev":
         return {**result, "value": float(cov[0][0]) ** 0.5}
-    if name == "correlation":
-        return {**result, "value": float(cov[0][1]) / (float(cov[0][0]) * float(cov[1][1])) ** 0.5}
+    if name == "correlation":  # undefined, not a division by zero, when either variable is constant
+        defined = cov[0][0] > 0 and cov[1][1] > 0
+        value = float(cov[0][1]) / (float(cov[0][0]) * float(cov[1][1])) ** 0.5 if defined else None
+        return {**result, "value": value}
     # linear_regression: y ~ x1 + ... + xm, normal equations on centred moments
     import numpy as np
 
     xs = np.array([[float(cov[i][j]) for j in range(1, k)] for i in range(1, k)])
     xy = np.array([float(cov[i][0]) for i in range(1, k)])
-    slopes = np.linalg.solve(xs, xy)
+    try:
+        slopes = np.linalg.solve(xs, xy)
+    except np.linalg.LinAlgError:  # a constant predictor, or collinear ones: no single fit
+        return {**result, "value": None}
     intercept = float(mean[0]) - float(sum(b * float(mean[i + 1]) for i, b in enumerate(slopes)))
     return {**result, "intercept": intercept, "slopes": [float(b) for b in slopes]}
 

@@ -174,3 +174,18 @@ def test_a_filter_nested_as_deep_as_the_ledger_accepts_is_evaluated(filter_text:
     test's): a recursive evaluation ran out of Python's stack and crashed the task."""
     results = run(ROWS, filter_text, ["count()"], stack=500)
     assert results[0]["count"] == sum(1 for r in ROWS if keep(r))
+
+
+def test_a_correlation_or_regression_on_a_constant_variable_has_no_value_instead_of_crashing() -> None:
+    """Every kept record with the same age (a filter on it, or a study of one age group):
+    the analyst's reconstruction divided by a zero variance, or solved a singular system,
+    and ``dfg analyst results`` ended with a traceback, losing every other result too."""
+    rows: list[dict[str, float | None]] = [
+        {"age": 50, "sbp": 120.0, "hrv": 40.0},
+        {"age": 50, "sbp": 130.5, "hrv": 45.25},
+        {"age": 50, "sbp": 141.0, "hrv": 52.0},
+    ]
+    results = run(rows, None, ["correlation(sbp, age)", "linear_regression(sbp ~ age)", "mean(sbp)"])
+    assert results[0] == {"function": "correlation(sbp, age)", "count": 3, "value": None}
+    assert results[1] == {"function": "linear_regression(sbp ~ age)", "count": 3, "value": None}
+    assert float(results[2]["value"]) == pytest.approx(130.5, abs=TOLERANCE)
