@@ -290,6 +290,15 @@ def test_a_node_operator_records_its_encryption_key_and_policy(data: Path, tmp_p
             str(tmp_path / "node.jwk"),
         )
         assert wrong_file.exit_code == 1 and "is not a private X25519 key" in wrong_file.output
+        # the two files swapped: said of --key, not "not a valid transaction: crv: ..."
+        swapped = ["--name", "node:a", "--key", str(tmp_path / "x25519.jwk")]
+        for command in (
+            ["set-encryption-key", "--encryption-key", str(tmp_path / "x25519.jwk")],
+            ["set-policy"],
+        ):
+            refused = dfg("node", command[0], "--coordinator", url, *swapped, *command[1:])
+            assert refused.exit_code == 1 and "--key: " in refused.output, refused.output
+            assert "is not a private Ed25519 key" in refused.output, refused.output
         recorded = dfg(
             "node",
             "set-encryption-key",

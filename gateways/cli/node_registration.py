@@ -24,10 +24,20 @@ _COORDINATOR = click.option(
     help="The ledger's server (dfg serve), e.g. http://ledger:8080.",
 )
 _NAME = click.option("--name", required=True, callback=principal_id, help="This node's principal id.")
+
+
+def _signing_key(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """The X25519 file given here (the two are easily swapped) was refused only when
+    signed, as "not a valid transaction: crv: ...", naming no option."""
+    okp_key(value, "Ed25519", "--key")
+    return value
+
+
 _KEY = click.option(
     "--key",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     required=True,
+    callback=_signing_key,
     help="The node's Ed25519 key (from dfg node keygen --out): it signs.",
 )
 
