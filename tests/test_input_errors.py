@@ -447,6 +447,10 @@ def test_node_serve_refuses_an_incomplete_engine_setup_before_creating_anything(
     engine = ["--key", str(signing), "--name", "node:a", "--encryption-key", str(sealing)]
     bad_peer = CliRunner().invoke(cli, [*base, *engine, "--peer", "node:b"])
     assert bad_peer.exit_code == 1 and "--peer takes node:name=host:port" in bad_peer.output
+    # "b" was taken, and an analysis naming node:b then failed: "no address for node:b"
+    for name in ("b", "dp:b", "node:"):
+        unnamed = CliRunner().invoke(cli, [*base, *engine, "--peer", f"{name}=127.0.0.1:9100"])
+        assert unnamed.exit_code == 1 and "is not a node's principal id" in unnamed.output, name
     assert not (tmp_path / "node").exists()
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from joserfc.jwk import OKPKey
 
+from domain.identifiers import is_principal_id
 from gateways.cli.options import fail
 from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, TransactionBuilder
@@ -45,6 +46,9 @@ def parse_peers(values: tuple[str, ...]) -> dict[str, tuple[str, int]]:
         host, colon, port = address.rpartition(":")
         if not sep or not name or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             fail(f"--peer takes node:name=host:port, not {value!r}")
+        if not name.startswith("node:") or not is_principal_id(name):
+            # analyses name their nodes by principal id: "b" would never be dialled
+            fail(f"--peer takes node:name=host:port: {name!r} is not a node's principal id (node:...)")
         peers[name] = (host, int(port))
     return peers
 
