@@ -319,7 +319,10 @@ async def _submit(ctx: Context, token: str, tx_types: tuple[str, ...], role: str
     except Rejected as exc:
         raise fail(exc.code, exc.message) from None
     if tx.type not in tx_types:
-        raise fail("wrong_transaction_type", f"this mutation takes a {' or '.join(tx_types)}, not {tx.type}")
+        raise fail(
+            "wrong_transaction_type",
+            f"this mutation takes a transaction of type {' or '.join(tx_types)}, not {tx.type}",
+        )
     outcome = await ctx.submit(token)
     if isinstance(outcome, Rejected):
         raise fail(outcome.code, outcome.message)
