@@ -619,7 +619,7 @@ def test_node_status_says_the_lag_is_unknown_before_a_follower_has_read_the_log_
     report = json.loads(CliRunner().invoke(cli, [*data, "--json"]).output)
     assert (report["size"], report["topic_end"], report["lag_entries"]) == (3, None, None)
     shown = CliRunner().invoke(cli, data).output
-    assert "behind the topic   unknown" in shown and "topic end" not in shown
+    assert "behind the log     unknown" in shown and "ends at" not in shown
 
 
 def _following_api(store: LedgerStore, url: str) -> tuple[Replica, threading.Event, threading.Thread]:

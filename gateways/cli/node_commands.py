@@ -534,11 +534,11 @@ def status(settings: Settings, as_json: bool) -> None:
     else:
         click.echo(f"replica size       {size:,}")
         if topic_end is None or seen_age is None:
-            click.echo("behind the topic   unknown (no follower has read where the log ends yet)")
+            click.echo("behind the log     unknown (no follower has read where the log ends yet)")
         else:
             click.echo(
-                f"behind the topic   {report['lag_entries']:,} entries"
-                f" (topic end {topic_end:,}, seen {_ago(seen_age)})"
+                f"behind the log     {report['lag_entries']:,} entries"
+                f" (it ends at {topic_end:,}, seen {_ago(seen_age)})"
             )
         last = report["last_checkpoint"]
         click.echo(f"last checkpoint    {'none yet' if last is None else f'size {last:,}'}")
