@@ -401,12 +401,12 @@ class NodeEngine:
                 if approve
                 else f"below the minimum cell size: {small}"
             )
-        self._submit(
+        if self._submit(  # a refusal (another node declined first) is logged as such
             "results.approve", {"analysis_id": analysis_id, "approve": approve, "reason": reason[:500]}
-        )
-        log.info(
-            "%s: results of analysis %s %s", self.name, analysis_id, "approved" if approve else "declined"
-        )
+        ):
+            log.info(
+                "%s: results of analysis %s %s", self.name, analysis_id, "approved" if approve else "declined"
+            )
 
 
 def _range_of(variable: dict[str, Any]) -> tuple[Fraction, Fraction]:

@@ -194,6 +194,8 @@ def test_a_filter_selecting_fewer_than_k_subjects_gets_no_results_and_no_count_a
     assert found["status"] == "RESULTS_REJECTED"
     declined = [a for a in found["approvals"] if a["resultsState"] == "DECLINED"]
     assert declined and not [a for a in found["approvals"] if a["resultsState"] == "APPROVED"]
+    # the ledger takes no answer after the first decline: the others' are not awaited
+    assert {a["resultsState"] for a in found["approvals"]} <= {"DECLINED", "NOT_READY"}
     assert all("minimum cell size" in a["resultsReason"] for a in declined)
     for node in fed.nodes.values():
         (stored,) = (node.data / "work" / analysis_id).glob("result-*.json")

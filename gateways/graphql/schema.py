@@ -148,6 +148,16 @@ def _results_state(doc: dict[str, Any]) -> t.ResultsApprovalState:
     return t.ResultsApprovalState.PENDING if doc["status"] == "computed" else t.ResultsApprovalState.NOT_READY
 
 
+def _node_results_state(doc: dict[str, Any], node: str) -> t.ResultsApprovalState:
+    """A node's answer on the results; without one, PENDING only while the ledger awaits
+    it (the analysis is computed): before that, or once another node declined (the
+    ledger then refuses its answer, results_not_ready), NOT_READY -- not PENDING for ever."""
+    answered = doc["results_approvals"].get(node, {}).get("state")
+    if answered is not None:
+        return t.ResultsApprovalState(answered)
+    return t.ResultsApprovalState.PENDING if doc["status"] == "computed" else t.ResultsApprovalState.NOT_READY
+
+
 _STATE_STATUS = {
     "draft": t.AnalysisStateStatus.EDITING,
     "sent": t.AnalysisStateStatus.AWAITING_APPROVAL,
@@ -178,9 +188,7 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
             org_id=org_ids[node],
             state=t.ApprovalState(doc["approvals"].get(node, {}).get("state", "pending")),
             reason=doc["approvals"].get(node, {}).get("reason"),
-            results_state=t.ResultsApprovalState(
-                doc["results_approvals"].get(node, {}).get("state", "pending")
-            ),
+            results_state=_node_results_state(doc, node),
             results_reason=doc["results_approvals"].get(node, {}).get("reason"),
         )
         for node in doc["nodes"]
