@@ -34,17 +34,23 @@ class ResultsError(RuntimeError):
         self.code = code
 
 
-def graphql(url: str, query: str, **variables: Any) -> dict[str, Any]:
+#: Seconds to wait for one answer of a node or the coordinator (``--timeout``).
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def graphql(url: str, query: str, *, timeout: float = DEFAULT_TIMEOUT_S, **variables: Any) -> dict[str, Any]:
     request = urllib.request.Request(
         f"{url.rstrip('/')}/graphql",
         data=json.dumps({"query": query, "variables": variables}).encode(),
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         answer = json.loads(exc.read() or b"{}")
+    except TimeoutError as exc:  # connected, then no answer: a hung process, not a wrong address
+        raise ResultsError("unreachable", f"{url} did not answer within {timeout:g} s") from exc
     except OSError as exc:
         raise ResultsError("unreachable", f"cannot reach {url}: {exc}") from exc
     if answer.get("errors"):
@@ -89,12 +95,13 @@ def fetch_results(
     analyst: TransactionBuilder,
     key: X25519PrivateKey,
     nodes: Mapping[str, str],
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> tuple[dict[str, Any], list[CalculationResult]]:
     """(the analysis as the coordinator describes it, each calculation's results)."""
     from strawberry.relay import to_base64
 
     gid = to_base64("Analysis", analysis_id)
-    analysis = graphql(coordinator, ANALYSIS, id=gid)["analysis"]
+    analysis = graphql(coordinator, ANALYSIS, timeout=timeout, id=gid)["analysis"]
     if analysis["status"] not in ("RESULTS_APPROVED", "RELEASED"):
         raise ResultsError(
             "results_not_approved",
@@ -110,7 +117,7 @@ def fetch_results(
     ConsentClient(coordinator).submit(token)
     sealed: dict[str, dict[int, str]] = {}
     for node in sorted(org_ids):
-        sealed[node] = _sealed_from(nodes[node], gid, org_ids[node], token)
+        sealed[node] = _sealed_from(nodes[node], gid, org_ids[node], token, timeout)
     calculations = {c["calculationId"]: c for c in analysis["calculations"]}
     finished = []
     for task in sorted(analysis["results"] or [], key=lambda r: r["taskId"]):
@@ -139,12 +146,12 @@ def fetch_results(
     return analysis, finished
 
 
-def _sealed_from(url: str, gid: str, org_id: int, token: str) -> dict[int, str]:
+def _sealed_from(url: str, gid: str, org_id: int, token: str, timeout: float) -> dict[int, str]:
     """A node's sealed shares by task, waiting for its replica to show the request."""
     deadline = time.monotonic() + ACCESS_WAIT_S
     while True:
         try:
-            answer = graphql(url, RESULT, id=gid, org=org_id, requests=[[token]])
+            answer = graphql(url, RESULT, timeout=timeout, id=gid, org=org_id, requests=[[token]])
             return {
                 r["taskId"]: r["sealedShares"] for r in answer["result"]["results"] or [] if r["sealedShares"]
             }

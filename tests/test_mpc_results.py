@@ -103,3 +103,18 @@ def test_a_histograms_last_bin_is_shown_closed_as_it_holds_the_top_of_the_range(
 
     shown = describe({"function": "histogram(smoker, 2)", "edges": ["0", "1/2", "1"], "counts": [8, None]})
     assert shown == "[0, 0.5): 8  [0.5, 1]: <k"
+
+
+def test_a_node_that_takes_the_connection_and_never_answers_is_named_after_the_time_out() -> None:
+    """A hung node held dfg analyst results for 60 s, with no way to shorten it, and then
+    said only "timed out"."""
+    import socket
+
+    from gateways.analyst_results import ResultsError, graphql
+
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # the kernel takes the connection
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        with pytest.raises(ResultsError) as refused:
+            graphql(url, "{ __typename }", timeout=0.5)
+    assert refused.value.code == "unreachable"
+    assert str(refused.value) == f"{url} did not answer within 0.5 s"

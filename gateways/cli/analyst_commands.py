@@ -12,7 +12,7 @@ import click
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from joserfc.jwk import OKPKey
 
-from gateways.analyst_results import CalculationResult, ResultsError, fetch_results
+from gateways.analyst_results import DEFAULT_TIMEOUT_S, CalculationResult, ResultsError, fetch_results
 from gateways.cli.options import fail, http_url
 from gateways.provider_upload import UploadError, parse_nodes
 from gateways.sdk import ConsentClient, DfgApiError, DfgConnectionError, TransactionBuilder
@@ -47,6 +47,13 @@ def analyst() -> None:
 @click.option(
     "--node", "nodes", multiple=True, required=True, help="node:name=http://host:port, one per node."
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 3600),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for each answer of a node or the coordinator (a hung node fails the command then).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def results_command(
     analysis_id: str,
@@ -55,6 +62,7 @@ def results_command(
     key_file: Path,
     encryption_file: Path,
     nodes: tuple[str, ...],
+    timeout: float,
     as_json: bool,
 ) -> None:
     """Ask for access, collect every node's sealed result shares, check them against
@@ -68,7 +76,12 @@ def results_command(
         if not isinstance(private, X25519PrivateKey):
             fail(f"--encryption-key: {encryption_file} is not a private X25519 key (JWK)")
         analysis, finished = fetch_results(
-            coordinator=url, analysis_id=analysis_id, analyst=builder, key=private, nodes=parse_nodes(nodes)
+            coordinator=url,
+            analysis_id=analysis_id,
+            analyst=builder,
+            key=private,
+            nodes=parse_nodes(nodes),
+            timeout=timeout,
         )
     except (KeyFileError, UploadError) as exc:
         fail(str(exc))
