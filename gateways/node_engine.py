@@ -42,6 +42,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from domain.calculations import CalculationError, check_calculation
+from gateways.analyst_results import x25519_jwk
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from infra.node import NodeReplica
 from infra.share_bundles import find_bundle
@@ -315,11 +316,28 @@ class NodeEngine:
                     f"the share bundle of datasource {datasource_id} committed for {self.name}"
                     f" ({expected[:12]}...) was not delivered to it"
                 )
-            opened[datasource_id] = open_sealed(
-                path.read_bytes(), self.settings.encryption_key, expected_commitment=expected
-            )
+            try:
+                opened[datasource_id] = open_sealed(
+                    path.read_bytes(), self.settings.encryption_key, expected_commitment=expected
+                )
+            except BundleError as exc:
+                raise EngineError(f"datasource {datasource_id}: {exc}{self._key_mismatch()}") from exc
         check_bundles(opened, node=self.name, party=plan.party, modulus=plan.field.modulus)
         return opened
+
+    def _key_mismatch(self) -> str:
+        """Why no bundle opens when this node runs with another X25519 key than the one
+        the ledger records for it (providers seal to the recorded one), or ""."""
+        with self.node.views.transaction(commit=False) as cursor:
+            recorded = ((keys.principal(cursor, self.name) or {}).get("encryption_key") or {}).get("x")
+        mine = x25519_jwk(self.settings.encryption_key)["x"]
+        if recorded is None or recorded == mine:
+            return ""
+        return (
+            f"; the ledger records the encryption key x={recorded} for {self.name}, and this node runs"
+            f" with x={mine} (--encryption-key): run it with the recorded key, or record this one"
+            " (dfg node set-encryption-key) and have the providers upload again"
+        )
 
     def _merge(self, plan: Plan, task_id: int) -> str:
         bundles = self._bundles(plan)

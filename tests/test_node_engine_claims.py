@@ -314,3 +314,37 @@ def test_a_kept_submission_that_expired_while_the_ledger_was_away_is_signed_agai
     assert engine._resubmitted() is True
     assert ledger.submitted[2:] == ["task.finish:1#2", "task.finish:1#3"]
     assert engine._unsent == []
+
+
+def test_a_bundle_this_nodes_key_cannot_open_names_the_key_the_ledger_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node run with another --encryption-key than the one it recorded failed the merge
+    with "cannot be opened with this key", which named neither key."""
+    from gateways.analyst_results import x25519_jwk
+    from infra.share_bundles import keep_bundle
+    from mpc.bundles import ShareBundle, commitment, seal
+    from mpc.engine import EngineError
+    from projections import keys
+
+    recorded = X25519PrivateKey.generate()  # what the ledger has, and providers seal to
+    sealed = seal(ShareBundle("ds-1", "node:a", ("p-1",), {"x": [5]}), recorded.public_key())
+    engine = _engine(_Ledger("none"), tmp_path)
+    keep_bundle(engine.settings.bundles, "ds-1", sealed)
+
+    @contextmanager
+    def transaction(commit: bool = True) -> Iterator[None]:
+        yield None
+
+    node = SimpleNamespace(views=SimpleNamespace(transaction=transaction))
+    engine.node = cast(NodeReplica, node)
+    record = {"encryption_key": x25519_jwk(recorded)}
+    monkeypatch.setattr(keys, "principal", lambda _cursor, name: record if name == "node:a" else None)
+    plan = SimpleNamespace(sources={"ds-1": {"commitments": {"node:a": commitment(sealed)}}})
+    with pytest.raises(EngineError) as failed:
+        engine._bundles(cast(Any, plan))
+    message = str(failed.value)
+    assert message.startswith("datasource ds-1: the bundle cannot be opened by this node")
+    mine = x25519_jwk(engine.settings.encryption_key)["x"]
+    assert f"records the encryption key x={record['encryption_key']['x']} for node:a" in message
+    assert f"runs with x={mine} (--encryption-key)" in message
