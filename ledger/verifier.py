@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ledger.jws import CompactJws, key_json, verify_parts
@@ -47,15 +48,26 @@ class ParallelVerifier:
         return [ok for future in self.submit(items) for ok in future.result()]
 
     def submit(self, items: Sequence[tuple[CompactJws, dict[str, Any] | None]]) -> list[Future[list[bool]]]:
-        """Start checking ``items`` without waiting; one future per chunk, in order."""
+        """Start checking ``items`` without waiting; one future per chunk, in order.
+
+        A worker that dies (the OOM killer, a kill) breaks the whole pool: the futures it
+        had fail with ``BrokenProcessPool``, and the pool refuses all work after. So a
+        broken pool is replaced here, and only the batches under way then fail."""
         work = _work(items)
         if len(work) < _INLINE_BELOW or self.workers == 0:
             done: Future[list[bool]] = Future()
             done.set_result(verify_chunk(work))
             return [done]
         size = max(_INLINE_BELOW, -(-len(work) // (self.workers * 2)))
+        pieces = [work[i : i + size] for i in range(0, len(work), size)]
         pool = self._executor()
-        return [pool.submit(verify_chunk, work[i : i + size]) for i in range(0, len(work), size)]
+        try:
+            return [pool.submit(verify_chunk, piece) for piece in pieces]
+        except BrokenProcessPool:
+            pool.shutdown(wait=False)  # its workers are gone: nothing to wait for
+            self._pool = None
+        pool = self._executor()
+        return [pool.submit(verify_chunk, piece) for piece in pieces]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -9,11 +11,13 @@ from typing import Any
 
 import pytest
 from conftest import TERMS, Ledger
+from replication import wait_for
 
 from infra.bootstrap import checkpoint_key
 from ledger.audit import audit_store
 from ledger.sequencer import Accepted, Sequencer
 from ledger.store import AppendBatch
+from ledger.verifier import ParallelVerifier
 
 
 class FlakyStore:
@@ -434,3 +438,23 @@ def test_a_server_whose_ledger_another_process_appended_to_meanwhile_stops_appen
     finally:
         restarted.verifier.close()
         restarted.store.close()
+
+
+def test_a_verifier_worker_that_died_is_replaced_for_the_next_batch(ledger: Ledger) -> None:
+    """A worker process killed (by the OOM killer, or an operator) broke the pool for
+    good: every later batch of 48 transactions or more failed with BrokenProcessPool (a
+    503 "resubmit", again and again) until the server was restarted."""
+    verifier = ledger.sequencer.verifier = ParallelVerifier(workers=1)
+    try:
+        app = ledger.admit("sp:app", "service_provider")
+        before = ledger.submit(*[_consent(ledger, app, f"a-{i}") for i in range(60)])
+        assert all(isinstance(o, Accepted) for o in before)
+        pool = verifier._executor()
+        (worker,) = pool._processes  # type: ignore[attr-defined]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: bool(pool._broken), what="the pool to notice its dead worker")  # type: ignore[attr-defined]
+        after = ledger.submit(*[_consent(ledger, app, f"b-{i}") for i in range(60)])
+        assert all(isinstance(o, Accepted) for o in after), after
+    finally:
+        verifier.close()
+    _audit_ok(ledger.sequencer.store)
