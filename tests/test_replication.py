@@ -25,6 +25,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from replication import dfg_process, nodes, replica_size, start_relay, wait_for
 
+import gateways.kafka.follower as follower_module
 from gateways.cli.main import cli
 from gateways.http.node_status import serve_status
 from gateways.kafka.client import KafkaSettings
@@ -1106,6 +1107,49 @@ def test_a_witness_sends_its_cosignature_again_when_the_broker_did_not_take_it(
     follower.store.close()
     follower.views.close()
     relay.close()
+
+
+def test_a_witness_whose_broker_goes_away_as_it_cosigns_says_so_and_stops_when_told(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The broker gone between a checkpoint read and its cosignature sent: the witness
+    waited for the producer's delivery time-out (ten minutes), deaf to SIGTERM, its
+    status frozen as it was (connected, lag 0). It now gives the send up after the
+    request time-out, says it is not connected, and stops when told; the cosignature is
+    kept, and goes out again on reconnecting."""
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"c-{i}") for i in range(5)])
+    ledger.sequencer.checkpoint_now()
+    size = ledger.head()[0]
+    topics = Topics.for_ledger(CHAIN, "cosigning")
+    with TansuBroker(log_dir=tmp_path / "tansu") as own:  # its own: this test kills it
+        kafka = KafkaSettings(bootstrap=own.bootstrap, request_timeout_ms=5000)
+        relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+        wait_for(lambda: relay.stats.checkpoints_published >= 1, what="the checkpoint published")
+        relay_running.halt()
+        follower = _manual_follower(tmp_path / "node", kafka, topics, witness)
+        cosign_now = follower_module.cosign
+
+        def broker_gone_first(*args: Any) -> str:
+            own.kill()
+            return cosign_now(*args)
+
+        stop = threading.Event()
+        thread = threading.Thread(target=follower.run, args=(stop,), daemon=True)
+        with mock.patch.object(follower_module, "cosign", broker_gone_first):
+            thread.start()
+            wait_for(
+                lambda: follower.status.size == size and not follower.status.connected,
+                timeout=30,
+                what="the witness to say it is not connected",
+            )
+        stop.set()
+        thread.join(20)
+        assert not thread.is_alive(), "the witness did not stop when told"
+        assert follower.store.cosignatures(size)  # kept, for the next connection
+        follower.store.close()
+        follower.views.close()
 
 
 def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from gateways.kafka.client import (
     KafkaSettings,
@@ -153,6 +153,7 @@ class Follower:
         #: When the replica was last seen to hold every entry on the topic (Unix seconds).
         self._caught_up_at: float | None = None
         self._checkpoints_saved: int | None = None
+        self._stop = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class Follower:
         ``exit_on_violation`` (otherwise it keeps serving its status, idle); 2 when the
         topics hold another ledger than the one it was told to follow, or no longer the
         entries it needs next (``cannot_follow`` says which)."""
+        self._stop = stop
         for view in self.view_list:  # a crash between replica and views: finish applying
             catch_up(self.views, view, self.store.read_entries)
         self._refresh_status()
@@ -217,7 +219,10 @@ class Follower:
         consumer.seek(checkpoints, self.store.marker(CHECKPOINTS_MARKER))
         self._answered_at = self.clock()
         if self.witness is not None:
-            self._producer = self.kafka.producer()
+            # A cosignature is kept before it is sent, and sent again on reconnecting: its
+            # producer gives a send up after twice the request time-out, not after the
+            # relay's ten minutes, for which a broker gone held the node, deaf to its stop.
+            self._producer = self.kafka.producer(delivery_timeout_ms=2 * self.kafka.request_timeout_ms)
             self._cosign_newest()
 
     def _seek_entries(self) -> None:
@@ -450,7 +455,13 @@ class Follower:
                     self.topics.cosignatures, key=key, value=value, headers=headers, partition=PARTITION
                 )
             )
-        self._producer.flush()
+        while True:  # ends by the producer's delivery time-out, or at once when told to stop
+            try:
+                self._producer.flush(timeout=1.0)
+                break
+            except KafkaTimeoutError:
+                if self._stop.is_set():
+                    raise
         for future in futures:
             future.get(timeout=self.kafka.request_timeout_ms / 1000)
         self.status.cosigned += len(lines)
