@@ -135,6 +135,9 @@ class _ReplayState(AggregateLookups):
         self._items: RecentItems[uuid.UUID, Aggregate | None] = RecentItems(maxsize)
         self._known = KnownIds()
         self.size = 0
+        #: What the store raised when it could not load an aggregate (``Auditor.feed``
+        #: lets it through: the database failed, not the entry being replayed).
+        self.load_error: Exception | None = None
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
         held = self._items.get(aggregate_id)
@@ -142,7 +145,11 @@ class _ReplayState(AggregateLookups):
             return held
         if not self._known.may_exist(aggregate_id):
             return None  # replay is in order: never created so far means absent
-        loaded = self._load(aggregate_id, self.size + 1)
+        try:
+            loaded = self._load(aggregate_id, self.size + 1)
+        except Exception as exc:
+            self.load_error = exc
+            raise
         self._items.put(aggregate_id, loaded)  # absence is remembered too
         return loaded
 
@@ -336,7 +343,10 @@ class Auditor:
             self._replay(stored)
         except AuditFailure:
             raise
-        except Exception as exc:  # anything unexpected still names the entry
+        except Exception as exc:  # anything unexpected still names the entry ...
+            failed, self._state.load_error = self._state.load_error, None
+            if exc is failed:  # ... but the database failing to answer (a cancelled query,
+                raise  # a restart) says nothing of it: a replica recorded that as evidence
             self._fail(stored.seq, f"cannot be replayed: {exc}")
         self._new_nodes.extend(self._frontier.append(stored_leaf(stored)))
         self.report.entries += 1

@@ -92,7 +92,9 @@ class Replica:
         self._verifier = verifier or ParallelVerifier()
         self._expected_key = expected_checkpoint_key
         self._expected_chain = expected_chain
-        self._auditor = self._resume()
+        #: Continues after the stored entries; None after a failure left it past them, or
+        #: in doubt (``_replay`` replays from the store again).
+        self._auditor: Auditor | None = self._resume()
         self._stored_size = self._auditor.size
         self._waiting: dict[int, str] = {}  # checkpoints beyond our size, by size
         self._trusted_key = Verifier.from_string(expected_checkpoint_key) if expected_checkpoint_key else None
@@ -114,7 +116,7 @@ class Replica:
 
     @property
     def origin(self) -> str | None:
-        ledger = self._auditor.ledger
+        ledger = self._replay().ledger
         return ledger["origin"] if ledger else None
 
     def waiting_checkpoints(self) -> list[int]:
@@ -146,25 +148,28 @@ class Replica:
             return []
         if fresh[0].seq != self.size + 1 or any(b.seq != a.seq + 1 for a, b in pairwise(fresh)):
             raise OutOfOrder(f"expected entry {self.size + 1} next, got entries from {fresh[0].seq}")
-        auditor = self._auditor
+        auditor = self._replay()
         try:
             for stored in fresh:
                 auditor.feed(stored)
             auditor.verify_signatures()
         except NotTheExpectedLedger as exc:
-            self._auditor = self._resume()
+            self._auditor = None
             raise NotThisLedger(exc.problem.message) from exc
         except AuditFailure as failure:
+            self._auditor = None
             auditor.settle()  # name the earliest bad entry, even if a signature check was pending
             problem = auditor.report.first_problem
             assert problem is not None
-            self._auditor = self._resume()
             self.accept_entries([e for e in fresh if e.seq < problem.seq])  # keep the good prefix
             if isinstance(failure, NewerRules) and auditor.report.problems == [failure.problem]:
                 raise NeedsNewerDfg(f"entry {problem.seq} {problem.message}") from failure
             bad = next((e for e in fresh if e.seq == problem.seq), fresh[0])
             evidence = {"entry": bad.canonical.decode("utf-8", "replace")}
             self._halt(ViolationKind.BAD_ENTRY, problem.seq, problem.message, evidence)
+        except BaseException:  # the database, a worker process, a stop: nothing was judged
+            self._auditor = None  # it replayed entries the store does not hold
+            raise
         entries, nodes, tx_rows = auditor.take_accepted()
         try:
             self.store.append(
@@ -178,7 +183,7 @@ class Replica:
                 )
             )
         except BaseException:
-            self._auditor = self._resume()  # the store is the truth: replay from it again
+            self._auditor = None  # the store is the truth: replay from it again (when it answers)
             raise
         self._stored_size = auditor.size
         if self._unsigned_before_genesis is not None:  # now checked with the ledger's key
@@ -198,7 +203,7 @@ class Replica:
         replica has the entries, and it is kept, or reported, then."""
         self._require_running()
         size = claimed_size(note)
-        verifier = self._auditor.checkpoint_verifier
+        verifier = self._replay().checkpoint_verifier
         if size is None:
             self._halt(
                 ViolationKind.BAD_CHECKPOINT, 0, "a checkpoint note is malformed", {"checkpoint": note}
@@ -223,7 +228,7 @@ class Replica:
                 f"two checkpoints signed by the ledger's key disagree about the tree of size {size}",
                 {"checkpoint": note, "conflicting_checkpoint": held.note},
             )
-        own = self._auditor.root() if size == self.size else root_at(size, self.store.read_nodes)
+        own = self._replay().root() if size == self.size else root_at(size, self.store.read_nodes)
         if checkpoint.root_hash != own:
             self._halt(
                 ViolationKind.CHECKPOINT_MISMATCH,
@@ -263,6 +268,11 @@ class Replica:
         self._waiting.setdefault(size, note)
 
     # --- internals -----------------------------------------------------------------
+
+    def _replay(self) -> Auditor:
+        if self._auditor is None:
+            self._auditor = self._resume()
+        return self._auditor
 
     def _resume(self) -> Auditor:
         return Auditor.resume(

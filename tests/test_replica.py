@@ -17,16 +17,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
-from conftest import CHAIN, Ledger, give_level1
+from conftest import CHAIN, PG_URL, Ledger, give_level1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from eventsourcing.persistence import OperationalError
 
+from domain.identifiers import principal_aggregate_id
 from gateways.kafka.client import KafkaSettings, partition
 from gateways.kafka.follower import CHECKPOINTS_MARKER, Follower
 from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.bootstrap import open_store
 from infra.node import open_node
 from infra.settings import Settings
+from infra.storage.postgres import database_url_schema
 from ledger.audit import audit_store
 from ledger.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
 from ledger.note import parse_note
@@ -109,6 +113,63 @@ def test_a_gap_is_a_transport_problem_not_a_violation(source: Ledger, replica_st
         replica.accept_entries([entries[10], entries[12]])
     assert replica.halted is None
     assert [e.seq for e in replica.accept_entries(entries[10:20])] == list(range(11, 21))
+
+
+@pytest.mark.postgres
+def test_a_query_the_database_cancelled_during_the_replay_is_not_evidence_against_the_ledger(
+    source: Ledger, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """An administrator's lock (``VACUUM FULL``, ``LOCK TABLE``) and a cancelled query
+    (``pg_cancel_backend``, a ``statement_timeout``) failed the replay's read of an
+    aggregate: the replica recorded "entry N cannot be replayed: canceling statement" as
+    evidence against the ledger and accepted nothing more, for good. It is now the
+    database's error, and once it answers the replica takes the same entries, replayed
+    from its store again (not from where the failed batch left the replay)."""
+    first, second = source.admit("sp:a", "service_provider"), source.admit("sp:b", "service_provider")
+    source.accept(give_level1(source, first, "q-1", "sp:a"), give_level1(source, second, "q-2", "sp:b"))
+    entries = entries_of(source)
+    store = open_store(Settings(data_dir=tmp_path / "node", database_url=pg_schema_url))
+    try:
+        Replica(store).accept_entries(entries[:62])
+        load, cancelled = store.load_aggregate_before, []
+        entries_table = f'"{database_url_schema(pg_schema_url)}".ledger_entries'
+
+        def cancelled_by_an_administrator(aggregate_id: Any, seq: int) -> Any:
+            if aggregate_id == principal_aggregate_id("sp:b") and not cancelled:  # entry 64's signer
+                cancelled.append(seq)
+                holder = psycopg.connect(PG_URL)
+                holder.execute(f"LOCK TABLE {entries_table} IN ACCESS EXCLUSIVE MODE")
+                threading.Thread(target=_cancel_what_waits, args=(holder, pg_schema_url)).start()
+            return load(aggregate_id, seq)
+
+        store.load_aggregate_before = cancelled_by_an_administrator  # type: ignore[method-assign]
+        replica = Replica(store)  # as after a restart: the replay reads the aggregates it needs
+        with pytest.raises(OperationalError, match="canceling statement"):
+            replica.accept_entries(entries[62:])
+        assert cancelled == [64] and replica.halted is None and replica.size == 62
+        assert [e.seq for e in replica.accept_entries(entries[62:])] == [63, 64]
+        assert store.head() == source.head()
+    finally:
+        store.close()
+
+
+def _cancel_what_waits(holder: psycopg.Connection[Any], url: str) -> None:
+    """Cancel the query that waits for ``holder``'s lock on the schema of ``url``, then
+    release the lock."""
+    schema = database_url_schema(url)
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                (f"%{schema}%",),
+            ).fetchone()
+            if waiting is not None:
+                admin.execute("SELECT pg_cancel_backend(%s)", waiting)
+                break
+            time.sleep(0.02)
+    holder.rollback()
+    holder.close()
 
 
 def test_checkpoint_ahead_of_the_replica_is_checked_when_it_gets_there(
