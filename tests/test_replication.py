@@ -1239,6 +1239,48 @@ def test_a_computation_node_given_another_ledgers_topics_stops_with_the_reason(
     assert "cannot be followed into this replica" in stderr and "checkpoint key" in stderr, stderr
 
 
+def test_a_computation_node_whose_follower_fails_stops_instead_of_serving_a_frozen_replica(
+    ledger: Ledger, kafka: KafkaSettings, prefix: str, topics: Topics, tmp_path: Path
+) -> None:
+    """``dfg node serve --kafka`` whose follower thread ended on an error (on PostgreSQL:
+    the database restarted under it) went on serving GraphQL and a healthy /healthz from a
+    replica that never moved again. It now stops (exit status 1, the error on stderr),
+    as ``dfg node follow`` does, so that its supervisor starts it again."""
+    import sqlite3
+    import urllib.request
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(give(ledger, app, "k-1"))
+    _publish_all(ledger, kafka, topics)
+    assert ledger.sequencer.ledger is not None
+    port, node_dir = free_port(), tmp_path / "node"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(node_dir),
+         "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN,
+         "--ledger-key", ledger.sequencer.ledger["checkpoint_key"], "--port", str(port),
+         "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True,
+    )  # fmt: skip
+    try:
+
+        def serving() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    return int(json.loads(answer.read())["size"]) == ledger.head()[0]
+            except OSError:
+                return False
+
+        wait_for(serving, timeout=60, what="the node to follow the topics")
+        with sqlite3.connect(node_dir / "ledger.sqlite", timeout=10) as db:  # a fault under the follower
+            db.execute("ALTER TABLE violations RENAME TO violations_gone")
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr
+    assert "the node stopped: following" in stderr and "no such table: violations" in stderr, stderr
+
+
 def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows() -> None:
     """The status is served while the follower verifies: it must not copy (or expose)
     the up to 200,000 lag samples kept for the benchmark, nor share mutable state."""

@@ -428,17 +428,27 @@ def node_serve(
     else:
         source = coordinator
     gave_up: list[str] = []
+    failed: list[str] = []
 
     def follow() -> None:
         """Topics or an API that cannot be followed into this replica (another ledger's,
         records deleted, an entry twice) stop the node, as they stop `dfg node follow`:
-        serving on from a replica that no longer moves would go unnoticed. A violation
-        does not: the node serves its evidence (``/healthz``)."""
-        if kafka is not None:
-            kafka.run(stop)
-            reason = kafka.cannot_follow
-        else:
-            reason = follow_api(node.replica, node.apply_views, coordinator, stop)
+        serving on from a replica that no longer moves would go unnoticed. So does a
+        fault that ends the follower (its database restarted under it), which ended this
+        thread alone. A violation does not: the node serves its evidence (``/healthz``)."""
+        try:
+            if kafka is not None:
+                kafka.run(stop)
+                reason = kafka.cannot_follow
+            else:
+                reason = follow_api(node.replica, node.apply_views, coordinator, stop)
+        except Exception as exc:
+            if stop.is_set():  # the node is stopping, and closing what the follower used
+                return
+            logging.getLogger("dfg.node").exception("following %s failed", source)
+            failed.append(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if reason is not None and not stop.is_set():
             gave_up.append(reason)
             os.kill(os.getpid(), signal.SIGTERM)  # web.run_app stops on it, as on Ctrl-C
@@ -475,6 +485,8 @@ def node_serve(
         node.close()
     if gave_up:
         fail(f"the node stopped: {source} cannot be followed into this replica: {gave_up[0]}", 2)
+    if failed:
+        fail(f"the node stopped: following {source} failed: {failed[0]}")
 
 
 def _open_node(settings: Settings, ledger_key: str, chain: str) -> NodeReplica:
