@@ -571,11 +571,15 @@ def test_a_computation_nodes_health_check_fails_once_its_replica_found_a_violati
 class _Consumer:
     """A consumer that hands out prepared polls (the broker is not what is tested)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *assigned: Any) -> None:
         self.polls: list[dict[Any, list[SimpleNamespace]]] = []
+        self.assigned = set(assigned)
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[SimpleNamespace]]:
         return self.polls.pop(0) if self.polls else {}
+
+    def assignment(self) -> set[Any]:
+        return self.assigned
 
     def highwater(self, tp: Any) -> int | None:
         return None
@@ -606,7 +610,7 @@ def test_a_checkpoint_waiting_for_its_entries_is_read_again_after_a_restart(
     def follower() -> tuple[Follower, _Consumer]:
         node = open_node(settings, ledger_key=None, chain=None, verifier=ParallelVerifier(workers=0))
         started = Follower(node.replica, node.views, node.view_list, KafkaSettings("127.0.0.1:1"), topics)
-        consumer = _Consumer()
+        consumer = _Consumer(entries_tp, checkpoints_tp)
         started._consumer = consumer  # type: ignore[assignment]
         return started, consumer
 

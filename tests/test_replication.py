@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -1150,6 +1151,39 @@ def test_a_witness_whose_broker_goes_away_as_it_cosigns_says_so_and_stops_when_t
         assert follower.store.cosignatures(size)  # kept, for the next connection
         follower.store.close()
         follower.views.close()
+
+
+def test_a_node_catching_up_reads_the_checkpoints_no_further_ahead_than_it_may_keep(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node started on a long log read the checkpoints topic (small records, quick to
+    check) far ahead of the entries and kept every checkpoint beyond its replica in
+    memory until its entries came: on a ledger that signs one a second, millions. It
+    now stops reading them at ``MAX_WAITING_CHECKPOINTS`` and reads on as entries come."""
+    monkeypatch.setattr(follower_module, "MAX_WAITING_CHECKPOINTS", 100)
+    ledger.sequencer.policy = replace(ledger.sequencer.policy, every=2)
+    app = ledger.admit("sp:app", "service_provider")
+    for start in range(0, 6000, 500):
+        ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(start, start + 500)])
+    signed = len(ledger.sequencer.store.checkpoints(0, 10_000))
+    relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    wait_for(lambda: relay.stats.checkpoints_published == signed, timeout=120, what="everything published")
+    relay_running.halt()
+    follower = _manual_follower(tmp_path / "node", kafka, topics, None)
+    follower.max_records = 500
+    follower.connect()
+    most = 0
+    for _ in range(1000):
+        follower.step(timeout_ms=200)
+        most = max(most, len(follower.replica.waiting_checkpoints()))
+        if len(follower.store.checkpoints(0, 10_000)) == signed:
+            break
+    assert follower.replica.size == ledger.head()[0]
+    assert len(follower.store.checkpoints(0, 10_000)) == signed  # every one read, in the end
+    assert most <= 100 + follower.max_records, most  # at most one poll beyond the limit
+    follower.close()
+    follower.store.close()
+    follower.views.close()
 
 
 def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -66,6 +66,9 @@ COSIGNED_MARKER = "follower.cosigned"
 #: (seconds), and given this long to answer (ms): a poll says nothing of a broker gone.
 PROBE_EVERY = 2.0
 PROBE_TIMEOUT_MS = 5000
+#: Checkpoints read ahead of the replica's entries, kept in memory until their entries
+#: come, beyond which the checkpoints topic is read no further for now.
+MAX_WAITING_CHECKPOINTS = 1000
 
 
 @dataclass(frozen=True)
@@ -282,9 +285,26 @@ class Follower:
             self._checkpoint(record)
             self._checkpoints_read = record.offset + 1
         self._save_checkpoints_position()
+        self._pace_checkpoints()
         self._cosign(self.replica.take_verified_checkpoints())
         self._refresh_status()
         return len(appended)
+
+    def _pace_checkpoints(self) -> None:
+        """Read the checkpoints topic no further ahead of the entries than
+        ``MAX_WAITING_CHECKPOINTS``. Its records are smaller and quicker to check than
+        entries, so a node catching up read it to its end first and kept every checkpoint
+        beyond its replica in memory: millions, on a ledger that signed one a second for
+        months. (Not ``pause``: kafka-python 3.0 may never fetch a paused partition again.)"""
+        assert self._consumer is not None
+        entries, checkpoints = partition(self.topics.entries), partition(self.topics.checkpoints)
+        reading = checkpoints in self._consumer.assignment()
+        if reading and len(self._waiting_at) >= MAX_WAITING_CHECKPOINTS:
+            self._consumer.assign([entries])  # keeps the entries' position
+        elif not reading and len(self._waiting_at) < MAX_WAITING_CHECKPOINTS // 2:
+            assert self._checkpoints_read is not None  # it read some, or would not have stopped
+            self._consumer.assign([entries, checkpoints])
+            self._consumer.seek(checkpoints, self._checkpoints_read)
 
     def _check_answering(self, got_records: bool) -> None:
         """Note when the broker last answered. kafka-python's poll only logs a broker
