@@ -165,3 +165,50 @@ def test_a_checkpoint_a_commit_could_not_sign_in_an_outage_is_logged_in_one_line
         store.save_checkpoint = real_save  # type: ignore[method-assign]
     (record,) = [r for r in caplog.records if r.name == "dfg.sequencer"]
     assert "the checkpointer will sign later" in record.getMessage() and record.exc_info is None
+
+
+def test_the_newest_cosigned_checkpoints_are_found_without_counting_every_cosignature(
+    any_ledger: Ledger,
+) -> None:
+    """Final receipts (``GET /v1/entries/{seq}?checkpoint=final``) and ``GET
+    /v1/checkpoint/witnessed`` asked for the newest checkpoints a quorum cosigned with a
+    count over every cosignature the ledger ever kept, on the API's event loop: 0.1 s
+    (SQLite) to 0.3 s (PostgreSQL) per request at 300,000 checkpoints, every other
+    request waiting, and growing with the ledger's age. The newest are now counted first."""
+    import sqlite3
+
+    import psycopg
+    from conftest import PG_URL
+
+    from infra.storage.postgres import database_url_schema
+
+    old = 600_000  # a checkpoint a second for a week, each cosigned by three witnesses
+    settings = any_ledger.settings
+    if settings.database_url:
+        schema = database_url_schema(settings.database_url)
+        with psycopg.connect(PG_URL, autocommit=True) as db:
+            db.execute(
+                f"INSERT INTO \"{schema}\".checkpoints SELECT g, '\\x00'::bytea, 'n'"
+                f" FROM generate_series(10, {old}) AS g"
+            )
+            db.execute(
+                f"INSERT INTO \"{schema}\".checkpoint_cosignatures SELECT g, w, 'l'"
+                f" FROM generate_series(10, {old}) AS g, (VALUES ('a'), ('b'), ('c')) AS v(w)"
+            )
+            db.execute(f'ANALYZE "{schema}".checkpoints, "{schema}".checkpoint_cosignatures')
+    else:
+        with sqlite3.connect(settings.ledger_file) as db:
+            db.execute(
+                "INSERT INTO checkpoints WITH RECURSIVE g(i) AS (SELECT 10 UNION ALL SELECT i + 1 FROM g"
+                f" WHERE i < {old}) SELECT i, x'00', 'n' FROM g"
+            )
+            for witness in "abc":
+                db.execute("INSERT INTO checkpoint_cosignatures SELECT size, ?, '' FROM checkpoints", witness)
+    store = any_ledger.sequencer.store
+    store.save_checkpoint(old + 1, b"\x01", "newest, cosigned by one")
+    store.save_cosignature(old + 1, "a", "l")
+    started = time.monotonic()
+    found = store.cosigned_checkpoints(2, 20)
+    took = time.monotonic() - started
+    assert [c.size for c in found] == list(range(old, old - 20, -1))
+    assert took < 0.05, f"{took:.3f} s"

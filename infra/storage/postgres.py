@@ -436,9 +436,9 @@ class PostgresLedgerStore(EntryStoreMixin):
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(
                 self._recorder.q(
-                    "SELECT size, root, note FROM {s}.checkpoints WHERE size IN (SELECT size FROM"
-                    " {s}.checkpoint_cosignatures GROUP BY size HAVING COUNT(*) >= %s)"
-                    " ORDER BY size DESC LIMIT %s"
+                    "SELECT size, root, note FROM {s}.checkpoints AS c WHERE (SELECT COUNT(*) FROM"
+                    " {s}.checkpoint_cosignatures AS cs WHERE cs.size = c.size) >= %s"
+                    " ORDER BY size DESC LIMIT %s"  # as in SQLite: newest first
                 ),
                 (at_least, limit),
             )
