@@ -529,6 +529,10 @@ class Mesh:
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     channel = connect(sock, self.me, peer, self.keys_of, self.context)
+                    # A peer that stops reading (its process stopped or hung) fills the
+                    # connection, and TCP holds it open for ever: a send fails the session
+                    # at its time-out, as a receive does, instead of waiting for ever.
+                    sock.settimeout(self.timeout)
                 except BaseException:  # a refused handshake: not left to the garbage collector
                     sock.close()
                     raise

@@ -432,3 +432,29 @@ def test_a_peer_that_takes_the_connection_and_never_answers_is_said_to_be_silent
         with pytest.raises(ProtocolTimeout) as raised:
             made[0].send("node:b", "s1", 1, b"hello")
     assert str(raised.value) == "cannot reach node:b: the handshake took over 0.5 s"
+
+
+def test_a_peer_that_stops_reading_fails_the_session_at_its_time_out() -> None:
+    """A peer whose process stopped reading (stopped, hung) held a round's send for ever:
+    TCP keeps a full connection open, and only receives had a time-out, so the session
+    (and the node's engine, which runs one task at a time) never ended."""
+    with meshes(timeout=1.0) as made:
+        a, b = made[0], made[1]
+        stopped = threading.Event()
+        b._deliver = lambda *_: stopped.wait(30)  # type: ignore[method-assign]  # reads a round, then no more
+        outcome: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                a.send("node:b", "s", 1, b"read")
+                a.send("node:b", "s", 2, bytes(32 << 20))  # more than the connection holds
+            except BaseException as exc:  # the test inspects it
+                outcome.append(exc)
+
+        sending = threading.Thread(target=send, daemon=True)
+        started = time.monotonic()
+        sending.start()
+        sending.join(15)
+        stopped.set()
+        assert not sending.is_alive(), "the send never ended"
+        assert isinstance(outcome[0], ProtocolTimeout) and time.monotonic() - started < 10, outcome
