@@ -171,9 +171,12 @@ class LedgerService:
                 return
             nxt = None
             if item is not _NOTHING:
-                requests = self._take(item)
+                # A future its submitter cancelled (asyncio.wrap_future's, when the task that
+                # awaits it is cancelled) is left out: answering it raised InvalidStateError,
+                # which ended the thread. Once taken, a future can no longer be cancelled.
+                requests = [r for r in self._take(item) if r.future.set_running_or_notify_cancel()]
                 try:
-                    nxt = (requests, self._prepare(requests))  # verified while `pending` commits
+                    nxt = (requests, self._prepare(requests)) if requests else None
                 except Exception as exc:  # this batch's submitters hear of it; the thread lives on
                     _failed(requests, exc)
             if pending is not None:

@@ -169,3 +169,35 @@ def test_a_batch_whose_head_moved_as_the_server_stops_is_answered(
         service.stop()
         views.close()
     assert not service.running and not checkpoints
+
+
+def test_a_submission_its_submitter_cancelled_is_left_out_and_the_rest_are_answered(ledger: Ledger) -> None:
+    """A future cancelled before the sequencer took it (asyncio.wrap_future cancels it with
+    the task that awaits it, e.g. a handler aiohttp cancels) made the views thread raise
+    InvalidStateError as it answered it: the thread ended, and every later submitter
+    waited for ever."""
+    app = ledger.admit("sp:app", "service_provider")
+
+    def give(subject: str) -> str:
+        body = {
+            "consent_id": str(uuid.uuid4()),
+            "controller": "sp:app",
+            "subject": subject,
+            "level": 1,
+            "method": "app",
+            "terms": TERMS,
+        }
+        return ledger.sign(app, "consent.give", body)
+
+    views = open_views(ledger.settings)
+    service = LedgerService(ledger.sequencer, views, all_views())
+    size = ledger.sequencer.size
+    assert service.submit([give("p-cancelled")]).cancel()
+    service.start()
+    try:
+        (outcome,) = service.submit([give("p-1")]).result(timeout=30)
+        assert isinstance(outcome, Accepted) and outcome.seq == size + 1  # the cancelled one left out
+        assert service.running
+    finally:
+        service.stop()
+        views.close()
