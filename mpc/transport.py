@@ -58,6 +58,9 @@ DEFAULT_MAX_BUFFERED: Final = 2 << 30
 #: Undelivered rounds per session and peer: every member sends each round to every
 #: other and waits for theirs, so an honest peer is at most one round ahead.
 _MAX_ROUNDS_AHEAD: Final = 2
+#: Sessions a peer may have sent rounds for that have not started here (this node's
+#: replica may lag the peer's), each; they are dropped after twice the session time-out,
+#: by when the peer has given the session up. A peer over it is cut off, not the others.
 _MAX_WAITING_SESSIONS: Final = 256
 #: A frame's last header byte: more pieces of the round follow, the round's last piece,
 #: or the sender has given up the session (the payload says why).
@@ -302,6 +305,8 @@ class Mesh:
         self.max_buffered = max_buffered
         self._buffered = 0  # bytes of peers' messages held (pieces and queued rounds)
         self._rounds_queued: dict[tuple[str, str], int] = {}  # (session, peer) -> rounds
+        self._started: set[str] = set()  # sessions with an endpoint here, not yet forgotten
+        self._waiting: dict[tuple[str, str], float] = {}  # (session, peer) -> since (not started)
         self._server = socket.create_server(listen, reuse_port=False)
         self._outgoing: dict[tuple[str, str], SecureChannel] = {}  # (peer, session)
         self._incoming: list[SecureChannel] = []
@@ -459,20 +464,46 @@ class Mesh:
                     " read: an honest peer is at most one round ahead"
                 )
             try:
-                inbox = self._inbox_locked(session, peer)
+                inbox = self._inbox_locked(session, peer, sent_by_peer=True)
             except TransportError:
                 self._buffered -= len(message)
                 raise
             self._rounds_queued[(session, peer)] = queued + 1
             inbox.put((number, message))
 
-    def _inbox_locked(self, session: str, peer: str) -> queue.Queue[tuple[int, Message] | None]:
-        inbox = self._inboxes.get((session, peer))
+    def _inbox_locked(
+        self, session: str, peer: str, *, sent_by_peer: bool = False
+    ) -> queue.Queue[tuple[int, Message] | None]:
+        """The session's inbox for ``peer``'s rounds. One a peer's round makes for a session
+        not started here waits at most twice the session time-out, and a peer may have at
+        most ``_MAX_WAITING_SESSIONS`` of them: one peer (or rounds for tasks this node
+        never ran) cannot make the node refuse every other session."""
+        key = (session, peer)
+        inbox = self._inboxes.get(key)
         if inbox is None:
-            if len(self._inboxes) >= _MAX_WAITING_SESSIONS * max(1, len(self.peers)):
-                raise TransportError("too many open sessions")
-            inbox = self._inboxes[(session, peer)] = queue.Queue()
+            self._drop_expired_waiting()
+            if sent_by_peer and session not in self._started:
+                if sum(1 for _, p in self._waiting if p == peer) >= _MAX_WAITING_SESSIONS:
+                    raise _PeerOverLimit(
+                        f"it sent rounds for over {_MAX_WAITING_SESSIONS} sessions this node has not started"
+                    )
+                self._waiting[key] = time.monotonic()
+            inbox = self._inboxes[key] = queue.Queue()
         return inbox
+
+    def _drop_expired_waiting(self) -> None:
+        expired = time.monotonic() - 2 * self.timeout
+        for key in [k for k, since in self._waiting.items() if since < expired]:
+            self._drop_inbox_locked(key)
+
+    def _drop_inbox_locked(self, key: tuple[str, str]) -> None:
+        """Forget an inbox and free the rounds it held (with ``_inbox_lock`` held)."""
+        inbox = self._inboxes.pop(key, None)
+        for item in inbox.queue if inbox is not None else ():
+            if item is not None and item[0] != _ABORTED:  # rounds never taken
+                self._buffered -= len(item[1])
+        self._rounds_queued.pop(key, None)
+        self._waiting.pop(key, None)
 
     def _peer_gave_up(self, session: str, peer: str, why: bytes) -> None:
         """Wake every ``receive`` of the session -- the one waiting for a peer that died is
@@ -501,11 +532,9 @@ class Mesh:
             self._forgotten[session] = None
             while len(self._forgotten) > _MAX_FORGOTTEN_KEPT:
                 del self._forgotten[next(iter(self._forgotten))]
+            self._started.discard(session)
             for key in [k for k in self._inboxes if k[0] == session]:
-                for item in self._inboxes.pop(key).queue:
-                    if item is not None and item[0] != _ABORTED:  # rounds never taken: freed
-                        self._buffered -= len(item[1])
-                self._rounds_queued.pop(key, None)
+                self._drop_inbox_locked(key)
             for key in [k for k in self._aborts if k[0] == session]:
                 del self._aborts[key]
         with self._dial_lock:
@@ -621,6 +650,9 @@ class Mesh:
             raise TransportError(f"{self.me.name} is not a party of {session}")
         with self._inbox_lock:  # a session started again under its name takes frames again
             self._forgotten.pop(session, None)
+            self._started.add(session)
+            for key in [k for k in self._waiting if k[0] == session]:
+                del self._waiting[key]  # its rounds are this session's now: kept until forget()
         return SessionEndpoint(self, session, list(members))
 
 

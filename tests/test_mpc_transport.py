@@ -457,3 +457,37 @@ def test_a_peer_that_stops_reading_fails_the_session_at_its_time_out() -> None:
         stopped.set()
         assert not sending.is_alive(), "the send never ended"
         assert isinstance(outcome[0], ProtocolTimeout), outcome
+
+
+def test_one_peer_sending_rounds_for_sessions_never_started_here_is_cut_off_not_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every inbox counted against one limit for all peers: one peer (or rounds for tasks
+    this node never ran) filled it, and every later session, with any peer, was refused."""
+    import mpc.transport
+
+    monkeypatch.setattr(mpc.transport, "_MAX_WAITING_SESSIONS", 3)
+    with meshes() as made:
+        a, b, c = made
+        for n in range(3):
+            b.send("node:a", f"never-{n}", 1, b"r")
+        with caplog.at_level("WARNING", logger="dfg.mpc.transport"):
+            assert _cut_off(b._channel("node:a", "never-3"), iter([_frame("never-3", 1, b"r")]))
+        assert "sessions this node has not started" in caplog.text
+        c.send("node:a", "fine", 1, b"from c")  # another peer is not held to b's count
+        assert a.receive("node:c", "fine", 1, timeout=10) == b"from c"
+        a.endpoint("never-0", NAMES)  # a session that starts here takes its waiting round
+        assert a.receive("node:b", "never-0", 1, timeout=10) == b"r"
+
+
+def test_rounds_for_a_session_that_never_starts_here_are_dropped_after_twice_the_time_out() -> None:
+    with meshes(timeout=0.2) as made:
+        a, b = made[0], made[1]
+        b.send("node:a", "stale", 1, b"x" * 100)
+        deadline = time.monotonic() + 10
+        while ("stale", "node:b") not in a._inboxes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # past twice the session time-out
+        b.send("node:a", "next", 1, b"y")  # a new waiting session sweeps the expired ones
+        assert a.receive("node:b", "next", 1, timeout=10) == b"y"
+        assert ("stale", "node:b") not in a._inboxes and a._buffered == 0
