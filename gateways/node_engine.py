@@ -141,7 +141,11 @@ class NodeEngine:
             del self._tables[analysis_id]  # its tasks are done, or it failed: free the merged table
         for task in queue:
             key = (task.analysis_id, task.task_id)
-            if key in self._done or task.analysis_id not in active:
+            if key in self._done:
+                continue
+            if task.analysis_id not in active:  # it will never run here: a round a peer
+                self._done.add(key)  # already sent for it must not keep its inbox open
+                self.mesh.forget(f"{task.analysis_id}/{task.task_id}")
                 continue
             if task.state == "claimed":  # claimed before this process started: it crashed mid-task
                 self._fail(task.analysis_id, task.task_id, "the node restarted during the task")

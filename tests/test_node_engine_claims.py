@@ -198,6 +198,9 @@ def test_the_merged_table_of_an_analysis_that_failed_is_freed_though_its_later_t
     engine._tables[ANALYSIS] = cast(SharedTable, object())  # merged by task 1; task 2 failed
     assert engine.step() is False  # nothing to run
     assert ANALYSIS not in engine._tables
+    # a peer may have sent its round of task 3 before it learnt of the failure: the
+    # session's inbox here was kept for ever, and enough of them refused every session
+    assert cast(_Mesh, engine.mesh).forgotten == {f"{ANALYSIS}/3"}
 
 
 def test_tasks_and_answers_the_replica_no_longer_lists_are_forgotten(
