@@ -143,12 +143,12 @@ class Replica:
         Entries the replica already holds are skipped (a broker that lost data is
         refilled from the start of its gap). Returns the entries appended."""
         self._require_running()
+        auditor = self._replay()  # first: after a failed append, the store says what it holds
         fresh = [e for e in incoming if e.seq > self.size]
         if not fresh:
             return []
         if fresh[0].seq != self.size + 1 or any(b.seq != a.seq + 1 for a, b in pairwise(fresh)):
             raise OutOfOrder(f"expected entry {self.size + 1} next, got entries from {fresh[0].seq}")
-        auditor = self._replay()
         try:
             for stored in fresh:
                 auditor.feed(stored)
@@ -270,8 +270,9 @@ class Replica:
     # --- internals -----------------------------------------------------------------
 
     def _replay(self) -> Auditor:
-        if self._auditor is None:
-            self._auditor = self._resume()
+        if self._auditor is None:  # after a failure: an append whose commit failed may
+            self._auditor = self._resume()  # have been committed all the same
+            self._stored_size = self._auditor.size
         return self._auditor
 
     def _resume(self) -> Auditor:

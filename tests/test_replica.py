@@ -153,6 +153,31 @@ def test_a_query_the_database_cancelled_during_the_replay_is_not_evidence_agains
         store.close()
 
 
+def test_a_batch_whose_commit_was_reported_failed_but_happened_is_not_taken_for_a_fork(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    """The database can commit and then fail to say so (the connection dropped at the
+    commit). The replica took its size from before the batch, was sent the same entries
+    again, and replayed them over a store that already held them."""
+    import sqlite3
+
+    entries = entries_of(source)
+    replica = Replica(replica_store)
+    replica.accept_entries(entries[:30])
+    append = replica_store.append
+
+    def committed_then_lost(batch: Any) -> None:
+        append(batch)
+        raise sqlite3.OperationalError("database is locked")  # as the answer went missing
+
+    replica_store.append = committed_then_lost  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        replica.accept_entries(entries[30:45])
+    replica_store.append = append  # type: ignore[method-assign]
+    assert [e.seq for e in replica.accept_entries(entries[30:])] == list(range(46, 61))
+    assert replica.halted is None and replica.size == 60 and replica_store.head() == source.head()
+
+
 def _cancel_what_waits(holder: psycopg.Connection[Any], url: str) -> None:
     """Cancel the query that waits for ``holder``'s lock on the schema of ``url``, then
     release the lock."""
