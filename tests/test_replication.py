@@ -1315,6 +1315,40 @@ def test_a_computation_node_whose_follower_fails_stops_instead_of_serving_a_froz
     assert "the node stopped: following" in stderr and "no such table: violations" in stderr, stderr
 
 
+def test_a_follower_goes_on_after_its_own_database_was_unavailable(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """Its PostgreSQL restarted, or its SQLite file stayed locked past the busy time-out:
+    the follower ended with a traceback (``dfg node follow`` exit 1) where a broker's
+    outage is waited out. It now waits its database out too, and reads on from its store."""
+    import sqlite3
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"d-{i}") for i in range(5)])
+    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 1) as started:
+            follower = started[0].follower
+            assert follower is not None and started[0].running is not None
+            wait_for(lambda: follower.replica.size == ledger.head()[0], what="caught up")
+            store = follower.replica.store
+            append, failures = store.append, []
+
+            def unavailable_twice(batch: Any) -> None:
+                if len(failures) < 2:
+                    failures.append(batch.new_size)
+                    raise sqlite3.OperationalError("database is locked")
+                append(batch)
+
+            store.append = unavailable_twice  # type: ignore[method-assign]
+            ledger.accept(*[give(ledger, app, f"e-{i}") for i in range(5)])
+            wait_for(lambda: follower.replica.size == ledger.head()[0], timeout=60, what="caught up again")
+            assert len(failures) == 2 and started[0].running.thread.is_alive()
+            assert follower.status.halted is None and store.head() == ledger.head()
+    finally:
+        relay_running.halt()
+
+
 def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows() -> None:
     """The status is served while the follower verifies: it must not copy (or expose)
     the up to 200,000 lag samples kept for the benchmark, nor share mutable state."""

@@ -39,6 +39,8 @@ from gateways.kafka.topics import (
     checkpoint_from_record,
     entry_from_record,
 )
+from infra.storage.errors import storage_unavailable
+from infra.storage.postgres import check_pools
 from ledger.entry import Entry
 from ledger.note import parse_signature_line
 from ledger.replica import (
@@ -195,6 +197,17 @@ class Follower:
                 log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
                 self.close()
                 self._refresh_status()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                if not storage_unavailable(exc):
+                    raise
+                # the replica's own database restarted or is locked: nothing was judged, and
+                # the replica replays from its store again; read the topics again from there
+                why = " ".join(str(exc).split())
+                log.warning("the replica's database cannot be used now (%s); again in %.1fs", why, backoff)
+                self.close()
+                check_pools()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.close()
