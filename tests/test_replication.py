@@ -1349,6 +1349,37 @@ def test_a_follower_goes_on_after_its_own_database_was_unavailable(
         relay_running.halt()
 
 
+def test_a_relay_goes_on_after_the_ledgers_database_was_unavailable(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> None:
+    """The ledger's PostgreSQL restarted, or its SQLite file stayed locked past the busy
+    time-out: ``dfg relay`` ended with a traceback. It now waits it out and starts again
+    from what the topics hold, with no gap and no duplicate."""
+    import sqlite3
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"r-{i}") for i in range(5)])
+    store = ledger.sequencer.store
+    read, failures = store.read_entries, []
+
+    def unavailable_to_the_relay(start: int, limit: int) -> Any:
+        if threading.current_thread() is not threading.main_thread() and len(failures) < 2:
+            failures.append(start)
+            raise sqlite3.OperationalError("database is locked")
+        return read(start, limit)
+
+    store.read_entries = unavailable_to_the_relay  # type: ignore[method-assign]
+    _relay, relay_running = start_relay(store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 1) as started:
+            _converged(ledger, started)
+        assert len(failures) == 2 and relay_running.thread.is_alive()
+        _topic_is_exact(kafka, topics.entries, ledger.head()[0])
+    finally:
+        relay_running.halt()
+        store.read_entries = read  # type: ignore[method-assign]
+
+
 def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows() -> None:
     """The status is served while the follower verifies: it must not copy (or expose)
     the up to 200,000 lag samples kept for the benchmark, nor share mutable state."""

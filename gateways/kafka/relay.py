@@ -48,6 +48,8 @@ from gateways.kafka.topics import (
     entry_record,
     record_seq,
 )
+from infra.storage.errors import storage_unavailable
+from infra.storage.postgres import check_pools
 from ledger.note import verify_cosignature_line
 from ledger.replica import claimed_size
 from ledger.store import LedgerStore
@@ -125,6 +127,17 @@ class Relay:
             except KafkaError as exc:
                 log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
                 self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                if not storage_unavailable(exc):
+                    raise
+                # the ledger's database restarted or is locked: start again from what the
+                # topics hold and the database says was published (``reconcile``)
+                why = " ".join(str(exc).split())
+                log.warning("the ledger's database cannot be used now (%s); again in %.1fs", why, backoff)
+                self.close()
+                check_pools()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.close()
