@@ -1380,6 +1380,34 @@ def test_a_relay_goes_on_after_the_ledgers_database_was_unavailable(
         store.read_entries = read  # type: ignore[method-assign]
 
 
+def test_a_relay_told_to_stop_while_publishing_a_backlog_stops_after_the_batch_in_flight(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """After a long outage it published the whole backlog before it looked at its stop
+    (SIGTERM): minutes, or hours, for a supervisor to wait."""
+    from gateways.kafka.relay import ENTRIES_MARKER, Relay
+
+    app = ledger.admit("sp:app", "service_provider")
+    for batch in range(4):
+        ledger.accept(*[give(ledger, app, f"b{batch}-{i}") for i in range(250)])
+    store = ledger.sequencer.store
+    relay, stop = Relay(store, kafka, topics, batch=100), threading.Event()
+    send = relay._send_and_wait
+
+    def stop_once_sent(topic: str, run: Any, what: str) -> list[int]:
+        offsets = send(topic, run, what)
+        if topic == topics.entries:
+            stop.set()  # SIGTERM arrives while the first batch is in flight
+        return offsets
+
+    relay._send_and_wait = stop_once_sent  # type: ignore[method-assign]
+    running = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    running.start()
+    running.join(60)
+    assert not running.is_alive()
+    assert 0 < store.marker(ENTRIES_MARKER) <= 100 < ledger.head()[0]
+
+
 def test_a_status_document_leaves_out_the_recent_lags_and_copies_what_it_shows() -> None:
     """The status is served while the follower verifies: it must not copy (or expose)
     the up to 200,000 lag samples kept for the benchmark, nor share mutable state."""

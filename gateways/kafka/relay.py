@@ -313,7 +313,7 @@ class Relay:
         published = self.store.marker(ENTRIES_MARKER)
         head = self.store.head()[0]
         sent = 0
-        while published < head:
+        while published < head and not self._stop.is_set():  # a backlog is no reason to ignore a stop
             page = self.store.read_entries(published + 1, min(self.batch, head - published))
             for run in chunks([entry_record(stored) for stored in page]):
                 first = published + 1
