@@ -419,6 +419,36 @@ def test_a_request_that_is_not_well_formed_http_is_one_warning_not_a_traceback(
     assert http.call("GET", "/healthz")[0] == 200
 
 
+def test_a_read_the_database_does_not_answer_holds_no_other_request(
+    api: tuple[Http, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A principal's, an entry's or a checkpoint's read ran on the event loop: while the
+    database did not answer (PostgreSQL restarting: a pooled connection is waited for
+    5 s), every other request waited, /healthz too."""
+    import threading
+
+    from projections import keys
+
+    http, _ = api
+    stuck, release, real = threading.Event(), threading.Event(), keys.principal
+
+    def not_answering(cursor: Any, principal_id: str) -> Any:
+        stuck.set()
+        release.wait(30)
+        return real(cursor, principal_id)
+
+    monkeypatch.setattr(keys, "principal", not_answering)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(http.call, "GET", "/v1/principals/sp:app")
+        assert stuck.wait(10)
+        try:
+            with urllib.request.urlopen(http.url + "/healthz", timeout=10) as health:
+                assert health.status == 200 and not release.is_set()
+        finally:
+            release.set()
+        assert waiting.result(30)[0] == 200
+
+
 def test_an_undecodable_body_leaves_no_traceback_in_the_log(
     api: tuple[Http, Ledger], caplog: pytest.LogCaptureFixture
 ) -> None:

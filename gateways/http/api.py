@@ -13,7 +13,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -31,9 +31,9 @@ from ledger.entry import Entry
 from ledger.errors import Rejected
 from ledger.jws import MAX_JWS_BYTES
 from ledger.merkle import consistency_proof
-from ledger.receipt import ReceiptError, make_receipt
+from ledger.receipt import Receipt, ReceiptError, make_receipt
 from ledger.sequencer import Accepted
-from ledger.store import HeadMoved, LedgerStore, StoredCheckpoint
+from ledger.store import HeadMoved, LedgerStore, StoredCheckpoint, StoredEntry
 from ledger.witness import WitnessPolicy, with_cosignatures, witness_verifier
 from projections import keys, timeline
 from projections.consent_state import check as check_consent
@@ -334,7 +334,18 @@ async def post_checks(request: web.Request) -> web.StreamResponse:
     return json_response({"answers": answers})
 
 
+T = TypeVar("T")
+
+
 # --- entries, checkpoints and proofs --------------------------------------------------
+
+
+async def _off_loop(read: Callable[[], T]) -> T:
+    """Run a handler's database reads in a worker thread: on the event loop, a database
+    that does not answer (PostgreSQL restarting: a pooled connection is waited for up to
+    5 s) held every other request, /healthz too. The consent check, the hot path whose
+    reads take microseconds on a healthy database, stays on the loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, read)
 
 
 async def get_entry(request: web.Request) -> web.StreamResponse:
@@ -344,21 +355,25 @@ async def get_entry(request: web.Request) -> web.StreamResponse:
     store = ledger.sequencer.store
     if seq > ledger.sequencer.size:
         raise Problem(404, "unknown_entry", f"the ledger has {ledger.sequencer.size} entries")
-    checkpoint: StoredCheckpoint | None
-    if final:
-        checkpoint = _final_checkpoint_covering(request, seq)
-    else:
-        checkpoint = store.latest_checkpoint()
-        if checkpoint is None or checkpoint.size < seq:
-            # Checkpoints follow within a second anyway; a reader asking now gets one now.
-            await asyncio.get_running_loop().run_in_executor(None, ledger.sequencer.checkpoint_now)
+
+    def read() -> tuple[StoredEntry, Receipt]:
+        checkpoint: StoredCheckpoint | None
+        if final:
+            checkpoint = _final_checkpoint_covering(request, seq)
+        else:
             checkpoint = store.latest_checkpoint()
-    assert checkpoint is not None
-    (stored,) = store.read_entries(seq, 1)
-    try:
-        receipt = make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
-    except ReceiptError as exc:
-        raise Problem(404, "unknown_entry", str(exc)) from None
+            if checkpoint is None or checkpoint.size < seq:
+                # Checkpoints follow within a second anyway; a reader asking now gets one now.
+                ledger.sequencer.checkpoint_now()
+                checkpoint = store.latest_checkpoint()
+        assert checkpoint is not None
+        (stored,) = store.read_entries(seq, 1)
+        try:
+            return stored, make_receipt(seq, stored.canonical, checkpoint, store.read_nodes)
+        except ReceiptError as exc:
+            raise Problem(404, "unknown_entry", str(exc)) from None
+
+    stored, receipt = await _off_loop(read)
     entry = Entry.decode(stored.canonical)
     body = receipt.to_json()
     body["jws"] = entry.tx
@@ -373,7 +388,7 @@ async def get_entry(request: web.Request) -> web.StreamResponse:
 
 
 async def get_checkpoint(request: web.Request) -> web.StreamResponse:
-    checkpoint = service(request).sequencer.store.latest_checkpoint()
+    checkpoint = await _off_loop(service(request).sequencer.store.latest_checkpoint)
     if checkpoint is None:
         raise Problem(404, "no_checkpoint", "the ledger has no checkpoint yet")
     note = with_cosignatures(checkpoint.note, checkpoint.cosignatures)
@@ -433,9 +448,13 @@ def _witnessed(checkpoint: StoredCheckpoint, policy: WitnessPolicy | None) -> di
 
 async def get_witnessed_checkpoint(request: web.Request) -> web.StreamResponse:
     store = service(request).sequencer.store
-    policy = _witness_policy(request)
-    latest = store.latest_checkpoint()
-    final = _newest_final(store, policy) if policy is not None else None
+
+    def read() -> tuple[WitnessPolicy | None, StoredCheckpoint | None, StoredCheckpoint | None]:
+        policy = _witness_policy(request)
+        final = _newest_final(store, policy) if policy is not None else None
+        return policy, store.latest_checkpoint(), final
+
+    policy, latest, final = await _off_loop(read)
     return json_response(
         {
             "witnesses": sorted(policy.witnesses) if policy else [],
@@ -454,7 +473,8 @@ async def get_consistency(request: web.Request) -> web.StreamResponse:
         raise Problem(404, "unknown_tree_size", f"the ledger has {size} entries")
     if first > second:
         raise Problem(400, "invalid_parameter", "first must not be larger than second")
-    hashes = consistency_proof(first, second, service(request).sequencer.store.read_nodes)
+    read_nodes = service(request).sequencer.store.read_nodes
+    hashes = await _off_loop(lambda: consistency_proof(first, second, read_nodes))
     return json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
 
 
@@ -481,10 +501,14 @@ async def get_history(request: web.Request) -> web.StreamResponse:
     except ValidationError:
         raise Problem(400, "invalid_parameter", "subject is not a valid pseudonym") from None
     limit = params.get("limit", 50)
-    with request.app[VIEWS].transaction(commit=False) as cursor:
-        # One more than a page: next_before is given only when an older page exists
-        # (a page that happened to end with the oldest event led to an empty page).
-        events = timeline.history(cursor, subject, before=params.get("before"), limit=limit + 1)
+
+    def read() -> list[dict[str, Any]]:
+        with request.app[VIEWS].transaction(commit=False) as cursor:
+            # One more than a page: next_before is given only when an older page exists
+            # (a page that happened to end with the oldest event led to an empty page).
+            return timeline.history(cursor, subject, before=params.get("before"), limit=limit + 1)
+
+    events = await _off_loop(read)
     more, events = len(events) > limit, events[:limit]
     next_before = events[-1]["seq"] if more else None
     return json_response({"subject": subject, "events": events, "next_before": next_before})
@@ -501,8 +525,12 @@ def _principal_in_path(request: web.Request, name: str) -> str:
 
 async def get_principal(request: web.Request) -> web.StreamResponse:
     principal_id = _principal_in_path(request, "principal")
-    with request.app[VIEWS].transaction(commit=False) as cursor:
-        found = keys.principal(cursor, principal_id)
+
+    def read() -> dict[str, Any] | None:
+        with request.app[VIEWS].transaction(commit=False) as cursor:
+            return keys.principal(cursor, principal_id)
+
+    found = await _off_loop(read)
     if found is None:
         raise Problem(404, "unknown_principal", f"{principal_id} is not admitted on this ledger")
     return json_response(found)
@@ -512,16 +540,22 @@ async def get_badge(request: web.Request) -> web.StreamResponse:
     params = query_params(request, ROUTE_BADGE)
     controller = _principal_in_path(request, "controller")
     store = service(request).sequencer.store
-    with request.app[VIEWS].transaction(commit=False) as cursor:
-        found = keys.principal(cursor, controller)
-        if found is None:
-            raise Problem(404, "unknown_principal", f"{controller} is not admitted on this ledger")
-        cursor.execute(
-            "SELECT COUNT(*), COALESCE(SUM(uses), 0) FROM consent_state WHERE controller = ?", (controller,)
-        )
-        consents, uses = cursor.fetchone()
-    entries, first, last = store.signer_activity(controller)
-    checkpoint = store.latest_checkpoint()
+
+    def read() -> tuple[
+        dict[str, Any], int, int, tuple[int, int | None, int | None], StoredCheckpoint | None
+    ]:
+        with request.app[VIEWS].transaction(commit=False) as cursor:
+            found = keys.principal(cursor, controller)
+            if found is None:
+                raise Problem(404, "unknown_principal", f"{controller} is not admitted on this ledger")
+            cursor.execute(
+                "SELECT COUNT(*), COALESCE(SUM(uses), 0) FROM consent_state WHERE controller = ?",
+                (controller,),
+            )
+            consents, uses = cursor.fetchone()
+        return found, consents, uses, store.signer_activity(controller), store.latest_checkpoint()
+
+    found, consents, uses, (entries, first, last), checkpoint = await _off_loop(read)
     statement = {
         "controller": controller,
         "display_name": found["display_name"],
@@ -546,7 +580,7 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     ledger = service(request)
     if not ledger.running:
         raise Problem(503, "ledger_stopped", "the ledger's sequencer has stopped; see the server's log")
-    checkpoint = ledger.sequencer.store.latest_checkpoint()
+    checkpoint = await _off_loop(ledger.sequencer.store.latest_checkpoint)
     return json_response(
         {
             "status": "ok",
