@@ -79,10 +79,11 @@ class ConsentQuestion:
     ) -> ConsentQuestion:
         """``at`` may also be RFC 3339 text (a question read from JSON)."""
         if isinstance(at, str):
+            text = at
             try:
-                at = datetime.fromisoformat(at)
+                at = datetime.fromisoformat(text)
             except ValueError:
-                raise ValueError(f"at: {at[:40]!r} is not an RFC 3339 instant") from None
+                raise ValueError(f"at: {text[:40]!r} is not an RFC 3339 instant") from None
         elif at is not None and not isinstance(at, datetime):
             raise TypeError(f"at: a timezone-aware datetime or RFC 3339 text, not {type(at).__name__}")
         return cls(subject, controller, purpose, tuple(categories), at)
