@@ -196,7 +196,7 @@ def require_ledger(settings: Settings, *, making: str | None = None) -> None:
             )
 
 
-class Rfc3339(click.ParamType):
+class Rfc3339(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
     """An instant as the API and transactions take it (RFC 3339 with a time zone, such as
     2026-11-25T12:00:00Z or ...+01:00, up to nanoseconds cut to microseconds): the same
     parser, so that the command line takes no form the API refuses, nor refuses one it takes."""

@@ -112,7 +112,8 @@ async def content_coding_middleware(request: web.Request, handler: Any) -> web.S
         refused.force_close()  # its body is not read
         request.content.feed_eof()
         raise refused
-    return await handler(request)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 class _MalformedRequests(logging.Filter):
