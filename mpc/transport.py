@@ -95,6 +95,22 @@ class NodeIdentity:
     key: Ed25519PrivateKey
 
 
+#: TCP keep-alive: a peer whose host vanished (powered off, cut from the network) sends
+#: no FIN, and the thread reading its connection would wait for ever; probes end it
+#: after about KEEPALIVE_IDLE_S + 6 * KEEPALIVE_INTERVAL_S.
+KEEPALIVE_IDLE_S: Final = 60
+KEEPALIVE_INTERVAL_S: Final = 10
+
+
+def _keep_alive(sock: socket.socket) -> socket.socket:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                          ("TCP_KEEPCNT", 6)):  # fmt: skip
+        if hasattr(socket, option):  # Linux; elsewhere the system's defaults (hours)
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
+
+
 # --- framing -----------------------------------------------------------------------------
 
 
@@ -365,6 +381,7 @@ class Mesh:
         while not self._closed.is_set():
             try:
                 sock, _ = self._server.accept()
+                _keep_alive(sock)
             except OSError:
                 return
             thread = threading.Thread(target=self._serve, args=(sock,), name="dfg-mpc-peer", daemon=True)
@@ -575,7 +592,7 @@ class Mesh:
         delay = 0.05
         while True:
             try:
-                return socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
+                return _keep_alive(socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S))
             except ConnectionRefusedError:
                 if time.monotonic() + delay > deadline or self._closed.is_set():
                     raise
@@ -583,7 +600,7 @@ class Mesh:
                 delay = min(delay * 2, 1.0)
 
     def _dial_once(self, peer: str) -> socket.socket:
-        return socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S)
+        return _keep_alive(socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S))
 
     def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
         """One round's message, in frames of at most ``PIECE`` bytes: the receiver

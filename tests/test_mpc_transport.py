@@ -491,3 +491,20 @@ def test_rounds_for_a_session_that_never_starts_here_are_dropped_after_twice_the
         b.send("node:a", "next", 1, b"y")  # a new waiting session sweeps the expired ones
         assert a.receive("node:b", "next", 1, timeout=10) == b"y"
         assert ("stale", "node:b") not in a._inboxes and a._buffered == 0
+
+
+def test_connections_both_ways_probe_a_peer_that_vanished() -> None:
+    """A peer whose host went away sends no FIN: the thread reading its connection waited
+    for ever, one per session. TCP keep-alive probes end it."""
+    from mpc.transport import KEEPALIVE_IDLE_S
+
+    with meshes() as made:
+        a, b = made[0], made[1]
+        b.send("node:a", "s", 1, b"hello")
+        assert a.receive("node:b", "s", 1, timeout=10) == b"hello"
+        dialled = b._outgoing[("node:a", "s")].sock
+        (accepted,) = [c.sock for c in a._incoming]
+        for sock in (dialled, accepted):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
