@@ -592,7 +592,7 @@ class Mesh:
         delay = 0.05
         while True:
             try:
-                return _keep_alive(socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S))
+                return self._dial_once(peer)
             except ConnectionRefusedError:
                 if time.monotonic() + delay > deadline or self._closed.is_set():
                     raise
@@ -600,7 +600,13 @@ class Mesh:
                 delay = min(delay * 2, 1.0)
 
     def _dial_once(self, peer: str) -> socket.socket:
-        return _keep_alive(socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S))
+        try:
+            return _keep_alive(socket.create_connection(self.peers[peer], timeout=HANDSHAKE_TIMEOUT_S))
+        except TimeoutError:  # the bare "timed out" told the operator nothing
+            raise TransportError(
+                f"no answer to a connection within {HANDSHAKE_TIMEOUT_S:g} s (the host is down, or a"
+                " firewall drops the packets)"
+            ) from None
 
     def send(self, peer: str, session: str, number: int, payload: bytes) -> None:
         """One round's message, in frames of at most ``PIECE`` bytes: the receiver

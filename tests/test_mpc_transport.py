@@ -508,3 +508,17 @@ def test_connections_both_ways_probe_a_peer_that_vanished() -> None:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             if hasattr(socket, "TCP_KEEPIDLE"):
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
+
+
+def test_a_connection_nobody_answers_is_said_to_get_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packets dropped (a firewall, a host gone): the task failed "cannot reach node:b:
+    timed out", which said neither what timed out nor why."""
+    import mpc.transport
+
+    def dropped(address: object, timeout: float) -> socket.socket:
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(mpc.transport.socket, "create_connection", dropped)
+    with meshes() as made, pytest.raises(ProtocolTimeout) as raised:
+        made[0].send("node:b", "s1", 1, b"hello")
+    assert str(raised.value).startswith("cannot reach node:b: no answer to a connection within 10 s")
