@@ -28,8 +28,8 @@ from gateways.kafka.client import (
     TopicsMissing,
     TopicTruncated,
     partition,
-    why_disconnected,
 )
+from gateways.kafka.outages import Backoff, outage
 from gateways.kafka.relay import cosignature_problem, witness_remedy
 from gateways.kafka.topics import (
     PARTITION,
@@ -39,8 +39,6 @@ from gateways.kafka.topics import (
     checkpoint_from_record,
     entry_from_record,
 )
-from infra.storage.errors import storage_unavailable
-from infra.storage.postgres import check_pools
 from ledger.entry import Entry
 from ledger.note import parse_signature_line
 from ledger.replica import (
@@ -173,7 +171,7 @@ class Follower:
         self._refresh_status()
         if self.status.halted is not None:
             log.error("this replica holds evidence of a violation, accepts nothing: %s", self.status.halted)
-        backoff = 0.2
+        backoff = Backoff()
         while not stop.is_set():
             if self.status.halted is not None:
                 if exit_on_violation:
@@ -184,7 +182,7 @@ class Follower:
                 if self._consumer is None:
                     self.connect()
                 self.step()
-                backoff = 0.2
+                backoff.succeeded()
             except ReplicaHalted as halted:
                 log.error("stopped accepting: %s", halted)
                 self._refresh_status()
@@ -193,23 +191,15 @@ class Follower:
                 self.cannot_follow = str(exc)
                 self.close()
                 return 2
-            except KafkaError as exc:
-                log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
-                self.close()
-                self._refresh_status()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
             except Exception as exc:
-                if not storage_unavailable(exc):
+                why = outage(exc, "the replica's")  # then it replays from its store again
+                if why is None:
                     raise
-                # the replica's own database restarted or is locked: nothing was judged, and
-                # the replica replays from its store again; read the topics again from there
-                why = " ".join(str(exc).split())
-                log.warning("the replica's database cannot be used now (%s); again in %.1fs", why, backoff)
+                log.warning("%s; trying again in %.1fs", why, backoff.delay)
                 self.close()
-                check_pools()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                if isinstance(exc, KafkaError):
+                    self._refresh_status()
+                backoff.wait(stop)
         self.close()
         return 0
 

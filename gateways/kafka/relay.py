@@ -36,8 +36,8 @@ from gateways.kafka.client import (
     chunks,
     partition,
     topic_end,
-    why_disconnected,
 )
+from gateways.kafka.outages import Backoff, outage
 from gateways.kafka.topics import (
     PARTITION,
     CosignatureMessage,
@@ -48,8 +48,6 @@ from gateways.kafka.topics import (
     entry_record,
     record_seq,
 )
-from infra.storage.errors import storage_unavailable
-from infra.storage.postgres import check_pools
 from ledger.note import verify_cosignature_line
 from ledger.replica import claimed_size
 from ledger.store import LedgerStore
@@ -114,32 +112,24 @@ class Relay:
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
         """Publish until ``stop`` is set; survive broker outages by reconnecting."""
         self._stop = stop
-        backoff = 0.2
+        backoff = Backoff()
         while not stop.is_set():
             try:
                 if self._producer is None:
                     self.connect()
                 busy = self.step()
-                backoff = 0.2
+                backoff.succeeded()
                 if not busy:
                     self.check_topics()
                     self.store.wait_for_append(idle_wait)
-            except KafkaError as exc:
-                log.warning("%s; reconnecting in %.1fs", why_disconnected(exc), backoff)
-                self.close()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
             except Exception as exc:
-                if not storage_unavailable(exc):
+                # the ledger's database: start again from what the topics hold (``reconcile``)
+                why = outage(exc, "the ledger's")
+                if why is None:
                     raise
-                # the ledger's database restarted or is locked: start again from what the
-                # topics hold and the database says was published (``reconcile``)
-                why = " ".join(str(exc).split())
-                log.warning("the ledger's database cannot be used now (%s); again in %.1fs", why, backoff)
+                log.warning("%s; trying again in %.1fs", why, backoff.delay)
                 self.close()
-                check_pools()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff.wait(stop)
         self.close()
 
     def connect(self) -> None:
