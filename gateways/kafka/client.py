@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from kafka.errors import (
     AuthorizationError,
     KafkaError,
+    KafkaTimeoutError,
     SaslAuthenticationFailedError,
     TopicAlreadyExistsError,
 )
@@ -250,3 +252,16 @@ def topic_end(consumer: KafkaConsumer, topic: str, *, timeout: float = 10.0) -> 
             return last.offset + 1, last
         if time.monotonic() > deadline:
             raise KafkaError(f"could not read the end of {topic} (reported end offset {hint})")
+
+
+def flush_until_stopped(producer: KafkaProducer, stop: threading.Event) -> None:
+    """Wait until the broker has every record sent: the producer retries each batch until
+    its delivery time-out (``KafkaTimeoutError`` then), or, told to stop, give up within a
+    second instead of waiting that out."""
+    while True:
+        try:
+            producer.flush(timeout=1.0)
+            return
+        except KafkaTimeoutError:
+            if stop.is_set():
+                raise

@@ -20,13 +20,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 
 from gateways.kafka.client import (
     KafkaSettings,
     TopicRepeatsEntry,
     TopicsMissing,
     TopicTruncated,
+    flush_until_stopped,
     partition,
 )
 from gateways.kafka.outages import Backoff, outage
@@ -478,13 +479,7 @@ class Follower:
                     self.topics.cosignatures, key=key, value=value, headers=headers, partition=PARTITION
                 )
             )
-        while True:  # ends by the producer's delivery time-out, or at once when told to stop
-            try:
-                self._producer.flush(timeout=1.0)
-                break
-            except KafkaTimeoutError:
-                if self._stop.is_set():
-                    raise
+        flush_until_stopped(self._producer, self._stop)
         for future in futures:
             future.get(timeout=self.kafka.request_timeout_ms / 1000)
         self.status.cosigned += len(lines)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 
 from domain.identifiers import principal_aggregate_id
 from domain.principal import Principal
@@ -34,6 +34,7 @@ from gateways.kafka.client import (
     TopicsChanged,
     TopicTruncated,
     chunks,
+    flush_until_stopped,
     partition,
     topic_end,
 )
@@ -329,13 +330,7 @@ class Relay:
             self._producer.send(topic, key=key, value=value, headers=headers, partition=PARTITION)
             for key, value, headers in run
         ]
-        while True:  # the producer retries each batch until its delivery timeout
-            try:
-                self._producer.flush(timeout=1.0)
-                break
-            except KafkaTimeoutError:
-                if self._stop.is_set():
-                    raise
+        flush_until_stopped(self._producer, self._stop)
         offsets = []
         for future in futures:
             metadata = future.get(timeout=self.kafka.request_timeout_ms / 1000)  # done: flushed
