@@ -97,16 +97,22 @@ def test_documents_inboxes_and_queues_follow_the_lifecycle(fed: Federation) -> N
     db.close()
 
 
-def test_a_failed_analysis_leaves_no_task_in_any_nodes_queue(fed: Federation) -> None:  # noqa: F811
-    """Its later tasks, and other nodes' claims under way, stayed in the queues for ever:
-    every node's queue (GraphQL taskQueue, and what a node's engine reads at every step)
-    listed work that can never run."""
-    f = fed
+def _queued(f: Federation) -> str:
+    """An analysis every node approved and the analyst queued: its tasks wait to be claimed."""
     analysis = _draft(f)
     _send(f, analysis)
     for node in f.nodes:
         f.do(node, "analysis.approve", {"analysis_id": analysis})
     f.do(f.analyst, "analysis.queue", {"analysis_id": analysis})
+    return analysis
+
+
+def test_a_failed_analysis_leaves_no_task_in_any_nodes_queue(fed: Federation) -> None:  # noqa: F811
+    """Its later tasks, and other nodes' claims under way, stayed in the queues for ever:
+    every node's queue (GraphQL taskQueue, and what a node's engine reads at every step)
+    listed work that can never run."""
+    f = fed
+    analysis = _queued(f)
     f.do(f.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 1})
     f.do(f.nodes[1], "task.claim", {"analysis_id": analysis, "task_id": 1})
     f.do(f.nodes[0], "task.fail", {"analysis_id": analysis, "task_id": 1, "reason": "a peer cheated"})
@@ -132,11 +138,7 @@ def test_names_and_reasons_with_a_nul_character_are_kept_on_every_engine(any_led
     f = make_federation(any_ledger)
     catalog = ids()
     f.do(f.provider_a, "catalog.create", {"catalog_id": catalog, "name": "Nul\x00catalog"})
-    analysis = _draft(f)
-    _send(f, analysis)
-    for node in f.nodes:
-        f.do(node, "analysis.approve", {"analysis_id": analysis})
-    f.do(f.analyst, "analysis.queue", {"analysis_id": analysis})
+    analysis = _queued(f)
     f.do(f.nodes[0], "task.claim", {"analysis_id": analysis, "task_id": 1})
     f.do(f.nodes[0], "task.fail", {"analysis_id": analysis, "task_id": 1, "reason": "bad\x00share"})
     db, _ = _views(f)

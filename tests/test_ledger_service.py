@@ -12,23 +12,25 @@ from conftest import TERMS, Ledger, assert_outage_then_fault_logged
 from infra.bootstrap import open_views
 from infra.ledger_service import LedgerService
 from ledger.sequencer import Accepted, Outcome, PreparedBatch
+from ledger.signing import TransactionSigner
 from ledger.store import HeadMoved
 from projections.registry import all_views
 
 
+def _give(ledger: Ledger, app: TransactionSigner, subject: str = "p-1") -> str:
+    body = {
+        "consent_id": str(uuid.uuid4()),
+        "controller": "sp:app",
+        "subject": subject,
+        "level": 1,
+        "method": "app",
+        "terms": TERMS,
+    }
+    return ledger.sign(app, "consent.give", body)
+
+
 def test_a_batch_that_cannot_be_prepared_fails_alone(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     app = ledger.admit("sp:app", "service_provider")
-
-    def give() -> str:
-        body = {
-            "consent_id": str(uuid.uuid4()),
-            "controller": "sp:app",
-            "subject": "p-1",
-            "level": 1,
-            "method": "app",
-            "terms": TERMS,
-        }
-        return ledger.sign(app, "consent.give", body)
 
     views = open_views(ledger.settings)
     service = LedgerService(ledger.sequencer, views, all_views())
@@ -44,8 +46,8 @@ def test_a_batch_that_cannot_be_prepared_fails_alone(ledger: Ledger, monkeypatch
     service.start()
     try:
         with pytest.raises(RuntimeError, match="pool broke"):
-            service.submit([give()]).result(timeout=30)
-        (outcome,) = service.submit([give()]).result(timeout=30)
+            service.submit([_give(ledger, app)]).result(timeout=30)
+        (outcome,) = service.submit([_give(ledger, app)]).result(timeout=30)
         assert isinstance(outcome, Accepted) and outcome.seq == ledger.sequencer.size
         assert service.running  # what /healthz reports
     finally:
@@ -178,24 +180,13 @@ def test_a_submission_its_submitter_cancelled_is_left_out_and_the_rest_are_answe
     waited for ever."""
     app = ledger.admit("sp:app", "service_provider")
 
-    def give(subject: str) -> str:
-        body = {
-            "consent_id": str(uuid.uuid4()),
-            "controller": "sp:app",
-            "subject": subject,
-            "level": 1,
-            "method": "app",
-            "terms": TERMS,
-        }
-        return ledger.sign(app, "consent.give", body)
-
     views = open_views(ledger.settings)
     service = LedgerService(ledger.sequencer, views, all_views())
     size = ledger.sequencer.size
-    assert service.submit([give("p-cancelled")]).cancel()
+    assert service.submit([_give(ledger, app, "p-cancelled")]).cancel()
     service.start()
     try:
-        (outcome,) = service.submit([give("p-1")]).result(timeout=30)
+        (outcome,) = service.submit([_give(ledger, app, "p-1")]).result(timeout=30)
         assert isinstance(outcome, Accepted) and outcome.seq == size + 1  # the cancelled one left out
         assert service.running
     finally:

@@ -125,17 +125,8 @@ def test_a_key_s_validity_is_given_in_utc_with_z_or_with_an_offset(data: Path, t
     time without a zone and the transaction refused ("not_after: Input should have
     timezone info")."""
     keygen_output, _ = keygen(tmp_path, "node:alpha")
-    admitted = dfg(
-        "principals",
-        "admit",
-        "node:alpha",
-        "--kind",
-        "node_operator",
-        "--jwk",
-        str(keygen_output),
-        "--data",
-        str(data),
-    )
+    admit = ["principals", "admit", "node:alpha", "--kind", "node_operator", "--jwk", str(keygen_output)]
+    admitted = dfg(*admit, "--data", str(data))
     assert admitted.exit_code == 0, admitted.output
     for name, times in (
         ("z.json", ("2026-01-01T00:00:00Z", "2030-01-01T00:00:00Z")),
