@@ -453,6 +453,8 @@ class Mesh:
         """Count a received piece against ``max_buffered``, or refuse it."""
         with self._inbox_lock:
             if self._buffered + size > self.max_buffered:
+                self._drop_expired_waiting()  # rounds no session here will take go first
+            if self._buffered + size > self.max_buffered:
                 raise _PeerOverLimit(
                     f"this node already holds {self._buffered:,} bytes of peers' messages not yet"
                     f" read, and the limit is {self.max_buffered:,}"

@@ -493,6 +493,27 @@ def test_rounds_for_a_session_that_never_starts_here_are_dropped_after_twice_the
         assert ("stale", "node:b") not in a._inboxes and a._buffered == 0
 
 
+def test_expired_rounds_are_let_go_before_a_peers_round_is_refused_at_the_buffer_limit() -> None:
+    """Rounds for a session that never started here were swept only when an inbox was
+    made, after the round that makes it had been refused at the limit: the bytes they
+    held cut an honest peer off, and its session failed."""
+    with meshes(timeout=0.2) as made:
+        a, b = made[0], made[1]
+        a.max_buffered = 1000
+        b.send("node:a", "stale", 1, b"x" * 800)
+        deadline = time.monotonic() + 10
+        while a._buffered != 800 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # past twice the session time-out
+        b.send("node:a", "next", 1, b"y" * 300)
+        deadline = time.monotonic() + 10  # queued before any receive here sweeps
+        while ("next", "node:b") not in a._rounds_queued and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ("next", "node:b") in a._rounds_queued, "the round was refused"
+        assert a.receive("node:b", "next", 1, timeout=10) == b"y" * 300
+        assert ("stale", "node:b") not in a._inboxes and a._buffered == 0
+
+
 def test_connections_both_ways_probe_a_peer_that_vanished() -> None:
     """A peer whose host went away sends no FIN: the thread reading its connection waited
     for ever, one per session. TCP keep-alive probes end it."""
