@@ -135,8 +135,8 @@ class _ReplayState(AggregateLookups):
         self._items: RecentItems[uuid.UUID, Aggregate | None] = RecentItems(maxsize)
         self._known = KnownIds()
         self.size = 0
-        #: What the store raised when it could not load an aggregate (``Auditor.feed``
-        #: lets it through: the database failed, not the entry being replayed).
+        #: What the store raised when it could not load an aggregate, or a signer's last
+        #: nonce (``Auditor.feed`` lets it through: the database failed, not the entry).
         self.load_error: Exception | None = None
 
     def _get(self, aggregate_id: uuid.UUID) -> Aggregate | None:
@@ -475,7 +475,11 @@ class Auditor:
     def _nonce_of(self, signer: str) -> int:
         last = self._nonces.get(signer)
         if last is None:
-            last = self._nonces[signer] = self._last_nonce(signer)
+            try:
+                last = self._nonces[signer] = self._last_nonce(signer)
+            except Exception as exc:  # a replica's store: the database's error, as for aggregates
+                self._state.load_error = exc
+                raise
         return last
 
     def _adopt_genesis(self, entry: Entry) -> None:

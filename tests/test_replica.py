@@ -178,6 +178,31 @@ def test_a_batch_whose_commit_was_reported_failed_but_happened_is_not_taken_for_
     assert replica.halted is None and replica.size == 60 and replica_store.head() == source.head()
 
 
+def test_the_database_failing_to_read_a_signers_last_nonce_is_not_evidence_against_the_ledger(
+    source: Ledger, replica_store: LedgerStore
+) -> None:
+    """A replica resumed from its store reads each signer's last nonce from it during the
+    replay: that read failing was recorded as "entry N cannot be replayed: database is
+    locked", and the replica halted for good."""
+    import sqlite3
+
+    entries = entries_of(source)
+    Replica(replica_store).accept_entries(entries[:30])
+    last_nonce = replica_store.last_nonce
+
+    def locked(signer: str) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+    replica_store.last_nonce = locked  # type: ignore[method-assign]
+    replica = Replica(replica_store)  # as after a restart
+    with pytest.raises(sqlite3.OperationalError):
+        replica.accept_entries(entries[30:45])
+    replica_store.last_nonce = last_nonce  # type: ignore[method-assign]
+    assert replica.halted is None
+    assert [e.seq for e in replica.accept_entries(entries[30:])] == list(range(31, 61))
+    assert replica_store.head() == source.head()
+
+
 def _cancel_what_waits(holder: psycopg.Connection[Any], url: str) -> None:
     """Cancel the query that waits for ``holder``'s lock on the schema of ``url``, then
     release the lock."""
