@@ -1349,6 +1349,44 @@ def test_a_follower_goes_on_after_its_own_database_was_unavailable(
         relay_running.halt()
 
 
+def test_a_follower_whose_database_failed_between_replica_and_views_brings_its_views_up_to_date(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica stored a batch and the views' transaction failed (the database
+    restarted between them): the follower went on with its views behind its replica,
+    until the next entry came, on an idle ledger for ever (GraphQL, /healthz and the
+    node's task queue read them). It now brings them up to date as it reconnects."""
+    import sqlite3
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"d-{i}") for i in range(5)])
+    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 1) as started:
+            follower = started[0].follower
+            assert follower is not None
+            wait_for(lambda: follower.replica.size == ledger.head()[0], what="caught up")
+            apply_new, failures = follower_module.apply_new, []
+
+            def unavailable_once(*args: Any) -> Any:
+                if not failures:
+                    failures.append(1)
+                    raise sqlite3.OperationalError("database is locked")
+                return apply_new(*args)
+
+            monkeypatch.setattr(follower_module, "apply_new", unavailable_once)
+            ledger.accept(*[give(ledger, app, f"e-{i}") for i in range(5)])
+            wait_for(lambda: follower.replica.size == ledger.head()[0], timeout=60, what="caught up again")
+
+            def positions() -> set[int]:
+                return {follower.views.position(v.name) for v in follower.view_list}
+
+            wait_for(lambda: positions() == {ledger.head()[0]}, timeout=15, what="the views up to date")
+            assert failures == [1] and started[0].running is not None and started[0].running.thread.is_alive()
+    finally:
+        relay_running.halt()
+
+
 def test_a_relay_goes_on_after_the_ledgers_database_was_unavailable(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:

@@ -205,6 +205,8 @@ class Follower:
         return 0
 
     def connect(self) -> None:
+        for view in self.view_list:  # a failure between replica and views (an outage): finish
+            catch_up(self.views, view, self.store.read_entries)  # applying, not at the next entry
         consumer = self.kafka.consumer()
         missing = [
             t for t in (self.topics.entries, self.topics.checkpoints) if not consumer.partitions_for_topic(t)
