@@ -755,6 +755,34 @@ def test_a_cosignature_line_sent_without_its_newline_is_kept_with_it(
     assert kept == [[line]]
 
 
+def test_a_cosignature_the_ledgers_database_could_not_check_is_not_refused(
+    ledger: Ledger, topics: Topics
+) -> None:
+    """The relay's check of a witness's key reads the ledger's database: that read failing
+    (PostgreSQL restarting, SQLite locked) refused the cosignature and the relay read on
+    past it, so it was never kept, though the relay now waits such an outage out."""
+    import sqlite3
+
+    from gateways.kafka.topics import CosignatureMessage
+
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    ledger.sequencer.checkpoint_now()
+    store = ledger.sequencer.store
+    checkpoint = store.latest_checkpoint()
+    assert checkpoint is not None
+    line = cosign(checkpoint.note, witness.name, witness.key, int(time.time()))
+    _, value, _ = CosignatureMessage(witness.name, checkpoint.size, line).record()
+    relay = Relay(store, KafkaSettings("127.0.0.1:1"), topics)
+    locked = sqlite3.OperationalError("database is locked")
+    with (
+        mock.patch.object(store, "load_aggregate", side_effect=locked),
+        pytest.raises(sqlite3.OperationalError),
+    ):
+        relay.keep_cosignature(value)
+    assert relay.stats.cosignatures_refused == 0
+    assert relay.keep_cosignature(value) and store.cosignatures(checkpoint.size) == (line,)
+
+
 def test_why_a_cosignature_does_not_count_is_named(ledger: Ledger) -> None:
     """The relay's log used to say "not a valid witness signature" for a node nobody
     admitted, which reads as a forgery."""

@@ -49,6 +49,7 @@ from gateways.kafka.topics import (
     entry_record,
     record_seq,
 )
+from infra.storage.errors import storage_unavailable
 from ledger.note import verify_cosignature_line
 from ledger.replica import claimed_size
 from ledger.store import LedgerStore
@@ -390,7 +391,9 @@ class Relay:
             return False
         try:
             problem = cosignature_problem(self.store, message, checkpoint.note)
-        except Exception:  # whatever a hostile record holds, it must not stop the relay
+        except Exception as exc:  # whatever a hostile record holds, it must not stop the relay
+            if storage_unavailable(exc):  # the ledger's database, not the record: ``run`` waits it
+                raise  # out and reads the cosignature again, which refused was skipped for good
             log.warning(
                 "refusing a cosignature of size %d: it cannot be checked", message.size, exc_info=True
             )
