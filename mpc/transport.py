@@ -381,9 +381,10 @@ class Mesh:
         while not self._closed.is_set():
             try:
                 sock, _ = self._server.accept()
-                _keep_alive(sock)
             except OSError:
                 return
+            with contextlib.suppress(OSError):  # a connection already reset: its handshake fails
+                _keep_alive(sock)
             thread = threading.Thread(target=self._serve, args=(sock,), name="dfg-mpc-peer", daemon=True)
             with self._inbox_lock:
                 if self._closed.is_set():
@@ -622,7 +623,16 @@ class Mesh:
                 last = start + PIECE >= len(payload)
                 channel.send(header + bytes([_LAST if last else _MORE]) + view[start : start + PIECE])
         except (OSError, TransportError) as exc:
+            self._drop_channel(peer, session)
             raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
+
+    def _drop_channel(self, peer: str, session: str) -> None:
+        """A send that failed (a time-out mid-frame, a reset) leaves the connection unusable:
+        the give-up after it must not wait on it again, nor reach the peer garbled."""
+        with self._dial_lock:
+            channel = self._outgoing.pop((peer, session), None)
+        if channel is not None:
+            channel.close()
 
     def give_up(self, session: str, members: Sequence[str], reason: str) -> None:
         """Tell the session's other members that this node has given it up, and why, so

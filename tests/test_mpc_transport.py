@@ -457,6 +457,9 @@ def test_a_peer_that_stops_reading_fails_the_session_at_its_time_out() -> None:
         stopped.set()
         assert not sending.is_alive(), "the send never ended"
         assert isinstance(outcome[0], ProtocolTimeout), outcome
+        # the connection the send broke off in is dropped: the give-up that follows would
+        # wait on it a second time, and reach the peer in the middle of a frame
+        assert ("node:b", "s") not in a._outgoing
 
 
 def test_one_peer_sending_rounds_for_sessions_never_started_here_is_cut_off_not_the_others(
