@@ -207,6 +207,10 @@ class Follower:
     def connect(self) -> None:
         for view in self.view_list:  # a failure between replica and views (an outage): finish
             catch_up(self.views, view, self.store.read_entries)  # applying, not at the next entry
+        size = self.replica.size
+        if size and self._check_held is None:  # the database first: no consumer left open
+            (newest,) = self.store.read_entries(size, 1)
+            self._check_held = (size - 1, newest.canonical)
         consumer = self.kafka.consumer()
         missing = [
             t for t in (self.topics.entries, self.topics.checkpoints) if not consumer.partitions_for_topic(t)
@@ -219,11 +223,7 @@ class Follower:
             )
         entries, checkpoints = partition(self.topics.entries), partition(self.topics.checkpoints)
         consumer.assign([entries, checkpoints])
-        size = self.replica.size
-        if size and self._check_held is None:
-            (newest,) = self.store.read_entries(size, 1)
-            self._check_held = (size - 1, newest.canonical)
-        self._consumer = consumer
+        self._consumer = consumer  # from here on, a failure closes it (``close``)
         self._seek_entries()
         consumer.seek(checkpoints, self.store.marker(CHECKPOINTS_MARKER))
         self._answered_at = self.clock()
