@@ -1232,6 +1232,16 @@ def test_node_keygen_prints_a_jwk_and_a_witness_key_and_refuses_to_overwrite(tmp
         assert not other.exists()  # nothing written
 
 
+def _node_serving(node_dir: Path, key: str, port: int, kafka: KafkaSettings, prefix: str) -> Any:
+    """``dfg node serve --kafka`` in a process of its own; its stderr is piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(node_dir),
+         "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN, "--ledger-key", key, "--port", str(port),
+         "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True,
+    )  # fmt: skip
+
+
 def test_a_computation_node_follows_the_topics_when_kafka_is_configured(
     ledger: Ledger, kafka: KafkaSettings, prefix: str, topics: Topics, tmp_path: Path
 ) -> None:
@@ -1286,12 +1296,7 @@ def test_a_computation_node_given_another_ledgers_topics_stops_with_the_reason(
     app = ledger.admit("sp:app", "service_provider")
     ledger.accept(give(ledger, app, "k-1"))
     _publish_all(ledger, kafka, topics)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(tmp_path / "node"),
-         "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN, "--ledger-key", wrong_key,
-         "--port", str(free_port()), "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True,
-    )  # fmt: skip
+    process = _node_serving(tmp_path / "node", wrong_key, free_port(), kafka, prefix)
     try:
         _, stderr = process.communicate(timeout=60)
     finally:
@@ -1316,13 +1321,7 @@ def test_a_computation_node_whose_follower_fails_stops_instead_of_serving_a_froz
     _publish_all(ledger, kafka, topics)
     assert ledger.sequencer.ledger is not None
     port, node_dir = free_port(), tmp_path / "node"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateways.cli", "node", "serve", "--data", str(node_dir),
-         "--coordinator", "http://127.0.0.1:9", "--chain", CHAIN,
-         "--ledger-key", ledger.sequencer.ledger["checkpoint_key"], "--port", str(port),
-         "--kafka", kafka.bootstrap, "--topic-prefix", prefix],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True,
-    )  # fmt: skip
+    process = _node_serving(node_dir, ledger.sequencer.ledger["checkpoint_key"], port, kafka, prefix)
     try:
 
         def serving() -> bool:
