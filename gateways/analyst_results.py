@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateways.sdk import ConsentClient, TransactionBuilder
 from mpc.results import ResultError, ResultShares, open_result, reconstruct
+from mpc.sealing import x25519_jwk
 
 #: How long to wait for a node's replica to show the access request.
 ACCESS_WAIT_S = 30.0
@@ -72,11 +72,6 @@ query($id: ID!, $org: Int!, $requests: [[String!]!]!) {
   result(analysisId: $id, orgId: $org, signedRequests: $requests, taskIds: []) {
     results { taskId sealedShares } } }
 """
-
-
-def x25519_jwk(key: X25519PrivateKey) -> dict[str, str]:
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "X25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ GraphQL for the analysis platform, ``provider_upload`` for shares, and
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -374,11 +373,10 @@ def federation(
 
 
 def analyst_key() -> tuple[X25519PrivateKey, dict[str, str]]:
-    key = X25519PrivateKey.generate()
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from mpc.sealing import x25519_jwk
 
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return key, {"kty": "OKP", "crv": "X25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+    key = X25519PrivateKey.generate()
+    return key, x25519_jwk(key)
 
 
 def dumps(value: Any) -> str:

@@ -42,7 +42,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from domain.calculations import CalculationError, check_calculation
-from gateways.analyst_results import x25519_jwk
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from infra.node import NodeReplica
 from infra.share_bundles import find_bundle
@@ -52,6 +51,7 @@ from mpc.field import FieldError, FixedPoint, PrimeField
 from mpc.protocols import ProtocolError
 from mpc.results import ResultShares, seal_result
 from mpc.runtime import Party, ProtocolTimeout
+from mpc.sealing import x25519_jwk
 from mpc.shamir import Scheme, SharingError
 from mpc.statistics import Ranges, SharedTable, aggregate
 from mpc.transport import Mesh, TransportError

@@ -12,6 +12,7 @@ public key (32), the nonce (12), the ciphertext with its tag.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
@@ -28,6 +29,12 @@ _OVERHEAD = 32 + 12 + 16
 
 class SealError(ValueError):
     """Not a sealed box of the expected format, or not openable with this key."""
+
+
+def x25519_jwk(key: X25519PrivateKey) -> dict[str, str]:
+    """The public JWK of ``key``, as the ledger records sealing keys (``{kty, crv, x}``)."""
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "X25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
 
 
 def canonical(document: dict[str, Any]) -> bytes:

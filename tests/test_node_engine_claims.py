@@ -324,10 +324,10 @@ def test_a_bundle_this_nodes_key_cannot_open_names_the_key_the_ledger_records(
 ) -> None:
     """A node run with another --encryption-key than the one it recorded failed the merge
     with "cannot be opened with this key", which named neither key."""
-    from gateways.analyst_results import x25519_jwk
     from infra.share_bundles import keep_bundle
     from mpc.bundles import ShareBundle, commitment, seal
     from mpc.engine import EngineError
+    from mpc.sealing import x25519_jwk
     from projections import keys
 
     recorded = X25519PrivateKey.generate()  # what the ledger has, and providers seal to
