@@ -90,12 +90,24 @@ class CompactJws(NamedTuple):
     signature: bytes
 
 
+class RepeatedMember(ValueError):
+    """A JSON object names a member twice (``name``: the first such)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"duplicate member names: {name[:80]!r}")
+        self.name = name
+
+
 def unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """JSON objects with a repeated member name are refused: parsers disagree on which
     one wins, and an auditor in another language must read the same header."""
     result = dict(pairs)
     if len(result) != len(pairs):
-        raise ValueError("duplicate member names")
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise RepeatedMember(name)
+            seen.add(name)
     return result
 
 

@@ -29,7 +29,7 @@ from infra.ledger_service import LedgerService
 from infra.storage.errors import storage_unavailable
 from ledger.entry import Entry
 from ledger.errors import Rejected
-from ledger.jws import MAX_JWS_BYTES
+from ledger.jws import MAX_JWS_BYTES, RepeatedMember, unique_members
 from ledger.merkle import consistency_proof
 from ledger.receipt import Receipt, ReceiptError, make_receipt
 from ledger.sequencer import Accepted
@@ -155,27 +155,14 @@ async def read_body(request: web.Request) -> bytes:
         raise late from None
 
 
-class _RepeatedMember(ValueError):
-    pass
-
-
-def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in members:
-            raise _RepeatedMember(name)
-        members[name] = value
-    return members
-
-
 def _repeated_member(raw: bytes) -> str | None:
     """A member name an object of the body repeats, or None. Parsers disagree on which
     value counts (pydantic's takes the last): a question must have one meaning, as a
     transaction's payload must (``ledger.jws.unique_members``)."""
     try:
-        json.loads(raw, object_pairs_hook=_refuse_repeats)
-    except _RepeatedMember as exc:
-        return str(exc)
+        json.loads(raw, object_pairs_hook=unique_members)
+    except RepeatedMember as exc:
+        return exc.name
     except (ValueError, RecursionError):  # not JSON: pydantic says why below
         return None
     return None
