@@ -451,6 +451,9 @@ def test_node_serve_refuses_an_incomplete_engine_setup_before_creating_anything(
     for name in ("b", "dp:b", "node:"):
         unnamed = CliRunner().invoke(cli, [*base, *engine, "--peer", f"{name}=127.0.0.1:9100"])
         assert unnamed.exit_code == 1 and "is not a node's principal id" in unnamed.output, name
+    for buffer in ("0", "lots"):
+        refused = CliRunner().invoke(cli, [*base, *engine, "--mpc-buffer-mb", buffer])
+        assert refused.exit_code == 2 and "--mpc-buffer-mb" in refused.output, buffer
     assert not (tmp_path / "node").exists()
 
 
@@ -986,3 +989,13 @@ def test_a_read_only_database_is_named_with_what_sqlite_needs_to_write(
     result = CliRunner().invoke(cli, ["demo", "populate", "--data", str(data), "--entries", "10"])
     assert result.exit_code == 1, result.output
     assert "readonly database" in result.output and "write access to the data directory" in result.output
+
+
+@pytest.mark.parametrize("timeout", ["0", "never"])
+def test_analyst_results_refuses_a_timeout_that_is_not_one(tmp_path: Path, timeout: str) -> None:
+    key = tmp_path / "k.jwk"
+    key.write_text("{}")
+    args = ["analyst", "results", "a", "--principal", "ao:x", "--key", str(key), "--encryption-key", str(key),
+            "--node", "node:a=http://127.0.0.1:9", "--timeout", timeout]  # fmt: skip
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "--timeout" in refused.output, refused.output
