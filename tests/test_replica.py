@@ -618,6 +618,41 @@ def test_a_computation_nodes_health_check_fails_once_its_replica_found_a_violati
         node.close()
 
 
+def test_a_computation_nodes_errors_are_problem_documents_with_a_code(tmp_path: Path) -> None:
+    """A node's server answered an unknown path, a wrong method and a body in a coding
+    it does not decode in aiohttp's plain text (the last read as if it were JSON), where
+    the coordinator answers problem documents with a machine-readable code."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateways.http.node_app import build_node_app
+
+    settings = Settings(data_dir=tmp_path / "node")
+    node = open_node(settings, ledger_key=None, chain=None, verifier=ParallelVerifier(0))
+
+    async def answers() -> list[tuple[int, str, str]]:
+        app = build_node_app(node.store, node.views, node.view_list, "http://127.0.0.1:9")
+        async with TestClient(TestServer(app)) as client:
+            found = []
+            for response in (
+                await client.get("/v1/nothing-here"),
+                await client.post("/healthz", data=b"{}"),
+                await client.post("/graphql", data=b"x", headers={"Content-Encoding": "compress"}),
+            ):
+                found.append((response.status, response.content_type, (await response.json())["code"]))
+            return found
+
+    try:
+        assert asyncio.run(answers()) == [
+            (404, "application/problem+json", "not_found"),
+            (405, "application/problem+json", "method_not_allowed"),
+            (415, "application/problem+json", "unsupported_content_encoding"),
+        ]
+    finally:
+        node.close()
+
+
 class _Consumer:
     """A consumer that hands out prepared polls (the broker is not what is tested)."""
 

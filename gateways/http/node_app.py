@@ -10,7 +10,6 @@ Coordinator mutations sent here are refused with ``wrong_role``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -27,7 +26,12 @@ from gateways.graphql.schema import NODE, Context
 from gateways.graphql.view import mount
 from gateways.http.api import read_body
 from gateways.http.app import MAX_BODY
-from gateways.http.problems import PROBLEM_TYPE, problem_body, quiet_malformed_requests
+from gateways.http.problems import (
+    content_coding_middleware,
+    problem_response,
+    problems_middleware,
+    quiet_malformed_requests,
+)
 from infra.share_bundles import keep_bundle, prune_bundles
 from ledger.entry import Entry
 from ledger.errors import Rejected
@@ -102,7 +106,11 @@ def build_node_app(
     sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None,
 ) -> web.Application:
     quiet_malformed_requests()
-    app = web.Application(client_max_size=MAX_BODY)
+    # errors leave as the coordinator's do: problem documents with a code, aiohttp's own
+    # (404, 405, 413) included, and a body in a coding it does not decode is refused
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[problems_middleware, content_coding_middleware]
+    )
     mount(app, node_context(store, views, view_list, coordinator, sealed_results, name))
 
     async def healthz(request: web.Request) -> web.Response:
@@ -150,10 +158,10 @@ def _bundle_inbox(
         try:
             uuid.UUID(datasource_id)
         except ValueError:
-            return _problem(400, "invalid_parameter", "the path names a datasource by its UUID")
+            return problem_response(400, "invalid_parameter", "the path names a datasource by its UUID")
         source = await _datasource_once_known(views, datasource_id)
         if source is None:
-            return _problem(
+            return problem_response(
                 404, "unknown_datasource", f"this node's replica has no datasource {datasource_id}"
             )
         owner = str(source.get("owner"))
@@ -168,22 +176,24 @@ def _bundle_inbox(
                 now=time.time(),
             )
         except DeliveryRefused as refused:  # before the body is read
-            return _problem(refused.status, refused.code, refused.message)
+            return problem_response(refused.status, refused.code, refused.message)
         # 408 body_timeout, as every body of the API; a bundle may be larger than other bodies
         sealed = await read_body(request.clone(client_max_size=MAX_BUNDLE_BYTES))
         try:
             header = bundle_header(sealed)
         except BundleError as exc:
-            return _problem(400, "invalid_bundle", str(exc))
+            return problem_response(400, "invalid_bundle", str(exc))
         if header["datasource"] != datasource_id:
-            return _problem(400, "invalid_bundle", "the bundle is for another datasource")
+            return problem_response(400, "invalid_bundle", "the bundle is for another datasource")
         if name is not None and header["node"] != name:
-            return _problem(400, "invalid_bundle", f"the bundle is sealed for {header['node']}, not {name}")
+            return problem_response(
+                400, "invalid_bundle", f"the bundle is sealed for {header['node']}, not {name}"
+            )
         digest = commitment(sealed)
         try:
             check_matches(statement, node=str(header["node"]), digest=digest)
         except DeliveryRefused as refused:
-            return _problem(refused.status, refused.code, refused.message)
+            return problem_response(refused.status, refused.code, refused.message)
         keep_bundle(directory, datasource_id, sealed)
         # Pruning keeps the committed bundle: the one the views name once they hold all
         # the replica does (the datasource read above may predate its commitment, and
@@ -210,9 +220,3 @@ async def _datasource_once_known(views: ViewDatabase, datasource_id: str) -> dic
         if found is not None or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.1)
-
-
-def _problem(status: int, code: str, detail: str) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps(problem_body(status, code, detail)), content_type=PROBLEM_TYPE
-    )
