@@ -294,6 +294,25 @@ BAD_REQUESTS = [
     ("POST", "/graphql", b'"{ __typename }"', "application/json", 400, "invalid_graphql_request"),
     ("POST", "/graphql", b"42", "application/json", 400, "invalid_graphql_request"),
     ("GET", "/graphql?query=mutation%7Bx%7D", None, "", 400, "invalid_graphql_request"),
+    # one meaning per question: a repeated member is refused, not read as its last value
+    (
+        "POST",
+        "/graphql",
+        b'{"query": "{ a }", "query": "{ __typename }"}',
+        "application/json",
+        400,
+        "malformed_json",
+    ),
+    (
+        "GET",
+        "/graphql?query=%7B__typename%7D&variables=%7B%22a%22:1,%22a%22:2%7D",
+        None,
+        "",
+        400,
+        "malformed_json",
+    ),
+    ("POST", "/graphql", b"[" * 100_000, "application/json", 400, "malformed_json"),  # was a 500
+    ("POST", "/v1/consents/check", b"[" * 100_000, "application/json", 400, "malformed_json"),
     ("PUT", "/graphql", None, "", 405, "method_not_allowed"),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -14,10 +15,19 @@ from strawberry.types import ExecutionResult
 from gateways.graphql.schema import INVALID_QUERY, Context, schema
 from gateways.http.api import read_body
 from gateways.http.problems import problem_response
+from ledger.jws import RepeatedMember, unique_members
 
 #: Codes for the HTTP errors strawberry raises before a query runs (a query that runs
 #: answers 200 with GraphQL ``errors``, as the GraphQL-over-HTTP spec has it).
 _CODES = {400: "invalid_graphql_request", 405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+class _Refused(HTTPException):
+    """A refusal with a code of its own rather than the one its status implies."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(status, reason)
+        self.code = code
 
 
 class LedgerGraphQLView(GraphQLView[Context, None]):
@@ -31,7 +41,7 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
     def parse_json(self, data: str | bytes) -> Any:
         """A JSON body must be an object (or a batch, which strawberry refuses by name):
         strawberry would read a string or a number as one, and fail with a 500."""
-        parsed = super().parse_json(data)
+        parsed = self._unambiguous_json(data)
         if not isinstance(parsed, dict | list):
             raise HTTPException(400, "the request body is a JSON object with a query")
         return parsed
@@ -43,8 +53,24 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
         parsed: dict[str, Any] = dict(params)
         for name in ("variables", "extensions"):
             if parsed.get(name):
-                parsed[name] = super().parse_json(parsed[name])
+                parsed[name] = self._unambiguous_json(parsed[name])
         return parsed
+
+    def _unambiguous_json(self, data: str | bytes) -> Any:
+        """JSON with no object naming a member twice: parsers disagree on which value
+        counts, and a query or its variables must have one meaning, as every other body
+        of the API must (``malformed_json``). Text that is not JSON gets strawberry's
+        own refusal."""
+        try:
+            return json.loads(data, object_pairs_hook=unique_members)
+        except RepeatedMember as exc:
+            raise _Refused(
+                400, "malformed_json", f"the JSON repeats the member {exc.name[:80]!r} in one object"
+            ) from None
+        except RecursionError:  # strawberry's own read fails alike, and that was a 500
+            raise _Refused(400, "malformed_json", "the JSON nests too deeply to be read") from None
+        except ValueError:
+            return super().parse_json(data)
 
     async def process_result(self, request: web.Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         """Errors of the document itself (it does not parse, or asks for a field the
@@ -67,13 +93,14 @@ class LedgerGraphQLView(GraphQLView[Context, None]):
             # aiohttp keeps the bytes, which strawberry's own read then gets.
             try:
                 await read_body(request)
-            except web.HTTPRequestEntityTooLarge as exc:  # a node's server has no problems middleware
+            except web.HTTPRequestEntityTooLarge as exc:  # its text names the limit; the reason does not
                 return problem_response(413, "too_large", exc.text or "the request body is too large")
         try:
             return await self.run(request=request)
         except HTTPException as exc:
             status = exc.status_code
-            response = problem_response(status, _CODES.get(status, "http_error"), exc.reason)
+            code = exc.code if isinstance(exc, _Refused) else _CODES.get(status, "http_error")
+            response = problem_response(status, code, exc.reason)
             if status == 405:
                 response.headers["Allow"] = "GET, POST"
             return response
