@@ -573,6 +573,29 @@ def test_node_with_a_malformed_id_is_refused_as_invalid_id_not_a_server_error(
     assert _error_code(session, "query($id: ID!) { node(id: $id) { id } }", id=bad_id) == "invalid_id"
 
 
+def test_node_of_an_object_that_does_not_exist_is_null_and_an_unknown_org_id_is_refused(
+    platform: Any,
+) -> None:
+    """``node(id)`` answered null for a missing calculation but ``not_found`` for a
+    missing analysis; and the reads' ``orgId`` was ignored, so a number no
+    organisation has went unnoticed."""
+    _, session, _, _ = platform
+    node = "query($id: ID!, $o: Int) { node(id: $id, orgId: $o) { id } }"
+    for kind in ("Analysis", "Catalog", "Datasource", "DataView"):
+        assert _run(session, node, id=global_id(kind, str(uuid.uuid4()))) == {"node": None}
+    calculation = global_id("Calculation", f"{uuid.uuid4()}/{uuid.uuid4()}")
+    assert _run(session, node, id=calculation) == {"node": None}
+    missing = global_id("Analysis", str(uuid.uuid4()))
+    assert _error_code(session, node, id=missing, o=999_999) == "unknown_organisation"
+    for field in ("analysis", "dataView"):
+        read = f"query($id: ID!, $o: Int) {{ {field}(id: $id, orgId: $o) {{ id }} }}"
+        assert _error_code(session, read, id=missing, o=999_999) == "unknown_organisation"
+        assert (
+            _error_code(session, read, id=global_id(field[0].upper() + field[1:], str(uuid.uuid4())), o=None)
+            == "not_found"
+        )
+
+
 def test_a_document_with_too_many_aliases_or_tokens_is_refused_before_it_runs(platform: Any) -> None:
     """Resolvers run on the server's event loop: one document of 10,000 aliases held
     every other request, REST ones included, for 10 s. Such documents are refused as

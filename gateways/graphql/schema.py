@@ -108,6 +108,11 @@ def _doc(ctx: Context, kind: str, entity_id: str) -> dict[str, Any]:
     return found
 
 
+def _exists(ctx: Context, kind: str, entity_id: str) -> bool:
+    with ctx.views.transaction(commit=False) as cursor:
+        return views.document(cursor, kind, entity_id) is not None
+
+
 def _datasources(ctx: Context, ids: list[str]) -> list[dict[str, Any]]:
     return [_doc(ctx, "Datasource", i) for i in ids]
 
@@ -382,7 +387,9 @@ def _require_same(given: str, type_name: str, actual: str) -> None:
 class Query:
     @_field("(Shared coordinator and node)")
     def analysis(self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None) -> t.Analysis:
-        return _analysis(_ctx(info), _id_of(id, "Analysis"))
+        ctx = _ctx(info)
+        _check_reader(ctx, org_id)
+        return _analysis(ctx, _id_of(id, "Analysis"))
 
     @_field("(Shared coordinator and node)")
     def analyses(self, info: Info[Context, None], analysis_filter: t.AnalysisFilter) -> t.AnalysesConnection:
@@ -431,7 +438,9 @@ class Query:
     def data_view(
         self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None
     ) -> t.DataView:
-        return t.DataView.of(_doc(_ctx(info), "DataView", _id_of(id, "DataView")))
+        ctx = _ctx(info)
+        _check_reader(ctx, org_id)
+        return t.DataView.of(_doc(ctx, "DataView", _id_of(id, "DataView")))
 
     @strawberry.field
     def datasource(self, info: Info[Context, None], id: strawberry.ID) -> t.Datasource:
@@ -538,6 +547,7 @@ class Query:
     @_field("(Shared in coordinator and node) Any object by its global id.")
     def node(self, info: Info[Context, None], id: strawberry.ID, org_id: int | None = None) -> t.Node | None:
         ctx = _ctx(info)
+        _check_reader(ctx, org_id)
         type_name, entity_id = _any_id(id)
         readers: dict[str, Callable[[], t.Node]] = {
             "Analysis": lambda: _analysis(ctx, entity_id),
@@ -547,12 +557,15 @@ class Query:
         }
         if type_name == "Calculation":
             analysis_id, calculation_id = entity_id.split("/", 1)
+            if not _exists(ctx, "Analysis", analysis_id):
+                return None
             found = [
                 c for c in _analysis(ctx, analysis_id).calculations if c.calculation_id == calculation_id
             ]
             return found[0] if found else None
         reader = readers.get(type_name)
-        return reader() if reader else None
+        # no such object: null, as for a calculation (Relay's node field), not not_found
+        return reader() if reader and _exists(ctx, type_name, entity_id) else None
 
     # --- dashboards (beyond the seed) -----------------------------------------------------
 
@@ -610,6 +623,15 @@ def _require_sealable(recipient: dict[str, str]) -> None:
             "recipient_not_x25519",
             f"the nodes seal result shares to a public X25519 key (32 bytes); the request names {named}",
         )
+
+
+def _check_reader(ctx: Context, org_id: int | None) -> None:
+    """The seed's reads take the reading organisation's ``orgId``. What they answer is
+    the same for everyone (the ledger's read models, which every participant may
+    verify), so it changes nothing, but a number no organisation has is refused
+    (``unknown_organisation``) rather than ignored: it is a client's mistake."""
+    if org_id is not None:
+        _organisation(ctx, org_id)
 
 
 def _organisation(ctx: Context, org_id: int) -> str:
