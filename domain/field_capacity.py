@@ -33,9 +33,32 @@ def required_bits(magnitudes: Iterable[Decimal], precision: int, rows: int) -> i
     return largest_intermediate(magnitudes, precision, rows).bit_length() + TRUNCATION_SECURITY_BITS + 2
 
 
+#: Largest decimal exponent of a magnitude whose exact bound is always computed (on
+#: numbers of a few thousand bits at most: microseconds).
+_EXACT_EXPONENT: Final = 1000
+
+
+def _bits_at_least(magnitudes: list[Decimal], precision: int, rows: int) -> int:
+    """A lower bound of ``required_bits`` for a magnitude of decimal exponent ``a`` over
+    ``_EXACT_EXPONENT`` (else 0): ``M >= 10^a > 2^(3a)``, so ``rows * (M * 2^f + 1)^2 >
+    2^(2(3a + f))`` for one row or more. A range of 40 characters such as ``1e999990``
+    made the exact bound a product of numbers of millions of digits, a minute of the
+    sequencer's thread per transaction (and ``9e999999`` overflowed ``Decimal``,
+    failing every transaction of its batch)."""
+    magnitude = max(magnitudes, default=Decimal(1))
+    if rows < 1 or not magnitude or magnitude.adjusted() <= _EXACT_EXPONENT:
+        return 0
+    return 2 * (3 * magnitude.adjusted() + precision) + TRUNCATION_SECURITY_BITS + 2
+
+
 def check_capacity(modulus: int, magnitudes: Iterable[Decimal], precision: int, rows: int) -> None:
-    """Refuse (``modulus_too_small``) when values could wrap around."""
-    needed = required_bits(list(magnitudes), precision, rows)
+    """Refuse (``modulus_too_small``) when values could wrap around. The exact bound is
+    not computed for an astronomic magnitude that the modulus cannot hold anyway (its
+    lower bound does not fit): the decision is the same, the work bounded."""
+    listed = list(magnitudes)
+    needed = _bits_at_least(listed, precision, rows)
+    if modulus.bit_length() >= needed:
+        needed = required_bits(listed, precision, rows)
     if modulus.bit_length() < needed:
         raise DomainError(
             "modulus_too_small",

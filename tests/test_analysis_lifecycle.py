@@ -4,6 +4,7 @@ move refused with its code, and the result audits like any other ledger."""
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -368,6 +369,35 @@ def test_an_analysis_whose_modulus_is_too_small_is_refused_when_defined(fed: Fed
     fed.do(fed.analyst, "analysis.create", body)
     raise_precision = {"analysis_id": body["analysis_id"], "fixed_point_precision": 32}
     fed.refused(fed.analyst, "analysis.update", raise_precision, "modulus_too_small")
+
+
+@pytest.mark.parametrize("huge", ["9e999999", "1e999990"])
+def test_a_range_of_astronomic_magnitude_is_refused_at_once_without_failing_its_batch(
+    fed: Federation, huge: str
+) -> None:
+    """A 40-character range such as 1e999990 held the sequencer's thread for a minute
+    per analysis over it (numbers of millions of digits), and 9e999999 overflowed
+    Decimal: every transaction of the batch failed with it."""
+    fed.do(
+        fed.provider_a,
+        "variable.create",
+        {"datasource_id": fed.datasource_a, "name": "huge", "type": "decimal", "min": "0", "max": huge},
+    )
+    view = ids()
+    variables = [{"alias": "huge", "datasource_id": fed.datasource_a, "variable": "huge"}]
+    fed.do(fed.analyst, "data_view.create", {"data_view_id": view, "name": "huge", "variables": variables})
+    body = {
+        "analysis_id": ids(),
+        "name": "huge",
+        "data_view_id": view,
+        "consent": {"purpose": "dpv:ScientificResearch", "data_categories": [HEART]},
+    }
+    other = fed.ledger.sign(fed.provider_b, "catalog.create", {"catalog_id": ids(), "name": "Other"})
+    started = time.monotonic()
+    refused, accepted = fed.ledger.submit(fed.ledger.sign(fed.analyst, "analysis.create", body), other)
+    assert time.monotonic() - started < 5
+    assert isinstance(refused, Rejected) and refused.code == "modulus_too_small"
+    assert isinstance(accepted, Accepted)
 
 
 def test_nodes_register_an_encryption_key_for_their_share_bundles(fed: Federation) -> None:
