@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from domain.times import parse_time
 from ledger.entry import Entry
 from projections.base import Cursor, read_text, stored_text
 
@@ -188,15 +190,21 @@ def snapshot(cursor: Cursor) -> dict[str, Any]:
     return out
 
 
-def witness_keys(cursor: Cursor, role: str = "node_operator") -> dict[str, list[dict[str, str]]]:
-    """Unrevoked public keys of every principal holding ``role`` (witnesses are node
-    operators), by principal id."""
+def witness_keys(
+    cursor: Cursor, at: datetime, role: str = "node_operator"
+) -> dict[str, list[dict[str, str]]]:
+    """The keys usable at ``at`` (not revoked, and within ``not_before`` and
+    ``not_after``, as the ledger decides who may sign) of every principal holding
+    ``role`` (witnesses are node operators), by principal id."""
     cursor.execute(
-        "SELECT p.principal, p.roles, k.jwk FROM principals p JOIN principal_keys k"
-        " ON k.principal = p.principal WHERE k.revoked_seq IS NULL ORDER BY p.principal, k.added_seq"
+        "SELECT p.principal, p.roles, k.jwk, k.not_before, k.not_after FROM principals p"
+        " JOIN principal_keys k ON k.principal = p.principal WHERE k.revoked_seq IS NULL"
+        " ORDER BY p.principal, k.added_seq"
     )
     found: dict[str, list[dict[str, str]]] = {}
-    for principal_id, roles, jwk in cursor.fetchall():
+    for principal_id, roles, jwk, not_before, not_after in cursor.fetchall():
+        if (not_before and at < parse_time(not_before)) or (not_after and at >= parse_time(not_after)):
+            continue
         if role in json.loads(roles):
             found.setdefault(principal_id, []).append(json.loads(jwk))
     return found

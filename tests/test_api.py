@@ -712,6 +712,21 @@ def test_a_receipt_can_be_asked_for_against_the_newest_checkpoint_the_witnesses_
         assert refused.value.code == "unknown_entry"
 
 
+def test_a_witness_key_outside_its_validity_makes_no_witness(ledger: Ledger) -> None:
+    """The server's witnesses were the node operators' unrevoked keys, also one before
+    its not_before (or past its not_after), which may sign nothing: its cosignatures
+    counted towards finality, and it raised the quorum."""
+    for name, validity in (("node:w0", {}), ("node:w1", {"not_before": "2099-01-01T00:00:00Z"})):
+        admit = {"principal": name, "kind": "node_operator", "display_name": name}
+        ledger.accept(ledger.sign(ledger.operator, "principal.admit", admit))
+        key = {"principal": name, "jwk": public_jwk(OKPKey.generate_key("Ed25519")).as_dict(), **validity}
+        ledger.accept(ledger.sign(ledger.operator, "key.add", key))
+    ledger.sequencer.store.close()
+    with running_server(ledger.settings) as url:
+        status, _, answer = Http(url).call("GET", "/v1/checkpoint/witnessed")
+    assert status == 200 and (answer["witnesses"], answer["quorum"]) == (["node:w0"], 1)
+
+
 def test_no_receipt_is_final_on_a_ledger_without_witnesses(api: tuple[Http, Ledger]) -> None:
     http, _ = api
     status, _, problem = http.call("GET", "/v1/entries/1?checkpoint=final")

@@ -803,10 +803,30 @@ def test_why_a_cosignature_does_not_count_is_named(ledger: Ledger) -> None:
     assert problem("node:w0", witness.key) is None
     stranger = OKPKey.generate_key("Ed25519").private_key
     assert problem("node:w0", stranger) == (
-        "no current key of node:w0 verifies it (signed with a key revoked, or never added)"
+        "no current key of node:w0 verifies it"
+        " (signed with a key revoked, expired or not yet valid, or never added)"
     )
     assert problem("sp:app", stranger) == "sp:app is not a node operator (it lacks the role node_operator)"
     assert problem("node:nobody", stranger) == "node:nobody is not admitted on this ledger"
+
+
+def test_a_witness_key_outside_its_validity_does_not_count(ledger: Ledger) -> None:
+    """A node operator's key before its not_before (or after its not_after) may sign no
+    transaction, but its cosignatures were kept and counted towards finality: only a
+    revoked key was left out."""
+    from gateways.kafka.relay import cosignature_problem
+    from gateways.kafka.topics import CosignatureMessage
+
+    _witness_identity(ledger, "node:w0", register=True)
+    later = OKPKey.generate_key("Ed25519")
+    body = {"principal": "node:w0", "jwk": public_jwk(later).as_dict(), "not_before": "2099-01-01T00:00:00Z"}
+    ledger.accept(ledger.sign(ledger.operator, "key.add", body))
+    ledger.sequencer.checkpoint_now()
+    checkpoint = ledger.sequencer.store.latest_checkpoint()
+    assert checkpoint is not None
+    line = cosign(checkpoint.note, "node:w0", later.private_key, int(time.time()))
+    message = CosignatureMessage("node:w0", checkpoint.size, line)
+    assert cosignature_problem(ledger.sequencer.store, message, checkpoint.note) is not None
 
 
 def test_a_witness_whose_key_was_rotated_is_told_to_cosign_with_its_current_key(

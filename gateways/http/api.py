@@ -384,7 +384,7 @@ async def get_checkpoint(request: web.Request) -> web.StreamResponse:
 
 def _witness_policy(request: web.Request) -> WitnessPolicy | None:
     with request.app[VIEWS].transaction(commit=False) as cursor:
-        registered = keys.witness_keys(cursor)
+        registered = keys.witness_keys(cursor, service(request).sequencer.now())
     witnesses = {
         name: [v for jwk in jwks if (v := witness_verifier(name, jwk)) is not None]
         for name, jwks in registered.items()

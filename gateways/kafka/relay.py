@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -412,20 +413,26 @@ class Relay:
 
 def cosignature_problem(store: LedgerStore, message: CosignatureMessage, note: str) -> str | None:
     """Why a cosignature does not count, or None when it does: it counts if its key is
-    a current Ed25519 key of a principal that is a node operator on this ledger."""
+    a current Ed25519 key of a principal that is a node operator on this ledger: one the
+    ledger would let sign now (a key past its ``not_after``, or before its
+    ``not_before``, counted as long as it was not revoked)."""
     aggregate = store.load_aggregate(principal_aggregate_id(message.witness))
     if not isinstance(aggregate, Principal):
         return f"{message.witness} is not admitted on this ledger"
     if WITNESS_KIND not in aggregate.roles:
         return f"{message.witness} is not a node operator (it lacks the role {WITNESS_KIND})"
     body = checkpoint_body(note)
+    now = datetime.now(UTC)
     for key in aggregate.keys.values():
-        if key.revoked is not None:
+        if key.usable_at(now) is not None:
             continue
         verifier = witness_verifier(message.witness, key.jwk)
         if verifier is not None and verify_cosignature_line(body, message.cosignature, verifier) is not None:
             return None
-    return f"no current key of {message.witness} verifies it (signed with a key revoked, or never added)"
+    return (
+        f"no current key of {message.witness} verifies it"
+        " (signed with a key revoked, expired or not yet valid, or never added)"
+    )
 
 
 def witness_remedy(store: LedgerStore, witness: str) -> str:
