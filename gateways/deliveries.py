@@ -75,7 +75,7 @@ def verified_statement(
             403, "not_the_owner", f"{signer} signed this delivery; datasource {datasource_id} is {owner}'s"
         )
     key = next((k for k in owner_keys if k.get("kid") == jws.kid), None)
-    if key is None or _key_state(key).usable_at(datetime.fromtimestamp(now, UTC)) is not None:
+    if key is None or key_state(key).usable_at(datetime.fromtimestamp(now, UTC)) is not None:
         raise DeliveryRefused(403, "unknown_key", f"{jws.kid} is not a current key of {owner}")
     if not verify_signature(jws, key["jwk"]):
         raise DeliveryRefused(403, "bad_signature", "the delivery's signature does not verify")
@@ -103,7 +103,7 @@ def check_matches(statement: Mapping[str, Any], *, node: str, digest: str) -> No
         )
 
 
-def _key_state(row: Mapping[str, Any]) -> KeyState:
+def key_state(row: Mapping[str, Any]) -> KeyState:
     """A key as the read model lists it (``projections.keys.principal``), in the domain's
     terms, so that whether it may sign now is decided as the ledger decides it."""
     start, end = row.get("not_before"), row.get("not_after")

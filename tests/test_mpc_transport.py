@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
+from conftest import Ledger
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mpc.field import MERSENNE_127, PrimeField
@@ -179,6 +180,32 @@ def test_a_peer_whose_key_is_not_on_the_ledger_is_refused() -> None:
     registry = {"node:a": [A.public_key()], "node:b": [Ed25519PrivateKey.generate().public_key()]}
     _, answer = _handshake(NodeIdentity("node:b", B), NodeIdentity("node:a", A), registry)
     assert isinstance(answer, TransportError) and "does not verify" in str(answer)
+
+
+def test_a_node_key_outside_its_validity_is_not_one_the_mesh_lets_in(ledger: Ledger) -> None:
+    """The keys a node checks its peers' handshakes against were every unrevoked key of
+    theirs in its replica, also one before its not_before (or past its not_after),
+    which may sign nothing on the ledger."""
+    from joserfc.jwk import OKPKey
+
+    from gateways.cli.node_engine_wiring import ledger_node_keys
+    from infra.bootstrap import open_views
+    from ledger.signing import public_jwk
+    from projections.base import catch_up, prepare
+    from projections.keys import PrincipalsView
+
+    ledger.admit("node:a", "node_operator")
+    later = public_jwk(OKPKey.generate_key("Ed25519")).as_dict()
+    body = {"principal": "node:a", "jwk": later, "not_before": "2099-01-01T00:00:00Z"}
+    ledger.accept(ledger.sign(ledger.operator, "key.add", body))
+    views = open_views(ledger.settings)
+    try:
+        read = ledger.sequencer.store.read_entries
+        prepare(views, PrincipalsView(), read)
+        catch_up(views, PrincipalsView(), read)
+        assert len(ledger_node_keys(views)("node:a")) == 1  # the key it was admitted with
+    finally:
+        views.close()
 
 
 def test_an_unknown_node_and_another_ledger_are_refused() -> None:

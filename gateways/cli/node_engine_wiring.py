@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -16,6 +17,7 @@ from joserfc.jwk import OKPKey
 
 from domain.identifiers import is_principal_id
 from gateways.cli.options import fail
+from gateways.deliveries import key_state
 from gateways.node_engine import EngineSettings, NodeEngine
 from gateways.sdk import ConsentClient, TransactionBuilder
 from infra.keyfiles import KeyFileError, read_jwk
@@ -68,19 +70,22 @@ def okp_key(path: Path, curve: str, option: str) -> OKPKey:
 
 
 def ledger_node_keys(views: ViewDatabase) -> KeysOf:
-    """A node principal's unrevoked Ed25519 keys, as this node's replica knows them."""
+    """A node principal's Ed25519 keys that may sign now (as the ledger decides: not
+    revoked, within ``not_before`` and ``not_after``), as this node's replica knows
+    them. A key past its ``not_after`` was let into the mesh as long as nobody revoked it."""
 
     def keys_of(principal_id: str) -> list[Ed25519PublicKey]:
         with views.transaction(commit=False) as cursor:
             found = keys.principal(cursor, principal_id)
         if found is None or "node_operator" not in found["roles"]:
             return []
+        now = datetime.now(UTC)
         return [
             Ed25519PublicKey.from_public_bytes(
                 base64.urlsafe_b64decode(k["jwk"]["x"] + "=" * (-len(k["jwk"]["x"]) % 4))
             )
             for k in found["keys"]
-            if k["revoked_seq"] is None and k["jwk"].get("crv") == "Ed25519"
+            if key_state(k).usable_at(now) is None and k["jwk"].get("crv") == "Ed25519"
         ]
 
     return keys_of
