@@ -661,6 +661,45 @@ def test_a_slow_query_does_not_hold_the_other_requests(
     assert answers and answers[0]["analyses"]["totalCount"] == 0
 
 
+def test_a_list_of_catalogs_reads_the_datasources_once(
+    platform: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each catalog of a list read every datasource again: a list of 1,000 catalogs over
+    1,000 datasources held a query thread for 16 s, and anyone may ask for it (50 times
+    in one document)."""
+    from gateways.graphql import schema as served
+
+    ledger, session, url, p = platform
+    catalogs = [str(uuid.uuid4()) for _ in range(3)]
+    for number, catalog in enumerate(catalogs):
+        body = {"catalog_id": catalog, "name": f"c{number}"}
+        _rest_submit(url, ledger.sign(p["provider"], "catalog.create", body))
+    source = {
+        "datasource_id": str(uuid.uuid4()),
+        "catalog_id": catalogs[1],
+        "name": "readings",
+        "origin": {"kind": "tabular", "format": "csv"},
+        "keys": ["subject"],
+        "data_categories": [HEART],
+    }
+    _rest_submit(url, ledger.sign(p["provider"], "datasource.create", source))
+    reads: list[str] = []
+    documents = served.views.documents
+
+    def counted(cursor: Any, kind: str, **filters: Any) -> Any:
+        reads.append(kind)
+        return documents(cursor, kind, **filters)
+
+    monkeypatch.setattr(served.views, "documents", counted)
+    answer = _run(session, "{ catalogs { name datasources { name } } }")["catalogs"]
+    assert [(c["name"], [d["name"] for d in c["datasources"]]) for c in answer] == [
+        ("c0", []),
+        ("c1", ["readings"]),
+        ("c2", []),
+    ]
+    assert reads.count("Datasource") == 1
+
+
 @pytest.mark.parametrize(
     "jwk",
     [
