@@ -24,6 +24,12 @@ from ledger.canonical import canonical_json
 from ledger.merkle import leaf_hash
 
 ENTRY_VERSION: Final = 1
+#: Largest entry the sequencer appends, in canonical bytes: the relay publishes each
+#: entry as one Kafka record, and a record is at most 1 MiB (Kafka's default, and the
+#: relay's ``MAX_RECORD_BYTES``), with room here for its key and headers. A transaction
+#: is at most 16 KiB, but its event may copy state (``analysis.duplicate`` copies every
+#: calculation, ``data_view.create`` every variable's specification).
+MAX_ENTRY_BYTES: Final = 1_000_000
 _BASE_FIELDS: Final = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 _NAME_OF: Final = {cls: name for name, cls in EVENT_TYPES.items()}
 _KEYS: Final = frozenset({"v", "seq", "ts", "tx", "aggregate", "version", "event", "data"})

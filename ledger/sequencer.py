@@ -28,7 +28,7 @@ from domain.handlers import decide
 from domain.rules import genesis_version
 from ledger.authorize import authorise, signing_key
 from ledger.checkpoint import Checkpoint, sign_checkpoint
-from ledger.entry import Entry
+from ledger.entry import MAX_ENTRY_BYTES, Entry
 from ledger.errors import Rejected
 from ledger.jws import verify_signature
 from ledger.known_ids import KnownIds
@@ -303,6 +303,16 @@ class Sequencer:
                 continue
             (event,) = aggregate.collect_events()
             entry = Entry.from_event(cast(Aggregate.Event, event), seq=frontier.size + 1, tx=item.token)
+            if len(entry.canonical) > MAX_ENTRY_BYTES:
+                self._undo(aggregate.id, state, entries)
+                outcomes.append(
+                    Rejected(
+                        "entry_too_large",
+                        f"its entry would be {len(entry.canonical):,} bytes; an entry is at most"
+                        f" {MAX_ENTRY_BYTES:,} bytes",
+                    )
+                )
+                continue
             nodes.extend(frontier.append(entry.leaf_hash))
             if frontier.size - (due_at[-1][0] if due_at else self._checkpointed) >= self.policy.every:
                 due_at.append((frontier.size, frontier.root()))  # exact, even inside a batch
@@ -358,6 +368,18 @@ class Sequencer:
             return outcomes
         adopt()
         return outcomes
+
+    def _undo(self, aggregate_id: uuid.UUID, state: _BatchState, entries: Sequence[Entry]) -> None:
+        """Put back the aggregate a refused transaction's handler changed in place: as the
+        durable entries and this batch's earlier ones left it (a refusal leaves no trace)."""
+        self._cache.forget([aggregate_id])
+        if aggregate_id in state.touched:
+            aggregate = self.store.load_aggregate(aggregate_id)
+            for earlier in entries:
+                if earlier.aggregate_id == aggregate_id:
+                    aggregate = earlier.to_event().mutate(aggregate)
+            assert aggregate is not None
+            state.touched[aggregate_id] = aggregate
 
     def _settle(self) -> None:
         """Adopt a batch whose commit failed if the store holds it after all (its

@@ -400,6 +400,59 @@ def test_a_range_of_astronomic_magnitude_is_refused_at_once_without_failing_its_
     assert isinstance(accepted, Accepted)
 
 
+def _wide_calculation(analysis: str) -> dict[str, Any]:
+    """A calculation of about 3 KB as the ledger records it (its transaction: 4 KB)."""
+    return {
+        "analysis_id": analysis,
+        "calculation_id": ids(),
+        "name": "n" * 200,
+        "filter": " | ".join(["age > 1"] * 200)[:1990].rsplit(" |", 1)[0],
+        "functions": ["histogram(hba1c, 1000)"] * 32,
+    }
+
+
+def test_an_entry_larger_than_a_kafka_record_is_refused(fed: Federation) -> None:
+    """analysis.duplicate copies every calculation into its entry: after 400 calculations
+    a 500-byte transaction made an entry over 1 MiB, which the relay cannot publish (it
+    retried it for ever, and replication stopped for every node)."""
+    f = fed
+    analysis = _draft(f)
+    tokens = [f.ledger.sign(f.analyst, "calculation.create", _wide_calculation(analysis)) for _ in range(400)]
+    f.ledger.accept(*tokens)
+    duplicate = {"analysis_id": analysis, "new_analysis_id": ids()}
+    refusal = f.refused(f.analyst, "analysis.duplicate", duplicate, "entry_too_large")
+    assert "an entry is at most 1,000,000 bytes" in refusal.message
+    f.do(f.analyst, "calculation.create", _wide_calculation(analysis))  # the draft goes on
+
+
+def test_a_refused_entry_too_large_leaves_no_trace_in_the_batch(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler of the refused transaction changed its aggregate in place, and an
+    earlier transaction of the same batch had changed it too: both are undone to exactly
+    what was accepted."""
+    import ledger.sequencer
+
+    f = fed
+    analysis = _draft(f)
+    small, wide, after = (
+        {"analysis_id": analysis, "calculation_id": ids(), "name": "small", "functions": ["count()"]},
+        _wide_calculation(analysis),
+        {"analysis_id": analysis, "calculation_id": ids(), "name": "after", "functions": ["count()"]},
+    )
+    monkeypatch.setattr(ledger.sequencer, "MAX_ENTRY_BYTES", 4000)
+    outcomes = f.ledger.submit(
+        *(f.ledger.sign(f.analyst, "calculation.create", c) for c in (small, wide, after))
+    )
+    assert [type(o).__name__ for o in outcomes] == ["Accepted", "Rejected", "Accepted"]
+    assert outcomes[1].code == "entry_too_large"
+    update = {**wide, "name": "now small", "filter": "", "functions": ["count()"]}
+    f.refused(f.analyst, "calculation.update", update, "unknown_calculation")
+    f.do(f.analyst, "calculation.update", {**small, "name": "small again"})
+    report = audit_store(f.ledger.sequencer.store)
+    assert report.ok, report.first_problem
+
+
 def test_nodes_register_an_encryption_key_for_their_share_bundles(fed: Federation) -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat

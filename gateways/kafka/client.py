@@ -30,8 +30,8 @@ from gateways.kafka.topics import PARTITION, Headers
 
 log = logging.getLogger("dfg.kafka")
 
-#: Largest record the relay sends: an entry holds one transaction of at most 16 KiB,
-#: base64 inside JSON, plus the event; 1 MiB leaves room and is Kafka's default.
+#: Largest record the relay sends: Kafka's default, 1 MiB. The sequencer appends no
+#: entry over ``ledger.entry.MAX_ENTRY_BYTES``, which leaves room for its key and headers.
 MAX_RECORD_BYTES = 1024 * 1024
 #: The producer's batch for one partition (a batch is appended whole, or not at all).
 BATCH_BYTES = 256 * 1024
