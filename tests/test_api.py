@@ -712,6 +712,34 @@ def test_a_receipt_can_be_asked_for_against_the_newest_checkpoint_the_witnesses_
         assert refused.value.code == "unknown_entry"
 
 
+def test_a_page_of_the_log_ends_before_16_mib(ledger: Ledger) -> None:
+    """A page was up to 5,000 entries whatever their size: 150 analysis.duplicate of 500
+    bytes each (entries of about 1 MB) made one anonymous GET hold 140 MB in the server's
+    memory, and 5,000 of them would hold gigabytes."""
+    from test_analysis_lifecycle import _draft, _wide_calculation, make_federation
+
+    f = make_federation(ledger)
+    analysis = _draft(f)
+    ledger.accept(
+        *(ledger.sign(f.analyst, "calculation.create", _wide_calculation(analysis)) for _ in range(200))
+    )
+    copies = [{"analysis_id": analysis, "new_analysis_id": str(uuid.uuid4())} for _ in range(30)]
+    ledger.accept(*(ledger.sign(f.analyst, "analysis.duplicate", body) for body in copies))
+    size = ledger.sequencer.size
+    ledger.sequencer.store.close()
+    with running_server(ledger.settings) as url:
+        pages, start = [], 1
+        while start <= size:
+            with urllib.request.urlopen(f"{url}/v1/log?start={start}&limit=5000", timeout=60) as response:
+                body = response.read()
+            assert 0 < len(body) <= 16 * 1024 * 1024
+            seqs = [json.loads(line)["seq"] for line in body.splitlines()]
+            assert seqs == list(range(start, start + len(seqs)))
+            pages.append(len(seqs))
+            start += len(seqs)
+    assert len(pages) > 1 and sum(pages) == size
+
+
 def test_a_witness_key_outside_its_validity_makes_no_witness(ledger: Ledger) -> None:
     """The server's witnesses were the node operators' unrevoked keys, also one before
     its not_before (or past its not_after), which may sign nothing: its cosignatures

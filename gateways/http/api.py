@@ -465,16 +465,35 @@ async def get_consistency(request: web.Request) -> web.StreamResponse:
     return json_response({"first": first, "second": second, "hashes": [h.hex() for h in hashes]})
 
 
+#: A page of the log ends before this many bytes (it holds one entry at least, however
+#: large): an entry may be up to ``MAX_ENTRY_BYTES``, so 5,000 of them were gigabytes
+#: held in the server's memory for one anonymous request. Read this many entries at a time.
+MAX_LOG_PAGE_BYTES = 16 * 1024 * 1024
+LOG_READ_ENTRIES = 64
+
+
 async def get_log(request: web.Request) -> web.StreamResponse:
     """Entries as stored (one canonical entry per line): how a node or an auditor copies
     the log over HTTP. Each entry is then verified by its reader, not trusted."""
     params = query_params(request, ROUTE_LOG)
     start, limit = params["start"], params.get("limit", 1000)
     store = service(request).sequencer.store
-    loop = asyncio.get_running_loop()
-    page = await loop.run_in_executor(None, store.read_entries, start, limit)
-    body = b"".join(stored.canonical + b"\n" for stored in page)
-    return web.Response(body=body, content_type="application/x-ndjson")
+
+    def read() -> bytes:
+        body = bytearray()
+        seq, end = start, start + limit
+        while seq < end:
+            page = store.read_entries(seq, min(LOG_READ_ENTRIES, end - seq))
+            for stored in page:
+                if body and len(body) + len(stored.canonical) + 1 > MAX_LOG_PAGE_BYTES:
+                    return bytes(body)
+                body += stored.canonical + b"\n"
+            if len(page) < min(LOG_READ_ENTRIES, end - seq):
+                break  # the end of the log
+            seq += len(page)
+        return bytes(body)
+
+    return web.Response(body=await _off_loop(read), content_type="application/x-ndjson")
 
 
 # --- subjects, principals, badge ------------------------------------------------------
@@ -667,7 +686,8 @@ ROUTE_LOG = Route(
     "GET",
     "/v1/log",
     get_log,
-    "The log itself: up to `limit` canonical entries from `start`, one per line",
+    "The log itself: up to `limit` canonical entries from `start`, one per line (fewer"
+    " when they would pass 16 MiB: ask again from the next one)",
     query=(
         Param("start", "integer", True, description="the first entry's seq", minimum=1, maximum=MAX_INT),
         Param(
