@@ -20,6 +20,7 @@ from typing import IO, Any, cast
 from eventsourcing.domain import Aggregate
 
 from ledger.entry import Entry
+from ledger.jws import RepeatedMember, unique_members
 from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry, all_checkpoints, genesis_parameters
 from projections.base import Cursor
 from projections.keys import PRINCIPAL_EVENTS, PrincipalsView, snapshot
@@ -187,7 +188,9 @@ class BundleReader:
     def _read_tail_line(self, number: int, line: bytes) -> None:
         """After the entries: checkpoint lines, then the principals line; nothing else."""
         try:
-            item = json.loads(line)
+            item = json.loads(line, object_pairs_hook=unique_members)
+        except RepeatedMember as exc:
+            raise BundleError(f"line {number} names the member {exc.name!r} twice") from exc
         except (ValueError, RecursionError) as exc:
             raise BundleError(f"line {number} of the bundle is not JSON (or nests too deeply)") from exc
         if self._ended:
@@ -267,7 +270,9 @@ def _read_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as handle:
         first = handle.readline(_HEADER_LIMIT)
     try:
-        header = json.loads(first)
+        header = json.loads(first, object_pairs_hook=unique_members)
+    except RepeatedMember as exc:
+        raise BundleError(f"{path}: the header names the member {exc.name!r} twice") from exc
     except (ValueError, RecursionError) as exc:
         raise BundleError(f"{path} is not an audit bundle (bad header)") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:

@@ -518,6 +518,15 @@ def test_altered_receipt_fails(base: Base, receipt: dict[str, object], tmp_path:
     assert "receipt does not verify" in result.output
 
 
+def test_a_receipt_naming_a_member_twice_is_refused(base: Base, receipt: dict[str, object]) -> None:
+    """Readers disagree on which of two members counts (Python's json the last, others
+    the first or neither): a receipt whose first ``entry`` was a forged one verified."""
+    text = '{"entry": "forged", ' + json.dumps(receipt)[1:]
+    result = _check_receipt_text(text, base)
+    assert result.exit_code == 1, result.output
+    assert "not a receipt: it names the member 'entry' twice" in result.output
+
+
 def test_receipt_fails_against_another_ledgers_key(receipt: dict[str, object], tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert dfg("init", "--data", str(other), "--chain", "dfg-local").exit_code == 0
@@ -576,6 +585,14 @@ def _add_a_line_after_the_principals(lines: list[bytes]) -> None:
     lines.append(lines[1 + SIZE])
 
 
+def _repeat_a_header_member(lines: list[bytes]) -> None:
+    lines[0] = b'{"chain": "dfg-forged", ' + lines[0][1:]
+
+
+def _repeat_the_principals_member(lines: list[bytes]) -> None:
+    lines[-1] = b'{"principals": {}, ' + lines[-1][1:]
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -585,6 +602,8 @@ def _add_a_line_after_the_principals(lines: list[bytes]) -> None:
         (_add_a_header_member, "the header has members a dfg-audit-bundle/1 header has not: ['note']"),
         (_add_a_checkpoint_member, "a checkpoint line has only checkpoint and cosignatures"),
         (_add_a_line_after_the_principals, "follows the principals line, which ends a bundle"),
+        (_repeat_a_header_member, "the header names the member 'chain' twice"),
+        (_repeat_the_principals_member, "names the member 'principals' twice"),
     ],
 )
 def test_a_bundle_the_format_rules_out_is_refused(

@@ -28,6 +28,7 @@ from infra.settings import Settings
 from ledger.audit import Auditor, AuditReport, Problem
 from ledger.audit import audit as run_audit
 from ledger.held_checkpoints import HeldCheckpointError, claimed_size, held_problem, open_held
+from ledger.jws import RepeatedMember, unique_members
 from ledger.merkle import root_at
 from ledger.note import Verifier
 from ledger.receipt import Receipt, ReceiptError, make_receipt, verify_receipt
@@ -384,7 +385,9 @@ def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPoli
     """Check a receipt offline (no server, no database): exit 0 when it proves its entry
     (and, with a witness policy, when enough witnesses cosigned its checkpoint)."""
     try:
-        document = json.load(receipt_file)
+        document = json.load(receipt_file, object_pairs_hook=unique_members)
+    except RepeatedMember as exc:  # readers disagree on which one counts: no single meaning
+        fail(f"receipt does not verify: not a receipt: it names the member {exc.name!r} twice")
     except ValueError as exc:
         fail(f"receipt does not verify: not a receipt: the file is not JSON ({exc})")
     except RecursionError:
