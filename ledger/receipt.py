@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from ledger.checkpoint import CheckpointError, open_checkpoint
 from ledger.entry import Entry, EntryFormatError
 from ledger.merkle import NodeReader, inclusion_proof, leaf_hash, verify_inclusion
-from ledger.note import InvalidKeyError, Verifier
+from ledger.note import InvalidKeyError, MalformedNoteError, Verifier
 from ledger.store import StoredCheckpoint
 from ledger.witness import WitnessPolicy, with_cosignatures
 
@@ -120,6 +120,8 @@ def verify_receipt(
         )
         checkpoint = open_checkpoint(receipt.checkpoint, verifier, origin=origin)
     except (CheckpointError, InvalidKeyError) as exc:
+        if isinstance(exc.__cause__, MalformedNoteError):  # the ledger's own line may be sound
+            raise ReceiptError(f"the checkpoint is not a well-formed signed note: {exc.__cause__}") from exc
         raise ReceiptError(f"the checkpoint is not signed by the ledger key: {exc}") from exc
     if checkpoint.size != receipt.tree_size:
         raise ReceiptError("the proof is for another tree size than the checkpoint")

@@ -527,6 +527,20 @@ def test_a_receipt_naming_a_member_twice_is_refused(base: Base, receipt: dict[st
     assert "not a receipt: it names the member 'entry' twice" in result.output
 
 
+def test_a_receipt_whose_note_repeats_a_cosignature_is_named_malformed(
+    base: Base, receipt: dict[str, object]
+) -> None:
+    """The ledger's signature is sound; what breaks the note is a witness's line twice.
+    It was reported as "the checkpoint is not signed by the ledger key"."""
+    line = "\u2014 node:a " + base64.b64encode(bytes(76)).decode() + "\n"
+    altered = {**receipt, "checkpoint": f"{receipt['checkpoint']}{line}{line}"}
+    result = _check_receipt_text(json.dumps(altered), base)
+    assert result.exit_code == 1, result.output
+    assert "the checkpoint is not a well-formed signed note: note has two signatures by node:a" in (
+        result.output
+    )
+
+
 def test_receipt_fails_against_another_ledgers_key(receipt: dict[str, object], tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert dfg("init", "--data", str(other), "--chain", "dfg-local").exit_code == 0
