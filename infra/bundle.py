@@ -202,6 +202,11 @@ class BundleReader:
             size = _note_size(note)
             if size < 0:
                 raise BundleError(f"line {number}: the checkpoint is not a checkpoint note")
+            if size == 0:  # the audit met it only after entry 1, as "a checkpoint was skipped"
+                raise BundleError(
+                    f"line {number}: a checkpoint of size 0, which no ledger signs (its first is of"
+                    " size 1, its genesis entry's)"
+                )
             if self.checkpoints and size <= self.checkpoints[-1].size:
                 raise BundleError(
                     f"line {number}: checkpoints come by increasing size, and {size} follows"

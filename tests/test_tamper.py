@@ -11,6 +11,7 @@ an exported audit bundle, and for receipts from ``dfg audit prove`` checked offl
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -599,6 +600,17 @@ def _add_a_line_after_the_principals(lines: list[bytes]) -> None:
     lines.append(lines[1 + SIZE])
 
 
+def _add_a_checkpoint_of_size_0(lines: list[bytes]) -> None:
+    """Before the genesis entry's: it was reported as "a checkpoint was skipped"."""
+    header = json.loads(lines[0])
+    empty = base64.b64encode(hashlib.sha256().digest()).decode()
+    origin, signature = header["origin"], base64.b64encode(bytes(68)).decode()
+    note = f"{origin}\n0\n{empty}\n\n\u2014 {origin} {signature}\n"
+    lines.insert(1 + SIZE, json.dumps({"checkpoint": note}).encode())
+    header["checkpoints"] += 1
+    lines[0] = json.dumps(header, sort_keys=True).encode()
+
+
 def _repeat_a_header_member(lines: list[bytes]) -> None:
     lines[0] = b'{"chain": "dfg-forged", ' + lines[0][1:]
 
@@ -616,6 +628,7 @@ def _repeat_the_principals_member(lines: list[bytes]) -> None:
         (_add_a_header_member, "the header has members a dfg-audit-bundle/1 header has not: ['note']"),
         (_add_a_checkpoint_member, "a checkpoint line has only checkpoint and cosignatures"),
         (_add_a_line_after_the_principals, "follows the principals line, which ends a bundle"),
+        (_add_a_checkpoint_of_size_0, "a checkpoint of size 0, which no ledger signs"),
         (_repeat_a_header_member, "the header names the member 'chain' twice"),
         (_repeat_the_principals_member, "names the member 'principals' twice"),
     ],
