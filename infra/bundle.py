@@ -215,6 +215,11 @@ class BundleReader:
             cosignatures = item.get("cosignatures", [])
             if not isinstance(cosignatures, list) or not all(isinstance(c, str) for c in cosignatures):
                 raise BundleError(f"line {number}: cosignatures are a list of signature lines")
+            if not all(c.endswith("\n") and c.count("\n") == 1 for c in cosignatures):
+                # appended to the note as they are (docs/ledger-format.md), they must keep it a note
+                raise BundleError(
+                    f"line {number}: each cosignature is one signature line, ending in its newline"
+                )
             self.checkpoints.append(StoredCheckpoint(size, b"", note, tuple(cosignatures)))
         elif isinstance(item, dict) and set(item) == {"principals"} and isinstance(item["principals"], dict):
             self.principals, self._ended = item["principals"], True

@@ -611,6 +611,13 @@ def _add_a_checkpoint_of_size_0(lines: list[bytes]) -> None:
     lines[0] = json.dumps(header, sort_keys=True).encode()
 
 
+def _add_a_cosignature_without_its_newline(lines: list[bytes]) -> None:
+    """Appended to the note as it is, as the format says, it joins the next line."""
+    line = json.loads(lines[1 + SIZE])
+    line["cosignatures"] = ["\u2014 node:a " + base64.b64encode(bytes(76)).decode()]
+    lines[1 + SIZE] = json.dumps(line).encode()
+
+
 def _repeat_a_header_member(lines: list[bytes]) -> None:
     lines[0] = b'{"chain": "dfg-forged", ' + lines[0][1:]
 
@@ -629,6 +636,7 @@ def _repeat_the_principals_member(lines: list[bytes]) -> None:
         (_add_a_checkpoint_member, "a checkpoint line has only checkpoint and cosignatures"),
         (_add_a_line_after_the_principals, "follows the principals line, which ends a bundle"),
         (_add_a_checkpoint_of_size_0, "a checkpoint of size 0, which no ledger signs"),
+        (_add_a_cosignature_without_its_newline, "each cosignature is one signature line, ending in its"),
         (_repeat_a_header_member, "the header names the member 'chain' twice"),
         (_repeat_the_principals_member, "names the member 'principals' twice"),
     ],
