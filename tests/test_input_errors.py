@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import CHAIN, OPERATOR, Ledger, make_ledger
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
@@ -33,6 +34,7 @@ from infra.node import open_node
 from infra.settings import Settings
 from infra.storage.postgres import ledger_exists
 from ledger.merkle import leaf_hash
+from ledger.note import SIG_COSIGNATURE_V1, Verifier
 from ledger.verifier import ParallelVerifier
 
 
@@ -97,11 +99,18 @@ def test_cosignature_records_of_any_other_shape_are_refused(value: bytes) -> Non
     assert CosignatureMessage.from_record(b'{"witness": "node:a", "size": 7, "cosignature": "x"}').size == 7
 
 
+_PUBLIC = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key().public_bytes_raw()
+_LEDGER_KEY = Verifier("dfg.local/x", _PUBLIC).to_string()
+_WITNESS_KEY = Verifier("node:a", _PUBLIC, SIG_COSIGNATURE_V1).to_string()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--witness-quorum", "2"], "--witness-quorum needs the witnesses' keys"),
         (["--witness", "not-a-key"], "witness key 'not-a-key'"),
+        (["--witness", _LEDGER_KEY], "is not a cosignature/v1 key"),
+        (["--witness", _WITNESS_KEY, "--witness-quorum", "2"], "a quorum of 2 cannot be met by 1"),
         (["--segments", "0"], "Invalid value for '--segments'"),
         (["--segments", "many"], "Invalid value for '--segments'"),
         (["--segments", "100000"], "Invalid value for '--segments'"),
@@ -109,8 +118,9 @@ def test_cosignature_records_of_any_other_shape_are_refused(value: bytes) -> Non
     ],
 )
 def test_bad_audit_options_are_refused(ledger: Ledger, args: list[str], message: str) -> None:
+    """Exit status 2, as for any bad option: a witness policy that cannot be one exited 1."""
     result = CliRunner().invoke(cli, ["audit", "verify", "--data", str(ledger.settings.data_dir), *args])
-    assert result.exit_code != 0 and message in result.output
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 _ASKED = ["--controller", "sp:app", "--purpose", "dpv:X"]

@@ -167,9 +167,9 @@ def witness_options(func: F) -> F:
             try:
                 witnesses = WitnessPolicy.from_keys(witness_keys, quorum)
             except WitnessPolicyError as exc:
-                fail(str(exc))
+                fail(str(exc), code=2)  # a bad option, like any other (README: exit 2)
         elif witness_quorum is not None:
-            fail("--witness-quorum needs the witnesses' keys (--witness)")
+            fail("--witness-quorum needs the witnesses' keys (--witness)", code=2)
         return func(*args, witnesses=witnesses, **kwargs)
 
     return wrapper  # type: ignore[return-value]
