@@ -173,6 +173,10 @@ def test_require_final_with_witnesses_refuses_the_entries_after_the_newest_cosig
     relaxed = _cli("audit", "verify", "--data", data, "--no-progress", *policy)
     assert relaxed.exit_code == 0, relaxed.output
     assert "only the ledger's own signature vouches for them" in relaxed.output
+    # of how many, and that the quorum is at least: it read "1 checkpoints cosigned by 1 of 1"
+    assert "witnessed: 1 of 2 checkpoints cosigned by a quorum (1 of the 1 witnesses or more)" in (
+        relaxed.output
+    )
     strict = _cli("audit", "verify", "--data", data, "--no-progress", "--require-final", *policy)
     assert strict.exit_code == 1, strict.output
     assert (

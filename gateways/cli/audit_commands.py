@@ -287,8 +287,9 @@ def _print_report(
         )
     if witnesses is not None:
         click.echo(
-            f"witnessed: {report.final_checkpoints} checkpoints cosigned by {witnesses.quorum} of"
-            f" {len(witnesses.witnesses)} witnesses; newest final size {report.final_size}"
+            f"witnessed: {report.final_checkpoints} of {report.checkpoints} checkpoints cosigned by a"
+            f" quorum ({witnesses.quorum} of the {len(witnesses.witnesses)} witnesses or more);"
+            f" newest final size {report.final_size}"
             f" ({report.entries - report.final_size} newer entries not yet witnessed: only the"
             " ledger's own signature vouches for them)"
         )
