@@ -31,7 +31,8 @@ class HeldCheckpoint:
 
 def note_in(text: str) -> str:
     """The signed note a file holds: the note itself (``GET /v1/checkpoint``), or a JSON
-    object carrying it as ``checkpoint`` (a receipt) or ``note`` (``GET /v1/checkpoints``)."""
+    object carrying it as ``checkpoint`` (a receipt) or ``note`` (the ``latest`` or ``final``
+    of ``GET /v1/checkpoint/witnessed``)."""
     if not text.lstrip().startswith("{"):
         return text
     try:
