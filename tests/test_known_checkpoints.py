@@ -18,7 +18,7 @@ from conftest import Ledger, make_ledger
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateways.cli.main import cli
-from infra.bootstrap import open_sequencer
+from infra.bootstrap import checkpoint_key, open_sequencer
 from infra.settings import Settings
 from ledger.witness import cosign, witness_verifier
 
@@ -183,6 +183,29 @@ def test_require_final_with_witnesses_refuses_the_entries_after_the_newest_cosig
         f"entry {first.size + 1}: is not covered by a checkpoint cosigned by the witnesses' quorum"
         in strict.output
     )
+
+
+def test_check_receipt_names_its_cosigners_and_the_quorum(ledger: Ledger, tmp_path: Path) -> None:
+    """Three cosigners and a quorum of 2 read "(3 of 2 required)"."""
+    store = ledger.sequencer.store
+    newest = store.latest_checkpoint()
+    assert newest is not None
+    policy = ["--witness-quorum", "2"]
+    for name in ("node:a", "node:b", "node:c"):
+        key = Ed25519PrivateKey.generate()
+        x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
+        verifier = witness_verifier(name, {"kty": "OKP", "crv": "Ed25519", "x": x})
+        assert verifier is not None
+        policy += ["--witness", verifier.to_string()]
+        store.save_cosignature(newest.size, name, cosign(newest.note, name, key, 1_700_000_000))
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text(_cli("audit", "prove", "--data", str(ledger.settings.data_dir), "--seq", "1").output)
+    signer = checkpoint_key(ledger.settings)
+    assert signer is not None
+    key = signer.verifier().to_string()
+    result = _cli("audit", "check-receipt", str(receipt), "--checkpoint-key", key, *policy)
+    assert result.exit_code == 0, result.output
+    assert "witnessed by node:a, node:b, node:c (3 of the 3 witnesses; the quorum is 2)" in result.output
 
 
 @pytest.mark.parametrize("pinned", [False, True])

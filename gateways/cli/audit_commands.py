@@ -401,7 +401,10 @@ def check_receipt(receipt_file: Any, checkpoint_key: str, witnesses: WitnessPoli
     click.echo(f"OK: entry {seq} is in the ledger whose signed checkpoint has {receipt.tree_size} entries")
     if witnesses is not None:
         cosigners = sorted(witnesses.cosigners(receipt.checkpoint))
-        click.echo(f"witnessed by {', '.join(cosigners)} ({len(cosigners)} of {witnesses.quorum} required)")
+        click.echo(
+            f"witnessed by {', '.join(cosigners)} ({len(cosigners)} of the {len(witnesses.witnesses)}"
+            f" witnesses; the quorum is {witnesses.quorum})"
+        )
 
 
 def _existing_store(settings: Settings, *, scan: bool = False) -> LedgerStore:
