@@ -142,9 +142,15 @@ def verify_receipt(
     if witnesses is not None:
         cosigners = witnesses.cosigners(receipt.checkpoint)
         if len(cosigners) < witnesses.quorum:
+            failing = sorted(witnesses.failing(receipt.checkpoint) - cosigners)
+            why = (
+                f"a cosignature that does not verify, by {', '.join(failing)}"
+                if failing
+                else "not final yet: fetch the receipt again later"
+            )
             raise ReceiptError(
                 f"the checkpoint has {len(cosigners)} of the {witnesses.quorum} witness cosignatures"
-                " the policy requires (not final yet: fetch the receipt again later)"
+                f" the policy requires ({why})"
             )
     return receipt.seq
 

@@ -114,5 +114,14 @@ class WitnessPolicy:
                     valid.add(verifier.name)
         return valid
 
+    def failing(self, note: str) -> set[str]:
+        """The witnesses with a line on ``note`` under their key (name and key hash) that
+        does not verify: a cosignature damaged or forged, which waiting will not mend."""
+        try:
+            body, signatures = parse_note(note)
+        except NoteError:
+            return set()
+        return {s.name for s in signatures for v in self._all if v.matches(s) and not v.verify(body, s)}
+
     def is_final(self, note: str, extra_lines: Iterable[str] = ()) -> bool:
         return len(self.cosigners(note, extra_lines)) >= self.quorum

@@ -208,6 +208,33 @@ def test_check_receipt_names_its_cosigners_and_the_quorum(ledger: Ledger, tmp_pa
     assert "witnessed by node:a, node:b, node:c (3 of the 3 witnesses; the quorum is 2)" in result.output
 
 
+def test_a_receipt_whose_cosignature_does_not_verify_is_not_told_to_wait(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A trusted witness's line that is there but does not verify (damaged, forged) was
+    reported as "not final yet: fetch the receipt again later", which will not mend it."""
+    store = ledger.sequencer.store
+    newest = store.latest_checkpoint()
+    assert newest is not None
+    key = Ed25519PrivateKey.generate()
+    x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
+    verifier = witness_verifier("node:a", {"kty": "OKP", "crv": "Ed25519", "x": x})
+    assert verifier is not None
+    line = cosign(newest.note, "node:a", key, 1_700_000_000)
+    damaged = line[:-6] + ("B" if line[-6] == "A" else "A") + line[-5:]  # a byte of the signature
+    store.save_cosignature(newest.size, "node:a", damaged)
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text(_cli("audit", "prove", "--data", str(ledger.settings.data_dir), "--seq", "1").output)
+    signer = checkpoint_key(ledger.settings)
+    assert signer is not None
+    policy = ["--witness", verifier.to_string()]
+    result = _cli(
+        "audit", "check-receipt", str(receipt), "--checkpoint-key", signer.verifier().to_string(), *policy
+    )
+    assert result.exit_code == 1, result.output
+    assert "(a cosignature that does not verify, by node:a)" in result.output
+
+
 @pytest.mark.parametrize("pinned", [False, True])
 def test_the_report_says_whether_the_checkpoint_key_was_pinned(ledger: Ledger, pinned: bool) -> None:
     ledger.sequencer.checkpoint_now()
