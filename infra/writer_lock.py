@@ -10,7 +10,7 @@ second one is refused at start, with its reason.
 SQLite: an exclusive ``flock`` on ``<data>/ledger.lock`` (released by the kernel when
 the process ends, however it ends). PostgreSQL: a session advisory lock keyed by the
 ledger's schema, on a connection of its own (released when that session ends, which
-each append checks: see ``_PostgresWriterLock``).
+each append checks, and the relay before each send: see ``_PostgresWriterLock``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ class WriterLock:
         """Inside an append's transaction: raise ``WriterLockLost`` if the lock is no
         longer this process's. A ``flock`` lasts as long as its descriptor."""
 
+    def hold(self) -> None:
+        """``confirm`` outside any transaction, for a holder that appends nothing (the
+        relay, before each send)."""
+
 
 class WriterLockLost(StoreConflict):
     """The lock's connection ended and another process holds the lock now."""
@@ -84,7 +88,7 @@ def take_relay_lock(settings: Settings) -> WriterLock:
         from infra.storage.postgres import database_url_schema
 
         schema = database_url_schema(settings.database_url)
-        lock = _PostgresWriterLock(settings.database_url, _lock_key(schema, "relay"))
+        lock = _PostgresWriterLock(settings.database_url, _lock_key(schema, "relay"), kind="relay")
         if lock.take():
             return lock
         where = f"schema {schema!r} of the database"
@@ -133,16 +137,27 @@ def _postgres_lock(url: str, doing: str) -> WriterLock:
     return lock
 
 
+#: What a holder that lost its lock to another process says, by the lock's kind.
+_LOCK_LOST = {
+    "writer": "this process lost the ledger's writer lock with its connection to the database, and"
+    " another process holds it now: stop one of them",
+    "relay": "this relay lost the ledger's relay lock with its connection to the database, and"
+    " another dfg relay holds it now: this one stops, since two would publish every new entry twice",
+}
+
+
 class _PostgresWriterLock(WriterLock):
     """A session advisory lock, on a connection of its own. That session can end
     without this process knowing (a server restart, ``pg_terminate_backend``), and the
     lock with it: so each append confirms, in its own transaction, that the lock's
-    session still holds it, and takes it again if nobody else did meanwhile."""
+    session still holds it (the relay, before each send: ``hold``), and takes it again
+    if nobody else did meanwhile."""
 
-    def __init__(self, url: str, key: int) -> None:
+    def __init__(self, url: str, key: int, *, kind: str = "writer") -> None:
         super().__init__(self._unlock)
         self._url = url
         self._key = key
+        self._kind = kind
         self._connection: Any = None
         self._pid = 0
 
@@ -158,6 +173,21 @@ class _PostgresWriterLock(WriterLock):
         return True
 
     def confirm(self, cursor: Any) -> None:
+        if not self._held(cursor):
+            self._take_again()
+
+    def hold(self) -> None:
+        import psycopg
+
+        try:  # on the lock's own connection: a session that ended fails the query
+            with self._connection.cursor() as cursor:
+                if self._held(cursor):
+                    return
+        except psycopg.Error:
+            pass
+        self._take_again()
+
+    def _held(self, cursor: Any) -> bool:
         high, low = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
         cursor.execute(
             "SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
@@ -165,18 +195,18 @@ class _PostgresWriterLock(WriterLock):
             " AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1",
             (self._pid, high, low),
         )
-        if cursor.fetchone() is not None:
-            return
+        return cursor.fetchone() is not None
+
+    def _take_again(self) -> None:
         import psycopg
 
         with contextlib.suppress(psycopg.Error):
             self._connection.close()
         if not self.take():
-            raise WriterLockLost(
-                "this process lost the ledger's writer lock with its connection to the database, and"
-                " another process holds it now: stop one of them"
-            )
-        log.warning("the ledger's writer lock was lost with its connection to the database; taken again")
+            raise WriterLockLost(_LOCK_LOST[self._kind])
+        log.warning(
+            "the ledger's %s lock was lost with its connection to the database; taken again", self._kind
+        )
 
     def _unlock(self) -> None:
         import psycopg

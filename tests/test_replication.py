@@ -36,6 +36,7 @@ from gateways.kafka.topics import Topics, checkpoint_record, entry_record
 from infra.node import open_node
 from infra.settings import Settings
 from infra.tansu import TansuBroker, free_port
+from infra.writer_lock import WriterLock
 from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.merkle import leaf_hash
@@ -232,6 +233,80 @@ def test_a_second_relay_of_one_ledger_is_refused_at_start(
         first.send_signal(signal.SIGINT)
         first.wait(20)
     assert first.returncode == 0, (tmp_path / "relay.log").read_text()
+
+
+def _relay_lock_sessions(schema: str) -> list[int]:
+    """The PostgreSQL sessions holding the relay lock of the ledger in ``schema``."""
+    import psycopg
+    from conftest import PG_URL
+
+    from infra.writer_lock import _lock_key
+
+    key = _lock_key(schema, "relay")
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def _end_session(pid: int) -> None:
+    """``pg_terminate_backend``, waiting until the session has gone."""
+    import psycopg
+    from conftest import PG_URL
+
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(
+            lambda: admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None,
+            what=f"session {pid} to end",
+        )
+
+
+@pytest.mark.postgres
+def test_a_relay_whose_lock_session_ended_takes_it_again_or_stops(
+    pg_schema_url: str, kafka: KafkaSettings, prefix: str, tmp_path: Path
+) -> None:
+    """The relay lock on PostgreSQL is a session's, and ends with it (a server restart,
+    pg_terminate_backend); the relay never looked again, so a second relay started
+    then, and both published the next entry: the topic held it twice, which stopped
+    both relays and every follower until the topics were recreated. The relay now
+    confirms its lock before each send: taken again if free, else it stops."""
+    from infra.storage.postgres import database_url_schema
+
+    ledger = make_ledger(Settings(data_dir=tmp_path / "data", database_url=pg_schema_url))
+    schema = database_url_schema(pg_schema_url)
+    store = ledger.sequencer.store
+    app = ledger.admit("sp:app", "service_provider")
+    place = ("--data", str(ledger.settings.data_dir), "--database-url", pg_schema_url)
+    relay_args = ("relay", *place, "--kafka", kafka.bootstrap, "--topic-prefix", prefix)
+    first = dfg_process(*relay_args, log=tmp_path / "relay.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published")
+        (session,) = _relay_lock_sessions(schema)
+        _end_session(session)
+        ledger.accept(give(ledger, app, "p-1"))  # nobody took the lock: the relay takes it again
+        wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published after")
+        assert len(_relay_lock_sessions(schema)) == 1, "the relay did not take its lock again"
+        (session,) = _relay_lock_sessions(schema)
+        _end_session(session)
+        second = dfg_process(*relay_args, log=tmp_path / "second.log")  # finds the lock free
+        wait_for(lambda: _relay_lock_sessions(schema) != [], what="the second relay's lock")
+        ledger.accept(give(ledger, app, "p-2"))
+        assert first.wait(30) == 1
+        assert "another dfg relay holds it now" in (tmp_path / "relay.log").read_text()
+        wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published by the second")
+        _topic_is_exact(kafka, Topics.for_ledger(CHAIN, prefix).entries, ledger.head()[0])
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.wait(20)
+        ledger.sequencer.store.close()
+    assert second is not None and second.returncode == 0, (tmp_path / "second.log").read_text()
 
 
 @pytest.mark.slow
@@ -463,6 +538,30 @@ def test_a_relay_refuses_a_checkpoints_topic_that_ends_with_a_stranger(
     _send(kafka, topics.checkpoints, stray_key, b"not a checkpoint of this ledger", [])
     with pytest.raises(RelayError, match="not one of this ledger's checkpoints"):
         Relay(ledger.sequencer.store, kafka, topics).connect()
+
+
+def test_a_relay_that_lost_its_lock_leaves_the_markers_as_they_are(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """A relay reconnecting after its lock went to another relay (its database
+    restarted meanwhile) set the markers to where the topics ended when it read them,
+    behind what the other relay had published since, which then sent those entries
+    again. It now confirms the lock before it reads the topics."""
+    from infra.writer_lock import WriterLockLost
+
+    class Lost(WriterLock):
+        def hold(self) -> None:
+            raise WriterLockLost("another dfg relay holds it now")
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(give(ledger, app, "p-1"))
+    store = ledger.sequencer.store
+    store.set_marker("relay.entries", ledger.head()[0])  # published by the other relay
+    relay = Relay(store, kafka, topics, lock=Lost(lambda: None))
+    with pytest.raises(WriterLockLost):
+        relay.connect()
+    relay.close()
+    assert store.marker("relay.entries") == ledger.head()[0]
 
 
 def test_a_relay_waits_for_each_batch_before_sending_the_next(

@@ -38,7 +38,7 @@ from infra.keyfiles import KeyFileError, read_jwk, write_jwk
 from infra.node import NodeReplica, open_node
 from infra.settings import Settings
 from infra.store_role import StoreRole, WrongStoreRole, check_store_role, describe_store
-from infra.writer_lock import LedgerBusy, RelayBusy, take_relay_lock
+from infra.writer_lock import LedgerBusy, RelayBusy, WriterLockLost, take_relay_lock
 from ledger.audit import AuditFailure
 from ledger.replica import NeedsNewerDfg, NotThisLedger, Replica, ReplicaHalted
 from ledger.signing import public_jwk
@@ -156,11 +156,13 @@ def relay(
             replication_factor=replication_factor,
             security=kafka_security,
         )
-        publisher = Relay(store, kafka, topics)
+        publisher = Relay(store, kafka, topics, lock=lock)
         click.echo(f"dfg relay: {chain} -> {topics.entries}, {topics.checkpoints} on {bootstrap}")
         publisher.run(_stop_on_signals())
     except RelayError as exc:
         fail(str(exc), code=2)
+    except WriterLockLost as exc:
+        fail(str(exc))
     finally:
         store.close()
         lock.release()

@@ -51,6 +51,7 @@ from gateways.kafka.topics import (
     record_seq,
 )
 from infra.storage.errors import storage_unavailable
+from infra.writer_lock import WriterLock
 from ledger.note import verify_cosignature_line
 from ledger.replica import claimed_size
 from ledger.store import LedgerStore
@@ -95,8 +96,11 @@ class Relay:
         batch: int = 2000,
         clock: Callable[[], float] = time.time,
         recheck_every: float = 10.0,
+        lock: WriterLock | None = None,
     ) -> None:
         self.store = store
+        #: The relay lock (``take_relay_lock``), confirmed before the topics are read and each send.
+        self.lock = lock
         self.kafka = kafka
         self.topics = topics
         self.batch = batch
@@ -136,6 +140,8 @@ class Relay:
         self.close()
 
     def connect(self) -> None:
+        if self.lock is not None:  # before ``reconcile`` writes the markers another relay may be moving
+            self.lock.hold()
         unfit = self.kafka.ensure_topics(self.topics.all())
         if any(unfit.values()):
             raise RelayError(
@@ -326,8 +332,12 @@ class Relay:
 
     def _send_and_wait(self, topic: str, run: Sequence[Record], what: str) -> list[int]:
         """Send one run of records (``chunks``) and wait until the broker has them all;
-        the offsets they landed at."""
+        the offsets they landed at. The relay lock is confirmed first: on PostgreSQL it
+        ends with its session (a server restart), and another relay may have taken it
+        since; sending then would put every new entry on the topic twice."""
         assert self._producer is not None
+        if self.lock is not None:
+            self.lock.hold()
         futures = [
             self._producer.send(topic, key=key, value=value, headers=headers, partition=PARTITION)
             for key, value, headers in run
