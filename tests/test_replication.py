@@ -237,12 +237,16 @@ def test_a_second_relay_of_one_ledger_is_refused_at_start(
 
 def _relay_lock_sessions(schema: str) -> list[int]:
     """The PostgreSQL sessions holding the relay lock of the ledger in ``schema``."""
+    from infra.writer_lock import _lock_key
+
+    return _lock_sessions(_lock_key(schema, "relay"))
+
+
+def _lock_sessions(key: int) -> list[int]:
+    """The PostgreSQL sessions holding the advisory lock ``key`` (``_lock_key``)."""
     import psycopg
     from conftest import PG_URL
 
-    from infra.writer_lock import _lock_key
-
-    key = _lock_key(schema, "relay")
     with psycopg.connect(PG_URL, autocommit=True) as admin:
         rows = admin.execute(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
@@ -307,6 +311,57 @@ def test_a_relay_whose_lock_session_ended_takes_it_again_or_stops(
                 process.wait(20)
         ledger.sequencer.store.close()
     assert second is not None and second.returncode == 0, (tmp_path / "second.log").read_text()
+
+
+@pytest.mark.postgres
+def test_a_follower_whose_lock_another_process_took_stops_with_the_reason(
+    ledger: Ledger, kafka: KafkaSettings, prefix: str, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """The replica's writer lock on PostgreSQL ended with its session, and another
+    process took it: the follower's next append is refused, which ended `dfg node
+    follow` with a traceback instead of the reason."""
+    from infra.bootstrap import open_store
+    from infra.storage.postgres import database_url_schema
+    from infra.writer_lock import _lock_key, take_writer_lock
+
+    app = ledger.admit("sp:app", "service_provider")
+    chain_topics = Topics.for_ledger(CHAIN, prefix)
+    _, relay_running = start_relay(ledger.sequencer.store, kafka, chain_topics)
+    assert ledger.sequencer.ledger is not None
+    node = Settings(data_dir=tmp_path / "node", database_url=pg_schema_url)
+    follow = ("node", "follow", "--data", str(node.data_dir), "--database-url", pg_schema_url)
+    follow += ("--kafka", kafka.bootstrap, "--topic-prefix", prefix, "--chain", CHAIN)
+    follow += ("--ledger-key", ledger.sequencer.ledger["checkpoint_key"])
+    log = tmp_path / "follower.log"
+    follower = dfg_process(*follow, log=log)
+    other = None
+    try:
+
+        def size() -> int:
+            store = open_store(node, read_only=True)
+            try:
+                return store.head()[0]
+            except Exception:  # the follower has not made its tables yet
+                return 0
+            finally:
+                store.close()
+
+        wait_for(lambda: size() == ledger.head()[0], timeout=60, what="the follower to catch up")
+        sessions = _lock_sessions(_lock_key(database_url_schema(pg_schema_url)))
+        assert len(sessions) == 1
+        _end_session(sessions[0])
+        other = take_writer_lock(node, doing="testing")  # the free lock, as a second follower would
+        ledger.accept(give(ledger, app, "p-1"))
+        assert follower.wait(30) == 1
+        text = log.read_text()
+        assert "another process holds it now" in text and "Traceback" not in text, text
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(10)
+        if other is not None:
+            other.release()
+        relay_running.halt()
 
 
 @pytest.mark.slow

@@ -295,6 +295,8 @@ def follow(
         click.echo(f"status on http://127.0.0.1:{listening}/status and /metrics")
     try:
         code = follower.run(stop, exit_on_violation=exit_on_violation)
+    except WriterLockLost as exc:  # its session ended (PostgreSQL), and another process took it
+        fail(str(exc))
     finally:
         views.close()
         store.close()
