@@ -600,6 +600,9 @@ class Auditor:
         self.report.checkpoints += 1
         self.report.signed_size = stored.size
         self.report.signed_root = root
+        if self._witnesses is not None:
+            for problem in self._witnesses.forged(stored.note, stored.cosignatures):
+                self._fail(stored.size, problem)
         if self._witnesses is not None and self._witnesses.is_final(stored.note, stored.cosignatures):
             self.report.final_size = stored.size
             self.report.final_checkpoints += 1

@@ -563,6 +563,10 @@ def _witnessed(joined: AuditReport, store: LedgerStore, witnesses: WitnessPolicy
     for checkpoint in all_checkpoints(store):
         if checkpoint.size > joined.entries:  # saved after the head the audit began from
             break
+        forged = witnesses.forged(checkpoint.note, checkpoint.cosignatures)
+        joined.problems.extend(Problem(checkpoint.size, problem) for problem in forged)
+        if forged:
+            return  # as one pass stops at its first problem
         if witnesses.is_final(checkpoint.note, checkpoint.cosignatures):
             joined.final_size = checkpoint.size
             joined.final_checkpoints += 1

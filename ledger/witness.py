@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +26,7 @@ from ledger.note import (
     Verifier,
     cosignature_line,
     parse_note,
+    parse_signature_line,
     verify_cosignature_line,
 )
 
@@ -114,14 +116,30 @@ class WitnessPolicy:
                     valid.add(verifier.name)
         return valid
 
-    def failing(self, note: str) -> set[str]:
-        """The witnesses with a line on ``note`` under their key (name and key hash) that
-        does not verify: a cosignature damaged or forged, which waiting will not mend."""
+    def failing(self, note: str, extra_lines: Iterable[str] = ()) -> set[str]:
+        """The witnesses with a line on ``note`` (or among ``extra_lines``) under their
+        key (name and key hash) that does not verify: a cosignature damaged or forged,
+        which waiting will not mend. A line by a key the policy does not hold is no
+        one's business (C2SP signed notes: unknown keys are ignored)."""
         try:
             body, signatures = parse_note(note)
         except NoteError:
             return set()
+        for line in extra_lines:
+            with suppress(NoteError):  # not a signature line: the callers refuse those
+                signatures.append(parse_signature_line(line))
         return {s.name for s in signatures for v in self._all if v.matches(s) and not v.verify(body, s)}
+
+    def forged(self, note: str, extra_lines: Iterable[str] = ()) -> list[str]:
+        """What is wrong with the trusted witnesses' lines on a stored checkpoint: each
+        witness with a line under its key that does not verify, and no line that does
+        (as a receipt's check counts them). The ledger keeps only cosignatures that
+        verified when they came, so such a line was damaged or forged since."""
+        failing = self.failing(note, extra_lines) - self.cosigners(note, extra_lines)
+        return [
+            f"the cosignature of trusted witness {name} does not verify (damaged or forged)"
+            for name in sorted(failing)
+        ]
 
     def is_final(self, note: str, extra_lines: Iterable[str] = ()) -> bool:
         return len(self.cosigners(note, extra_lines)) >= self.quorum

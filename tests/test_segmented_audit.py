@@ -167,6 +167,39 @@ def test_witnessed_checkpoints_are_counted_alike(ledger: Ledger) -> None:
     assert one_pass.final_size == cosigned.size < checkpoints[-1].size
 
 
+def test_a_trusted_witness_cosignature_that_does_not_verify_is_named_alike(ledger: Ledger) -> None:
+    """The ledger keeps only cosignatures that verified when they came: one under a
+    trusted witness's key that does not verify now was damaged or forged since. It
+    counted for nothing, and the audit said only that no checkpoint was final (C2SP
+    signed notes: a known key's signature that fails is an error, not to be ignored)."""
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes_raw()
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+    verifier = witness_verifier("node:alpha", jwk)
+    assert verifier is not None
+    policy = WitnessPolicy({"node:alpha": [verifier]}, quorum=1)
+    _populate(ledger, 30)
+    store = ledger.sequencer.store
+    first, second = list(all_checkpoints(store))[:2]
+    store.save_cosignature(first.size, "node:alpha", cosign(first.note, "node:alpha", key, 1_700_000_000))
+    line = cosign(second.note, "node:alpha", key, 1_700_000_000)
+    store.save_cosignature(
+        second.size, "node:alpha", line[:-6] + ("B" if line[-6] == "A" else "A") + line[-5:]
+    )
+    one_pass = audit_store(store, witnesses=policy)
+    segmented = audit_in_segments(
+        store, partial(open_store, ledger.settings), segments=3, minimum=1, witnesses=policy
+    )
+    for report in (one_pass, segmented):
+        assert report.first_problem is not None, report
+        assert (report.first_problem.seq, report.first_problem.message) == (
+            second.size,
+            "the cosignature of trusted witness node:alpha does not verify (damaged or forged)",
+        )
+    # a policy without that witness reads it as any unknown key's line: ignored
+    assert audit_store(store).ok
+
+
 def test_a_proof_path_that_disagrees_with_the_stored_nodes_is_named(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
