@@ -82,7 +82,8 @@ class WitnessPolicy:
             raise WitnessPolicyError("a witness quorum is at least 1")
         if self.quorum > len(self.witnesses):
             raise WitnessPolicyError(
-                f"a quorum of {self.quorum} cannot be met by {len(self.witnesses)} distinct witnesses"
+                f"a quorum of {self.quorum} cannot be met by {len(self.witnesses)} distinct"
+                f" witness{'' if len(self.witnesses) == 1 else 'es'}"
                 " (keys of one witness name count as one witness)"
             )
         object.__setattr__(self, "_all", tuple(v for keys in self.witnesses.values() for v in keys))

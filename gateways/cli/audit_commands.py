@@ -282,7 +282,8 @@ def _print_report(
     unsigned = report.entries - report.signed_size
     if unsigned:
         click.echo(
-            f"the {unsigned} entries after size {report.signed_size} carry no signature of the"
+            f"{'the entry' if unsigned == 1 else f'the {unsigned} entries'} after size"
+            f" {report.signed_size} {'carries' if unsigned == 1 else 'carry'} no signature of the"
             f" ledger's key yet (the root of all {report.entries}, unsigned: {report.root.hex()})"
         )
     if witnesses is not None:
