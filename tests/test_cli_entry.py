@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,30 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> N
     reading.stdout.close()  # as head does once it has its line
     complaint = reading.stderr.read().decode()
     assert reading.wait(60) != 0 and complaint == ""
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("set_by_operator", [None, "ledger-eu-1"])
+def test_a_commands_postgresql_sessions_carry_its_name(
+    pg_schema_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, set_by_operator: str | None
+) -> None:
+    """An operator looking for the relay's sessions (to see what holds a lock, or before
+    pg_terminate_backend) had only their ports to go by: every session was nameless."""
+    from click.testing import CliRunner
+
+    from gateways.cli.main import cli
+    from infra.storage.postgres import connect
+
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    if set_by_operator:
+        monkeypatch.setenv("PGAPPNAME", set_by_operator)
+    try:
+        result = CliRunner().invoke(
+            cli, ["projections", "status", "--data", str(tmp_path), "--database-url", pg_schema_url]
+        )
+        expected = set_by_operator or "dfg projections status"
+        assert os.environ.get("PGAPPNAME") == expected, result.output
+        with connect(pg_schema_url) as connection:  # libpq reads it, as every session of the command
+            assert connection.execute("SHOW application_name").fetchone() == (expected,)
+    finally:
+        os.environ.pop("PGAPPNAME", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -103,9 +104,24 @@ def ledger_options(func: F) -> F:
     )
     @functools.wraps(func)
     def wrapper(*args: Any, data_dir: Path, database_url: str | None, **kwargs: Any) -> Any:
+        if database_url:
+            name_database_sessions()
         return func(*args, settings=Settings(data_dir=data_dir, database_url=database_url), **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def name_database_sessions() -> None:
+    """Name this command's PostgreSQL sessions after it ("dfg relay", "dfg node follow"):
+    PostgreSQL shows the name (``pg_stat_activity.application_name``), so an operator
+    tells the relay's sessions from the server's without matching ports. libpq reads it
+    from ``PGAPPNAME`` for every connection, the worker processes' included; a name the
+    operator set is kept."""
+    ctx, names = click.get_current_context(silent=True), []
+    while ctx is not None and ctx.parent is not None:  # up to the program, whatever it was run as
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    os.environ.setdefault("PGAPPNAME", " ".join(["dfg", *reversed(names)])[:63])
 
 
 def checkpoint_options(func: F) -> F:
