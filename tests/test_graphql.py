@@ -596,6 +596,23 @@ def test_node_of_an_object_that_does_not_exist_is_null_and_an_unknown_org_id_is_
         )
 
 
+def test_ids_signed_or_asked_for_in_upper_case_name_the_same_objects(platform: Any) -> None:
+    """The ledger reads a UUID in any case and records it in lower case: a mutation
+    whose transaction spelled it in upper case was recorded, then answered not_found,
+    and a global id of the upper-case text found nothing."""
+    ledger, session, _, p = platform
+    catalog_id = str(uuid.uuid4())
+    created = _run(
+        session,
+        "mutation($t: String!) { createCatalog(signedTransaction: $t) { id name } }",
+        t=ledger.sign(p["provider"], "catalog.create", {"catalog_id": catalog_id.upper(), "name": "Shouted"}),
+    )["createCatalog"]
+    assert created == {"id": global_id("Catalog", catalog_id), "name": "Shouted"}
+    read = "query($id: ID!) { catalog(id: $id) { name } node(id: $id) { id } }"
+    answer = _run(session, read, id=global_id("Catalog", catalog_id.upper()))
+    assert answer == {"catalog": {"name": "Shouted"}, "node": {"id": created["id"]}}
+
+
 def test_a_document_with_too_many_aliases_or_tokens_is_refused_before_it_runs(platform: Any) -> None:
     """Resolvers run on the server's event loop: one document of 10,000 aliases held
     every other request, REST ones included, for 10 s. Such documents are refused as

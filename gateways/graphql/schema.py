@@ -39,7 +39,7 @@ from infra.ledger_service import LedgerService
 from ledger.errors import Rejected
 from ledger.sequencer import Accepted
 from ledger.store import LedgerStore, find_transaction
-from ledger.transaction import parse_transaction
+from ledger.transaction import Transaction, parse_transaction
 from projections import analyses as views
 from projections import consent_state, keys
 from projections.base import ViewDatabase
@@ -375,14 +375,20 @@ def _require_signing_organisation(ctx: Context, org_id: int, token: str) -> None
 def _payload_body(token: str) -> dict[str, Any]:
     """The body of a transaction before it is submitted (to check an id argument)."""
     try:
-        body: dict[str, Any] = parse_transaction(token).body
+        return _as_recorded(parse_transaction(token))
     except Rejected as exc:
         raise fail(exc.code, exc.message) from None
-    return body
 
 
 def _body(accepted: Accepted) -> dict[str, Any]:
-    body: dict[str, Any] = parse_transaction(accepted.entry.tx).body
+    return _as_recorded(parse_transaction(accepted.entry.tx))
+
+
+def _as_recorded(tx: Transaction) -> dict[str, Any]:
+    """The body as the ledger reads it: a UUID in its lower-case text however the
+    signer spelled it (the read models know objects by that text; an upper-case id
+    was recorded, then answered ``not_found``)."""
+    body: dict[str, Any] = tx.command.model_dump(mode="json")
     return body
 
 
@@ -527,7 +533,7 @@ class Query:
         recipients = []
         for token in requests:
             entry = find_transaction(ctx.store, token)
-            body = parse_transaction(token).body if entry is not None else {}
+            body = _as_recorded(parse_transaction(token)) if entry is not None else {}
             if (
                 entry is None
                 or entry.data.get("recipient_jwk") is None

@@ -33,14 +33,16 @@ def global_id(type_name: str, entity_id: str) -> strawberry.ID:
 
 
 def parse_global_id(value: str, expected: str | None = None) -> tuple[str, str]:
-    """(type name, entity id) of a global id; raises ValueError with a clear message."""
+    """(type name, entity id) of a global id; raises ValueError with a clear message.
+    Every entity id is of UUIDs, which the read models hold in lower case: one spelled
+    in upper case names the same object."""
     try:
         type_name, entity_id = from_base64(value)
     except Exception as exc:
         raise ValueError(f"{value!r} is not a global id") from exc
     if expected is not None and type_name != expected:
         raise ValueError(f"{value!r} is the id of a {type_name}, not of a {expected}")
-    return type_name, entity_id
+    return type_name, entity_id.lower()
 
 
 # The domain's state machine, as it is: one list of statuses for the ledger and the API.
