@@ -143,9 +143,7 @@ def test_require_final_refuses_entries_no_signed_checkpoint_covers(ledger: Ledge
     data = str(ledger.settings.data_dir)
     relaxed = _cli("audit", "verify", "--data", data, "--no-progress")
     assert relaxed.exit_code == 0, relaxed.output
-    assert f"the entry after size {covered} carries no signature of the ledger's key yet" in (
-        relaxed.output
-    )
+    assert f"the entry after size {covered} carries no signature of the ledger's key yet" in relaxed.output
     strict = _cli("audit", "verify", "--data", data, "--no-progress", "--require-final")
     assert strict.exit_code == 1, strict.output
     assert f"entry {covered + 1}: is not covered by a signed checkpoint (--require-final)" in strict.output
