@@ -66,7 +66,9 @@ def export_bundle(store: LedgerStore, out: IO[bytes]) -> int:
     for cp in checkpoints:
         line: dict[str, Any] = {"checkpoint": cp.note}
         if cp.cosignatures:
-            line["cosignatures"] = list(cp.cosignatures)
+            # each a whole line ending in its newline, as the format has it and readers
+            # require: a relay of an earlier release kept a line as its witness sent it
+            line["cosignatures"] = [c if c.endswith("\n") else c + "\n" for c in cp.cosignatures]
         out.write(json.dumps(line).encode() + b"\n")
     out.write(json.dumps({"principals": principals.snapshot()}, sort_keys=True).encode() + b"\n")
     return size

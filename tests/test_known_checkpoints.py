@@ -242,3 +242,19 @@ def test_the_report_says_whether_the_checkpoint_key_was_pinned(ledger: Ledger, p
     result = _cli("audit", "verify", "--data", data, "--no-progress", *(["--checkpoint-key", key] * pinned))
     assert result.exit_code == 0, result.output
     assert ("not pinned with --checkpoint-key" in result.output) is not pinned
+
+
+def test_a_cosignature_kept_without_its_newline_is_exported_with_it(ledger: Ledger, tmp_path: Path) -> None:
+    """A relay of before keeping lines with their newline stored a witness's line as sent;
+    the database verified, and its bundle, which refuses such a line, did not."""
+    newest = ledger.sequencer.store.latest_checkpoint()
+    assert newest is not None
+    key = Ed25519PrivateKey.generate()
+    x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
+    verifier = witness_verifier("node:a", {"kty": "OKP", "crv": "Ed25519", "x": x})
+    assert verifier is not None
+    line = cosign(newest.note, "node:a", key, 1_700_000_000)
+    ledger.sequencer.store.save_cosignature(newest.size, "node:a", line.rstrip("\n"))
+    for result in _both_ways(ledger.settings.data_dir, tmp_path, "--witness", verifier.to_string()):
+        assert result.exit_code == 0, result.output
+        assert "witnessed: 1 of 1 checkpoints cosigned by a quorum" in result.output
