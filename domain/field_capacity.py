@@ -78,4 +78,12 @@ def variable_magnitude(spec: dict[str, object]) -> Decimal:
     if kind == "category":
         categories = spec.get("categories") or []
         return Decimal(len(categories) if isinstance(categories, list) else 1)
-    return max(abs(Decimal(str(spec["min"]))), abs(Decimal(str(spec["max"]))))
+    return max(_abs(Decimal(str(spec["min"]))), _abs(Decimal(str(spec["max"]))))
+
+
+def _abs(number: Decimal) -> Decimal:
+    """``abs``, as analyses were always decided (rounded to the context's 28 digits), but
+    past ``_EXACT_EXPONENT`` the exact ``copy_abs``: ``abs`` overflowed past the context's
+    largest exponent (1e1000000, 9 characters), failing every transaction of the batch,
+    where such a magnitude is refused from its exponent alone (``_bits_at_least``)."""
+    return abs(number) if number.adjusted() <= _EXACT_EXPONENT else number.copy_abs()

@@ -371,7 +371,7 @@ def test_an_analysis_whose_modulus_is_too_small_is_refused_when_defined(fed: Fed
     fed.refused(fed.analyst, "analysis.update", raise_precision, "modulus_too_small")
 
 
-@pytest.mark.parametrize("huge", ["9e999999", "1e999990"])
+@pytest.mark.parametrize("huge", ["9e999999", "1e999990", "1e1000000"])  # the last past Decimal's Emax
 def test_a_range_of_astronomic_magnitude_is_refused_at_once_without_failing_its_batch(
     fed: Federation, huge: str
 ) -> None:
