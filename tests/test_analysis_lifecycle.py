@@ -453,6 +453,46 @@ def test_a_refused_entry_too_large_leaves_no_trace_in_the_batch(
     assert report.ok, report.first_problem
 
 
+def test_a_nonce_and_an_aggregate_an_entry_too_large_refusal_left_are_free_in_its_batch(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused first in its batch, on an aggregate the batch had not touched: its nonce
+    is the signer's next one still, its calculation was never made, and the ledger the
+    batch leaves verifies (the nonce index included)."""
+    from click.testing import CliRunner
+
+    import ledger.sequencer
+    from gateways.cli.main import cli
+
+    f = fed
+    analysis = _draft(f)
+    wide = _wide_calculation(analysis)
+    small = {"analysis_id": analysis, "calculation_id": ids(), "name": "small", "functions": ["count()"]}
+    narrowed = {**wide, "name": "narrowed", "filter": "", "functions": ["count()"]}
+    monkeypatch.setattr(ledger.sequencer, "MAX_ENTRY_BYTES", 4000)
+    refused = f.ledger.sign(f.analyst, "calculation.create", wide)
+    tokens = [
+        refused,
+        f.ledger.sign(f.analyst, "calculation.create", small, nonce=f.analyst.nonce),  # the same nonce
+        f.ledger.sign(f.analyst, "calculation.update", narrowed),
+        f.ledger.sign(f.analyst, "calculation.create", narrowed),
+        refused,
+    ]
+    outcomes = f.ledger.submit(*tokens)
+    assert [getattr(o, "code", "accepted") for o in outcomes] == [
+        "entry_too_large",
+        "accepted",
+        "unknown_calculation",
+        "accepted",
+        "nonce_reused",
+    ]
+    f.do(f.analyst, "calculation.update", {**narrowed, "name": "narrowed again"})
+    result = CliRunner().invoke(
+        cli, ["audit", "verify", "--data", str(f.ledger.settings.data_dir), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+
+
 def test_nodes_register_an_encryption_key_for_their_share_bundles(fed: Federation) -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
