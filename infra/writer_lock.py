@@ -51,9 +51,11 @@ class WriterLock:
         """Inside an append's transaction: raise ``WriterLockLost`` if the lock is no
         longer this process's. A ``flock`` lasts as long as its descriptor."""
 
-    def hold(self) -> None:
+    def hold(self) -> bool:
         """``confirm`` outside any transaction, for a holder that appends nothing (the
-        relay, before each send)."""
+        relay, before each send): True if the lock was held all along, False if it had
+        to be taken again (nobody held it then, but somebody may have meanwhile)."""
+        return True
 
 
 class WriterLockLost(StoreConflict):
@@ -176,16 +178,17 @@ class _PostgresWriterLock(WriterLock):
         if not self._held(cursor):
             self._take_again()
 
-    def hold(self) -> None:
+    def hold(self) -> bool:
         import psycopg
 
         try:  # on the lock's own connection: a session that ended fails the query
             with self._connection.cursor() as cursor:
                 if self._held(cursor):
-                    return
+                    return True
         except psycopg.Error:
             pass
         self._take_again()
+        return False
 
     def _held(self, cursor: Any) -> bool:
         high, low = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF

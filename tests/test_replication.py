@@ -619,6 +619,55 @@ def test_a_relay_that_lost_its_lock_leaves_the_markers_as_they_are(
     assert store.marker("relay.entries") == ledger.head()[0]
 
 
+def test_a_relay_that_took_its_lock_again_reads_the_topics_before_sending_more(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics
+) -> None:
+    """A relay whose lock session ended took the lock again and went on sending the
+    page it was on: had another relay held the lock and published in between, those
+    entries went on the topic twice (then both relays stopped, the topic spoiled)."""
+    from infra.bootstrap import open_store
+
+    app = ledger.admit("sp:app", "service_provider")
+    for i in range(6):
+        ledger.accept(give(ledger, app, f"p-{i}"))
+    size = ledger.head()[0]
+    ledger.sequencer.store.close()  # each relay, and this test, reads through a store of its own
+    stores = [open_store(ledger.settings) for _ in range(3)]
+
+    class TakenAgain(WriterLock):
+        holds = 0
+
+        def hold(self) -> bool:
+            self.holds += 1
+            if self.holds != 3:  # connecting, the first page, then: taken again
+                return True
+            other, running = start_relay(stores[1], kafka, topics)  # which had it meanwhile
+            wait_for(lambda: other.stats.entries_published > 0, what="the other relay's publishing")
+            running.halt()
+            return False
+
+    relay = Relay(stores[0], kafka, topics, batch=2, lock=TakenAgain(lambda: None))
+    stop, failed = threading.Event(), []
+
+    def run() -> None:
+        try:
+            relay.run(stop, idle_wait=0.05)
+        except Exception as exc:  # e.g. RelayError: another producer writes to this topic
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: failed or stores[2].marker("relay.entries") == size, what="the topic's end read")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        for store in stores:
+            store.close()
+    assert not failed, failed
+    _topic_is_exact(kafka, topics.entries, size)
+
+
 def test_a_relay_waits_for_each_batch_before_sending_the_next(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics
 ) -> None:

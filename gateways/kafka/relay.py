@@ -86,6 +86,13 @@ class RelayStats:
     republished_from: list[int] = field(default_factory=list)
 
 
+class LockTakenAgain(Exception):
+    """The relay lock's session ended and the lock was taken again: another relay may
+    have held it and published in between, so what this one knows of the topics is
+    stale. It connects again, which reads where they end (``reconcile``), before it
+    sends anything more."""
+
+
 class Relay:
     def __init__(
         self,
@@ -129,6 +136,9 @@ class Relay:
                 if not busy:
                     self.check_topics()
                     self.store.wait_for_append(idle_wait)
+            except LockTakenAgain as exc:
+                log.warning("%s", exc)
+                self.close()  # and connect again at once
             except Exception as exc:
                 # the ledger's database: start again from what the topics hold (``reconcile``)
                 why = outage(exc, "the ledger's")
@@ -336,8 +346,11 @@ class Relay:
         ends with its session (a server restart), and another relay may have taken it
         since; sending then would put every new entry on the topic twice."""
         assert self._producer is not None
-        if self.lock is not None:
-            self.lock.hold()
+        if self.lock is not None and not self.lock.hold():
+            raise LockTakenAgain(
+                "the relay lock was taken again after its database session ended: reading where"
+                " the topics end before sending more (another relay may have published meanwhile)"
+            )
         futures = [
             self._producer.send(topic, key=key, value=value, headers=headers, partition=PARTITION)
             for key, value, headers in run
