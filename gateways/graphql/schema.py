@@ -41,7 +41,7 @@ from ledger.sequencer import Accepted
 from ledger.store import LedgerStore, find_transaction
 from ledger.transaction import Transaction, parse_transaction
 from projections import analyses as views
-from projections import consent_state, keys
+from projections import keys
 from projections.base import ViewDatabase
 
 COORDINATOR = "coordinator"
@@ -193,10 +193,6 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         tasks = views.analysis_tasks(cursor, analysis_id)
         finished = views.finished_tasks(cursor, analysis_id)
         owner = keys.principal(cursor, doc["owner"])
-        consent = doc["consent"]
-        consenting = consent_state.consenting_subjects(
-            cursor, doc["owner"], consent["purpose"], consent["data_categories"], datetime.now(UTC)
-        )
     org_ids = _org_ids(ctx, doc["nodes"])
     approvals = [
         t.OrganizationApproval(
@@ -275,7 +271,6 @@ def _analysis(ctx: Context, analysis_id: str) -> t.Analysis:
         missing_approvals=[n for n in doc["nodes"] if n not in doc["approvals"]]
         if doc["status"] == "sent"
         else [],
-        consenting_subjects=consenting,
         task_states=[
             t.TaskState(
                 task_id=x["task_id"],

@@ -10,13 +10,16 @@ checkable against the log.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, NewType
 
 import strawberry
 from strawberry.relay import from_base64, to_base64
+from strawberry.types import Info
 
 from domain.analysis import AnalysisStatus
+from projections import consent_state
 
 TIME = NewType("TIME", str)
 #: The schema's scalar for ``TIME`` (registered in the schema's ``scalar_map``).
@@ -332,9 +335,19 @@ class Analysis(Node):
     consent_purpose: str
     consent_data_categories: list[str]
     missing_approvals: list[str] = strawberry.field(description="Nodes that have not answered yet.")
-    consenting_subjects: int = strawberry.field(
+
+    @strawberry.field(
         description="Subjects whose consent to the analyst organisation covers this analysis now."
     )
+    def consenting_subjects(self, info: Info[Any, None]) -> int:
+        """Counted only when asked for: it reads the organisation's consents, and every
+        analysis of an answer counted them even for a page's totalCount (3.7 s for 20
+        analyses over 20,000 consents)."""
+        with info.context.views.transaction(commit=False) as cursor:
+            return consent_state.consenting_subjects(
+                cursor, self.owner, self.consent_purpose, self.consent_data_categories, datetime.now(UTC)
+            )
+
     failure: TaskFailure | None = strawberry.field(
         default=None, description="Why the analysis failed: the node's signed task.fail (beyond the seed)."
     )
