@@ -10,11 +10,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from conftest import LEVEL1_TERMS, TERMS, Ledger, give_level1
 
 from domain.consent import Refusal
 from domain.times import format_time, parse_time
 from infra.bootstrap import open_views
+from projections import consent_state
 from projections.base import Cursor, catch_up, prepare
 from projections.consent_state import (
     FEW,
@@ -24,6 +26,8 @@ from projections.consent_state import (
     _validity,
     check,
     check_few,
+    consenting_subject_set,
+    consenting_subjects,
 )
 
 SERVICE, RESEARCH, MARKETING = "dpv:ServiceProvision", "dpv:ScientificResearch", "dpv:Marketing"
@@ -219,10 +223,11 @@ def test_a_check_reads_a_bounded_number_of_a_pairs_consents(any_ledger: Ledger) 
         assert answer is not None and answer.seq == few[-1].seq and cursor.rows == FEW
 
 
-def test_the_checks_statements_use_the_pairs_index(any_ledger: Ledger) -> None:
+def test_the_checks_and_counts_statements_use_an_index(any_ledger: Ledger) -> None:
     """Both engines read a pair's consents through ``consent_state_pair``: the loop's
     read within the range of its first ``FEW + 1`` numbers, and the database's ranking;
-    no statement scans a table. (PostgreSQL is given statistics and told not to scan
+    and an organisation's through ``consent_state_controller`` to count them. No
+    statement scans a table. (PostgreSQL is given statistics and told not to scan
     sequentially: on tables this small it would, and the question is which index
     serves these statements.)"""
     app = any_ledger.admit("sp:app", "service_provider")
@@ -233,15 +238,90 @@ def test_the_checks_statements_use_the_pairs_index(any_ledger: Ledger) -> None:
         cursor = Counting(plain)
         check(cursor, "p-1", "sp:app", MARKETING, [HEART], datetime.now(UTC))
         assert len(cursor.statements) == 2  # the first FEW + 1, then the ranking
+        consenting_subjects(cursor, "sp:app", SERVICE, [HEALTH], datetime.now(UTC))
         if postgres:
             plain.execute("ANALYZE")
             plain.execute("SET LOCAL enable_seqscan = off")
         plans = []
-        for sql, params in cursor.statements:
+        for (sql, params), index in zip(cursor.statements, ["pair", "pair", "controller"], strict=True):
             plain.execute(("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + sql, params)
             plan = "\n".join(str(row[-1]) for row in plain.fetchall())
-            assert "consent_state_pair" in plan, plan
+            assert f"consent_state_{index}" in plan, plan
             assert "Seq Scan" not in plan and "SCAN " not in plan, plan
             assert "TEMP B-TREE FOR ORDER BY" not in plan or "refusal_rank" in sql, plan
             plans.append(plan)
     assert ("pair_number <=" if postgres else "pair_number<?") in plans[0]  # a bounded range
+
+
+def reference_subjects(
+    cursor: Cursor, controller: str, purpose: str, categories: Sequence[str], at: datetime
+) -> set[str]:
+    cursor.execute(
+        "SELECT subject, status, purposes, categories, valid_from, valid_until, withdrawn_at"
+        " FROM consent_state WHERE controller = ?",
+        (controller,),
+    )
+    rows = cursor.fetchall()
+    return {row[0] for row in rows if _validity(row[1:7]).refusal(purpose, categories, at) is None}
+
+
+def test_the_database_counts_consenting_subjects_as_the_domain_does(any_ledger: Ledger) -> None:
+    """An analysis' consenting subjects (and the set a node computes on) are counted by
+    the database, with the subjects ``Validity.refusal`` lets through."""
+    _consents_in_every_state(any_ledger)
+    with consent_view(any_ledger) as cursor:
+        cursor.execute("SELECT valid_from, valid_until, withdrawn_at FROM consent_state")
+        edges = {parse_time(t) for row in cursor.fetchall() for t in row if t is not None}
+        seen = set()
+        for at in sorted({e + timedelta(microseconds=d) for e in edges for d in (-1, 0)}):
+            for controller in ("sp:app", "sp:other"):
+                for purpose in (SERVICE, RESEARCH, MARKETING):
+                    for categories in ([], [HEALTH], [HEART], [HEALTH, HEART]):
+                        expected = reference_subjects(cursor, controller, purpose, categories, at)
+                        assert consenting_subject_set(cursor, controller, purpose, categories, at) == expected
+                        assert consenting_subjects(cursor, controller, purpose, categories, at) == len(
+                            expected
+                        )
+                        seen.add(len(expected))
+    assert seen == {0, 1, 2}
+
+
+def test_a_count_is_remembered_until_an_entry_or_a_consent_starts_or_ends(
+    any_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ConsentingCounts`` counts again when the view applied another entry, or when the
+    clock passed an instant at which a consent that counts (or may) starts or ends, and
+    then only: its counts are the ones counted afresh."""
+    app = any_ledger.admit("sp:app", "service_provider")
+    now = datetime.now(UTC)
+    day = timedelta(days=1)
+    for subject, start, end in (("p-a", -day, day), ("p-b", 2 * day, 30 * day), ("p-c", -day, None)):
+        terms = {**LEVEL1_TERMS, "valid_from": format_time(now + start)}
+        terms["valid_until"] = None if end is None else format_time(now + end)
+        body = {"consent_id": str(uuid.uuid4()), "controller": "sp:app", "subject": subject, "level": 1}
+        any_ledger.accept(any_ledger.sign(app, "consent.give", {**body, "method": "app", "terms": terms}))
+    counted: list[datetime] = []
+    count = consent_state._counted
+    monkeypatch.setattr(consent_state, "_counted", lambda *a: counted.append(a[-1]) or count(*a))
+    store = any_ledger.sequencer.store
+    db = open_views(any_ledger.settings)
+    try:
+        prepare(db, ConsentStateView(), store.read_entries)
+        catch_up(db, ConsentStateView(), store.read_entries)
+        counts = consent_state.ConsentingCounts(db)
+
+        def asked(at: datetime) -> int:
+            return counts.count("sp:app", SERVICE, [HEALTH], at)
+
+        second = timedelta(seconds=1)
+        assert [asked(now), asked(now + second), asked(now + day - second)] == [2, 2, 2]
+        assert counted == [now]  # p-a and p-c, until p-a ends
+        assert [asked(now + day), asked(now + 2 * day), asked(now + 3 * day)] == [1, 2, 2]
+        assert counted == [now, now + day, now + 2 * day]  # p-a ended, p-b began
+        assert asked(now) == 2 and counted[-1] == now  # an earlier instant: counted again
+        any_ledger.accept(give_level1(any_ledger, app, "p-d"))
+        catch_up(db, ConsentStateView(), store.read_entries)
+        assert asked(now + second) == 3 and counted[-1] == now + second  # a new entry
+        assert asked(now + 2 * second) == 3 and len(counted) == 5
+    finally:
+        db.close()

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -43,6 +43,7 @@ from ledger.transaction import Transaction, parse_transaction
 from projections import analyses as views
 from projections import keys
 from projections.base import ViewDatabase
+from projections.consent_state import ConsentingCounts
 
 COORDINATOR = "coordinator"
 NODE = "node"
@@ -65,6 +66,11 @@ class Context:
     sealed_results: Callable[[str, int, dict[str, str]], str | None] | None = None
     #: On a computation node started with --name: its principal id (``result``'s orgId).
     name: str | None = None
+    #: Analyses' consentingSubjects, remembered while they cannot change.
+    counts: ConsentingCounts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = ConsentingCounts(self.views)
 
 
 def coordinator_context(service: LedgerService, views: ViewDatabase) -> Context:

@@ -19,7 +19,7 @@ from strawberry.relay import from_base64, to_base64
 from strawberry.types import Info
 
 from domain.analysis import AnalysisStatus
-from projections import consent_state
+from projections.consent_state import ConsentingCounts
 
 TIME = NewType("TIME", str)
 #: The schema's scalar for ``TIME`` (registered in the schema's ``scalar_map``).
@@ -342,11 +342,9 @@ class Analysis(Node):
     def consenting_subjects(self, info: Info[Any, None]) -> int:
         """Counted only when asked for: it reads the organisation's consents, and every
         analysis of an answer counted them even for a page's totalCount (3.7 s for 20
-        analyses over 20,000 consents)."""
-        with info.context.views.transaction(commit=False) as cursor:
-            return consent_state.consenting_subjects(
-                cursor, self.owner, self.consent_purpose, self.consent_data_categories, datetime.now(UTC)
-            )
+        analyses over 20,000 consents). The count is remembered (``ConsentingCounts``)."""
+        counts: ConsentingCounts = info.context.counts
+        return counts.count(self.owner, self.consent_purpose, self.consent_data_categories, datetime.now(UTC))
 
     failure: TaskFailure | None = strawberry.field(
         default=None, description="Why the analysis failed: the node's signed task.fail (beyond the seed)."
