@@ -24,6 +24,7 @@ from conftest import CHAIN, Ledger, give_level1, make_ledger
 from joserfc.jwk import OKPKey
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from pg_sessions import end_session, lock_sessions
 from replication import dfg_process, nodes, replica_size, start_relay, wait_for
 
 import gateways.kafka.follower as follower_module
@@ -239,34 +240,7 @@ def _relay_lock_sessions(schema: str) -> list[int]:
     """The PostgreSQL sessions holding the relay lock of the ledger in ``schema``."""
     from infra.writer_lock import _lock_key
 
-    return _lock_sessions(_lock_key(schema, "relay"))
-
-
-def _lock_sessions(key: int) -> list[int]:
-    """The PostgreSQL sessions holding the advisory lock ``key`` (``_lock_key``)."""
-    import psycopg
-    from conftest import PG_URL
-
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-            " AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
-            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
-        ).fetchall()
-    return [int(row[0]) for row in rows]
-
-
-def _end_session(pid: int) -> None:
-    """``pg_terminate_backend``, waiting until the session has gone."""
-    import psycopg
-    from conftest import PG_URL
-
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        wait_for(
-            lambda: admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None,
-            what=f"session {pid} to end",
-        )
+    return lock_sessions(_lock_key(schema, "relay"))
 
 
 @pytest.mark.postgres
@@ -291,12 +265,12 @@ def test_a_relay_whose_lock_session_ended_takes_it_again_or_stops(
     try:
         wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published")
         (session,) = _relay_lock_sessions(schema)
-        _end_session(session)
+        end_session(session)
         ledger.accept(give(ledger, app, "p-1"))  # nobody took the lock: the relay takes it again
         wait_for(lambda: store.marker("relay.entries") == ledger.head()[0], what="published after")
         assert len(_relay_lock_sessions(schema)) == 1, "the relay did not take its lock again"
         (session,) = _relay_lock_sessions(schema)
-        _end_session(session)
+        end_session(session)
         second = dfg_process(*relay_args, log=tmp_path / "second.log")  # finds the lock free
         wait_for(lambda: _relay_lock_sessions(schema) != [], what="the second relay's lock")
         ledger.accept(give(ledger, app, "p-2"))
@@ -347,9 +321,9 @@ def test_a_follower_whose_lock_another_process_took_stops_with_the_reason(
                 store.close()
 
         wait_for(lambda: size() == ledger.head()[0], timeout=60, what="the follower to catch up")
-        sessions = _lock_sessions(_lock_key(database_url_schema(pg_schema_url)))
+        sessions = lock_sessions(_lock_key(database_url_schema(pg_schema_url)))
         assert len(sessions) == 1
-        _end_session(sessions[0])
+        end_session(sessions[0])
         other = take_writer_lock(node, doing="testing")  # the free lock, as a second follower would
         ledger.accept(give(ledger, app, "p-1"))
         assert follower.wait(30) == 1

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TERMS, Ledger
+from pg_sessions import end_session, lock_sessions
 from replication import wait_for
 
 from infra.bootstrap import checkpoint_key
@@ -245,33 +245,9 @@ def test_a_batch_the_database_did_not_keep_is_forgotten_once_it_answers(ledger: 
 
 def _writer_lock_sessions(schema: str) -> list[int]:
     """The PostgreSQL sessions holding the ledger's writer lock for ``schema``."""
-    import psycopg
-    from conftest import PG_URL
-
     from infra.writer_lock import _lock_key
 
-    key = _lock_key(schema)
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-            " AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
-            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
-        ).fetchall()
-    return [int(r[0]) for r in rows]
-
-
-def _end_session(pid: int) -> None:
-    """``pg_terminate_backend``, waiting until the session has gone."""
-    import psycopg
-    from conftest import PG_URL
-
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        for _ in range(250):
-            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"session {pid} did not end")
+    return lock_sessions(_lock_key(schema))
 
 
 @pytest.mark.postgres
@@ -294,13 +270,13 @@ def test_a_writer_lock_lost_with_its_connection_is_taken_again_or_stops_the_writ
     led = make_ledger(Settings(data_dir=tmp_path / "data", database_url=pg_schema_url))
     try:
         (first,) = _writer_lock_sessions(schema)
-        _end_session(first)
+        end_session(first)
         assert _writer_lock_sessions(schema) == []
         led.admit("sp:after-loss", "service_provider")  # the append takes the lock again
         (second,) = _writer_lock_sessions(schema)
         assert second != first
 
-        _end_session(second)
+        end_session(second)
         with psycopg.connect(PG_URL, autocommit=True) as other:
             other.execute("SELECT pg_advisory_lock(%s)", (_lock_key(schema),))  # another writer
             head = led.head()
@@ -418,7 +394,7 @@ def test_a_server_whose_ledger_another_process_appended_to_meanwhile_stops_appen
     with running_server(settings) as base:
         assert call(f"{base}/v1/transactions", tokens[0])[0] == 201
         (session,) = _writer_lock_sessions(database_url_schema(pg_schema_url))
-        _end_session(session)
+        end_session(session)
         other = Ledger(settings, open_sequencer(settings), led.operator)  # takes the free lock
         try:
             other.admit("sp:meanwhile", "service_provider")
