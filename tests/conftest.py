@@ -7,6 +7,7 @@ tests skip with the reason on a laptop, and fail in CI (CI=true).
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import uuid
@@ -17,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import ECKey, OKPKey
 
 from gateways.kafka.client import KafkaSettings
 from infra.bootstrap import create_ledger, open_sequencer, root_signer
 from infra.settings import Settings
 from infra.tansu import TansuBroker
+from ledger.note import Verifier
 from ledger.sequencer import Accepted, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
+from ledger.witness import witness_verifier
 
 warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
@@ -180,3 +184,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
 @pytest.fixture
 def kafka(broker: TansuBroker) -> KafkaSettings:
     return KafkaSettings(bootstrap=broker.bootstrap, request_timeout_ms=5000)
+
+
+def new_witness(name: str) -> tuple[Ed25519PrivateKey, Verifier]:
+    """A witness's fresh Ed25519 key and its cosignature verifier key (as ``dfg node
+    keygen`` makes them), for tests that cosign checkpoints by hand."""
+    key = Ed25519PrivateKey.generate()
+    x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
+    verifier = witness_verifier(name, {"kty": "OKP", "crv": "Ed25519", "x": x})
+    assert verifier is not None
+    return key, verifier

@@ -7,20 +7,18 @@ it with the ledger's key); only a checkpoint signed before the rewrite shows the
 
 from __future__ import annotations
 
-import base64
 import copy
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Ledger, make_ledger
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from conftest import Ledger, make_ledger, new_witness
 
 from gateways.cli.main import cli
 from infra.bootstrap import checkpoint_key, open_sequencer
 from infra.settings import Settings
-from ledger.witness import cosign, witness_verifier
+from ledger.witness import cosign
 
 
 def _cli(*args: str) -> Result:
@@ -156,10 +154,7 @@ def test_require_final_with_witnesses_refuses_the_entries_after_the_newest_cosig
 ) -> None:
     """The policy used to fail the audit only when no checkpoint at all was final: a
     tail rewritten after the genesis checkpoint, which its witnesses cosigned, passed."""
-    key = Ed25519PrivateKey.generate()
-    x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
-    verifier = witness_verifier("node:alpha", {"kty": "OKP", "crv": "Ed25519", "x": x})
-    assert verifier is not None
+    key, verifier = new_witness("node:alpha")
     store = ledger.sequencer.store
     first = store.latest_checkpoint()
     assert first is not None
@@ -190,10 +185,7 @@ def test_check_receipt_names_its_cosigners_and_the_quorum(ledger: Ledger, tmp_pa
     assert newest is not None
     policy = ["--witness-quorum", "2"]
     for name in ("node:a", "node:b", "node:c"):
-        key = Ed25519PrivateKey.generate()
-        x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
-        verifier = witness_verifier(name, {"kty": "OKP", "crv": "Ed25519", "x": x})
-        assert verifier is not None
+        key, verifier = new_witness(name)
         policy += ["--witness", verifier.to_string()]
         store.save_cosignature(newest.size, name, cosign(newest.note, name, key, 1_700_000_000))
     receipt = tmp_path / "receipt.json"
@@ -214,10 +206,7 @@ def test_a_receipt_whose_cosignature_does_not_verify_is_not_told_to_wait(
     store = ledger.sequencer.store
     newest = store.latest_checkpoint()
     assert newest is not None
-    key = Ed25519PrivateKey.generate()
-    x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
-    verifier = witness_verifier("node:a", {"kty": "OKP", "crv": "Ed25519", "x": x})
-    assert verifier is not None
+    key, verifier = new_witness("node:a")
     line = cosign(newest.note, "node:a", key, 1_700_000_000)
     damaged = line[:-6] + ("B" if line[-6] == "A" else "A") + line[-5:]  # a byte of the signature
     store.save_cosignature(newest.size, "node:a", damaged)
@@ -249,10 +238,7 @@ def test_a_cosignature_kept_without_its_newline_is_exported_with_it(ledger: Ledg
     the database verified, and its bundle, which refuses such a line, did not."""
     newest = ledger.sequencer.store.latest_checkpoint()
     assert newest is not None
-    key = Ed25519PrivateKey.generate()
-    x = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
-    verifier = witness_verifier("node:a", {"kty": "OKP", "crv": "Ed25519", "x": x})
-    assert verifier is not None
+    key, verifier = new_witness("node:a")
     line = cosign(newest.note, "node:a", key, 1_700_000_000)
     ledger.sequencer.store.save_cosignature(newest.size, "node:a", line.rstrip("\n"))
     for result in _both_ways(ledger.settings.data_dir, tmp_path, "--witness", verifier.to_string()):

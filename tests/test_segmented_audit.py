@@ -4,7 +4,6 @@ including the two checks that cross a segment boundary (nonces and timestamps)."
 
 from __future__ import annotations
 
-import base64
 import multiprocessing
 import os
 import sqlite3
@@ -14,8 +13,7 @@ from datetime import timedelta
 from functools import partial
 
 import pytest
-from conftest import Ledger, give_level1
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from conftest import Ledger, give_level1, new_witness
 
 from infra.bootstrap import open_store
 from infra.storage.sqlite import CACHE_KIB, SCAN_CACHE_KIB, WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
@@ -33,7 +31,7 @@ from ledger.segmented_audit import (
 from ledger.sequencer import Sequencer
 from ledger.store import LedgerStore, StoredEntry, all_checkpoints
 from ledger.verifier import ParallelVerifier
-from ledger.witness import WitnessPolicy, cosign, witness_verifier
+from ledger.witness import WitnessPolicy, cosign
 
 
 def test_plan_covers_every_entry_once_and_leaves_the_end_open() -> None:
@@ -145,11 +143,7 @@ def test_a_segment_that_cannot_run_fails_the_audit_with_its_reason(ledger: Ledge
 
 
 def test_witnessed_checkpoints_are_counted_alike(ledger: Ledger) -> None:
-    key = Ed25519PrivateKey.generate()
-    raw = key.public_key().public_bytes_raw()
-    jwk = {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
-    verifier = witness_verifier("node:alpha", jwk)
-    assert verifier is not None
+    key, verifier = new_witness("node:alpha")
     policy = WitnessPolicy({"node:alpha": [verifier]}, quorum=1)
     _populate(ledger, 30)
     store = ledger.sequencer.store
@@ -172,11 +166,7 @@ def test_a_trusted_witness_cosignature_that_does_not_verify_is_named_alike(ledge
     trusted witness's key that does not verify now was damaged or forged since. It
     counted for nothing, and the audit said only that no checkpoint was final (C2SP
     signed notes: a known key's signature that fails is an error, not to be ignored)."""
-    key = Ed25519PrivateKey.generate()
-    raw = key.public_key().public_bytes_raw()
-    jwk = {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
-    verifier = witness_verifier("node:alpha", jwk)
-    assert verifier is not None
+    key, verifier = new_witness("node:alpha")
     policy = WitnessPolicy({"node:alpha": [verifier]}, quorum=1)
     _populate(ledger, 30)
     store = ledger.sequencer.store
