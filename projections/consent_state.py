@@ -354,7 +354,7 @@ def check(
     """
     answer = check_few(cursor, subject, controller, purpose, categories, at)
     if answer is None:
-        answer = _check_all(cursor, subject, controller, purpose, categories, at)
+        answer = check_all(cursor, subject, controller, purpose, categories, at)
     return answer
 
 
@@ -391,7 +391,7 @@ def check_few(
     return ConsentAnswer(False, best[1], best[2], _REFUSAL_OF_RANK[best[0]].value)
 
 
-def _check_all(
+def check_all(
     cursor: Cursor,
     subject: str,
     controller: str,

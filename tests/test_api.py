@@ -172,7 +172,7 @@ def test_a_pair_with_many_consents_is_read_off_the_event_loop(
     are the same."""
     http, ledger = api
     read_on_a_loop = []
-    check_all = consent_state._check_all
+    check_all = consent_state.check_all
 
     def spy(*args: Any) -> Any:
         try:
@@ -182,7 +182,7 @@ def test_a_pair_with_many_consents_is_read_off_the_event_loop(
             read_on_a_loop.append(False)
         return check_all(*args)
 
-    monkeypatch.setattr(consent_state, "_check_all", spy)
+    monkeypatch.setattr(consent_state, "check_all", spy)
     tokens = [_give(ledger, "p-many") for _ in range(consent_state.FEW + 1)]
     assert http.post_json("/v1/transactions", {"transactions": tokens})[0] == 200
     asked = "subject=p-many&controller=sp:app&purpose="

@@ -22,9 +22,9 @@ from projections.consent_state import (
     FEW,
     ConsentAnswer,
     ConsentStateView,
-    _check_all,
     _validity,
     check,
+    check_all,
     check_few,
     consenting_subject_set,
     consenting_subjects,
@@ -163,7 +163,7 @@ def _consents_in_every_state(ledger: Ledger) -> None:
 
 
 def test_the_database_decides_as_the_domain_does(any_ledger: Ledger) -> None:
-    """``_check_all`` (the SQL the check falls back on for a pair with many consents)
+    """``check_all`` (the SQL the check falls back on for a pair with many consents)
     answers every question as ``Validity.refusal`` does over every consent, newest
     first: each purpose and category, at each instant a consent starts, ends or was
     withdrawn, a microsecond either side, and long before and after."""
@@ -180,10 +180,10 @@ def test_the_database_decides_as_the_domain_does(any_ledger: Ledger) -> None:
                 for purpose in (SERVICE, RESEARCH, MARKETING, "dpv:Other"):
                     for categories in ([], [HEALTH], [HEART], [HEALTH, HEART], [HEART, HEART], [ECG]):
                         expected = reference(cursor, *pair, purpose, categories, at)
-                        assert _check_all(cursor, *pair, purpose, categories, at) == expected
+                        assert check_all(cursor, *pair, purpose, categories, at) == expected
                         assert check(cursor, *pair, purpose, categories, at) == expected
                         kinds.add(expected.reason)
-        assert _check_all(cursor, "p-none", "sp:app", SERVICE, [], datetime.now(UTC)) == ConsentAnswer(
+        assert check_all(cursor, "p-none", "sp:app", SERVICE, [], datetime.now(UTC)) == ConsentAnswer(
             False, None, None, "never_given"
         )
     assert kinds == {None, *(r.value for r in Refusal)}  # every answer there is was given

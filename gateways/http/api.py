@@ -36,7 +36,7 @@ from ledger.receipt import Receipt, ReceiptError, make_receipt
 from ledger.sequencer import Accepted
 from ledger.store import HeadMoved, LedgerStore, StoredCheckpoint, StoredEntry
 from ledger.witness import WitnessPolicy, with_cosignatures, witness_verifier
-from projections import keys, timeline
+from projections import consent_state, keys, timeline
 from projections.consent_state import ConsentAnswer, check_few
 from projections.consent_state import check as check_consent
 
@@ -315,9 +315,9 @@ async def get_check(request: web.Request) -> web.StreamResponse:
         answer = check_few(cursor, *asked)  # a bounded read, on the loop
     if answer is None:  # a pair with more consents: ranked by the database, in a thread of their own
 
-        def rank_all() -> ConsentAnswer:
+        def rank_all() -> ConsentAnswer:  # the bounded read said it is not all: not again
             with request.app[VIEWS].transaction(commit=False) as cursor:
-                return check_consent(cursor, *asked)
+                return consent_state.check_all(cursor, *asked)
 
         answer = await asyncio.get_running_loop().run_in_executor(_MANY_CONSENTS, rank_all)
     return json_response(answer.as_dict())
