@@ -1494,13 +1494,20 @@ def test_a_computation_node_given_another_ledgers_topics_stops_with_the_reason(
     ledger.accept(give(ledger, app, "k-1"))
     _publish_all(ledger, kafka, topics)
     process = _node_serving(tmp_path / "node", wrong_key, free_port(), kafka, prefix)
+    stderr = _ended(process)
+    assert process.returncode == 2, stderr
+    assert "cannot be followed into this replica" in stderr and "checkpoint key" in stderr, stderr
+
+
+def _ended(process: subprocess.Popen[str]) -> str:
+    """The stderr of a ``dfg`` process that should stop by itself, killed if it has not
+    within a minute."""
     try:
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 2, stderr
-    assert "cannot be followed into this replica" in stderr and "checkpoint key" in stderr, stderr
+    return str(stderr)
 
 
 def test_a_computation_node_whose_follower_fails_stops_instead_of_serving_a_frozen_replica(
@@ -1531,10 +1538,8 @@ def test_a_computation_node_whose_follower_fails_stops_instead_of_serving_a_froz
         wait_for(serving, timeout=60, what="the node to follow the topics")
         with sqlite3.connect(node_dir / "ledger.sqlite", timeout=10) as db:  # a fault under the follower
             db.execute("ALTER TABLE violations RENAME TO violations_gone")
-        _, stderr = process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
+        stderr = _ended(process)
     assert process.returncode == 1, stderr
     assert "the node stopped: following" in stderr and "no such table: violations" in stderr, stderr
 
