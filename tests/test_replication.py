@@ -756,7 +756,9 @@ def test_a_follower_whose_topic_lost_its_first_records_says_so_and_stops(
     ledger.accept(*[give(ledger, app, f"p-{i}") for i in range(5)])
     _publish_all(ledger, kafka, topics)
     follower = _manual_follower(tmp_path / "node", kafka, topics, None)
-    deleted = mock.patch.object(KafkaConsumer, "beginning_offsets", lambda _c, tps: dict.fromkeys(tps, 3))
+    deleted = mock.patch.object(
+        KafkaConsumer, "beginning_offsets", lambda _c, tps, **_: dict.fromkeys(tps, 3)
+    )
     try:
         stop = threading.Event()  # set only if the follower never stops by itself
         timer = threading.Timer(30, stop.set)
@@ -1748,3 +1750,91 @@ def test_tls_and_sasl_options_reach_every_kafka_client(tmp_path: Path) -> None:
         settings.consumer()
         settings.ensure_topics(("t",))
     assert len(seen) == 3 and all(options.items() >= security.items() for options in seen)
+
+
+def test_a_relay_told_to_stop_while_the_broker_does_not_answer_stops_without_waiting_it_out(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The broker gone while the relay asked where a topic ends: kafka-python waits for
+    the answer for the consumer's whole request time-out (30 s by default, here five
+    minutes), deaf to SIGTERM. It now looks at its stop between short waits."""
+    import gateways.kafka.relay as relay_module
+
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"c-{i}") for i in range(5)])
+    topics = Topics.for_ledger(CHAIN, "deaf")
+    asking, armed = threading.Event(), threading.Event()
+    real_topic_end = relay_module.topic_end
+    with TansuBroker(log_dir=tmp_path / "tansu") as own:  # its own: this test kills it
+        kafka = KafkaSettings(bootstrap=own.bootstrap, request_timeout_ms=300_000)
+
+        def broker_gone_first(*args: Any, **kwargs: Any) -> Any:
+            if armed.is_set() and not asking.is_set():
+                own.kill()
+                asking.set()
+            return real_topic_end(*args, **kwargs)
+
+        with mock.patch.object(relay_module, "topic_end", broker_gone_first):
+            relay, running = start_relay(ledger.sequencer.store, kafka, topics, recheck_every=0)
+            wait_for(lambda: relay.stats.entries_published == ledger.head()[0], what="the entries published")
+            armed.set()
+            wait_for(asking.is_set, what="the relay to ask where a topic ends")
+            running.stop.set()
+            running.thread.join(60)
+            assert not running.thread.is_alive(), "the relay did not stop when told"
+
+
+def test_where_a_topic_ends_is_asked_in_short_waits_until_the_request_time_out() -> None:
+    """Each wait for the broker's answer is short enough for a stop to be heard; a slow
+    answer is asked for again, up to the consumer's request time-out, then the time-out
+    is raised as kafka-python raised it; told to stop, it gives up after one wait."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaTimeoutError
+
+    from gateways.kafka import client
+
+    now = [0.0]
+    waits: list[int] = []
+
+    def no_answer(partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        waits.append(timeout_ms)
+        now[0] += timeout_ms / 1000
+        raise KafkaTimeoutError("no answer")
+
+    consumer = mock.Mock(config={"request_timeout_ms": 15_000})
+    tp = TopicPartition("t", 0)
+    with mock.patch.object(client.time, "monotonic", lambda: now[0]):
+        with pytest.raises(KafkaTimeoutError):
+            client.offset_of(no_answer, tp, consumer, threading.Event())
+        assert waits == [1000, 2000, 4000, 4000, 4000]
+        waits.clear()
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(client.Stopped):
+            client.offset_of(no_answer, tp, consumer, stop)
+        assert waits == [1000]
+
+        answers = iter([KafkaTimeoutError("slow"), {tp: 42}])
+
+        def answered_second(partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        assert client.offset_of(answered_second, tp, consumer, None) == 42
+
+
+def test_a_relay_told_to_stop_while_no_broker_can_be_reached_stops_without_waiting_it_out(
+    ledger: Ledger,
+) -> None:
+    """A new Kafka client tries to reach a broker for kafka-python's 30 s before it
+    gives up, and the relay looks at its stop only between tries: the clients now give
+    up after ``bootstrap_timeout_ms`` (5 s), and the relay tries again with a back-off."""
+    kafka = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there
+    relay, running = start_relay(ledger.sequencer.store, kafka, Topics.for_ledger(CHAIN, "unreached"))
+    time.sleep(0.5)  # trying to reach it
+    running.stop.set()
+    running.thread.join(20)
+    assert not running.thread.is_alive(), "the relay did not stop when told"
+    assert relay.stats.entries_published == 0

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,10 @@ class KafkaSettings:
     client_id: str = "dfg"
     replication_factor: int = 1
     request_timeout_ms: int = 15_000
+    #: How long a new client tries to reach a broker before giving up (the relay and
+    #: followers then try again, with a back-off). kafka-python's 30 s would also be how
+    #: long a relay or node told to stop during an outage takes to notice.
+    bootstrap_timeout_ms: int = 5_000
     #: How long the producer retries a batch (same producer id and sequence, so the
     #: broker drops a copy it already has) before failing it. Long, so that it outlasts
     #: a leader election or a stalled replica: a new producer could not be deduplicated.
@@ -98,6 +102,7 @@ class KafkaSettings:
             "delivery_timeout_ms": self.delivery_timeout_ms,
             "retry_backoff_ms": 200,
             "allow_auto_create_topics": False,  # auto-created topics get several partitions
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         options.update(self.security)
         options.update(overrides)
@@ -116,6 +121,7 @@ class KafkaSettings:
             "fetch_max_wait_ms": 200,
             "allow_auto_create_topics": False,
             "request_timeout_ms": max(self.request_timeout_ms, 30_000),
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         options.update(self.security)
         options.update(overrides)
@@ -135,7 +141,12 @@ class KafkaSettings:
     def ensure_topics(self, names: tuple[str, ...]) -> dict[str, list[str]]:
         """Create missing topics (one partition, ``topic_configs``); return what is wrong
         with the settings of those that exist, by topic (``topic_config_problems``)."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id, **self.security)
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+            **self.security,
+        )
         try:
             existing = set(admin.list_topics())
             wanted = [
@@ -223,19 +234,27 @@ def partition(topic: str) -> TopicPartition:
     return TopicPartition(topic, PARTITION)
 
 
-def topic_end(consumer: KafkaConsumer, topic: str, *, timeout: float = 10.0) -> tuple[int, Any | None]:
+def topic_end(
+    consumer: KafkaConsumer,
+    topic: str,
+    *,
+    timeout: float = 10.0,
+    stop: threading.Event | None = None,
+) -> tuple[int, Any | None]:
     """(offset after the last record, the last record or None) of a one-partition topic.
 
     The reported end offset is only a hint: some brokers (Tansu) answer the base offset
     of the last batch plus one. Reading from just before the hint to the real end
     gives the exact end, and the last record lets the caller check what it holds.
+    Told to ``stop`` meanwhile, it gives up (``Stopped``) instead of waiting out a
+    broker that does not answer.
     """
     tp = partition(topic)
     consumer.assign([tp])
-    hint = consumer.end_offsets([tp])[tp]
+    hint = offset_of(consumer.end_offsets, tp, consumer, stop)
     if hint == 0:
         return 0, None
-    if consumer.beginning_offsets([tp])[tp] >= hint:
+    if offset_of(consumer.beginning_offsets, tp, consumer, stop) >= hint:
         raise TopicTruncated(
             f"{topic} ends at offset {hint} but holds no record: they were deleted (retention, or"
             " kafka-delete-records); its records must be kept for ever"
@@ -250,8 +269,46 @@ def topic_end(consumer: KafkaConsumer, topic: str, *, timeout: float = 10.0) -> 
             continue
         if last is not None and consumer.position(tp) >= consumer.highwater(tp):
             return last.offset + 1, last
+        if stop is not None and stop.is_set():
+            raise Stopped(f"stopped while reading the end of {topic}")
         if time.monotonic() > deadline:
             raise KafkaError(f"could not read the end of {topic} (reported end offset {hint})")
+
+
+class Stopped(KafkaError):  # type: ignore[misc]  # kafka-python has no types
+    """Told to stop while waiting for the brokers: the caller's loop ends; no outage."""
+
+
+#: The first wait for an offsets answer before looking at the stop event again; each
+#: further wait is twice as long, up to the longest: an answer slower than that (a
+#: broker that is up answers in milliseconds) is not waited for, the request is asked
+#: again. A stop is heard within the longest wait.
+FIRST_OFFSETS_WAIT_MS = 1000
+LONGEST_OFFSETS_WAIT_MS = 4000
+
+
+def offset_of(
+    ask: Callable[..., dict[TopicPartition, int]],
+    tp: TopicPartition,
+    consumer: KafkaConsumer,
+    stop: threading.Event | None,
+) -> int:
+    """``ask([tp])`` (``end_offsets``, ``beginning_offsets``) within the consumer's request
+    time-out, as kafka-python does, but asked in waits of 1, 2, then 4 s with the stop
+    event looked at after each: a broker that is down would otherwise hold a relay or
+    node told to stop for the whole time-out (30 s)."""
+    deadline = time.monotonic() + consumer.config["request_timeout_ms"] / 1000
+    wait_ms = FIRST_OFFSETS_WAIT_MS
+    while True:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        try:
+            return int(ask([tp], timeout_ms=max(1, min(wait_ms, left_ms)))[tp])
+        except KafkaTimeoutError:
+            if stop is not None and stop.is_set():
+                raise Stopped(f"stopped while asking where {tp.topic} ends") from None
+            if time.monotonic() >= deadline:
+                raise
+        wait_ms = min(wait_ms * 2, LONGEST_OFFSETS_WAIT_MS)
 
 
 def flush_until_stopped(producer: KafkaProducer, stop: threading.Event) -> None:

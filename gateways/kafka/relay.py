@@ -32,6 +32,7 @@ from domain.principal import Principal
 from gateways.kafka.client import (
     KafkaSettings,
     Record,
+    Stopped,
     TopicsChanged,
     TopicTruncated,
     chunks,
@@ -139,6 +140,8 @@ class Relay:
             except LockTakenAgain as exc:
                 log.warning("%s", exc)
                 self.close()  # and connect again at once
+            except Stopped:
+                break
             except Exception as exc:
                 # the ledger's database: start again from what the topics hold (``reconcile``)
                 why = outage(exc, "the ledger's")
@@ -225,7 +228,7 @@ class Relay:
         and the topic is read from its start (keeping a cosignature twice is harmless)."""
         assert self._cosignatures is not None
         read = self.store.marker(COSIGNATURES_MARKER)
-        end, _ = topic_end(self._cosignatures, self.topics.cosignatures)
+        end, _ = topic_end(self._cosignatures, self.topics.cosignatures, stop=self._stop)
         if read and (lost or end < read):
             log.warning("%s may have lost records: reading it again from its start", self.topics.cosignatures)
             self.store.set_marker(COSIGNATURES_MARKER, 0)
@@ -256,7 +259,7 @@ class Relay:
     def _topic_end(self, topic: str) -> tuple[int, Any | None]:
         assert self._reader is not None
         try:
-            return topic_end(self._reader, topic)
+            return topic_end(self._reader, topic, stop=self._stop)
         except TopicTruncated as exc:  # retrying would not bring the records back
             raise RelayError(str(exc)) from exc
 
