@@ -797,3 +797,16 @@ def test_no_receipt_is_final_on_a_ledger_without_witnesses(api: tuple[Http, Ledg
     http, _ = api
     status, _, problem = http.call("GET", "/v1/entries/1?checkpoint=final")
     assert (status, problem["code"]) == (409, "no_witnesses")
+
+
+def test_the_root_names_the_ledger_and_leads_to_every_document(api: tuple[Http, Ledger]) -> None:
+    """``make run`` prints the server's address; opened in a browser it answered 404."""
+    http, ledger = api
+    status, kind, index = http.call("GET", "/")
+    assert (status, kind) == (200, "application/json")
+    assert index["service"] == "dfg" and index["chain"] == ledger.sequencer.chain
+    assert index["size"] == _size(http)
+    for name, path in index["links"].items():
+        query = "?query=%7B__typename%7D" if name == "graphql" else ""
+        with urllib.request.urlopen(http.url + path + query, timeout=30) as response:
+            assert response.status == 200, (name, path)

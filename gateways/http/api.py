@@ -603,6 +603,32 @@ async def get_badge(request: web.Request) -> web.StreamResponse:
 # --- operations -------------------------------------------------------------------------
 
 
+#: What ``GET /`` points to, each answering as it is: the machine-readable description
+#: first, then the reads anyone may make (GraphiQL for a browser at /graphql).
+INDEX_LINKS = {
+    "openapi": "/openapi.json",
+    "graphql": "/graphql",
+    "checkpoint": "/v1/checkpoint",
+    "witnessed_checkpoint": "/v1/checkpoint/witnessed",
+    "log": "/v1/log?start=1",
+    "health": "/healthz",
+    "metrics": "/metrics",
+}
+
+
+async def get_index(request: web.Request) -> web.StreamResponse:
+    ledger = service(request)
+    return json_response(
+        {
+            "service": "dfg",
+            "version": request.app[OPENAPI]["info"]["version"],
+            "chain": ledger.sequencer.chain,
+            "size": ledger.sequencer.size,
+            "links": INDEX_LINKS,
+        }
+    )
+
+
 async def get_health(request: web.Request) -> web.StreamResponse:
     ledger = service(request)
     if not ledger.running:
@@ -832,6 +858,14 @@ ROUTES: tuple[Route, ...] = (
         tag="principals",
     ),
     ROUTE_BADGE,
+    Route(
+        "GET",
+        "/",
+        get_index,
+        "Which ledger this is, and where its API is described",
+        responses={200: ("the service and its links", m.ServiceIndex)},
+        tag="operations",
+    ),
     Route(
         "GET",
         "/healthz",

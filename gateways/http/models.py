@@ -173,6 +173,17 @@ class BadgeStatement(Strict):
     verify: str
 
 
+class ServiceIndex(Strict):
+    """``GET /``: where the address ``make run`` prints leads a browser or a client that
+    knows nothing else: which ledger this is, and where its documents are."""
+
+    service: Literal["dfg"]
+    version: str
+    chain: str | None
+    size: int
+    links: dict[str, str]
+
+
 class Health(Strict):
     status: Literal["ok"]
     chain: str | None
