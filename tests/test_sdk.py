@@ -327,6 +327,67 @@ def test_no_answer_at_all_raises_a_connection_error() -> None:
     assert len(delays) == 2
 
 
+def not_the_api(body: bytes, content_type: str) -> web.Application:
+    """A server that answers every request 200 with ``body``: what a base URL that
+    reaches a web page, another service or a proxy's page answers."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+UNEXPECTED_CALLS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("submit", lambda c: c.submit("a.b.c")),
+    ("submit_batch", lambda c: c.submit_batch(["a.b.c"])),
+    ("check", lambda c: c.check("p-x", PROVIDER, PURPOSE)),
+    ("check_many", lambda c: c.check_many([ConsentQuestion.of("p-x", PROVIDER, PURPOSE)])),
+    ("entry", lambda c: c.entry(1)),
+    ("checkpoint", lambda c: c.checkpoint()),
+    ("principal", lambda c: c.principal(PROVIDER)),
+    ("history", lambda c: c.history("p-x")),
+    ("health", lambda c: c.health()),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"<html><body>Sign in to the portal</body></html>", "text/html"),
+        (b'{"hello": "world"}', "application/json"),
+        (b'["not", "an", "object"]', "application/json"),
+        (b'{"seq": ', "application/json"),  # cut short
+    ],
+)
+def test_an_answer_that_is_not_the_apis_is_an_api_error(body: bytes, content_type: str) -> None:
+    """The SDK's one exception family, also when the base URL reaches something else: a
+    provider's queue catching DfgApiError got a KeyError or TypeError from the reader, and
+    entry(), principal(), history() and health() returned the page's text as the document."""
+    with serve_app(not_the_api(body, content_type)) as url:
+        client = ConsentClient(url, retry=FAST_RETRY)
+        for name, call in UNEXPECTED_CALLS:
+            if name == "checkpoint" and content_type == "text/html":
+                continue  # a note is text: only its reader could tell a page from it
+            with pytest.raises(DfgApiError) as caught:
+                call(client)
+            assert (caught.value.status, caught.value.code) == (200, "unexpected_answer"), name
+            assert not caught.value.retryable
+
+        async def main() -> None:
+            async with AsyncConsentClient(url, retry=FAST_RETRY) as client:
+                with pytest.raises(DfgApiError) as caught:
+                    await client.health()
+                assert caught.value.code == "unexpected_answer"
+                with pytest.raises(DfgApiError) as caught:
+                    await client.check("p-x", PROVIDER, PURPOSE)
+                assert caught.value.code == "unexpected_answer"
+
+        asyncio.run(main())
+
+
 def test_refusals_carry_the_problem_code(env: Env) -> None:
     with pytest.raises(DfgApiError) as caught:
         env.client.submit("not-a-jws")

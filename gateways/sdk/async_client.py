@@ -158,7 +158,7 @@ class AsyncConsentClient:
                 continue
             if self.retry.retryable_status(status) and attempt + 1 < self.retry.attempts:
                 continue
-            return call.read(protocol.read_answer(status, content_type, raw))
+            return protocol.answer(call, status, content_type, raw)
         assert failure is not None
         raise failure
 

@@ -78,6 +78,22 @@ def read_answer(status: int, content_type: str, raw: bytes) -> Any:
     return raw.decode("utf-8")
 
 
+def answer(call: Call, status: int, content_type: str, raw: bytes) -> Any:
+    """What ``call`` returns for this HTTP answer; a ``DfgApiError`` for a refusal, and
+    ``unexpected_answer`` for a 2xx that is not the API's (a base URL that reaches a web
+    page, another service or a proxy's page; a body cut short): reading it would raise
+    the KeyError, TypeError or ValueError of the reader, and the SDK promises one family."""
+    try:
+        return call.read(read_answer(status, content_type, raw))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DfgApiError(
+            status,
+            "unexpected_answer",
+            f"{call.method} {call.path}: the answer ({status}, {content_type or 'no content type'})"
+            f" is not the dfg API's: {exc!r}"[:500],
+        ) from None
+
+
 # --- the calls ---------------------------------------------------------------------------
 
 
@@ -122,25 +138,27 @@ def check_many(questions: Sequence[ConsentQuestion]) -> Call:
 
 def entry(seq: int, *, final: bool = False) -> Call:
     query = "?checkpoint=final" if final else ""
-    return Call("GET", f"/v1/entries/{int(seq)}{query}", _identity)
+    return Call("GET", f"/v1/entries/{int(seq)}{query}", _object("seq", "entry", "proof", "checkpoint"))
 
 
 def checkpoint() -> Call:
-    return Call("GET", "/v1/checkpoint", str)
+    return Call("GET", "/v1/checkpoint", _text)
 
 
 def principal(principal_id: str) -> Call:
-    return Call("GET", f"/v1/principals/{quote(principal_id, safe=':~')}", _identity)
+    return Call("GET", f"/v1/principals/{quote(principal_id, safe=':~')}", _object("principal", "keys"))
 
 
 def history(subject: str, *, limit: int | None = None, before: int | None = None) -> Call:
     params = {k: str(v) for k, v in (("limit", limit), ("before", before)) if v is not None}
     query = f"?{urlencode(params)}" if params else ""
-    return Call("GET", f"/v1/subjects/{quote(subject, safe=':~')}/history{query}", _identity)
+    return Call(
+        "GET", f"/v1/subjects/{quote(subject, safe=':~')}/history{query}", _object("events", "next_before")
+    )
 
 
 def health() -> Call:
-    return Call("GET", "/healthz", _identity)
+    return Call("GET", "/healthz", _object("status", "chain", "size"))
 
 
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -159,5 +177,22 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _identity(value: Any) -> Any:
+def _object(*members: str) -> Callable[[Any], dict[str, Any]]:
+    """A reader of a JSON object answer, returned as it is (a receipt, a principal, a
+    history page, health), once it has the ``members`` every such answer has."""
+
+    def read(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+        if missing := [name for name in members if name not in value]:
+            raise KeyError(", ".join(missing))
+        return value
+
+    return read
+
+
+def _text(value: Any) -> str:
+    """A text answer (the checkpoint note)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
     return value
