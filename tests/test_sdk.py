@@ -327,6 +327,13 @@ def test_no_answer_at_all_raises_a_connection_error() -> None:
     assert len(delays) == 2
 
 
+@pytest.mark.parametrize("policy", [{"attempts": 0}, {"attempts": -1}, {"attempts": 2.5}, {"backoff": -1}])
+def test_a_retry_policy_that_would_never_send_is_refused_when_made(policy: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**policy)
+    assert RetryPolicy(attempts=1).attempts == 1  # no retry: one try
+
+
 def not_the_api(body: bytes, content_type: str) -> web.Application:
     """A server that answers every request 200 with ``body``: what a base URL that
     reaches a web page, another service or a proxy's page answers."""

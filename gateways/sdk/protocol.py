@@ -41,13 +41,20 @@ class Call:
 class RetryPolicy:
     """Resubmit the same request on connection errors and 502/503/504.
 
-    ``attempts`` counts the first try; delays grow as ``backoff * 2**n`` (with jitter,
+    ``attempts`` counts the first try (1: no retry); delays grow as ``backoff * 2**n`` (with jitter,
     so many clients do not return in lockstep), capped at ``max_delay`` seconds.
     """
 
     attempts: int = 4
     backoff: float = 0.2
     max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        # attempts=0 made every call end in the clients' AssertionError, having sent nothing
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"attempts counts the first try: 1 or more, not {self.attempts!r}")
+        if not self.backoff >= 0 or not self.max_delay >= 0:
+            raise ValueError("backoff and max_delay are seconds, 0 or more")
 
     def delay(self, attempt: int) -> float:
         base = min(self.max_delay, self.backoff * 2.0**attempt)
