@@ -228,7 +228,7 @@ class NodeEngine:
 
     def _submit(self, tx_type: str, body: dict[str, Any]) -> bool:
         """Sign and submit; a refusal is logged and reported (False), never raised. A
-        submission the ledger may not have received (no answer, or 502/503/504) is kept
+        submission the ledger may not have received (no answer, or 408/502/503/504) is kept
         and resubmitted before any other work: a lost task.finish, task.fail or
         results.approve would leave the analysis waiting until this node restarted."""
         return self._refusal(tx_type, body, keep=True) is None

@@ -395,6 +395,40 @@ def test_an_answer_that_is_not_the_apis_is_an_api_error(body: bytes, content_typ
         asyncio.run(main())
 
 
+def test_a_body_that_arrived_too_slowly_is_resubmitted(env: Env) -> None:
+    """408 body_timeout: nothing was read, and docs/integration-level-1.md says to resubmit
+    the same JWS; the clients gave up at once and ``retryable`` said it would not help."""
+    timeouts = [1]
+    seen: list[str] = []
+
+    async def slow_once(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.append(request.method)
+        if timeouts[0]:
+            timeouts[0] -= 1
+            problem = {"type": "x", "title": "x", "status": 408, "code": "body_timeout", "detail": "late"}
+            return web.json_response(problem, status=408, content_type="application/problem+json")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                env.url + request.path, data=body, headers={"Content-Type": request.content_type}
+            ) as got,
+        ):
+            return web.Response(body=await got.read(), status=got.status, content_type=got.content_type)
+
+    app = web.Application()
+    app.router.add_post("/v1/transactions", slow_once)
+    subject, _, token = env.give()
+    with serve_app(app) as url:
+        accepted = ConsentClient(url, retry=FAST_RETRY).submit(token)
+        assert seen == ["POST", "POST"] and not accepted.duplicate
+        timeouts[0] = 5
+        with pytest.raises(DfgApiError) as caught:
+            ConsentClient(url, retry=RetryPolicy(attempts=2, backoff=0.01)).submit(token)
+    assert (caught.value.status, caught.value.code, caught.value.retryable) == (408, "body_timeout", True)
+    assert env.client.check(subject, PROVIDER, PURPOSE).granted
+
+
 def test_refusals_carry_the_problem_code(env: Env) -> None:
     with pytest.raises(DfgApiError) as caught:
         env.client.submit("not-a-jws")

@@ -31,7 +31,7 @@ USER_AGENT = "dfg-sdk-python/1"
 class ConsentClient:
     """A client of one dfg server (``base_url`` such as ``https://ledger.example``).
 
-    Every call is retried on connection errors and 502/503/504 with the *same*
+    Every call is retried on connection errors and 408/502/503/504 with the *same*
     request; for a transaction that is safe because the ledger answers a JWS it
     already accepted with the existing entry (``duplicate=True``). Errors raise
     ``DfgApiError`` (``DfgConnectionError`` when no answer came back at all).

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Statuses after which resubmitting the *same* request is safe and may succeed.
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
+#: Statuses after which resubmitting the *same* request is safe and may succeed: the
+#: ledger or a proxy in front of it was busy or gone, or (408 ``body_timeout``) the body
+#: did not arrive in time and nothing was read.
+RETRYABLE_STATUSES = frozenset({408, 502, 503, 504})
 
 
 class DfgApiError(Exception):

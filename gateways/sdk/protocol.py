@@ -39,7 +39,7 @@ class Call:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Resubmit the same request on connection errors and 502/503/504.
+    """Resubmit the same request on connection errors and 408/502/503/504.
 
     ``attempts`` counts the first try (1: no retry); delays grow as ``backoff * 2**n`` (with jitter,
     so many clients do not return in lockstep), capped at ``max_delay`` seconds.
