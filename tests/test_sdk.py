@@ -227,6 +227,31 @@ def test_a_token_that_is_not_ascii_is_refused_by_the_server_as_any_bad_jws(env: 
     assert refused.value.status == 400 and refused.value.code, refused.value
 
 
+def test_one_string_where_a_list_of_codes_belongs_is_refused_not_spelt_out(env: Env) -> None:
+    """A string is an iterable of its characters: ``data_categories="Health"`` was signed
+    onto the ledger as the six categories H, e, a, l, t, h, and a check asked about them
+    (granted for such a consent, category_not_covered for one that covers "Health")."""
+    notice = {"notice_url": "https://app.example/notice", "notice_sha256": "0" * 64}
+    with pytest.raises(TypeError, match="data_categories: a list of codes"):
+        consent_terms(purposes=[PURPOSE], data_categories="Health", **notice)
+    with pytest.raises(TypeError, match="purposes: a list of codes"):
+        consent_terms(purposes="Research", data_categories=[CATEGORY], **notice)
+    with pytest.raises(TypeError, match="data_categories: a list of codes"):
+        env.provider.utilize_consent(consent_id=new_consent_id(), purpose=PURPOSE, data_categories="Heal")
+    for question in (
+        lambda: env.client.check("p-x", PROVIDER, PURPOSE, "Health"),
+        lambda: env.client.check_many([ConsentQuestion.of("p-x", PROVIDER, PURPOSE, "Health")]),
+        lambda: env.client.check_many(
+            [{"subject": "p-x", "controller": PROVIDER, "purpose": PURPOSE, "categories": "Health"}]
+        ),
+        lambda: ConsentQuestion("p-x", PROVIDER, PURPOSE, "Health"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match="categories: a list of codes"):
+            question()
+    kept = ConsentQuestion.of("p-x", PROVIDER, PURPOSE, (c for c in ["Health", "Sleep"]))
+    assert kept.categories == ("Health", "Sleep")
+
+
 def test_resubmitting_the_same_jws_returns_the_same_entry(env: Env) -> None:
     _, _, token = env.give()
     first = env.client.submit(token)

@@ -22,6 +22,7 @@ from domain.commands import ConsentTerms
 from domain.handlers import COMMANDS
 from gateways.sdk.keys import PrivateKey, load_key, public_jwk
 from gateways.sdk.nonces import NonceSource
+from gateways.sdk.results import code_list
 from ledger.canonical import canonical_json
 from ledger.jws import parse_compact, sign_compact
 from ledger.signing import DEFAULT_VALIDITY_S, TransactionSigner
@@ -51,8 +52,8 @@ def consent_terms(
 ) -> dict[str, Any]:
     """The ``terms`` object (ISO/IEC TS 27560 fields), validated, as JSON-ready data."""
     terms = ConsentTerms(
-        purposes=list(purposes),
-        data_categories=list(data_categories),
+        purposes=code_list("purposes", purposes),
+        data_categories=code_list("data_categories", data_categories),
         notice={"url": notice_url, "sha256": notice_sha256},  # type: ignore[arg-type]
         valid_from=valid_from,
         valid_until=valid_until,
@@ -214,7 +215,11 @@ class TransactionBuilder:
         """Record a use; the ledger refuses it unless the consent covers it at that moment."""
         return self.sign(
             "consent.utilize",
-            {"consent_id": consent_id, "purpose": purpose, "data_categories": list(data_categories)},
+            {
+                "consent_id": consent_id,
+                "purpose": purpose,
+                "data_categories": code_list("data_categories", data_categories),
+            },
         )
 
     # --- principals and keys -------------------------------------------------------------

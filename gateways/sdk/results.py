@@ -57,6 +57,9 @@ class ConsentQuestion:
     categories: tuple[str, ...] = ()
     at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "categories", tuple(code_list("categories", self.categories)))
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "subject": self.subject,
@@ -86,7 +89,7 @@ class ConsentQuestion:
                 raise ValueError(f"at: {text[:40]!r} is not an RFC 3339 instant") from None
         elif at is not None and not isinstance(at, datetime):
             raise TypeError(f"at: a timezone-aware datetime or RFC 3339 text, not {type(at).__name__}")
-        return cls(subject, controller, purpose, tuple(categories), at)
+        return cls(subject, controller, purpose, tuple(code_list("categories", categories)), at)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,15 @@ class ConsentAnswer:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConsentAnswer:
         return cls(bool(data["granted"]), data.get("consent_id"), data.get("seq"), data.get("reason"))
+
+
+def code_list(name: str, codes: Iterable[str]) -> list[str]:
+    """``codes`` as a list. One string is an iterable of its characters: ``"dpv:Health"``
+    given for ``["dpv:Health"]`` was signed as the codes "d", "p", "v", ... (or, for a code
+    of letters alone, silently, as one code per letter), and a check asked about them."""
+    if isinstance(codes, str | bytes):
+        raise TypeError(f"{name}: a list of codes, not one string: [{codes!r}]?")
+    return list(codes)
 
 
 def _instant(value: datetime) -> str:
