@@ -72,6 +72,8 @@ def read_jwk(path: Path) -> OKPKey | ECKey:
         raise wrong from exc
     if not isinstance(data, dict) or data.get("kty") not in ("OKP", "EC"):
         raise wrong
+    if "d" not in data:  # it imports, and fails only when it first signs (a traceback in the CLI)
+        raise KeyFileError(f'{path} holds a public key only: give the private JWK (with its "d")')
     try:
         return OKPKey.import_key(data) if data["kty"] == "OKP" else ECKey.import_key(data)
     except Exception as exc:  # joserfc's errors for bad key material vary by key type
