@@ -713,6 +713,17 @@ def test_a_document_that_is_not_an_object_is_not_a_receipt(env: Env, document: A
         verify_receipt(document, env.checkpoint_key, env.provider.public_jwk)
 
 
+@pytest.mark.parametrize("keys", [[{"kty": "OKP"}], "x", 5, None])
+def test_keys_that_are_no_key_are_the_callers_mistake(env: Env, receipt: dict[str, Any], keys: Any) -> None:
+    """A list of JWKs (``keys`` is plural) or a stray value ended in an AttributeError from
+    inside the key ring; it is a TypeError naming what ``keys`` takes, not a ReceiptError
+    that would say the receipt does not verify."""
+    with pytest.raises(TypeError, match="keys: a public JWK, a KeyRing or a mapping"):
+        verify_receipt(receipt, env.checkpoint_key, keys)
+    with pytest.raises(TypeError, match="KeyRing is made from a mapping"):
+        KeyRing([public_jwk(env.provider_key)])  # type: ignore[arg-type]
+
+
 def test_a_receipt_does_not_verify_with_another_ledgers_checkpoint_key(
     env: Env, receipt: dict[str, Any], tmp_path: Path
 ) -> None:

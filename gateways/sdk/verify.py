@@ -57,6 +57,10 @@ class KeyRing:
 
     def __init__(self, keys: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self._keys: dict[str, dict[str, str]] = {}
+        if keys is not None and not isinstance(keys, Mapping):
+            raise TypeError(
+                f"a KeyRing is made from a mapping kid -> public JWK, not a {type(keys).__name__}"
+            )
         for kid, jwk in (keys or {}).items():
             self.pin(kid, jwk)
 
@@ -196,6 +200,10 @@ def verify_receipt(
 
 
 def _key_for(kid: str, signer: str, keys: Keys) -> dict[str, str]:
+    if not isinstance(keys, KeyRing | Mapping):  # the caller's mistake: not "the receipt does not verify"
+        raise TypeError(
+            f"keys: a public JWK, a KeyRing or a mapping kid -> public JWK, not a {type(keys).__name__}"
+        )
     if isinstance(keys, KeyRing):
         found = keys.get(kid)
     elif "kty" in keys:  # one public JWK
