@@ -68,7 +68,7 @@ def _require_role(signer: Principal, *roles: str) -> None:
     if not signer.roles.intersection(roles):
         raise DomainError(
             "role_not_allowed",
-            f"{signer.principal} (roles {', '.join(sorted(signer.roles))}) may not do this;"
+            f"{signer.principal} (roles {', '.join(sorted(signer.roles)) or 'none'}) may not do this;"
             f" needs one of {', '.join(sorted(roles))}",
         )
 
@@ -361,7 +361,7 @@ def decide(
     if signer is not None and "self" not in allowed and not signer.roles.intersection(allowed):
         raise DomainError(
             "role_not_allowed",
-            f"{signer.principal} (roles {', '.join(sorted(signer.roles))}) may not sign {tx_type};"
+            f"{signer.principal} (roles {', '.join(sorted(signer.roles)) or 'none'}) may not sign {tx_type};"
             f" needs one of {', '.join(sorted(allowed))}",
         )
     return HANDLERS[tx_type](command, signer, at, state)

@@ -1283,6 +1283,27 @@ def test_a_custodian_that_is_no_identity_service_is_named(ledger: Ledger, app: T
     assert refused.message == "the custodian sp:app is no identity service (roles service_provider)"
 
 
+def test_a_signer_whose_every_role_was_revoked_is_said_to_hold_none(ledger: Ledger) -> None:
+    """A wallet whose identity_service role was revoked was refused as "ids:wallet
+    (roles ) may not sign consent.give"."""
+    ids = ledger.admit("ids:wallet", "identity_service")
+    ledger.accept(
+        ledger.sign(
+            ledger.operator, "principal.revoke_role", {"principal": "ids:wallet", "role": "identity_service"}
+        )
+    )
+    body = {"principal": "ctz:new", "kind": "citizen", "custodian": "ids:wallet"}
+    refused = refuse(
+        ledger, ledger.sign(ids, "principal.admit", body), "role_not_allowed", signer="ids:wallet"
+    )
+    assert refused.message.startswith("ids:wallet (roles none) may not sign principal.admit;"), (
+        refused.message
+    )
+    other = {"principal": OPERATOR, "jwk": public_jwk(OKPKey.generate_key("Ed25519")).as_dict()}
+    refused = refuse(ledger, ledger.sign(ids, "key.add", other), "role_not_allowed", signer="ids:wallet")
+    assert refused.message.startswith("ids:wallet (roles none) may not do this;"), refused.message
+
+
 def test_identity_service_admitting_a_non_citizen_is_role_not_allowed(ledger: Ledger) -> None:
     ids = ledger.admit("ids:wallet", "identity_service")
     for kind in ("service_provider", "operator", "identity_service"):
