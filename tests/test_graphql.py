@@ -717,6 +717,22 @@ def test_a_list_of_catalogs_reads_the_datasources_once(
     assert reads.count("Datasource") == 1
 
 
+def test_catalogs_by_catalog_id_answer_that_catalog_only(platform: Any) -> None:
+    """catalogs(input: {catalogId}) ignored the id: it listed every catalog, and took
+    any string (datasources(input: {catalogId}) filtered, and refused a malformed id)."""
+    from strawberry.relay import to_base64
+
+    ledger, session, url, p = platform
+    catalogs = [str(uuid.uuid4()) for _ in range(2)]
+    for number, catalog in enumerate(catalogs):
+        body = {"catalog_id": catalog, "name": f"c{number}"}
+        _rest_submit(url, ledger.sign(p["provider"], "catalog.create", body))
+    query = "query($c: ID!) { catalogs(input: {catalogId: $c}) { name } }"
+    assert _run(session, query, c=to_base64("Catalog", catalogs[1]))["catalogs"] == [{"name": "c1"}]
+    assert _run(session, query, c=to_base64("Catalog", str(uuid.uuid4())))["catalogs"] == []
+    assert _error_code(session, query, c="zzz") == "invalid_id"
+
+
 def _analyses_and_consents(platform: Any, analyses: int, consents: int) -> None:
     """``analyses`` drafts of ao:lab over one data view, asking for consent to research
     on heart rates, and ``consents`` level 1 copies of such consents (a subject each)."""

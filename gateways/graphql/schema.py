@@ -489,6 +489,9 @@ class Query:
         ctx = _ctx(info)
         with ctx.views.transaction(commit=False) as cursor:
             docs = views.documents(cursor, "Catalog", owner=input.owner if input else None, limit=10_000)
+        if input and input.catalog_id:
+            catalog_id = _id_of(input.catalog_id, "Catalog")
+            docs = [d for d in docs if d["catalog_id"] == catalog_id]
         if input and input.search:
             docs = [d for d in docs if input.search.lower() in d["name"].lower()]
         return _catalogs(ctx, docs)
