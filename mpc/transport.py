@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -329,6 +330,7 @@ class Mesh:
         self._handshaking: set[socket.socket] = set()  # accepted, not yet authenticated
         self._serving: set[threading.Thread] = set()
         self._dial_lock = threading.Lock()
+        self._sender: ThreadPoolExecutor | None = None  # sends a round to several peers at once
         self._inbox_lock = threading.Lock()
         self._inboxes: dict[tuple[str, str], queue.Queue[tuple[int, Message] | None]] = {}
         self._aborts: dict[tuple[str, str], bytes] = {}  # (session, peer) -> why it gave up
@@ -366,7 +368,11 @@ class Mesh:
             serving = [*self._serving]
             for inbox in self._inboxes.values():
                 inbox.put(None)
-        channels += self._outgoing.values()  # not under the dial lock, which a dial may hold
+        with self._dial_lock:  # a dial ends outside it, and then sees the mesh closed
+            channels += self._outgoing.values()
+            sender, self._sender = self._sender, None
+        if sender is not None:  # its sends fail at once now that the channels are closed
+            sender.shutdown(wait=False)
         for channel in channels:
             channel.close()
         for sock in half_open:
@@ -567,26 +573,34 @@ class Mesh:
     # connection that breaks inside a session fails the session instead of losing a frame
 
     def _channel(self, peer: str, session: str, *, patient: bool = True) -> SecureChannel:
+        """The session's connection to ``peer``, dialled if there is none. The dial runs
+        outside the lock: a round is sent to every peer at once, and a peer being dialled
+        again (refused, restarting) must not hold up the others' connections."""
         with self._dial_lock:
             channel = self._outgoing.get((peer, session))
-            if channel is None:
-                if self._closed.is_set():
-                    raise TransportError(f"{self.me.name} is stopping")
-                if peer not in self.peers:
-                    raise TransportError(f"no address for {peer} (give it with --peer)")
-                sock = self._dial(peer) if patient else self._dial_once(peer)
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    channel = connect(sock, self.me, peer, self.keys_of, self.context)
-                    # A peer that stops reading (its process stopped or hung) fills the
-                    # connection, and TCP holds it open for ever: a send fails the session
-                    # at its time-out, as a receive does, instead of waiting for ever.
-                    sock.settimeout(self.timeout)
-                except BaseException:  # a refused handshake: not left to the garbage collector
-                    sock.close()
-                    raise
-                self._outgoing[(peer, session)] = channel
-            return channel
+            if channel is not None:
+                return channel
+            if self._closed.is_set():
+                raise TransportError(f"{self.me.name} is stopping")
+            if peer not in self.peers:
+                raise TransportError(f"no address for {peer} (give it with --peer)")
+        sock = self._dial(peer) if patient else self._dial_once(peer)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel = connect(sock, self.me, peer, self.keys_of, self.context)
+            # A peer that stops reading (its process stopped or hung) fills the
+            # connection, and TCP holds it open for ever: a send fails the session
+            # at its time-out, as a receive does, instead of waiting for ever.
+            sock.settimeout(self.timeout)
+        except BaseException:  # a refused handshake: not left to the garbage collector
+            sock.close()
+            raise
+        with self._dial_lock:
+            if self._closed.is_set():  # close() ran during the dial: it did not see this one
+                channel.close()
+                raise TransportError(f"{self.me.name} is stopping")
+            self._outgoing[(peer, session)] = channel
+        return channel
 
     def _dial(self, peer: str) -> socket.socket:
         """Connect, retrying while the peer is not listening yet (it may be starting or
@@ -625,6 +639,34 @@ class Mesh:
         except (OSError, TransportError) as exc:
             self._drop_channel(peer, session)
             raise ProtocolTimeout(f"cannot reach {peer}: {exc}") from exc
+
+    def send_round(self, session: str, number: int, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Send one round to several peers at once; once every send has ended, raise the
+        first peer's failure. One after the other, a peer that cannot be reached (dialled
+        again up to the time-out) kept the round from the peers after it, which then
+        timed out and blamed this node on the ledger for the other's fault."""
+        with self._dial_lock:
+            if self._sender is None and not self._closed.is_set():
+                self._sender = ThreadPoolExecutor(max(1, len(self.peers)), thread_name_prefix="dfg-mpc-send")
+            sender = self._sender
+        if sender is None or len(messages) < 2:  # stopping (each send fails), or one peer
+            for peer, payload in messages:
+                self.send(peer, session, number, payload)
+            return
+        try:
+            pending = [sender.submit(self.send, peer, session, number, p) for peer, p in messages[:-1]]
+        except RuntimeError:  # close() shut the sender down meanwhile
+            raise TransportError(f"{self.me.name} is stopping") from None
+        last_peer, last_payload = messages[-1]
+        last: BaseException | None = None
+        try:
+            self.send(last_peer, session, number, last_payload)
+        except BaseException as exc:  # reported once the others have ended, in peer order
+            last = exc
+        failures = [future.exception() for future in pending] + [last]
+        first = next((exc for exc in failures if exc is not None), None)
+        if first is not None:
+            raise first
 
     def _drop_channel(self, peer: str, session: str) -> None:
         """A send that failed (a time-out mid-frame, a reset) leaves the connection unusable:
@@ -703,13 +745,9 @@ class SessionEndpoint:
 
     def exchange(self, outgoing: Mapping[int, bytes]) -> dict[int, Message]:
         self.rounds += 1
-        received: dict[int, Message] = {}
-        for j, member in enumerate(self.members, start=1):
-            payload = outgoing.get(j, b"")
-            if j == self.index:
-                received[j] = payload
-            else:
-                self.mesh.send(member, self.session, self.rounds, payload)
+        received: dict[int, Message] = {self.index: outgoing.get(self.index, b"")}
+        others = [(m, outgoing.get(j, b"")) for j, m in enumerate(self.members, start=1) if j != self.index]
+        self.mesh.send_round(self.session, self.rounds, others)
         for j, member in enumerate(self.members, start=1):
             if j != self.index:
                 received[j] = self.mesh.receive(member, self.session, self.rounds, self.mesh.timeout)

@@ -573,3 +573,32 @@ def test_a_connection_nobody_answers_is_said_to_get_no_answer(monkeypatch: pytes
     with meshes() as made, pytest.raises(ProtocolTimeout) as raised:
         made[0].send("node:b", "s1", 1, b"hello")
     assert str(raised.value).startswith("cannot reach node:b: no answer to a connection within 10 s")
+
+
+def test_a_round_reaches_every_reachable_peer_while_another_cannot_be_reached() -> None:
+    """node:b died mid-task after node:c had sent it its round. node:a sent to its peers
+    one after the other: it dialled node:b (refused) until its time-out, and never sent
+    node:c anything, so node:c's task.fail blamed node:a ("node:a did not answer
+    round 1"), an innocent node, on the ledger."""
+    with meshes(timeout=2.0) as made, socket.create_server(("127.0.0.1", 0)) as gone:
+        refused = gone.getsockname()[:2]
+        gone.close()  # nothing listens there: node:a's dials to node:b are refused
+        made[0].peers["node:b"] = refused
+        outcomes: dict[str, object] = {}
+
+        def one(index: int) -> None:
+            endpoint = made[index].endpoint("s1", NAMES)
+            try:
+                outcomes[NAMES[index]] = endpoint.exchange({1: b"1", 2: b"2", 3: b"3"})
+            except Exception as exc:  # the test inspects it
+                outcomes[NAMES[index]] = exc
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in (0, 2)]  # node:b says nothing
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert isinstance(outcomes["node:a"], ProtocolTimeout)
+    assert str(outcomes["node:a"]).startswith("cannot reach node:b")
+    assert isinstance(outcomes["node:c"], ProtocolTimeout)
+    assert str(outcomes["node:c"]).startswith("node:b did not answer round 1"), outcomes["node:c"]
