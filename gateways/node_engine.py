@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from domain.calculations import CalculationError, check_calculation
+from domain.field_capacity import variable_magnitude
 from gateways.sdk import ConsentClient, DfgApiError, TransactionBuilder
 from infra.node import NodeReplica
 from infra.share_bundles import find_bundle
 from mpc.bundles import BundleError, ShareBundle, open_sealed
 from mpc.engine import Column, EngineError, agree_on_rows, check_bundles, eligible_rows, shared_table
-from mpc.field import FieldError, FixedPoint, PrimeField
+from mpc.field import FieldCapacity, FieldError, FixedPoint, PrimeField, Range
 from mpc.protocols import ProtocolError
 from mpc.results import ResultShares, seal_result
 from mpc.runtime import Party, ProtocolTimeout
@@ -327,6 +329,13 @@ class NodeEngine:
             except BundleError as exc:
                 raise EngineError(f"datasource {datasource_id}: {exc}{self._key_mismatch()}") from exc
         check_bundles(opened, node=self.name, party=plan.party, modulus=plan.field.modulus)
+        # the ledger checked the field against the rows uploaded when the analysis was sent
+        # (10,000,000 before any upload); a provider may have uploaded more since
+        rows = max((bundle.rows for bundle in opened.values()), default=0)
+        try:
+            FieldCapacity(plan.field, plan.fixed).check([Range(-m, m) for m in plan.magnitudes], rows)
+        except FieldError as exc:
+            raise EngineError(f"the datasources hold {rows:,} rows now: {exc}") from exc
         return opened
 
     def _key_mismatch(self) -> str:
@@ -491,6 +500,7 @@ class Plan:
     consenting: frozenset[str]
     min_cell: int
     release_extremes: bool
+    magnitudes: tuple[Decimal, ...] = ()  # the largest |value| of each view variable
 
     @property
     def field(self) -> PrimeField:
@@ -530,6 +540,7 @@ class Plan:
             consenting=frozenset(consenting),
             min_cell=max(int(p["min_cell"]) for p in policies),
             release_extremes=all(bool(p["release_extremes"]) for p in policies),
+            magnitudes=tuple(variable_magnitude(v) for v in view.get("variables", [])),
         )
 
 

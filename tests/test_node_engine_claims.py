@@ -351,3 +351,35 @@ def test_a_bundle_this_nodes_key_cannot_open_names_the_key_the_ledger_records(
     mine = x25519_jwk(engine.settings.encryption_key)["x"]
     assert f"records the encryption key x={record['encryption_key']['x']} for node:a" in message
     assert f"runs with x={mine} (--encryption-key)" in message
+
+
+def test_a_merge_over_more_rows_than_the_field_was_checked_for_fails_instead_of_computing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger checks an analysis' field against the rows uploaded when it is sent; a
+    provider that uploads more rows afterwards was computed on with no check at all
+    (mpc.field.FieldCapacity said the engine checked again; nothing called it)."""
+    from gateways.node_engine import Plan
+    from infra.share_bundles import keep_bundle
+    from mpc.bundles import ShareBundle, commitment, seal
+    from mpc.engine import EngineError
+    from mpc.statistics import PRESENT
+
+    rows = 10_000  # a variable up to 10^6 at 16 fractional bits: 8,191 rows fit GF(2^127 - 1)
+    keys_ = tuple(f"p-{i}" for i in range(rows))
+    bundle = ShareBundle("ds-1", "node:a", keys_, {"x": [5] * rows, "x" + PRESENT: [1] * rows})
+    engine = _engine(cast(_Ledger, _AcceptingLedger()), tmp_path)
+    sealed = seal(bundle, engine.settings.encryption_key.public_key())
+    keep_bundle(engine.settings.bundles, "ds-1", sealed)
+    doc = {"analysis_id": ANALYSIS, "nodes": ["node:a", "node:b", "node:c"], "modulus": str(2**127 - 1)}
+    doc |= {"fixed_point_precision": 16, "calculations": []}
+    view = {"variables": [{"alias": "x", "datasource_id": "ds-1", "name": "x", "type": "decimal"}]}
+    view["variables"][0] |= {"min": "0", "max": "1000000"}
+    sources = {"ds-1": {"commitments": {"node:a": commitment(sealed)}}}
+    policy = {"min_cell": 10, "release_extremes": False}
+    plan = Plan.of("node:a", doc, view, sources, [policy] * 3, set())
+    with pytest.raises(EngineError) as failed:
+        engine._bundles(plan)
+    assert str(failed.value).startswith(
+        "the datasources hold 10,000 rows now: the modulus (127 bits) is too small"
+    )
