@@ -282,6 +282,8 @@ def parse_nodes(values: Iterable[str]) -> dict[str, str]:
         name, sep, url = value.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
             raise UploadError(f"--node takes node:name=http://host:port, not {value!r}")
+        if name in nodes:  # the last would silently win, and the count of nodes mislead
+            raise UploadError(f"--node {name} is given twice ({nodes[name]} and {url})")
         nodes[name] = url
     return nodes
 

@@ -488,3 +488,14 @@ def test_a_nodes_graphql_takes_no_larger_body_than_the_coordinators_while_bundle
     )
     status, answer = _post(f"{url}/v1/bundles/{datasource}", large, signed)
     assert status == 400 and answer["code"] == "invalid_bundle", answer
+
+
+def test_a_node_named_twice_is_refused_saying_so() -> None:
+    """--node node:b=URL1 --node node:b=URL2 kept the last URL: an upload to three --node
+    options was refused as "shares go to at least three nodes", and dfg analyst results
+    asked for a --node it had been given."""
+    from gateways.provider_upload import UploadError, parse_nodes
+
+    given = ["node:a=http://a:1", "node:b=http://b:1", "node:b=http://c:1"]
+    with pytest.raises(UploadError, match=r"^--node node:b is given twice"):
+        parse_nodes(given)
