@@ -599,8 +599,12 @@ class Mesh:
             if self._closed.is_set():  # close() ran during the dial: it did not see this one
                 channel.close()
                 raise TransportError(f"{self.me.name} is stopping")
-            self._outgoing[(peer, session)] = channel
-        return channel
+            # another thread may have dialled the same peer for the session meanwhile (a
+            # give-up beside a send): one connection stays, the other is not left open
+            kept = self._outgoing.setdefault((peer, session), channel)
+        if kept is not channel:
+            channel.close()
+        return kept
 
     def _dial(self, peer: str) -> socket.socket:
         """Connect, retrying while the peer is not listening yet (it may be starting or

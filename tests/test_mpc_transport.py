@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from unittest import mock
 
 import pytest
 from conftest import Ledger
@@ -602,3 +603,34 @@ def test_a_round_reaches_every_reachable_peer_while_another_cannot_be_reached() 
     assert str(outcomes["node:a"]).startswith("cannot reach node:b")
     assert isinstance(outcomes["node:c"], ProtocolTimeout)
     assert str(outcomes["node:c"]).startswith("node:b did not answer round 1"), outcomes["node:c"]
+
+
+def test_two_dials_of_one_peer_for_one_session_keep_one_connection_and_close_the_other() -> None:
+    """Dials run outside the mesh's lock (so that one slow peer holds up no other): two
+    threads dialling the same peer for one session (a give-up beside a send) each made a
+    connection, and the one overwritten in the table was left open."""
+    import mpc.transport as transport
+
+    made_channels: list[mock.Mock] = []
+    both_dialled = threading.Barrier(2)
+
+    def fake_connect(sock: socket.socket, *args: object) -> mock.Mock:
+        both_dialled.wait(10)
+        channel = mock.Mock()
+        made_channels.append(channel)
+        return channel
+
+    with meshes() as made, mock.patch.object(transport, "connect", fake_connect):
+        got: list[object] = []
+        threads = [
+            threading.Thread(target=lambda: got.append(made[0]._channel("node:b", "s1"))) for _ in (1, 2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(made_channels) == 2 and got[0] is got[1]
+        kept = got[0]
+        (other,) = [c for c in made_channels if c is not kept]
+        other.close.assert_called_once()
+        assert made[0]._outgoing[("node:b", "s1")] is kept
