@@ -69,5 +69,5 @@ def split_kid(kid: str) -> tuple[str, str]:
     """``<principal>#<thumbprint>`` -> (principal, thumbprint)."""
     principal, sep, thumbprint = kid.rpartition("#")
     if not sep or not principal or not thumbprint:
-        raise ValueError(f"key id {kid!r} is not of the form <principal>#<thumbprint>")
+        raise ValueError(f"key id {kid[:100]!r} is not of the form <principal>#<thumbprint>")
     return principal, thumbprint

@@ -20,7 +20,7 @@ from domain.identifiers import split_kid
 from domain.principal import KeyState
 from domain.times import parse_time
 from gateways.sdk.builders import TransactionBuilder
-from ledger.errors import Rejected
+from ledger.errors import Rejected, shown
 from ledger.jws import parse_compact, verify_signature
 
 #: The HTTP request header that carries the statement.
@@ -76,7 +76,7 @@ def verified_statement(
         )
     key = next((k for k in owner_keys if k.get("kid") == jws.kid), None)
     if key is None or key_state(key).usable_at(datetime.fromtimestamp(now, UTC)) is not None:
-        raise DeliveryRefused(403, "unknown_key", f"{jws.kid} is not a current key of {owner}")
+        raise DeliveryRefused(403, "unknown_key", f"{shown(jws.kid)} is not a current key of {owner}")
     if not verify_signature(jws, key["jwk"]):
         raise DeliveryRefused(403, "bad_signature", "the delivery's signature does not verify")
     if not isinstance(statement, dict) or statement.get("datasource") != datasource_id:

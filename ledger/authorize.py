@@ -11,7 +11,7 @@ from domain.commands import Genesis
 from domain.handlers import State
 from domain.jwk import PublicJwk
 from domain.principal import Principal
-from ledger.errors import Rejected
+from ledger.errors import Rejected, shown
 from ledger.jws import key_json, public_key
 from ledger.transaction import Transaction
 
@@ -91,7 +91,7 @@ def _signer_with_usable_key(tx: Transaction, state: State, now: datetime) -> Pri
         raise Rejected("unknown_signer", f"{tx.signer} is not admitted on this ledger")
     key = principal.keys.get(tx.jws.kid)
     if key is None:
-        raise Rejected("unknown_key", f"{tx.jws.kid} is not a registered key")
+        raise Rejected("unknown_key", f"{shown(tx.jws.kid)} is not a registered key")
     problem = key.usable_at(now)
     if problem is not None:
         raise Rejected(problem, f"{tx.jws.kid} may not sign now ({problem.replace('_', ' ')})")

@@ -16,3 +16,9 @@ class Rejected(Exception):
 
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+
+def shown(value: str, limit: int = 100) -> str:
+    """A client's value as a refusal quotes it: whole when short, else its start. A key
+    id of 5,000 characters was echoed back whole in every refusal of it."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} characters)"

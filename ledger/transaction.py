@@ -8,6 +8,7 @@ depends on state (keys valid now, nonces, domain rules) is the sequencer's job.
 from __future__ import annotations
 
 import json
+import sys
 from functools import cache
 from typing import Annotated, Any, Final, NamedTuple
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from domain.commands import Command, PrincipalId
 from domain.handlers import COMMANDS
 from domain.identifiers import split_kid
-from ledger.errors import Rejected
+from ledger.errors import Rejected, shown
 from ledger.jws import CompactJws, parse_compact, unique_members
 
 MAX_NONCE: Final = 2**53 - 1  # exact in every JSON implementation
@@ -88,6 +89,14 @@ def _payload_value(payload: bytes) -> Any:
     return _payload_decoder.decode(payload.decode("utf-8"))
 
 
+def _json_problem(exc: Exception) -> str:
+    """What is wrong with the payload's JSON, in the client's terms: Python's refusal of
+    a huge integer tells a client in any language to call ``sys.set_int_max_str_digits``."""
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return f"a number has more than {sys.get_int_max_str_digits():,} digits"
+    return str(exc)
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -138,7 +147,7 @@ def parse_transaction(token: str | bytes) -> Transaction:
     try:
         raw = _payload_value(jws.payload)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise Rejected("malformed_payload", f"the payload is not valid JSON: {exc}") from exc
+        raise Rejected("malformed_payload", f"the payload is not valid JSON: {_json_problem(exc)}") from exc
     if not isinstance(raw, dict):
         raise Rejected("malformed_payload", "the payload is not a JSON object")
     payload, command = _validated(raw)
@@ -147,5 +156,5 @@ def parse_transaction(token: str | bytes) -> Transaction:
     except ValueError as exc:
         raise Rejected("unknown_key", str(exc)) from exc
     if key_owner != payload.signer:
-        raise Rejected("signer_mismatch", f"key {jws.kid} does not belong to signer {payload.signer}")
+        raise Rejected("signer_mismatch", f"key {shown(jws.kid)} does not belong to signer {payload.signer}")
     return Transaction(jws=jws, payload=payload, command=command, body=raw["body"])

@@ -1519,3 +1519,24 @@ def test_ledgers_made_with_default_options_do_not_share_an_id(tmp_path: Path) ->
     finally:
         for led in ledgers:
             led.sequencer.store.close()
+
+
+@pytest.mark.parametrize("kid", ["sp:app#" + "A" * 5000, "B" * 5000, "sp:other#" + "C" * 5000])
+def test_a_refusal_quotes_a_long_key_id_by_its_start_only(
+    ledger: Ledger, app: TransactionSigner, kid: str
+) -> None:
+    """A key id of 5,000 characters was echoed back whole in the refusal's detail."""
+    ledger.admit("sp:other", "service_provider")
+    token = forge(header_for(app, kid=kid), _good_payload(app), app.key)
+    code = {"sp:app": "unknown_key", "sp:other": "signer_mismatch"}.get(kid.partition("#")[0], "unknown_key")
+    refused = refuse(ledger, token, code, signer="sp:app")
+    assert len(refused.message) < 300, refused.message
+
+
+def test_a_huge_number_in_a_payload_is_named_in_the_clients_terms(
+    ledger: Ledger, app: TransactionSigner
+) -> None:
+    """Python's own refusal told a client in any language to call sys.set_int_max_str_digits()."""
+    payload = raw_json(_good_payload(app))[:-1] + b',"n":' + b"9" * 5000 + b"}"
+    refused = refuse(ledger, forge(header_for(app), payload, app.key), "malformed_payload", signer="sp:app")
+    assert "more than 4,300 digits" in refused.message and "sys." not in refused.message, refused.message
