@@ -1009,3 +1009,13 @@ def test_analyst_results_refuses_a_timeout_that_is_not_one(tmp_path: Path, timeo
             "--node", "node:a=http://127.0.0.1:9", "--timeout", timeout]  # fmt: skip
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "--timeout" in refused.output, refused.output
+
+
+def test_serve_on_a_host_that_names_no_address_says_which(ledger: Ledger) -> None:
+    """It printed the resolver's "Name or service not known" and nothing of the host."""
+    ledger.sequencer.store.close()
+    result = CliRunner().invoke(
+        cli, ["serve", "--data", str(ledger.settings.data_dir), "--host", "999.1.1.1"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--host '999.1.1.1' names no address" in result.output and "serving" not in result.output

@@ -26,6 +26,7 @@ from gateways.cli.options import (
     ledger_options,
     optional_http_url,
     require_ledger,
+    run_server,
 )
 from gateways.kafka.client import KafkaSettings
 from gateways.kafka.follower import SEEN_AT_MARKER, TOPIC_END_MARKER, Follower, Witness
@@ -401,7 +402,6 @@ def node_serve(
     from the coordinator's API), forwards the node
     organisation's signed approvals to the coordinator, receives share bundles, and
     -- with --key -- runs the MPC engine on the node's task queue with its --peer nodes."""
-    from aiohttp import web
 
     from gateways.cli.node_engine_wiring import EngineOptions, start_engine
     from gateways.http.node_app import build_node_app
@@ -477,8 +477,7 @@ def node_serve(
         sealed_results=result_sealer(settings.data_dir / "work"),
     )
     try:
-        # said once the port is bound, as dfg serve does: not before a bind that fails
-        web.run_app(app, host=host, port=port, print=lambda _: click.echo(serving))
+        run_server(app, host, port, serving)
     finally:
         stop.set()
         if mesh is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import socket
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlparse
 
 import click
+from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from domain.commands import Instant
@@ -231,3 +233,13 @@ class Rfc3339(click.ParamType):  # type: ignore[type-arg]  # generic from click 
 
 
 RFC3339 = Rfc3339()
+
+
+def run_server(app: web.Application, host: str, port: int, serving: str, **options: Any) -> None:
+    """``web.run_app``, saying ``serving`` once the socket is bound (aiohttp calls
+    ``print`` then), not before a bind that fails; a ``--host`` that names no address
+    is refused naming it (the resolver's "Name or service not known" named nothing)."""
+    try:
+        web.run_app(app, host=host, port=port, print=lambda _: click.echo(serving), **options)
+    except socket.gaierror as exc:
+        fail(f"--host {host!r} names no address this machine can listen on: {exc.strerror or exc}", 2)

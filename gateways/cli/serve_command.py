@@ -7,7 +7,7 @@ import logging
 import click
 from aiohttp import web
 
-from gateways.cli.options import checkpoint_options, fail, ledger_options, require_ledger
+from gateways.cli.options import checkpoint_options, fail, ledger_options, require_ledger, run_server
 from infra.bootstrap import open_sequencer, open_views
 from infra.keyfiles import KeyFileError
 from infra.ledger_service import LedgerService
@@ -57,5 +57,4 @@ def serve(settings: Settings, host: str, port: int, witness_quorum: int | None) 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = make_server(settings, witness_quorum=witness_quorum)
     serving = f"dfg serving {settings.data_dir} ({settings.engine}) on http://{host}:{port}"
-    # said once the socket is bound (aiohttp calls ``print`` then), not before a bind that fails
-    web.run_app(app, host=host, port=port, print=lambda _: click.echo(serving), access_log=None)
+    run_server(app, host, port, serving, access_log=None)
