@@ -193,19 +193,17 @@ class ConsentStateView:
         )
 
 
-_REFUSAL_ORDER = {
-    r: i
-    for i, r in enumerate(
-        [
-            Refusal.PURPOSE_NOT_COVERED,
-            Refusal.CATEGORY_NOT_COVERED,
-            Refusal.EXPIRED,
-            Refusal.WITHDRAWN,
-            Refusal.NOT_YET_VALID,
-            Refusal.NEVER_GIVEN,
-        ]
-    )
-}
+#: A check's reason when no consent covers the use: the most specific first (a consent
+#: that exists but does not cover the purpose says more than one that was withdrawn).
+REFUSALS_MOST_SPECIFIC_FIRST: tuple[Refusal, ...] = (
+    Refusal.PURPOSE_NOT_COVERED,
+    Refusal.CATEGORY_NOT_COVERED,
+    Refusal.EXPIRED,
+    Refusal.WITHDRAWN,
+    Refusal.NOT_YET_VALID,
+    Refusal.NEVER_GIVEN,
+)
+_REFUSAL_ORDER = {r: i for i, r in enumerate(REFUSALS_MOST_SPECIFIC_FIRST)}
 _REFUSAL_OF_RANK = {i: r for r, i in _REFUSAL_ORDER.items()}
 #: The rank of a consent that covers the use: before every refusal.
 _COVERS = -1

@@ -13,6 +13,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import ECKey, OKPKey
 
 from gateways.kafka.client import KafkaSettings
-from infra.bootstrap import create_ledger, open_sequencer, root_signer
+from infra.bootstrap import create_ledger, open_sequencer, open_views, root_signer
 from infra.settings import Settings
 from infra.tansu import TansuBroker
 from ledger.note import Verifier
 from ledger.sequencer import Accepted, Sequencer
 from ledger.signing import TransactionSigner, public_jwk
 from ledger.witness import witness_verifier
+from projections.base import catch_up, prepare
+from projections.consent_state import ConsentStateView
 
 warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
@@ -194,3 +197,17 @@ def new_witness(name: str) -> tuple[Ed25519PrivateKey, Verifier]:
     verifier = witness_verifier(name, {"kty": "OKP", "crv": "Ed25519", "x": x})
     assert verifier is not None
     return key, verifier
+
+
+@contextmanager
+def consent_view(ledger: Ledger) -> Iterator[Any]:
+    """A read cursor on the ledger's consent_state view, caught up with its log."""
+    store = ledger.sequencer.store
+    db = open_views(ledger.settings)
+    try:
+        prepare(db, ConsentStateView(), store.read_entries)
+        catch_up(db, ConsentStateView(), store.read_entries)
+        with db.transaction(commit=False) as cursor:
+            yield cursor
+    finally:
+        db.close()

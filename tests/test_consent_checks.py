@@ -5,13 +5,12 @@ answers are the ones the domain's ``Validity`` gives, on SQLite and PostgreSQL."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import LEVEL1_TERMS, TERMS, Ledger, give_level1
+from conftest import LEVEL1_TERMS, TERMS, Ledger, consent_view, give_level1
 
 from domain.consent import Refusal
 from domain.times import format_time, parse_time
@@ -20,6 +19,7 @@ from projections import consent_state
 from projections.base import Cursor, catch_up, prepare
 from projections.consent_state import (
     FEW,
+    REFUSALS_MOST_SPECIFIC_FIRST,
     ConsentAnswer,
     ConsentStateView,
     _validity,
@@ -32,14 +32,6 @@ from projections.consent_state import (
 
 SERVICE, RESEARCH, MARKETING = "dpv:ServiceProvision", "dpv:ScientificResearch", "dpv:Marketing"
 HEALTH, HEART, ECG = "dpv-pd:HealthRecord", "dpv-pd:HeartRate", "dpv-pd:ECG"
-ORDER = [
-    Refusal.PURPOSE_NOT_COVERED,
-    Refusal.CATEGORY_NOT_COVERED,
-    Refusal.EXPIRED,
-    Refusal.WITHDRAWN,
-    Refusal.NOT_YET_VALID,
-    Refusal.NEVER_GIVEN,
-]
 
 
 class Counting:
@@ -83,24 +75,11 @@ def reference(
         refusal = _validity(row[1:7]).refusal(purpose, categories, at)
         if refusal is None:
             return ConsentAnswer(True, row[0], int(row[8]), None)
-        if best is None or ORDER.index(refusal) < best[0]:
-            best = (ORDER.index(refusal), row[0], int(row[7]))
+        if best is None or REFUSALS_MOST_SPECIFIC_FIRST.index(refusal) < best[0]:
+            best = (REFUSALS_MOST_SPECIFIC_FIRST.index(refusal), row[0], int(row[7]))
     if best is None:
         return ConsentAnswer(False, None, None, Refusal.NEVER_GIVEN.value)
-    return ConsentAnswer(False, best[1], best[2], ORDER[best[0]].value)
-
-
-@contextmanager
-def consent_view(ledger: Ledger) -> Iterator[Any]:
-    store = ledger.sequencer.store
-    db = open_views(ledger.settings)
-    try:
-        prepare(db, ConsentStateView(), store.read_entries)
-        catch_up(db, ConsentStateView(), store.read_entries)
-        with db.transaction(commit=False) as cursor:
-            yield cursor
-    finally:
-        db.close()
+    return ConsentAnswer(False, best[1], best[2], REFUSALS_MOST_SPECIFIC_FIRST[best[0]].value)
 
 
 def _consents_in_every_state(ledger: Ledger) -> None:

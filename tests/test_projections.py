@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TERMS, Ledger, give_level1
+from conftest import TERMS, Ledger, consent_view, give_level1
 from joserfc.jwk import OKPKey
 
 from infra.bootstrap import open_views
@@ -254,16 +254,9 @@ def test_a_granted_answer_cites_the_entry_that_gave_the_consent(ledger: Ledger) 
     withdraw = {"consent_id": consent_id, "controller": "sp:app", "subject": "p-1"}
     (withdrawn,) = ledger.accept(ledger.sign(app, "consent.withdraw", withdraw))
     assert withdrawn.entry.ts > given.entry.ts
-    store = ledger.sequencer.store
-    db = open_views(ledger.settings)
-    try:
-        prepare(db, ConsentStateView(), store.read_entries)
-        catch_up(db, ConsentStateView(), store.read_entries)
-        with db.transaction(commit=False) as cursor:
-            then = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], given.entry.ts)
-            now = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], withdrawn.entry.ts)
-    finally:
-        db.close()
+    with consent_view(ledger) as cursor:
+        then = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], given.entry.ts)
+        now = check(cursor, "p-1", "sp:app", "dpv:ServiceProvision", [], withdrawn.entry.ts)
     assert (then.granted, then.seq) == (True, given.seq)
     assert (now.granted, now.reason, now.seq) == (False, "withdrawn", withdrawn.seq)
 
