@@ -25,7 +25,7 @@ from joserfc.jwk import OKPKey
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pg_sessions import end_session, lock_sessions
-from replication import dfg_process, nodes, replica_size, start_relay, wait_for
+from replication import Node, dfg_process, nodes, replica_size, start_relay, wait_for
 
 import gateways.kafka.follower as follower_module
 from gateways.cli.main import cli
@@ -41,7 +41,8 @@ from infra.writer_lock import WriterLock
 from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.merkle import leaf_hash
-from ledger.signing import public_jwk
+from ledger.signing import TransactionSigner, public_jwk
+from ledger.store import StoredCheckpoint
 from ledger.verifier import ParallelVerifier
 from ledger.witness import WitnessPolicy, cosign, with_cosignatures, witness_verifier
 
@@ -857,6 +858,15 @@ def _witness_identity(ledger: Ledger, name: str, *, register: bool) -> tuple[Wit
     return Witness(name, key.private_key), verifier.to_string()
 
 
+def _registered_witness_cosigns_newest_checkpoint(ledger: Ledger) -> tuple[Witness, StoredCheckpoint, str]:
+    """node:w0 admitted, a checkpoint signed after it, and w0's cosignature line of it."""
+    witness, _ = _witness_identity(ledger, "node:w0", register=True)
+    ledger.sequencer.checkpoint_now()
+    checkpoint = ledger.sequencer.store.latest_checkpoint()
+    assert checkpoint is not None
+    return witness, checkpoint, cosign(checkpoint.note, witness.name, witness.key, int(time.time()))
+
+
 def test_k_of_n_witnesses_make_a_checkpoint_final_and_unregistered_keys_do_not_count(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -917,12 +927,8 @@ def test_a_cosignature_line_sent_without_its_newline_is_kept_with_it(
     from gateways.kafka.topics import CosignatureMessage
     from infra.bundle import export_bundle
 
-    witness, _ = _witness_identity(ledger, "node:w0", register=True)
-    ledger.sequencer.checkpoint_now()
+    witness, checkpoint, line = _registered_witness_cosigns_newest_checkpoint(ledger)
     store = ledger.sequencer.store
-    checkpoint = store.latest_checkpoint()
-    assert checkpoint is not None
-    line = cosign(checkpoint.note, witness.name, witness.key, int(time.time()))
     _, value, _ = CosignatureMessage(witness.name, checkpoint.size, line.rstrip("\n")).record()
     assert Relay(store, kafka, topics).keep_cosignature(value)
     assert store.cosignatures(checkpoint.size) == (line,)
@@ -944,12 +950,8 @@ def test_a_cosignature_the_ledgers_database_could_not_check_is_not_refused(
 
     from gateways.kafka.topics import CosignatureMessage
 
-    witness, _ = _witness_identity(ledger, "node:w0", register=True)
-    ledger.sequencer.checkpoint_now()
+    witness, checkpoint, line = _registered_witness_cosigns_newest_checkpoint(ledger)
     store = ledger.sequencer.store
-    checkpoint = store.latest_checkpoint()
-    assert checkpoint is not None
-    line = cosign(checkpoint.note, witness.name, witness.key, int(time.time()))
     _, value, _ = CosignatureMessage(witness.name, checkpoint.size, line).record()
     relay = Relay(store, KafkaSettings("127.0.0.1:1"), topics)
     locked = sqlite3.OperationalError("database is locked")
@@ -1546,6 +1548,24 @@ def test_a_computation_node_whose_follower_fails_stops_instead_of_serving_a_froz
     assert "the node stopped: following" in stderr and "no such table: violations" in stderr, stderr
 
 
+@contextmanager
+def _one_node_caught_up(
+    ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
+) -> Iterator[tuple[Node, TransactionSigner]]:
+    """A relay and one node that holds five consents of sp:app (given back, to add more)."""
+    app = ledger.admit("sp:app", "service_provider")
+    ledger.accept(*[give(ledger, app, f"d-{i}") for i in range(5)])
+    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
+    try:
+        with nodes(tmp_path, kafka, topics, 1) as started:
+            follower = started[0].follower
+            assert follower is not None
+            wait_for(lambda: follower.replica.size == ledger.head()[0], what="caught up")
+            yield started[0], app
+    finally:
+        relay_running.halt()
+
+
 def test_a_follower_goes_on_after_its_own_database_was_unavailable(
     ledger: Ledger, kafka: KafkaSettings, topics: Topics, tmp_path: Path
 ) -> None:
@@ -1554,30 +1574,23 @@ def test_a_follower_goes_on_after_its_own_database_was_unavailable(
     outage is waited out. It now waits its database out too, and reads on from its store."""
     import sqlite3
 
-    app = ledger.admit("sp:app", "service_provider")
-    ledger.accept(*[give(ledger, app, f"d-{i}") for i in range(5)])
-    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
-    try:
-        with nodes(tmp_path, kafka, topics, 1) as started:
-            follower = started[0].follower
-            assert follower is not None and started[0].running is not None
-            wait_for(lambda: follower.replica.size == ledger.head()[0], what="caught up")
-            store = follower.replica.store
-            append, failures = store.append, []
+    with _one_node_caught_up(ledger, kafka, topics, tmp_path) as (node, app):
+        follower = node.follower
+        assert follower is not None and node.running is not None
+        store = follower.replica.store
+        append, failures = store.append, []
 
-            def unavailable_twice(batch: Any) -> None:
-                if len(failures) < 2:
-                    failures.append(batch.new_size)
-                    raise sqlite3.OperationalError("database is locked")
-                append(batch)
+        def unavailable_twice(batch: Any) -> None:
+            if len(failures) < 2:
+                failures.append(batch.new_size)
+                raise sqlite3.OperationalError("database is locked")
+            append(batch)
 
-            store.append = unavailable_twice  # type: ignore[method-assign]
-            ledger.accept(*[give(ledger, app, f"e-{i}") for i in range(5)])
-            wait_for(lambda: follower.replica.size == ledger.head()[0], timeout=60, what="caught up again")
-            assert len(failures) == 2 and started[0].running.thread.is_alive()
-            assert follower.status.halted is None and store.head() == ledger.head()
-    finally:
-        relay_running.halt()
+        store.append = unavailable_twice  # type: ignore[method-assign]
+        ledger.accept(*[give(ledger, app, f"e-{i}") for i in range(5)])
+        wait_for(lambda: follower.replica.size == ledger.head()[0], timeout=60, what="caught up again")
+        assert len(failures) == 2 and node.running.thread.is_alive()
+        assert follower.status.halted is None and store.head() == ledger.head()
 
 
 def test_a_follower_whose_database_failed_between_replica_and_views_brings_its_views_up_to_date(
@@ -1589,33 +1602,26 @@ def test_a_follower_whose_database_failed_between_replica_and_views_brings_its_v
     node's task queue read them). It now brings them up to date as it reconnects."""
     import sqlite3
 
-    app = ledger.admit("sp:app", "service_provider")
-    ledger.accept(*[give(ledger, app, f"d-{i}") for i in range(5)])
-    _relay, relay_running = start_relay(ledger.sequencer.store, kafka, topics)
-    try:
-        with nodes(tmp_path, kafka, topics, 1) as started:
-            follower = started[0].follower
-            assert follower is not None
-            wait_for(lambda: follower.replica.size == ledger.head()[0], what="caught up")
-            apply_new, failures = follower_module.apply_new, []
+    with _one_node_caught_up(ledger, kafka, topics, tmp_path) as (node, app):
+        follower = node.follower
+        assert follower is not None
+        apply_new, failures = follower_module.apply_new, []
 
-            def unavailable_once(*args: Any) -> Any:
-                if not failures:
-                    failures.append(1)
-                    raise sqlite3.OperationalError("database is locked")
-                return apply_new(*args)
+        def unavailable_once(*args: Any) -> Any:
+            if not failures:
+                failures.append(1)
+                raise sqlite3.OperationalError("database is locked")
+            return apply_new(*args)
 
-            monkeypatch.setattr(follower_module, "apply_new", unavailable_once)
-            ledger.accept(*[give(ledger, app, f"e-{i}") for i in range(5)])
-            wait_for(lambda: follower.replica.size == ledger.head()[0], timeout=60, what="caught up again")
+        monkeypatch.setattr(follower_module, "apply_new", unavailable_once)
+        ledger.accept(*[give(ledger, app, f"e-{i}") for i in range(5)])
+        wait_for(lambda: follower.replica.size == ledger.head()[0], timeout=60, what="caught up again")
 
-            def positions() -> set[int]:
-                return {follower.views.position(v.name) for v in follower.view_list}
+        def positions() -> set[int]:
+            return {follower.views.position(v.name) for v in follower.view_list}
 
-            wait_for(lambda: positions() == {ledger.head()[0]}, timeout=15, what="the views up to date")
-            assert failures == [1] and started[0].running is not None and started[0].running.thread.is_alive()
-    finally:
-        relay_running.halt()
+        wait_for(lambda: positions() == {ledger.head()[0]}, timeout=15, what="the views up to date")
+        assert failures == [1] and node.running is not None and node.running.thread.is_alive()
 
 
 def test_a_relay_goes_on_after_the_ledgers_database_was_unavailable(
